@@ -1,0 +1,38 @@
+/* auth.h - verification of the bearer JWTs that callers present in the `authorization`
+ * metadata. Only RS256 and ES256 are accepted, and only the algorithm that matches the
+ * configured public key (checked on the raw header before any signature work, so `alg: none`
+ * and HS256-with-the-public-key-as-secret never reach libjwt). exp, nbf, iss and aud are
+ * checked; `sub` is the user id and the claim `role: admin` makes an administrator. */
+#ifndef LIBSHARED_AUTH_H
+#define LIBSHARED_AUTH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "status.h"
+
+#define AUTH_SUBJECT_MAX 128
+
+typedef struct auth_identity {
+    char subject[AUTH_SUBJECT_MAX]; /* the user id; non-empty after a successful verify */
+    bool admin;
+} auth_identity;
+
+typedef struct auth_verifier auth_verifier;
+
+/* Loads the PEM public key (RSA -> RS256, EC P-256 -> ES256) from public_key_file.
+ * issuer and audience are copied. Clock skew allowance for exp/nbf is leeway_seconds.
+ * On success *out is set and owned by the caller (auth_verifier_destroy). */
+status_code auth_verifier_create(const char *public_key_file, const char *issuer,
+                                 const char *audience, int64_t leeway_seconds,
+                                 auth_verifier **out, status *st);
+void auth_verifier_destroy(auth_verifier *verifier); /* NULL is a no-op */
+
+/* Verifies the value of an `authorization` header ("Bearer <jwt>"; the scheme is matched
+ * case-insensitively). NULL or empty -> UNAUTHENTICATED "missing bearer token".
+ * Any failure -> STATUS_UNAUTHENTICATED with reason "INVALID_TOKEN" or "TOKEN_EXPIRED" and a
+ * message saying what was wrong (never echoing the token). Thread-safe. */
+status_code auth_verify(const auth_verifier *verifier, const char *authorization,
+                        auth_identity *out, status *st);
+
+#endif

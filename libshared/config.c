@@ -1,0 +1,2 @@
+/* placeholder */
+int config_placeholder_unused;
