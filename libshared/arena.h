@@ -1,0 +1,34 @@
+/* arena.h - a bump allocator for everything one call needs: the decoded request, the
+ * response a handler builds, strings. The whole arena is freed (or reset) at once when the
+ * call ends, so handlers never free anything and never leak. */
+#ifndef LIBSHARED_ARENA_H
+#define LIBSHARED_ARENA_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
+
+typedef struct arena arena;
+
+/* Returns NULL when out of memory. first_block is the size of the first block (0: 4 KiB). */
+arena *arena_create(size_t first_block);
+void arena_destroy(arena *a); /* NULL is a no-op */
+/* Frees every block but the first, so a reused arena does not grow without bound. */
+void arena_reset(arena *a);
+
+/* 16-byte aligned, zeroed memory; NULL when out of memory. */
+void *arena_alloc(arena *a, size_t size);
+char *arena_strdup(arena *a, const char *text);
+char *arena_strndup(arena *a, const char *text, size_t length);
+char *arena_sprintf(arena *a, const char *format, ...) __attribute__((format(printf, 2, 3)));
+
+/* A protobuf-c allocator backed by the arena (free is a no-op), for unpacking messages
+ * whose lifetime is the arena's. */
+ProtobufCAllocator arena_protobuf_allocator(arena *a);
+
+/* Allocates and initializes an empty message of the given type. */
+ProtobufCMessage *arena_new_message(arena *a, const ProtobufCMessageDescriptor *descriptor);
+
+/* Bytes handed out since creation or the last reset (for tests and metrics). */
+size_t arena_used(const arena *a);
+
+#endif

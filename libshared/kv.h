@@ -1,0 +1,49 @@
+/* kv.h - JetStream key-value helpers: get, create, compare-and-set update, and a
+ * read-modify-write loop that retries when another writer got there first. Values are
+ * opaque bytes (services store serialized protobuf records). */
+#ifndef LIBSHARED_KV_H
+#define LIBSHARED_KV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "nats_connection.h"
+#include "status.h"
+
+typedef struct kv_bucket kv_bucket;
+
+typedef struct kv_value {
+    const uint8_t *data; /* owned by the arena passed to the call */
+    size_t size;
+    uint64_t revision;
+} kv_value;
+
+/* Opens the bucket, creating it (file storage, history 1) when it does not exist yet. */
+status_code kv_bucket_open(nats_connection *connection, const char *name, int replicas,
+                           kv_bucket **out, status *st);
+void kv_bucket_close(kv_bucket *bucket); /* NULL is a no-op */
+/* For watchers and other direct uses. */
+kvStore *kv_bucket_store(kv_bucket *bucket);
+
+/* NOT_FOUND when the key does not exist or was deleted. */
+status_code kv_get(kv_bucket *bucket, const char *key, arena *a, kv_value *out, status *st);
+/* ALREADY_EXISTS when the key exists. */
+status_code kv_create(kv_bucket *bucket, const char *key, const void *data, size_t size,
+                      uint64_t *revision, status *st);
+/* ABORTED (reason REVISION_MISMATCH) when the key's revision is not expected_revision. */
+status_code kv_update(kv_bucket *bucket, const char *key, const void *data, size_t size,
+                      uint64_t expected_revision, uint64_t *revision, status *st);
+
+/* Computes the next value from the current one (current is NULL when the key is missing).
+ * Set *next to NULL to write nothing (the change is already there). Any error stops the loop. */
+typedef status_code (*kv_mutation)(void *arg, arena *a, const kv_value *current, uint8_t **next,
+                                   size_t *next_size, status *st);
+
+/* Read-modify-write with compare-and-set, retried on conflicts up to max_attempts times
+ * (ABORTED after that). The mutation may run several times; it must not have side effects.
+ * *revision (may be NULL) is the revision written, or the current one when nothing was written. */
+status_code kv_mutate(kv_bucket *bucket, const char *key, arena *a, kv_mutation mutation,
+                      void *arg, int max_attempts, uint64_t *revision, status *st);
+
+#endif

@@ -1,0 +1,143 @@
+/* nats_connection.c - connecting, reconnecting and error mapping for NATS.c. */
+#include "nats_connection.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+
+struct nats_connection {
+    natsConnection *core;
+    jsCtx *jetstream;
+    health *health;
+};
+
+static void on_disconnected(natsConnection *nc, void *closure) {
+    (void)nc;
+    nats_connection *c = closure;
+    LOG_WARN("lost the connection to NATS; reconnecting");
+    if (c->health)
+        health_set_dependency(c->health, "nats", false);
+}
+
+static void on_reconnected(natsConnection *nc, void *closure) {
+    (void)nc;
+    nats_connection *c = closure;
+    LOG_INFO("reconnected to NATS");
+    if (c->health)
+        health_set_dependency(c->health, "nats", true);
+}
+
+status_code nats_status_to_status(natsStatus s, const char *what, status *st) {
+    const char *text = nats_GetLastError(NULL);
+    if (text == NULL)
+        text = natsStatus_GetText(s);
+    switch (s) {
+    case NATS_OK:
+        return STATUS_OK;
+    case NATS_NOT_FOUND:
+        return status_set(st, STATUS_NOT_FOUND, "NOT_FOUND", "%s: not found", what);
+    case NATS_TIMEOUT:
+        return status_set(st, STATUS_UNAVAILABLE, "NATS_TIMEOUT", "%s: NATS did not answer in time",
+                          what);
+    case NATS_CONNECTION_CLOSED:
+    case NATS_CONNECTION_DISCONNECTED:
+    case NATS_NO_SERVER:
+    case NATS_NO_SERVER_SUPPORT:
+    case NATS_NOT_YET_CONNECTED:
+    case NATS_NO_RESPONDERS:
+    case NATS_IO_ERROR:
+        return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE", "%s: NATS is unavailable (%s)",
+                          what, natsStatus_GetText(s));
+    default:
+        break;
+    }
+    if (strstr(text, "wrong last sequence") != NULL)
+        return status_set(st, STATUS_ABORTED, "REVISION_MISMATCH",
+                          "%s: changed concurrently", what);
+    return status_set(st, STATUS_INTERNAL, "NATS_ERROR", "%s: %s", what, text);
+}
+
+static void sleep_ms(int64_t ms) {
+    struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    nanosleep(&pause, NULL);
+}
+
+status_code nats_connection_open(const nats_connection_options *options, nats_connection **out,
+                                 status *st) {
+    nats_connection *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    c->health = options->health;
+    natsOptions *opts = NULL;
+    natsStatus s = natsOptions_Create(&opts);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(opts, options->url);
+    if (s == NATS_OK)
+        s = natsOptions_SetName(opts, options->client_name);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(opts, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(opts, 250);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(opts, 2000);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(opts, on_disconnected, c);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(opts, on_reconnected, c);
+    if (s != NATS_OK) {
+        natsOptions_Destroy(opts);
+        free(c);
+        return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_NATS_URL", "NATS options: %s (URL %s)",
+                          natsStatus_GetText(s), options->url);
+    }
+    int64_t budget = options->connect_timeout_ms > 0 ? options->connect_timeout_ms : 30000;
+    for (int64_t waited = 0;; waited += 500) {
+        s = natsConnection_Connect(&c->core, opts);
+        if (s == NATS_OK || waited >= budget)
+            break;
+        LOG_WARN("cannot connect to NATS at %s (%s); retrying", options->url, natsStatus_GetText(s));
+        sleep_ms(500);
+    }
+    natsOptions_Destroy(opts);
+    if (s != NATS_OK) {
+        free(c);
+        return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE",
+                          "cannot connect to NATS at %s: %s", options->url, natsStatus_GetText(s));
+    }
+    jsOptions js_options;
+    jsOptions_Init(&js_options);
+    js_options.Wait = options->request_timeout_ms > 0 ? options->request_timeout_ms : 2000;
+    s = natsConnection_JetStream(&c->jetstream, c->core, &js_options);
+    if (s != NATS_OK) {
+        natsConnection_Destroy(c->core);
+        free(c);
+        return nats_status_to_status(s, "JetStream context", st);
+    }
+    if (c->health)
+        health_set_dependency(c->health, "nats", true);
+    *out = c;
+    return STATUS_OK;
+}
+
+void nats_connection_close(nats_connection *c) {
+    if (c == NULL)
+        return;
+    jsCtx_Destroy(c->jetstream);
+    natsConnection_Destroy(c->core);
+    free(c);
+}
+
+natsConnection *nats_connection_core(nats_connection *c) {
+    return c->core;
+}
+
+jsCtx *nats_connection_jetstream(nats_connection *c) {
+    return c->jetstream;
+}
+
+bool nats_connection_is_up(nats_connection *c) {
+    return natsConnection_Status(c->core) == NATS_CONN_STATUS_CONNECTED;
+}

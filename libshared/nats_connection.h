@@ -1,0 +1,36 @@
+/* nats_connection.h - one NATS connection per service with JetStream: connects at start
+ * (retrying for a bounded time), reconnects forever afterwards, and reports NATS up or down
+ * to health so a pod without NATS leaves the load balancer. */
+#ifndef LIBSHARED_NATS_CONNECTION_H
+#define LIBSHARED_NATS_CONNECTION_H
+
+#include <nats/nats.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "health.h"
+#include "status.h"
+
+typedef struct nats_connection nats_connection;
+
+typedef struct nats_connection_options {
+    const char *url;            /* "nats://127.0.0.1:4222" */
+    const char *client_name;    /* shown in NATS monitoring */
+    health *health;             /* may be NULL; dependency "nats" is reported to it */
+    int64_t connect_timeout_ms; /* total time to keep trying at start; 0: 30000 */
+    int64_t request_timeout_ms; /* JetStream API and KV calls; 0: 2000 */
+} nats_connection_options;
+
+status_code nats_connection_open(const nats_connection_options *options, nats_connection **out,
+                                 status *st);
+void nats_connection_close(nats_connection *connection); /* NULL is a no-op */
+
+natsConnection *nats_connection_core(nats_connection *connection);
+jsCtx *nats_connection_jetstream(nats_connection *connection);
+bool nats_connection_is_up(nats_connection *connection);
+
+/* Maps a NATS.c status (and its last error text) onto ours: timeouts and lost connections
+ * become UNAVAILABLE, "wrong last sequence" becomes ABORTED with reason REVISION_MISMATCH. */
+status_code nats_status_to_status(natsStatus s, const char *what, status *st);
+
+#endif

@@ -1,0 +1,32 @@
+/* rpc_internal.h - pieces shared by the server, health and reflection; not for services. */
+#ifndef LIBSHARED_RPC_INTERNAL_H
+#define LIBSHARED_RPC_INTERNAL_H
+
+#include <grpc/grpc.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "status.h"
+
+/* What every completion queue tag points to: the poller calls on_complete(self, ok). */
+typedef struct cq_tag {
+    void (*on_complete)(void *self, bool ok);
+    void *self;
+} cq_tag;
+
+/* Trailing metadata of an error reply, kept alive until its batch completes. */
+typedef struct reply_trailers {
+    grpc_metadata items[2];
+    size_t count;
+    grpc_slice message;
+    bool has_message;
+} reply_trailers;
+
+void reply_trailers_set(reply_trailers *trailers, const status *st, const char *domain,
+                        int pushback_ms);
+void reply_trailers_clear(reply_trailers *trailers);
+
+/* Writes 2*bytes lowercase hex digits of cryptographic randomness plus a NUL. */
+void random_hex(char *out, size_t bytes);
+
+#endif

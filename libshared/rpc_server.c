@@ -1,0 +1,1162 @@
+/* rpc_server.c - the gRPC server on the C core.
+ *
+ * Life of a call: a poller thread gets a requested call from its completion queue, posts a
+ * fresh request in its place, and either sheds the call (over the in-flight limit), answers
+ * it at once (unknown method), or queues it for a worker. The worker authenticates, decodes,
+ * runs the handler and starts one batch with the whole reply; the poller frees the call when
+ * that batch completes. Server streams keep the call alive with a reference count and send
+ * one message at a time from a queue. */
+#include "rpc_server.h"
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/time.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "health.h"
+#include "log.h"
+#include "reflection.h"
+#include "rpc_internal.h"
+#include "status_details.h"
+
+enum {
+    MAX_METHODS = 64,
+    MAX_SERVICES = 16,
+    REQUESTS_PER_METHOD = 8, /* calls kept requested per method and completion queue */
+    STREAM_QUEUE_LIMIT = 256,
+};
+
+typedef struct registered_method {
+    rpc_server *server;
+    const rpc_service *service;
+    const rpc_method *method;
+    char *path;
+    void *handle;
+} registered_method;
+
+/* A call requested from the core, waiting for a client. */
+typedef struct call_request {
+    cq_tag tag;
+    rpc_server *server;
+    registered_method *method; /* NULL: the generic request that catches unknown methods */
+    grpc_completion_queue *cq;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array metadata;
+    grpc_byte_buffer *payload;
+    grpc_call_details details;
+} call_request;
+
+typedef struct queued_message {
+    struct queued_message *next;
+    grpc_byte_buffer *buffer;
+} queued_message;
+
+struct rpc_stream {
+    pthread_mutex_t lock;
+    queued_message *head, *tail;
+    size_t queued;
+    bool initial_metadata_sent;
+    bool batch_in_flight; /* one send batch at a time */
+    bool finish_requested;
+    bool status_sent;
+    bool closed;          /* the call is over */
+    bool kept;            /* the handler retained the stream */
+    status_code finish_code;
+    status finish_status;
+    void (*on_close)(void *arg);
+    void *on_close_arg;
+    cq_tag write_tag;
+    cq_tag close_tag;
+    cq_tag read_tag;
+    grpc_byte_buffer *write_buffer;
+    grpc_byte_buffer *read_buffer;
+    int client_cancelled;
+    /* Trailing metadata and details kept alive until the status batch completes. */
+    reply_trailers trailers;
+    struct rpc_context *prev_open, *next_open; /* server's list of open streams */
+};
+
+struct rpc_context {
+    rpc_server *server;
+    registered_method *method;
+    grpc_call *call;
+    grpc_completion_queue *cq;
+    gpr_timespec deadline;
+    grpc_metadata_array metadata;
+    grpc_byte_buffer *payload;
+    arena *arena;
+    atomic_int refs;
+    auth_identity caller;
+    bool has_caller;
+    const char *authorization;
+    char traceparent[56];
+    char trace_id[33];
+    struct rpc_context *next_job;
+    /* unary reply */
+    cq_tag reply_tag;
+    grpc_byte_buffer *reply_buffer;
+    reply_trailers trailers;
+    int cancelled;
+    rpc_stream stream;
+};
+
+typedef struct poller {
+    rpc_server *server;
+    grpc_completion_queue *cq;
+    pthread_t thread;
+} poller;
+
+struct rpc_server {
+    rpc_server_options options;
+    grpc_server *core;
+    int port;
+    poller *pollers;
+    int poller_count;
+    pthread_t *workers;
+    int worker_count;
+    registered_method methods[MAX_METHODS];
+    size_t method_count;
+    const rpc_service *services[MAX_SERVICES];
+    size_t service_count;
+    health *health;
+    reflection *reflection;
+
+    pthread_mutex_t jobs_lock;
+    pthread_cond_t jobs_ready;
+    rpc_context *jobs_head, *jobs_tail;
+    bool workers_stopping;
+    atomic_int in_flight;
+
+    pthread_mutex_t streams_lock;
+    rpc_context *open_streams;
+
+    pthread_mutex_t shutdown_lock;
+    pthread_cond_t shutdown_done_cond;
+    bool started, shutting_down, shutdown_done;
+    cq_tag shutdown_tag;
+    atomic_bool draining;
+};
+
+static void request_post(call_request *request);
+static void call_release(rpc_context *call);
+static void stream_pump_locked(rpc_context *call);
+
+/* --- helpers ---------------------------------------------------------------------- */
+
+static int64_t now_ms(void) {
+    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+    return now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+static bool slice_equals(grpc_slice slice, const char *text) {
+    size_t length = strlen(text);
+    return GRPC_SLICE_LENGTH(slice) == length &&
+           memcmp(GRPC_SLICE_START_PTR(slice), text, length) == 0;
+}
+
+static grpc_byte_buffer *message_to_buffer(const ProtobufCMessage *message) {
+    size_t size = protobuf_c_message_get_packed_size(message);
+    grpc_slice slice = grpc_slice_malloc(size);
+    protobuf_c_message_pack(message, GRPC_SLICE_START_PTR(slice));
+    grpc_byte_buffer *buffer = grpc_raw_byte_buffer_create(&slice, 1);
+    grpc_slice_unref(slice);
+    return buffer;
+}
+
+/* Copies the buffer into the arena as one contiguous block (the core may hand it in pieces). */
+static uint8_t *buffer_to_bytes(arena *a, grpc_byte_buffer *buffer, size_t *size) {
+    grpc_byte_buffer_reader reader;
+    if (!grpc_byte_buffer_reader_init(&reader, buffer))
+        return NULL;
+    grpc_slice all = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+    *size = GRPC_SLICE_LENGTH(all);
+    uint8_t *bytes = arena_alloc(a, *size ? *size : 1);
+    if (bytes != NULL)
+        memcpy(bytes, GRPC_SLICE_START_PTR(all), *size);
+    grpc_slice_unref(all);
+    return bytes;
+}
+
+void reply_trailers_set(reply_trailers *trailers, const status *st, const char *domain,
+                        int pushback_ms) {
+    memset(trailers, 0, sizeof *trailers);
+    size_t size = 0;
+    uint8_t *details = status_details_encode(st, domain, &size);
+    if (details != NULL) {
+        trailers->items[trailers->count].key =
+            grpc_slice_from_static_string(STATUS_DETAILS_METADATA_KEY);
+        trailers->items[trailers->count].value = grpc_slice_from_copied_buffer((char *)details, size);
+        trailers->count++;
+        free(details);
+    }
+    if (pushback_ms > 0) {
+        char text[24];
+        snprintf(text, sizeof text, "%d", pushback_ms);
+        trailers->items[trailers->count].key = grpc_slice_from_static_string("grpc-retry-pushback-ms");
+        trailers->items[trailers->count].value = grpc_slice_from_copied_string(text);
+        trailers->count++;
+    }
+    trailers->message = grpc_slice_from_copied_string(st->message);
+    trailers->has_message = true;
+}
+
+void reply_trailers_clear(reply_trailers *trailers) {
+    for (size_t i = 0; i < trailers->count; i++) {
+        grpc_slice_unref(trailers->items[i].key);
+        grpc_slice_unref(trailers->items[i].value);
+    }
+    if (trailers->has_message)
+        grpc_slice_unref(trailers->message);
+    memset(trailers, 0, sizeof *trailers);
+}
+
+/* W3C trace context: keep the caller's traceparent when it is well formed, else start one. */
+static bool traceparent_valid(const char *value) {
+    static const char pattern[] = "00-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX-XXXXXXXXXXXXXXXX-XX";
+    if (value == NULL || strlen(value) != sizeof pattern - 1)
+        return false;
+    for (size_t i = 0; pattern[i]; i++) {
+        if (pattern[i] == 'X') {
+            if (!((value[i] >= '0' && value[i] <= '9') || (value[i] >= 'a' && value[i] <= 'f')))
+                return false;
+        } else if (i > 1 && value[i] != pattern[i]) {
+            return false;
+        }
+    }
+    return strncmp(value + 3, "00000000000000000000000000000000", 32) != 0;
+}
+
+static void call_init_trace(rpc_context *call) {
+    const char *incoming = rpc_context_metadata(call, "traceparent");
+    if (traceparent_valid(incoming)) {
+        snprintf(call->traceparent, sizeof call->traceparent, "%s", incoming);
+    } else {
+        char trace[33], span[17];
+        random_hex(trace, 16);
+        random_hex(span, 8);
+        snprintf(call->traceparent, sizeof call->traceparent, "00-%s-%s-01", trace, span);
+    }
+    memcpy(call->trace_id, call->traceparent + 3, 32);
+    call->trace_id[32] = '\0';
+}
+
+/* --- call lifetime ---------------------------------------------------------------- */
+
+static rpc_context *call_create(call_request *request) {
+    rpc_context *call = calloc(1, sizeof *call);
+    if (call == NULL)
+        return NULL;
+    call->arena = arena_create(0);
+    if (call->arena == NULL) {
+        free(call);
+        return NULL;
+    }
+    call->server = request->server;
+    call->method = request->method;
+    call->call = request->call;
+    call->cq = request->cq;
+    call->deadline = request->deadline;
+    call->metadata = request->metadata;
+    call->payload = request->payload;
+    atomic_init(&call->refs, 1);
+    pthread_mutex_init(&call->stream.lock, NULL);
+    call_init_trace(call);
+    return call;
+}
+
+static void call_free(rpc_context *call) {
+    rpc_stream *stream = &call->stream;
+    for (queued_message *m = stream->head; m != NULL;) {
+        queued_message *next = m->next;
+        grpc_byte_buffer_destroy(m->buffer);
+        free(m);
+        m = next;
+    }
+    if (stream->write_buffer)
+        grpc_byte_buffer_destroy(stream->write_buffer);
+    if (stream->read_buffer)
+        grpc_byte_buffer_destroy(stream->read_buffer);
+    reply_trailers_clear(&stream->trailers);
+    reply_trailers_clear(&call->trailers);
+    pthread_mutex_destroy(&stream->lock);
+    if (call->reply_buffer)
+        grpc_byte_buffer_destroy(call->reply_buffer);
+    if (call->payload)
+        grpc_byte_buffer_destroy(call->payload);
+    grpc_metadata_array_destroy(&call->metadata);
+    grpc_call_unref(call->call);
+    arena_destroy(call->arena);
+    free(call);
+}
+
+static void call_retain(rpc_context *call) {
+    atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
+}
+
+static void call_release(rpc_context *call) {
+    if (atomic_fetch_sub_explicit(&call->refs, 1, memory_order_acq_rel) == 1)
+        call_free(call);
+}
+
+static void on_reply_sent(void *self, bool ok) {
+    (void)ok; /* a failed reply means the client went away; nothing to do but free */
+    call_release(self);
+}
+
+/* Answers a unary call in one batch: the message and OK, or a Trailers-Only error. */
+static void call_reply(rpc_context *call, status_code code, const status *st,
+                       grpc_byte_buffer *message, int pushback_ms) {
+    grpc_op ops[4];
+    memset(ops, 0, sizeof ops);
+    size_t n = 0;
+    if (code == STATUS_OK) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = message;
+        call->reply_buffer = message;
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n++].data.send_status_from_server.status = GRPC_STATUS_OK;
+    } else {
+        reply_trailers_set(&call->trailers, st, call->server->options.error_domain, pushback_ms);
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.status = (grpc_status_code)code;
+        ops[n].data.send_status_from_server.status_details = &call->trailers.message;
+        ops[n].data.send_status_from_server.trailing_metadata = call->trailers.items;
+        ops[n++].data.send_status_from_server.trailing_metadata_count = call->trailers.count;
+    }
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n++].data.recv_close_on_server.cancelled = &call->cancelled;
+    call->reply_tag = (cq_tag){on_reply_sent, call};
+    grpc_call_error error = grpc_call_start_batch(call->call, ops, n, &call->reply_tag, NULL);
+    if (error != GRPC_CALL_OK) {
+        LOG_ERROR("grpc_call_start_batch failed for a reply: %d", (int)error);
+        call_release(call);
+    }
+}
+
+static void call_reply_error(rpc_context *call, status_code code, const status *st) {
+    call_reply(call, code, st, NULL, 0);
+}
+
+/* --- request handling (worker threads) -------------------------------------------- */
+
+static const char *method_path(const rpc_context *call) {
+    return call->method ? call->method->path : "";
+}
+
+static status_code call_authenticate(rpc_context *call, status *st) {
+    rpc_access access = call->method->method->access;
+    if (access == RPC_ACCESS_PUBLIC)
+        return STATUS_OK;
+    call->authorization = rpc_context_metadata(call, "authorization");
+    if (call->server->options.verifier == NULL)
+        return status_set(st, STATUS_INTERNAL, "NO_VERIFIER", "the server has no token verifier");
+    if (auth_verify(call->server->options.verifier, call->authorization, &call->caller, st) !=
+        STATUS_OK)
+        return st->code;
+    call->has_caller = true;
+    if (access == RPC_ACCESS_ADMIN && !call->caller.admin)
+        return status_set(st, STATUS_PERMISSION_DENIED, "ADMIN_REQUIRED",
+                          "%s is for administrators only", call->method->method->name);
+    return STATUS_OK;
+}
+
+static status_code call_decode(rpc_context *call, grpc_byte_buffer *buffer,
+                               ProtobufCMessage **request, status *st) {
+    const ProtobufCMessageDescriptor *type = call->method->method->request_type;
+    if (buffer == NULL)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "MISSING_REQUEST",
+                          "the call carried no request message");
+    size_t size = 0;
+    uint8_t *bytes = buffer_to_bytes(call->arena, buffer, &size);
+    if (bytes == NULL)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
+                          "the request could not be read (compressed with an unknown algorithm?)");
+    ProtobufCAllocator allocator = arena_protobuf_allocator(call->arena);
+    *request = protobuf_c_message_unpack(type, &allocator, size, bytes);
+    if (*request == NULL)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
+                          "the request is not a valid %s message", type->name);
+    return STATUS_OK;
+}
+
+static void call_run_unary(rpc_context *call, const ProtobufCMessage *request) {
+    const registered_method *m = call->method;
+    status st;
+    status_clear(&st);
+    ProtobufCMessage *response = NULL;
+    status_code code = m->method->unary(m->service->state, call, request, &response, &st);
+    if (code == STATUS_OK && response == NULL)
+        code = status_set(&st, STATUS_INTERNAL, "NO_RESPONSE", "the handler returned no response");
+    if (code == STATUS_OK) {
+        call_reply(call, STATUS_OK, NULL, message_to_buffer(response), 0);
+    } else {
+        if (st.code != code)
+            st.code = code;
+        LOG_DEBUG("%s -> %s: %s", m->path, status_code_name(code), st.message);
+        call_reply_error(call, code, &st);
+    }
+}
+
+static void stream_begin(rpc_context *call);
+
+static void call_run_server_stream(rpc_context *call, const ProtobufCMessage *request) {
+    const registered_method *m = call->method;
+    stream_begin(call);
+    status st;
+    status_clear(&st);
+    status_code code = m->method->stream(m->service->state, call, request, &call->stream, &st);
+    if (code != STATUS_OK)
+        rpc_stream_finish(&call->stream, code, &st);
+    else if (!call->stream.kept)
+        rpc_stream_finish(&call->stream, STATUS_OK, NULL);
+    call_release(call); /* the handler's reference */
+}
+
+static void call_process(rpc_context *call) {
+    log_set_trace_id(call->trace_id);
+    status st;
+    status_clear(&st);
+    ProtobufCMessage *request = NULL;
+    status_code code = STATUS_OK;
+    if (rpc_context_remaining_ms(call) <= 0)
+        code = status_set(&st, STATUS_DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED",
+                          "the deadline passed before the call was handled");
+    if (code == STATUS_OK)
+        code = call_authenticate(call, &st);
+    if (code == STATUS_OK)
+        code = call_decode(call, call->payload, &request, &st);
+    if (code != STATUS_OK) {
+        LOG_DEBUG("%s -> %s: %s", method_path(call), status_code_name(code), st.message);
+        call_reply_error(call, code, &st);
+    } else if (call->method->method->kind == RPC_KIND_UNARY) {
+        call_run_unary(call, request);
+    } else {
+        call_run_server_stream(call, request);
+    }
+    log_set_trace_id(NULL);
+}
+
+static void *worker_main(void *arg) {
+    rpc_server *server = arg;
+    for (;;) {
+        pthread_mutex_lock(&server->jobs_lock);
+        while (server->jobs_head == NULL && !server->workers_stopping)
+            pthread_cond_wait(&server->jobs_ready, &server->jobs_lock);
+        rpc_context *call = server->jobs_head;
+        if (call == NULL) {
+            pthread_mutex_unlock(&server->jobs_lock);
+            return NULL;
+        }
+        server->jobs_head = call->next_job;
+        if (server->jobs_head == NULL)
+            server->jobs_tail = NULL;
+        pthread_mutex_unlock(&server->jobs_lock);
+
+        call_process(call);
+        atomic_fetch_sub_explicit(&server->in_flight, 1, memory_order_release);
+    }
+}
+
+static void jobs_push(rpc_server *server, rpc_context *call) {
+    pthread_mutex_lock(&server->jobs_lock);
+    call->next_job = NULL;
+    if (server->jobs_tail)
+        server->jobs_tail->next_job = call;
+    else
+        server->jobs_head = call;
+    server->jobs_tail = call;
+    pthread_cond_signal(&server->jobs_ready);
+    pthread_mutex_unlock(&server->jobs_lock);
+}
+
+/* --- server streams --------------------------------------------------------------- */
+
+static void stream_unlink(rpc_context *call) {
+    rpc_server *server = call->server;
+    pthread_mutex_lock(&server->streams_lock);
+    rpc_stream *s = &call->stream;
+    if (s->prev_open)
+        s->prev_open->stream.next_open = s->next_open;
+    else if (server->open_streams == call)
+        server->open_streams = s->next_open;
+    if (s->next_open)
+        s->next_open->stream.prev_open = s->prev_open;
+    s->prev_open = s->next_open = NULL;
+    pthread_mutex_unlock(&server->streams_lock);
+}
+
+static void on_stream_closed(void *self, bool ok) {
+    (void)ok;
+    rpc_context *call = self;
+    rpc_stream *s = &call->stream;
+    pthread_mutex_lock(&s->lock);
+    s->closed = true;
+    void (*callback)(void *) = s->on_close;
+    void *arg = s->on_close_arg;
+    s->on_close = NULL;
+    pthread_mutex_unlock(&s->lock);
+    stream_unlink(call);
+    if (callback)
+        callback(arg);
+    call_release(call);
+}
+
+static void on_stream_written(void *self, bool ok) {
+    rpc_context *call = self;
+    rpc_stream *s = &call->stream;
+    pthread_mutex_lock(&s->lock);
+    s->batch_in_flight = false;
+    if (s->write_buffer) {
+        grpc_byte_buffer_destroy(s->write_buffer);
+        s->write_buffer = NULL;
+    }
+    if (!ok)
+        s->closed = true; /* the client is gone; RECV_CLOSE will report it */
+    stream_pump_locked(call);
+    pthread_mutex_unlock(&s->lock);
+    call_release(call);
+}
+
+static void stream_start_batch(rpc_context *call, grpc_op *ops, size_t n) {
+    rpc_stream *s = &call->stream;
+    s->batch_in_flight = true;
+    call_retain(call);
+    if (grpc_call_start_batch(call->call, ops, n, &s->write_tag, NULL) != GRPC_CALL_OK) {
+        s->batch_in_flight = false;
+        s->closed = true;
+        atomic_fetch_sub(&call->refs, 1); /* cannot reach 0: the caller holds a reference */
+    }
+}
+
+/* Starts the next send batch if none is in flight: a queued message, else the status. */
+static void stream_pump_locked(rpc_context *call) {
+    rpc_stream *s = &call->stream;
+    if (s->batch_in_flight || s->status_sent)
+        return;
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    size_t n = 0;
+    if (s->head != NULL && !s->closed) {
+        queued_message *m = s->head;
+        s->head = m->next;
+        if (s->head == NULL)
+            s->tail = NULL;
+        s->queued--;
+        s->write_buffer = m->buffer;
+        free(m);
+        if (!s->initial_metadata_sent) {
+            ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+            s->initial_metadata_sent = true;
+        }
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n++].data.send_message.send_message = s->write_buffer;
+        s->write_tag = (cq_tag){on_stream_written, call};
+        stream_start_batch(call, ops, n);
+    } else if (s->finish_requested && !s->closed) {
+        reply_trailers_set(&s->trailers, &s->finish_status, call->server->options.error_domain, 0);
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.status = (grpc_status_code)s->finish_code;
+        ops[n].data.send_status_from_server.status_details = &s->trailers.message;
+        if (s->finish_code != STATUS_OK) {
+            ops[n].data.send_status_from_server.trailing_metadata = s->trailers.items;
+            ops[n].data.send_status_from_server.trailing_metadata_count = s->trailers.count;
+        }
+        n++;
+        s->status_sent = true;
+        s->write_tag = (cq_tag){on_stream_written, call};
+        stream_start_batch(call, ops, n);
+    }
+}
+
+/* Registers the stream as open and asks the core to tell us when the call is over. */
+static void stream_begin(rpc_context *call) {
+    rpc_server *server = call->server;
+    rpc_stream *s = &call->stream;
+    pthread_mutex_lock(&server->streams_lock);
+    s->next_open = server->open_streams;
+    if (server->open_streams)
+        server->open_streams->stream.prev_open = call;
+    server->open_streams = call;
+    pthread_mutex_unlock(&server->streams_lock);
+
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &s->client_cancelled;
+    s->close_tag = (cq_tag){on_stream_closed, call};
+    call_retain(call);
+    if (grpc_call_start_batch(call->call, &op, 1, &s->close_tag, NULL) != GRPC_CALL_OK) {
+        s->closed = true;
+        stream_unlink(call);
+        call_release(call);
+    }
+    if (atomic_load(&server->draining)) {
+        status st;
+        status_set(&st, STATUS_UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down");
+        rpc_stream_finish(s, STATUS_UNAVAILABLE, &st);
+    }
+}
+
+static rpc_context *stream_call(rpc_stream *stream) {
+    return (rpc_context *)((char *)stream - offsetof(rpc_context, stream));
+}
+
+status_code rpc_stream_send(rpc_stream *stream, const ProtobufCMessage *message, status *st) {
+    rpc_context *call = stream_call(stream);
+    pthread_mutex_lock(&stream->lock);
+    if (stream->closed || stream->finish_requested) {
+        pthread_mutex_unlock(&stream->lock);
+        return status_set(st, STATUS_CANCELLED, "STREAM_CLOSED", "the stream has ended");
+    }
+    if (stream->queued >= STREAM_QUEUE_LIMIT) {
+        pthread_mutex_unlock(&stream->lock);
+        status over;
+        status_set(&over, STATUS_RESOURCE_EXHAUSTED, "CLIENT_TOO_SLOW",
+                   "the client did not read %d queued messages", STREAM_QUEUE_LIMIT);
+        rpc_stream_finish(stream, STATUS_RESOURCE_EXHAUSTED, &over);
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "CLIENT_TOO_SLOW", "%s", over.message);
+    }
+    queued_message *m = malloc(sizeof *m);
+    if (m == NULL) {
+        pthread_mutex_unlock(&stream->lock);
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    }
+    m->buffer = message_to_buffer(message);
+    m->next = NULL;
+    if (stream->tail)
+        stream->tail->next = m;
+    else
+        stream->head = m;
+    stream->tail = m;
+    stream->queued++;
+    stream_pump_locked(call);
+    pthread_mutex_unlock(&stream->lock);
+    return STATUS_OK;
+}
+
+void rpc_stream_finish(rpc_stream *stream, status_code code, const status *st) {
+    rpc_context *call = stream_call(stream);
+    pthread_mutex_lock(&stream->lock);
+    if (!stream->finish_requested) {
+        stream->finish_requested = true;
+        stream->finish_code = code;
+        if (st != NULL && code != STATUS_OK)
+            stream->finish_status = *st;
+        else
+            status_clear(&stream->finish_status);
+        stream->finish_status.code = code;
+        stream_pump_locked(call);
+    }
+    pthread_mutex_unlock(&stream->lock);
+}
+
+bool rpc_stream_is_closed(rpc_stream *stream) {
+    pthread_mutex_lock(&stream->lock);
+    bool closed = stream->closed || stream->finish_requested;
+    pthread_mutex_unlock(&stream->lock);
+    return closed;
+}
+
+void rpc_stream_retain(rpc_stream *stream) {
+    rpc_context *call = stream_call(stream);
+    stream->kept = true;
+    call_retain(call);
+}
+
+void rpc_stream_release(rpc_stream *stream) {
+    call_release(stream_call(stream));
+}
+
+void rpc_stream_on_close(rpc_stream *stream, void (*on_close)(void *arg), void *arg) {
+    pthread_mutex_lock(&stream->lock);
+    bool already_closed = stream->closed;
+    if (!already_closed) {
+        stream->on_close = on_close;
+        stream->on_close_arg = arg;
+    }
+    pthread_mutex_unlock(&stream->lock);
+    if (already_closed)
+        on_close(arg);
+}
+
+/* --- bidirectional streams (reflection) -------------------------------------------- */
+
+static void bidi_read_next(rpc_context *call);
+
+static void on_bidi_read(void *self, bool ok) {
+    rpc_context *call = self;
+    rpc_stream *s = &call->stream;
+    grpc_byte_buffer *buffer = s->read_buffer;
+    s->read_buffer = NULL;
+    if (!ok) {
+        call_release(call);
+        return;
+    }
+    if (buffer == NULL) { /* the client half-closed: we are done once our messages are sent */
+        rpc_stream_finish(s, STATUS_OK, NULL);
+        call_release(call);
+        return;
+    }
+    status st;
+    status_clear(&st);
+    ProtobufCMessage *request = NULL;
+    arena_reset(call->arena);
+    status_code code = call_decode(call, buffer, &request, &st);
+    grpc_byte_buffer_destroy(buffer);
+    const registered_method *m = call->method;
+    if (code == STATUS_OK)
+        code = m->method->stream(m->service->state, call, request, s, &st);
+    if (code != STATUS_OK)
+        rpc_stream_finish(s, code, &st);
+    else
+        bidi_read_next(call);
+    call_release(call);
+}
+
+static void bidi_read_next(rpc_context *call) {
+    rpc_stream *s = &call->stream;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &s->read_buffer;
+    s->read_tag = (cq_tag){on_bidi_read, call};
+    call_retain(call);
+    if (grpc_call_start_batch(call->call, &op, 1, &s->read_tag, NULL) != GRPC_CALL_OK)
+        call_release(call);
+}
+
+static void call_start_bidi(rpc_context *call) {
+    stream_begin(call);
+    call->stream.kept = true;
+    bidi_read_next(call);
+    call_release(call); /* the starter's reference; the read and close batches hold theirs */
+}
+
+/* --- requested calls (poller threads) --------------------------------------------- */
+
+static void shed(rpc_context *call) {
+    status st;
+    status_set(&st, STATUS_RESOURCE_EXHAUSTED, "OVERLOADED",
+               "the service is busy; retry after %d ms", call->server->options.retry_pushback_ms);
+    call_reply(call, STATUS_RESOURCE_EXHAUSTED, &st, NULL, call->server->options.retry_pushback_ms);
+}
+
+static void reply_unimplemented(call_request *request) {
+    rpc_context *call = call_create(request);
+    if (call == NULL) {
+        grpc_call_cancel_with_status(request->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory",
+                                     NULL);
+        grpc_call_unref(request->call);
+        grpc_metadata_array_destroy(&request->metadata);
+        return;
+    }
+    size_t length = GRPC_SLICE_LENGTH(request->details.method);
+    char *path = arena_strndup(call->arena, (const char *)GRPC_SLICE_START_PTR(request->details.method),
+                               length > 256 ? 256 : length);
+    status st;
+    status_set(&st, STATUS_UNIMPLEMENTED, "UNKNOWN_METHOD", "unknown method %s", path ? path : "");
+    call_reply_error(call, STATUS_UNIMPLEMENTED, &st);
+}
+
+static void on_call_requested(void *self, bool ok) {
+    call_request *request = self;
+    rpc_server *server = request->server;
+    if (!ok) { /* the server is shutting down */
+        grpc_metadata_array_destroy(&request->metadata);
+        grpc_call_details_destroy(&request->details);
+        free(request);
+        return;
+    }
+    if (request->method == NULL) {
+        reply_unimplemented(request);
+        grpc_call_details_destroy(&request->details);
+        grpc_call_details_init(&request->details);
+        request_post(request);
+        return;
+    }
+    rpc_context *call = call_create(request);
+    request_post(request); /* hand the slot back to the core before any work */
+    if (call == NULL)
+        return;
+    if (call->method->method->kind == RPC_KIND_BIDI_STREAMING) {
+        call_start_bidi(call);
+        return;
+    }
+    int limit = server->options.max_in_flight;
+    if (atomic_fetch_add_explicit(&server->in_flight, 1, memory_order_acq_rel) >= limit) {
+        atomic_fetch_sub_explicit(&server->in_flight, 1, memory_order_release);
+        shed(call);
+        return;
+    }
+    jobs_push(server, call);
+}
+
+static void request_post(call_request *request) {
+    rpc_server *server = request->server;
+    request->call = NULL;
+    request->payload = NULL;
+    grpc_metadata_array_init(&request->metadata);
+    request->tag = (cq_tag){on_call_requested, request};
+    grpc_call_error error;
+    if (request->method == NULL) {
+        error = grpc_server_request_call(server->core, &request->call, &request->details,
+                                         &request->metadata, request->cq, request->cq,
+                                         &request->tag);
+    } else {
+        bool has_payload = request->method->method->kind != RPC_KIND_BIDI_STREAMING;
+        error = grpc_server_request_registered_call(
+            server->core, request->method->handle, &request->call, &request->deadline,
+            &request->metadata, has_payload ? &request->payload : NULL, request->cq, request->cq,
+            &request->tag);
+    }
+    if (error != GRPC_CALL_OK) {
+        grpc_metadata_array_destroy(&request->metadata);
+        grpc_call_details_destroy(&request->details);
+        free(request);
+    }
+}
+
+static void request_new(rpc_server *server, registered_method *method, grpc_completion_queue *cq) {
+    call_request *request = calloc(1, sizeof *request);
+    if (request == NULL)
+        return;
+    request->server = server;
+    request->method = method;
+    request->cq = cq;
+    grpc_call_details_init(&request->details);
+    request_post(request);
+}
+
+static void *poller_main(void *arg) {
+    poller *p = arg;
+    for (;;) {
+        grpc_event event = grpc_completion_queue_next(p->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (event.type == GRPC_QUEUE_SHUTDOWN)
+            return NULL;
+        if (event.type != GRPC_OP_COMPLETE)
+            continue;
+        cq_tag *tag = event.tag;
+        tag->on_complete(tag->self, event.success != 0);
+    }
+}
+
+/* --- server ----------------------------------------------------------------------- */
+
+static void on_shutdown_done(void *self, bool ok) {
+    (void)ok;
+    rpc_server *server = self;
+    pthread_mutex_lock(&server->shutdown_lock);
+    server->shutdown_done = true;
+    pthread_cond_broadcast(&server->shutdown_done_cond);
+    pthread_mutex_unlock(&server->shutdown_lock);
+}
+
+status_code rpc_server_create(const rpc_server_options *options, rpc_server **out, status *st) {
+    if (options->listen_address == NULL || options->listen_address[0] == '\0')
+        return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_OPTIONS", "listen_address is required");
+    rpc_server *server = calloc(1, sizeof *server);
+    if (server == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    server->options = *options;
+    rpc_server_options *o = &server->options;
+    if (o->poller_threads <= 0)
+        o->poller_threads = 2;
+    if (o->worker_threads <= 0)
+        o->worker_threads = 16;
+    if (o->max_in_flight <= 0)
+        o->max_in_flight = 256;
+    if (o->retry_pushback_ms <= 0)
+        o->retry_pushback_ms = 100;
+    if (o->drain_grace_ms <= 0)
+        o->drain_grace_ms = 10000;
+    if (o->max_message_bytes <= 0)
+        o->max_message_bytes = 1 << 20;
+    if (o->error_domain == NULL)
+        o->error_domain = "library";
+    pthread_mutex_init(&server->jobs_lock, NULL);
+    pthread_cond_init(&server->jobs_ready, NULL);
+    pthread_mutex_init(&server->streams_lock, NULL);
+    pthread_mutex_init(&server->shutdown_lock, NULL);
+    pthread_cond_init(&server->shutdown_done_cond, NULL);
+    atomic_init(&server->in_flight, 0);
+    atomic_init(&server->draining, false);
+
+    grpc_init();
+    grpc_arg args[2] = {
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+         .value.integer = o->max_message_bytes},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+         .value.integer = 16 << 20},
+    };
+    grpc_channel_args channel_args = {.num_args = 2, .args = args};
+    server->core = grpc_server_create(&channel_args, NULL);
+
+    status_code code = health_create(&server->health, st);
+    if (code == STATUS_OK)
+        code = rpc_server_add_service(server, health_service(server->health), st);
+    if (code == STATUS_OK && o->descriptor_set != NULL) {
+        code = reflection_create(o->descriptor_set, o->descriptor_set_size, &server->reflection, st);
+        if (code == STATUS_OK)
+            code = rpc_server_add_service(server, reflection_service_v1(server->reflection), st);
+        if (code == STATUS_OK)
+            code = rpc_server_add_service(server, reflection_service_v1alpha(server->reflection), st);
+    }
+    if (code != STATUS_OK) {
+        rpc_server_destroy(server);
+        return code;
+    }
+    *out = server;
+    return STATUS_OK;
+}
+
+status_code rpc_server_add_service(rpc_server *server, const rpc_service *service, status *st) {
+    if (server->started)
+        return status_set(st, STATUS_FAILED_PRECONDITION, "ALREADY_STARTED",
+                          "services must be added before the server starts");
+    if (server->service_count == MAX_SERVICES ||
+        server->method_count + service->method_count > MAX_METHODS)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "TOO_MANY_METHODS",
+                          "at most %d services and %d methods", MAX_SERVICES, MAX_METHODS);
+    for (size_t i = 0; i < service->method_count; i++) {
+        const rpc_method *method = &service->methods[i];
+        if (method->access != RPC_ACCESS_PUBLIC && server->options.verifier == NULL)
+            return status_set(st, STATUS_INVALID_ARGUMENT, "NO_VERIFIER",
+                              "%s/%s needs a token verifier", service->name, method->name);
+        registered_method *entry = &server->methods[server->method_count++];
+        entry->server = server;
+        entry->service = service;
+        entry->method = method;
+        size_t length = strlen(service->name) + strlen(method->name) + 3;
+        entry->path = malloc(length);
+        if (entry->path == NULL)
+            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+        snprintf(entry->path, length, "/%s/%s", service->name, method->name);
+        bool has_payload = method->kind != RPC_KIND_BIDI_STREAMING;
+        entry->handle = grpc_server_register_method(
+            server->core, entry->path, NULL,
+            has_payload ? GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER : GRPC_SRM_PAYLOAD_NONE, 0);
+    }
+    server->services[server->service_count++] = service;
+    return STATUS_OK;
+}
+
+status_code rpc_server_start(rpc_server *server, status *st) {
+    rpc_server_options *o = &server->options;
+    server->pollers = calloc((size_t)o->poller_threads, sizeof *server->pollers);
+    server->workers = calloc((size_t)o->worker_threads, sizeof *server->workers);
+    if (server->pollers == NULL || server->workers == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    for (int i = 0; i < o->poller_threads; i++) {
+        server->pollers[i].server = server;
+        server->pollers[i].cq = grpc_completion_queue_create_for_next(NULL);
+        grpc_server_register_completion_queue(server->core, server->pollers[i].cq, NULL);
+    }
+    grpc_server_credentials *credentials = grpc_insecure_server_credentials_create();
+    server->port = grpc_server_add_http2_port(server->core, o->listen_address, credentials);
+    grpc_server_credentials_release(credentials);
+    if (server->port == 0) {
+        for (int i = 0; i < o->poller_threads; i++) {
+            grpc_completion_queue_shutdown(server->pollers[i].cq);
+            grpc_completion_queue_destroy(server->pollers[i].cq);
+            server->pollers[i].cq = NULL;
+        }
+        return status_set(st, STATUS_UNAVAILABLE, "BIND_FAILED", "cannot listen on %s",
+                          o->listen_address);
+    }
+    grpc_server_start(server->core);
+    server->started = true;
+    for (int i = 0; i < o->poller_threads; i++) {
+        grpc_completion_queue *cq = server->pollers[i].cq;
+        for (size_t m = 0; m < server->method_count; m++)
+            for (int k = 0; k < REQUESTS_PER_METHOD; k++)
+                request_new(server, &server->methods[m], cq);
+        for (int k = 0; k < REQUESTS_PER_METHOD; k++)
+            request_new(server, NULL, cq);
+        pthread_create(&server->pollers[i].thread, NULL, poller_main, &server->pollers[i]);
+    }
+    for (int i = 0; i < o->worker_threads; i++)
+        pthread_create(&server->workers[i], NULL, worker_main, server);
+    server->worker_count = o->worker_threads;
+    server->poller_count = o->poller_threads;
+    health_set(server->health, "", true);
+    for (size_t i = 0; i < server->service_count; i++)
+        health_set(server->health, server->services[i]->name, true);
+    return STATUS_OK;
+}
+
+int rpc_server_port(const rpc_server *server) {
+    return server->port;
+}
+
+health *rpc_server_health(rpc_server *server) {
+    return server->health;
+}
+
+static void finish_open_streams(rpc_server *server) {
+    status st;
+    status_set(&st, STATUS_UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down");
+    pthread_mutex_lock(&server->streams_lock);
+    for (rpc_context *call = server->open_streams; call != NULL; call = call->stream.next_open)
+        rpc_stream_finish(&call->stream, STATUS_UNAVAILABLE, &st);
+    pthread_mutex_unlock(&server->streams_lock);
+}
+
+static bool wait_shutdown_done(rpc_server *server, int64_t timeout_ms) {
+    gpr_timespec until = gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
+                                      gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+    struct timespec deadline = {.tv_sec = until.tv_sec, .tv_nsec = until.tv_nsec};
+    pthread_mutex_lock(&server->shutdown_lock);
+    while (!server->shutdown_done) {
+        if (pthread_cond_timedwait(&server->shutdown_done_cond, &server->shutdown_lock, &deadline) != 0)
+            break;
+    }
+    bool done = server->shutdown_done;
+    pthread_mutex_unlock(&server->shutdown_lock);
+    return done;
+}
+
+void rpc_server_shutdown(rpc_server *server) {
+    pthread_mutex_lock(&server->shutdown_lock);
+    bool first = !server->shutting_down;
+    server->shutting_down = true;
+    pthread_mutex_unlock(&server->shutdown_lock);
+    if (!first || !server->started)
+        return;
+    int64_t started = now_ms();
+    atomic_store(&server->draining, true);
+    health_shutdown(server->health); /* NOT_SERVING to every watcher, then their streams end */
+    finish_open_streams(server);
+    server->shutdown_tag = (cq_tag){on_shutdown_done, server};
+    grpc_server_shutdown_and_notify(server->core, server->pollers[0].cq, &server->shutdown_tag);
+    if (!wait_shutdown_done(server, server->options.drain_grace_ms)) {
+        LOG_WARN("calls still running after %lld ms; cancelling them",
+                 (long long)server->options.drain_grace_ms);
+        grpc_server_cancel_all_calls(server->core);
+        wait_shutdown_done(server, 60000);
+    }
+    pthread_mutex_lock(&server->jobs_lock);
+    server->workers_stopping = true;
+    pthread_cond_broadcast(&server->jobs_ready);
+    pthread_mutex_unlock(&server->jobs_lock);
+    for (int i = 0; i < server->worker_count; i++)
+        pthread_join(server->workers[i], NULL);
+    for (int i = 0; i < server->poller_count; i++)
+        grpc_completion_queue_shutdown(server->pollers[i].cq);
+    for (int i = 0; i < server->poller_count; i++)
+        pthread_join(server->pollers[i].thread, NULL);
+    LOG_INFO("server drained in %lld ms", (long long)(now_ms() - started));
+}
+
+void rpc_server_destroy(rpc_server *server) {
+    if (server == NULL)
+        return;
+    rpc_server_shutdown(server);
+    if (server->core)
+        grpc_server_destroy(server->core);
+    for (int i = 0; server->pollers && i < server->options.poller_threads; i++)
+        if (server->pollers[i].cq)
+            grpc_completion_queue_destroy(server->pollers[i].cq);
+    for (size_t i = 0; i < server->method_count; i++)
+        free(server->methods[i].path);
+    health_destroy(server->health);
+    reflection_destroy(server->reflection);
+    free(server->pollers);
+    free(server->workers);
+    pthread_mutex_destroy(&server->jobs_lock);
+    pthread_cond_destroy(&server->jobs_ready);
+    pthread_mutex_destroy(&server->streams_lock);
+    pthread_mutex_destroy(&server->shutdown_lock);
+    pthread_cond_destroy(&server->shutdown_done_cond);
+    free(server);
+    grpc_shutdown();
+}
+
+/* --- signals ---------------------------------------------------------------------- */
+
+static void signal_set(sigset_t *set) {
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
+void rpc_block_signals(void) {
+    sigset_t set;
+    signal_set(&set);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+int rpc_wait_for_signal(void (*on_hangup)(void *arg), void *arg) {
+    sigset_t set;
+    signal_set(&set);
+    for (;;) {
+        int signal_number = 0;
+        if (sigwait(&set, &signal_number) != 0)
+            continue;
+        if (signal_number == SIGHUP) {
+            if (on_hangup)
+                on_hangup(arg);
+            continue;
+        }
+        return signal_number;
+    }
+}
+
+/* --- context accessors ------------------------------------------------------------- */
+
+arena *rpc_context_arena(rpc_context *ctx) {
+    return ctx->arena;
+}
+
+const auth_identity *rpc_context_caller(const rpc_context *ctx) {
+    return ctx->has_caller ? &ctx->caller : NULL;
+}
+
+const char *rpc_context_authorization(const rpc_context *ctx) {
+    return ctx->authorization;
+}
+
+int64_t rpc_context_remaining_ms(const rpc_context *ctx) {
+    if (gpr_time_cmp(ctx->deadline, gpr_inf_future(ctx->deadline.clock_type)) == 0 ||
+        ctx->deadline.tv_sec == 0)
+        return INT64_MAX;
+    gpr_timespec now = gpr_now(ctx->deadline.clock_type);
+    gpr_timespec left = gpr_time_sub(ctx->deadline, now);
+    int64_t ms = left.tv_sec * 1000 + left.tv_nsec / 1000000;
+    return ms < 0 ? 0 : ms;
+}
+
+const char *rpc_context_metadata(rpc_context *ctx, const char *key) {
+    for (size_t i = 0; i < ctx->metadata.count; i++) {
+        const grpc_metadata *item = &ctx->metadata.metadata[i];
+        if (slice_equals(item->key, key))
+            return arena_strndup(ctx->arena, (const char *)GRPC_SLICE_START_PTR(item->value),
+                                 GRPC_SLICE_LENGTH(item->value));
+    }
+    return NULL;
+}
+
+const char *rpc_context_traceparent(const rpc_context *ctx) {
+    return ctx->traceparent;
+}
+
+const char *rpc_context_trace_id(const rpc_context *ctx) {
+    return ctx->trace_id;
+}
+
+const char *rpc_context_method(const rpc_context *ctx) {
+    return method_path(ctx);
+}
