@@ -26,7 +26,4 @@ void reply_trailers_set(reply_trailers *trailers, const status *st, const char *
                         int pushback_ms);
 void reply_trailers_clear(reply_trailers *trailers);
 
-/* Writes 2*bytes lowercase hex digits of cryptographic randomness plus a NUL. */
-void random_hex(char *out, size_t bytes);
-
 #endif

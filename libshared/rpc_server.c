@@ -27,6 +27,7 @@
 #include "reflection.h"
 #include "rpc_internal.h"
 #include "status_details.h"
+#include "text.h"
 
 enum {
     MAX_METHODS = 64,
@@ -243,8 +244,8 @@ static void call_init_trace(rpc_context *call) {
         snprintf(call->traceparent, sizeof call->traceparent, "%s", incoming);
     } else {
         char trace[33], span[17];
-        random_hex(trace, 16);
-        random_hex(span, 8);
+        text_random_hex(trace, 16);
+        text_random_hex(span, 8);
         snprintf(call->traceparent, sizeof call->traceparent, "00-%s-%s-01", trace, span);
     }
     memcpy(call->trace_id, call->traceparent + 3, 32);
@@ -1028,6 +1029,8 @@ static bool wait_shutdown_done(rpc_server *server, int64_t timeout_ms) {
 }
 
 void rpc_server_shutdown(rpc_server *server) {
+    if (server == NULL)
+        return;
     pthread_mutex_lock(&server->shutdown_lock);
     bool first = !server->shutting_down;
     server->shutting_down = true;

@@ -1,0 +1,62 @@
+/* service.h - the main() every service shares: configuration (the common table plus the
+ * service's own), logs, token verification, the gRPC server, the NATS connection, signals
+ * and the graceful drain. A service supplies its name, its settings and a start function
+ * that opens its stores and adds its gRPC services:
+ *
+ *   int main(int argc, char **argv) { return service_main(&catalog_definition, argc, argv); }
+ */
+#ifndef LIBSHARED_SERVICE_H
+#define LIBSHARED_SERVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "health.h"
+#include "log.h"
+#include "nats_connection.h"
+#include "rpc_server.h"
+#include "status.h"
+
+/* Settings every service reads from the environment. */
+typedef struct service_settings {
+    int64_t grpc_port;
+    log_level log_level;
+    const char *jwt_public_key_file;
+    const char *jwt_issuer;
+    const char *jwt_audience;
+    int64_t jwt_leeway_ms;
+    const char *nats_url;
+    int64_t nats_timeout_ms;
+    int64_t nats_connect_timeout_ms;
+    int64_t nats_replicas;
+    int64_t max_in_flight;
+    int64_t worker_threads;
+    int64_t drain_grace_ms;
+    int64_t retry_pushback_ms;
+} service_settings;
+
+typedef struct service_context {
+    const service_settings *settings;
+    rpc_server *server;
+    nats_connection *nats;
+    health *health;
+} service_context;
+
+typedef struct service_definition {
+    const char *name;              /* "catalog": logs, error domain, NATS client name */
+    const char *default_grpc_port; /* "50051" */
+    const config_entry *config;    /* the service's own settings (may be NULL) */
+    size_t config_count;
+    /* Opens what the service needs and adds its gRPC services to context->server.
+     * *state is passed back to stop. */
+    status_code (*start)(const service_context *context, void **state, status *st);
+    /* Called after the server has drained: stop consumers, free state. */
+    void (*stop)(void *state);
+} service_definition;
+
+/* Runs the service until SIGTERM or SIGINT; returns the process exit status
+ * (0 after a clean drain, 1 when it could not start, 2 for bad configuration). */
+int service_main(const service_definition *definition, int argc, char **argv);
+
+#endif

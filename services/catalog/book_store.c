@@ -1,0 +1,247 @@
+/* book_store.c - the books bucket and its watcher. */
+#include "book_store.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kv.h"
+#include "log.h"
+
+enum { UPDATE_ATTEMPTS = 32, KEY_MAX = 80 };
+
+struct book_store {
+    kv_bucket *bucket;
+    book_index *index;
+    kvWatcher *watcher;
+    pthread_t watch_thread;
+    bool watching;
+    atomic_bool stopping;
+};
+
+static void book_key(const char *book_id, char key[KEY_MAX]) {
+    snprintf(key, KEY_MAX, "book.%s", book_id);
+}
+
+static book_entry entry_of(const Library__Catalog__V1__Book *book, uint64_t revision) {
+    book_entry entry = {
+        .book_id = book->book_id, .isbn = book->isbn, .title = book->title, .author = book->author,
+        .total_copies = book->total_copies, .available_copies = book->available_copies,
+        .revision = revision,
+    };
+    if (book->create_time) {
+        entry.create_seconds = book->create_time->seconds;
+        entry.create_nanos = book->create_time->nanos;
+    }
+    if (book->update_time) {
+        entry.update_seconds = book->update_time->seconds;
+        entry.update_nanos = book->update_time->nanos;
+    }
+    return entry;
+}
+
+static void index_record(book_store *store, const uint8_t *data, size_t size, uint64_t revision) {
+    book_record *record = library__catalog__internal__book_record__unpack(NULL, size, data);
+    if (record == NULL || record->book == NULL) {
+        LOG_ERROR("a stored book record at revision %llu does not parse; skipping it",
+                  (unsigned long long)revision);
+    } else {
+        book_entry entry = entry_of(record->book, revision);
+        status st;
+        if (book_index_put(store->index, &entry, &st) != STATUS_OK)
+            LOG_ERROR("cannot index book %s: %s", entry.book_id, st.message);
+    }
+    if (record)
+        library__catalog__internal__book_record__free_unpacked(record, NULL);
+}
+
+static void apply_watch_entry(book_store *store, kvEntry *entry) {
+    const char *key = kvEntry_Key(entry);
+    if (strncmp(key, "book.", 5) != 0)
+        return;
+    if (kvEntry_Operation(entry) == kvOp_Put)
+        index_record(store, kvEntry_Value(entry), (size_t)kvEntry_ValueLen(entry),
+                     kvEntry_Revision(entry));
+    else
+        book_index_remove(store->index, key + 5, kvEntry_Revision(entry));
+}
+
+/* Loads the current books: the watcher delivers them, then a NULL entry. */
+static status_code load_initial(book_store *store, status *st) {
+    for (;;) {
+        kvEntry *entry = NULL;
+        natsStatus s = kvWatcher_Next(&entry, store->watcher, 10000);
+        if (s != NATS_OK)
+            return nats_status_to_status(s, "loading the books", st);
+        if (entry == NULL)
+            return STATUS_OK;
+        apply_watch_entry(store, entry);
+        kvEntry_Destroy(entry);
+    }
+}
+
+static void *watch_main(void *arg) {
+    book_store *store = arg;
+    while (!atomic_load(&store->stopping)) {
+        kvEntry *entry = NULL;
+        natsStatus s = kvWatcher_Next(&entry, store->watcher, 500);
+        if (s == NATS_TIMEOUT)
+            continue;
+        if (s != NATS_OK) {
+            if (!atomic_load(&store->stopping))
+                LOG_WARN("book watcher stopped: %s", natsStatus_GetText(s));
+            break;
+        }
+        if (entry != NULL) {
+            apply_watch_entry(store, entry);
+            kvEntry_Destroy(entry);
+        }
+    }
+    return NULL;
+}
+
+status_code book_store_open(nats_connection *connection, int replicas, book_store **out,
+                            status *st) {
+    book_store *store = calloc(1, sizeof *store);
+    if (store == NULL || (store->index = book_index_create()) == NULL) {
+        free(store);
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    }
+    atomic_init(&store->stopping, false);
+    status_code code = kv_bucket_open(connection, "books", replicas, &store->bucket, st);
+    if (code == STATUS_OK) {
+        natsStatus s = kvStore_WatchAll(&store->watcher, kv_bucket_store(store->bucket), NULL);
+        code = nats_status_to_status(s, "watching the books", st);
+    }
+    if (code == STATUS_OK)
+        code = load_initial(store, st);
+    if (code == STATUS_OK) {
+        if (pthread_create(&store->watch_thread, NULL, watch_main, store) == 0)
+            store->watching = true;
+        else
+            code = status_set(st, STATUS_INTERNAL, "THREAD", "cannot start the book watcher");
+    }
+    if (code != STATUS_OK) {
+        book_store_close(store);
+        return code;
+    }
+    LOG_INFO("loaded %zu books", book_index_count(store->index));
+    *out = store;
+    return STATUS_OK;
+}
+
+void book_store_close(book_store *store) {
+    if (store == NULL)
+        return;
+    atomic_store(&store->stopping, true);
+    if (store->watcher)
+        kvWatcher_Stop(store->watcher);
+    if (store->watching)
+        pthread_join(store->watch_thread, NULL);
+    kvWatcher_Destroy(store->watcher);
+    kv_bucket_close(store->bucket);
+    book_index_destroy(store->index);
+    free(store);
+}
+
+book_index *book_store_index(book_store *store) {
+    return store->index;
+}
+
+static status_code decode(arena *a, const kv_value *value, book_record **out, status *st) {
+    ProtobufCAllocator allocator = arena_protobuf_allocator(a);
+    book_record *record =
+        library__catalog__internal__book_record__unpack(&allocator, value->size, value->data);
+    if (record == NULL || record->book == NULL)
+        return status_set(st, STATUS_DATA_LOSS, "CORRUPT_RECORD", "a stored book does not parse");
+    *out = record;
+    return STATUS_OK;
+}
+
+static uint8_t *encode(arena *a, const book_record *record, size_t *size) {
+    *size = library__catalog__internal__book_record__get_packed_size(record);
+    uint8_t *bytes = arena_alloc(a, *size ? *size : 1);
+    if (bytes)
+        library__catalog__internal__book_record__pack(record, bytes);
+    return bytes;
+}
+
+status_code book_store_get(book_store *store, const char *book_id, arena *a, book_record **out,
+                           status *st) {
+    char key[KEY_MAX];
+    book_key(book_id, key);
+    kv_value value;
+    status_code code = kv_get(store->bucket, key, a, &value, st);
+    if (code == STATUS_NOT_FOUND)
+        return status_set(st, STATUS_NOT_FOUND, "BOOK_NOT_FOUND", "no book with id %s", book_id);
+    if (code != STATUS_OK)
+        return code;
+    return decode(a, &value, out, st);
+}
+
+status_code book_store_create(book_store *store, const book_record *record, arena *a, status *st) {
+    char key[KEY_MAX];
+    book_key(record->book->book_id, key);
+    size_t size = 0;
+    uint8_t *bytes = encode(a, record, &size);
+    if (bytes == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    uint64_t revision = 0;
+    status_code code = kv_create(store->bucket, key, bytes, size, &revision, st);
+    if (code == STATUS_OK)
+        index_record(store, bytes, size, revision);
+    return code;
+}
+
+typedef struct update_job {
+    book_change change;
+    void *arg;
+    book_record *result;
+    uint8_t *written;
+    size_t written_size;
+} update_job;
+
+static status_code update_mutation(void *arg, arena *a, const kv_value *current, uint8_t **next,
+                                   size_t *next_size, status *st) {
+    update_job *job = arg;
+    job->written = NULL;
+    if (current == NULL)
+        return status_set(st, STATUS_NOT_FOUND, "BOOK_NOT_FOUND", "no such book");
+    book_record *record = NULL;
+    status_code code = decode(a, current, &record, st);
+    if (code != STATUS_OK)
+        return code;
+    bool changed = true;
+    code = job->change(job->arg, a, record, &changed, st);
+    if (code != STATUS_OK)
+        return code;
+    job->result = record;
+    if (!changed)
+        return STATUS_OK;
+    *next = encode(a, record, next_size);
+    if (*next == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    job->written = *next;
+    job->written_size = *next_size;
+    return STATUS_OK;
+}
+
+status_code book_store_update(book_store *store, const char *book_id, arena *a, book_change change,
+                              void *arg, book_record **out, status *st) {
+    char key[KEY_MAX];
+    book_key(book_id, key);
+    update_job job = {.change = change, .arg = arg};
+    uint64_t revision = 0;
+    status_code code = kv_mutate(store->bucket, key, a, update_mutation, &job, UPDATE_ATTEMPTS,
+                                 &revision, st);
+    if (code == STATUS_NOT_FOUND)
+        return status_set(st, STATUS_NOT_FOUND, "BOOK_NOT_FOUND", "no book with id %s", book_id);
+    if (code != STATUS_OK)
+        return code;
+    if (job.written)
+        index_record(store, job.written, job.written_size, revision);
+    *out = job.result;
+    return STATUS_OK;
+}

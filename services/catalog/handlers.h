@@ -1,0 +1,16 @@
+/* handlers.h - CatalogService over gRPC: decode, check, call the store, answer. */
+#ifndef CATALOG_HANDLERS_H
+#define CATALOG_HANDLERS_H
+
+#include "book_store.h"
+#include "rpc_server.h"
+
+typedef struct catalog_handlers {
+    book_store *store;
+    rpc_service service;
+} catalog_handlers;
+
+/* Fills handlers->service (state = handlers) for rpc_server_add_service. */
+void catalog_handlers_init(catalog_handlers *handlers, book_store *store);
+
+#endif

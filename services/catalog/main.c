@@ -1,0 +1,42 @@
+/* main.c - the catalog service: books and their copies, stored in NATS JetStream. */
+#include <stdlib.h>
+
+#include "book_store.h"
+#include "handlers.h"
+#include "service.h"
+
+static status_code catalog_start(const service_context *context, void **state, status *st) {
+    catalog_handlers *handlers = calloc(1, sizeof *handlers);
+    if (handlers == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    book_store *store = NULL;
+    status_code code = book_store_open(context->nats, (int)context->settings->nats_replicas, &store, st);
+    if (code == STATUS_OK) {
+        catalog_handlers_init(handlers, store);
+        code = rpc_server_add_service(context->server, &handlers->service, st);
+    }
+    if (code != STATUS_OK) {
+        book_store_close(store);
+        free(handlers);
+        return code;
+    }
+    *state = handlers;
+    return STATUS_OK;
+}
+
+static void catalog_stop(void *state) {
+    catalog_handlers *handlers = state;
+    book_store_close(handlers->store);
+    free(handlers);
+}
+
+static const service_definition catalog_definition = {
+    .name = "catalog",
+    .default_grpc_port = "50051",
+    .start = catalog_start,
+    .stop = catalog_stop,
+};
+
+int main(int argc, char **argv) {
+    return service_main(&catalog_definition, argc, argv);
+}
