@@ -4,9 +4,9 @@
  *
  *   static int64_t port; static int64_t loan_period_ms; static const char *nats_url;
  *   static const config_entry entries[] = {
- *       {"GRPC_PORT", CONFIG_PORT, "50051", "gRPC listen port", &port},
- *       {"LOAN_PERIOD", CONFIG_DURATION, "14d", "how long a loan lasts", &loan_period_ms, .min = 1},
- *       {"NATS_URL", CONFIG_STRING, NULL, "NATS server URL (required)", &nats_url},
+ *       {"GRPC_PORT", CONFIG_PORT, "50051", "gRPC listen port", &port, 0, 0},
+ *       {"LOAN_PERIOD", CONFIG_DURATION, "14d", "how long a loan lasts", &loan_period_ms, 1, 0},
+ *       {"NATS_URL", CONFIG_STRING, NULL, "NATS server URL (required)", &nats_url, 0, 0},
  *   };
  */
 #ifndef LIBSHARED_CONFIG_H
@@ -45,10 +45,11 @@ status_code config_load(const config_entry *entries, size_t count, status *st);
  * table's help to stderr and exits with status 2. */
 void config_load_or_exit(const char *program, const config_entry *entries, size_t count);
 
-/* Writes "NAME (default: X) - help" lines, for --help. */
+/* Writes "  NAME  (default: X | required)  help" lines, for --help. An empty variable counts
+ * as unset. */
 void config_print_help(const config_entry *entries, size_t count, void *file /* FILE * */);
 
-/* Parsers, exposed for tests and other callers. Return false on malformed input. */
+/* Parsers, exposed for tests and other callers. Return 1 on success, 0 on malformed input. */
 int config_parse_duration_ms(const char *text, int64_t *out_ms); /* 1 ok, 0 bad */
 int config_parse_int(const char *text, int64_t *out);             /* 1 ok, 0 bad */
 

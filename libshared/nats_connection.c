@@ -1,6 +1,7 @@
 /* nats_connection.c - connecting, reconnecting and error mapping for NATS.c. */
 #include "nats_connection.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,27 @@ struct nats_connection {
     natsConnection *core;
     jsCtx *jetstream;
     health *health;
+    /* NATS.c delivers callbacks on its own thread, after natsConnection_Close returns; the
+     * closed callback comes last, so close waits for it before freeing what they use. */
+    pthread_mutex_t lock;
+    pthread_cond_t closed_cond;
+    bool closed;
 };
+
+static void on_closed(natsConnection *nc, void *closure) {
+    (void)nc;
+    nats_connection *c = closure;
+    pthread_mutex_lock(&c->lock);
+    c->closed = true;
+    pthread_cond_broadcast(&c->closed_cond);
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void connection_free(nats_connection *c) {
+    pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->closed_cond);
+    free(c);
+}
 
 static void on_disconnected(natsConnection *nc, void *closure) {
     (void)nc;
@@ -71,6 +92,8 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
     if (c == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     c->health = options->health;
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->closed_cond, NULL);
     natsOptions *opts = NULL;
     natsStatus s = natsOptions_Create(&opts);
     if (s == NATS_OK)
@@ -87,9 +110,11 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
         s = natsOptions_SetDisconnectedCB(opts, on_disconnected, c);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectedCB(opts, on_reconnected, c);
+    if (s == NATS_OK)
+        s = natsOptions_SetClosedCB(opts, on_closed, c);
     if (s != NATS_OK) {
         natsOptions_Destroy(opts);
-        free(c);
+        connection_free(c);
         return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_NATS_URL", "NATS options: %s (URL %s)",
                           natsStatus_GetText(s), options->url);
     }
@@ -103,7 +128,7 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
     }
     natsOptions_Destroy(opts);
     if (s != NATS_OK) {
-        free(c);
+        connection_free(c);
         return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE",
                           "cannot connect to NATS at %s: %s", options->url, natsStatus_GetText(s));
     }
@@ -112,8 +137,7 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
     js_options.Wait = options->request_timeout_ms > 0 ? options->request_timeout_ms : 2000;
     s = natsConnection_JetStream(&c->jetstream, c->core, &js_options);
     if (s != NATS_OK) {
-        natsConnection_Destroy(c->core);
-        free(c);
+        nats_connection_close(c);
         return nats_status_to_status(s, "JetStream context", st);
     }
     if (c->health)
@@ -126,8 +150,16 @@ void nats_connection_close(nats_connection *c) {
     if (c == NULL)
         return;
     jsCtx_Destroy(c->jetstream);
+    natsConnection_Close(c->core);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 5;
+    pthread_mutex_lock(&c->lock);
+    while (!c->closed && pthread_cond_timedwait(&c->closed_cond, &c->lock, &until) == 0) {
+    }
+    pthread_mutex_unlock(&c->lock);
     natsConnection_Destroy(c->core);
-    free(c);
+    connection_free(c);
 }
 
 natsConnection *nats_connection_core(nats_connection *c) {

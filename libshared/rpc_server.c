@@ -315,14 +315,16 @@ static void on_reply_sent(void *self, bool ok) {
     call_release(self);
 }
 
-/* Answers a unary call in one batch: the message and OK, or a Trailers-Only error. */
+/* Answers a unary call in one batch: the message and OK, or an error. The core needs the
+ * (empty) initial metadata in the batch either way; with no message in between, chttp2 sends
+ * an error as one Trailers-Only HEADERS frame. */
 static void call_reply(rpc_context *call, status_code code, const status *st,
                        grpc_byte_buffer *message, int pushback_ms) {
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     size_t n = 0;
+    ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
     if (code == STATUS_OK) {
-        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
         ops[n].op = GRPC_OP_SEND_MESSAGE;
         ops[n++].data.send_message.send_message = message;
         call->reply_buffer = message;
@@ -546,7 +548,7 @@ static void stream_pump_locked(rpc_context *call) {
     rpc_stream *s = &call->stream;
     if (s->batch_in_flight || s->status_sent)
         return;
-    grpc_op ops[2];
+    grpc_op ops[3];
     memset(ops, 0, sizeof ops);
     size_t n = 0;
     if (s->head != NULL && !s->closed) {
@@ -567,6 +569,10 @@ static void stream_pump_locked(rpc_context *call) {
         stream_start_batch(call, ops, n);
     } else if (s->finish_requested && !s->closed) {
         reply_trailers_set(&s->trailers, &s->finish_status, call->server->options.error_domain, 0);
+        if (!s->initial_metadata_sent) {
+            ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+            s->initial_metadata_sent = true;
+        }
         ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
         ops[n].data.send_status_from_server.status = (grpc_status_code)s->finish_code;
         ops[n].data.send_status_from_server.status_details = &s->trailers.message;
@@ -1039,10 +1045,11 @@ void rpc_server_shutdown(rpc_server *server) {
         return;
     int64_t started = now_ms();
     atomic_store(&server->draining, true);
-    health_shutdown(server->health); /* NOT_SERVING to every watcher, then their streams end */
-    finish_open_streams(server);
+    health_shutdown(server->health); /* NOT_SERVING to every watcher */
+    /* Stop listening first, so nothing new arrives while open streams are ended. */
     server->shutdown_tag = (cq_tag){on_shutdown_done, server};
     grpc_server_shutdown_and_notify(server->core, server->pollers[0].cq, &server->shutdown_tag);
+    finish_open_streams(server);
     if (!wait_shutdown_done(server, server->options.drain_grace_ms)) {
         LOG_WARN("calls still running after %lld ms; cancelling them",
                  (long long)server->options.drain_grace_ms);

@@ -135,7 +135,8 @@ static status_code remember_applied(arena *a, book_record *record, const char *k
         (void *)arena_new_message(a, &library__catalog__internal__applied_request__descriptor);
     if (list == NULL || entry == NULL)
         return STATUS_RESOURCE_EXHAUSTED;
-    memcpy(list, record->applied_requests + start, (count - 1) * sizeof *list);
+    if (count > 1)
+        memcpy(list, record->applied_requests + start, (count - 1) * sizeof *list);
     entry->key = arena_strdup(a, key);
     entry->total_copies = record->book->total_copies;
     entry->available_copies = record->book->available_copies;

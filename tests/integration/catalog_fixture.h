@@ -1,0 +1,33 @@
+/* catalog_fixture.h - the shared stack of the catalog suites (nats-server and one catalog
+ * process, started once before all tests) and shorthands for calling it. */
+#ifndef TESTS_CATALOG_FIXTURE_H
+#define TESTS_CATALOG_FIXTURE_H
+
+#include "harness.h"
+#include "library/catalog/v1/catalog.pb-c.h"
+
+typedef Library__Catalog__V1__Book Book;
+
+#define CATALOG "/library.catalog.v1.CatalogService/"
+
+/* The test directory, catalog address and NATS URL of the shared stack (from the env). */
+const char *fixture_dir(void);
+const char *fixture_catalog_address(void);
+const char *fixture_nats_url(void);
+
+/* A client to the shared catalog and an arena, freed by fixture_teardown. */
+extern rpc_client *client;
+extern arena *mem;
+void fixture_setup(void);
+void fixture_teardown(void);
+
+const char *admin_bearer(void);
+const char *user_bearer(const char *user);
+
+/* Registers a book as admin and asserts success. */
+Book *register_book(const char *title, const char *author, const char *isbn, int copies);
+status_code call_catalog(const char *method, const ProtobufCMessage *request,
+                         const ProtobufCMessageDescriptor *response_type, const char *bearer,
+                         ProtobufCMessage **response, status *st);
+
+#endif

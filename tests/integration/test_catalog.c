@@ -1,0 +1,379 @@
+/* test_catalog.c - CatalogService over gRPC against a real nats-server and catalog process:
+ * every method, its validation and status codes, idempotency, concurrency and search paging. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "catalog_fixture.h"
+#include "text.h"
+
+TestSuite(catalog, .init = fixture_setup, .fini = fixture_teardown, .timeout = 60);
+
+static Book *get_book(const char *book_id, status_code expected, status *st) {
+    Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status_code code = call_catalog("GetBook", &request.base, &library__catalog__v1__book__descriptor,
+                                    user_bearer("reader"), &response, st);
+    cr_assert_eq(code, expected, "GetBook(%s): expected %s, got %s: %s", book_id,
+                 status_code_name(expected), status_code_name(code), st->message);
+    return (Book *)response;
+}
+
+static status_code adjust(const char *book_id, int delta, const char *request_id, Book **out,
+                          status *st) {
+    Library__Catalog__V1__AdjustStockRequest request = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    request.delta = delta;
+    request.request_id = (char *)(request_id ? request_id : "");
+    ProtobufCMessage *response = NULL;
+    status_code code = call_catalog("AdjustStock", &request.base, &library__catalog__v1__book__descriptor,
+                                    admin_bearer(), &response, st);
+    if (out)
+        *out = (Book *)response;
+    return code;
+}
+
+static status_code register_with(const char *title, const char *author, const char *isbn, int copies,
+                                 const char *request_id, const char *bearer, Book **out, status *st) {
+    Library__Catalog__V1__RegisterBookRequest request = LIBRARY__CATALOG__V1__REGISTER_BOOK_REQUEST__INIT;
+    request.title = (char *)title;
+    request.author = (char *)author;
+    request.isbn = (char *)isbn;
+    request.copies = copies;
+    request.request_id = (char *)(request_id ? request_id : "");
+    ProtobufCMessage *response = NULL;
+    status_code code = call_catalog("RegisterBook", &request.base, &library__catalog__v1__book__descriptor,
+                                    bearer, &response, st);
+    if (out)
+        *out = (Book *)response;
+    return code;
+}
+
+static Library__Catalog__V1__SearchBooksResponse *search(const char *query, int page_size,
+                                                         const char *token, status_code expected,
+                                                         status *st) {
+    Library__Catalog__V1__SearchBooksRequest request = LIBRARY__CATALOG__V1__SEARCH_BOOKS_REQUEST__INIT;
+    request.query = (char *)query;
+    request.page_size = page_size;
+    request.page_token = (char *)(token ? token : "");
+    ProtobufCMessage *response = NULL;
+    status_code code = call_catalog("SearchBooks", &request.base,
+                                    &library__catalog__v1__search_books_response__descriptor,
+                                    user_bearer("reader"), &response, st);
+    cr_assert_eq(code, expected, "SearchBooks(%s): expected %s, got %s: %s", query,
+                 status_code_name(expected), status_code_name(code), st->message);
+    return (void *)response;
+}
+
+/* A word no other test uses, so searches see only this test's books. */
+static const char *unique_word(const char *prefix) {
+    char id[17];
+    text_random_hex(id, 8);
+    return arena_sprintf(mem, "%s%s", prefix, id);
+}
+
+Test(catalog, register_then_get_returns_the_same_book) {
+    Book *made = register_book("Dune", "Frank Herbert", "978-0441013593", 3);
+    cr_assert_str_not_empty(made->book_id);
+    cr_assert_str_eq(made->title, "Dune");
+    cr_assert_str_eq(made->author, "Frank Herbert");
+    cr_assert_str_eq(made->isbn, "978-0441013593");
+    cr_assert_eq(made->total_copies, 3);
+    cr_assert_eq(made->available_copies, 3);
+    cr_assert_not_null(made->create_time);
+    cr_assert_gt(made->create_time->seconds, 1700000000);
+
+    status st;
+    Book *read = get_book(made->book_id, STATUS_OK, &st);
+    cr_assert_str_eq(read->book_id, made->book_id);
+    cr_assert_str_eq(read->title, "Dune");
+    cr_assert_eq(read->total_copies, 3);
+    cr_assert_eq(read->available_copies, 3);
+    cr_assert_eq(read->create_time->seconds, made->create_time->seconds);
+}
+
+Test(catalog, register_rejects_malformed_fields_naming_them) {
+    struct {
+        const char *title, *author, *isbn;
+        int copies;
+        const char *field;
+    } cases[] = {
+        {"", "A", "1", 1, "title"},
+        {"   ", "A", "1", 1, "title"},
+        {"T", "", "1", 1, "author"},
+        {"T", "A", "12-abc!", 1, "isbn"},
+        {"T", "A", "1", -1, "copies"},
+        {"T", "A", "1", 100001, "copies"},
+        {"Tab\there", "A", "1", 1, "title"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        status st;
+        status_code code = register_with(cases[i].title, cases[i].author, cases[i].isbn,
+                                         cases[i].copies, NULL, admin_bearer(), NULL, &st);
+        cr_assert_eq(code, STATUS_INVALID_ARGUMENT, "case %zu: got %s", i, status_code_name(code));
+        cr_assert(strstr(st.message, cases[i].field) != NULL, "case %zu: message \"%s\" does not name %s",
+                  i, st.message, cases[i].field);
+        cr_assert_str_not_empty(st.reason, "case %zu has no ErrorInfo reason", i);
+    }
+    char *long_title = arena_alloc(mem, 600);
+    memset(long_title, 'x', 599);
+    status st;
+    cr_assert_eq(register_with(long_title, "A", "", 1, NULL, admin_bearer(), NULL, &st),
+                 STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(st.message, "title") != NULL);
+}
+
+Test(catalog, register_with_a_request_id_is_idempotent_per_caller) {
+    const char *title = unique_word("Idem");
+    const char *request_id = unique_word("req-");
+    Book *first = NULL, *second = NULL, *other = NULL;
+    status st;
+    cr_assert_eq(register_with(title, "A", "", 2, request_id, admin_bearer(), &first, &st), STATUS_OK);
+    cr_assert_eq(register_with(title, "changed", "", 9, request_id, admin_bearer(), &second, &st),
+                 STATUS_OK);
+    cr_assert_str_eq(first->book_id, second->book_id);
+    cr_assert_str_eq(second->author, "A", "the retry must return the first result");
+    cr_assert_eq(second->total_copies, 2);
+
+    const char *other_admin = harness_bearer(mem, fixture_dir(), "admin-2", true);
+    cr_assert_eq(register_with(title, "A", "", 2, request_id, other_admin, &other, &st), STATUS_OK);
+    cr_assert_str_neq(other->book_id, first->book_id, "request ids are scoped to the caller");
+
+    Library__Catalog__V1__SearchBooksResponse *found = search(title, 10, NULL, STATUS_OK, &st);
+    cr_assert_eq(found->n_books, 2, "one book per caller, got %zu", found->n_books);
+}
+
+Test(catalog, tokens_are_checked_and_writes_need_an_admin) {
+    status st;
+    cr_assert_eq(register_with("T", "A", "", 1, NULL, NULL, NULL, &st), STATUS_UNAUTHENTICATED);
+    cr_assert_eq(register_with("T", "A", "", 1, NULL, "Bearer not.a.token", NULL, &st),
+                 STATUS_UNAUTHENTICATED);
+    harness_token_options expired = {.subject = "admin", .admin = true, .ttl_seconds = -3600};
+    const char *token = arena_sprintf(mem, "Bearer %s", harness_token(mem, fixture_dir(), &expired));
+    cr_assert_eq(register_with("T", "A", "", 1, NULL, token, NULL, &st), STATUS_UNAUTHENTICATED);
+    harness_token_options audience = {.subject = "admin", .admin = true, .ttl_seconds = 600,
+                                      .audience = "someone-else"};
+    token = arena_sprintf(mem, "Bearer %s", harness_token(mem, fixture_dir(), &audience));
+    cr_assert_eq(register_with("T", "A", "", 1, NULL, token, NULL, &st), STATUS_UNAUTHENTICATED);
+
+    cr_assert_eq(register_with("T", "A", "", 1, NULL, user_bearer("mallory"), NULL, &st),
+                 STATUS_PERMISSION_DENIED);
+    cr_assert_str_eq(st.reason, "ADMIN_REQUIRED");
+    Book *book = register_book("Readable", "A", "", 1);
+    get_book(book->book_id, STATUS_OK, &st);
+    cr_assert_eq(adjust(book->book_id, 1, NULL, NULL, &st), STATUS_OK);
+
+    Library__Catalog__V1__AdjustStockRequest request = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
+    request.book_id = book->book_id;
+    request.delta = 1;
+    ProtobufCMessage *response = NULL;
+    cr_assert_eq(call_catalog("AdjustStock", &request.base, &library__catalog__v1__book__descriptor,
+                              user_bearer("mallory"), &response, &st),
+                 STATUS_PERMISSION_DENIED);
+}
+
+Test(catalog, get_unknown_or_malformed_ids) {
+    status st;
+    get_book("0123456789abcdef0123", STATUS_NOT_FOUND, &st);
+    cr_assert_str_eq(st.reason, "BOOK_NOT_FOUND");
+    const char *bad[] = {"", "book.>", "a*", "../etc", "UPPER", "x y"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        get_book(bad[i], STATUS_INVALID_ARGUMENT, &st);
+        cr_assert(strstr(st.message, "book_id") != NULL, "message: %s", st.message);
+    }
+}
+
+Test(catalog, update_changes_only_the_fields_given) {
+    Book *book = register_book("Old title", "Author", "111", 1);
+    Library__Catalog__V1__UpdateBookRequest request = LIBRARY__CATALOG__V1__UPDATE_BOOK_REQUEST__INIT;
+    request.book_id = book->book_id;
+    request.title = "New title";
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(call_catalog("UpdateBook", &request.base, &library__catalog__v1__book__descriptor,
+                              admin_bearer(), &response, &st),
+                 STATUS_OK, "%s", st.message);
+    Book *updated = (Book *)response;
+    cr_assert_str_eq(updated->title, "New title");
+    cr_assert_str_eq(updated->author, "Author");
+    cr_assert_str_eq(updated->isbn, "111");
+    cr_assert_str_eq(get_book(book->book_id, STATUS_OK, &st)->title, "New title");
+
+    Library__Catalog__V1__UpdateBookRequest empty = LIBRARY__CATALOG__V1__UPDATE_BOOK_REQUEST__INIT;
+    empty.book_id = book->book_id;
+    cr_assert_eq(call_catalog("UpdateBook", &empty.base, &library__catalog__v1__book__descriptor,
+                              admin_bearer(), &response, &st),
+                 STATUS_INVALID_ARGUMENT);
+    request.book_id = "ffffffffffffffffffff";
+    cr_assert_eq(call_catalog("UpdateBook", &request.base, &library__catalog__v1__book__descriptor,
+                              admin_bearer(), &response, &st),
+                 STATUS_NOT_FOUND);
+}
+
+Test(catalog, adjust_stock_adds_withdraws_and_refuses_below_zero) {
+    Book *book = register_book("Stocked", "A", "", 2);
+    Book *after = NULL;
+    status st;
+    cr_assert_eq(adjust(book->book_id, 3, NULL, &after, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(after->total_copies, 5);
+    cr_assert_eq(after->available_copies, 5);
+    cr_assert_eq(adjust(book->book_id, -4, NULL, &after, &st), STATUS_OK);
+    cr_assert_eq(after->total_copies, 1);
+    cr_assert_eq(adjust(book->book_id, -2, NULL, &after, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "COPIES_ON_LOAN");
+    cr_assert_eq(adjust(book->book_id, 0, NULL, &after, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(st.message, "delta") != NULL);
+    cr_assert_eq(adjust("ffffffffffffffffffff", 1, NULL, &after, &st), STATUS_NOT_FOUND);
+    cr_assert_eq(get_book(book->book_id, STATUS_OK, &st)->total_copies, 1);
+}
+
+Test(catalog, adjust_stock_with_a_request_id_applies_once) {
+    Book *book = register_book("Once", "A", "", 1);
+    Book *first = NULL, *again = NULL;
+    status st;
+    cr_assert_eq(adjust(book->book_id, 5, "add-five", &first, &st), STATUS_OK);
+    cr_assert_eq(adjust(book->book_id, 1, NULL, NULL, &st), STATUS_OK);
+    cr_assert_eq(adjust(book->book_id, 5, "add-five", &again, &st), STATUS_OK);
+    cr_assert_eq(first->total_copies, 6);
+    cr_assert_eq(again->total_copies, 6, "the retry answers as the first call did");
+    cr_assert_eq(get_book(book->book_id, STATUS_OK, &st)->total_copies, 7);
+}
+
+typedef struct adjust_thread {
+    const char *address, *book_id, *bearer;
+    int calls, failures;
+} adjust_thread;
+
+static void *adjust_many(void *arg) {
+    adjust_thread *job = arg;
+    rpc_client *own = NULL;
+    rpc_client_create(job->address, 10000, &own, NULL);
+    arena *a = arena_create(0);
+    for (int i = 0; i < job->calls; i++) {
+        Library__Catalog__V1__AdjustStockRequest request = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
+        request.book_id = (char *)job->book_id;
+        request.delta = 1;
+        ProtobufCMessage *response = NULL;
+        status st;
+        if (harness_call(own, CATALOG "AdjustStock", &request.base, &library__catalog__v1__book__descriptor,
+                         a, job->bearer, &response, &st) != STATUS_OK)
+            job->failures++;
+    }
+    arena_destroy(a);
+    rpc_client_destroy(own);
+    return NULL;
+}
+
+Test(catalog, concurrent_adjustments_are_never_lost) {
+    Book *book = register_book("Contended", "A", "", 0);
+    enum { THREADS = 8, CALLS = 10 };
+    pthread_t threads[THREADS];
+    adjust_thread jobs[THREADS];
+    const char *bearer = admin_bearer();
+    for (int i = 0; i < THREADS; i++) {
+        jobs[i] = (adjust_thread){fixture_catalog_address(), book->book_id, bearer, CALLS, 0};
+        pthread_create(&threads[i], NULL, adjust_many, &jobs[i]);
+    }
+    int failures = 0;
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        failures += jobs[i].failures;
+    }
+    status st;
+    Book *after = get_book(book->book_id, STATUS_OK, &st);
+    cr_assert_eq(failures, 0);
+    cr_assert_eq(after->total_copies, THREADS * CALLS, "lost updates: total %d", after->total_copies);
+    cr_assert_eq(after->available_copies, THREADS * CALLS);
+}
+
+Test(catalog, search_pages_through_every_match_once_in_title_order) {
+    const char *word = unique_word("Saga");
+    for (int i = 0; i < 25; i++) {
+        char title[96];
+        snprintf(title, sizeof title, "%s volume %02d", word, 24 - i);
+        register_book(title, "Some Author", "", 1);
+    }
+    register_book("Unrelated", "Nobody", "", 1);
+    status st;
+    const char *token = NULL;
+    int seen = 0, pages = 0;
+    char previous[128] = "";
+    do {
+        Library__Catalog__V1__SearchBooksResponse *page = search(word, 10, token, STATUS_OK, &st);
+        pages++;
+        for (size_t i = 0; i < page->n_books; i++) {
+            cr_assert(strcmp(previous, page->books[i]->title) < 0, "out of order: %s after %s",
+                      page->books[i]->title, previous);
+            snprintf(previous, sizeof previous, "%s", page->books[i]->title);
+            seen++;
+        }
+        token = page->next_page_token && page->next_page_token[0] ? page->next_page_token : NULL;
+    } while (token != NULL && pages < 10);
+    cr_assert_eq(seen, 25);
+    cr_assert_eq(pages, 3);
+
+    /* case-insensitive, and by author and ISBN */
+    char upper[64];
+    snprintf(upper, sizeof upper, "%s", word);
+    for (char *p = upper; *p; p++)
+        *p = (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+    cr_assert_eq(search(upper, 100, NULL, STATUS_OK, &st)->n_books, 25);
+    const char *author = unique_word("Writer");
+    register_book("Anything", author, "978-1-2345-6789-7", 1);
+    cr_assert_eq(search(author, 10, NULL, STATUS_OK, &st)->n_books, 1);
+    Library__Catalog__V1__SearchBooksResponse *by_isbn = search("9781234567897", 10, NULL, STATUS_OK, &st);
+    cr_assert_geq(by_isbn->n_books, 1);
+}
+
+Test(catalog, search_rejects_bad_tokens_and_sizes) {
+    status st;
+    search("", -1, NULL, STATUS_INVALID_ARGUMENT, &st);
+    cr_assert(strstr(st.message, "page_size") != NULL);
+    search("", 10, "garbage!", STATUS_INVALID_ARGUMENT, &st);
+    cr_assert(strstr(st.message, "page_token") != NULL);
+    search("", 10, "Zm9vYmFy", STATUS_INVALID_ARGUMENT, &st);
+
+    const char *word = unique_word("Paged");
+    for (int i = 0; i < 3; i++)
+        register_book(arena_sprintf(mem, "%s %d", word, i), "A", "", 1);
+    Library__Catalog__V1__SearchBooksResponse *page = search(word, 1, NULL, STATUS_OK, &st);
+    cr_assert_str_not_empty(page->next_page_token);
+    search("another query", 1, page->next_page_token, STATUS_INVALID_ARGUMENT, &st);
+    cr_assert(strstr(st.message, "page_token") != NULL);
+
+    char *long_query = arena_alloc(mem, 400);
+    memset(long_query, 'q', 399);
+    search(long_query, 10, NULL, STATUS_INVALID_ARGUMENT, &st);
+    cr_assert(strstr(st.message, "query") != NULL);
+    Library__Catalog__V1__SearchBooksResponse *capped = search("", 1000, NULL, STATUS_OK, &st);
+    cr_assert_leq(capped->n_books, 100);
+}
+
+Test(catalog, books_survive_a_restart_and_load_into_a_new_replica) {
+    const char *word = unique_word("Durable");
+    Book *book = register_book(word, "A", "", 4);
+    char nats_env[160];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", fixture_nats_url());
+    const char *env[] = {nats_env, NULL};
+    harness_process replica;
+    cr_assert(harness_service_start("catalog", fixture_dir(), env, &replica), "second catalog did not start");
+    rpc_client *second = NULL;
+    rpc_client_create(replica.address, 5000, &second, NULL);
+    Library__Catalog__V1__SearchBooksRequest request = LIBRARY__CATALOG__V1__SEARCH_BOOKS_REQUEST__INIT;
+    request.query = (char *)word;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(second, CATALOG "SearchBooks", &request.base,
+                              &library__catalog__v1__search_books_response__descriptor, mem,
+                              user_bearer("reader"), &response, &st),
+                 STATUS_OK);
+    Library__Catalog__V1__SearchBooksResponse *found = (void *)response;
+    cr_assert_eq(found->n_books, 1);
+    cr_assert_str_eq(found->books[0]->book_id, book->book_id);
+    cr_assert_eq(found->books[0]->total_copies, 4);
+    rpc_client_destroy(second);
+    cr_assert_eq(harness_process_stop(&replica, SIGTERM, 15000), 0);
+}

@@ -1,0 +1,383 @@
+/* test_framework.c - what libshared promises every service, shown on the catalog: unknown
+ * methods, malformed and oversize requests, deadlines, health, reflection, load shedding,
+ * NATS outages and the graceful drain on SIGTERM. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "catalog_fixture.h"
+#include "grpc/health/v1/health.pb-c.h"
+
+TestSuite(framework, .init = fixture_setup, .fini = fixture_teardown, .timeout = 90);
+
+static status_code raw_call(rpc_client *c, const char *method, const uint8_t *bytes, size_t size,
+                            int64_t timeout_ms, const char *bearer, rpc_reply_info *info, status *st) {
+    rpc_call_options options = {.timeout_ms = timeout_ms, .authorization = bearer};
+    uint8_t *reply = NULL;
+    size_t reply_size = 0;
+    status_clear(st);
+    return rpc_client_call_raw(c, method, bytes, size, mem, &reply, &reply_size, &options, info, st);
+}
+
+static int health_status(rpc_client *c, const char *service, status_code *code) {
+    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    request.service = (char *)service;
+    ProtobufCMessage *response = NULL;
+    status st;
+    *code = harness_call(c, "/grpc.health.v1.Health/Check", &request.base,
+                         &grpc__health__v1__health_check_response__descriptor, mem, NULL, &response, &st);
+    return *code == STATUS_OK ? (int)((Grpc__Health__V1__HealthCheckResponse *)response)->status : -1;
+}
+
+static void assert_healthy(rpc_client *c) {
+    status_code code;
+    cr_assert_eq(health_status(c, "", &code), GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING,
+                 "the service is not SERVING (%s)", status_code_name(code));
+}
+
+Test(framework, unknown_methods_get_unimplemented_at_once) {
+    const char *methods[] = {CATALOG "NoSuchMethod", "/no.such.Service/Method", "/x"};
+    for (size_t i = 0; i < 3; i++) {
+        status st;
+        int64_t started = harness_now_ms();
+        status_code code = raw_call(client, methods[i], (const uint8_t *)"", 0, 10000, admin_bearer(), NULL, &st);
+        int64_t took = harness_now_ms() - started;
+        cr_assert_eq(code, STATUS_UNIMPLEMENTED, "%s: got %s", methods[i], status_code_name(code));
+        cr_assert_lt(took, 1000, "%s took %lld ms", methods[i], (long long)took);
+    }
+}
+
+Test(framework, malformed_and_oversize_requests_are_refused_without_harm) {
+    const uint8_t truncated[] = {0x0a, 0xff, 0xff};           /* length prefix beyond the end */
+    const uint8_t wrong_type[] = {0x0d, 0x01};                /* field 1 as fixed32, cut short */
+    const uint8_t bad_utf8[] = {0x0a, 0x02, 0xc3, 0x28};      /* book_id with invalid UTF-8 */
+    const struct { const uint8_t *bytes; size_t size; } cases[] = {
+        {truncated, sizeof truncated}, {wrong_type, sizeof wrong_type}, {bad_utf8, sizeof bad_utf8}};
+    for (size_t i = 0; i < 3; i++) {
+        status st;
+        status_code code = raw_call(client, CATALOG "GetBook", cases[i].bytes, cases[i].size, 5000,
+                                    user_bearer("reader"), NULL, &st);
+        cr_assert_eq(code, STATUS_INVALID_ARGUMENT, "case %zu: got %s: %s", i, status_code_name(code),
+                     st.message);
+    }
+    status st;
+    cr_assert_eq(raw_call(client, CATALOG "GetBook", (const uint8_t *)"", 0, 5000, user_bearer("reader"),
+                          NULL, &st),
+                 STATUS_INVALID_ARGUMENT, "an empty GetBookRequest has no book_id");
+    cr_assert(strstr(st.message, "book_id") != NULL);
+
+    size_t huge = 2u << 20;
+    uint8_t *big = arena_alloc(mem, huge);
+    big[0] = 0x0a; /* field 1, length-delimited, 2 MiB - 4 bytes */
+    big[1] = 0xfc;
+    big[2] = 0xff;
+    big[3] = 0x7f;
+    cr_assert_eq(raw_call(client, CATALOG "GetBook", big, huge, 10000, user_bearer("reader"), NULL, &st),
+                 STATUS_RESOURCE_EXHAUSTED, "a 2 MiB request is over the 1 MiB limit");
+    assert_healthy(client);
+}
+
+Test(framework, an_expired_deadline_is_deadline_exceeded) {
+    Library__Catalog__V1__SearchBooksRequest request = LIBRARY__CATALOG__V1__SEARCH_BOOKS_REQUEST__INIT;
+    rpc_call_options options = {.timeout_ms = 1, .authorization = user_bearer("reader")};
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = rpc_client_call(client, CATALOG "SearchBooks", &request.base,
+                                       &library__catalog__v1__search_books_response__descriptor, mem,
+                                       &response, &options, &st);
+    cr_assert_eq(code, STATUS_DEADLINE_EXCEEDED, "got %s", status_code_name(code));
+    assert_healthy(client);
+}
+
+Test(framework, health_check_and_watch) {
+    status_code code;
+    cr_assert_eq(health_status(client, "library.catalog.v1.CatalogService", &code),
+                 GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    cr_assert_eq(health_status(client, "grpc.health.v1.Health", &code),
+                 GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    health_status(client, "no.such.Service", &code);
+    cr_assert_eq(code, STATUS_NOT_FOUND);
+
+    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    rpc_client_stream *stream = NULL;
+    status st;
+    rpc_call_options options = {.timeout_ms = 5000};
+    cr_assert_eq(rpc_client_stream_open(client, "/grpc.health.v1.Health/Watch", &request.base, &options,
+                                        &stream, &st),
+                 STATUS_OK);
+    ProtobufCMessage *message = NULL;
+    cr_assert_eq(rpc_client_stream_next(stream, &grpc__health__v1__health_check_response__descriptor, mem,
+                                        3000, &message, &st),
+                 STATUS_OK, "%s", st.message);
+    cr_assert_not_null(message);
+    cr_assert_eq(((Grpc__Health__V1__HealthCheckResponse *)message)->status,
+                 GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    /* nothing changes: the stream stays quiet */
+    cr_assert_eq(rpc_client_stream_next(stream, &grpc__health__v1__health_check_response__descriptor, mem,
+                                        300, &message, &st),
+                 STATUS_DEADLINE_EXCEEDED);
+    cr_assert_str_eq(st.reason, "WAIT_TIMEOUT");
+    rpc_client_stream_close(stream);
+    assert_healthy(client);
+}
+
+/* Runs buf curl (installed by tools/install) and returns its stdout. */
+static char *run_buf(const char *arguments, int *exit_code) {
+    const char *root = getenv("LIBRARY_SOURCE_ROOT");
+    char command[8192];
+    snprintf(command, sizeof command, "%s/.tools/node_modules/.bin/buf curl --protocol grpc "
+             "--http2-prior-knowledge %s 2>&1", root ? root : ".", arguments);
+    FILE *pipe = popen(command, "r");
+    cr_assert_not_null(pipe);
+    size_t capacity = 1 << 16, size = 0;
+    char *output = arena_alloc(mem, capacity);
+    size_t n;
+    while (size + 1 < capacity && (n = fread(output + size, 1, capacity - size - 1, pipe)) > 0)
+        size += n;
+    output[size] = '\0';
+    int wait_status = pclose(pipe);
+    *exit_code = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : -1;
+    return output;
+}
+
+Test(framework, reflection_lists_the_whole_api_for_buf_curl) {
+    int exit_code = 0;
+    char arguments[4096];
+    const char *versions[] = {"grpc-v1", "grpc-v1alpha"};
+    for (int v = 0; v < 2; v++) {
+        snprintf(arguments, sizeof arguments, "--reflect-protocol %s --list-methods http://%s",
+                 versions[v], fixture_catalog_address());
+        char *output = run_buf(arguments, &exit_code);
+        cr_assert_eq(exit_code, 0, "buf curl --list-methods (%s) failed: %s", versions[v], output);
+        const char *expected[] = {
+            "library.catalog.v1.CatalogService/RegisterBook", "library.catalog.v1.CatalogService/SearchBooks",
+            "library.lending.v1.LendingService/BorrowBook", "library.mypage.v1.MypageService/WatchMypage",
+            "grpc.health.v1.Health/Check"};
+        for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++)
+            cr_assert(strstr(output, expected[i]) != NULL, "%s missing from:\n%s", expected[i], output);
+    }
+    /* a real call encoded from the reflected schema */
+    Book *book = register_book("Reflected", "A", "", 2);
+    snprintf(arguments, sizeof arguments,
+             "-H 'authorization: %s' -d '{\"bookId\":\"%s\"}' http://%s/library.catalog.v1.CatalogService/GetBook",
+             user_bearer("reader"), book->book_id, fixture_catalog_address());
+    char *output = run_buf(arguments, &exit_code);
+    cr_assert_eq(exit_code, 0, "buf curl GetBook failed: %s", output);
+    cr_assert(strstr(output, "\"title\": \"Reflected\"") != NULL, "unexpected output: %s", output);
+}
+
+/* --- private stacks: tests that stop NATS or the service ---------------------------------- */
+
+typedef struct stack {
+    char dir[512];
+    harness_process nats, catalog;
+    rpc_client *client;
+} stack;
+
+static void stack_start(stack *s, const char *name, const char *const *extra_env) {
+    snprintf(s->dir, sizeof s->dir, "%s/%s", fixture_dir(), name);
+    mkdir(s->dir, 0755);
+    cr_assert(harness_keys_create(s->dir));
+    cr_assert(harness_nats_start(s->dir, 0, &s->nats));
+    static char nats_env[160];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s->nats.url);
+    const char *env[16] = {nats_env};
+    size_t n = 1;
+    for (const char *const *e = extra_env; e && *e && n < 15; e++)
+        env[n++] = *e;
+    cr_assert(harness_service_start("catalog", s->dir, env, &s->catalog), "catalog did not start: %s",
+              s->catalog.log_path);
+    cr_assert_eq(rpc_client_create(s->catalog.address, 10000, &s->client, NULL), STATUS_OK);
+}
+
+static void stack_stop(stack *s) {
+    rpc_client_destroy(s->client);
+    if (s->nats.pid > 0)
+        kill(s->nats.pid, SIGCONT);
+    harness_process_stop(&s->catalog, SIGKILL, 5000);
+    harness_process_stop(&s->nats, SIGTERM, 5000);
+}
+
+static Book *stack_register(stack *s, const char *title) {
+    Library__Catalog__V1__RegisterBookRequest request = LIBRARY__CATALOG__V1__REGISTER_BOOK_REQUEST__INIT;
+    request.title = (char *)title;
+    request.author = "A";
+    request.copies = 1;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(s->client, CATALOG "RegisterBook", &request.base,
+                              &library__catalog__v1__book__descriptor, mem,
+                              harness_bearer(mem, s->dir, "admin", true), &response, &st),
+                 STATUS_OK, "%s", st.message);
+    return (Book *)response;
+}
+
+typedef struct get_job {
+    const char *address, *book_id, *bearer;
+    status_code code;
+    char title[64];
+    int64_t took_ms;
+    int64_t pushback_ms;
+} get_job;
+
+static void *get_in_thread(void *arg) {
+    get_job *job = arg;
+    rpc_client *own = NULL;
+    rpc_client_create(job->address, 15000, &own, NULL);
+    arena *a = arena_create(0);
+    Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
+    request.book_id = (char *)job->book_id;
+    size_t size = protobuf_c_message_get_packed_size(&request.base);
+    uint8_t *bytes = arena_alloc(a, size + 1);
+    protobuf_c_message_pack(&request.base, bytes);
+    rpc_call_options options = {.timeout_ms = 15000, .authorization = job->bearer};
+    uint8_t *reply = NULL;
+    size_t reply_size = 0;
+    rpc_reply_info info;
+    status st;
+    int64_t started = harness_now_ms();
+    job->code = rpc_client_call_raw(own, CATALOG "GetBook", bytes, size, a, &reply, &reply_size,
+                                    &options, &info, &st);
+    job->took_ms = harness_now_ms() - started;
+    job->pushback_ms = info.retry_pushback_ms;
+    if (job->code == STATUS_OK) {
+        Book *book = (Book *)protobuf_c_message_unpack(&library__catalog__v1__book__descriptor, NULL,
+                                                        reply_size, reply);
+        snprintf(job->title, sizeof job->title, "%s", book ? book->title : "");
+        protobuf_c_message_free_unpacked(&book->base, NULL);
+    }
+    arena_destroy(a);
+    rpc_client_destroy(own);
+    return NULL;
+}
+
+Test(framework, over_the_in_flight_limit_calls_are_shed_fast_with_pushback) {
+    const char *env[] = {"MAX_IN_FLIGHT=2", "WORKER_THREADS=2", "NATS_TIMEOUT=8s", NULL};
+    stack s;
+    stack_start(&s, "shed", env);
+    Book *book = stack_register(&s, "Popular");
+    const char *bearer = harness_bearer(mem, s.dir, "reader", false);
+    kill(s.nats.pid, SIGSTOP); /* every GetBook now waits on the store */
+    enum { CALLS = 8 };
+    get_job jobs[CALLS];
+    pthread_t threads[CALLS];
+    for (int i = 0; i < CALLS; i++) {
+        jobs[i] = (get_job){.address = s.catalog.address, .book_id = book->book_id, .bearer = bearer};
+        pthread_create(&threads[i], NULL, get_in_thread, &jobs[i]);
+        if (i < 2)
+            harness_sleep_ms(200); /* the first two take the two in-flight slots */
+    }
+    harness_sleep_ms(1000);
+    kill(s.nats.pid, SIGCONT);
+    int shed = 0, ok = 0;
+    for (int i = 0; i < CALLS; i++) {
+        pthread_join(threads[i], NULL);
+        if (jobs[i].code == STATUS_RESOURCE_EXHAUSTED) {
+            shed++;
+            cr_assert_lt(jobs[i].took_ms, 500, "a shed call took %lld ms", (long long)jobs[i].took_ms);
+            cr_assert_eq(jobs[i].pushback_ms, 100, "grpc-retry-pushback-ms was %lld",
+                         (long long)jobs[i].pushback_ms);
+        } else {
+            cr_assert_eq(jobs[i].code, STATUS_OK, "call %d: %s", i, status_code_name(jobs[i].code));
+            cr_assert_str_eq(jobs[i].title, "Popular");
+            ok++;
+        }
+    }
+    cr_assert_eq(ok, 2, "the two admitted calls finish once the store answers (ok=%d)", ok);
+    cr_assert_eq(shed, CALLS - 2);
+    assert_healthy(s.client);
+    stack_stop(&s);
+}
+
+Test(framework, without_nats_calls_fail_fast_and_health_says_not_serving) {
+    stack s;
+    stack_start(&s, "nats-down", NULL);
+    Book *book = stack_register(&s, "Resilient");
+    int nats_port = s.nats.port;
+    cr_assert_neq(harness_process_stop(&s.nats, SIGTERM, 5000), -1, "nats-server did not stop");
+    harness_sleep_ms(300);
+
+    get_job job = {.address = s.catalog.address, .book_id = book->book_id,
+                   .bearer = harness_bearer(mem, s.dir, "reader", false)};
+    get_in_thread(&job);
+    cr_assert_eq(job.code, STATUS_UNAVAILABLE, "got %s", status_code_name(job.code));
+    cr_assert_lt(job.took_ms, 500, "UNAVAILABLE took %lld ms", (long long)job.took_ms);
+    status_code code;
+    cr_assert_eq(health_status(s.client, "", &code),
+                 GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING);
+
+    cr_assert(harness_nats_start(s.dir, nats_port, &s.nats), "nats-server did not restart");
+    int64_t until = harness_now_ms() + 10000;
+    do {
+        harness_sleep_ms(100);
+        get_in_thread(&job);
+    } while (job.code != STATUS_OK && harness_now_ms() < until);
+    cr_assert_eq(job.code, STATUS_OK, "the catalog did not recover after NATS came back");
+    cr_assert_str_eq(job.title, "Resilient", "the book survived the NATS restart");
+    assert_healthy(s.client);
+    stack_stop(&s);
+}
+
+Test(framework, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
+    const char *env[] = {"NATS_TIMEOUT=8s", "DRAIN_GRACE=10s", NULL};
+    stack s;
+    stack_start(&s, "drain", env);
+    Book *book = stack_register(&s, "Patience");
+
+    Grpc__Health__V1__HealthCheckRequest watch_request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    rpc_client_stream *watch = NULL;
+    status st;
+    rpc_call_options watch_options = {.timeout_ms = 30000};
+    cr_assert_eq(rpc_client_stream_open(s.client, "/grpc.health.v1.Health/Watch", &watch_request.base,
+                                        &watch_options, &watch, &st),
+                 STATUS_OK);
+    ProtobufCMessage *message = NULL;
+    cr_assert_eq(rpc_client_stream_next(watch, &grpc__health__v1__health_check_response__descriptor, mem,
+                                        3000, &message, &st),
+                 STATUS_OK);
+
+    kill(s.nats.pid, SIGSTOP);
+    get_job job = {.address = s.catalog.address, .book_id = book->book_id,
+                   .bearer = harness_bearer(mem, s.dir, "reader", false)};
+    pthread_t thread;
+    pthread_create(&thread, NULL, get_in_thread, &job);
+    harness_sleep_ms(300);
+    kill(s.catalog.pid, SIGTERM);
+
+    /* the watcher hears NOT_SERVING, then its stream ends */
+    cr_assert_eq(rpc_client_stream_next(watch, &grpc__health__v1__health_check_response__descriptor, mem,
+                                        3000, &message, &st),
+                 STATUS_OK, "no health change after SIGTERM: %s", st.message);
+    cr_assert_eq(((Grpc__Health__V1__HealthCheckResponse *)message)->status,
+                 GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING);
+    status_code end = rpc_client_stream_next(watch, &grpc__health__v1__health_check_response__descriptor,
+                                             mem, 3000, &message, &st);
+    cr_assert_eq(end, STATUS_UNAVAILABLE, "the watch should end with UNAVAILABLE, got %s",
+                 status_code_name(end));
+    rpc_client_stream_close(watch);
+
+    /* a new connection is refused while the old call is still running */
+    rpc_client *late = NULL;
+    rpc_client_create(s.catalog.address, 2000, &late, NULL);
+    status_code code;
+    Grpc__Health__V1__HealthCheckRequest late_request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    status late_status;
+    code = harness_call(late, "/grpc.health.v1.Health/Check", &late_request.base,
+                        &grpc__health__v1__health_check_response__descriptor, mem, NULL, &message,
+                        &late_status);
+    cr_assert_eq(code, STATUS_UNAVAILABLE, "a new call during the drain got %s: %s",
+                 status_code_name(code), late_status.message);
+    rpc_client_destroy(late);
+
+    kill(s.nats.pid, SIGCONT);
+    pthread_join(thread, NULL);
+    cr_assert_eq(job.code, STATUS_OK, "the call in flight was not allowed to finish: %s",
+                 status_code_name(job.code));
+    cr_assert_str_eq(job.title, "Patience");
+    cr_assert_eq(harness_process_stop(&s.catalog, 0, 10000), 0, "the catalog did not exit cleanly");
+    stack_stop(&s);
+}

@@ -1,0 +1,263 @@
+/* harness.c - processes, ports, keys and tokens for the integration suites. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jwt.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+
+int64_t harness_now_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+void harness_sleep_ms(int64_t ms) {
+    struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    nanosleep(&pause, NULL);
+}
+
+const char *harness_temp_dir(char *buffer, size_t size) {
+    const char *base = getenv("TMPDIR");
+    snprintf(buffer, size, "%s/library-test-XXXXXX", base && base[0] ? base : "/tmp");
+    return mkdtemp(buffer);
+}
+
+int harness_free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t length = sizeof address;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&address, sizeof address) != 0 ||
+        getsockname(fd, (struct sockaddr *)&address, &length) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    return ntohs(address.sin_port);
+}
+
+bool harness_wait_port(int port, int64_t timeout_ms) {
+    int64_t until = harness_now_ms() + timeout_ms;
+    while (harness_now_ms() < until) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                      .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        bool open = connect(fd, (struct sockaddr *)&address, sizeof address) == 0;
+        close(fd);
+        if (open)
+            return true;
+        harness_sleep_ms(20);
+    }
+    return false;
+}
+
+/* fork + exec with stdout and stderr appended to log_path, in its own process group so a
+ * crashed test never leaves it attached to the terminal. */
+static pid_t spawn(char *const argv[], const char *const *env, const char *log_path) {
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    setpgid(0, 0);
+    int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close(fd);
+    }
+    for (const char *const *e = env; e && *e; e++)
+        putenv((char *)*e);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execvp(argv[0], argv);
+    fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+}
+
+int harness_process_stop(harness_process *process, int signal_number, int64_t timeout_ms) {
+    if (process->pid <= 0)
+        return -1;
+    kill(process->pid, signal_number);
+    int64_t until = harness_now_ms() + timeout_ms;
+    int wait_status = 0;
+    for (;;) {
+        pid_t done = waitpid(process->pid, &wait_status, WNOHANG);
+        if (done == process->pid)
+            break;
+        if (harness_now_ms() > until) {
+            kill(process->pid, SIGKILL);
+            waitpid(process->pid, &wait_status, 0);
+            process->pid = 0;
+            return -1;
+        }
+        harness_sleep_ms(10);
+    }
+    process->pid = 0;
+    if (WIFEXITED(wait_status))
+        return WEXITSTATUS(wait_status);
+    return 128 + WTERMSIG(wait_status);
+}
+
+bool harness_nats_start(const char *dir, int port_number, harness_process *out) {
+    memset(out, 0, sizeof *out);
+    out->port = port_number > 0 ? port_number : harness_free_port();
+    char port[16], store[512];
+    snprintf(port, sizeof port, "%d", out->port);
+    snprintf(store, sizeof store, "%s/nats", dir);
+    snprintf(out->log_path, sizeof out->log_path, "%s/nats.log", dir);
+    snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
+    snprintf(out->url, sizeof out->url, "nats://127.0.0.1:%d", out->port);
+    char *argv[] = {"nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", store, NULL};
+    out->pid = spawn(argv, NULL, out->log_path);
+    return out->pid > 0 && harness_wait_port(out->port, 10000);
+}
+
+bool harness_redis_start(const char *dir, harness_process *out) {
+    memset(out, 0, sizeof *out);
+    out->port = harness_free_port();
+    char port[16], data[512];
+    snprintf(port, sizeof port, "%d", out->port);
+    snprintf(data, sizeof data, "%s/redis", dir);
+    mkdir(data, 0755);
+    snprintf(out->log_path, sizeof out->log_path, "%s/redis.log", dir);
+    snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
+    snprintf(out->url, sizeof out->url, "redis://127.0.0.1:%d", out->port);
+    char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", data,
+                    "--appendonly", "yes", "--save", "", NULL};
+    out->pid = spawn(argv, NULL, out->log_path);
+    return out->pid > 0 && harness_wait_port(out->port, 10000);
+}
+
+static bool write_key(const char *path, EVP_PKEY *key, bool private_key) {
+    FILE *file = fopen(path, "w");
+    if (file == NULL)
+        return false;
+    int ok = private_key ? PEM_write_PrivateKey(file, key, NULL, NULL, 0, NULL, NULL)
+                         : PEM_write_PUBKEY(file, key);
+    return fclose(file) == 0 && ok == 1;
+}
+
+bool harness_keys_create(const char *dir) {
+    EVP_PKEY *key = EVP_RSA_gen(2048);
+    if (key == NULL)
+        return false;
+    char path[512];
+    snprintf(path, sizeof path, "%s/jwt-private.pem", dir);
+    bool ok = write_key(path, key, true);
+    snprintf(path, sizeof path, "%s/jwt-public.pem", dir);
+    ok = ok && write_key(path, key, false);
+    EVP_PKEY_free(key);
+    return ok;
+}
+
+static bool service_serving(const char *address) {
+    rpc_client *client = NULL;
+    if (rpc_client_create(address, 1000, &client, NULL) != STATUS_OK)
+        return false;
+    arena *a = arena_create(0);
+    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    ProtobufCMessage *response = NULL;
+    status st;
+    rpc_call_options options = {.timeout_ms = 1000};
+    bool serving = rpc_client_call(client, "/grpc.health.v1.Health/Check", &request.base,
+                                   &grpc__health__v1__health_check_response__descriptor, a,
+                                   &response, &options, &st) == STATUS_OK &&
+                   ((Grpc__Health__V1__HealthCheckResponse *)response)->status ==
+                       GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    arena_destroy(a);
+    rpc_client_destroy(client);
+    return serving;
+}
+
+bool harness_service_start(const char *name, const char *dir, const char *const *env,
+                           harness_process *out) {
+    memset(out, 0, sizeof *out);
+    out->port = harness_free_port();
+    snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
+    snprintf(out->log_path, sizeof out->log_path, "%s/%s.log", dir, name);
+    const char *build = getenv("LIBRARY_BUILD_ROOT");
+    char binary[512];
+    snprintf(binary, sizeof binary, "%s/services/%s/%s", build ? build : "build", name, name);
+    static char settings[8][600];
+    snprintf(settings[0], sizeof settings[0], "GRPC_PORT=%d", out->port);
+    snprintf(settings[1], sizeof settings[1], "JWT_PUBLIC_KEY_FILE=%s/jwt-public.pem", dir);
+    snprintf(settings[2], sizeof settings[2], "LOG_LEVEL=debug");
+    const char *all[40];
+    size_t n = 0;
+    for (int i = 0; i < 3; i++)
+        all[n++] = settings[i];
+    for (const char *const *e = env; e && *e && n < 39; e++)
+        all[n++] = *e;
+    all[n] = NULL;
+    char *argv[] = {binary, NULL};
+    out->pid = spawn(argv, all, out->log_path);
+    if (out->pid <= 0)
+        return false;
+    int64_t until = harness_now_ms() + 15000;
+    while (harness_now_ms() < until) {
+        if (waitpid(out->pid, NULL, WNOHANG) == out->pid) {
+            out->pid = 0;
+            return false;
+        }
+        if (service_serving(out->address))
+            return true;
+        harness_sleep_ms(50);
+    }
+    return false;
+}
+
+char *harness_token(arena *a, const char *dir, const harness_token_options *options) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/jwt-private.pem", dir);
+    FILE *file = fopen(path, "rb");
+    if (file == NULL)
+        return NULL;
+    unsigned char key[8192];
+    size_t key_size = fread(key, 1, sizeof key, file);
+    fclose(file);
+    jwt_t *token = NULL;
+    if (jwt_new(&token) != 0)
+        return NULL;
+    time_t now = time(NULL);
+    jwt_add_grant(token, "sub", options->subject);
+    jwt_add_grant(token, "iss", options->issuer ? options->issuer : "library");
+    jwt_add_grant(token, "aud", options->audience ? options->audience : "library-api");
+    jwt_add_grant(token, "role", options->admin ? "admin" : "user");
+    jwt_add_grant_int(token, "iat", now);
+    jwt_add_grant_int(token, "exp", now + options->ttl_seconds);
+    jwt_set_alg(token, JWT_ALG_RS256, key, (int)key_size);
+    char *encoded = jwt_encode_str(token);
+    char *copy = encoded ? arena_strdup(a, encoded) : NULL;
+    free(encoded);
+    jwt_free(token);
+    return copy;
+}
+
+char *harness_bearer(arena *a, const char *dir, const char *subject, bool admin) {
+    harness_token_options options = {.subject = subject, .admin = admin, .ttl_seconds = 3600};
+    char *token = harness_token(a, dir, &options);
+    return token ? arena_sprintf(a, "Bearer %s", token) : NULL;
+}
+
+status_code harness_call(rpc_client *client, const char *method, const ProtobufCMessage *request,
+                         const ProtobufCMessageDescriptor *response_type, arena *a,
+                         const char *bearer, ProtobufCMessage **response, status *st) {
+    rpc_call_options options = {.timeout_ms = 5000, .authorization = bearer};
+    status_clear(st);
+    return rpc_client_call(client, method, request, response_type, a, response, &options, st);
+}

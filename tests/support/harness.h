@@ -1,0 +1,66 @@
+/* harness.h - what the integration suites need to run the real thing: temporary
+ * directories, free loopback ports, nats-server and redis-server processes, the service
+ * binaries, a test signing key and tokens, and gRPC clients. Nothing is mocked. */
+#ifndef TESTS_HARNESS_H
+#define TESTS_HARNESS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "arena.h"
+#include "rpc_client.h"
+#include "status.h"
+
+typedef struct harness_process {
+    pid_t pid;
+    int port;
+    char address[64]; /* "127.0.0.1:port" */
+    char url[96];     /* nats://... or redis://... for servers */
+    char log_path[512];
+} harness_process;
+
+/* A fresh directory under $TMPDIR (or /tmp); the path is static storage per call site. */
+const char *harness_temp_dir(char *buffer, size_t size);
+int harness_free_port(void);
+
+/* Starts nats-server -js with its store under dir on port (0: a free one); waits until it
+ * accepts connections. */
+bool harness_nats_start(const char *dir, int port, harness_process *out);
+bool harness_redis_start(const char *dir, harness_process *out);
+
+/* Creates an RSA key pair under dir (jwt-private.pem, jwt-public.pem). */
+bool harness_keys_create(const char *dir);
+
+/* Starts build/services/<name>/<name> with GRPC_PORT (free), JWT_PUBLIC_KEY_FILE (dir's
+ * key), LOG_LEVEL=debug and the extra "KEY=value" settings (NULL-terminated); logs to
+ * dir/<name>.log; waits until its health check answers SERVING (or fails after 15 s). */
+bool harness_service_start(const char *name, const char *dir, const char *const *env,
+                           harness_process *out);
+
+/* Sends signal and waits up to timeout_ms; returns the exit status (or 128+signal), -1 when
+ * it did not exit in time (it is then killed). */
+int harness_process_stop(harness_process *process, int signal_number, int64_t timeout_ms);
+bool harness_wait_port(int port, int64_t timeout_ms);
+
+/* Tokens signed with dir's private key. ttl_seconds may be negative (already expired). */
+typedef struct harness_token_options {
+    const char *subject;
+    bool admin;
+    int64_t ttl_seconds;
+    const char *issuer;   /* NULL: "library" */
+    const char *audience; /* NULL: "library-api" */
+} harness_token_options;
+char *harness_token(arena *a, const char *dir, const harness_token_options *options);
+/* "Bearer " + a valid one-hour token for subject. */
+char *harness_bearer(arena *a, const char *dir, const char *subject, bool admin);
+
+/* A unary call with the given bearer (may be NULL) and a 5 s deadline. */
+status_code harness_call(rpc_client *client, const char *method, const ProtobufCMessage *request,
+                         const ProtobufCMessageDescriptor *response_type, arena *a,
+                         const char *bearer, ProtobufCMessage **response, status *st);
+
+int64_t harness_now_ms(void);
+void harness_sleep_ms(int64_t ms);
+
+#endif
