@@ -1,1 +1,234 @@
-/* placeholder */
+/* auth.c - bearer JWT verification with libjwt and OpenSSL.
+ *
+ * The algorithm is checked on the raw header before libjwt sees the token: libjwt verifies
+ * with whatever `alg` the token names, so an HS256 token "signed" with our public key as the
+ * HMAC secret, or `alg: none`, must never reach jwt_decode. */
+#include "auth.h"
+
+#include <ctype.h>
+#include <jwt.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "arena.h"
+#include "text.h"
+
+enum { TOKEN_MAX = 8192, KEY_MAX = 16384 };
+
+struct auth_verifier {
+    jwt_alg_t algorithm;
+    const char *algorithm_name;
+    unsigned char *key;
+    size_t key_size;
+    char *issuer;
+    char *audience;
+    int64_t leeway_seconds;
+};
+
+/* Reads the whole key file; NULL when missing, unreadable or too large. */
+static unsigned char *read_file(const char *path, size_t *size) {
+    FILE *file = fopen(path, "rb");
+    if (file == NULL)
+        return NULL;
+    unsigned char *data = malloc(KEY_MAX + 1);
+    size_t n = data ? fread(data, 1, KEY_MAX + 1, file) : 0;
+    fclose(file);
+    if (data == NULL || n == 0 || n > KEY_MAX) {
+        free(data);
+        return NULL;
+    }
+    data[n] = '\0';
+    *size = n;
+    return data;
+}
+
+/* RSA -> RS256, EC on P-256 -> ES256; anything else is refused. */
+static bool key_algorithm(const unsigned char *pem, size_t size, jwt_alg_t *algorithm,
+                          const char **name) {
+    BIO *bio = BIO_new_mem_buf(pem, (int)size);
+    EVP_PKEY *key = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+    BIO_free(bio);
+    if (key == NULL)
+        return false;
+    bool ok = false;
+    if (EVP_PKEY_base_id(key) == EVP_PKEY_RSA) {
+        *algorithm = JWT_ALG_RS256;
+        *name = "RS256";
+        ok = EVP_PKEY_get_bits(key) >= 2048;
+    } else if (EVP_PKEY_base_id(key) == EVP_PKEY_EC) {
+        char group[64] = "";
+        size_t group_size = 0;
+        EVP_PKEY_get_group_name(key, group, sizeof group, &group_size);
+        *algorithm = JWT_ALG_ES256;
+        *name = "ES256";
+        ok = strcmp(group, "prime256v1") == 0 || strcmp(group, "P-256") == 0;
+    }
+    EVP_PKEY_free(key);
+    return ok;
+}
+
+status_code auth_verifier_create(const char *public_key_file, const char *issuer,
+                                 const char *audience, int64_t leeway_seconds,
+                                 auth_verifier **out, status *st) {
+    if (public_key_file == NULL || public_key_file[0] == '\0')
+        return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_PUBLIC_KEY", "no public key file given");
+    auth_verifier *v = calloc(1, sizeof *v);
+    if (v == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    v->key = read_file(public_key_file, &v->key_size);
+    if (v->key == NULL) {
+        auth_verifier_destroy(v);
+        return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_PUBLIC_KEY",
+                          "cannot read the public key file %s", public_key_file);
+    }
+    if (!key_algorithm(v->key, v->key_size, &v->algorithm, &v->algorithm_name)) {
+        auth_verifier_destroy(v);
+        return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_PUBLIC_KEY",
+                          "%s is not a PEM public key for RS256 (RSA, 2048 bits or more) or "
+                          "ES256 (EC P-256)", public_key_file);
+    }
+    v->issuer = strdup(issuer ? issuer : "");
+    v->audience = strdup(audience ? audience : "");
+    v->leeway_seconds = leeway_seconds < 0 ? 0 : leeway_seconds;
+    if (v->issuer == NULL || v->audience == NULL) {
+        auth_verifier_destroy(v);
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    }
+    *out = v;
+    return STATUS_OK;
+}
+
+void auth_verifier_destroy(auth_verifier *v) {
+    if (v == NULL)
+        return;
+    free(v->key);
+    free(v->issuer);
+    free(v->audience);
+    free(v);
+}
+
+static status_code invalid(status *st, const char *message) {
+    return status_set(st, STATUS_UNAUTHENTICATED, "INVALID_TOKEN", "%s", message);
+}
+
+/* Finds "alg" in the decoded header JSON and copies its string value. */
+static bool header_algorithm(const char *json, char *out, size_t size) {
+    const char *key = strstr(json, "\"alg\"");
+    if (key == NULL)
+        return false;
+    const char *p = key + 5;
+    while (isspace((unsigned char)*p))
+        p++;
+    if (*p++ != ':')
+        return false;
+    while (isspace((unsigned char)*p))
+        p++;
+    if (*p++ != '"')
+        return false;
+    size_t n = 0;
+    while (*p && *p != '"' && n + 1 < size)
+        out[n++] = *p++;
+    out[n] = '\0';
+    return *p == '"' && strstr(p, "\"alg\"") == NULL; /* one alg, not two */
+}
+
+static status_code check_algorithm(const auth_verifier *v, const char *token, status *st) {
+    const char *dot = strchr(token, '.');
+    if (dot == NULL || strchr(dot + 1, '.') == NULL || dot == token)
+        return invalid(st, "the token is not a JWT (header.payload.signature)");
+    arena *a = arena_create(1024);
+    if (a == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    char *encoded = arena_strndup(a, token, (size_t)(dot - token));
+    uint8_t *decoded = NULL;
+    size_t size = 0;
+    char algorithm[32] = "";
+    bool parsed = encoded && text_base64url_decode(a, encoded, &decoded, &size);
+    char *json = parsed ? arena_strndup(a, (const char *)decoded, size) : NULL;
+    bool found = json && header_algorithm(json, algorithm, sizeof algorithm);
+    arena_destroy(a);
+    if (!found)
+        return invalid(st, "the token header does not name one algorithm");
+    if (strcmp(algorithm, v->algorithm_name) != 0)
+        return status_set(st, STATUS_UNAUTHENTICATED, "INVALID_TOKEN",
+                          "token algorithm %.16s is not accepted; expected %s", algorithm,
+                          v->algorithm_name);
+    return STATUS_OK;
+}
+
+/* aud may be one string or an array of strings; any match is enough. */
+static bool audience_matches(jwt_t *jwt, const char *audience) {
+    const char *single = jwt_get_grant(jwt, "aud");
+    if (single != NULL)
+        return strcmp(single, audience) == 0;
+    char *json = jwt_get_grants_json(jwt, "aud");
+    if (json == NULL)
+        return false;
+    char quoted[300];
+    snprintf(quoted, sizeof quoted, "\"%s\"", audience);
+    bool found = json[0] == '[' && strstr(json, quoted) != NULL;
+    free(json);
+    return found;
+}
+
+static status_code check_claims(const auth_verifier *v, jwt_t *jwt, auth_identity *out,
+                                status *st) {
+    time_t now = time(NULL);
+    long exp = jwt_get_grant_int(jwt, "exp");
+    if (exp == 0)
+        return invalid(st, "the token has no expiry (exp)");
+    if (now > exp + v->leeway_seconds)
+        return status_set(st, STATUS_UNAUTHENTICATED, "TOKEN_EXPIRED", "the token has expired");
+    long nbf = jwt_get_grant_int(jwt, "nbf");
+    if (nbf != 0 && now + v->leeway_seconds < nbf)
+        return invalid(st, "the token is not valid yet (nbf)");
+    const char *issuer = jwt_get_grant(jwt, "iss");
+    if (issuer == NULL || strcmp(issuer, v->issuer) != 0)
+        return invalid(st, "the token issuer does not match");
+    if (!audience_matches(jwt, v->audience))
+        return invalid(st, "the token audience does not match");
+    const char *subject = jwt_get_grant(jwt, "sub");
+    if (subject == NULL || subject[0] == '\0')
+        return invalid(st, "the token has no subject (sub)");
+    if (strlen(subject) >= AUTH_SUBJECT_MAX || !text_is_valid_utf8(subject, strlen(subject), false))
+        return invalid(st, "the token subject is not a valid user id");
+    const char *role = jwt_get_grant(jwt, "role");
+    snprintf(out->subject, sizeof out->subject, "%s", subject);
+    out->admin = role != NULL && strcmp(role, "admin") == 0;
+    return STATUS_OK;
+}
+
+status_code auth_verify(const auth_verifier *v, const char *authorization, auth_identity *out,
+                        status *st) {
+    if (authorization == NULL || authorization[0] == '\0')
+        return status_set(st, STATUS_UNAUTHENTICATED, "MISSING_TOKEN", "missing bearer token");
+    if (strncasecmp(authorization, "Bearer ", 7) != 0)
+        return status_set(st, STATUS_UNAUTHENTICATED, "MISSING_TOKEN",
+                          "the authorization header must be \"Bearer <token>\"");
+    const char *token = authorization + 7;
+    while (*token == ' ')
+        token++;
+    if (strlen(token) > TOKEN_MAX)
+        return invalid(st, "the token is too long");
+    if (check_algorithm(v, token, st) != STATUS_OK)
+        return st->code;
+    jwt_t *jwt = NULL;
+    if (jwt_decode(&jwt, token, v->key, (int)v->key_size) != 0 || jwt == NULL)
+        return invalid(st, "the token signature does not verify");
+    status_code code = STATUS_OK;
+    if (jwt_get_alg(jwt) != v->algorithm)
+        code = invalid(st, "the token algorithm does not match the key");
+    auth_identity identity;
+    memset(&identity, 0, sizeof identity);
+    if (code == STATUS_OK)
+        code = check_claims(v, jwt, &identity, st);
+    jwt_free(jwt);
+    if (code == STATUS_OK)
+        *out = identity;
+    return code;
+}

@@ -1,0 +1,48 @@
+/* events.h - domain events on the JetStream stream LIBRARY (subjects library.events.>):
+ * publishing with a deterministic Nats-Msg-Id (a retried publish is deduplicated), and
+ * durable pull consumers with explicit acks. Delivery is at least once: handlers must be
+ * idempotent. */
+#ifndef LIBSHARED_EVENTS_H
+#define LIBSHARED_EVENTS_H
+
+#include <stdint.h>
+
+#include "library/events/v1/events.pb-c.h"
+#include "nats_connection.h"
+#include "status.h"
+
+typedef Library__Events__V1__Event event;
+
+#define EVENTS_STREAM "LIBRARY"
+
+/* Creates the stream when it does not exist (file storage, limits retention, replayable). */
+status_code events_ensure_stream(nats_connection *connection, int replicas, status *st);
+
+/* Publishes the event on subject and waits for the stream's acknowledgement. The message id
+ * is event->event_id; traceparent travels in the envelope and as a header. */
+status_code events_publish(nats_connection *connection, const char *subject, const event *e,
+                           status *st);
+
+/* The handler's answer decides the message's fate: STATUS_OK acks it; UNAVAILABLE, ABORTED,
+ * DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED ask for redelivery after a pause; anything else is
+ * a message that can never succeed: it is logged and terminated. */
+typedef status_code (*event_handler)(void *arg, const event *e, uint64_t stream_sequence,
+                                     status *st);
+
+typedef struct event_consumer event_consumer;
+
+typedef struct event_consumer_options {
+    const char *durable;        /* consumer name shared by every replica of a service */
+    const char *filter_subject; /* e.g. "library.events.loan.>" */
+    event_handler handler;
+    void *arg;
+    int64_t ack_wait_ms;        /* 0: 30000 */
+    int64_t retry_delay_ms;     /* pause before a redelivery; 0: 500 */
+} event_consumer_options;
+
+/* Creates (or binds to) the durable consumer and starts a thread that fetches and handles. */
+status_code event_consumer_start(nats_connection *connection, const event_consumer_options *options,
+                                 event_consumer **out, status *st);
+void event_consumer_stop(event_consumer *consumer); /* NULL is a no-op; waits for the thread */
+
+#endif
