@@ -4,9 +4,11 @@
 
 #include "book_store.h"
 #include "rpc_server.h"
+#include "saga.h"
 
 typedef struct catalog_handlers {
     book_store *store;
+    catalog_saga *saga; /* owned here so stop can end it; handlers do not use it */
     rpc_service service;
 } catalog_handlers;
 

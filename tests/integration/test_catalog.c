@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "catalog_fixture.h"
+#include "stack_fixture.h"
 #include "text.h"
 
 TestSuite(catalog, .init = fixture_setup, .fini = fixture_teardown, .timeout = 60);

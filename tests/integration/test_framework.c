@@ -9,7 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "catalog_fixture.h"
+#include "stack_fixture.h"
 #include "grpc/health/v1/health.pb-c.h"
 
 TestSuite(framework, .init = fixture_setup, .fini = fixture_teardown, .timeout = 90);

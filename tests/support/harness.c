@@ -188,6 +188,9 @@ bool harness_service_start(const char *name, const char *dir, const char *const 
                            harness_process *out) {
     memset(out, 0, sizeof *out);
     out->port = harness_free_port();
+    for (const char *const *e = env; e && *e; e++) /* a fixed port wins (restarts) */
+        if (strncmp(*e, "GRPC_PORT=", 10) == 0)
+            out->port = atoi(*e + 10);
     snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
     snprintf(out->log_path, sizeof out->log_path, "%s/%s.log", dir, name);
     const char *build = getenv("LIBRARY_BUILD_ROOT");

@@ -32,7 +32,7 @@ bool harness_redis_start(const char *dir, harness_process *out);
 /* Creates an RSA key pair under dir (jwt-private.pem, jwt-public.pem). */
 bool harness_keys_create(const char *dir);
 
-/* Starts build/services/<name>/<name> with GRPC_PORT (free), JWT_PUBLIC_KEY_FILE (dir's
+/* Starts build/services/<name>/<name> with GRPC_PORT (free, unless env sets it), JWT_PUBLIC_KEY_FILE (dir's
  * key), LOG_LEVEL=debug and the extra "KEY=value" settings (NULL-terminated); logs to
  * dir/<name>.log; waits until its health check answers SERVING (or fails after 15 s). */
 bool harness_service_start(const char *name, const char *dir, const char *const *env,

@@ -1,6 +1,6 @@
-/* catalog_fixture.c - starts nats-server and the catalog once for a suite (Criterion runs
- * every test in its own process, so the addresses travel in environment variables). */
-#include "catalog_fixture.h"
+/* stack_fixture.c - starts nats-server, the catalog and lending once for a suite (Criterion
+ * runs every test in its own process, so the addresses travel in environment variables). */
+#include "stack_fixture.h"
 
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
@@ -9,9 +9,22 @@
 #include <stdlib.h>
 
 rpc_client *client;
+rpc_client *lending;
 arena *mem;
 
-static harness_process nats_process, catalog_process;
+static harness_process nats_process, catalog_process, lending_process;
+
+bool fixture_start_lending(const char *dir, const char *nats_url, const char *catalog_address,
+                           const char *const *extra_env, harness_process *out) {
+    static char nats_env[160], catalog_env[160];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", nats_url);
+    snprintf(catalog_env, sizeof catalog_env, "CATALOG_ADDR=%s", catalog_address);
+    const char *env[24] = {nats_env, catalog_env};
+    size_t n = 2;
+    for (const char *const *e = extra_env; e && *e && n < 23; e++)
+        env[n++] = *e;
+    return harness_service_start("lending", dir, env, out);
+}
 
 ReportHook(PRE_ALL)(struct criterion_test_set *set) {
     (void)set;
@@ -30,13 +43,28 @@ ReportHook(PRE_ALL)(struct criterion_test_set *set) {
         harness_process_stop(&nats_process, SIGTERM, 5000);
         exit(1);
     }
+    const char *lending_env[] = {FIXTURE_LENDING_ENV, NULL};
+    if (!fixture_start_lending(dir, nats_process.url, catalog_process.address, lending_env,
+                               &lending_process)) {
+        fprintf(stderr, "fixture: lending did not become healthy; log: %s\n", lending_process.log_path);
+        harness_process_stop(&catalog_process, SIGTERM, 5000);
+        harness_process_stop(&nats_process, SIGTERM, 5000);
+        exit(1);
+    }
+    setenv("TEST_LENDING", lending_process.address, 1);
     setenv("TEST_DIR", dir, 1);
     setenv("TEST_CATALOG", catalog_process.address, 1);
     setenv("TEST_NATS_URL", nats_process.url, 1);
 }
 
 ReportHook(POST_ALL)(struct criterion_global_stats *stats) {
+    int lending_code = harness_process_stop(&lending_process, SIGTERM, 15000);
     int code = harness_process_stop(&catalog_process, SIGTERM, 15000);
+    if (lending_code != 0) {
+        fprintf(stderr, "fixture: lending exited with %d on SIGTERM; log: %s\n", lending_code,
+                lending_process.log_path);
+        code = lending_code;
+    }
     harness_process_stop(&nats_process, SIGTERM, 5000);
     if (code != 0)
         fprintf(stderr, "fixture: the catalog exited with %d on SIGTERM; log: %s\n", code,
@@ -62,6 +90,10 @@ const char *fixture_catalog_address(void) {
     return getenv("TEST_CATALOG");
 }
 
+const char *fixture_lending_address(void) {
+    return getenv("TEST_LENDING");
+}
+
 const char *fixture_nats_url(void) {
     return getenv("TEST_NATS_URL");
 }
@@ -70,9 +102,11 @@ void fixture_setup(void) {
     mem = arena_create(0);
     cr_assert_not_null(fixture_catalog_address(), "the suite's stack is not running");
     cr_assert_eq(rpc_client_create(fixture_catalog_address(), 5000, &client, NULL), STATUS_OK);
+    cr_assert_eq(rpc_client_create(fixture_lending_address(), 10000, &lending, NULL), STATUS_OK);
 }
 
 void fixture_teardown(void) {
+    rpc_client_destroy(lending);
     rpc_client_destroy(client);
     arena_destroy(mem);
 }

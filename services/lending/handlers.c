@@ -1,0 +1,347 @@
+/* handlers.c - the LendingService methods: checks, then the loan store and the saga. */
+#include "handlers.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lending.h"
+#include "library/catalog/v1/catalog.pb-c.h"
+#include "library/lending/v1/lending.pb-c.h"
+#include "log.h"
+
+enum { PAGE_SIZE_DEFAULT = 20, PAGE_SIZE_MAX = 100, HISTORY_KEPT = 1000 };
+
+static status_code out_of_memory(status *st) {
+    return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+}
+
+/* Fills the computed `overdue` flag of a loan for its reader. */
+static void present(loan_message *loan) {
+    int64_t due = loan->due_time ? loan->due_time->seconds : 0;
+    loan->overdue = lending_is_overdue((loan_state)loan->status, due, loan_now_ms() / 1000);
+}
+
+/* A user may see their own loans; an administrator anyone's. NOT_FOUND rather than
+ * PERMISSION_DENIED for another user's loan, so loan ids cannot be probed. */
+static status_code check_owner(rpc_context *ctx, const loan_message *loan, status *st) {
+    const auth_identity *caller = rpc_context_caller(ctx);
+    if (caller->admin || strcmp(caller->subject, loan->user_id) == 0)
+        return STATUS_OK;
+    return status_set(st, STATUS_NOT_FOUND, "LOAN_NOT_FOUND", "no loan with id %s", loan->loan_id);
+}
+
+/* --- the catalog, behind a circuit breaker ---------------------------------------------- */
+
+static status_code fetch_book(lending_handlers *h, rpc_context *ctx, const char *book_id,
+                              Library__Catalog__V1__Book **out, status *st) {
+    if (!circuit_breaker_allow(&h->catalog_breaker, loan_now_ms()))
+        return status_set(st, STATUS_UNAVAILABLE, "CATALOG_UNAVAILABLE",
+                          "the catalog is unavailable; try again shortly");
+    Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    int64_t timeout = rpc_context_remaining_ms(ctx);
+    if (timeout > h->catalog_timeout_ms)
+        timeout = h->catalog_timeout_ms;
+    rpc_call_options options = {.timeout_ms = timeout > 0 ? timeout : 1,
+                                .authorization = rpc_context_authorization(ctx),
+                                .traceparent = rpc_context_traceparent(ctx)};
+    ProtobufCMessage *response = NULL;
+    status_code code = rpc_client_call(h->catalog, "/library.catalog.v1.CatalogService/GetBook",
+                                       &request.base, &library__catalog__v1__book__descriptor,
+                                       rpc_context_arena(ctx), &response, &options, st);
+    circuit_breaker_record(&h->catalog_breaker, code, loan_now_ms());
+    if (code == STATUS_UNAVAILABLE || code == STATUS_DEADLINE_EXCEEDED)
+        return status_set(st, STATUS_UNAVAILABLE, "CATALOG_UNAVAILABLE",
+                          "the catalog did not answer; try again shortly");
+    if (code != STATUS_OK)
+        return code; /* NOT_FOUND, INVALID_ARGUMENT... as the catalog said */
+    *out = (Library__Catalog__V1__Book *)response;
+    return STATUS_OK;
+}
+
+/* --- BorrowBook ------------------------------------------------------------------------- */
+
+typedef struct reserve_job {
+    const char *loan_id;
+    int64_t due_seconds;
+    int64_t now_seconds;
+    int max_active;
+    bool replay; /* the user record already holds this loan: a retried request */
+} reserve_job;
+
+static status_code reserve_slot(void *arg, arena *a, user_record *user, bool *changed, status *st) {
+    reserve_job *job = arg;
+    open_loan open[64];
+    size_t count = 0;
+    job->replay = false;
+    for (size_t i = 0; i < user->n_open_loans; i++) {
+        if (strcmp(user->open_loans[i]->loan_id, job->loan_id) == 0)
+            job->replay = true;
+        if (count < 64)
+            open[count++] = (open_loan){(loan_state)user->open_loans[i]->status, user->open_loans[i]->due_time};
+    }
+    for (size_t i = 0; i < user->n_history && !job->replay; i++)
+        job->replay = strcmp(user->history[i], job->loan_id) == 0;
+    if (job->replay) {
+        *changed = false;
+        return STATUS_OK;
+    }
+    if (lending_may_borrow(open, count, job->now_seconds, job->max_active, st) != STATUS_OK)
+        return st->code;
+    Library__Lending__Internal__OpenLoan **loans = arena_alloc(a, (user->n_open_loans + 1) * sizeof *loans);
+    Library__Lending__Internal__OpenLoan *entry =
+        (void *)arena_new_message(a, &library__lending__internal__open_loan__descriptor);
+    size_t start = user->n_history >= HISTORY_KEPT ? user->n_history - HISTORY_KEPT + 1 : 0;
+    size_t history_count = user->n_history - start + 1;
+    char **history = arena_alloc(a, history_count * sizeof *history);
+    if (loans == NULL || entry == NULL || history == NULL)
+        return out_of_memory(st);
+    if (user->n_open_loans)
+        memcpy(loans, user->open_loans, user->n_open_loans * sizeof *loans);
+    entry->loan_id = (char *)job->loan_id;
+    entry->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING;
+    entry->due_time = job->due_seconds;
+    loans[user->n_open_loans] = entry;
+    user->open_loans = loans;
+    user->n_open_loans++;
+    if (history_count > 1)
+        memcpy(history, user->history + start, (history_count - 1) * sizeof *history);
+    history[history_count - 1] = (char *)job->loan_id;
+    user->history = history;
+    user->n_history = history_count;
+    *changed = true;
+    return STATUS_OK;
+}
+
+static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMessage *request,
+                               ProtobufCMessage **response, status *st) {
+    lending_handlers *h = state;
+    const Library__Lending__V1__BorrowBookRequest *req = (const void *)request;
+    arena *a = rpc_context_arena(ctx);
+    const char *user = rpc_context_caller(ctx)->subject;
+    if (lending_check_id(req->book_id, "book_id", st) || lending_check_request_id(req->request_id, st))
+        return st->code;
+
+    char *loan_id = arena_alloc(a, 21);
+    if (loan_id == NULL)
+        return out_of_memory(st);
+    lending_new_loan_id(user, req->request_id, loan_id);
+
+    Library__Catalog__V1__Book *book = NULL;
+    status_code code = fetch_book(h, ctx, req->book_id, &book, st);
+    if (code != STATUS_OK)
+        return code;
+
+    int64_t now = loan_now_ms();
+    reserve_job job = {.loan_id = loan_id, .due_seconds = (now + h->loan_period_ms) / 1000,
+                       .now_seconds = now / 1000, .max_active = h->max_active_loans};
+    code = loan_store_update_user(h->store, user, a, reserve_slot, &job, NULL, st);
+    if (code != STATUS_OK)
+        return code;
+
+    loan_record *record = (void *)arena_new_message(a, &library__lending__internal__loan_record__descriptor);
+    loan_message *loan = (void *)arena_new_message(a, &library__lending__v1__loan__descriptor);
+    if (record == NULL || loan == NULL)
+        return out_of_memory(st);
+    loan->loan_id = loan_id;
+    loan->user_id = (char *)user;
+    loan->book_id = req->book_id;
+    loan->book_title = book->title;
+    loan->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING;
+    loan->borrow_time = loan_timestamp(a, now);
+    loan->due_time = loan_timestamp(a, job.due_seconds * 1000);
+    record->loan = loan;
+    record->traceparent = (char *)rpc_context_traceparent(ctx);
+    record->update_time_ms = now;
+    code = loan_store_create(h->store, record, a, st);
+    if (code == STATUS_ALREADY_EXISTS) {
+        code = loan_store_get(h->store, loan_id, a, &record, st); /* the same request again */
+    }
+    if (code != STATUS_OK)
+        return code;
+
+    if (record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING) {
+        saga_waiter *waiter = lending_saga_watch(h->saga, loan_id);
+        code = saga_publish_requested(h->connection, record, st);
+        if (code != STATUS_OK) {
+            /* Stored but not announced: the reconciler republishes it, so the loan goes on. */
+            LOG_WARN("LoanRequested for %s not published yet: %s", loan_id, st->message);
+        } else {
+            int64_t wait = rpc_context_remaining_ms(ctx) - 50;
+            if (wait > h->borrow_wait_ms)
+                wait = h->borrow_wait_ms;
+            if (wait > 0)
+                lending_saga_wait(h->saga, waiter, wait);
+        }
+        lending_saga_unwatch(h->saga, waiter);
+        loan_record *latest = NULL;
+        if (loan_store_get(h->store, loan_id, a, &latest, st) == STATUS_OK)
+            record = latest;
+    }
+    present(record->loan);
+    *response = &record->loan->base;
+    return STATUS_OK;
+}
+
+/* --- ReturnBook --------------------------------------------------------------------------- */
+
+typedef struct return_job {
+    rpc_context *ctx;
+    bool was_active;
+} return_job;
+
+static status_code apply_return(void *arg, arena *a, loan_record *record, bool *changed, status *st) {
+    return_job *job = arg;
+    if (check_owner(job->ctx, record->loan, st) != STATUS_OK)
+        return st->code;
+    loan_state next;
+    if (lending_return((loan_state)record->loan->status, &next, st) != STATUS_OK)
+        return st->code;
+    job->was_active = record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE;
+    *changed = job->was_active;
+    if (*changed) {
+        int64_t now = loan_now_ms();
+        record->loan->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED;
+        record->loan->return_time = loan_timestamp(a, now);
+        record->update_time_ms = now;
+    }
+    return STATUS_OK;
+}
+
+static status_code return_book(void *state, rpc_context *ctx, const ProtobufCMessage *request,
+                               ProtobufCMessage **response, status *st) {
+    lending_handlers *h = state;
+    const Library__Lending__V1__ReturnBookRequest *req = (const void *)request;
+    arena *a = rpc_context_arena(ctx);
+    if (lending_check_id(req->loan_id, "loan_id", st))
+        return st->code;
+    return_job job = {.ctx = ctx};
+    loan_record *record = NULL;
+    status_code code = loan_store_update(h->store, req->loan_id, a, apply_return, &job, &record, st);
+    if (code == STATUS_NOT_FOUND)
+        return status_set(st, STATUS_NOT_FOUND, "LOAN_NOT_FOUND", "no loan with id %s", req->loan_id);
+    if (code != STATUS_OK)
+        return code;
+    if (!record->release_confirmed) {
+        /* Free the user's slot and give the copy back; the reconciler redoes both if this
+         * fails half way, so the return itself has happened either way. */
+        status ignored;
+        if (lending_saga_sync_user(h->saga, a, record, &ignored) != STATUS_OK ||
+            saga_publish_returned(h->connection, record, &ignored) != STATUS_OK)
+            LOG_WARN("return of %s not fully propagated yet: %s", req->loan_id, ignored.message);
+    }
+    present(record->loan);
+    *response = &record->loan->base;
+    return STATUS_OK;
+}
+
+/* --- GetLoan and ListLoans ------------------------------------------------------------------ */
+
+static status_code get_loan(void *state, rpc_context *ctx, const ProtobufCMessage *request,
+                            ProtobufCMessage **response, status *st) {
+    lending_handlers *h = state;
+    const Library__Lending__V1__GetLoanRequest *req = (const void *)request;
+    if (lending_check_id(req->loan_id, "loan_id", st))
+        return st->code;
+    loan_record *record = NULL;
+    status_code code = loan_store_get(h->store, req->loan_id, rpc_context_arena(ctx), &record, st);
+    if (code != STATUS_OK)
+        return code;
+    if (check_owner(ctx, record->loan, st) != STATUS_OK)
+        return st->code;
+    present(record->loan);
+    *response = &record->loan->base;
+    return STATUS_OK;
+}
+
+/* Page tokens are the index into the user's history (newest first) where the page starts. */
+static status_code parse_token(const char *token, size_t *offset, status *st) {
+    *offset = 0;
+    if (token == NULL || token[0] == '\0')
+        return STATUS_OK;
+    char *end = NULL;
+    if (strncmp(token, "o", 1) != 0)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
+                          "page_token is not a token this service issued");
+    unsigned long long value = strtoull(token + 1, &end, 10);
+    if (end == token + 1 || *end != '\0' || value > 1000000)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
+                          "page_token is not a token this service issued");
+    *offset = (size_t)value;
+    return STATUS_OK;
+}
+
+static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMessage *request,
+                              ProtobufCMessage **response, status *st) {
+    lending_handlers *h = state;
+    const Library__Lending__V1__ListLoansRequest *req = (const void *)request;
+    arena *a = rpc_context_arena(ctx);
+    const auth_identity *caller = rpc_context_caller(ctx);
+    const char *user = req->user_id[0] ? req->user_id : caller->subject;
+    if (strcmp(user, caller->subject) != 0 && !caller->admin)
+        return status_set(st, STATUS_PERMISSION_DENIED, "NOT_YOUR_LOANS",
+                          "only administrators may list another user's loans");
+    if (strlen(user) >= AUTH_SUBJECT_MAX)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_TOO_LONG", "user_id is too long");
+    if (req->page_size < 0)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_OUT_OF_RANGE", "page_size must not be negative");
+    if ((int)req->status < 0 || req->status > LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_OUT_OF_RANGE", "status is not a LoanStatus");
+    size_t page_size = req->page_size == 0 ? PAGE_SIZE_DEFAULT
+                       : req->page_size > PAGE_SIZE_MAX ? PAGE_SIZE_MAX : (size_t)req->page_size;
+    size_t offset = 0;
+    if (parse_token(req->page_token, &offset, st))
+        return st->code;
+
+    user_record *record = NULL;
+    status_code code = loan_store_get_user(h->store, user, a, &record, st);
+    if (code != STATUS_OK)
+        return code;
+    Library__Lending__V1__ListLoansResponse *out =
+        (void *)arena_new_message(a, &library__lending__v1__list_loans_response__descriptor);
+    loan_message **loans = arena_alloc(a, page_size * sizeof *loans);
+    if (out == NULL || loans == NULL)
+        return out_of_memory(st);
+    size_t position = offset, count = 0;
+    for (; position < record->n_history && count < page_size; position++) {
+        const char *loan_id = record->history[record->n_history - 1 - position];
+        loan_record *loan = NULL;
+        code = loan_store_get(h->store, loan_id, a, &loan, st);
+        if (code == STATUS_NOT_FOUND)
+            continue;
+        if (code != STATUS_OK)
+            return code;
+        if (req->status != LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_UNSPECIFIED &&
+            loan->loan->status != req->status)
+            continue;
+        present(loan->loan);
+        loans[count++] = loan->loan;
+    }
+    out->loans = loans;
+    out->n_loans = count;
+    if (position < record->n_history)
+        out->next_page_token = arena_sprintf(a, "o%zu", position);
+    *response = &out->base;
+    return STATUS_OK;
+}
+
+static const rpc_method lending_methods[] = {
+    RPC_UNARY("BorrowBook", library__lending__v1__borrow_book_request, library__lending__v1__loan,
+              borrow_book, RPC_ACCESS_USER),
+    RPC_UNARY("ReturnBook", library__lending__v1__return_book_request, library__lending__v1__loan,
+              return_book, RPC_ACCESS_USER),
+    RPC_UNARY("GetLoan", library__lending__v1__get_loan_request, library__lending__v1__loan,
+              get_loan, RPC_ACCESS_USER),
+    RPC_UNARY("ListLoans", library__lending__v1__list_loans_request,
+              library__lending__v1__list_loans_response, list_loans, RPC_ACCESS_USER),
+};
+
+void lending_handlers_init(lending_handlers *h) {
+    h->service = (rpc_service){
+        .name = "library.lending.v1.LendingService",
+        .methods = lending_methods,
+        .method_count = sizeof lending_methods / sizeof lending_methods[0],
+        .state = h,
+    };
+}

@@ -1,0 +1,83 @@
+/* lending.c - the lending rules. */
+#include "lending.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "text.h"
+
+bool lending_is_overdue(loan_state state, int64_t due_seconds, int64_t now_seconds) {
+    return state == LOAN_ACTIVE && due_seconds > 0 && now_seconds > due_seconds;
+}
+
+status_code lending_may_borrow(const open_loan *loans, size_t count, int64_t now_seconds,
+                               int max_active, status *st) {
+    size_t overdue = 0, open = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (loans[i].state == LOAN_PENDING || loans[i].state == LOAN_ACTIVE)
+            open++;
+        if (lending_is_overdue(loans[i].state, loans[i].due_seconds, now_seconds))
+            overdue++;
+    }
+    if (overdue > 0)
+        return status_set(st, STATUS_FAILED_PRECONDITION, "OVERDUE_LOANS",
+                          "you have %zu overdue loan%s; return %s before borrowing again", overdue,
+                          overdue == 1 ? "" : "s", overdue == 1 ? "it" : "them");
+    if ((int)open >= max_active)
+        return status_set(st, STATUS_FAILED_PRECONDITION, "LOAN_LIMIT",
+                          "you already hold %zu loans; the limit is %d", open, max_active);
+    return STATUS_OK;
+}
+
+loan_state lending_after_reservation(loan_state current, bool reserved) {
+    if (current != LOAN_PENDING)
+        return current;
+    return reserved ? LOAN_ACTIVE : LOAN_CANCELED;
+}
+
+status_code lending_return(loan_state current, loan_state *next, status *st) {
+    if (current == LOAN_ACTIVE || current == LOAN_RETURNED) {
+        *next = LOAN_RETURNED;
+        return STATUS_OK;
+    }
+    return status_set(st, STATUS_FAILED_PRECONDITION, "LOAN_NOT_ACTIVE",
+                      "only an active loan can be returned; this one is %s",
+                      current == LOAN_PENDING ? "still pending" : "canceled");
+}
+
+void lending_new_loan_id(const char *user, const char *request_id, char out[21]) {
+    if (request_id == NULL || request_id[0] == '\0') {
+        text_random_hex(out, 10);
+        return;
+    }
+    char digest[65];
+    const char *parts[] = {"BorrowBook", user, request_id, NULL};
+    text_sha256_hex(parts, digest);
+    snprintf(out, 21, "%.20s", digest);
+}
+
+status_code lending_check_id(const char *id, const char *field, status *st) {
+    size_t length = id ? strlen(id) : 0;
+    if (length == 0)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_REQUIRED", "%s is required", field);
+    if (length > 64)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED", "%s is too long", field);
+    for (size_t i = 0; i < length; i++) {
+        char c = id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED",
+                              "%s may contain only a-z, 0-9 and '-'", field);
+    }
+    return STATUS_OK;
+}
+
+status_code lending_check_request_id(const char *request_id, status *st) {
+    size_t length = request_id ? strlen(request_id) : 0;
+    if (length > 128)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_TOO_LONG",
+                          "request_id is %zu bytes long; at most 128 are allowed", length);
+    if (!text_is_valid_utf8(request_id ? request_id : "", length, false))
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED",
+                          "request_id must be text without control characters");
+    return STATUS_OK;
+}

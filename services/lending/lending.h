@@ -1,0 +1,46 @@
+/* lending.h - the lending rules as plain functions: who may borrow, how a loan moves between
+ * states, and when it is overdue. No I/O here, so the unit tests call these directly. */
+#ifndef LENDING_LENDING_H
+#define LENDING_LENDING_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+typedef enum loan_state {
+    LOAN_PENDING = 1,
+    LOAN_ACTIVE = 2,
+    LOAN_RETURNED = 3,
+    LOAN_CANCELED = 4,
+} loan_state;
+
+typedef struct open_loan {
+    loan_state state;
+    int64_t due_seconds;
+} open_loan;
+
+/* May a user holding these open loans borrow one more? Overdue first (an ACTIVE loan past
+ * due: FAILED_PRECONDITION, reason OVERDUE_LOANS), then the limit (PENDING + ACTIVE >=
+ * max_active: FAILED_PRECONDITION, reason LOAN_LIMIT). */
+status_code lending_may_borrow(const open_loan *loans, size_t count, int64_t now_seconds,
+                               int max_active, status *st);
+
+bool lending_is_overdue(loan_state state, int64_t due_seconds, int64_t now_seconds);
+
+/* The outcome of the catalog's reservation for a PENDING loan. Returns the new state, or the
+ * current one when the loan is past PENDING already (a redelivered event changes nothing). */
+loan_state lending_after_reservation(loan_state current, bool reserved);
+
+/* A return: ACTIVE -> RETURNED; RETURNED stays (idempotent); PENDING and CANCELED are
+ * FAILED_PRECONDITION, reason LOAN_NOT_ACTIVE. */
+status_code lending_return(loan_state current, loan_state *next, status *st);
+
+/* Loan ids: 20 hex digits, random, or derived from (user, request_id) so a retried BorrowBook
+ * finds the loan it made. Same alphabet rule as book ids for lookups. */
+void lending_new_loan_id(const char *user, const char *request_id, char out[21]);
+status_code lending_check_id(const char *id, const char *field, status *st);
+status_code lending_check_request_id(const char *request_id, status *st);
+
+#endif

@@ -1,0 +1,89 @@
+/* main.c - the lending service: loans, the borrow saga with the catalog, overdue and limits. */
+#include <stdlib.h>
+
+#include "events.h"
+#include "handlers.h"
+#include "service.h"
+
+static struct {
+    const char *catalog_address;
+    int64_t loan_period_ms, max_active_loans, borrow_wait_ms, catalog_timeout_ms;
+    int64_t reconcile_interval_ms, reconcile_after_ms, breaker_failures, breaker_open_ms;
+} settings;
+
+static const config_entry lending_config[] = {
+    {"CATALOG_ADDR", CONFIG_STRING, NULL, "catalog gRPC address, host:port", &settings.catalog_address, 0, 0},
+    {"LOAN_PERIOD", CONFIG_DURATION, "14d", "how long a loan lasts", &settings.loan_period_ms, 1000, 0},
+    {"MAX_ACTIVE_LOANS", CONFIG_INT, "5", "PENDING + ACTIVE loans a user may hold",
+     &settings.max_active_loans, 1, 1000},
+    {"BORROW_WAIT", CONFIG_DURATION, "2s", "how long BorrowBook waits for the saga's outcome",
+     &settings.borrow_wait_ms, 0, 60000},
+    {"CATALOG_TIMEOUT", CONFIG_DURATION, "1s", "deadline of a call to the catalog",
+     &settings.catalog_timeout_ms, 10, 60000},
+    {"RECONCILE_INTERVAL", CONFIG_DURATION, "30s", "how often unfinished loans are looked at",
+     &settings.reconcile_interval_ms, 100, 86400000},
+    {"RECONCILE_AFTER", CONFIG_DURATION, "10s", "age at which an unfinished step is redone",
+     &settings.reconcile_after_ms, 0, 86400000},
+    {"BREAKER_FAILURES", CONFIG_INT, "5", "catalog failures in a row that open the circuit",
+     &settings.breaker_failures, 1, 1000},
+    {"BREAKER_OPEN", CONFIG_DURATION, "2s", "how long the open circuit refuses calls",
+     &settings.breaker_open_ms, 10, 600000},
+};
+
+static status_code lending_start(const service_context *context, void **state, status *st) {
+    lending_handlers *h = calloc(1, sizeof *h);
+    if (h == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    int replicas = (int)context->settings->nats_replicas;
+    h->connection = context->nats;
+    h->loan_period_ms = settings.loan_period_ms;
+    h->max_active_loans = (int)settings.max_active_loans;
+    h->borrow_wait_ms = settings.borrow_wait_ms;
+    h->catalog_timeout_ms = settings.catalog_timeout_ms;
+    circuit_breaker_init(&h->catalog_breaker, (int)settings.breaker_failures, settings.breaker_open_ms);
+    saga_options saga = {.reconcile_interval_ms = settings.reconcile_interval_ms,
+                         .reconcile_after_ms = settings.reconcile_after_ms};
+    status_code code = events_ensure_stream(context->nats, replicas, st);
+    if (code == STATUS_OK)
+        code = loan_store_open(context->nats, replicas, &h->store, st);
+    if (code == STATUS_OK)
+        code = rpc_client_create(settings.catalog_address, settings.catalog_timeout_ms, &h->catalog, st);
+    if (code == STATUS_OK)
+        code = lending_saga_start(context->nats, h->store, &saga, &h->saga, st);
+    if (code == STATUS_OK) {
+        lending_handlers_init(h);
+        code = rpc_server_add_service(context->server, &h->service, st);
+    }
+    if (code != STATUS_OK) {
+        lending_saga_stop(h->saga);
+        rpc_client_destroy(h->catalog);
+        loan_store_close(h->store);
+        circuit_breaker_destroy(&h->catalog_breaker);
+        free(h);
+        return code;
+    }
+    *state = h;
+    return STATUS_OK;
+}
+
+static void lending_stop(void *state) {
+    lending_handlers *h = state;
+    lending_saga_stop(h->saga);
+    rpc_client_destroy(h->catalog);
+    loan_store_close(h->store);
+    circuit_breaker_destroy(&h->catalog_breaker);
+    free(h);
+}
+
+static const service_definition lending_definition = {
+    .name = "lending",
+    .default_grpc_port = "50052",
+    .config = lending_config,
+    .config_count = sizeof lending_config / sizeof lending_config[0],
+    .start = lending_start,
+    .stop = lending_stop,
+};
+
+int main(int argc, char **argv) {
+    return service_main(&lending_definition, argc, argv);
+}

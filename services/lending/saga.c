@@ -1,0 +1,510 @@
+/* saga.c - events in and out of lending, and the reconciler. */
+#include "saga.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lending.h"
+#include "log.h"
+#include "text.h"
+
+struct saga_waiter {
+    struct saga_waiter *next;
+    char loan_id[32];
+    bool done;
+};
+
+struct lending_saga {
+    nats_connection *connection;
+    loan_store *store;
+    saga_options options;
+    event_consumer *consumer;
+    natsSubscription *outcomes;
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    saga_waiter *waiters;
+    pthread_t reconciler;
+    bool reconciler_running;
+    atomic_bool stopping;
+};
+
+/* --- publishing -------------------------------------------------------------------------- */
+
+static event *event_new(arena *a, const char *kind, const loan_record *record) {
+    event *e = (void *)arena_new_message(a, &library__events__v1__event__descriptor);
+    if (e == NULL)
+        return NULL;
+    e->event_id = arena_sprintf(a, "%s-%s", kind, record->loan->loan_id);
+    e->occur_time = loan_timestamp(a, loan_now_ms());
+    e->correlation_id = record->loan->loan_id;
+    e->traceparent = record->traceparent;
+    return e->event_id && e->occur_time ? e : NULL;
+}
+
+static status_code publish(nats_connection *connection, arena *a, const char *subject, event *e,
+                           status *st) {
+    if (e == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    (void)a;
+    return events_publish(connection, subject, e, st);
+}
+
+status_code saga_publish_requested(nats_connection *connection, const loan_record *record, status *st) {
+    arena *a = arena_create(0);
+    const loan_message *loan = record->loan;
+    event *e = a ? event_new(a, "loan-requested", record) : NULL;
+    Library__Events__V1__LoanRequested *body =
+        a ? (void *)arena_new_message(a, &library__events__v1__loan_requested__descriptor) : NULL;
+    status_code code;
+    if (e == NULL || body == NULL) {
+        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    } else {
+        body->loan_id = loan->loan_id;
+        body->user_id = loan->user_id;
+        body->book_id = loan->book_id;
+        body->book_title = loan->book_title;
+        body->borrow_time = loan->borrow_time;
+        body->due_time = loan->due_time;
+        e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
+        e->loan_requested = body;
+        code = publish(connection, a, "library.events.loan.requested", e, st);
+    }
+    arena_destroy(a);
+    return code;
+}
+
+status_code saga_publish_returned(nats_connection *connection, const loan_record *record, status *st) {
+    arena *a = arena_create(0);
+    const loan_message *loan = record->loan;
+    event *e = a ? event_new(a, "loan-returned", record) : NULL;
+    Library__Events__V1__LoanReturned *body =
+        a ? (void *)arena_new_message(a, &library__events__v1__loan_returned__descriptor) : NULL;
+    status_code code;
+    if (e == NULL || body == NULL) {
+        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    } else {
+        body->loan_id = loan->loan_id;
+        body->user_id = loan->user_id;
+        body->book_id = loan->book_id;
+        body->return_time = loan->return_time;
+        e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
+        e->loan_returned = body;
+        code = publish(connection, a, "library.events.loan.returned", e, st);
+    }
+    arena_destroy(a);
+    return code;
+}
+
+static status_code publish_outcome(nats_connection *connection, arena *a, const loan_record *record,
+                                   status *st) {
+    const loan_message *loan = record->loan;
+    if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE) {
+        event *e = event_new(a, "loan-activated", record);
+        Library__Events__V1__LoanActivated *body =
+            (void *)arena_new_message(a, &library__events__v1__loan_activated__descriptor);
+        if (e == NULL || body == NULL)
+            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+        body->loan_id = loan->loan_id;
+        body->user_id = loan->user_id;
+        body->book_id = loan->book_id;
+        body->book_title = loan->book_title;
+        body->due_time = loan->due_time;
+        e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED;
+        e->loan_activated = body;
+        return publish(connection, a, "library.events.loan.activated", e, st);
+    }
+    if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED) {
+        event *e = event_new(a, "loan-canceled", record);
+        Library__Events__V1__LoanCanceled *body =
+            (void *)arena_new_message(a, &library__events__v1__loan_canceled__descriptor);
+        if (e == NULL || body == NULL)
+            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+        body->loan_id = loan->loan_id;
+        body->user_id = loan->user_id;
+        body->book_id = loan->book_id;
+        body->book_title = loan->book_title;
+        body->reason = loan->cancel_reason;
+        e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED;
+        e->loan_canceled = body;
+        return publish(connection, a, "library.events.loan.canceled", e, st);
+    }
+    return STATUS_OK;
+}
+
+static status_code publish_overdue(nats_connection *connection, arena *a, const loan_record *record,
+                                   status *st) {
+    event *e = event_new(a, "loan-overdue", record);
+    Library__Events__V1__LoanOverdue *body =
+        (void *)arena_new_message(a, &library__events__v1__loan_overdue__descriptor);
+    if (e == NULL || body == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    body->loan_id = record->loan->loan_id;
+    body->user_id = record->loan->user_id;
+    body->book_id = record->loan->book_id;
+    body->due_time = record->loan->due_time;
+    e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE;
+    e->loan_overdue = body;
+    return publish(connection, a, "library.events.loan.overdue", e, st);
+}
+
+/* --- consuming the catalog's answers ------------------------------------------------------ */
+
+typedef struct outcome_job {
+    bool reserved;
+    bool changed_state;
+} outcome_job;
+
+static status_code apply_outcome(void *arg, arena *a, loan_record *record, bool *changed, status *st) {
+    outcome_job *job = arg;
+    loan_message *loan = record->loan;
+    loan_state now = lending_after_reservation((loan_state)loan->status, job->reserved);
+    *changed = now != (loan_state)loan->status;
+    job->changed_state = *changed;
+    if (*changed) {
+        loan->status = (Library__Lending__V1__LoanStatus)now;
+        if (now == LOAN_CANCELED)
+            loan->cancel_reason = "OUT_OF_STOCK";
+        record->update_time_ms = loan_now_ms();
+    }
+    (void)a;
+    (void)st;
+    return STATUS_OK;
+}
+
+typedef struct user_job {
+    const char *loan_id;
+    loan_state state; /* the loan's state now: open states are kept, others removed */
+} user_job;
+
+static status_code apply_user(void *arg, arena *a, user_record *record, bool *changed, status *st) {
+    user_job *job = arg;
+    *changed = false;
+    size_t kept = 0;
+    for (size_t i = 0; i < record->n_open_loans; i++) {
+        Library__Lending__Internal__OpenLoan *open = record->open_loans[i];
+        if (strcmp(open->loan_id, job->loan_id) == 0) {
+            if (job->state == LOAN_RETURNED || job->state == LOAN_CANCELED) {
+                *changed = true;
+                continue;
+            }
+            if ((loan_state)open->status != job->state) {
+                open->status = (Library__Lending__V1__LoanStatus)job->state;
+                *changed = true;
+            }
+        }
+        record->open_loans[kept++] = open;
+    }
+    record->n_open_loans = kept;
+    (void)a;
+    (void)st;
+    return STATUS_OK;
+}
+
+static status_code sync_user(lending_saga *saga, arena *a, const loan_record *record, status *st) {
+    user_job job = {.loan_id = record->loan->loan_id, .state = (loan_state)record->loan->status};
+    return loan_store_update_user(saga->store, record->loan->user_id, a, apply_user, &job, NULL, st);
+}
+
+status_code lending_saga_sync_user(lending_saga *saga, arena *a, const loan_record *record, status *st) {
+    return sync_user(saga, a, record, st);
+}
+
+static status_code confirm_release(void *arg, arena *a, loan_record *record, bool *changed, status *st) {
+    (void)arg;
+    (void)a;
+    (void)st;
+    *changed = !record->release_confirmed;
+    record->release_confirmed = true;
+    return STATUS_OK;
+}
+
+static status_code handle_reservation(lending_saga *saga, arena *a, const char *loan_id, bool reserved,
+                                      status *st) {
+    outcome_job job = {.reserved = reserved};
+    loan_record *record = NULL;
+    status_code code = loan_store_update(saga->store, loan_id, a, apply_outcome, &job, &record, st);
+    if (code == STATUS_NOT_FOUND)
+        return STATUS_OK; /* not a loan of ours any more: nothing to do */
+    if (code != STATUS_OK)
+        return code;
+    if (reserved && record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED) {
+        /* A late reservation for a loan already canceled: give the copy straight back. */
+        LOG_WARN("loan %s was canceled but the catalog reserved a copy; releasing it", loan_id);
+        return saga_publish_returned(saga->connection, record, st);
+    }
+    code = sync_user(saga, a, record, st);
+    if (code == STATUS_OK)
+        code = publish_outcome(saga->connection, a, record, st);
+    return code;
+}
+
+static status_code handle_release(lending_saga *saga, arena *a, const char *loan_id, status *st) {
+    loan_record *record = NULL;
+    status_code code = loan_store_get(saga->store, loan_id, a, &record, st);
+    if (code == STATUS_NOT_FOUND)
+        return STATUS_OK;
+    if (code != STATUS_OK)
+        return code;
+    code = sync_user(saga, a, record, st);
+    if (code == STATUS_OK)
+        code = loan_store_update(saga->store, loan_id, a, confirm_release, NULL, NULL, st);
+    return code;
+}
+
+static status_code on_catalog_event(void *arg, const event *e, uint64_t sequence, status *st) {
+    (void)sequence;
+    lending_saga *saga = arg;
+    arena *a = arena_create(0);
+    if (a == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    status_code code = STATUS_OK;
+    switch (e->body_case) {
+    case LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RESERVED:
+        code = handle_reservation(saga, a, e->copy_reserved->loan_id, true, st);
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_OUT_OF_STOCK:
+        code = handle_reservation(saga, a, e->out_of_stock->loan_id, false, st);
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RELEASED:
+        code = handle_release(saga, a, e->copy_released->loan_id, st);
+        break;
+    default:
+        break;
+    }
+    arena_destroy(a);
+    return code;
+}
+
+/* --- waiting for outcomes ----------------------------------------------------------------- */
+
+static void on_outcome(natsConnection *nc, natsSubscription *sub, natsMsg *message, void *closure) {
+    (void)nc;
+    (void)sub;
+    lending_saga *saga = closure;
+    event *e = library__events__v1__event__unpack(NULL, (size_t)natsMsg_GetDataLength(message),
+                                                  (const uint8_t *)natsMsg_GetData(message));
+    bool outcome = e != NULL && (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED ||
+                                 e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED);
+    if (outcome && e->correlation_id != NULL) {
+        pthread_mutex_lock(&saga->lock);
+        for (saga_waiter *w = saga->waiters; w != NULL; w = w->next)
+            if (strcmp(w->loan_id, e->correlation_id) == 0)
+                w->done = true;
+        pthread_cond_broadcast(&saga->changed);
+        pthread_mutex_unlock(&saga->lock);
+    }
+    if (e != NULL)
+        library__events__v1__event__free_unpacked(e, NULL);
+    natsMsg_Destroy(message);
+}
+
+saga_waiter *lending_saga_watch(lending_saga *saga, const char *loan_id) {
+    saga_waiter *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return NULL;
+    snprintf(w->loan_id, sizeof w->loan_id, "%s", loan_id);
+    pthread_mutex_lock(&saga->lock);
+    w->next = saga->waiters;
+    saga->waiters = w;
+    pthread_mutex_unlock(&saga->lock);
+    return w;
+}
+
+bool lending_saga_wait(lending_saga *saga, saga_waiter *w, int64_t timeout_ms) {
+    if (w == NULL)
+        return false;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (timeout_ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&saga->lock);
+    while (!w->done && pthread_cond_timedwait(&saga->changed, &saga->lock, &until) == 0) {
+    }
+    bool done = w->done;
+    pthread_mutex_unlock(&saga->lock);
+    return done;
+}
+
+void lending_saga_unwatch(lending_saga *saga, saga_waiter *w) {
+    if (w == NULL)
+        return;
+    pthread_mutex_lock(&saga->lock);
+    for (saga_waiter **link = &saga->waiters; *link != NULL; link = &(*link)->next) {
+        if (*link == w) {
+            *link = w->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&saga->lock);
+    free(w);
+}
+
+/* --- the reconciler and the overdue sweeper ----------------------------------------------- */
+
+static status_code mark_overdue(void *arg, arena *a, loan_record *record, bool *changed, status *st) {
+    (void)arg;
+    (void)a;
+    (void)st;
+    *changed = !record->overdue_published;
+    record->overdue_published = true;
+    return STATUS_OK;
+}
+
+/* Redoes the unfinished step of one loan, if it has one. */
+static void reconcile_loan(lending_saga *saga, arena *a, const char *loan_id, int64_t now) {
+    loan_record *record = NULL;
+    status st;
+    if (loan_store_get(saga->store, loan_id, a, &record, &st) != STATUS_OK)
+        return;
+    const loan_message *loan = record->loan;
+    bool stale = now - record->update_time_ms >= saga->options.reconcile_after_ms;
+    status_code code = STATUS_OK;
+    if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING && stale) {
+        LOG_INFO("loan %s is still pending; republishing LoanRequested", loan_id);
+        code = saga_publish_requested(saga->connection, record, &st);
+    } else if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED &&
+               !record->release_confirmed && stale) {
+        LOG_INFO("loan %s was returned but its copy is not released yet; republishing", loan_id);
+        code = sync_user(saga, a, record, &st);
+        if (code == STATUS_OK)
+            code = saga_publish_returned(saga->connection, record, &st);
+    } else if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE &&
+               !record->overdue_published && loan->due_time &&
+               lending_is_overdue(LOAN_ACTIVE, loan->due_time->seconds, now / 1000)) {
+        code = publish_overdue(saga->connection, a, record, &st);
+        if (code == STATUS_OK)
+            code = loan_store_update(saga->store, loan_id, a, mark_overdue, NULL, NULL, &st);
+    }
+    if (code != STATUS_OK)
+        LOG_WARN("reconciling loan %s: %s", loan_id, st.message);
+}
+
+/* A user record can name a PENDING loan that was never stored (a crash inside BorrowBook);
+ * such an entry would hold a slot forever, so it is dropped once it is old enough. */
+static void reconcile_user(lending_saga *saga, arena *a, const char *key) {
+    kv_value value;
+    status st;
+    if (kv_get(loan_store_bucket(saga->store), key, a, &value, &st) != STATUS_OK)
+        return;
+    ProtobufCAllocator allocator = arena_protobuf_allocator(a);
+    user_record *user = (void *)protobuf_c_message_unpack(&library__lending__internal__user_record__descriptor,
+                                                          &allocator, value.size, value.data);
+    if (user == NULL)
+        return;
+    for (size_t i = 0; i < user->n_open_loans; i++) {
+        loan_record *record = NULL;
+        const char *loan_id = user->open_loans[i]->loan_id;
+        status_code code = loan_store_get(saga->store, loan_id, a, &record, &st);
+        if (code == STATUS_OK && (record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED ||
+                                  record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED)) {
+            sync_user(saga, a, record, &st);
+        } else if (code == STATUS_NOT_FOUND) {
+            /* drop it only if it is still missing on a second look, after the grace */
+            user_job job = {.loan_id = loan_id, .state = LOAN_CANCELED};
+            loan_record *again = NULL;
+            struct timespec pause = {.tv_sec = 0, .tv_nsec = 200000000};
+            nanosleep(&pause, NULL);
+            if (loan_store_get(saga->store, loan_id, a, &again, &st) == STATUS_NOT_FOUND) {
+                char *user_id = NULL;
+                size_t size = 0;
+                uint8_t *decoded = NULL;
+                if (text_base64url_decode(a, key + 5, &decoded, &size)) {
+                    user_id = arena_strndup(a, (const char *)decoded, size);
+                    LOG_WARN("dropping loan %s of a user record: it was never stored", loan_id);
+                    loan_store_update_user(saga->store, user_id, a, apply_user, &job, NULL, &st);
+                }
+            }
+        }
+    }
+}
+
+static void reconcile_all(lending_saga *saga) {
+    kvKeysList keys = {0};
+    if (kvStore_Keys(&keys, kv_bucket_store(loan_store_bucket(saga->store)), NULL) != NATS_OK)
+        return;
+    int64_t now = loan_now_ms();
+    arena *a = arena_create(0);
+    for (int i = 0; a && i < keys.Count && !atomic_load(&saga->stopping); i++) {
+        const char *key = keys.Keys[i];
+        if (strncmp(key, "loan.", 5) == 0)
+            reconcile_loan(saga, a, key + 5, now);
+        else if (strncmp(key, "user.", 5) == 0)
+            reconcile_user(saga, a, key);
+        arena_reset(a);
+    }
+    arena_destroy(a);
+    kvKeysList_Destroy(&keys);
+}
+
+static void *reconciler_main(void *arg) {
+    lending_saga *saga = arg;
+    while (!atomic_load(&saga->stopping)) {
+        for (int64_t waited = 0; waited < saga->options.reconcile_interval_ms && !atomic_load(&saga->stopping);
+             waited += 100) {
+            struct timespec pause = {.tv_sec = 0, .tv_nsec = 100000000};
+            nanosleep(&pause, NULL);
+        }
+        if (!atomic_load(&saga->stopping) && nats_connection_is_up(saga->connection))
+            reconcile_all(saga);
+    }
+    return NULL;
+}
+
+/* --- lifetime ----------------------------------------------------------------------------- */
+
+status_code lending_saga_start(nats_connection *connection, loan_store *store,
+                               const saga_options *options, lending_saga **out, status *st) {
+    lending_saga *saga = calloc(1, sizeof *saga);
+    if (saga == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    saga->connection = connection;
+    saga->store = store;
+    saga->options = *options;
+    pthread_mutex_init(&saga->lock, NULL);
+    pthread_cond_init(&saga->changed, NULL);
+    atomic_init(&saga->stopping, false);
+    natsStatus s = natsConnection_Subscribe(&saga->outcomes, nats_connection_core(connection),
+                                            "library.events.loan.*", on_outcome, saga);
+    status_code code = nats_status_to_status(s, "subscribing to loan outcomes", st);
+    if (code == STATUS_OK) {
+        event_consumer_options consumer = {.durable = "lending", .filter_subject = "library.events.copy.>",
+                                           .handler = on_catalog_event, .arg = saga};
+        code = event_consumer_start(connection, &consumer, &saga->consumer, st);
+    }
+    if (code == STATUS_OK) {
+        if (pthread_create(&saga->reconciler, NULL, reconciler_main, saga) == 0)
+            saga->reconciler_running = true;
+        else
+            code = status_set(st, STATUS_INTERNAL, "THREAD", "cannot start the reconciler");
+    }
+    if (code != STATUS_OK) {
+        lending_saga_stop(saga);
+        return code;
+    }
+    *out = saga;
+    return STATUS_OK;
+}
+
+void lending_saga_stop(lending_saga *saga) {
+    if (saga == NULL)
+        return;
+    atomic_store(&saga->stopping, true);
+    if (saga->reconciler_running)
+        pthread_join(saga->reconciler, NULL);
+    event_consumer_stop(saga->consumer);
+    if (saga->outcomes) {
+        natsSubscription_Unsubscribe(saga->outcomes);
+        natsSubscription_Destroy(saga->outcomes);
+    }
+    pthread_mutex_destroy(&saga->lock);
+    pthread_cond_destroy(&saga->changed);
+    free(saga);
+}

@@ -1,0 +1,453 @@
+/* test_lending.c - LendingService and the borrow saga over gRPC, against real nats-server,
+ * catalog and lending processes: the seed's scenario, concurrency, limits, overdue loans,
+ * idempotency, ownership, and a catalog outage. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "library/lending/v1/lending.pb-c.h"
+#include "stack_fixture.h"
+#include "text.h"
+
+typedef Library__Lending__V1__Loan Loan;
+
+#define LENDING "/library.lending.v1.LendingService/"
+#define ACTIVE LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE
+#define PENDING LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING
+#define CANCELED LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED
+#define RETURNED LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED
+
+TestSuite(lending, .init = fixture_setup, .fini = fixture_teardown, .timeout = 120);
+
+static const char *unique(const char *prefix) {
+    char id[13];
+    text_random_hex(id, 6);
+    return arena_sprintf(mem, "%s-%s", prefix, id);
+}
+
+static status_code borrow_on(rpc_client *c, const char *bearer, const char *book_id,
+                             const char *request_id, Loan **out, status *st) {
+    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    request.request_id = (char *)(request_id ? request_id : "");
+    ProtobufCMessage *response = NULL;
+    status_code code = harness_call(c, LENDING "BorrowBook", &request.base, &library__lending__v1__loan__descriptor,
+                                    mem, bearer, &response, st);
+    if (out)
+        *out = (Loan *)response;
+    return code;
+}
+
+static Loan *borrow(const char *user, const char *book_id) {
+    Loan *loan = NULL;
+    status st;
+    status_code code = borrow_on(lending, user_bearer(user), book_id, NULL, &loan, &st);
+    cr_assert_eq(code, STATUS_OK, "BorrowBook by %s: %s %s", user, status_code_name(code), st.message);
+    return loan;
+}
+
+static status_code return_loan(const char *bearer, const char *loan_id, Loan **out, status *st) {
+    Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
+    request.loan_id = (char *)loan_id;
+    ProtobufCMessage *response = NULL;
+    status_code code = harness_call(lending, LENDING "ReturnBook", &request.base,
+                                    &library__lending__v1__loan__descriptor, mem, bearer, &response, st);
+    if (out)
+        *out = (Loan *)response;
+    return code;
+}
+
+static Loan *get_loan(const char *bearer, const char *loan_id, status_code expected) {
+    Library__Lending__V1__GetLoanRequest request = LIBRARY__LENDING__V1__GET_LOAN_REQUEST__INIT;
+    request.loan_id = (char *)loan_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = harness_call(lending, LENDING "GetLoan", &request.base, &library__lending__v1__loan__descriptor,
+                                    mem, bearer, &response, &st);
+    cr_assert_eq(code, expected, "GetLoan: %s %s", status_code_name(code), st.message);
+    return (Loan *)response;
+}
+
+static int available(const char *book_id) {
+    Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(call_catalog("GetBook", &request.base, &library__catalog__v1__book__descriptor,
+                              user_bearer("reader"), &response, &st),
+                 STATUS_OK);
+    return ((Book *)response)->available_copies;
+}
+
+/* Polls until the book shows `expected` available copies (the saga is asynchronous). */
+static void expect_available(const char *book_id, int expected) {
+    int64_t until = harness_now_ms() + 8000;
+    int now = available(book_id);
+    while (now != expected && harness_now_ms() < until) {
+        harness_sleep_ms(50);
+        now = available(book_id);
+    }
+    cr_assert_eq(now, expected, "available_copies is %d, expected %d", now, expected);
+}
+
+/* Polls a loan until it leaves PENDING. */
+static Loan *settled(const char *user, const char *loan_id) {
+    int64_t until = harness_now_ms() + 8000;
+    Loan *loan = get_loan(user_bearer(user), loan_id, STATUS_OK);
+    while (loan->status == PENDING && harness_now_ms() < until) {
+        harness_sleep_ms(50);
+        loan = get_loan(user_bearer(user), loan_id, STATUS_OK);
+    }
+    return loan;
+}
+
+Test(lending, the_seed_scenario_out_of_stock_compensation_and_restock) {
+    Book *book = register_book("Saga and Compensation", "Seed", "978-89", 4);
+    const char *users[4];
+    for (int i = 0; i < 4; i++) {
+        users[i] = unique("reader");
+        Loan *loan = settled(users[i], borrow(users[i], book->book_id)->loan_id);
+        cr_assert_eq(loan->status, ACTIVE, "borrow %d is %d", i + 1, loan->status);
+        cr_assert_str_eq(loan->book_title, "Saga and Compensation");
+        cr_assert_not_null(loan->due_time);
+        cr_assert_gt(loan->due_time->seconds, loan->borrow_time->seconds + 13 * 86400);
+        expect_available(book->book_id, 3 - i);
+    }
+    const char *fifth = unique("reader");
+    Loan *canceled = settled(fifth, borrow(fifth, book->book_id)->loan_id);
+    cr_assert_eq(canceled->status, CANCELED, "the fifth borrow must be canceled");
+    cr_assert_str_eq(canceled->cancel_reason, "OUT_OF_STOCK");
+    expect_available(book->book_id, 0);
+
+    Library__Catalog__V1__AdjustStockRequest restock = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
+    restock.book_id = book->book_id;
+    restock.delta = 3;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(call_catalog("AdjustStock", &restock.base, &library__catalog__v1__book__descriptor,
+                              admin_bearer(), &response, &st),
+                 STATUS_OK, "%s", st.message);
+    cr_assert_eq(((Book *)response)->available_copies, 3);
+    cr_assert_eq(((Book *)response)->total_copies, 7);
+
+    const char *sixth = unique("reader");
+    cr_assert_eq(settled(sixth, borrow(sixth, book->book_id)->loan_id)->status, ACTIVE);
+    expect_available(book->book_id, 2);
+
+    /* withdrawing copies on loan is refused */
+    restock.delta = -3;
+    cr_assert_eq(call_catalog("AdjustStock", &restock.base, &library__catalog__v1__book__descriptor,
+                              admin_bearer(), &response, &st),
+                 STATUS_FAILED_PRECONDITION);
+
+    Library__Lending__V1__ListLoansRequest list = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+    cr_assert_eq(harness_call(lending, LENDING "ListLoans", &list.base, &library__lending__v1__list_loans_response__descriptor,
+                              mem, user_bearer(users[0]), &response, &st),
+                 STATUS_OK);
+    Library__Lending__V1__ListLoansResponse *mine = (void *)response;
+    cr_assert_eq(mine->n_loans, 1);
+    Loan *returned = NULL;
+    cr_assert_eq(return_loan(user_bearer(users[0]), mine->loans[0]->loan_id, &returned, &st), STATUS_OK,
+                 "%s", st.message);
+    cr_assert_eq(returned->status, RETURNED);
+    cr_assert_not_null(returned->return_time);
+    expect_available(book->book_id, 3);
+}
+
+typedef struct borrow_job {
+    const char *address, *bearer, *book_id;
+    status_code code;
+    char loan_id[32];
+    char user[64];
+} borrow_job;
+
+static void *borrow_thread(void *arg) {
+    borrow_job *job = arg;
+    rpc_client *own = NULL;
+    rpc_client_create(job->address, 15000, &own, NULL);
+    arena *a = arena_create(0);
+    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    request.book_id = (char *)job->book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    job->code = harness_call(own, LENDING "BorrowBook", &request.base, &library__lending__v1__loan__descriptor,
+                             a, job->bearer, &response, &st);
+    if (job->code == STATUS_OK)
+        snprintf(job->loan_id, sizeof job->loan_id, "%s", ((Loan *)response)->loan_id);
+    arena_destroy(a);
+    rpc_client_destroy(own);
+    return NULL;
+}
+
+Test(lending, fifty_concurrent_borrows_of_ten_copies_give_exactly_ten_loans) {
+    Book *book = register_book("Contended classic", "A", "", 10);
+    enum { BORROWERS = 50 };
+    borrow_job jobs[BORROWERS];
+    pthread_t threads[BORROWERS];
+    for (int i = 0; i < BORROWERS; i++) {
+        jobs[i] = (borrow_job){.address = fixture_lending_address(), .book_id = book->book_id};
+        snprintf(jobs[i].user, sizeof jobs[i].user, "%s", unique("crowd"));
+        jobs[i].bearer = user_bearer(jobs[i].user);
+        pthread_create(&threads[i], NULL, borrow_thread, &jobs[i]);
+    }
+    int active = 0, canceled = 0;
+    for (int i = 0; i < BORROWERS; i++) {
+        pthread_join(threads[i], NULL);
+        cr_assert_eq(jobs[i].code, STATUS_OK, "borrow %d: %s", i, status_code_name(jobs[i].code));
+    }
+    for (int i = 0; i < BORROWERS; i++) {
+        Loan *loan = settled(jobs[i].user, jobs[i].loan_id);
+        active += loan->status == ACTIVE;
+        canceled += loan->status == CANCELED;
+    }
+    cr_assert_eq(active, 10, "%d loans are ACTIVE", active);
+    cr_assert_eq(canceled, 40, "%d loans are CANCELED", canceled);
+    expect_available(book->book_id, 0);
+}
+
+Test(lending, the_loan_limit_holds_even_for_concurrent_borrows) {
+    const char *user = unique("greedy");
+    Book *books[12];
+    for (int i = 0; i < 12; i++)
+        books[i] = register_book(arena_sprintf(mem, "Limit %d", i), "A", "", 3);
+    enum { TRIES = 12 };
+    borrow_job jobs[TRIES];
+    pthread_t threads[TRIES];
+    const char *bearer = user_bearer(user);
+    for (int i = 0; i < TRIES; i++) {
+        jobs[i] = (borrow_job){.address = fixture_lending_address(), .bearer = bearer, .book_id = books[i]->book_id};
+        pthread_create(&threads[i], NULL, borrow_thread, &jobs[i]);
+    }
+    int granted = 0, limited = 0;
+    for (int i = 0; i < TRIES; i++) {
+        pthread_join(threads[i], NULL);
+        granted += jobs[i].code == STATUS_OK;
+        limited += jobs[i].code == STATUS_FAILED_PRECONDITION;
+    }
+    cr_assert_eq(granted, 5, "the limit is 5, %d went through", granted);
+    cr_assert_eq(limited, TRIES - 5);
+    Loan *loan = NULL;
+    status st;
+    cr_assert_eq(borrow_on(lending, bearer, books[0]->book_id, NULL, &loan, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "LOAN_LIMIT");
+}
+
+Test(lending, a_request_id_makes_borrow_idempotent) {
+    Book *book = register_book("Once only", "A", "", 5);
+    const char *user = unique("careful");
+    Loan *first = NULL, *again = NULL;
+    status st;
+    cr_assert_eq(borrow_on(lending, user_bearer(user), book->book_id, "borrow-1", &first, &st), STATUS_OK);
+    cr_assert_eq(borrow_on(lending, user_bearer(user), book->book_id, "borrow-1", &again, &st), STATUS_OK,
+                 "%s", st.message);
+    cr_assert_str_eq(first->loan_id, again->loan_id);
+    cr_assert_eq(settled(user, first->loan_id)->status, ACTIVE);
+    expect_available(book->book_id, 4);
+    harness_sleep_ms(300);
+    cr_assert_eq(available(book->book_id), 4, "a retried borrow took a second copy");
+}
+
+Test(lending, returns_are_for_the_borrower_or_an_admin_and_idempotent) {
+    Book *book = register_book("Returnable", "A", "", 2);
+    const char *owner = unique("owner");
+    Loan *loan = settled(owner, borrow(owner, book->book_id)->loan_id);
+    cr_assert_eq(loan->status, ACTIVE);
+    status st;
+    cr_assert_eq(return_loan(user_bearer("stranger"), loan->loan_id, NULL, &st), STATUS_NOT_FOUND);
+    get_loan(user_bearer("stranger"), loan->loan_id, STATUS_NOT_FOUND);
+    Loan *done = NULL;
+    cr_assert_eq(return_loan(admin_bearer(), loan->loan_id, &done, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(done->status, RETURNED);
+    cr_assert_eq(return_loan(user_bearer(owner), loan->loan_id, &done, &st), STATUS_OK);
+    cr_assert_eq(done->status, RETURNED);
+    expect_available(book->book_id, 2);
+    harness_sleep_ms(300);
+    cr_assert_eq(available(book->book_id), 2, "a second return gave back a second copy");
+
+    Book *none = register_book("Nothing on the shelf", "A", "", 0);
+    const char *unlucky = unique("unlucky");
+    Loan *canceled = settled(unlucky, borrow(unlucky, none->book_id)->loan_id);
+    cr_assert_eq(canceled->status, CANCELED);
+    cr_assert_eq(return_loan(user_bearer(unlucky), canceled->loan_id, NULL, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "LOAN_NOT_ACTIVE");
+}
+
+Test(lending, bad_requests_and_unknown_things) {
+    status st;
+    Loan *loan = NULL;
+    cr_assert_eq(borrow_on(lending, user_bearer("x"), "ffffffffffffffffffff", NULL, &loan, &st), STATUS_NOT_FOUND);
+    cr_assert_eq(borrow_on(lending, user_bearer("x"), "bad id!", NULL, &loan, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(st.message, "book_id") != NULL);
+    cr_assert_eq(borrow_on(lending, NULL, "ffffffffffffffffffff", NULL, &loan, &st), STATUS_UNAUTHENTICATED);
+    get_loan(user_bearer("x"), "ffffffffffffffffffff", STATUS_NOT_FOUND);
+    get_loan(user_bearer("x"), "", STATUS_INVALID_ARGUMENT);
+
+    Library__Lending__V1__ListLoansRequest list = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+    list.user_id = "someone-else";
+    ProtobufCMessage *response = NULL;
+    cr_assert_eq(harness_call(lending, LENDING "ListLoans", &list.base, &library__lending__v1__list_loans_response__descriptor,
+                              mem, user_bearer("x"), &response, &st),
+                 STATUS_PERMISSION_DENIED);
+    cr_assert_eq(harness_call(lending, LENDING "ListLoans", &list.base, &library__lending__v1__list_loans_response__descriptor,
+                              mem, admin_bearer(), &response, &st),
+                 STATUS_OK);
+    list.user_id = "";
+    list.page_token = "garbage";
+    cr_assert_eq(harness_call(lending, LENDING "ListLoans", &list.base, &library__lending__v1__list_loans_response__descriptor,
+                              mem, user_bearer("x"), &response, &st),
+                 STATUS_INVALID_ARGUMENT);
+}
+
+Test(lending, list_loans_pages_newest_first_and_filters_by_status) {
+    const char *user = unique("lister");
+    Book *book = register_book("Listable", "A", "", 10);
+    const char *ids[4];
+    for (int i = 0; i < 4; i++) {
+        ids[i] = settled(user, borrow(user, book->book_id)->loan_id)->loan_id;
+    }
+    status st;
+    cr_assert_eq(return_loan(user_bearer(user), ids[0], NULL, &st), STATUS_OK);
+    Library__Lending__V1__ListLoansRequest list = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+    list.page_size = 3;
+    ProtobufCMessage *response = NULL;
+    cr_assert_eq(harness_call(lending, LENDING "ListLoans", &list.base, &library__lending__v1__list_loans_response__descriptor,
+                              mem, user_bearer(user), &response, &st),
+                 STATUS_OK);
+    Library__Lending__V1__ListLoansResponse *page = (void *)response;
+    cr_assert_eq(page->n_loans, 3);
+    cr_assert_str_eq(page->loans[0]->loan_id, ids[3], "newest first");
+    cr_assert_str_not_empty(page->next_page_token);
+    list.page_token = page->next_page_token;
+    cr_assert_eq(harness_call(lending, LENDING "ListLoans", &list.base, &library__lending__v1__list_loans_response__descriptor,
+                              mem, user_bearer(user), &response, &st),
+                 STATUS_OK);
+    page = (void *)response;
+    cr_assert_eq(page->n_loans, 1);
+    cr_assert_str_eq(page->loans[0]->loan_id, ids[0]);
+    list.page_token = "";
+    list.page_size = 0;
+    list.status = RETURNED;
+    cr_assert_eq(harness_call(lending, LENDING "ListLoans", &list.base, &library__lending__v1__list_loans_response__descriptor,
+                              mem, user_bearer(user), &response, &st),
+                 STATUS_OK);
+    page = (void *)response;
+    cr_assert_eq(page->n_loans, 1);
+    cr_assert_eq(page->loans[0]->status, RETURNED);
+}
+
+/* --- stacks of their own ------------------------------------------------------------------ */
+
+typedef struct own_stack {
+    char dir[512];
+    harness_process nats, catalog, lending;
+    rpc_client *lending_client, *catalog_client;
+} own_stack;
+
+static void own_stack_start(own_stack *s, const char *name, const char *const *lending_env) {
+    snprintf(s->dir, sizeof s->dir, "%s/%s", fixture_dir(), name);
+    mkdir(s->dir, 0755);
+    cr_assert(harness_keys_create(s->dir));
+    cr_assert(harness_nats_start(s->dir, 0, &s->nats));
+    char nats_env[160];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s->nats.url);
+    const char *catalog_env[] = {nats_env, NULL};
+    cr_assert(harness_service_start("catalog", s->dir, catalog_env, &s->catalog));
+    cr_assert(fixture_start_lending(s->dir, s->nats.url, s->catalog.address, lending_env, &s->lending),
+              "lending did not start: %s", s->lending.log_path);
+    rpc_client_create(s->lending.address, 10000, &s->lending_client, NULL);
+    rpc_client_create(s->catalog.address, 10000, &s->catalog_client, NULL);
+}
+
+static void own_stack_stop(own_stack *s) {
+    rpc_client_destroy(s->lending_client);
+    rpc_client_destroy(s->catalog_client);
+    harness_process_stop(&s->lending, SIGTERM, 10000);
+    harness_process_stop(&s->catalog, SIGTERM, 10000);
+    harness_process_stop(&s->nats, SIGTERM, 5000);
+}
+
+static Book *own_register(own_stack *s, const char *title, int copies) {
+    Library__Catalog__V1__RegisterBookRequest request = LIBRARY__CATALOG__V1__REGISTER_BOOK_REQUEST__INIT;
+    request.title = (char *)title;
+    request.author = "A";
+    request.copies = copies;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(s->catalog_client, CATALOG "RegisterBook", &request.base,
+                              &library__catalog__v1__book__descriptor, mem,
+                              harness_bearer(mem, s->dir, "admin", true), &response, &st),
+                 STATUS_OK, "%s", st.message);
+    return (Book *)response;
+}
+
+Test(lending, an_overdue_loan_blocks_borrowing_until_it_is_returned) {
+    const char *env[] = {"LOAN_PERIOD=2s", "RECONCILE_INTERVAL=500ms", NULL};
+    own_stack s;
+    own_stack_start(&s, "overdue", env);
+    Book *book = own_register(&s, "Late", 5);
+    const char *bearer = harness_bearer(mem, s.dir, "late-reader", false);
+    Loan *loan = NULL;
+    status st;
+    cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(loan->status, ACTIVE);
+    cr_assert_not(loan->overdue);
+    harness_sleep_ms(3200);
+    Loan *second = NULL;
+    cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &second, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "OVERDUE_LOANS");
+    Library__Lending__V1__GetLoanRequest get = LIBRARY__LENDING__V1__GET_LOAN_REQUEST__INIT;
+    get.loan_id = loan->loan_id;
+    ProtobufCMessage *response = NULL;
+    cr_assert_eq(harness_call(s.lending_client, LENDING "GetLoan", &get.base, &library__lending__v1__loan__descriptor,
+                              mem, bearer, &response, &st),
+                 STATUS_OK);
+    cr_assert(((Loan *)response)->overdue, "GetLoan must say overdue");
+
+    Library__Lending__V1__ReturnBookRequest give_back = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
+    give_back.loan_id = loan->loan_id;
+    cr_assert_eq(harness_call(s.lending_client, LENDING "ReturnBook", &give_back.base,
+                              &library__lending__v1__loan__descriptor, mem, bearer, &response, &st),
+                 STATUS_OK, "%s", st.message);
+    cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &second, &st), STATUS_OK,
+                 "borrowing after the return: %s", st.message);
+    own_stack_stop(&s);
+}
+
+Test(lending, a_catalog_outage_gives_fast_unavailable_and_recovers) {
+    const char *env[] = {"BREAKER_FAILURES=3", "BREAKER_OPEN=500ms", NULL};
+    own_stack s;
+    own_stack_start(&s, "breaker", env);
+    Book *book = own_register(&s, "Offline", 5);
+    const char *bearer = harness_bearer(mem, s.dir, "patient", false);
+    int catalog_port = s.catalog.port;
+    cr_assert_eq(harness_process_stop(&s.catalog, SIGTERM, 10000), 0);
+    Loan *loan = NULL;
+    status st;
+    for (int i = 0; i < 5; i++) {
+        int64_t started = harness_now_ms();
+        cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st), STATUS_UNAVAILABLE,
+                     "attempt %d: %s", i, st.message);
+        cr_assert_lt(harness_now_ms() - started, 1500, "UNAVAILABLE took too long");
+    }
+    int64_t started = harness_now_ms();
+    cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st), STATUS_UNAVAILABLE);
+    cr_assert_lt(harness_now_ms() - started, 100, "with the circuit open the answer is immediate");
+    cr_assert_str_eq(st.reason, "CATALOG_UNAVAILABLE");
+
+    char nats_env[160], port_env[32];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s.nats.url);
+    snprintf(port_env, sizeof port_env, "GRPC_PORT=%d", catalog_port);
+    const char *catalog_env[] = {nats_env, port_env, NULL};
+    cr_assert(harness_service_start("catalog", s.dir, catalog_env, &s.catalog));
+    int64_t until = harness_now_ms() + 10000;
+    status_code code;
+    do {
+        harness_sleep_ms(200);
+        code = borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st);
+    } while (code != STATUS_OK && harness_now_ms() < until);
+    cr_assert_eq(code, STATUS_OK, "lending did not recover: %s", st.message);
+    own_stack_stop(&s);
+}
