@@ -195,15 +195,16 @@ static status_code on_loan_event(void *arg, const event *e, uint64_t sequence, s
     return code;
 }
 
-status_code catalog_saga_start(nats_connection *connection, book_store *store, catalog_saga **out,
-                               status *st) {
+status_code catalog_saga_start(nats_connection *connection, book_store *store, int64_t ack_wait_ms,
+                               catalog_saga **out, status *st) {
     catalog_saga *saga = calloc(1, sizeof *saga);
     if (saga == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     saga->connection = connection;
     saga->store = store;
     event_consumer_options options = {.durable = "catalog", .filter_subject = "library.events.loan.>",
-                                      .handler = on_loan_event, .arg = saga};
+                                      .handler = on_loan_event, .arg = saga,
+                                      .ack_wait_ms = ack_wait_ms};
     status_code code = event_consumer_start(connection, &options, &saga->consumer, st);
     if (code != STATUS_OK) {
         free(saga);

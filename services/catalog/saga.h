@@ -11,8 +11,8 @@
 
 typedef struct catalog_saga catalog_saga;
 
-status_code catalog_saga_start(nats_connection *connection, book_store *store, catalog_saga **out,
-                               status *st);
+status_code catalog_saga_start(nats_connection *connection, book_store *store, int64_t ack_wait_ms,
+                               catalog_saga **out, status *st);
 void catalog_saga_stop(catalog_saga *saga); /* NULL is a no-op */
 
 #endif

@@ -42,7 +42,8 @@ static status_code lending_start(const service_context *context, void **state, s
     h->catalog_timeout_ms = settings.catalog_timeout_ms;
     circuit_breaker_init(&h->catalog_breaker, (int)settings.breaker_failures, settings.breaker_open_ms);
     saga_options saga = {.reconcile_interval_ms = settings.reconcile_interval_ms,
-                         .reconcile_after_ms = settings.reconcile_after_ms};
+                         .reconcile_after_ms = settings.reconcile_after_ms,
+                         .ack_wait_ms = context->settings->event_ack_wait_ms};
     status_code code = events_ensure_stream(context->nats, replicas, st);
     if (code == STATUS_OK)
         code = loan_store_open(context->nats, replicas, &h->store, st);

@@ -476,7 +476,8 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
     status_code code = nats_status_to_status(s, "subscribing to loan outcomes", st);
     if (code == STATUS_OK) {
         event_consumer_options consumer = {.durable = "lending", .filter_subject = "library.events.copy.>",
-                                           .handler = on_catalog_event, .arg = saga};
+                                           .handler = on_catalog_event, .arg = saga,
+                                           .ack_wait_ms = options->ack_wait_ms};
         code = event_consumer_start(connection, &consumer, &saga->consumer, st);
     }
     if (code == STATUS_OK) {

@@ -364,9 +364,11 @@ static void own_stack_start(own_stack *s, const char *name, const char *const *l
 static void own_stack_stop(own_stack *s) {
     rpc_client_destroy(s->lending_client);
     rpc_client_destroy(s->catalog_client);
-    harness_process_stop(&s->lending, SIGTERM, 10000);
-    harness_process_stop(&s->catalog, SIGTERM, 10000);
+    int lending_exit = harness_process_stop(&s->lending, SIGTERM, 10000);
+    int catalog_exit = harness_process_stop(&s->catalog, SIGTERM, 10000);
     harness_process_stop(&s->nats, SIGTERM, 5000);
+    cr_assert_eq(lending_exit, 0, "lending exited with %d; log: %s", lending_exit, s->lending.log_path);
+    cr_assert_eq(catalog_exit, 0, "catalog exited with %d; log: %s", catalog_exit, s->catalog.log_path);
 }
 
 static Book *own_register(own_stack *s, const char *title, int copies) {
@@ -450,4 +452,157 @@ Test(lending, a_catalog_outage_gives_fast_unavailable_and_recovers) {
     } while (code != STATUS_OK && harness_now_ms() < until);
     cr_assert_eq(code, STATUS_OK, "lending did not recover: %s", st.message);
     own_stack_stop(&s);
+}
+
+/* --- crashes -------------------------------------------------------------------------------- */
+
+typedef struct burst {
+    const char *dir;
+    const char *address;
+    const char *const *book_ids;
+    int book_count;
+    int user;
+    int64_t until_ms;
+    int calls, ok;
+} burst;
+
+static void *borrow_burst(void *arg) {
+    burst *b = arg;
+    arena *a = arena_create(0);
+    const char *bearer = harness_bearer(a, b->dir, arena_sprintf(a, "crash-user-%d", b->user), false);
+    for (int i = 0; harness_now_ms() < b->until_ms; i++) {
+        rpc_client *c = NULL;
+        rpc_client_create(b->address, 2000, &c, NULL);
+        Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+        request.book_id = (char *)b->book_ids[(b->user + i) % b->book_count];
+        request.request_id = arena_sprintf(a, "burst-%d-%d", b->user, i);
+        ProtobufCMessage *response = NULL;
+        status st;
+        b->calls++;
+        if (harness_call(c, LENDING "BorrowBook", &request.base, &library__lending__v1__loan__descriptor, a,
+                         bearer, &response, &st) == STATUS_OK) {
+            b->ok++;
+            /* give some back so the users stay under their limit */
+            if (i % 2 == 1 && ((Loan *)response)->status == ACTIVE) {
+                Library__Lending__V1__ReturnBookRequest back = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
+                back.loan_id = ((Loan *)response)->loan_id;
+                harness_call(c, LENDING "ReturnBook", &back.base, &library__lending__v1__loan__descriptor, a,
+                             bearer, &response, &st);
+            }
+        }
+        rpc_client_destroy(c);
+        harness_sleep_ms(20);
+    }
+    arena_destroy(a);
+    return NULL;
+}
+
+/* Every loan of the crash users through ListLoans (admin), counted by book and status. */
+static void count_loans(own_stack *s, int users, const char *book_id, int *active, int *pending) {
+    *active = *pending = 0;
+    for (int u = 0; u < users; u++) {
+        Library__Lending__V1__ListLoansRequest list = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+        list.user_id = arena_sprintf(mem, "crash-user-%d", u);
+        list.page_size = 100;
+        for (int page = 0; page < 20; page++) {
+            ProtobufCMessage *response = NULL;
+            status st;
+            cr_assert_eq(harness_call(s->lending_client, LENDING "ListLoans", &list.base,
+                                      &library__lending__v1__list_loans_response__descriptor, mem,
+                                      harness_bearer(mem, s->dir, "admin", true), &response, &st),
+                         STATUS_OK, "%s", st.message);
+            Library__Lending__V1__ListLoansResponse *r = (void *)response;
+            for (size_t i = 0; i < r->n_loans; i++) {
+                if (strcmp(r->loans[i]->book_id, book_id) != 0)
+                    continue;
+                *active += r->loans[i]->status == ACTIVE;
+                *pending += r->loans[i]->status == PENDING;
+            }
+            if (r->next_page_token == NULL || r->next_page_token[0] == '\0')
+                break;
+            list.page_token = r->next_page_token;
+        }
+    }
+}
+
+static int own_available(own_stack *s, const char *book_id, int *total) {
+    Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(s->catalog_client, CATALOG "GetBook", &request.base, &library__catalog__v1__book__descriptor,
+                              mem, harness_bearer(mem, s->dir, "reader", false), &response, &st),
+                 STATUS_OK, "%s", st.message);
+    *total = ((Book *)response)->total_copies;
+    return ((Book *)response)->available_copies;
+}
+
+static void crash_during_burst(const char *name, bool crash_catalog) {
+    const char *env[] = {"RECONCILE_INTERVAL=500ms", "RECONCILE_AFTER=1s", "EVENT_ACK_WAIT=2s",
+                         "BREAKER_OPEN=200ms", NULL};
+    own_stack s;
+    own_stack_start(&s, name, env);
+    enum { BOOKS = 3, USERS = 6 };
+    const char *books[BOOKS];
+    for (int i = 0; i < BOOKS; i++)
+        books[i] = own_register(&s, arena_sprintf(mem, "Crash %d", i), 4)->book_id;
+    burst bursts[USERS];
+    pthread_t threads[USERS];
+    int64_t until = harness_now_ms() + 3000;
+    for (int u = 0; u < USERS; u++) {
+        bursts[u] = (burst){.dir = s.dir, .address = s.lending.address, .book_ids = books,
+                            .book_count = BOOKS, .user = u, .until_ms = until};
+        pthread_create(&threads[u], NULL, borrow_burst, &bursts[u]);
+    }
+    harness_sleep_ms(800);
+    harness_process *victim = crash_catalog ? &s.catalog : &s.lending;
+    int port = victim->port;
+    cr_assert_eq(harness_process_stop(victim, SIGKILL, 5000), 128 + SIGKILL);
+    harness_sleep_ms(300);
+    char port_env[32];
+    snprintf(port_env, sizeof port_env, "GRPC_PORT=%d", port);
+    if (crash_catalog) {
+        char nats_env[160];
+        snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s.nats.url);
+        const char *catalog_env[] = {nats_env, port_env, NULL};
+        cr_assert(harness_service_start("catalog", s.dir, catalog_env, &s.catalog), "catalog did not restart");
+    } else {
+        const char *lending_env[] = {"RECONCILE_INTERVAL=500ms", "RECONCILE_AFTER=1s", "EVENT_ACK_WAIT=2s",
+                                     port_env, NULL};
+        cr_assert(fixture_start_lending(s.dir, s.nats.url, s.catalog.address, lending_env, &s.lending),
+                  "lending did not restart");
+    }
+    int calls = 0, ok = 0;
+    for (int u = 0; u < USERS; u++) {
+        pthread_join(threads[u], NULL);
+        calls += bursts[u].calls;
+        ok += bursts[u].ok;
+    }
+    cr_assert_gt(ok, 10, "the burst barely ran (%d of %d calls ok)", ok, calls);
+
+    /* settle: no loan PENDING, and for every book available + ACTIVE == total */
+    int64_t deadline = harness_now_ms() + 20000;
+    bool settled_all = false;
+    int active = 0, pending = 0, total = 0, on_shelf = 0;
+    while (!settled_all && harness_now_ms() < deadline) {
+        harness_sleep_ms(500);
+        settled_all = true;
+        for (int b = 0; b < BOOKS && settled_all; b++) {
+            count_loans(&s, USERS, books[b], &active, &pending);
+            on_shelf = own_available(&s, books[b], &total);
+            settled_all = pending == 0 && on_shelf + active == total;
+        }
+    }
+    cr_assert(settled_all, "after the crash: pending %d, available %d + active %d != total %d", pending,
+              on_shelf, active, total);
+    cr_log_info("%s: %d calls, %d ok, invariant holds for %d books", name, calls, ok, BOOKS);
+    own_stack_stop(&s);
+}
+
+Test(lending, kill_9_of_lending_mid_burst_loses_nothing) {
+    crash_during_burst("crash-lending", false);
+}
+
+Test(lending, kill_9_of_catalog_mid_burst_loses_nothing) {
+    crash_during_burst("crash-catalog", true);
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -72,6 +73,8 @@ static pid_t spawn(char *const argv[], const char *const *env, const char *log_p
     pid_t pid = fork();
     if (pid != 0)
         return pid;
+    /* If the test process dies (a failed assertion ends it at once), take the server along. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     setpgid(0, 0);
     int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
