@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "events.h"
 #include "library/lending/v1/lending.pb-c.h"
 #include "stack_fixture.h"
 #include "text.h"
@@ -605,4 +606,83 @@ Test(lending, kill_9_of_lending_mid_burst_loses_nothing) {
 
 Test(lending, kill_9_of_catalog_mid_burst_loses_nothing) {
     crash_during_burst("crash-catalog", true);
+}
+
+typedef struct return_thread_job {
+    const char *address, *bearer, *loan_id;
+    status_code code;
+} return_thread_job;
+
+static void *return_thread(void *arg) {
+    return_thread_job *job = arg;
+    rpc_client *own = NULL;
+    rpc_client_create(job->address, 10000, &own, NULL);
+    arena *a = arena_create(0);
+    Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
+    request.loan_id = (char *)job->loan_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    job->code = harness_call(own, LENDING "ReturnBook", &request.base, &library__lending__v1__loan__descriptor, a,
+                             job->bearer, &response, &st);
+    arena_destroy(a);
+    rpc_client_destroy(own);
+    return NULL;
+}
+
+Test(lending, concurrent_returns_never_push_available_above_total) {
+    Book *book = register_book("Returned at once", "A", "", 3);
+    enum { LOANS = 3, RETURNS_EACH = 4 };
+    const char *users[LOANS], *loans[LOANS];
+    for (int i = 0; i < LOANS; i++) {
+        users[i] = unique("returner");
+        loans[i] = settled(users[i], borrow(users[i], book->book_id)->loan_id)->loan_id;
+    }
+    expect_available(book->book_id, 0);
+    return_thread_job jobs[LOANS * RETURNS_EACH];
+    pthread_t threads[LOANS * RETURNS_EACH];
+    for (int i = 0; i < LOANS * RETURNS_EACH; i++) {
+        int owner = i % LOANS;
+        jobs[i] = (return_thread_job){.address = fixture_lending_address(), .loan_id = loans[owner],
+                                      .bearer = i % 2 ? user_bearer(users[owner]) : admin_bearer()};
+        pthread_create(&threads[i], NULL, return_thread, &jobs[i]);
+    }
+    for (int i = 0; i < LOANS * RETURNS_EACH; i++) {
+        pthread_join(threads[i], NULL);
+        cr_assert_eq(jobs[i].code, STATUS_OK, "return %d: %s", i, status_code_name(jobs[i].code));
+    }
+    expect_available(book->book_id, 3);
+    harness_sleep_ms(500);
+    cr_assert_eq(available(book->book_id), 3, "returns gave back more copies than were lent");
+}
+
+Test(lending, an_event_delivered_twice_changes_nothing) {
+    Book *book = register_book("Twice told", "A", "", 2);
+    const char *user = unique("twice");
+    Loan *loan = settled(user, borrow(user, book->book_id)->loan_id);
+    cr_assert_eq(loan->status, ACTIVE);
+    expect_available(book->book_id, 1);
+
+    /* Replay LoanRequested under new message ids (so JetStream's dedup cannot drop them):
+     * only the consumers' own idempotency stands between them and a second copy. */
+    nats_connection *nats = NULL;
+    nats_connection_options options = {.url = fixture_nats_url(), .client_name = "test"};
+    status st;
+    cr_assert_eq(nats_connection_open(&options, &nats, &st), STATUS_OK, "%s", st.message);
+    for (int i = 0; i < 3; i++) {
+        Library__Events__V1__LoanRequested body = LIBRARY__EVENTS__V1__LOAN_REQUESTED__INIT;
+        body.loan_id = loan->loan_id;
+        body.user_id = (char *)user;
+        body.book_id = book->book_id;
+        body.book_title = book->title;
+        Library__Events__V1__Event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+        e.event_id = arena_sprintf(mem, "replay-%d-%s", i, loan->loan_id);
+        e.correlation_id = loan->loan_id;
+        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
+        e.loan_requested = &body;
+        cr_assert_eq(events_publish(nats, "library.events.loan.requested", &e, &st), STATUS_OK, "%s", st.message);
+    }
+    nats_connection_close(nats);
+    harness_sleep_ms(1500);
+    cr_assert_eq(available(book->book_id), 1, "a replayed LoanRequested took another copy");
+    cr_assert_eq(get_loan(user_bearer(user), loan->loan_id, STATUS_OK)->status, ACTIVE);
 }
