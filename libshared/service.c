@@ -30,7 +30,7 @@ static const config_entry common_config[] = {
      &settings.nats_connect_timeout_ms, 0, 600000},
     {"NATS_REPLICAS", CONFIG_INT, "1", "replicas of streams and buckets this service creates",
      &settings.nats_replicas, 1, 5},
-    {"EVENT_ACK_WAIT", CONFIG_DURATION, "30s",
+    {"EVENT_ACK_WAIT", CONFIG_DURATION, "10s",
      "how long an event may stay unacknowledged before it is delivered again",
      &settings.event_ack_wait_ms, 500, 3600000},
     {"MAX_IN_FLIGHT", CONFIG_INT, "256",

@@ -354,7 +354,8 @@ static void own_stack_start(own_stack *s, const char *name, const char *const *l
     cr_assert(harness_nats_start(s->dir, 0, &s->nats));
     char nats_env[160];
     snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s->nats.url);
-    const char *catalog_env[] = {nats_env, NULL};
+    /* a crashed catalog's unacknowledged events come back after 2 s, not the default 30 s */
+    const char *catalog_env[] = {nats_env, "EVENT_ACK_WAIT=2s", NULL};
     cr_assert(harness_service_start("catalog", s->dir, catalog_env, &s->catalog));
     cr_assert(fixture_start_lending(s->dir, s->nats.url, s->catalog.address, lending_env, &s->lending),
               "lending did not start: %s", s->lending.log_path);
@@ -565,7 +566,7 @@ static void crash_during_burst(const char *name, bool crash_catalog) {
     if (crash_catalog) {
         char nats_env[160];
         snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s.nats.url);
-        const char *catalog_env[] = {nats_env, port_env, NULL};
+        const char *catalog_env[] = {nats_env, port_env, "EVENT_ACK_WAIT=2s", NULL};
         cr_assert(harness_service_start("catalog", s.dir, catalog_env, &s.catalog), "catalog did not restart");
     } else {
         const char *lending_env[] = {"RECONCILE_INTERVAL=500ms", "RECONCILE_AFTER=1s", "EVENT_ACK_WAIT=2s",
