@@ -141,6 +141,20 @@ ProtobufCMessage *arena_new_message(arena *a, const ProtobufCMessageDescriptor *
     return message;
 }
 
+uint8_t *arena_pack(arena *a, const ProtobufCMessage *message, size_t *size) {
+    *size = protobuf_c_message_get_packed_size(message);
+    uint8_t *bytes = arena_alloc(a, *size ? *size : 1);
+    if (bytes != NULL)
+        protobuf_c_message_pack(message, bytes);
+    return bytes;
+}
+
+ProtobufCMessage *arena_unpack(arena *a, const ProtobufCMessageDescriptor *type, const uint8_t *data,
+                               size_t size) {
+    ProtobufCAllocator allocator = arena_protobuf_allocator(a);
+    return protobuf_c_message_unpack(type, &allocator, size, data);
+}
+
 size_t arena_used(const arena *a) {
     return a->total_used;
 }

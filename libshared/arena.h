@@ -6,6 +6,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct arena arena;
 
@@ -27,6 +28,12 @@ ProtobufCAllocator arena_protobuf_allocator(arena *a);
 
 /* Allocates and initializes an empty message of the given type. */
 ProtobufCMessage *arena_new_message(arena *a, const ProtobufCMessageDescriptor *descriptor);
+
+/* Serializes a message into the arena (NULL when out of memory). */
+uint8_t *arena_pack(arena *a, const ProtobufCMessage *message, size_t *size);
+/* Parses bytes into a message whose memory is the arena's; NULL when they do not parse. */
+ProtobufCMessage *arena_unpack(arena *a, const ProtobufCMessageDescriptor *type, const uint8_t *data,
+                               size_t size);
 
 /* Bytes handed out since creation or the last reset (for tests and metrics). */
 size_t arena_used(const arena *a);

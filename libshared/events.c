@@ -155,6 +155,26 @@ static void *consume_main(void *arg) {
     return NULL;
 }
 
+/* Creates the durable consumer, or brings an existing one to these settings. */
+static status_code consumer_declare(nats_connection *connection, event_consumer *consumer, status *st) {
+    jsConsumerConfig config;
+    jsConsumerConfig_Init(&config);
+    config.Durable = consumer->durable;
+    config.FilterSubject = consumer->filter;
+    config.AckPolicy = js_AckExplicit;
+    config.DeliverPolicy = js_DeliverAll;
+    config.AckWait = consumer->options.ack_wait_ms * 1000000;
+    config.MaxAckPending = 1024;
+    jsCtx *js = nats_connection_jetstream(connection);
+    jsConsumerInfo *info = NULL;
+    jsErrCode error = 0;
+    natsStatus s = js_UpdateConsumer(&info, js, EVENTS_STREAM, &config, NULL, &error);
+    if (s != NATS_OK) /* not there yet (or an update the server refuses): create it */
+        s = js_AddConsumer(&info, js, EVENTS_STREAM, &config, NULL, &error);
+    jsConsumerInfo_Destroy(info);
+    return nats_status_to_status(s, "declaring a durable consumer", st);
+}
+
 status_code event_consumer_start(nats_connection *connection, const event_consumer_options *options,
                                  event_consumer **out, status *st) {
     event_consumer *consumer = calloc(1, sizeof *consumer);
@@ -170,20 +190,24 @@ status_code event_consumer_start(nats_connection *connection, const event_consum
     snprintf(consumer->filter, sizeof consumer->filter, "%s", options->filter_subject);
     atomic_init(&consumer->stopping, false);
 
+    status_code code = consumer_declare(connection, consumer, st);
+    if (code != STATUS_OK) {
+        free(consumer);
+        return code;
+    }
+    /* Bind to the consumer declared above rather than let the subscribe create one: a
+     * durable that exists with other settings (a changed EVENT_ACK_WAIT) is then updated,
+     * not refused. */
     jsSubOptions sub_options;
     jsSubOptions_Init(&sub_options);
     sub_options.Stream = EVENTS_STREAM;
-    sub_options.Config.Durable = consumer->durable;
-    sub_options.Config.AckPolicy = js_AckExplicit;
-    sub_options.Config.DeliverPolicy = js_DeliverAll;
-    sub_options.Config.AckWait = consumer->options.ack_wait_ms * 1000000;
-    sub_options.Config.MaxAckPending = 1024;
+    sub_options.Consumer = consumer->durable;
     jsErrCode error = 0;
     natsStatus s = js_PullSubscribe(&consumer->subscription, nats_connection_jetstream(connection),
                                     consumer->filter, consumer->durable, NULL, &sub_options, &error);
     if (s != NATS_OK) {
         free(consumer);
-        return nats_status_to_status(s, "creating a durable consumer", st);
+        return nats_status_to_status(s, "subscribing to a durable consumer", st);
     }
     if (pthread_create(&consumer->thread, NULL, consume_main, consumer) != 0) {
         natsSubscription_Destroy(consumer->subscription);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rpc_internal.h"
 #include "status_details.h"
 
 enum { MAX_METADATA = 16 };
@@ -190,20 +191,6 @@ static status_code call_status(const call_state *s, rpc_reply_info *info, status
     return (status_code)s->code;
 }
 
-static uint8_t *buffer_copy(arena *a, grpc_byte_buffer *buffer, size_t *size) {
-    grpc_byte_buffer_reader reader;
-    if (!grpc_byte_buffer_reader_init(&reader, buffer))
-        return NULL;
-    grpc_slice all = grpc_byte_buffer_reader_readall(&reader);
-    grpc_byte_buffer_reader_destroy(&reader);
-    *size = GRPC_SLICE_LENGTH(all);
-    uint8_t *bytes = arena_alloc(a, *size ? *size : 1);
-    if (bytes)
-        memcpy(bytes, GRPC_SLICE_START_PTR(all), *size);
-    grpc_slice_unref(all);
-    return bytes;
-}
-
 status_code rpc_client_call_raw(rpc_client *client, const char *method, const uint8_t *request,
                                 size_t request_size, arena *a, uint8_t **response,
                                 size_t *response_size, const rpc_call_options *options,
@@ -243,7 +230,7 @@ status_code rpc_client_call_raw(rpc_client *client, const char *method, const ui
         if (received == NULL) {
             code = status_set(st, STATUS_INTERNAL, "NO_RESPONSE", "the server sent no message");
         } else {
-            *response = buffer_copy(a, received, response_size);
+            *response = byte_buffer_copy(a, received, response_size);
             if (*response == NULL)
                 code = status_set(st, STATUS_INTERNAL, "BAD_RESPONSE", "unreadable response");
         }
@@ -259,19 +246,17 @@ status_code rpc_client_call(rpc_client *client, const char *method, const Protob
                             const ProtobufCMessageDescriptor *response_type, arena *a,
                             ProtobufCMessage **response, const rpc_call_options *options,
                             status *st) {
-    size_t size = protobuf_c_message_get_packed_size(request);
-    uint8_t *bytes = arena_alloc(a, size ? size : 1);
+    size_t size = 0;
+    uint8_t *bytes = arena_pack(a, request, &size);
     if (bytes == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    protobuf_c_message_pack(request, bytes);
     uint8_t *reply = NULL;
     size_t reply_size = 0;
     status_code code = rpc_client_call_raw(client, method, bytes, size, a, &reply, &reply_size,
                                            options, NULL, st);
     if (code != STATUS_OK)
         return code;
-    ProtobufCAllocator allocator = arena_protobuf_allocator(a);
-    *response = protobuf_c_message_unpack(response_type, &allocator, reply_size, reply);
+    *response = arena_unpack(a, response_type, reply, reply_size);
     if (*response == NULL)
         return status_set(st, STATUS_INTERNAL, "BAD_RESPONSE", "the response is not a valid %s",
                           response_type->name);
@@ -349,11 +334,10 @@ status_code rpc_client_stream_next(rpc_client_stream *stream, const ProtobufCMes
         stream->read_pending = false;
         if (stream->message != NULL) {
             size_t size = 0;
-            uint8_t *bytes = buffer_copy(a, stream->message, &size);
+            uint8_t *bytes = byte_buffer_copy(a, stream->message, &size);
             grpc_byte_buffer_destroy(stream->message);
             stream->message = NULL;
-            ProtobufCAllocator allocator = arena_protobuf_allocator(a);
-            *message = bytes ? protobuf_c_message_unpack(type, &allocator, size, bytes) : NULL;
+            *message = bytes ? arena_unpack(a, type, bytes, size) : NULL;
             stream_post_read(stream);
             if (*message == NULL)
                 return status_set(st, STATUS_INTERNAL, "BAD_RESPONSE", "a message did not parse");

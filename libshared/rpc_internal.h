@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "arena.h"
 #include "status.h"
 
 /* What every completion queue tag points to: the poller calls on_complete(self, ok). */
@@ -25,5 +26,9 @@ typedef struct reply_trailers {
 void reply_trailers_set(reply_trailers *trailers, const status *st, const char *domain,
                         int pushback_ms);
 void reply_trailers_clear(reply_trailers *trailers);
+
+/* Copies a received message into the arena as one block (the core may hand it over in
+ * pieces). NULL when it cannot be read. */
+uint8_t *byte_buffer_copy(arena *a, grpc_byte_buffer *buffer, size_t *size);
 
 #endif

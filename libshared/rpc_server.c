@@ -174,8 +174,7 @@ static grpc_byte_buffer *message_to_buffer(const ProtobufCMessage *message) {
     return buffer;
 }
 
-/* Copies the buffer into the arena as one contiguous block (the core may hand it in pieces). */
-static uint8_t *buffer_to_bytes(arena *a, grpc_byte_buffer *buffer, size_t *size) {
+uint8_t *byte_buffer_copy(arena *a, grpc_byte_buffer *buffer, size_t *size) {
     grpc_byte_buffer_reader reader;
     if (!grpc_byte_buffer_reader_init(&reader, buffer))
         return NULL;
@@ -382,12 +381,11 @@ static status_code call_decode(rpc_context *call, grpc_byte_buffer *buffer,
         return status_set(st, STATUS_INVALID_ARGUMENT, "MISSING_REQUEST",
                           "the call carried no request message");
     size_t size = 0;
-    uint8_t *bytes = buffer_to_bytes(call->arena, buffer, &size);
+    uint8_t *bytes = byte_buffer_copy(call->arena, buffer, &size);
     if (bytes == NULL)
         return status_set(st, STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
                           "the request could not be read (compressed with an unknown algorithm?)");
-    ProtobufCAllocator allocator = arena_protobuf_allocator(call->arena);
-    *request = protobuf_c_message_unpack(type, &allocator, size, bytes);
+    *request = arena_unpack(call->arena, type, bytes, size);
     if (*request == NULL)
         return status_set(st, STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
                           "the request is not a valid %s message", type->name);

@@ -151,9 +151,8 @@ book_index *book_store_index(book_store *store) {
 }
 
 static status_code decode(arena *a, const kv_value *value, book_record **out, status *st) {
-    ProtobufCAllocator allocator = arena_protobuf_allocator(a);
-    book_record *record =
-        library__catalog__internal__book_record__unpack(&allocator, value->size, value->data);
+    book_record *record = (void *)arena_unpack(a, &library__catalog__internal__book_record__descriptor,
+                                               value->data, value->size);
     if (record == NULL || record->book == NULL)
         return status_set(st, STATUS_DATA_LOSS, "CORRUPT_RECORD", "a stored book does not parse");
     *out = record;
@@ -161,11 +160,7 @@ static status_code decode(arena *a, const kv_value *value, book_record **out, st
 }
 
 static uint8_t *encode(arena *a, const book_record *record, size_t *size) {
-    *size = library__catalog__internal__book_record__get_packed_size(record);
-    uint8_t *bytes = arena_alloc(a, *size ? *size : 1);
-    if (bytes)
-        library__catalog__internal__book_record__pack(record, bytes);
-    return bytes;
+    return arena_pack(a, &record->base, size);
 }
 
 status_code book_store_get(book_store *store, const char *book_id, arena *a, book_record **out,

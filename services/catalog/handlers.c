@@ -3,23 +3,12 @@
 #include "handlers.h"
 
 #include <string.h>
-#include <time.h>
 
 #include "catalog.h"
 #include "library/catalog/v1/catalog.pb-c.h"
+#include "timestamp.h"
 
 typedef Library__Catalog__V1__Book book_message;
-
-static Google__Protobuf__Timestamp *timestamp_now(arena *a) {
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    Google__Protobuf__Timestamp *t = (void *)arena_new_message(a, &google__protobuf__timestamp__descriptor);
-    if (t) {
-        t->seconds = now.tv_sec;
-        t->nanos = (int32_t)now.tv_nsec;
-    }
-    return t;
-}
 
 static const char *caller_id(rpc_context *ctx) {
     const auth_identity *caller = rpc_context_caller(ctx);

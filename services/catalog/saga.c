@@ -5,10 +5,10 @@
 #include <sys/types.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "events.h"
 #include "log.h"
+#include "timestamp.h"
 
 enum { DECISIONS_KEPT = 1024 };
 
@@ -52,15 +52,8 @@ static status_code remember_decision(arena *a, book_record *record, const char *
 }
 
 static status_code touch(arena *a, book_record *record) {
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    Google__Protobuf__Timestamp *t = (void *)arena_new_message(a, &google__protobuf__timestamp__descriptor);
-    if (t == NULL)
-        return STATUS_RESOURCE_EXHAUSTED;
-    t->seconds = now.tv_sec;
-    t->nanos = (int32_t)now.tv_nsec;
-    record->book->update_time = t;
-    return STATUS_OK;
+    record->book->update_time = timestamp_now(a);
+    return record->book->update_time ? STATUS_OK : STATUS_RESOURCE_EXHAUSTED;
 }
 
 static status_code decide(void *arg, arena *a, book_record *record, bool *changed, status *st) {
@@ -113,13 +106,9 @@ static status_code decide(void *arg, arena *a, book_record *record, bool *change
 
 static event *answer_new(arena *a, const event *cause, const char *kind, const char *loan_id) {
     event *e = (void *)arena_new_message(a, &library__events__v1__event__descriptor);
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    Google__Protobuf__Timestamp *t = (void *)arena_new_message(a, &google__protobuf__timestamp__descriptor);
+    Google__Protobuf__Timestamp *t = timestamp_now(a);
     if (e == NULL || t == NULL)
         return NULL;
-    t->seconds = now.tv_sec;
-    t->nanos = (int32_t)now.tv_nsec;
     e->event_id = arena_sprintf(a, "%s-%s", kind, loan_id);
     e->occur_time = t;
     e->correlation_id = (char *)loan_id;

@@ -19,7 +19,7 @@ static status_code out_of_memory(status *st) {
 /* Fills the computed `overdue` flag of a loan for its reader. */
 static void present(loan_message *loan) {
     int64_t due = loan->due_time ? loan->due_time->seconds : 0;
-    loan->overdue = lending_is_overdue((loan_state)loan->status, due, loan_now_ms() / 1000);
+    loan->overdue = lending_is_overdue((loan_state)loan->status, due, timestamp_now_ms() / 1000);
 }
 
 /* A user may see their own loans; an administrator anyone's. NOT_FOUND rather than
@@ -35,7 +35,7 @@ static status_code check_owner(rpc_context *ctx, const loan_message *loan, statu
 
 static status_code fetch_book(lending_handlers *h, rpc_context *ctx, const char *book_id,
                               Library__Catalog__V1__Book **out, status *st) {
-    if (!circuit_breaker_allow(&h->catalog_breaker, loan_now_ms()))
+    if (!circuit_breaker_allow(&h->catalog_breaker, timestamp_now_ms()))
         return status_set(st, STATUS_UNAVAILABLE, "CATALOG_UNAVAILABLE",
                           "the catalog is unavailable; try again shortly");
     Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
@@ -50,7 +50,7 @@ static status_code fetch_book(lending_handlers *h, rpc_context *ctx, const char 
     status_code code = rpc_client_call(h->catalog, "/library.catalog.v1.CatalogService/GetBook",
                                        &request.base, &library__catalog__v1__book__descriptor,
                                        rpc_context_arena(ctx), &response, &options, st);
-    circuit_breaker_record(&h->catalog_breaker, code, loan_now_ms());
+    circuit_breaker_record(&h->catalog_breaker, code, timestamp_now_ms());
     if (code == STATUS_UNAVAILABLE || code == STATUS_DEADLINE_EXCEEDED)
         return status_set(st, STATUS_UNAVAILABLE, "CATALOG_UNAVAILABLE",
                           "the catalog did not answer; try again shortly");
@@ -133,7 +133,7 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
     if (code != STATUS_OK)
         return code;
 
-    int64_t now = loan_now_ms();
+    int64_t now = timestamp_now_ms();
     reserve_job job = {.loan_id = loan_id, .due_seconds = (now + h->loan_period_ms) / 1000,
                        .now_seconds = now / 1000, .max_active = h->max_active_loans};
     code = loan_store_update_user(h->store, user, a, reserve_slot, &job, NULL, st);
@@ -149,8 +149,8 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
     loan->book_id = req->book_id;
     loan->book_title = book->title;
     loan->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING;
-    loan->borrow_time = loan_timestamp(a, now);
-    loan->due_time = loan_timestamp(a, job.due_seconds * 1000);
+    loan->borrow_time = timestamp_from_ms(a, now);
+    loan->due_time = timestamp_from_ms(a, job.due_seconds * 1000);
     record->loan = loan;
     record->traceparent = (char *)rpc_context_traceparent(ctx);
     record->update_time_ms = now;
@@ -201,9 +201,9 @@ static status_code apply_return(void *arg, arena *a, loan_record *record, bool *
     job->was_active = record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE;
     *changed = job->was_active;
     if (*changed) {
-        int64_t now = loan_now_ms();
+        int64_t now = timestamp_now_ms();
         record->loan->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED;
-        record->loan->return_time = loan_timestamp(a, now);
+        record->loan->return_time = timestamp_from_ms(a, now);
         record->update_time_ms = now;
     }
     return STATUS_OK;

@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "text.h"
 
@@ -13,21 +12,6 @@ enum { UPDATE_ATTEMPTS = 32, KEY_MAX = 256 };
 struct loan_store {
     kv_bucket *bucket;
 };
-
-int64_t loan_now_ms(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
-
-Google__Protobuf__Timestamp *loan_timestamp(arena *a, int64_t ms) {
-    Google__Protobuf__Timestamp *t = (void *)arena_new_message(a, &google__protobuf__timestamp__descriptor);
-    if (t) {
-        t->seconds = ms / 1000;
-        t->nanos = (int32_t)(ms % 1000) * 1000000;
-    }
-    return t;
-}
 
 status_code loan_store_open(nats_connection *connection, int replicas, loan_store **out,
                             status *st) {
@@ -67,19 +51,6 @@ static void loan_key(const char *loan_id, char key[KEY_MAX]) {
     snprintf(key, KEY_MAX, "loan.%s", loan_id);
 }
 
-static uint8_t *pack(arena *a, const ProtobufCMessage *message, size_t *size) {
-    *size = protobuf_c_message_get_packed_size(message);
-    uint8_t *bytes = arena_alloc(a, *size ? *size : 1);
-    if (bytes)
-        protobuf_c_message_pack(message, bytes);
-    return bytes;
-}
-
-static ProtobufCMessage *unpack(arena *a, const ProtobufCMessageDescriptor *type, const kv_value *value) {
-    ProtobufCAllocator allocator = arena_protobuf_allocator(a);
-    return protobuf_c_message_unpack(type, &allocator, value->size, value->data);
-}
-
 status_code loan_store_get(loan_store *store, const char *loan_id, arena *a, loan_record **out,
                            status *st) {
     char key[KEY_MAX];
@@ -90,7 +61,7 @@ status_code loan_store_get(loan_store *store, const char *loan_id, arena *a, loa
         return status_set(st, STATUS_NOT_FOUND, "LOAN_NOT_FOUND", "no loan with id %s", loan_id);
     if (code != STATUS_OK)
         return code;
-    loan_record *record = (void *)unpack(a, &library__lending__internal__loan_record__descriptor, &value);
+    loan_record *record = (void *)arena_unpack(a, &library__lending__internal__loan_record__descriptor, value.data, value.size);
     if (record == NULL || record->loan == NULL)
         return status_set(st, STATUS_DATA_LOSS, "CORRUPT_RECORD", "a stored loan does not parse");
     *out = record;
@@ -101,7 +72,7 @@ status_code loan_store_create(loan_store *store, const loan_record *record, aren
     char key[KEY_MAX];
     loan_key(record->loan->loan_id, key);
     size_t size = 0;
-    uint8_t *bytes = pack(a, &record->base, &size);
+    uint8_t *bytes = arena_pack(a, &record->base, &size);
     if (bytes == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     return kv_create(store->bucket, key, bytes, size, NULL, st);
@@ -122,7 +93,7 @@ static status_code record_mutation(void *arg, arena *a, const kv_value *current,
     record_job *job = arg;
     ProtobufCMessage *record = NULL;
     if (current != NULL) {
-        record = unpack(a, job->type, current);
+        record = arena_unpack(a, job->type, current->data, current->size);
         if (record == NULL)
             return status_set(st, STATUS_DATA_LOSS, "CORRUPT_RECORD", "a stored record does not parse");
     } else if (job->create_if_missing) {
@@ -141,7 +112,7 @@ static status_code record_mutation(void *arg, arena *a, const kv_value *current,
     job->result = record;
     if (!changed)
         return STATUS_OK;
-    *next = pack(a, record, next_size);
+    *next = arena_pack(a, record, next_size);
     return *next ? STATUS_OK : status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
 }
 
@@ -170,7 +141,7 @@ status_code loan_store_get_user(loan_store *store, const char *user_id, arena *a
     }
     if (code != STATUS_OK)
         return code;
-    *out = (void *)unpack(a, &library__lending__internal__user_record__descriptor, &value);
+    *out = (void *)arena_unpack(a, &library__lending__internal__user_record__descriptor, value.data, value.size);
     return *out ? STATUS_OK : status_set(st, STATUS_DATA_LOSS, "CORRUPT_RECORD", "a user record does not parse");
 }
 

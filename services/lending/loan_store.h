@@ -10,6 +10,7 @@
 #include "kv.h"
 #include "loan_record.pb-c.h"
 #include "status.h"
+#include "timestamp.h"
 
 typedef Library__Lending__Internal__LoanRecord loan_record;
 typedef Library__Lending__Internal__UserRecord user_record;
@@ -41,9 +42,5 @@ typedef status_code (*user_change)(void *arg, arena *a, user_record *record, boo
                                    status *st);
 status_code loan_store_update_user(loan_store *store, const char *user_id, arena *a,
                                    user_change change, void *arg, user_record **out, status *st);
-
-/* Unix time helpers shared by handlers and the saga. */
-int64_t loan_now_ms(void);
-Google__Protobuf__Timestamp *loan_timestamp(arena *a, int64_t ms);
 
 #endif

@@ -39,7 +39,7 @@ static event *event_new(arena *a, const char *kind, const loan_record *record) {
     if (e == NULL)
         return NULL;
     e->event_id = arena_sprintf(a, "%s-%s", kind, record->loan->loan_id);
-    e->occur_time = loan_timestamp(a, loan_now_ms());
+    e->occur_time = timestamp_from_ms(a, timestamp_now_ms());
     e->correlation_id = record->loan->loan_id;
     e->traceparent = record->traceparent;
     return e->event_id && e->occur_time ? e : NULL;
@@ -168,7 +168,7 @@ static status_code apply_outcome(void *arg, arena *a, loan_record *record, bool 
         loan->status = (Library__Lending__V1__LoanStatus)now;
         if (now == LOAN_CANCELED)
             loan->cancel_reason = "OUT_OF_STOCK";
-        record->update_time_ms = loan_now_ms();
+        record->update_time_ms = timestamp_now_ms();
     }
     (void)a;
     (void)st;
@@ -394,9 +394,8 @@ static void reconcile_user(lending_saga *saga, arena *a, const char *key) {
     status st;
     if (kv_get(loan_store_bucket(saga->store), key, a, &value, &st) != STATUS_OK)
         return;
-    ProtobufCAllocator allocator = arena_protobuf_allocator(a);
-    user_record *user = (void *)protobuf_c_message_unpack(&library__lending__internal__user_record__descriptor,
-                                                          &allocator, value.size, value.data);
+    user_record *user = (void *)arena_unpack(a, &library__lending__internal__user_record__descriptor,
+                                             value.data, value.size);
     if (user == NULL)
         return;
     for (size_t i = 0; i < user->n_open_loans; i++) {
@@ -430,7 +429,7 @@ static void reconcile_all(lending_saga *saga) {
     kvKeysList keys = {0};
     if (kvStore_Keys(&keys, kv_bucket_store(loan_store_bucket(saga->store)), NULL) != NATS_OK)
         return;
-    int64_t now = loan_now_ms();
+    int64_t now = timestamp_now_ms();
     arena *a = arena_create(0);
     for (int i = 0; a && i < keys.Count && !atomic_load(&saga->stopping); i++) {
         const char *key = keys.Keys[i];

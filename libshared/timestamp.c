@@ -1,0 +1,30 @@
+/* timestamp.c - CLOCK_REALTIME in the two shapes the services store. */
+#include "timestamp.h"
+
+#include <time.h>
+
+int64_t timestamp_now_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+Google__Protobuf__Timestamp *timestamp_from_ms(arena *a, int64_t ms) {
+    Google__Protobuf__Timestamp *t = (void *)arena_new_message(a, &google__protobuf__timestamp__descriptor);
+    if (t) {
+        t->seconds = ms / 1000;
+        t->nanos = (int32_t)(ms % 1000) * 1000000;
+    }
+    return t;
+}
+
+Google__Protobuf__Timestamp *timestamp_now(arena *a) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    Google__Protobuf__Timestamp *t = (void *)arena_new_message(a, &google__protobuf__timestamp__descriptor);
+    if (t) {
+        t->seconds = now.tv_sec;
+        t->nanos = (int32_t)now.tv_nsec;
+    }
+    return t;
+}
