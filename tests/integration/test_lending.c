@@ -393,12 +393,34 @@ Test(lending, an_overdue_loan_blocks_borrowing_until_it_is_returned) {
     own_stack_start(&s, "overdue", env);
     Book *book = own_register(&s, "Late", 5);
     const char *bearer = harness_bearer(mem, s.dir, "late-reader", false);
-    Loan *loan = NULL;
+    nats_connection *watcher = NULL;
+    nats_connection_options watch_options = {.url = s.nats.url, .client_name = "test"};
     status st;
+    cr_assert_eq(nats_connection_open(&watch_options, &watcher, &st), STATUS_OK, "%s", st.message);
+    natsSubscription *overdue_events = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&overdue_events, nats_connection_core(watcher),
+                                              "library.events.loan.overdue"), NATS_OK);
+    Loan *loan = NULL;
     cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st), STATUS_OK, "%s", st.message);
     cr_assert_eq(loan->status, ACTIVE);
     cr_assert_not(loan->overdue);
     harness_sleep_ms(3200);
+
+    /* the sweeper announces the overdue loan once */
+    natsMsg *announced = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&announced, overdue_events, 3000), NATS_OK, "no LoanOverdue event");
+    Library__Events__V1__Event *e = library__events__v1__event__unpack(
+        NULL, (size_t)natsMsg_GetDataLength(announced), (const uint8_t *)natsMsg_GetData(announced));
+    cr_assert_not_null(e);
+    cr_assert_eq(e->body_case, LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE);
+    cr_assert_str_eq(e->loan_overdue->loan_id, loan->loan_id);
+    library__events__v1__event__free_unpacked(e, NULL);
+    natsMsg_Destroy(announced);
+    announced = NULL;
+    cr_assert_eq(natsSubscription_NextMsg(&announced, overdue_events, 1500), NATS_TIMEOUT,
+                 "LoanOverdue was published more than once");
+    natsSubscription_Destroy(overdue_events);
+    nats_connection_close(watcher);
     Loan *second = NULL;
     cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &second, &st), STATUS_FAILED_PRECONDITION);
     cr_assert_str_eq(st.reason, "OVERDUE_LOANS");
