@@ -6,10 +6,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 
-enum { FETCH_BATCH = 64, FETCH_WAIT_MS = 500, PUBLISH_BUFFER = 4096 };
+enum {
+    FETCH_BATCH = 64,
+    FETCH_WAIT_MS = 500,
+    PUBLISH_BUFFER = 4096,
+    REPLAY_IDLE_MS = 1000,     /* no message for this long: ask the server if we are done */
+    REPLAY_STALL_MS = 30000,   /* no progress and no answer for this long: give up */
+    REPLAY_RETRY_MS = 250,
+    REPLAY_RETRY_LIMIT_MS = 60000,
+};
 
 status_code events_ensure_stream(nats_connection *connection, int replicas, status *st) {
     jsCtx *js = nats_connection_jetstream(connection);
@@ -226,4 +235,103 @@ void event_consumer_stop(event_consumer *consumer) {
     /* Destroy, not Unsubscribe: unsubscribing would delete the durable consumer. */
     natsSubscription_Destroy(consumer->subscription);
     free(consumer);
+}
+
+static void pause_ms(int64_t ms) {
+    struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    nanosleep(&pause, NULL);
+}
+
+/* Hands one replayed message to the handler, retrying what may succeed later. */
+static status_code replay_one(natsMsg *message, uint64_t sequence, event_handler handler,
+                              void *arg, status *st) {
+    event *e = library__events__v1__event__unpack(NULL, (size_t)natsMsg_GetDataLength(message),
+                                                  (const uint8_t *)natsMsg_GetData(message));
+    if (e == NULL) {
+        LOG_ERROR("replay: message %llu on %s is not an Event; skipping it",
+                  (unsigned long long)sequence, natsMsg_GetSubject(message));
+        return STATUS_OK;
+    }
+    status_code code = STATUS_OK;
+    for (int64_t waited = 0;; waited += REPLAY_RETRY_MS) {
+        status_clear(st);
+        code = handler(arg, e, sequence, st);
+        if (code == STATUS_OK || !retryable(code) || waited >= REPLAY_RETRY_LIMIT_MS)
+            break;
+        if (waited == 0)
+            LOG_WARN("replay: event %s will be retried: %s", e->event_id, st->message);
+        pause_ms(REPLAY_RETRY_MS);
+    }
+    library__events__v1__event__free_unpacked(e, NULL);
+    return code;
+}
+
+/* true when the ordered consumer has nothing more to deliver. */
+static bool replay_caught_up(natsSubscription *subscription, bool *known) {
+    jsConsumerInfo *info = NULL;
+    jsErrCode error = 0;
+    *known = natsSubscription_GetConsumerInfo(&info, subscription, NULL, &error) == NATS_OK;
+    bool done = *known && info->NumPending == 0;
+    jsConsumerInfo_Destroy(info);
+    return done;
+}
+
+status_code events_replay(nats_connection *connection, const char *filter_subject,
+                          event_handler handler, void *arg, uint64_t *count, status *st) {
+    jsSubOptions options;
+    jsSubOptions_Init(&options);
+    options.Stream = EVENTS_STREAM;
+    options.Ordered = true;
+    options.Config.DeliverPolicy = js_DeliverAll;
+    natsSubscription *subscription = NULL;
+    jsErrCode error = 0;
+    natsStatus s = js_SubscribeSync(&subscription, nats_connection_jetstream(connection),
+                                    filter_subject, NULL, &options, &error);
+    if (s != NATS_OK)
+        return nats_status_to_status(s, "starting a replay of the event stream", st);
+    uint64_t handled = 0;
+    int64_t idle_ms = 0;
+    status_code code = STATUS_OK;
+    for (;;) {
+        natsMsg *message = NULL;
+        s = natsSubscription_NextMsg(&message, subscription, REPLAY_IDLE_MS);
+        if (s == NATS_TIMEOUT) {
+            bool known = false;
+            if (replay_caught_up(subscription, &known))
+                break;
+            idle_ms = known ? 0 : idle_ms + REPLAY_IDLE_MS;
+            if (idle_ms >= REPLAY_STALL_MS) {
+                code = status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE",
+                                  "the replay stalled: NATS did not answer for %d s",
+                                  REPLAY_STALL_MS / 1000);
+                break;
+            }
+            continue;
+        }
+        if (s != NATS_OK) {
+            code = nats_status_to_status(s, "replaying the event stream", st);
+            break;
+        }
+        idle_ms = 0;
+        jsMsgMetaData *meta = NULL;
+        uint64_t sequence = 0, pending = 1;
+        if (natsMsg_GetMetaData(&meta, message) == NATS_OK) {
+            sequence = meta->Sequence.Stream;
+            pending = meta->NumPending;
+            jsMsgMetaData_Destroy(meta);
+        }
+        code = replay_one(message, sequence, handler, arg, st);
+        natsMsg_Destroy(message);
+        if (code != STATUS_OK)
+            break;
+        handled++;
+        if (pending == 0) /* the last message the stream held when this one was sent */
+            break;
+    }
+    /* Unsubscribe deletes the ephemeral ordered consumer on the server. */
+    natsSubscription_Unsubscribe(subscription);
+    natsSubscription_Destroy(subscription);
+    if (count)
+        *count = handled;
+    return code;
 }

@@ -45,4 +45,12 @@ status_code event_consumer_start(nats_connection *connection, const event_consum
                                  event_consumer **out, status *st);
 void event_consumer_stop(event_consumer *consumer); /* NULL is a no-op; waits for the thread */
 
+/* Replays every event on filter_subject from the start of the stream, in stream order, until
+ * it has caught up with the end of the stream; then returns. Uses an ordered consumer that
+ * leaves nothing behind on the server. A handler answering a retryable code (see
+ * event_handler) is called again after a pause, for up to a minute; any other error ends the
+ * replay with it. *count (may be NULL) is the number of events handled. */
+status_code events_replay(nats_connection *connection, const char *filter_subject,
+                          event_handler handler, void *arg, uint64_t *count, status *st);
+
 #endif

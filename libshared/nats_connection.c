@@ -173,3 +173,52 @@ jsCtx *nats_connection_jetstream(nats_connection *c) {
 bool nats_connection_is_up(nats_connection *c) {
     return natsConnection_Status(c->core) == NATS_CONN_STATUS_CONNECTED;
 }
+
+typedef struct subscription_done {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+} subscription_done;
+
+static void on_subscription_complete(void *closure) {
+    subscription_done *d = closure;
+    pthread_mutex_lock(&d->lock);
+    d->done = true;
+    pthread_cond_signal(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+}
+
+void nats_subscription_close(natsSubscription *subscription) {
+    if (subscription == NULL)
+        return;
+    subscription_done *d = calloc(1, sizeof *d);
+    if (d == NULL) { /* cannot wait: unsubscribe and hope no handler is running */
+        natsSubscription_Unsubscribe(subscription);
+        natsSubscription_Destroy(subscription);
+        return;
+    }
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_cond_init(&d->cond, NULL);
+    bool done = true;
+    /* NATS.c calls the complete callback after the last message handler has returned; it
+     * refuses to set one on a subscription that is already closed, and then none can run. */
+    if (natsSubscription_SetOnCompleteCB(subscription, on_subscription_complete, d) == NATS_OK &&
+        natsSubscription_Unsubscribe(subscription) == NATS_OK) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 5;
+        pthread_mutex_lock(&d->lock);
+        while (!d->done && pthread_cond_timedwait(&d->cond, &d->lock, &until) == 0) {
+        }
+        done = d->done;
+        pthread_mutex_unlock(&d->lock);
+    }
+    natsSubscription_Destroy(subscription);
+    if (!done) { /* the callback may still come and use d: leave it allocated */
+        LOG_WARN("a NATS subscription did not finish closing in 5 s");
+        return;
+    }
+    pthread_mutex_destroy(&d->lock);
+    pthread_cond_destroy(&d->cond);
+    free(d);
+}

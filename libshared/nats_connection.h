@@ -29,6 +29,11 @@ natsConnection *nats_connection_core(nats_connection *connection);
 jsCtx *nats_connection_jetstream(nats_connection *connection);
 bool nats_connection_is_up(nats_connection *connection);
 
+/* Unsubscribes a plain (core NATS) asynchronous subscription and waits, a few seconds at
+ * most, until its handler can no longer be running; then destroys it. Use this before
+ * freeing what the handler's closure points to. NULL is a no-op. */
+void nats_subscription_close(natsSubscription *subscription);
+
 /* Maps a NATS.c status (and its last error text) onto ours: timeouts and lost connections
  * become UNAVAILABLE, "wrong last sequence" becomes ABORTED with reason REVISION_MISMATCH. */
 status_code nats_status_to_status(natsStatus s, const char *what, status *st);

@@ -46,7 +46,11 @@ static const config_entry common_config[] = {
 enum { COMMON_CONFIG_COUNT = sizeof common_config / sizeof common_config[0] };
 
 static void print_help(const service_definition *definition) {
-    printf("usage: %s\nConfiguration comes from the environment:\n", definition->name);
+    printf("usage: %s [--help]\n", definition->name);
+    for (size_t i = 0; i < definition->command_count; i++)
+        printf("       %s %-12s %s\n", definition->name, definition->commands[i].option,
+               definition->commands[i].help);
+    printf("Configuration comes from the environment:\n");
     config_print_help(common_config, COMMON_CONFIG_COUNT, stdout);
     if (definition->config_count)
         config_print_help(definition->config, definition->config_count, stdout);
@@ -129,15 +133,45 @@ done:
     return exit_status;
 }
 
+/* Runs a one-shot command with the configuration and a NATS connection. */
+static int run_command(const service_definition *definition, const service_command *command) {
+    status st;
+    status_clear(&st);
+    nats_connection *nats = NULL;
+    nats_connection_options nats_options = {
+        .url = settings.nats_url,
+        .client_name = definition->name,
+        .connect_timeout_ms = settings.nats_connect_timeout_ms,
+        .request_timeout_ms = settings.nats_timeout_ms,
+    };
+    if (nats_connection_open(&nats_options, &nats, &st) != STATUS_OK) {
+        LOG_ERROR("%s %s: %s", definition->name, command->option, st.message);
+        return 1;
+    }
+    service_context context = {.settings = &settings, .nats = nats};
+    int exit_status = command->run(&context);
+    nats_connection_close(nats);
+    return exit_status;
+}
+
 int service_main(const service_definition *definition, int argc, char **argv) {
+    const service_command *command = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             print_help(definition);
             return 0;
         }
+        for (size_t c = 0; c < definition->command_count && command == NULL; c++)
+            if (i == 1 && strcmp(argv[i], definition->commands[c].option) == 0)
+                command = &definition->commands[c];
+        if (command == NULL || i > 1) {
+            fprintf(stderr, "%s: unknown argument %s (try --help)\n", definition->name, argv[i]);
+            return 2;
+        }
     }
-    rpc_block_signals();
+    if (command == NULL) /* the server waits for signals; a command just dies of them */
+        rpc_block_signals();
     load_config(definition);
     log_init(definition->name, settings.log_level);
-    return run(definition);
+    return command ? run_command(definition, command) : run(definition);
 }

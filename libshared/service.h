@@ -44,6 +44,15 @@ typedef struct service_context {
     health *health;
 } service_context;
 
+/* A one-shot command of a service ("mypage --rebuild"): it runs instead of the server, with
+ * the same configuration and the NATS connection open (context->server and ->health are
+ * NULL), and returns the process exit status. */
+typedef struct service_command {
+    const char *option; /* "--rebuild" */
+    const char *help;
+    int (*run)(const service_context *context);
+} service_command;
+
 typedef struct service_definition {
     const char *name;              /* "catalog": logs, error domain, NATS client name */
     const char *default_grpc_port; /* "50051" */
@@ -54,10 +63,13 @@ typedef struct service_definition {
     status_code (*start)(const service_context *context, void **state, status *st);
     /* Called after the server has drained: stop consumers, free state. */
     void (*stop)(void *state);
+    const service_command *commands; /* may be NULL */
+    size_t command_count;
 } service_definition;
 
-/* Runs the service until SIGTERM or SIGINT; returns the process exit status
- * (0 after a clean drain, 1 when it could not start, 2 for bad configuration). */
+/* Runs the service until SIGTERM or SIGINT, or the command named by argv[1]; returns the
+ * process exit status (0 after a clean drain, 1 when it could not start, 2 for bad
+ * configuration or an unknown argument). */
 int service_main(const service_definition *definition, int argc, char **argv);
 
 #endif

@@ -500,10 +500,7 @@ void lending_saga_stop(lending_saga *saga) {
     if (saga->reconciler_running)
         pthread_join(saga->reconciler, NULL);
     event_consumer_stop(saga->consumer);
-    if (saga->outcomes) {
-        natsSubscription_Unsubscribe(saga->outcomes);
-        natsSubscription_Destroy(saga->outcomes);
-    }
+    nats_subscription_close(saga->outcomes);
     pthread_mutex_destroy(&saga->lock);
     pthread_cond_destroy(&saga->changed);
     free(saga);

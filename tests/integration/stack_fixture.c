@@ -1,4 +1,4 @@
-/* stack_fixture.c - starts nats-server, the catalog and lending once for a suite (Criterion
+/* stack_fixture.c - starts nats-server, redis-server and the three services once for a suite (Criterion
  * runs every test in its own process, so the addresses travel in environment variables). */
 #include "stack_fixture.h"
 
@@ -7,12 +7,15 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 rpc_client *client;
 rpc_client *lending;
+rpc_client *mypage;
 arena *mem;
 
-static harness_process nats_process, catalog_process, lending_process;
+static harness_process nats_process, redis_process, catalog_process, lending_process, mypage_process;
 
 bool fixture_start_lending(const char *dir, const char *nats_url, const char *catalog_address,
                            const char *const *extra_env, harness_process *out) {
@@ -26,6 +29,29 @@ bool fixture_start_lending(const char *dir, const char *nats_url, const char *ca
     return harness_service_start("lending", dir, env, out);
 }
 
+bool fixture_start_mypage(const char *dir, const char *nats_url, const char *redis_url,
+                          const char *const *extra_env, harness_process *out) {
+    static char nats_env[160], redis_env[160];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", nats_url);
+    snprintf(redis_env, sizeof redis_env, "REDIS_URL=%s", redis_url);
+    const char *env[24] = {nats_env, redis_env};
+    size_t n = 2;
+    for (const char *const *e = extra_env; e && *e && n < 23; e++)
+        env[n++] = *e;
+    return harness_service_start("mypage", dir, env, out);
+}
+
+/* Stops what PRE_ALL started, newest first, and says why the suite cannot run. */
+static void fixture_abort(const char *what, const char *log_path) {
+    fprintf(stderr, "fixture: %s; log: %s\n", what, log_path);
+    harness_process_stop(&mypage_process, SIGTERM, 5000);
+    harness_process_stop(&lending_process, SIGTERM, 5000);
+    harness_process_stop(&catalog_process, SIGTERM, 5000);
+    harness_process_stop(&redis_process, SIGTERM, 5000);
+    harness_process_stop(&nats_process, SIGTERM, 5000);
+    exit(1);
+}
+
 ReportHook(PRE_ALL)(struct criterion_test_set *set) {
     (void)set;
     static char dir[256];
@@ -34,41 +60,45 @@ ReportHook(PRE_ALL)(struct criterion_test_set *set) {
         fprintf(stderr, "fixture: cannot start nats-server (see %s)\n", dir);
         exit(1);
     }
+    if (!harness_redis_start(dir, 0, &redis_process))
+        fixture_abort("redis-server did not start", redis_process.log_path);
     char nats_env[160];
     snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", nats_process.url);
     const char *env[] = {nats_env, NULL};
-    if (!harness_service_start("catalog", dir, env, &catalog_process)) {
-        fprintf(stderr, "fixture: the catalog did not become healthy; log: %s\n",
-                catalog_process.log_path);
-        harness_process_stop(&nats_process, SIGTERM, 5000);
-        exit(1);
-    }
+    if (!harness_service_start("catalog", dir, env, &catalog_process))
+        fixture_abort("the catalog did not become healthy", catalog_process.log_path);
     const char *lending_env[] = {FIXTURE_LENDING_ENV, NULL};
     if (!fixture_start_lending(dir, nats_process.url, catalog_process.address, lending_env,
-                               &lending_process)) {
-        fprintf(stderr, "fixture: lending did not become healthy; log: %s\n", lending_process.log_path);
-        harness_process_stop(&catalog_process, SIGTERM, 5000);
-        harness_process_stop(&nats_process, SIGTERM, 5000);
-        exit(1);
-    }
+                               &lending_process))
+        fixture_abort("lending did not become healthy", lending_process.log_path);
+    if (!fixture_start_mypage(dir, nats_process.url, redis_process.url, NULL, &mypage_process))
+        fixture_abort("mypage did not become healthy", mypage_process.log_path);
+    setenv("TEST_MYPAGE", mypage_process.address, 1);
+    setenv("TEST_REDIS_URL", redis_process.url, 1);
     setenv("TEST_LENDING", lending_process.address, 1);
     setenv("TEST_DIR", dir, 1);
     setenv("TEST_CATALOG", catalog_process.address, 1);
     setenv("TEST_NATS_URL", nats_process.url, 1);
 }
 
-ReportHook(POST_ALL)(struct criterion_global_stats *stats) {
-    int lending_code = harness_process_stop(&lending_process, SIGTERM, 15000);
-    int code = harness_process_stop(&catalog_process, SIGTERM, 15000);
-    if (lending_code != 0) {
-        fprintf(stderr, "fixture: lending exited with %d on SIGTERM; log: %s\n", lending_code,
-                lending_process.log_path);
-        code = lending_code;
-    }
-    harness_process_stop(&nats_process, SIGTERM, 5000);
+/* Stops a service; a non-zero exit (a crash, a leak, a sanitizer report) is reported. */
+static int stop_service(const char *name, harness_process *process) {
+    int code = harness_process_stop(process, SIGTERM, 15000);
     if (code != 0)
-        fprintf(stderr, "fixture: the catalog exited with %d on SIGTERM; log: %s\n", code,
-                catalog_process.log_path);
+        fprintf(stderr, "fixture: %s exited with %d on SIGTERM; log: %s\n", name, code,
+                process->log_path);
+    return code;
+}
+
+ReportHook(POST_ALL)(struct criterion_global_stats *stats) {
+    int code = 0;
+    int codes[] = {stop_service("mypage", &mypage_process), stop_service("lending", &lending_process),
+                   stop_service("catalog", &catalog_process)};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+        if (codes[i] != 0)
+            code = codes[i];
+    harness_process_stop(&redis_process, SIGTERM, 5000);
+    harness_process_stop(&nats_process, SIGTERM, 5000);
     if (stats->tests_failed == 0 && stats->tests_crashed == 0 && code == 0) {
         char command[400];
         snprintf(command, sizeof command, "rm -rf '%s'", getenv("TEST_DIR"));
@@ -94,6 +124,14 @@ const char *fixture_lending_address(void) {
     return getenv("TEST_LENDING");
 }
 
+const char *fixture_mypage_address(void) {
+    return getenv("TEST_MYPAGE");
+}
+
+const char *fixture_redis_url(void) {
+    return getenv("TEST_REDIS_URL");
+}
+
 const char *fixture_nats_url(void) {
     return getenv("TEST_NATS_URL");
 }
@@ -103,9 +141,11 @@ void fixture_setup(void) {
     cr_assert_not_null(fixture_catalog_address(), "the suite's stack is not running");
     cr_assert_eq(rpc_client_create(fixture_catalog_address(), 5000, &client, NULL), STATUS_OK);
     cr_assert_eq(rpc_client_create(fixture_lending_address(), 10000, &lending, NULL), STATUS_OK);
+    cr_assert_eq(rpc_client_create(fixture_mypage_address(), 5000, &mypage, NULL), STATUS_OK);
 }
 
 void fixture_teardown(void) {
+    rpc_client_destroy(mypage);
     rpc_client_destroy(lending);
     rpc_client_destroy(client);
     arena_destroy(mem);
@@ -138,5 +178,59 @@ Book *register_book(const char *title, const char *author, const char *isbn, int
     status_code code = call_catalog("RegisterBook", &request.base, &library__catalog__v1__book__descriptor,
                                     admin_bearer(), &response, &st);
     cr_assert_eq(code, STATUS_OK, "RegisterBook failed: %s %s", status_code_name(code), st.message);
+    return (Book *)response;
+}
+
+void test_stack_start(test_stack *s, const char *name, const char *const *lending_env,
+                      bool with_mypage, const char *const *mypage_env) {
+    memset(s, 0, sizeof *s);
+    snprintf(s->dir, sizeof s->dir, "%s/%s", fixture_dir(), name);
+    mkdir(s->dir, 0755);
+    cr_assert(harness_keys_create(s->dir));
+    cr_assert(harness_nats_start(s->dir, 0, &s->nats), "nats-server did not start");
+    char nats_env[160];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s->nats.url);
+    /* a crashed catalog's unacknowledged events come back after 2 s, not the default 10 s */
+    const char *catalog_env[] = {nats_env, "EVENT_ACK_WAIT=2s", NULL};
+    cr_assert(harness_service_start("catalog", s->dir, catalog_env, &s->catalog),
+              "the catalog did not start: %s", s->catalog.log_path);
+    cr_assert(fixture_start_lending(s->dir, s->nats.url, s->catalog.address, lending_env, &s->lending),
+              "lending did not start: %s", s->lending.log_path);
+    cr_assert_eq(rpc_client_create(s->lending.address, 10000, &s->lending_client, NULL), STATUS_OK);
+    cr_assert_eq(rpc_client_create(s->catalog.address, 10000, &s->catalog_client, NULL), STATUS_OK);
+    if (!with_mypage)
+        return;
+    cr_assert(harness_redis_start(s->dir, 0, &s->redis), "redis-server did not start");
+    cr_assert(fixture_start_mypage(s->dir, s->nats.url, s->redis.url, mypage_env, &s->mypage),
+              "mypage did not start: %s", s->mypage.log_path);
+    cr_assert_eq(rpc_client_create(s->mypage.address, 10000, &s->mypage_client, NULL), STATUS_OK);
+}
+
+void test_stack_stop(test_stack *s) {
+    rpc_client_destroy(s->mypage_client);
+    rpc_client_destroy(s->lending_client);
+    rpc_client_destroy(s->catalog_client);
+    int mypage_exit = s->mypage.pid > 0 ? harness_process_stop(&s->mypage, SIGTERM, 10000) : 0;
+    int lending_exit = harness_process_stop(&s->lending, SIGTERM, 10000);
+    int catalog_exit = harness_process_stop(&s->catalog, SIGTERM, 10000);
+    if (s->redis.pid > 0)
+        harness_process_stop(&s->redis, SIGTERM, 5000);
+    harness_process_stop(&s->nats, SIGTERM, 5000);
+    cr_assert_eq(mypage_exit, 0, "mypage exited with %d; log: %s", mypage_exit, s->mypage.log_path);
+    cr_assert_eq(lending_exit, 0, "lending exited with %d; log: %s", lending_exit, s->lending.log_path);
+    cr_assert_eq(catalog_exit, 0, "catalog exited with %d; log: %s", catalog_exit, s->catalog.log_path);
+}
+
+Book *test_stack_register(test_stack *s, const char *title, int copies) {
+    Library__Catalog__V1__RegisterBookRequest request = LIBRARY__CATALOG__V1__REGISTER_BOOK_REQUEST__INIT;
+    request.title = (char *)title;
+    request.author = "A";
+    request.copies = copies;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(s->catalog_client, CATALOG "RegisterBook", &request.base,
+                              &library__catalog__v1__book__descriptor, mem,
+                              harness_bearer(mem, s->dir, "admin", true), &response, &st),
+                 STATUS_OK, "%s", st.message);
     return (Book *)response;
 }

@@ -1,5 +1,5 @@
-/* stack_fixture.h - the shared stack of the catalog suites (nats-server and one catalog
- * process, started once before all tests) and shorthands for calling it. */
+/* stack_fixture.h - the shared stack of the integration suites (nats-server, redis-server,
+ * catalog, lending and mypage, started once before all tests) and shorthands for calling it. */
 #ifndef TESTS_STACK_FIXTURE_H
 #define TESTS_STACK_FIXTURE_H
 
@@ -15,6 +15,8 @@ const char *fixture_dir(void);
 const char *fixture_catalog_address(void);
 const char *fixture_nats_url(void);
 const char *fixture_lending_address(void);
+const char *fixture_mypage_address(void);
+const char *fixture_redis_url(void);
 
 /* lending's settings in the shared stack (tests of other settings start their own) */
 #define FIXTURE_LENDING_ENV "RECONCILE_INTERVAL=1s", "RECONCILE_AFTER=2s", "BORROW_WAIT=3s"
@@ -23,9 +25,14 @@ const char *fixture_lending_address(void);
 bool fixture_start_lending(const char *dir, const char *nats_url, const char *catalog_address,
                            const char *const *extra_env, harness_process *out);
 
-/* A client to the shared catalog and an arena, freed by fixture_teardown. */
+/* Starts mypage against the given NATS and Redis with extra settings (NULL-terminated). */
+bool fixture_start_mypage(const char *dir, const char *nats_url, const char *redis_url,
+                          const char *const *extra_env, harness_process *out);
+
+/* Clients to the shared services and an arena, freed by fixture_teardown. */
 extern rpc_client *client;
 extern rpc_client *lending;
+extern rpc_client *mypage;
 extern arena *mem;
 void fixture_setup(void);
 void fixture_teardown(void);
@@ -38,5 +45,21 @@ Book *register_book(const char *title, const char *author, const char *isbn, int
 status_code call_catalog(const char *method, const ProtobufCMessage *request,
                          const ProtobufCMessageDescriptor *response_type, const char *bearer,
                          ProtobufCMessage **response, status *st);
+
+/* A stack of a test's own, for tests that crash, stop or reconfigure its parts: nats-server,
+ * the catalog (events redelivered after 2 s), lending with lending_env and, when with_mypage,
+ * redis-server and mypage with mypage_env; all under fixture_dir()/name. */
+typedef struct test_stack {
+    char dir[512];
+    harness_process nats, redis, catalog, lending, mypage;
+    rpc_client *catalog_client, *lending_client, *mypage_client;
+} test_stack;
+
+void test_stack_start(test_stack *s, const char *name, const char *const *lending_env,
+                      bool with_mypage, const char *const *mypage_env);
+/* Stops it and asserts that every service exited cleanly (0) on SIGTERM. */
+void test_stack_stop(test_stack *s);
+/* Registers a book with `copies` copies in the stack's catalog. */
+Book *test_stack_register(test_stack *s, const char *title, int copies);
 
 #endif

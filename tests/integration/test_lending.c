@@ -341,57 +341,11 @@ Test(lending, list_loans_pages_newest_first_and_filters_by_status) {
 
 /* --- stacks of their own ------------------------------------------------------------------ */
 
-typedef struct own_stack {
-    char dir[512];
-    harness_process nats, catalog, lending;
-    rpc_client *lending_client, *catalog_client;
-} own_stack;
-
-static void own_stack_start(own_stack *s, const char *name, const char *const *lending_env) {
-    snprintf(s->dir, sizeof s->dir, "%s/%s", fixture_dir(), name);
-    mkdir(s->dir, 0755);
-    cr_assert(harness_keys_create(s->dir));
-    cr_assert(harness_nats_start(s->dir, 0, &s->nats));
-    char nats_env[160];
-    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s->nats.url);
-    /* a crashed catalog's unacknowledged events come back after 2 s, not the default 30 s */
-    const char *catalog_env[] = {nats_env, "EVENT_ACK_WAIT=2s", NULL};
-    cr_assert(harness_service_start("catalog", s->dir, catalog_env, &s->catalog));
-    cr_assert(fixture_start_lending(s->dir, s->nats.url, s->catalog.address, lending_env, &s->lending),
-              "lending did not start: %s", s->lending.log_path);
-    rpc_client_create(s->lending.address, 10000, &s->lending_client, NULL);
-    rpc_client_create(s->catalog.address, 10000, &s->catalog_client, NULL);
-}
-
-static void own_stack_stop(own_stack *s) {
-    rpc_client_destroy(s->lending_client);
-    rpc_client_destroy(s->catalog_client);
-    int lending_exit = harness_process_stop(&s->lending, SIGTERM, 10000);
-    int catalog_exit = harness_process_stop(&s->catalog, SIGTERM, 10000);
-    harness_process_stop(&s->nats, SIGTERM, 5000);
-    cr_assert_eq(lending_exit, 0, "lending exited with %d; log: %s", lending_exit, s->lending.log_path);
-    cr_assert_eq(catalog_exit, 0, "catalog exited with %d; log: %s", catalog_exit, s->catalog.log_path);
-}
-
-static Book *own_register(own_stack *s, const char *title, int copies) {
-    Library__Catalog__V1__RegisterBookRequest request = LIBRARY__CATALOG__V1__REGISTER_BOOK_REQUEST__INIT;
-    request.title = (char *)title;
-    request.author = "A";
-    request.copies = copies;
-    ProtobufCMessage *response = NULL;
-    status st;
-    cr_assert_eq(harness_call(s->catalog_client, CATALOG "RegisterBook", &request.base,
-                              &library__catalog__v1__book__descriptor, mem,
-                              harness_bearer(mem, s->dir, "admin", true), &response, &st),
-                 STATUS_OK, "%s", st.message);
-    return (Book *)response;
-}
-
 Test(lending, an_overdue_loan_blocks_borrowing_until_it_is_returned) {
     const char *env[] = {"LOAN_PERIOD=2s", "RECONCILE_INTERVAL=500ms", NULL};
-    own_stack s;
-    own_stack_start(&s, "overdue", env);
-    Book *book = own_register(&s, "Late", 5);
+    test_stack s;
+    test_stack_start(&s, "overdue", env, false, NULL);
+    Book *book = test_stack_register(&s, "Late", 5);
     const char *bearer = harness_bearer(mem, s.dir, "late-reader", false);
     nats_connection *watcher = NULL;
     nats_connection_options watch_options = {.url = s.nats.url, .client_name = "test"};
@@ -439,14 +393,14 @@ Test(lending, an_overdue_loan_blocks_borrowing_until_it_is_returned) {
                  STATUS_OK, "%s", st.message);
     cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &second, &st), STATUS_OK,
                  "borrowing after the return: %s", st.message);
-    own_stack_stop(&s);
+    test_stack_stop(&s);
 }
 
 Test(lending, a_catalog_outage_gives_fast_unavailable_and_recovers) {
     const char *env[] = {"BREAKER_FAILURES=3", "BREAKER_OPEN=500ms", NULL};
-    own_stack s;
-    own_stack_start(&s, "breaker", env);
-    Book *book = own_register(&s, "Offline", 5);
+    test_stack s;
+    test_stack_start(&s, "breaker", env, false, NULL);
+    Book *book = test_stack_register(&s, "Offline", 5);
     const char *bearer = harness_bearer(mem, s.dir, "patient", false);
     int catalog_port = s.catalog.port;
     cr_assert_eq(harness_process_stop(&s.catalog, SIGTERM, 10000), 0);
@@ -475,7 +429,7 @@ Test(lending, a_catalog_outage_gives_fast_unavailable_and_recovers) {
         code = borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st);
     } while (code != STATUS_OK && harness_now_ms() < until);
     cr_assert_eq(code, STATUS_OK, "lending did not recover: %s", st.message);
-    own_stack_stop(&s);
+    test_stack_stop(&s);
 }
 
 /* --- crashes -------------------------------------------------------------------------------- */
@@ -522,7 +476,7 @@ static void *borrow_burst(void *arg) {
 }
 
 /* Every loan of the crash users through ListLoans (admin), counted by book and status. */
-static void count_loans(own_stack *s, int users, const char *book_id, int *active, int *pending) {
+static void count_loans(test_stack *s, int users, const char *book_id, int *active, int *pending) {
     *active = *pending = 0;
     for (int u = 0; u < users; u++) {
         Library__Lending__V1__ListLoansRequest list = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
@@ -549,7 +503,7 @@ static void count_loans(own_stack *s, int users, const char *book_id, int *activ
     }
 }
 
-static int own_available(own_stack *s, const char *book_id, int *total) {
+static int own_available(test_stack *s, const char *book_id, int *total) {
     Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
     request.book_id = (char *)book_id;
     ProtobufCMessage *response = NULL;
@@ -564,12 +518,12 @@ static int own_available(own_stack *s, const char *book_id, int *total) {
 static void crash_during_burst(const char *name, bool crash_catalog) {
     const char *env[] = {"RECONCILE_INTERVAL=500ms", "RECONCILE_AFTER=1s", "EVENT_ACK_WAIT=2s",
                          "BREAKER_OPEN=200ms", NULL};
-    own_stack s;
-    own_stack_start(&s, name, env);
+    test_stack s;
+    test_stack_start(&s, name, env, false, NULL);
     enum { BOOKS = 3, USERS = 6 };
     const char *books[BOOKS];
     for (int i = 0; i < BOOKS; i++)
-        books[i] = own_register(&s, arena_sprintf(mem, "Crash %d", i), 4)->book_id;
+        books[i] = test_stack_register(&s, arena_sprintf(mem, "Crash %d", i), 4)->book_id;
     burst bursts[USERS];
     pthread_t threads[USERS];
     int64_t until = harness_now_ms() + 3000;
@@ -620,7 +574,7 @@ static void crash_during_burst(const char *name, bool crash_catalog) {
     cr_assert(settled_all, "after the crash: pending %d, available %d + active %d != total %d", pending,
               on_shelf, active, total);
     cr_log_info("%s: %d calls, %d ok, invariant holds for %d books", name, calls, ok, BOOKS);
-    own_stack_stop(&s);
+    test_stack_stop(&s);
 }
 
 Test(lending, kill_9_of_lending_mid_burst_loses_nothing) {

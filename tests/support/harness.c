@@ -130,9 +130,9 @@ bool harness_nats_start(const char *dir, int port_number, harness_process *out) 
     return out->pid > 0 && harness_wait_port(out->port, 10000);
 }
 
-bool harness_redis_start(const char *dir, harness_process *out) {
+bool harness_redis_start(const char *dir, int port_number, harness_process *out) {
     memset(out, 0, sizeof *out);
-    out->port = harness_free_port();
+    out->port = port_number > 0 ? port_number : harness_free_port();
     char port[16], data[512];
     snprintf(port, sizeof port, "%d", out->port);
     snprintf(data, sizeof data, "%s/redis", dir);
@@ -187,6 +187,24 @@ static bool service_serving(const char *address) {
     return serving;
 }
 
+/* The binary of a service and its environment: the test key, debug logs, the given port
+ * and the extra settings. The strings live in static storage until the next call. */
+static void service_command(const char *name, const char *dir, int port, const char *const *env,
+                            char binary[512], const char *all[40]) {
+    const char *build = getenv("LIBRARY_BUILD_ROOT");
+    snprintf(binary, 512, "%s/services/%s/%s", build ? build : "build", name, name);
+    static char settings[3][600];
+    snprintf(settings[0], sizeof settings[0], "GRPC_PORT=%d", port);
+    snprintf(settings[1], sizeof settings[1], "JWT_PUBLIC_KEY_FILE=%s/jwt-public.pem", dir);
+    snprintf(settings[2], sizeof settings[2], "LOG_LEVEL=debug");
+    size_t n = 0;
+    for (int i = port > 0 ? 0 : 1; i < 3; i++) /* no port for one-shot commands */
+        all[n++] = settings[i];
+    for (const char *const *e = env; e && *e && n < 39; e++)
+        all[n++] = *e;
+    all[n] = NULL;
+}
+
 bool harness_service_start(const char *name, const char *dir, const char *const *env,
                            harness_process *out) {
     memset(out, 0, sizeof *out);
@@ -196,20 +214,9 @@ bool harness_service_start(const char *name, const char *dir, const char *const 
             out->port = atoi(*e + 10);
     snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
     snprintf(out->log_path, sizeof out->log_path, "%s/%s.log", dir, name);
-    const char *build = getenv("LIBRARY_BUILD_ROOT");
     char binary[512];
-    snprintf(binary, sizeof binary, "%s/services/%s/%s", build ? build : "build", name, name);
-    static char settings[8][600];
-    snprintf(settings[0], sizeof settings[0], "GRPC_PORT=%d", out->port);
-    snprintf(settings[1], sizeof settings[1], "JWT_PUBLIC_KEY_FILE=%s/jwt-public.pem", dir);
-    snprintf(settings[2], sizeof settings[2], "LOG_LEVEL=debug");
     const char *all[40];
-    size_t n = 0;
-    for (int i = 0; i < 3; i++)
-        all[n++] = settings[i];
-    for (const char *const *e = env; e && *e && n < 39; e++)
-        all[n++] = *e;
-    all[n] = NULL;
+    service_command(name, dir, out->port, env, binary, all);
     char *argv[] = {binary, NULL};
     out->pid = spawn(argv, all, out->log_path);
     if (out->pid <= 0)
@@ -225,6 +232,21 @@ bool harness_service_start(const char *name, const char *dir, const char *const 
         harness_sleep_ms(50);
     }
     return false;
+}
+
+int harness_service_run(const char *name, const char *argument, const char *dir,
+                        const char *const *env, int64_t timeout_ms) {
+    harness_process process = {0};
+    snprintf(process.log_path, sizeof process.log_path, "%s/%s%s.log", dir, name, argument);
+    char binary[512];
+    const char *all[40];
+    service_command(name, dir, 0, env, binary, all);
+    char *argv[] = {binary, (char *)argument, NULL};
+    process.pid = spawn(argv, all, process.log_path);
+    if (process.pid <= 0)
+        return -1;
+    /* signal 0 only waits: the command ends by itself or is killed at the timeout */
+    return harness_process_stop(&process, 0, timeout_ms);
 }
 
 char *harness_token(arena *a, const char *dir, const harness_token_options *options) {

@@ -27,7 +27,8 @@ int harness_free_port(void);
 /* Starts nats-server -js with its store under dir on port (0: a free one); waits until it
  * accepts connections. */
 bool harness_nats_start(const char *dir, int port, harness_process *out);
-bool harness_redis_start(const char *dir, harness_process *out);
+/* Starts redis-server with AOF, its data under dir/redis, on port (0: a free one). */
+bool harness_redis_start(const char *dir, int port, harness_process *out);
 
 /* Creates an RSA key pair under dir (jwt-private.pem, jwt-public.pem). */
 bool harness_keys_create(const char *dir);
@@ -38,7 +39,13 @@ bool harness_keys_create(const char *dir);
 bool harness_service_start(const char *name, const char *dir, const char *const *env,
                            harness_process *out);
 
-/* Sends signal and waits up to timeout_ms; returns the exit status (or 128+signal), -1 when
+/* Runs a service's one-shot command (`mypage --rebuild`) with the same settings as
+ * harness_service_start and waits for it; returns its exit status (-1: not done in time).
+ * Its output goes to dir/<name><argument>.log. */
+int harness_service_run(const char *name, const char *argument, const char *dir,
+                        const char *const *env, int64_t timeout_ms);
+
+/* Sends signal (0: none, just wait) up to timeout_ms; returns the exit status (or 128+signal), -1 when
  * it did not exit in time (it is then killed). */
 int harness_process_stop(harness_process *process, int signal_number, int64_t timeout_ms);
 bool harness_wait_port(int port, int64_t timeout_ms);

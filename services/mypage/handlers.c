@@ -1,0 +1,205 @@
+/* handlers.c - the MypageService methods. */
+#include "handlers.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "projection.h"
+#include "text.h"
+
+/* One open WatchMypage stream. References: the watcher list holds one until the stream
+ * closes; the handler and each notification hold one while they use it. */
+struct page_watcher {
+    page_watcher *next;
+    mypage_handlers *owner;
+    rpc_stream *stream;
+    char user_id[AUTH_SUBJECT_MAX];
+    pthread_mutex_t sending; /* one load-and-send at a time, so pages go out in order */
+    int references;          /* guarded by owner->lock */
+};
+
+/* The page a caller asks for: their own (empty user_id), or anyone's for an administrator. */
+static status_code resolve_user(rpc_context *ctx, const char *requested, const char **out, status *st) {
+    const auth_identity *caller = rpc_context_caller(ctx);
+    const char *user = requested && requested[0] ? requested : caller->subject;
+    if (strlen(user) >= AUTH_SUBJECT_MAX)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_TOO_LONG",
+                          "user_id is longer than %d bytes", AUTH_SUBJECT_MAX - 1);
+    if (!text_is_valid_utf8(user, strlen(user), false))
+        return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_UTF8", "user_id is not valid UTF-8");
+    if (strcmp(user, caller->subject) != 0 && !caller->admin)
+        return status_set(st, STATUS_PERMISSION_DENIED, "NOT_YOUR_PAGE",
+                          "only administrators may read another user's page");
+    *out = user;
+    return STATUS_OK;
+}
+
+static status_code get_mypage(void *state, rpc_context *ctx, const ProtobufCMessage *request,
+                              ProtobufCMessage **response, status *st) {
+    mypage_handlers *h = state;
+    const Library__Mypage__V1__GetMypageRequest *req = (const void *)request;
+    const char *user = NULL;
+    if (resolve_user(ctx, req->user_id, &user, st) != STATUS_OK)
+        return st->code;
+    Library__Mypage__V1__Mypage *page = NULL;
+    if (page_store_load(h->store, rpc_context_arena(ctx), user, &page, st) != STATUS_OK)
+        return st->code;
+    *response = &page->base;
+    return STATUS_OK;
+}
+
+/* --- WatchMypage ---------------------------------------------------------------------- */
+
+static void watcher_unref(page_watcher *w) {
+    mypage_handlers *h = w->owner;
+    pthread_mutex_lock(&h->lock);
+    bool last = --w->references == 0;
+    pthread_mutex_unlock(&h->lock);
+    if (!last)
+        return;
+    rpc_stream_release(w->stream);
+    pthread_mutex_destroy(&w->sending);
+    free(w);
+}
+
+/* Loads the user's page and sends it; a Redis failure ends the stream (the client
+ * reconnects and gets the page afresh rather than miss a change). */
+static status_code watcher_send_page(page_watcher *w, status *st) {
+    arena *a = arena_create(0);
+    if (a == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    Library__Mypage__V1__Mypage *page = NULL;
+    status_code code = page_store_load(w->owner->store, a, w->user_id, &page, st);
+    if (code == STATUS_OK)
+        code = rpc_stream_send(w->stream, &page->base, st);
+    arena_destroy(a);
+    return code;
+}
+
+static void watcher_closed(void *arg) {
+    page_watcher *w = arg;
+    mypage_handlers *h = w->owner;
+    pthread_mutex_lock(&h->lock);
+    for (page_watcher **link = &h->watchers; *link != NULL; link = &(*link)->next) {
+        if (*link == w) {
+            *link = w->next;
+            h->watcher_count--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    watcher_unref(w);
+}
+
+static status_code watch_mypage(void *state, rpc_context *ctx, const ProtobufCMessage *request,
+                                rpc_stream *stream, status *st) {
+    mypage_handlers *h = state;
+    const Library__Mypage__V1__WatchMypageRequest *req = (const void *)request;
+    const char *user = NULL;
+    if (resolve_user(ctx, req->user_id, &user, st) != STATUS_OK)
+        return st->code;
+    page_watcher *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    w->owner = h;
+    w->stream = stream;
+    w->references = 2; /* the list's and this handler's */
+    snprintf(w->user_id, sizeof w->user_id, "%s", user);
+    pthread_mutex_init(&w->sending, NULL);
+
+    pthread_mutex_lock(&h->lock);
+    bool full = h->watcher_count >= h->max_watchers;
+    if (!full) {
+        w->next = h->watchers;
+        h->watchers = w;
+        h->watcher_count++;
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (full) {
+        pthread_mutex_destroy(&w->sending);
+        free(w);
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "TOO_MANY_WATCHERS",
+                          "this server has %d WatchMypage streams open; try again later",
+                          h->max_watchers);
+    }
+    rpc_stream_retain(stream);
+    /* Listed before the first page is loaded, and sending held meanwhile: a change that
+     * lands in between is sent after the first page, never lost and never out of order. */
+    pthread_mutex_lock(&w->sending);
+    rpc_stream_on_close(stream, watcher_closed, w);
+    status_code code = watcher_send_page(w, st);
+    pthread_mutex_unlock(&w->sending);
+    watcher_unref(w);
+    return code; /* an error ends the stream; the close callback drops the watcher */
+}
+
+/* A projection announced a change: send the page again to the user's watchers. */
+static void on_page_changed(natsConnection *nc, natsSubscription *sub, natsMsg *message, void *closure) {
+    (void)nc;
+    (void)sub;
+    mypage_handlers *h = closure;
+    char user[AUTH_SUBJECT_MAX];
+    int length = natsMsg_GetDataLength(message);
+    bool everyone = length == 0;
+    if (length >= (int)sizeof user) {
+        natsMsg_Destroy(message);
+        return;
+    }
+    memcpy(user, natsMsg_GetData(message), (size_t)length);
+    user[length] = '\0';
+    natsMsg_Destroy(message);
+
+    pthread_mutex_lock(&h->lock);
+    page_watcher **targets = calloc((size_t)h->watcher_count + 1, sizeof *targets);
+    size_t count = 0;
+    for (page_watcher *w = h->watchers; targets != NULL && w != NULL; w = w->next) {
+        if (everyone || strcmp(w->user_id, user) == 0) {
+            w->references++;
+            targets[count++] = w;
+        }
+    }
+    pthread_mutex_unlock(&h->lock);
+    for (size_t i = 0; i < count; i++) {
+        page_watcher *w = targets[i];
+        pthread_mutex_lock(&w->sending);
+        status st;
+        status_clear(&st);
+        if (!rpc_stream_is_closed(w->stream) && watcher_send_page(w, &st) != STATUS_OK &&
+            st.code != STATUS_CANCELLED)
+            rpc_stream_finish(w->stream, st.code, &st);
+        pthread_mutex_unlock(&w->sending);
+        watcher_unref(w);
+    }
+    free(targets);
+}
+
+static const rpc_method mypage_methods[] = {
+    RPC_UNARY("GetMypage", library__mypage__v1__get_mypage_request, library__mypage__v1__mypage,
+              get_mypage, RPC_ACCESS_USER),
+    RPC_SERVER_STREAM("WatchMypage", library__mypage__v1__watch_mypage_request,
+                      library__mypage__v1__mypage, watch_mypage, RPC_ACCESS_USER),
+};
+
+status_code mypage_handlers_init(mypage_handlers *h, nats_connection *connection, status *st) {
+    pthread_mutex_init(&h->lock, NULL);
+    h->service = (rpc_service){
+        .name = "library.mypage.v1.MypageService",
+        .methods = mypage_methods,
+        .method_count = sizeof mypage_methods / sizeof mypage_methods[0],
+        .state = h,
+    };
+    natsStatus s = natsConnection_Subscribe(&h->changes, nats_connection_core(connection),
+                                            MYPAGE_CHANGED_SUBJECT, on_page_changed, h);
+    if (s != NATS_OK) {
+        pthread_mutex_destroy(&h->lock);
+        return nats_status_to_status(s, "subscribing to mypage changes", st);
+    }
+    return STATUS_OK;
+}
+
+void mypage_handlers_destroy(mypage_handlers *h) {
+    nats_subscription_close(h->changes);
+    h->changes = NULL;
+    pthread_mutex_destroy(&h->lock);
+}

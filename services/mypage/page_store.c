@@ -1,0 +1,480 @@
+/* page_store.c - a pool of hiredis connections and the Lua scripts of the projection. */
+#include "page_store.h"
+
+#include <hiredis.h>
+#include <openssl/sha.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "text.h"
+#include "timestamp.h"
+
+enum { POOL_SIZE = 16, CLEANUP_BATCH = 500, MAX_ARGS = CLEANUP_BATCH + 16 };
+
+/* The generation in use, the one a rebuild is filling, and the last one handed out. */
+#define KEY_GENERATION "mypage:generation"
+#define KEY_BUILDING "mypage:building"
+#define KEY_NEXT "mypage:next"
+
+/* KEYS: generation, building. ARGV: user (base64url), loan id, seq, rank, status, due,
+ * overdue, book id, title, event time (ms), generation to write ("" = the one in use and the
+ * one being built). Returns 1 when the page (in use, or the given generation) changed.
+ * The merge is idempotent and order-free (page.h), so the result depends only on the set of
+ * events applied: the seq kept is the loan's earliest, which orders the page. */
+static const char apply_source[] =
+    "local function apply(key)\n"
+    "  local field = 'l:' .. ARGV[2]\n"
+    "  local seq, rank = ARGV[3], ARGV[4]\n"
+    "  local status, due, overdue, book, title = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]\n"
+    "  local current = redis.call('HGET', key, field)\n"
+    "  if current then\n"
+    "    local cseq, crank, cstatus, cdue, cover, cbook, ctitle =\n"
+    "      string.match(current, '^(%d+)|(%d+)|(%d+)|(%d+)|(%d)|([^|]*)|(.*)$')\n"
+    "    if cseq then\n"
+    "      if tonumber(cseq) < tonumber(seq) then seq = cseq end\n"
+    "      if tonumber(rank) <= tonumber(crank) then\n"
+    "        -- not ahead of the page: keep its state; an event of the same step adds its\n"
+    "        -- overdue flag, and any event fills in what the page lacks\n"
+    "        if rank == crank and overdue == '1' then cover = '1' end\n"
+    "        rank, status, overdue = crank, cstatus, cover\n"
+    "        if cdue ~= '0' then due = cdue end\n"
+    "        if cbook ~= '' then book = cbook end\n"
+    "        if ctitle ~= '' then title = ctitle end\n"
+    "      else\n"
+    "        if due == '0' then due = cdue end\n"
+    "        if book == '' then book = cbook end\n"
+    "        if title == '' then title = ctitle end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  local changed = 0\n"
+    "  local value = seq .. '|' .. rank .. '|' .. status .. '|' .. due .. '|' .. overdue ..\n"
+    "    '|' .. book .. '|' .. title\n"
+    "  if value ~= current then\n"
+    "    redis.call('HSET', key, field, value)\n"
+    "    changed = 1\n"
+    "  end\n"
+    "  local t = tonumber(redis.call('HGET', key, 't') or '0')\n"
+    "  if tonumber(ARGV[10]) > t then\n"
+    "    redis.call('HSET', key, 't', ARGV[10])\n"
+    "    changed = 1\n"
+    "  end\n"
+    "  return changed\n"
+    "end\n"
+    "local function page(generation) return 'mypage:' .. generation .. ':' .. ARGV[1] end\n"
+    "if ARGV[11] ~= '' then return apply(page(ARGV[11])) end\n"
+    "local current = redis.call('GET', KEYS[1]) or '0'\n"
+    "local changed = apply(page(current))\n"
+    "local building = redis.call('GET', KEYS[2])\n"
+    "if building and building ~= current then apply(page(building)) end\n"
+    "return changed\n";
+
+/* KEYS: generation. ARGV: user. The page in use, as HGETALL pairs. */
+static const char load_source[] =
+    "local current = redis.call('GET', KEYS[1]) or '0'\n"
+    "return redis.call('HGETALL', 'mypage:' .. current .. ':' .. ARGV[1])\n";
+
+/* KEYS: generation, building, next. A generation newer than any used before. */
+static const char begin_source[] =
+    "local current = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "local n = redis.call('INCR', KEYS[3])\n"
+    "if n <= current then n = current + 1; redis.call('SET', KEYS[3], n) end\n"
+    "redis.call('SET', KEYS[2], n)\n"
+    "return n\n";
+
+/* KEYS: generation, building. ARGV: the rebuilt generation. Returns the old one. */
+static const char switch_source[] =
+    "if redis.call('GET', KEYS[2]) ~= ARGV[1] then\n"
+    "  return redis.error_reply('TAKEN_OVER a newer rebuild has started')\n"
+    "end\n"
+    "local old = redis.call('GET', KEYS[1]) or '0'\n"
+    "redis.call('SET', KEYS[1], ARGV[1])\n"
+    "redis.call('DEL', KEYS[2])\n"
+    "return old\n";
+
+/* KEYS: building. ARGV: the abandoned generation. */
+static const char abort_source[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
+    "return 0\n";
+
+typedef struct script {
+    const char *source;
+    char sha1[41]; /* EVALSHA first; EVAL loads it when the server does not know it yet */
+} script;
+
+struct page_store {
+    char host[256];
+    int port;
+    int database;
+    struct timeval timeout;
+    health *health;
+    script apply, load, begin, switch_over, abort;
+    pthread_mutex_t lock;
+    pthread_cond_t returned;
+    redisContext *idle[POOL_SIZE];
+    int idle_count;
+    int open_count;
+};
+
+static void script_init(script *s, const char *source) {
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)source, strlen(source), digest);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
+        snprintf(s->sha1 + 2 * i, 3, "%02x", digest[i]);
+    s->source = source;
+}
+
+static status_code parse_url(const char *url, page_store *store, status *st) {
+    const char *rest = strncmp(url, "redis://", 8) == 0 ? url + 8 : url;
+    const char *slash = strchr(rest, '/');
+    const char *end = slash ? slash : rest + strlen(rest);
+    const char *colon = memchr(rest, ':', (size_t)(end - rest));
+    size_t length = (size_t)((colon ? colon : end) - rest);
+    if (length == 0 || length >= sizeof store->host)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_REDIS_URL", "REDIS_URL %s has no host", url);
+    memcpy(store->host, rest, length);
+    store->host[length] = '\0';
+    store->port = 6379;
+    if (colon) {
+        char *port_end = NULL;
+        long port = strtol(colon + 1, &port_end, 10);
+        if (port_end != end || port <= 0 || port > 65535)
+            return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_REDIS_URL",
+                              "REDIS_URL %s has a bad port", url);
+        store->port = (int)port;
+    }
+    if (slash && slash[1] != '\0') {
+        char *db_end = NULL;
+        long database = strtol(slash + 1, &db_end, 10);
+        if (*db_end != '\0' || database < 0 || database > 1000)
+            return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_REDIS_URL",
+                              "REDIS_URL %s has a bad database number", url);
+        store->database = (int)database;
+    }
+    return STATUS_OK;
+}
+
+status_code page_store_open(const char *url, int64_t timeout_ms, health *health_report, page_store **out,
+                            status *st) {
+    page_store *store = calloc(1, sizeof *store);
+    if (store == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    if (parse_url(url, store, st) != STATUS_OK) {
+        free(store);
+        return st->code;
+    }
+    store->timeout = (struct timeval){.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    store->health = health_report;
+    script_init(&store->apply, apply_source);
+    script_init(&store->load, load_source);
+    script_init(&store->begin, begin_source);
+    script_init(&store->switch_over, switch_source);
+    script_init(&store->abort, abort_source);
+    pthread_mutex_init(&store->lock, NULL);
+    pthread_cond_init(&store->returned, NULL);
+    *out = store;
+    return STATUS_OK;
+}
+
+void page_store_close(page_store *store) {
+    if (store == NULL)
+        return;
+    for (int i = 0; i < store->idle_count; i++)
+        redisFree(store->idle[i]);
+    pthread_mutex_destroy(&store->lock);
+    pthread_cond_destroy(&store->returned);
+    free(store);
+}
+
+static void report_health(page_store *store, bool up) {
+    if (store->health)
+        health_set_dependency(store->health, "redis", up);
+}
+
+static redisContext *connect_redis(page_store *store, status *st) {
+    redisContext *c = redisConnectWithTimeout(store->host, store->port, store->timeout);
+    if (c != NULL && c->err == 0) {
+        redisSetTimeout(c, store->timeout);
+        if (store->database == 0)
+            return c;
+        redisReply *reply = redisCommand(c, "SELECT %d", store->database);
+        bool selected = reply != NULL && reply->type != REDIS_REPLY_ERROR;
+        freeReplyObject(reply);
+        if (selected)
+            return c;
+    }
+    status_set(st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis at %s:%d is unavailable: %s",
+               store->host, store->port, c ? c->errstr : "out of memory");
+    redisFree(c);
+    return NULL;
+}
+
+/* Takes an idle connection, or opens one (at most POOL_SIZE at a time). NULL: Redis is down. */
+static redisContext *acquire(page_store *store, status *st) {
+    pthread_mutex_lock(&store->lock);
+    while (store->idle_count == 0 && store->open_count >= POOL_SIZE)
+        pthread_cond_wait(&store->returned, &store->lock);
+    if (store->idle_count > 0) {
+        redisContext *c = store->idle[--store->idle_count];
+        pthread_mutex_unlock(&store->lock);
+        return c;
+    }
+    store->open_count++;
+    pthread_mutex_unlock(&store->lock);
+    redisContext *c = connect_redis(store, st);
+    if (c == NULL) {
+        pthread_mutex_lock(&store->lock);
+        store->open_count--;
+        pthread_cond_signal(&store->returned);
+        pthread_mutex_unlock(&store->lock);
+        report_health(store, false);
+    }
+    return c;
+}
+
+/* Gives a connection back; a broken one is closed instead. */
+static void release(page_store *store, redisContext *c, bool broken) {
+    pthread_mutex_lock(&store->lock);
+    if (broken) {
+        redisFree(c);
+        store->open_count--;
+    } else {
+        store->idle[store->idle_count++] = c;
+    }
+    pthread_cond_signal(&store->returned);
+    pthread_mutex_unlock(&store->lock);
+    report_health(store, !broken);
+}
+
+/* Runs one command; on success *reply is the caller's (freeReplyObject). A Redis error reply
+ * becomes INTERNAL, or ABORTED when it starts with TAKEN_OVER. */
+static status_code command(page_store *store, int argc, const char **argv, redisReply **reply,
+                           status *st) {
+    size_t lengths[MAX_ARGS];
+    if (argc > MAX_ARGS)
+        return status_set(st, STATUS_INTERNAL, "TOO_MANY_ARGUMENTS", "a Redis command has too many arguments");
+    for (int i = 0; i < argc; i++) {
+        if (argv[i] == NULL)
+            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+        lengths[i] = strlen(argv[i]);
+    }
+    redisContext *c = acquire(store, st);
+    if (c == NULL)
+        return st->code;
+    *reply = redisCommandArgv(c, argc, argv, lengths);
+    if (*reply == NULL) {
+        status_set(st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis did not answer: %s", c->errstr);
+        release(store, c, true);
+        return st->code;
+    }
+    release(store, c, false);
+    if ((*reply)->type == REDIS_REPLY_ERROR) {
+        if (strncmp((*reply)->str, "TAKEN_OVER", 10) == 0)
+            status_set(st, STATUS_ABORTED, "REBUILD_TAKEN_OVER", "%s", (*reply)->str + 11);
+        else
+            status_set(st, STATUS_INTERNAL, "REDIS_ERROR", "Redis: %.200s", (*reply)->str);
+        freeReplyObject(*reply);
+        *reply = NULL;
+        return st->code;
+    }
+    return STATUS_OK;
+}
+
+/* EVALSHA, falling back to EVAL (which caches the script) after a restart or FLUSH. argv
+ * starts with the key count, then keys and arguments. */
+static status_code run_script(page_store *store, const script *s, int argc, const char **argv,
+                              redisReply **reply, status *st) {
+    const char *call[MAX_ARGS];
+    if (argc + 2 > MAX_ARGS)
+        return status_set(st, STATUS_INTERNAL, "TOO_MANY_ARGUMENTS", "a Redis command has too many arguments");
+    call[0] = "EVALSHA";
+    call[1] = s->sha1;
+    memcpy(call + 2, argv, (size_t)argc * sizeof *argv);
+    status_code code = command(store, argc + 2, call, reply, st);
+    if (code == STATUS_INTERNAL && strstr(st->message, "NOSCRIPT") != NULL) {
+        status_clear(st);
+        call[0] = "EVAL";
+        call[1] = s->source;
+        code = command(store, argc + 2, call, reply, st);
+    }
+    return code;
+}
+
+static status_code apply(page_store *store, const char *generation, const loan_change *change,
+                         uint64_t sequence, bool *changed, status *st) {
+    arena *a = arena_create(0);
+    if (a == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    const char *argv[] = {
+        "2", KEY_GENERATION, KEY_BUILDING,
+        text_base64url_encode(a, (const uint8_t *)change->user_id, strlen(change->user_id)),
+        change->loan_id,
+        arena_sprintf(a, "%llu", (unsigned long long)sequence),
+        arena_sprintf(a, "%d", change->rank),
+        arena_sprintf(a, "%d", change->status),
+        arena_sprintf(a, "%lld", (long long)(change->due_seconds > 0 ? change->due_seconds : 0)),
+        change->overdue ? "1" : "0",
+        change->book_id,
+        change->book_title,
+        arena_sprintf(a, "%lld", (long long)(change->event_time_ms > 0 ? change->event_time_ms : 0)),
+        generation,
+    };
+    redisReply *reply = NULL;
+    status_code code = run_script(store, &store->apply, sizeof argv / sizeof argv[0], argv, &reply, st);
+    if (code == STATUS_OK) {
+        if (changed)
+            *changed = reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+        freeReplyObject(reply);
+    }
+    arena_destroy(a);
+    return code;
+}
+
+status_code page_store_apply(page_store *store, const loan_change *change, uint64_t sequence,
+                             bool *changed, status *st) {
+    return apply(store, "", change, sequence, changed, st);
+}
+
+status_code page_store_apply_to(page_store *store, uint64_t generation, const loan_change *change,
+                                uint64_t sequence, status *st) {
+    char text[24];
+    snprintf(text, sizeof text, "%llu", (unsigned long long)generation);
+    return apply(store, text, change, sequence, NULL, st);
+}
+
+status_code page_store_load(page_store *store, arena *a, const char *user_id,
+                            Library__Mypage__V1__Mypage **out, status *st) {
+    const char *argv[] = {"1", KEY_GENERATION,
+                          text_base64url_encode(a, (const uint8_t *)user_id, strlen(user_id))};
+    redisReply *reply = NULL;
+    status_code code = run_script(store, &store->load, 3, argv, &reply, st);
+    if (code != STATUS_OK)
+        return code;
+    size_t pairs = reply->type == REDIS_REPLY_ARRAY ? reply->elements / 2 : 0;
+    const char **fields = arena_alloc(a, (pairs + 1) * sizeof *fields);
+    const char **values = arena_alloc(a, (pairs + 1) * sizeof *values);
+    Library__Mypage__V1__Mypage *page = NULL;
+    if (fields && values) {
+        size_t n = 0;
+        for (size_t i = 0; i < pairs; i++) {
+            const redisReply *field = reply->element[2 * i], *value = reply->element[2 * i + 1];
+            if (field->type != REDIS_REPLY_STRING || value->type != REDIS_REPLY_STRING)
+                continue;
+            fields[n] = arena_strndup(a, field->str, field->len);
+            values[n] = arena_strndup(a, value->str, value->len);
+            n += fields[n] && values[n];
+        }
+        page = page_build(a, user_id, fields, values, n, timestamp_now_ms() / 1000);
+    }
+    freeReplyObject(reply);
+    if (page == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    *out = page;
+    return STATUS_OK;
+}
+
+status_code page_store_ping(page_store *store, status *st) {
+    const char *argv[] = {"PING"};
+    redisReply *reply = NULL;
+    status_code code = command(store, 1, argv, &reply, st);
+    if (code == STATUS_OK)
+        freeReplyObject(reply);
+    return code;
+}
+
+status_code page_store_rebuild_begin(page_store *store, uint64_t *generation, status *st) {
+    const char *argv[] = {"3", KEY_GENERATION, KEY_BUILDING, KEY_NEXT};
+    redisReply *reply = NULL;
+    status_code code = run_script(store, &store->begin, 4, argv, &reply, st);
+    if (code != STATUS_OK)
+        return code;
+    bool ok = reply->type == REDIS_REPLY_INTEGER && reply->integer > 0;
+    if (ok)
+        *generation = (uint64_t)reply->integer;
+    freeReplyObject(reply);
+    return ok ? STATUS_OK
+              : status_set(st, STATUS_INTERNAL, "REDIS_ERROR", "Redis gave no generation number");
+}
+
+/* Deletes every page of a generation, a batch at a time (UNLINK frees memory in the
+ * background, SCAN never blocks Redis for long). */
+static status_code delete_generation(page_store *store, const char *generation, status *st) {
+    char pattern[64], cursor[32] = "0";
+    snprintf(pattern, sizeof pattern, "mypage:%s:*", generation);
+    size_t deleted = 0;
+    do {
+        const char *argv[] = {"SCAN", cursor, "MATCH", pattern, "COUNT", "500"};
+        redisReply *reply = NULL;
+        if (command(store, 6, argv, &reply, st) != STATUS_OK)
+            return st->code;
+        bool well_formed = reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+                           reply->element[0]->type == REDIS_REPLY_STRING &&
+                           reply->element[1]->type == REDIS_REPLY_ARRAY;
+        if (!well_formed) {
+            freeReplyObject(reply);
+            return status_set(st, STATUS_INTERNAL, "REDIS_ERROR", "Redis answered SCAN strangely");
+        }
+        snprintf(cursor, sizeof cursor, "%s", reply->element[0]->str);
+        const redisReply *keys = reply->element[1];
+        if (keys->elements > 0) {
+            const char *unlink[CLEANUP_BATCH + 1];
+            size_t n = 0;
+            unlink[n++] = "UNLINK";
+            for (size_t i = 0; i < keys->elements && n <= CLEANUP_BATCH; i++)
+                if (keys->element[i]->type == REDIS_REPLY_STRING)
+                    unlink[n++] = keys->element[i]->str;
+            redisReply *unlinked = NULL;
+            if (n > 1 && command(store, (int)n, unlink, &unlinked, st) == STATUS_OK) {
+                deleted += n - 1;
+                freeReplyObject(unlinked);
+            }
+        }
+        freeReplyObject(reply);
+        if (st->code != STATUS_OK)
+            return st->code;
+    } while (strcmp(cursor, "0") != 0);
+    LOG_INFO("deleted %zu pages of generation %s", deleted, generation);
+    return STATUS_OK;
+}
+
+status_code page_store_rebuild_switch(page_store *store, uint64_t generation, status *st) {
+    char text[24];
+    snprintf(text, sizeof text, "%llu", (unsigned long long)generation);
+    const char *argv[] = {"2", KEY_GENERATION, KEY_BUILDING, text};
+    redisReply *reply = NULL;
+    status_code code = run_script(store, &store->switch_over, 4, argv, &reply, st);
+    if (code != STATUS_OK)
+        return code;
+    char old[24] = "";
+    if (reply->type == REDIS_REPLY_STRING)
+        snprintf(old, sizeof old, "%s", reply->str);
+    freeReplyObject(reply);
+    if (old[0] == '\0' || strcmp(old, text) == 0)
+        return STATUS_OK;
+    /* Pages are in use from the new generation already; a failed cleanup leaves garbage,
+     * not wrong answers, so it is reported but does not fail the rebuild. */
+    status cleanup;
+    status_clear(&cleanup);
+    if (delete_generation(store, old, &cleanup) != STATUS_OK)
+        LOG_WARN("could not delete the pages of generation %s: %s", old, cleanup.message);
+    return STATUS_OK;
+}
+
+void page_store_rebuild_abort(page_store *store, uint64_t generation) {
+    char text[24];
+    snprintf(text, sizeof text, "%llu", (unsigned long long)generation);
+    const char *argv[] = {"1", KEY_BUILDING, text};
+    redisReply *reply = NULL;
+    status st;
+    status_clear(&st);
+    if (run_script(store, &store->abort, 3, argv, &reply, &st) == STATUS_OK)
+        freeReplyObject(reply);
+    else
+        LOG_WARN("could not abandon rebuild generation %s: %s", text, st.message);
+    status_clear(&st);
+    if (delete_generation(store, text, &st) != STATUS_OK)
+        LOG_WARN("could not delete the pages of generation %s: %s", text, st.message);
+}

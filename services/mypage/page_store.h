@@ -1,0 +1,50 @@
+/* page_store.h - the mypage projection in Redis (hiredis). Each change is applied by one Lua
+ * script, atomically and idempotently (see page.h for the ordering rule). Pages live under a
+ * generation, "mypage:<generation>:<base64url user id>", so a rebuild fills a fresh
+ * generation while the old one keeps answering, then switches over in one step.
+ *
+ * The scripts derive page keys from the generation they read, so the store needs a
+ * standalone Redis (or a primary with replicas), not Redis Cluster.
+ *
+ * Redis is reached through a small pool of connections with short timeouts: a Redis outage
+ * gives UNAVAILABLE fast and marks the dependency "redis" down in health. Thread-safe. */
+#ifndef MYPAGE_PAGE_STORE_H
+#define MYPAGE_PAGE_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "health.h"
+#include "page.h"
+#include "status.h"
+
+typedef struct page_store page_store;
+
+/* url: redis://host[:port][/db]. Connects lazily. health_report (may be NULL) hears "redis" up or
+ * down. *out is the caller's (page_store_close). */
+status_code page_store_open(const char *url, int64_t timeout_ms, health *health_report, page_store **out,
+                            status *st);
+void page_store_close(page_store *store); /* NULL is a no-op */
+
+/* Applies the change of the event at stream sequence `sequence` to the pages in use, and to
+ * the generation a rebuild is filling. *changed tells whether the page in use changed. */
+status_code page_store_apply(page_store *store, const loan_change *change, uint64_t sequence,
+                             bool *changed, status *st);
+/* Reads a user's page (an empty page when the user has none). */
+status_code page_store_load(page_store *store, arena *a, const char *user_id,
+                            Library__Mypage__V1__Mypage **out, status *st);
+status_code page_store_ping(page_store *store, status *st);
+
+/* Rebuild, in three steps: begin reserves a fresh generation that page_store_apply also
+ * writes to from then on; the caller replays the event stream into it with
+ * page_store_apply_to; switch makes it the generation in use and deletes the old pages.
+ * A rebuild that fails calls abort. A newer begin takes over from an unfinished rebuild:
+ * the older one's switch then fails with ABORTED. */
+status_code page_store_rebuild_begin(page_store *store, uint64_t *generation, status *st);
+status_code page_store_apply_to(page_store *store, uint64_t generation, const loan_change *change,
+                                uint64_t sequence, status *st);
+status_code page_store_rebuild_switch(page_store *store, uint64_t generation, status *st);
+void page_store_rebuild_abort(page_store *store, uint64_t generation);
+
+#endif

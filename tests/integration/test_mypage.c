@@ -1,0 +1,704 @@
+/* test_mypage.c - the mypage read model over gRPC, against real nats-server, redis-server and
+ * service processes: pages follow the saga, WatchMypage streams changes, access rules, and
+ * the projection stays equal to lending's truth through random load, duplicated events, a
+ * killed consumer, FLUSHALL + rebuild and a Redis outage. */
+#include <criterion/criterion.h>
+#include <hiredis.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "events.h"
+#include "library/lending/v1/lending.pb-c.h"
+#include "library/mypage/v1/mypage.pb-c.h"
+#include "nats_connection.h"
+#include "stack_fixture.h"
+#include "text.h"
+
+typedef Library__Lending__V1__Loan Loan;
+typedef Library__Mypage__V1__Mypage Mypage;
+
+#define LENDING "/library.lending.v1.LendingService/"
+#define MYPAGE "/library.mypage.v1.MypageService/"
+#define ACTIVE LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE
+#define PENDING LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING
+#define CANCELED LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED
+#define RETURNED LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED
+
+TestSuite(mypage, .init = fixture_setup, .fini = fixture_teardown, .timeout = 180);
+
+/* The services one test talks to: the shared stack or a test_stack of its own. */
+typedef struct target {
+    const char *dir;
+    rpc_client *catalog, *lending, *mypage;
+} target;
+
+static target shared_target(void) {
+    return (target){.dir = fixture_dir(), .catalog = client, .lending = lending, .mypage = mypage};
+}
+
+static target stack_target(test_stack *s) {
+    return (target){.dir = s->dir, .catalog = s->catalog_client, .lending = s->lending_client,
+                    .mypage = s->mypage_client};
+}
+
+static const char *unique(const char *prefix) {
+    char id[13];
+    text_random_hex(id, 6);
+    return arena_sprintf(mem, "%s-%s", prefix, id);
+}
+
+static status_code borrow_as(target t, arena *a, const char *user, const char *book_id, Loan **out,
+                             status *st) {
+    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status_code code = harness_call(t.lending, LENDING "BorrowBook", &request.base,
+                                    &library__lending__v1__loan__descriptor, a,
+                                    harness_bearer(a, t.dir, user, false), &response, st);
+    *out = (Loan *)response;
+    return code;
+}
+
+static status_code return_as(target t, arena *a, const char *user, const char *loan_id, status *st) {
+    Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
+    request.loan_id = (char *)loan_id;
+    ProtobufCMessage *response = NULL;
+    return harness_call(t.lending, LENDING "ReturnBook", &request.base,
+                        &library__lending__v1__loan__descriptor, a,
+                        harness_bearer(a, t.dir, user, false), &response, st);
+}
+
+static status_code get_page(target t, const char *bearer, const char *user_id, Mypage **out,
+                            status *st) {
+    Library__Mypage__V1__GetMypageRequest request = LIBRARY__MYPAGE__V1__GET_MYPAGE_REQUEST__INIT;
+    request.user_id = (char *)(user_id ? user_id : "");
+    ProtobufCMessage *response = NULL;
+    status_code code = harness_call(t.mypage, MYPAGE "GetMypage", &request.base,
+                                    &library__mypage__v1__mypage__descriptor, mem, bearer, &response, st);
+    *out = (Mypage *)response;
+    return code;
+}
+
+static Mypage *page_of(target t, const char *user) {
+    Mypage *page = NULL;
+    status st;
+    status_code code = get_page(t, harness_bearer(mem, t.dir, "admin", true), user, &page, &st);
+    cr_assert_eq(code, STATUS_OK, "GetMypage(%s): %s %s", user, status_code_name(code), st.message);
+    return page;
+}
+
+/* Every loan lending has for the user (admin ListLoans, all pages). */
+static Loan **lending_truth(target t, const char *user, size_t *count) {
+    Loan **all = arena_alloc(mem, 2000 * sizeof *all);
+    *count = 0;
+    Library__Lending__V1__ListLoansRequest list = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+    list.user_id = (char *)user;
+    list.page_size = 100;
+    for (int pages = 0; pages < 20; pages++) {
+        ProtobufCMessage *response = NULL;
+        status st;
+        status_code code = harness_call(t.lending, LENDING "ListLoans", &list.base,
+                                        &library__lending__v1__list_loans_response__descriptor, mem,
+                                        harness_bearer(mem, t.dir, "admin", true), &response, &st);
+        cr_assert_eq(code, STATUS_OK, "ListLoans(%s): %s", user, st.message);
+        Library__Lending__V1__ListLoansResponse *r = (void *)response;
+        for (size_t i = 0; i < r->n_loans && *count < 2000; i++)
+            all[(*count)++] = r->loans[i];
+        if (r->next_page_token == NULL || r->next_page_token[0] == '\0')
+            break;
+        list.page_token = r->next_page_token;
+    }
+    return all;
+}
+
+/* Why the user's mypage differs from lending's loans, or NULL when they agree. */
+static const char *mismatch(target t, const char *user) {
+    size_t count = 0;
+    Loan **truth = lending_truth(t, user, &count);
+    Mypage *page = page_of(t, user);
+    if (page->n_loans != count)
+        return arena_sprintf(mem, "%s: mypage lists %zu loans, lending %zu", user, page->n_loans, count);
+    int active = 0, overdue = 0;
+    for (size_t i = 0; i < count; i++) {
+        active += truth[i]->status == ACTIVE;
+        overdue += truth[i]->status == ACTIVE && truth[i]->overdue;
+        size_t j = 0;
+        while (j < page->n_loans && strcmp(page->loans[j]->loan_id, truth[i]->loan_id) != 0)
+            j++;
+        if (j == page->n_loans)
+            return arena_sprintf(mem, "%s: loan %s is missing from mypage", user, truth[i]->loan_id);
+        if ((int)page->loans[j]->status != (int)truth[i]->status)
+            return arena_sprintf(mem, "%s: loan %s is %d on mypage, %d in lending", user,
+                                 truth[i]->loan_id, page->loans[j]->status, truth[i]->status);
+        if (strcmp(page->loans[j]->book_id, truth[i]->book_id) != 0)
+            return arena_sprintf(mem, "%s: loan %s has book %s on mypage", user, truth[i]->loan_id,
+                                 page->loans[j]->book_id);
+    }
+    if (page->borrowed_count != active || page->overdue_count != overdue)
+        return arena_sprintf(mem, "%s: mypage counts %d borrowed, %d overdue; lending %d, %d", user,
+                             page->borrowed_count, page->overdue_count, active, overdue);
+    return NULL;
+}
+
+/* Polls until every user's mypage agrees with lending (the projection is asynchronous). */
+static void expect_pages_match(target t, const char *const *users, int user_count, int64_t wait_ms) {
+    int64_t until = harness_now_ms() + wait_ms;
+    const char *why = NULL;
+    do {
+        why = NULL;
+        for (int u = 0; u < user_count && why == NULL; u++)
+            why = mismatch(t, users[u]);
+        if (why)
+            harness_sleep_ms(100);
+    } while (why != NULL && harness_now_ms() < until);
+    cr_assert_null(why, "%s", why);
+}
+
+/* Every user's page, packed: byte equality means the same page. */
+static uint8_t **snapshot(target t, const char *const *users, int user_count, size_t *sizes) {
+    uint8_t **packed = arena_alloc(mem, (size_t)user_count * sizeof *packed);
+    for (int u = 0; u < user_count; u++)
+        packed[u] = arena_pack(mem, &page_of(t, users[u])->base, &sizes[u]);
+    return packed;
+}
+
+static void expect_same_pages(target t, const char *const *users, int user_count, uint8_t **before,
+                              const size_t *sizes) {
+    for (int u = 0; u < user_count; u++) {
+        size_t size = 0;
+        uint8_t *now = arena_pack(mem, &page_of(t, users[u])->base, &size);
+        cr_assert(size == sizes[u] && memcmp(now, before[u], size) == 0,
+                  "the page of %s changed", users[u]);
+    }
+}
+
+/* --- pages follow the saga ------------------------------------------------------------------ */
+
+Test(mypage, a_new_user_has_an_empty_page) {
+    const char *user = unique("nobody");
+    Mypage *page = NULL;
+    status st;
+    cr_assert_eq(get_page(shared_target(), user_bearer(user), NULL, &page, &st), STATUS_OK, "%s", st.message);
+    cr_assert_str_eq(page->user_id, user);
+    cr_assert_eq(page->borrowed_count, 0);
+    cr_assert_eq(page->overdue_count, 0);
+    cr_assert_eq(page->n_loans, 0);
+}
+
+Test(mypage, a_borrow_and_a_return_show_on_the_page) {
+    target t = shared_target();
+    Book *book = register_book("Projection", "Seed", "978-90", 2);
+    const char *user = unique("reader");
+    Loan *loan = NULL;
+    status st;
+    cr_assert_eq(borrow_as(t, mem, user, book->book_id, &loan, &st), STATUS_OK, "%s", st.message);
+    const char *users[] = {user};
+    expect_pages_match(t, users, 1, 5000);
+    Mypage *page = NULL;
+    cr_assert_eq(get_page(t, user_bearer(user), NULL, &page, &st), STATUS_OK);
+    cr_assert_eq(page->borrowed_count, 1);
+    cr_assert_eq(page->n_loans, 1);
+    cr_assert_str_eq(page->loans[0]->loan_id, loan->loan_id);
+    cr_assert_str_eq(page->loans[0]->book_title, "Projection");
+    cr_assert_eq(page->loans[0]->status, ACTIVE);
+    cr_assert_not_null(page->loans[0]->due_time);
+    cr_assert_eq(page->loans[0]->due_time->seconds, loan->due_time->seconds);
+    cr_assert_not_null(page->last_event_time);
+
+    cr_assert_eq(return_as(t, mem, user, loan->loan_id, &st), STATUS_OK, "%s", st.message);
+    expect_pages_match(t, users, 1, 5000);
+    page = page_of(t, user);
+    cr_assert_eq(page->borrowed_count, 0);
+    cr_assert_eq(page->loans[0]->status, RETURNED);
+}
+
+Test(mypage, a_compensated_borrow_shows_as_canceled) {
+    target t = shared_target();
+    Book *book = register_book("Only One", "Seed", "978-91", 1);
+    const char *first = unique("reader"), *second = unique("reader");
+    Loan *loan = NULL;
+    status st;
+    cr_assert_eq(borrow_as(t, mem, first, book->book_id, &loan, &st), STATUS_OK);
+    cr_assert_eq(borrow_as(t, mem, second, book->book_id, &loan, &st), STATUS_OK);
+    const char *users[] = {first, second};
+    expect_pages_match(t, users, 2, 5000);
+    Mypage *page = page_of(t, second);
+    cr_assert_eq(page->n_loans, 1);
+    cr_assert_eq(page->loans[0]->status, CANCELED);
+    cr_assert_eq(page->borrowed_count, 0);
+    cr_assert_eq(page_of(t, first)->borrowed_count, 1);
+}
+
+Test(mypage, only_the_owner_or_an_admin_reads_a_page) {
+    target t = shared_target();
+    const char *owner = unique("owner");
+    Mypage *page = NULL;
+    status st;
+    cr_assert_eq(get_page(t, NULL, owner, &page, &st), STATUS_UNAUTHENTICATED);
+    cr_assert_eq(get_page(t, "Bearer not-a-token", owner, &page, &st), STATUS_UNAUTHENTICATED);
+    cr_assert_eq(get_page(t, user_bearer(unique("other")), owner, &page, &st), STATUS_PERMISSION_DENIED);
+    cr_assert_str_eq(st.reason, "NOT_YOUR_PAGE");
+    cr_assert_eq(get_page(t, user_bearer(owner), owner, &page, &st), STATUS_OK);
+    cr_assert_eq(get_page(t, admin_bearer(), owner, &page, &st), STATUS_OK);
+    cr_assert_str_eq(page->user_id, owner);
+
+    char long_id[300];
+    memset(long_id, 'x', sizeof long_id - 1);
+    long_id[sizeof long_id - 1] = '\0';
+    cr_assert_eq(get_page(t, admin_bearer(), long_id, &page, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(st.message, "user_id") != NULL, "the message names the field: %s", st.message);
+    cr_assert_eq(get_page(t, admin_bearer(), "bad \xff utf8", &page, &st), STATUS_INVALID_ARGUMENT);
+}
+
+/* --- WatchMypage ---------------------------------------------------------------------------- */
+
+static rpc_client_stream *watch(target t, const char *bearer, const char *user, int64_t timeout_ms,
+                                status *st) {
+    Library__Mypage__V1__WatchMypageRequest request = LIBRARY__MYPAGE__V1__WATCH_MYPAGE_REQUEST__INIT;
+    request.user_id = (char *)(user ? user : "");
+    rpc_call_options options = {.timeout_ms = timeout_ms, .authorization = bearer};
+    rpc_client_stream *stream = NULL;
+    status_code code = rpc_client_stream_open(t.mypage, MYPAGE "WatchMypage", &request.base, &options,
+                                              &stream, st);
+    cr_assert_eq(code, STATUS_OK, "WatchMypage: %s", st->message);
+    return stream;
+}
+
+static status_code next_page(rpc_client_stream *stream, int64_t wait_ms, Mypage **out, status *st) {
+    ProtobufCMessage *message = NULL;
+    status_code code = rpc_client_stream_next(stream, &library__mypage__v1__mypage__descriptor, mem,
+                                              wait_ms, &message, st);
+    *out = (Mypage *)message;
+    return code;
+}
+
+Test(mypage, watch_sends_the_page_then_each_change_within_a_second) {
+    target t = shared_target();
+    Book *book = register_book("Watched", "Seed", "978-92", 3);
+    const char *user = unique("watcher");
+    status st;
+    rpc_client_stream *stream = watch(t, user_bearer(user), NULL, 20000, &st);
+    Mypage *page = NULL;
+    cr_assert_eq(next_page(stream, 5000, &page, &st), STATUS_OK, "%s", st.message);
+    cr_assert_not_null(page, "the stream ended before the first page");
+    cr_assert_eq(page->n_loans, 0);
+
+    Loan *loan = NULL;
+    int64_t borrowed_at = harness_now_ms();
+    cr_assert_eq(borrow_as(t, mem, user, book->book_id, &loan, &st), STATUS_OK);
+    /* the page goes PENDING -> ACTIVE: wait for the ACTIVE one, each within a second */
+    bool active = false;
+    while (!active) {
+        status_code code = next_page(stream, 1000, &page, &st);
+        cr_assert_eq(code, STATUS_OK, "no update within a second of the last one: %s", st.message);
+        cr_assert_not_null(page);
+        active = page->n_loans == 1 && page->loans[0]->status == ACTIVE;
+    }
+    int64_t latency = harness_now_ms() - borrowed_at;
+    cr_assert_lt(latency, 2000, "the ACTIVE page came %lld ms after the borrow", (long long)latency);
+    cr_assert_eq(page->borrowed_count, 1);
+    cr_log_info("WatchMypage showed the ACTIVE loan %lld ms after BorrowBook was sent", (long long)latency);
+
+    cr_assert_eq(return_as(t, mem, user, loan->loan_id, &st), STATUS_OK);
+    cr_assert_eq(next_page(stream, 1000, &page, &st), STATUS_OK, "%s", st.message);
+    cr_assert_not_null(page);
+    cr_assert_eq(page->loans[0]->status, RETURNED);
+    rpc_client_stream_close(stream);
+}
+
+Test(mypage, watch_ends_cleanly_at_its_deadline_and_checks_access) {
+    target t = shared_target();
+    const char *user = unique("watcher");
+    status st;
+    rpc_client_stream *stream = watch(t, user_bearer(user), NULL, 700, &st);
+    Mypage *page = NULL;
+    cr_assert_eq(next_page(stream, 5000, &page, &st), STATUS_OK);
+    cr_assert_not_null(page);
+    int64_t start = harness_now_ms();
+    status_code code = next_page(stream, 5000, &page, &st);
+    cr_assert_eq(code, STATUS_DEADLINE_EXCEEDED, "got %s: %s", status_code_name(code), st.message);
+    cr_assert_lt(harness_now_ms() - start, 2000);
+    rpc_client_stream_close(stream);
+
+    stream = watch(t, user_bearer(unique("other")), user, 5000, &st);
+    cr_assert_eq(next_page(stream, 5000, &page, &st), STATUS_PERMISSION_DENIED);
+    rpc_client_stream_close(stream);
+    /* the service is still healthy and answering */
+    cr_assert_eq(get_page(t, user_bearer(user), NULL, &page, &st), STATUS_OK);
+}
+
+/* --- the projection equals lending's truth --------------------------------------------------- */
+
+typedef struct mix {
+    target t;
+    const char *const *users;
+    int first_user, user_count;
+    const char *const *books;
+    int book_count;
+    int operations;
+    unsigned seed;
+    int borrows, returns, refused;
+} mix;
+
+/* Borrows and returns at random: about a third of the operations return an ACTIVE loan. */
+static void *random_mix(void *arg) {
+    mix *m = arg;
+    arena *a = arena_create(0);
+    const char *held[64];
+    const char *holder[64];
+    int held_count = 0;
+    for (int i = 0; i < m->operations; i++) {
+        status st;
+        if (held_count > 0 && rand_r(&m->seed) % 3 == 0) {
+            int k = (int)(rand_r(&m->seed) % (unsigned)held_count);
+            if (return_as(m->t, a, holder[k], held[k], &st) == STATUS_OK)
+                m->returns++;
+            held[k] = held[--held_count];
+            holder[k] = holder[held_count];
+            continue;
+        }
+        const char *user = m->users[m->first_user + (int)(rand_r(&m->seed) % (unsigned)m->user_count)];
+        const char *book = m->books[rand_r(&m->seed) % (unsigned)m->book_count];
+        Loan *loan = NULL;
+        status_code code = borrow_as(m->t, a, user, book, &loan, &st);
+        if (code != STATUS_OK) {
+            m->refused++; /* the loan limit: FAILED_PRECONDITION */
+            continue;
+        }
+        m->borrows++;
+        if (loan->status == ACTIVE && held_count < 64) {
+            holder[held_count] = arena_strdup(a, user);
+            held[held_count++] = arena_strdup(a, loan->loan_id);
+        }
+    }
+    arena_destroy(a);
+    return NULL;
+}
+
+/* Runs `threads` random mixes over the users and books at once; returns the operations made. */
+static int run_mix(target t, const char *const *users, int user_count, const char *const *books,
+                   int book_count, int threads, int operations_each) {
+    mix mixes[8];
+    pthread_t ids[8];
+    int per_thread = user_count / threads;
+    for (int i = 0; i < threads; i++) {
+        mixes[i] = (mix){.t = t, .users = users, .first_user = i * per_thread,
+                         .user_count = per_thread, .books = books, .book_count = book_count,
+                         .operations = operations_each, .seed = (unsigned)(harness_now_ms() + i)};
+        pthread_create(&ids[i], NULL, random_mix, &mixes[i]);
+    }
+    int borrows = 0, returns = 0, refused = 0;
+    for (int i = 0; i < threads; i++) {
+        pthread_join(ids[i], NULL);
+        borrows += mixes[i].borrows;
+        returns += mixes[i].returns;
+        refused += mixes[i].refused;
+    }
+    cr_log_info("random mix: %d borrows, %d returns, %d refused", borrows, returns, refused);
+    return borrows + returns + refused;
+}
+
+static const char **make_users(int count, const char *prefix) {
+    const char **users = arena_alloc(mem, (size_t)count * sizeof *users);
+    for (int u = 0; u < count; u++)
+        users[u] = unique(prefix);
+    return users;
+}
+
+static const char **make_books(target t, int count, int copies) {
+    const char **books = arena_alloc(mem, (size_t)count * sizeof *books);
+    for (int b = 0; b < count; b++) {
+        Library__Catalog__V1__RegisterBookRequest request = LIBRARY__CATALOG__V1__REGISTER_BOOK_REQUEST__INIT;
+        request.title = arena_sprintf(mem, "Mixed | %d", b); /* a '|' in the title on purpose */
+        request.author = "Random";
+        request.copies = copies;
+        ProtobufCMessage *response = NULL;
+        status st;
+        cr_assert_eq(harness_call(t.catalog, CATALOG "RegisterBook", &request.base,
+                                  &library__catalog__v1__book__descriptor, mem,
+                                  harness_bearer(mem, t.dir, "admin", true), &response, &st),
+                     STATUS_OK, "%s", st.message);
+        books[b] = ((Book *)response)->book_id;
+    }
+    return books;
+}
+
+Test(mypage, after_a_random_mix_of_twenty_users_every_page_equals_list_loans) {
+    target t = shared_target();
+    enum { USERS = 20, BOOKS = 5 };
+    const char **users = make_users(USERS, "mix");
+    const char **books = make_books(t, BOOKS, 3);
+    int operations = run_mix(t, users, USERS, books, BOOKS, 4, 75);
+    cr_assert_geq(operations, 300);
+    expect_pages_match(t, users, USERS, 10000);
+    Mypage *page = page_of(t, users[0]);
+    for (size_t i = 0; i < page->n_loans; i++)
+        cr_assert(strncmp(page->loans[i]->book_title, "Mixed | ", 8) == 0, "title %s",
+                  page->loans[i]->book_title);
+}
+
+/* --- duplicates, crashes, rebuild, Redis outage (stacks of their own) ------------------------ */
+
+static const char *const mypage_env[] = {"EVENT_ACK_WAIT=2s", NULL};
+static const char *const lending_env[] = {"RECONCILE_INTERVAL=1s", "RECONCILE_AFTER=2s", NULL};
+
+typedef struct collected {
+    event **events;
+    size_t count;
+} collected;
+
+static status_code collect(void *arg, const event *e, uint64_t sequence, status *st) {
+    (void)sequence;
+    (void)st;
+    collected *c = arg;
+    size_t size = library__events__v1__event__get_packed_size(e);
+    uint8_t *bytes = malloc(size);
+    library__events__v1__event__pack(e, bytes);
+    c->events = realloc(c->events, (c->count + 1) * sizeof *c->events);
+    c->events[c->count++] = library__events__v1__event__unpack(NULL, size, bytes);
+    free(bytes);
+    return STATUS_OK;
+}
+
+/* The subject lending publishes each kind of loan event on. */
+static const char *subject_of(const event *e) {
+    switch (e->body_case) {
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED: return "library.events.loan.requested";
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED: return "library.events.loan.activated";
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED: return "library.events.loan.canceled";
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED: return "library.events.loan.returned";
+    default: return "library.events.loan.overdue";
+    }
+}
+
+static nats_connection *connect_nats(const char *url) {
+    nats_connection *connection = NULL;
+    nats_connection_options options = {.url = url, .client_name = "test", .connect_timeout_ms = 5000};
+    status st;
+    cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
+    return connection;
+}
+
+Test(mypage, every_loan_event_published_again_changes_no_page) {
+    test_stack s;
+    test_stack_start(&s, "duplicates", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    enum { USERS = 6 };
+    const char **users = make_users(USERS, "dup");
+    const char **books = make_books(t, 2, 2);
+    run_mix(t, users, USERS, books, 2, 2, 20);
+    expect_pages_match(t, users, USERS, 10000);
+    size_t sizes[USERS];
+    uint8_t **before = snapshot(t, users, USERS, sizes);
+
+    /* every loan event again, under new message ids (so JetStream stores them again) */
+    nats_connection *connection = connect_nats(s.nats.url);
+    collected c = {0};
+    status st;
+    cr_assert_eq(events_replay(connection, "library.events.loan.>", collect, &c, NULL, &st), STATUS_OK,
+                 "%s", st.message);
+    cr_assert_gt(c.count, 20);
+    for (size_t i = 0; i < c.count; i++) {
+        char *original = c.events[i]->event_id;
+        c.events[i]->event_id = arena_sprintf(mem, "%s-again", original);
+        cr_assert_eq(events_publish(connection, subject_of(c.events[i]), c.events[i], &st), STATUS_OK,
+                     "%s", st.message);
+        c.events[i]->event_id = original;
+    }
+    /* the projection reads them all: wait until its consumer has nothing pending */
+    harness_sleep_ms(1500);
+    expect_same_pages(t, users, USERS, before, sizes);
+    expect_pages_match(t, users, USERS, 5000);
+    cr_log_info("%zu loan events published again; no page changed", c.count);
+    for (size_t i = 0; i < c.count; i++)
+        library__events__v1__event__free_unpacked(c.events[i], NULL);
+    free(c.events);
+    nats_connection_close(connection);
+    test_stack_stop(&s);
+}
+
+typedef struct background_mix {
+    pthread_t thread;
+    target t;
+    const char *const *users;
+    int user_count;
+    const char *const *books;
+    int book_count;
+} background_mix;
+
+static void *background_mix_main(void *arg) {
+    background_mix *b = arg;
+    mix m = {.t = b->t, .users = b->users, .user_count = b->user_count, .books = b->books,
+             .book_count = b->book_count, .operations = 120, .seed = 7};
+    random_mix(&m);
+    return NULL;
+}
+
+Test(mypage, a_projection_killed_mid_stream_catches_up_exactly) {
+    test_stack s;
+    test_stack_start(&s, "killed", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    enum { USERS = 8 };
+    const char **users = make_users(USERS, "kill");
+    const char **books = make_books(t, 3, 3);
+    background_mix b = {.t = t, .users = users, .user_count = USERS, .books = books, .book_count = 3};
+    pthread_create(&b.thread, NULL, background_mix_main, &b);
+    harness_sleep_ms(700);
+    int port = s.mypage.port;
+    cr_assert_eq(harness_process_stop(&s.mypage, SIGKILL, 5000), 128 + SIGKILL);
+    harness_sleep_ms(500);
+    char port_env[32];
+    snprintf(port_env, sizeof port_env, "GRPC_PORT=%d", port);
+    const char *restart_env[] = {"EVENT_ACK_WAIT=2s", port_env, NULL};
+    cr_assert(fixture_start_mypage(s.dir, s.nats.url, s.redis.url, restart_env, &s.mypage),
+              "mypage did not restart: %s", s.mypage.log_path);
+    pthread_join(b.thread, NULL);
+    expect_pages_match(t, users, USERS, 15000);
+    test_stack_stop(&s);
+}
+
+static void redis_command(const harness_process *redis, const char *command) {
+    redisContext *c = redisConnect("127.0.0.1", redis->port);
+    cr_assert(c != NULL && c->err == 0, "cannot reach redis");
+    redisReply *reply = redisCommand(c, command);
+    cr_assert(reply != NULL && reply->type != REDIS_REPLY_ERROR, "%s failed", command);
+    freeReplyObject(reply);
+    redisFree(c);
+}
+
+static int rebuild(test_stack *s) {
+    char nats_env[160], redis_env[160];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s->nats.url);
+    snprintf(redis_env, sizeof redis_env, "REDIS_URL=%s", s->redis.url);
+    const char *env[] = {nats_env, redis_env, NULL};
+    return harness_service_run("mypage", "--rebuild", s->dir, env, 60000);
+}
+
+typedef struct reader {
+    pthread_t thread;
+    target t;
+    const char *const *users;
+    int user_count;
+    uint8_t **expected;
+    const size_t *sizes;
+    volatile bool stop;
+    int reads, wrong, failed;
+} reader;
+
+/* Reads pages in a loop and counts answers that are not OK or not the expected page. */
+static void *reader_main(void *arg) {
+    reader *r = arg;
+    arena *a = arena_create(0);
+    const char *bearer = harness_bearer(a, r->t.dir, "admin", true);
+    while (!r->stop) {
+        for (int u = 0; u < r->user_count; u++) {
+            Library__Mypage__V1__GetMypageRequest request = LIBRARY__MYPAGE__V1__GET_MYPAGE_REQUEST__INIT;
+            request.user_id = (char *)r->users[u];
+            ProtobufCMessage *response = NULL;
+            status st;
+            r->reads++;
+            if (harness_call(r->t.mypage, MYPAGE "GetMypage", &request.base,
+                             &library__mypage__v1__mypage__descriptor, a, bearer, &response, &st) != STATUS_OK) {
+                r->failed++;
+                continue;
+            }
+            size_t size = 0;
+            uint8_t *packed = arena_pack(a, response, &size);
+            r->wrong += size != r->sizes[u] || memcmp(packed, r->expected[u], size) != 0;
+        }
+        arena_reset(a);
+        bearer = harness_bearer(a, r->t.dir, "admin", true);
+    }
+    arena_destroy(a);
+    return NULL;
+}
+
+Test(mypage, flushall_then_rebuild_gives_the_same_pages_and_reads_never_stop) {
+    test_stack s;
+    test_stack_start(&s, "rebuild", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    enum { USERS = 10 };
+    const char **users = make_users(USERS, "rebuild");
+    const char **books = make_books(t, 3, 2);
+    run_mix(t, users, USERS, books, 3, 2, 40);
+    expect_pages_match(t, users, USERS, 10000);
+    size_t sizes[USERS];
+    uint8_t **before = snapshot(t, users, USERS, sizes);
+
+    redis_command(&s.redis, "FLUSHALL");
+    cr_assert_eq(page_of(t, users[0])->n_loans, 0, "FLUSHALL should have emptied the pages");
+    cr_assert_eq(rebuild(&s), 0, "mypage --rebuild failed; log in %s", s.dir);
+    expect_same_pages(t, users, USERS, before, sizes);
+
+    /* a rebuild while readers read: every read answers, and with the same page */
+    reader r = {.t = t, .users = users, .user_count = USERS, .expected = before, .sizes = sizes};
+    pthread_create(&r.thread, NULL, reader_main, &r);
+    harness_sleep_ms(200);
+    cr_assert_eq(rebuild(&s), 0, "the second rebuild failed; log in %s", s.dir);
+    harness_sleep_ms(200);
+    r.stop = true;
+    pthread_join(r.thread, NULL);
+    cr_assert_eq(r.failed, 0, "%d of %d reads failed during the rebuild", r.failed, r.reads);
+    cr_assert_eq(r.wrong, 0, "%d of %d reads saw another page during the rebuild", r.wrong, r.reads);
+    cr_assert_gt(r.reads, USERS);
+    expect_same_pages(t, users, USERS, before, sizes);
+    /* the old generation's keys are gone: only the pages in use (and the counters) remain */
+    redisContext *c = redisConnect("127.0.0.1", s.redis.port);
+    redisReply *reply = redisCommand(c, "DBSIZE");
+    cr_assert_eq(reply->integer, USERS + 2, "Redis holds %lld keys", reply->integer);
+    freeReplyObject(reply);
+    redisFree(c);
+    cr_log_info("rebuild under %d reads: 0 failed, 0 different", r.reads);
+    test_stack_stop(&s);
+}
+
+Test(mypage, redis_down_gives_unavailable_fast_and_loses_no_event) {
+    test_stack s;
+    test_stack_start(&s, "redis-outage", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    enum { USERS = 6 };
+    const char **users = make_users(USERS, "outage");
+    const char **books = make_books(t, 2, 3);
+    run_mix(t, users, USERS, books, 2, 2, 10);
+    expect_pages_match(t, users, USERS, 10000);
+
+    int port = s.redis.port;
+    cr_assert_eq(harness_process_stop(&s.redis, SIGTERM, 5000), 0);
+    Mypage *page = NULL;
+    status st;
+    int64_t start = harness_now_ms();
+    status_code code = get_page(t, harness_bearer(mem, s.dir, users[0], false), NULL, &page, &st);
+    int64_t elapsed = harness_now_ms() - start;
+    cr_assert_eq(code, STATUS_UNAVAILABLE, "got %s: %s", status_code_name(code), st.message);
+    cr_assert_lt(elapsed, 1000, "UNAVAILABLE took %lld ms", (long long)elapsed);
+
+    /* the saga goes on without Redis */
+    int operations = run_mix(t, users, USERS, books, 2, 2, 15);
+    cr_assert_gt(operations, 0);
+    cr_assert(harness_redis_start(s.dir, port, &s.redis), "redis did not restart");
+    expect_pages_match(t, users, USERS, 15000);
+    cr_log_info("GetMypage answered UNAVAILABLE in %lld ms with Redis down", (long long)elapsed);
+    test_stack_stop(&s);
+}
+
+Test(mypage, overdue_loans_are_counted) {
+    const char *env[] = {"LOAN_PERIOD=2s", "RECONCILE_INTERVAL=500ms", NULL};
+    test_stack s;
+    test_stack_start(&s, "overdue", env, true, mypage_env);
+    target t = stack_target(&s);
+    const char **books = make_books(t, 1, 2);
+    const char *user = unique("late");
+    Loan *loan = NULL;
+    status st;
+    cr_assert_eq(borrow_as(t, mem, user, books[0], &loan, &st), STATUS_OK);
+    harness_sleep_ms(3000);
+    const char *users[] = {user};
+    expect_pages_match(t, users, 1, 5000);
+    Mypage *page = page_of(t, user);
+    cr_assert_eq(page->borrowed_count, 1);
+    cr_assert_eq(page->overdue_count, 1);
+    test_stack_stop(&s);
+}
