@@ -42,6 +42,7 @@ typedef struct bench_config {
     double soak_seconds;
     int shapes[MAX_SHAPES][2];
     int shape_count;
+    const char *only; /* run only measurements whose name contains this (profiling) */
 } bench_config;
 
 static bench_result results[MAX_RESULTS];
@@ -67,6 +68,10 @@ static void progress(const bench_result *r) {
             r->connections, r->streams, result_rate(r),
             (double)histogram_quantile(&r->latency, 0.99) / 1000.0,
             (unsigned long long)(r->errors), r->first_error[0] ? "  first: " : "", r->first_error);
+}
+
+static bool wanted(const bench_config *c, const char *name) {
+    return c->only == NULL || strstr(name, c->only) != NULL;
 }
 
 static const bench_result *find(const char *name, int connections, int streams, bool paced) {
@@ -108,6 +113,8 @@ static load_step noop_reply(void *state, int slot, int method, const uint8_t *by
 
 static void run_noop(const bench_config *c, fixture *f, const char *name, const char *target,
                      bool with_token, int connections, int streams) {
+    if (!wanted(c, name))
+        return;
     load_plan plan = {.methods = noop_methods, .method_count = 2, .state = f,
                       .begin = with_token ? noop_auth_begin : noop_begin, .reply = noop_reply};
     load_options options = {.targets = &target, .target_count = 1, .connections = connections,
@@ -122,6 +129,8 @@ static void run_noop(const bench_config *c, fixture *f, const char *name, const 
 
 static bench_result *run_workload(const bench_config *c, fixture *f, workload_kind kind,
                                   int connections, int streams, double rate) {
+    if (!wanted(c, workload_name(kind)))
+        return NULL;
     bench_result *r = result_new();
     if ((kind == WORKLOAD_GET_MYPAGE && f->mypage == NULL)) {
         memset(r, 0, sizeof *r);
@@ -162,12 +171,12 @@ static long rss_kb(int pid) {
     return kb;
 }
 
-/* Calls the service's cheapest read soak_calls/10 times, notes RSS, then up to soak_calls
- * in all (or until soak_seconds), notes RSS again. */
+/* Calls the service's cheapest read soak_calls/10 times (at most soak_seconds/2), notes RSS,
+ * then up to soak_calls in all (at most soak_seconds more), notes RSS again. */
 static void soak(const bench_config *c, fixture *f, const service_target *service,
                  workload_kind kind, rss_sample *sample) {
     sample->workload = workload_name(kind);
-    if (!sample->measured || service->address == NULL)
+    if (!sample->measured || service->address == NULL || !wanted(c, "soak"))
         return;
     load_plan plan;
     const char *targets[3];
@@ -176,7 +185,8 @@ static void soak(const bench_config *c, fixture *f, const service_target *servic
     int connections = c->shapes[c->shape_count - 1][0], streams = c->shapes[c->shape_count - 1][1];
     load_options options = {.targets = targets, .target_count = target_count,
                             .connections = connections, .streams = streams,
-                            .max_operations = c->soak_calls / 10};
+                            .max_operations = c->soak_calls / 10,
+                            .seconds = c->soak_seconds / 2};
     char name[48];
     snprintf(name, sizeof name, "%s soak", workload_name(kind));
     bench_result *first = result_new();
@@ -278,7 +288,7 @@ static void usage(void) {
             "             --catalog ADDR --catalog-pid PID --lending ADDR --lending-pid PID\n"
             "             [--mypage ADDR --mypage-pid PID] [--smoke] [--json PATH]\n"
             "             [--machine TEXT] [--seconds S] [--warmup S] [--books N]\n"
-            "             [--soak-calls N] [--soak-seconds S]\n"
+            "             [--soak-calls N] [--soak-seconds S] [--only NAME-PART]\n"
             "Normally run through tools/bench, which starts every server.\n");
     exit(2);
 }
@@ -319,6 +329,7 @@ static void parse(int argc, char **argv, bench_config *c) {
         else if (strcmp(a, "--books") == 0) books = atoi(v);
         else if (strcmp(a, "--soak-calls") == 0) soak_calls = atoll(v);
         else if (strcmp(a, "--soak-seconds") == 0) soak_seconds = atof(v);
+        else if (strcmp(a, "--only") == 0) c->only = v;
         else usage();
     }
     if (!c->keys || !c->raw || !c->framework || !c->nats || !c->redis || !c->services[0].address ||
@@ -334,11 +345,11 @@ static void parse(int argc, char **argv, bench_config *c) {
         c->shapes[0][0] = c->shapes[0][1] = 1;
         c->shapes[1][0] = c->shapes[1][1] = 4;
     } else {
-        c->seconds = 5;
+        c->seconds = 4;
         c->warmup = 1;
         c->books = 10000;
         c->soak_calls = 1000000;
-        c->soak_seconds = 100;
+        c->soak_seconds = 50; /* per service: keeps the whole run, build included, under 10 min */
         c->shape_count = 2;
         c->shapes[0][0] = c->shapes[0][1] = 1;
         c->shapes[1][0] = c->shapes[1][1] = 16;
@@ -395,16 +406,24 @@ int main(int argc, char **argv) {
         run_noop(&c, &f, "R2 libshared no-op + JWT", c.framework, true, n, m);
         reference_options options = {.connections = n, .streams = m,
                                      .warmup_seconds = c.warmup, .seconds = c.seconds};
-        reference_jetstream_publish(c.nats, &options, result_new());
-        progress(&results[result_count - 1]);
-        reference_redis_get(redis_host, redis_port, &options, result_new());
-        progress(&results[result_count - 1]);
+        if (wanted(&c, "R3 JetStream publish")) {
+            reference_jetstream_publish(c.nats, &options, result_new());
+            progress(&results[result_count - 1]);
+        }
+        if (wanted(&c, "R4 Redis GET")) {
+            reference_redis_get(redis_host, redis_port, &options, result_new());
+            progress(&results[result_count - 1]);
+        }
     }
 
     /* Data: the search corpus, a book per slot, mypage pages. */
     int max_n = c.shapes[c.shape_count - 1][0], max_m = c.shapes[c.shape_count - 1][1];
-    bench_result *seeding = result_new();
-    if (!fixture_seed_books(&f, c.books, max_n, max_m, seeding)) {
+    bool any_workload = c.only == NULL || strstr("GetBook SearchBooks GetMypage BorrowBook+ReturnBook "
+                                                 "Mixed 90/10 GetLoan soak", c.only) != NULL;
+    bench_result *seeding = any_workload ? result_new() : NULL;
+    if (!any_workload) {
+        setup_ok = true;
+    } else if (!fixture_seed_books(&f, c.books, max_n, max_m, seeding)) {
         setup_ok = false;
     } else {
         progress(seeding);
@@ -415,14 +434,14 @@ int main(int argc, char **argv) {
         }
     }
 
-    if (setup_ok) {
+    if (setup_ok && any_workload) {
         for (int i = 0; i < c.shape_count; i++) {
             int n = c.shapes[i][0], m = c.shapes[i][1];
             run_workload(&c, &f, WORKLOAD_GET_BOOK, n, m, 0);
             run_workload(&c, &f, WORKLOAD_SEARCH_BOOKS, n, m, 0);
             run_workload(&c, &f, WORKLOAD_GET_MYPAGE, n, m, 0);
             bench_result *peak = run_workload(&c, &f, WORKLOAD_BORROW_RETURN, n, m, 0);
-            if (i == c.shape_count - 1 && result_rate(peak) > 0)
+            if (i == c.shape_count - 1 && peak && result_rate(peak) > 0)
                 run_workload(&c, &f, WORKLOAD_BORROW_RETURN, n, m, result_rate(peak) / 2);
             run_workload(&c, &f, WORKLOAD_MIXED, n, m, 0);
         }
