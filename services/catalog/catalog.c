@@ -92,6 +92,33 @@ status_code catalog_check_book_id(const char *book_id, status *st) {
     return STATUS_OK;
 }
 
+status_code catalog_check_register(const char *title, const char *author, const char *isbn,
+                                   int32_t copies, const char *request_id, status *st) {
+    if (catalog_check_title(title, "title", true, st) ||
+        catalog_check_author(author, "author", true, st) || catalog_check_isbn(isbn, st) ||
+        catalog_check_copies(copies, st) || catalog_check_request_id(request_id, st))
+        return st->code;
+    return STATUS_OK;
+}
+
+status_code catalog_check_update(const char *book_id, const char *title, const char *author,
+                                 const char *isbn, status *st) {
+    if (catalog_check_book_id(book_id, st) || catalog_check_title(title, "title", false, st) ||
+        catalog_check_author(author, "author", false, st) || catalog_check_isbn(isbn, st))
+        return st->code;
+    if ((title == NULL || title[0] == '\0') && (author == NULL || author[0] == '\0') &&
+        (isbn == NULL || isbn[0] == '\0'))
+        return status_set(st, STATUS_INVALID_ARGUMENT, "NOTHING_TO_UPDATE",
+                          "set at least one of title, author or isbn");
+    return STATUS_OK;
+}
+
+status_code catalog_check_adjust(const char *book_id, const char *request_id, status *st) {
+    if (catalog_check_book_id(book_id, st) || catalog_check_request_id(request_id, st))
+        return st->code;
+    return STATUS_OK;
+}
+
 void catalog_new_book_id(const char *caller, const char *request_id,
                          char out[CATALOG_BOOK_ID_MAX + 1]) {
     if (request_id == NULL || request_id[0] == '\0') {
@@ -216,4 +243,18 @@ status_code catalog_page_token_decode(arena *a, const char *token, const char *q
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     *has_cursor = true;
     return STATUS_OK;
+}
+
+status_code catalog_search_parse(arena *a, const char *query, int32_t page_size,
+                                 const char *page_token, catalog_search *out, status *st) {
+    size_t query_length = query ? strlen(query) : 0;
+    if (query_length > CATALOG_QUERY_MAX)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_TOO_LONG",
+                          "query is %zu bytes long; at most %d are allowed", query_length,
+                          CATALOG_QUERY_MAX);
+    if (catalog_page_size(page_size, &out->page_size, st))
+        return st->code;
+    catalog_fold(query, out->query_folded, sizeof out->query_folded);
+    return catalog_page_token_decode(a, page_token, out->query_folded, &out->cursor,
+                                     &out->has_cursor, st);
 }

@@ -35,6 +35,15 @@ status_code catalog_check_request_id(const char *request_id, status *st);
  * (including NATS subject wildcards) is INVALID_ARGUMENT before it reaches the store. */
 status_code catalog_check_book_id(const char *book_id, status *st);
 
+/* The checks of whole requests, one per method, shared by the handlers and the fuzz
+ * harnesses (tests/fuzz). Each returns the first problem found, naming its field. */
+status_code catalog_check_register(const char *title, const char *author, const char *isbn,
+                                   int32_t copies, const char *request_id, status *st);
+/* At least one of title, author and isbn must be set (NOTHING_TO_UPDATE otherwise). */
+status_code catalog_check_update(const char *book_id, const char *title, const char *author,
+                                 const char *isbn, status *st);
+status_code catalog_check_adjust(const char *book_id, const char *request_id, status *st);
+
 /* A new id: 20 random hex digits. With a request id, the id is derived from
  * (caller, request_id) instead, so a retried RegisterBook finds the book it made. */
 void catalog_new_book_id(const char *caller, const char *request_id, char out[CATALOG_BOOK_ID_MAX + 1]);
@@ -70,5 +79,16 @@ char *catalog_page_token_encode(arena *a, const char *query_folded, const catalo
  * naming page_token. */
 status_code catalog_page_token_decode(arena *a, const char *token, const char *query_folded,
                                       catalog_cursor *cursor, bool *has_cursor, status *st);
+
+/* A SearchBooks request, checked and decoded: the query (at most CATALOG_QUERY_MAX bytes)
+ * folded, the page size applied, the page token decoded against the query. */
+typedef struct catalog_search {
+    char query_folded[CATALOG_QUERY_MAX + 1];
+    int32_t page_size;
+    catalog_cursor cursor; /* valid when has_cursor; strings in the arena */
+    bool has_cursor;
+} catalog_search;
+status_code catalog_search_parse(arena *a, const char *query, int32_t page_size,
+                                 const char *page_token, catalog_search *out, status *st);
 
 #endif

@@ -26,9 +26,8 @@ static status_code register_book(void *state, rpc_context *ctx, const ProtobufCM
     catalog_handlers *h = state;
     const Library__Catalog__V1__RegisterBookRequest *req = (const void *)request;
     arena *a = rpc_context_arena(ctx);
-    if (catalog_check_title(req->title, "title", true, st) ||
-        catalog_check_author(req->author, "author", true, st) || catalog_check_isbn(req->isbn, st) ||
-        catalog_check_copies(req->copies, st) || catalog_check_request_id(req->request_id, st))
+    if (catalog_check_register(req->title, req->author, req->isbn, req->copies, req->request_id,
+                               st))
         return st->code;
 
     book_message *book = (void *)arena_new_message(a, &library__catalog__v1__book__descriptor);
@@ -82,13 +81,8 @@ static status_code update_book(void *state, rpc_context *ctx, const ProtobufCMes
                                ProtobufCMessage **response, status *st) {
     catalog_handlers *h = state;
     const Library__Catalog__V1__UpdateBookRequest *req = (const void *)request;
-    if (catalog_check_book_id(req->book_id, st) ||
-        catalog_check_title(req->title, "title", false, st) ||
-        catalog_check_author(req->author, "author", false, st) || catalog_check_isbn(req->isbn, st))
+    if (catalog_check_update(req->book_id, req->title, req->author, req->isbn, st))
         return st->code;
-    if (req->title[0] == '\0' && req->author[0] == '\0' && req->isbn[0] == '\0')
-        return status_set(st, STATUS_INVALID_ARGUMENT, "NOTHING_TO_UPDATE",
-                          "set at least one of title, author or isbn");
     book_record *record = NULL;
     status_code code = book_store_update(h->store, req->book_id, rpc_context_arena(ctx),
                                          apply_update, (void *)req, &record, st);
@@ -161,7 +155,7 @@ static status_code adjust_stock(void *state, rpc_context *ctx, const ProtobufCMe
                                 ProtobufCMessage **response, status *st) {
     catalog_handlers *h = state;
     const Library__Catalog__V1__AdjustStockRequest *req = (const void *)request;
-    if (catalog_check_book_id(req->book_id, st) || catalog_check_request_id(req->request_id, st))
+    if (catalog_check_adjust(req->book_id, req->request_id, st))
         return st->code;
     char key[65];
     adjust_job job = {.delta = req->delta};
@@ -244,29 +238,20 @@ static status_code search_books(void *state, rpc_context *ctx, const ProtobufCMe
     catalog_handlers *h = state;
     const Library__Catalog__V1__SearchBooksRequest *req = (const void *)request;
     arena *a = rpc_context_arena(ctx);
-    size_t query_length = strlen(req->query);
-    if (query_length > CATALOG_QUERY_MAX)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_TOO_LONG",
-                          "query is %zu bytes long; at most %d are allowed", query_length,
-                          CATALOG_QUERY_MAX);
-    int32_t page_size = 0;
-    if (catalog_page_size(req->page_size, &page_size, st))
+    catalog_search search;
+    if (catalog_search_parse(a, req->query, req->page_size, req->page_token, &search, st))
         return st->code;
-    char query[CATALOG_QUERY_MAX + 1];
-    catalog_fold(req->query, query, sizeof query);
-    catalog_cursor cursor;
-    bool has_cursor = false;
-    if (catalog_page_token_decode(a, req->page_token, query, &cursor, &has_cursor, st))
-        return st->code;
+    const char *query = search.query_folded;
+    size_t page_size = (size_t)search.page_size;
 
-    search_page page = {.arena = a, .books = arena_alloc(a, (size_t)page_size * sizeof(book_message *))};
+    search_page page = {.arena = a, .books = arena_alloc(a, page_size * sizeof(book_message *))};
     Library__Catalog__V1__SearchBooksResponse *out =
         (void *)arena_new_message(a, &library__catalog__v1__search_books_response__descriptor);
     if (page.books == NULL || out == NULL)
         return out_of_memory(st);
     bool more = false;
-    book_index_search(book_store_index(h->store), query, has_cursor ? &cursor : NULL,
-                      (size_t)page_size, collect_book, &page, &more);
+    book_index_search(book_store_index(h->store), query, search.has_cursor ? &search.cursor : NULL,
+                      page_size, collect_book, &page, &more);
     if (page.failed)
         return out_of_memory(st);
     out->books = page.books;

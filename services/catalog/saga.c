@@ -18,13 +18,6 @@ struct catalog_saga {
     event_consumer *consumer;
 };
 
-typedef struct decision_job {
-    const char *loan_id;
-    bool reserve;  /* LoanRequested: true; LoanReturned: false */
-    bool reserved; /* the outcome of a reservation */
-    int32_t available;
-} decision_job;
-
 static ssize_t find_string(char **list, size_t count, const char *value) {
     for (size_t i = 0; i < count; i++)
         if (strcmp(list[i], value) == 0)
@@ -56,8 +49,9 @@ static status_code touch(arena *a, book_record *record) {
     return record->book->update_time ? STATUS_OK : STATUS_RESOURCE_EXHAUSTED;
 }
 
-static status_code decide(void *arg, arena *a, book_record *record, bool *changed, status *st) {
-    decision_job *job = arg;
+status_code catalog_saga_decide(void *arg, arena *a, book_record *record, bool *changed,
+                                status *st) {
+    catalog_decision *job = arg;
     Library__Catalog__V1__Book *book = record->book;
     *changed = false;
     ssize_t on_hand = find_string(record->loans_on_hand, record->n_loans_on_hand, job->loan_id);
@@ -118,9 +112,9 @@ static event *answer_new(arena *a, const event *cause, const char *kind, const c
 
 static status_code on_loan_requested(catalog_saga *saga, arena *a, const event *cause, status *st) {
     const Library__Events__V1__LoanRequested *request = cause->loan_requested;
-    decision_job job = {.loan_id = request->loan_id, .reserve = true};
+    catalog_decision job = {.loan_id = request->loan_id, .reserve = true};
     book_record *record = NULL;
-    status_code code = book_store_update(saga->store, request->book_id, a, decide, &job, &record, st);
+    status_code code = book_store_update(saga->store, request->book_id, a, catalog_saga_decide, &job, &record, st);
     if (code == STATUS_NOT_FOUND)
         job.reserved = false; /* no such book: nothing to lend */
     else if (code != STATUS_OK)
@@ -151,9 +145,9 @@ static status_code on_loan_requested(catalog_saga *saga, arena *a, const event *
 
 static status_code on_loan_returned(catalog_saga *saga, arena *a, const event *cause, status *st) {
     const Library__Events__V1__LoanReturned *returned = cause->loan_returned;
-    decision_job job = {.loan_id = returned->loan_id, .reserve = false};
+    catalog_decision job = {.loan_id = returned->loan_id, .reserve = false};
     book_record *record = NULL;
-    status_code code = book_store_update(saga->store, returned->book_id, a, decide, &job, &record, st);
+    status_code code = book_store_update(saga->store, returned->book_id, a, catalog_saga_decide, &job, &record, st);
     if (code != STATUS_OK && code != STATUS_NOT_FOUND)
         return code;
     event *e = answer_new(a, cause, "copy-released", returned->loan_id);

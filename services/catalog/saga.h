@@ -5,11 +5,27 @@
 #ifndef CATALOG_SAGA_H
 #define CATALOG_SAGA_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include "book_store.h"
 #include "nats_connection.h"
 #include "status.h"
 
 typedef struct catalog_saga catalog_saga;
+
+/* One decision about one loan on a book record, as the consumer makes it inside the
+ * compare-and-set loop (a book_change): LoanRequested (reserve) takes a copy when one is free
+ * and remembers the answer, so asking again gets the same answer; LoanReturned gives the
+ * loan's copy back once. Declared here so the fuzz harness can call it without NATS. */
+typedef struct catalog_decision {
+    const char *loan_id;
+    bool reserve;  /* LoanRequested: true; LoanReturned: false */
+    bool reserved; /* the outcome of a reservation */
+    int32_t available;
+} catalog_decision;
+status_code catalog_saga_decide(void *decision, arena *a, book_record *record, bool *changed,
+                                status *st);
 
 status_code catalog_saga_start(nats_connection *connection, book_store *store, int64_t ack_wait_ms,
                                catalog_saga **out, status *st);
