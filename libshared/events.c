@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "metrics.h"
 
 enum {
     FETCH_BATCH = 64,
@@ -54,6 +55,15 @@ status_code events_ensure_stream(nats_connection *connection, int replicas, stat
     return nats_status_to_status(s, "creating the event stream", st);
 }
 
+static metric_series *published_series(const char *subject) {
+    const char *const labels[] = {"subject", NULL};
+    const char *const values[] = {subject, NULL};
+    return metrics_series(metrics_counter("library_events_published_total",
+                                          "Events published to the LIBRARY stream and acknowledged.",
+                                          labels),
+                          values);
+}
+
 status_code events_publish(nats_connection *connection, const char *subject, const event *e,
                            status *st) {
     if (!nats_connection_is_up(connection))
@@ -85,6 +95,7 @@ status_code events_publish(nats_connection *connection, const char *subject, con
         snprintf(what, sizeof what, "publishing %s", subject);
         return nats_status_to_status(s, what, st);
     }
+    metric_add(published_series(subject), 1);
     return STATUS_OK;
 }
 
@@ -96,6 +107,7 @@ struct event_consumer {
     natsSubscription *subscription;
     pthread_t thread;
     atomic_bool stopping;
+    metric_series *handled, *retried, *dropped, *pending;
 };
 
 static bool retryable(status_code code) {
@@ -108,11 +120,13 @@ static void handle_message(event_consumer *consumer, natsMsg *message) {
     jsMsgMetaData *meta = NULL;
     if (natsMsg_GetMetaData(&meta, message) == NATS_OK) {
         sequence = meta->Sequence.Stream;
+        metric_set(consumer->pending, (double)meta->NumPending); /* the consumer's lag */
         jsMsgMetaData_Destroy(meta);
     }
     event *e = library__events__v1__event__unpack(NULL, (size_t)natsMsg_GetDataLength(message),
                                                   (const uint8_t *)natsMsg_GetData(message));
     if (e == NULL) {
+        metric_add(consumer->dropped, 1);
         LOG_ERROR("%s: message %llu on %s is not an Event; dropping it", consumer->durable,
                   (unsigned long long)sequence, natsMsg_GetSubject(message));
         natsMsg_Term(message, NULL);
@@ -128,14 +142,19 @@ static void handle_message(event_consumer *consumer, natsMsg *message) {
     status_clear(&st);
     status_code code = consumer->options.handler(consumer->options.arg, e, sequence, &st);
     if (code == STATUS_OK) {
+        LOG_DEBUG("%s: handled event %s (stream sequence %llu)", consumer->durable, e->event_id,
+                  (unsigned long long)sequence);
         natsMsg_Ack(message, NULL);
+        metric_add(consumer->handled, 1);
     } else if (retryable(code)) {
         LOG_WARN("%s: event %s will be retried: %s", consumer->durable, e->event_id, st.message);
         natsMsg_NakWithDelay(message, consumer->options.retry_delay_ms, NULL);
+        metric_add(consumer->retried, 1);
     } else {
         LOG_ERROR("%s: event %s cannot be handled (%s): %s; terminating it", consumer->durable,
                   e->event_id, status_code_name(code), st.message);
         natsMsg_Term(message, NULL);
+        metric_add(consumer->dropped, 1);
     }
     log_set_trace_id(NULL);
     library__events__v1__event__free_unpacked(e, NULL);
@@ -198,6 +217,20 @@ status_code event_consumer_start(nats_connection *connection, const event_consum
     snprintf(consumer->durable, sizeof consumer->durable, "%s", options->durable);
     snprintf(consumer->filter, sizeof consumer->filter, "%s", options->filter_subject);
     atomic_init(&consumer->stopping, false);
+    const char *const labels[] = {"consumer", "result", NULL};
+    metric_family *consumed = metrics_counter(
+        "library_events_consumed_total",
+        "Events a durable consumer took: handled (acked), retried (redelivered later) or dropped.",
+        labels);
+    consumer->handled = metrics_series(consumed, (const char *[]){consumer->durable, "handled", NULL});
+    consumer->retried = metrics_series(consumed, (const char *[]){consumer->durable, "retried", NULL});
+    consumer->dropped = metrics_series(consumed, (const char *[]){consumer->durable, "dropped", NULL});
+    consumer->pending = metrics_series(
+        metrics_gauge("library_event_consumer_pending",
+                      "Events in the stream the consumer has not been given yet (its lag), as of "
+                      "the last event it received.",
+                      (const char *[]){"consumer", NULL}),
+        (const char *[]){consumer->durable, NULL});
 
     status_code code = consumer_declare(connection, consumer, st);
     if (code != STATUS_OK) {

@@ -24,6 +24,7 @@
 
 #include "health.h"
 #include "log.h"
+#include "metrics.h"
 #include "reflection.h"
 #include "rpc_internal.h"
 #include "status_details.h"
@@ -34,7 +35,17 @@ enum {
     MAX_SERVICES = 16,
     REQUESTS_PER_METHOD = 8, /* calls kept requested per method and completion queue */
     STREAM_QUEUE_LIMIT = 256,
+    STATUS_CODE_COUNT = 17,
+    SUMMARY_INTERVAL_MS = 60000, /* how often the access summary is logged at info */
 };
+
+/* The Prometheus series of one method (or of all unknown methods), resolved at registration;
+ * a handled series per status code is resolved on its first use. */
+typedef struct method_metrics {
+    const char *type, *service, *method; /* label values */
+    metric_series *started, *seconds, *shed;
+    _Atomic(metric_series *) handled[STATUS_CODE_COUNT];
+} method_metrics;
 
 typedef struct registered_method {
     rpc_server *server;
@@ -42,6 +53,7 @@ typedef struct registered_method {
     const rpc_method *method;
     char *path;
     void *handle;
+    method_metrics metrics;
 } registered_method;
 
 /* A call requested from the core, waiting for a client. */
@@ -97,6 +109,9 @@ struct rpc_context {
     grpc_byte_buffer *payload;
     arena *arena;
     atomic_int refs;
+    int64_t started_ns;
+    status_code final_code; /* the status sent; CANCELLED until one is */
+    char final_message[160];
     auth_identity caller;
     bool has_caller;
     const char *authorization;
@@ -146,6 +161,13 @@ struct rpc_server {
     bool started, shutting_down, shutdown_done;
     cq_tag shutdown_tag;
     atomic_bool draining;
+
+    method_metrics unknown_metrics;
+    /* the access summary: totals since start, and a thread that logs them every minute */
+    atomic_llong calls_total, errors_total, shed_total;
+    pthread_t summary_thread;
+    bool summary_running;
+    pthread_cond_t summary_wake; /* with shutdown_lock */
 };
 
 static void request_post(call_request *request);
@@ -153,6 +175,12 @@ static void call_release(rpc_context *call);
 static void stream_pump_locked(rpc_context *call);
 
 /* --- helpers ---------------------------------------------------------------------- */
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
 
 static int64_t now_ms(void) {
     gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
@@ -251,6 +279,108 @@ static void call_init_trace(rpc_context *call) {
     call->trace_id[32] = '\0';
 }
 
+/* --- metrics ---------------------------------------------------------------------- */
+
+/* The standard gRPC server metrics (the names of go-grpc-prometheus and its successors). */
+static metric_family *started_family, *handled_family, *seconds_family, *shed_family;
+static pthread_once_t families_once = PTHREAD_ONCE_INIT;
+
+static void families_register(void) {
+    const char *const method_labels[] = {"grpc_type", "grpc_service", "grpc_method", NULL};
+    const char *const code_labels[] = {"grpc_type", "grpc_service", "grpc_method", "grpc_code", NULL};
+    started_family = metrics_counter("grpc_server_started_total",
+                                     "RPCs started on the server.", method_labels);
+    handled_family = metrics_counter("grpc_server_handled_total",
+                                     "RPCs completed on the server, by status code.", code_labels);
+    seconds_family = metrics_histogram("grpc_server_handling_seconds",
+                                       "Time from receiving an RPC to its status being sent.",
+                                       method_labels, metrics_duration_buckets,
+                                       metrics_duration_bucket_count);
+    shed_family = metrics_counter("grpc_server_shed_total",
+                                  "RPCs refused with RESOURCE_EXHAUSTED over the in-flight limit.",
+                                  method_labels);
+}
+
+static void method_metrics_init(method_metrics *m, const char *type, const char *service,
+                                const char *method) {
+    pthread_once(&families_once, families_register);
+    m->type = type;
+    m->service = service;
+    m->method = method;
+    const char *const labels[] = {type, service, method, NULL};
+    m->started = metrics_series(started_family, labels);
+    m->seconds = metrics_series(seconds_family, labels);
+    m->shed = metrics_series(shed_family, labels);
+    for (int i = 0; i < STATUS_CODE_COUNT; i++)
+        atomic_init(&m->handled[i], NULL);
+}
+
+static metric_series *method_handled(method_metrics *m, status_code code) {
+    int index = (int)code >= 0 && (int)code < STATUS_CODE_COUNT ? (int)code : (int)STATUS_UNKNOWN;
+    metric_series *series = atomic_load_explicit(&m->handled[index], memory_order_acquire);
+    if (series == NULL) { /* two threads may both look it up: the registry returns one series */
+        const char *const labels[] = {m->type, m->service, m->method, status_code_name((status_code)index), NULL};
+        series = metrics_series(handled_family, labels);
+        atomic_store_explicit(&m->handled[index], series, memory_order_release);
+    }
+    return series;
+}
+
+static method_metrics *call_metrics(rpc_context *call);
+
+/* A call is over: count it, time it, and log it at debug with its trace id. */
+static void call_record(rpc_context *call) {
+    method_metrics *m = call_metrics(call);
+    double seconds = (double)(now_ns() - call->started_ns) / 1e9;
+    metric_add(method_handled(m, call->final_code), 1);
+    metric_observe(m->seconds, seconds);
+    rpc_server *server = call->server;
+    atomic_fetch_add_explicit(&server->calls_total, 1, memory_order_relaxed);
+    if (call->final_code != STATUS_OK)
+        atomic_fetch_add_explicit(&server->errors_total, 1, memory_order_relaxed);
+    if (log_enabled(LOG_LEVEL_DEBUG)) {
+        const char *request_id = rpc_context_metadata(call, "x-request-id");
+        log_set_trace_id(call->trace_id);
+        LOG_DEBUG("/%s/%s -> %s in %.3f ms%s%.64s%s%s", m->service, m->method,
+                  status_code_name(call->final_code), seconds * 1000,
+                  request_id ? " x-request-id=" : "", request_id ? request_id : "",
+                  call->final_message[0] ? ": " : "", call->final_message);
+        log_set_trace_id(NULL);
+    }
+}
+
+static void call_set_final(rpc_context *call, status_code code, const status *st) {
+    call->final_code = code;
+    if (code != STATUS_OK && st != NULL)
+        snprintf(call->final_message, sizeof call->final_message, "%.159s", st->message);
+}
+
+/* Logs at info, once a minute while there is traffic, what the server did: the access
+ * summary (each call is logged at debug). */
+static void *summary_main(void *arg) {
+    rpc_server *server = arg;
+    long long calls = 0, errors = 0, shed_calls = 0;
+    pthread_mutex_lock(&server->shutdown_lock);
+    while (!server->shutting_down) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += SUMMARY_INTERVAL_MS / 1000;
+        pthread_cond_timedwait(&server->summary_wake, &server->shutdown_lock, &until);
+        long long now_calls = atomic_load(&server->calls_total);
+        long long now_errors = atomic_load(&server->errors_total);
+        long long now_shed = atomic_load(&server->shed_total);
+        if (now_calls != calls)
+            LOG_INFO("served %lld calls in the last minute: %lld not OK, %lld shed; %d in flight",
+                     now_calls - calls, now_errors - errors, now_shed - shed_calls,
+                     atomic_load(&server->in_flight));
+        calls = now_calls;
+        errors = now_errors;
+        shed_calls = now_shed;
+    }
+    pthread_mutex_unlock(&server->shutdown_lock);
+    return NULL;
+}
+
 /* --- call lifetime ---------------------------------------------------------------- */
 
 static rpc_context *call_create(call_request *request) {
@@ -269,6 +399,9 @@ static rpc_context *call_create(call_request *request) {
     call->deadline = request->deadline;
     call->metadata = request->metadata;
     call->payload = request->payload;
+    call->started_ns = now_ns();
+    call->final_code = STATUS_CANCELLED;
+    metric_add(call_metrics(call)->started, 1);
     atomic_init(&call->refs, 1);
     pthread_mutex_init(&call->stream.lock, NULL);
     call_init_trace(call);
@@ -276,6 +409,7 @@ static rpc_context *call_create(call_request *request) {
 }
 
 static void call_free(rpc_context *call) {
+    call_record(call);
     rpc_stream *stream = &call->stream;
     for (queued_message *m = stream->head; m != NULL;) {
         queued_message *next = m->next;
@@ -319,6 +453,7 @@ static void on_reply_sent(void *self, bool ok) {
  * an error as one Trailers-Only HEADERS frame. */
 static void call_reply(rpc_context *call, status_code code, const status *st,
                        grpc_byte_buffer *message, int pushback_ms) {
+    call_set_final(call, code, st);
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     size_t n = 0;
@@ -349,6 +484,10 @@ static void call_reply(rpc_context *call, status_code code, const status *st,
 
 static void call_reply_error(rpc_context *call, status_code code, const status *st) {
     call_reply(call, code, st, NULL, 0);
+}
+
+static method_metrics *call_metrics(rpc_context *call) {
+    return call->method ? &call->method->metrics : &call->server->unknown_metrics;
 }
 
 /* --- request handling (worker threads) -------------------------------------------- */
@@ -405,7 +544,6 @@ static void call_run_unary(rpc_context *call, const ProtobufCMessage *request) {
     } else {
         if (st.code != code)
             st.code = code;
-        LOG_DEBUG("%s -> %s: %s", m->path, status_code_name(code), st.message);
         call_reply_error(call, code, &st);
     }
 }
@@ -439,7 +577,6 @@ static void call_process(rpc_context *call) {
     if (code == STATUS_OK)
         code = call_decode(call, call->payload, &request, &st);
     if (code != STATUS_OK) {
-        LOG_DEBUG("%s -> %s: %s", method_path(call), status_code_name(code), st.message);
         call_reply_error(call, code, &st);
     } else if (call->method->method->kind == RPC_KIND_UNARY) {
         call_run_unary(call, request);
@@ -580,6 +717,7 @@ static void stream_pump_locked(rpc_context *call) {
         }
         n++;
         s->status_sent = true;
+        call_set_final(call, s->finish_code, &s->finish_status);
         s->write_tag = (cq_tag){on_stream_written, call};
         stream_start_batch(call, ops, n);
     }
@@ -752,6 +890,8 @@ static void call_start_bidi(rpc_context *call) {
 /* --- requested calls (poller threads) --------------------------------------------- */
 
 static void shed(rpc_context *call) {
+    metric_add(call_metrics(call)->shed, 1);
+    atomic_fetch_add_explicit(&call->server->shed_total, 1, memory_order_relaxed);
     status st;
     status_set(&st, STATUS_RESOURCE_EXHAUSTED, "OVERLOADED",
                "the service is busy; retry after %d ms", call->server->options.retry_pushback_ms);
@@ -895,8 +1035,13 @@ status_code rpc_server_create(const rpc_server_options *options, rpc_server **ou
     pthread_mutex_init(&server->streams_lock, NULL);
     pthread_mutex_init(&server->shutdown_lock, NULL);
     pthread_cond_init(&server->shutdown_done_cond, NULL);
+    pthread_cond_init(&server->summary_wake, NULL);
     atomic_init(&server->in_flight, 0);
     atomic_init(&server->draining, false);
+    atomic_init(&server->calls_total, 0);
+    atomic_init(&server->errors_total, 0);
+    atomic_init(&server->shed_total, 0);
+    method_metrics_init(&server->unknown_metrics, "unary", "unknown", "unknown");
 
     grpc_init();
     grpc_arg args[2] = {
@@ -948,6 +1093,10 @@ status_code rpc_server_add_service(rpc_server *server, const rpc_service *servic
         if (entry->path == NULL)
             return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
         snprintf(entry->path, length, "/%s/%s", service->name, method->name);
+        static const char *const types[] = {[RPC_KIND_UNARY] = "unary",
+                                            [RPC_KIND_SERVER_STREAMING] = "server_stream",
+                                            [RPC_KIND_BIDI_STREAMING] = "bidi_stream"};
+        method_metrics_init(&entry->metrics, types[method->kind], service->name, method->name);
         bool has_payload = method->kind != RPC_KIND_BIDI_STREAMING;
         entry->handle = grpc_server_register_method(
             server->core, entry->path, NULL,
@@ -995,6 +1144,7 @@ status_code rpc_server_start(rpc_server *server, status *st) {
         pthread_create(&server->workers[i], NULL, worker_main, server);
     server->worker_count = o->worker_threads;
     server->poller_count = o->poller_threads;
+    server->summary_running = pthread_create(&server->summary_thread, NULL, summary_main, server) == 0;
     health_set(server->health, "", true);
     for (size_t i = 0; i < server->service_count; i++)
         health_set(server->health, server->services[i]->name, true);
@@ -1038,7 +1188,10 @@ void rpc_server_shutdown(rpc_server *server) {
     pthread_mutex_lock(&server->shutdown_lock);
     bool first = !server->shutting_down;
     server->shutting_down = true;
+    pthread_cond_broadcast(&server->summary_wake);
     pthread_mutex_unlock(&server->shutdown_lock);
+    if (first && server->summary_running)
+        pthread_join(server->summary_thread, NULL);
     if (!first || !server->started)
         return;
     int64_t started = now_ms();
@@ -1087,6 +1240,7 @@ void rpc_server_destroy(rpc_server *server) {
     pthread_mutex_destroy(&server->streams_lock);
     pthread_mutex_destroy(&server->shutdown_lock);
     pthread_cond_destroy(&server->shutdown_done_cond);
+    pthread_cond_destroy(&server->summary_wake);
     free(server);
     grpc_shutdown();
 }
@@ -1155,6 +1309,29 @@ const char *rpc_context_metadata(rpc_context *ctx, const char *key) {
                                  GRPC_SLICE_LENGTH(item->value));
     }
     return NULL;
+}
+
+/* Propagated as Istio's distributed tracing expects of an application. */
+static const char *const forwarded_headers[] = {"x-request-id", "x-b3-traceid", "x-b3-spanid",
+                                                "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
+                                                "b3", "tracestate"};
+enum { FORWARDED_COUNT = sizeof forwarded_headers / sizeof forwarded_headers[0] };
+
+const char *const *rpc_context_forward_metadata(rpc_context *ctx) {
+    static const char *const none[] = {NULL};
+    const char **out = arena_alloc(ctx->arena, (2 * FORWARDED_COUNT + 1) * sizeof *out);
+    if (out == NULL)
+        return none;
+    size_t n = 0;
+    for (size_t i = 0; i < FORWARDED_COUNT; i++) {
+        const char *value = rpc_context_metadata(ctx, forwarded_headers[i]);
+        if (value != NULL && value[0] != '\0' && strlen(value) < 256) {
+            out[n++] = forwarded_headers[i];
+            out[n++] = value;
+        }
+    }
+    out[n] = NULL;
+    return out;
 }
 
 const char *rpc_context_traceparent(const rpc_context *ctx) {

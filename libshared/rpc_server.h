@@ -134,6 +134,10 @@ const char *rpc_context_metadata(rpc_context *ctx, const char *key);
 /* The W3C traceparent of this call: the caller's, or a new one; and its trace id part. */
 const char *rpc_context_traceparent(const rpc_context *ctx);
 const char *rpc_context_trace_id(const rpc_context *ctx);
+/* The tracing headers of this call that a service passes on to the calls it makes
+ * (x-request-id and the b3 headers Istio's Envoy uses; traceparent travels separately), as
+ * {"key", "value", ..., NULL} for rpc_call_options.extra_metadata. Never NULL. */
+const char *const *rpc_context_forward_metadata(rpc_context *ctx);
 /* "/library.catalog.v1.CatalogService/GetBook" */
 const char *rpc_context_method(const rpc_context *ctx);
 

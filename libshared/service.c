@@ -1,19 +1,28 @@
 /* service.c - the shared main(): start in order, drain and stop in reverse order. */
 #include "service.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api_descriptor.h"
 #include "auth.h"
+#include "metrics.h"
 
 static service_settings settings;
 
 static const config_entry common_config[] = {
     {"GRPC_PORT", CONFIG_PORT, NULL, "gRPC listen port", &settings.grpc_port, 0, 0},
+    {"METRICS_PORT", CONFIG_INT, NULL, "Prometheus /metrics HTTP port; 0 turns it off",
+     &settings.metrics_port, 0, 65535},
     {"LOG_LEVEL", CONFIG_LOG_LEVEL, "info", "debug, info, warn or error", &settings.log_level, 0, 0},
+    {"LOG_LEVEL_FILE", CONFIG_STRING, "",
+     "a file holding the log level (a mounted ConfigMap key); read at start, on SIGHUP and "
+     "every 2 s, and wins over LOG_LEVEL",
+     &settings.log_level_file, 0, 0},
     {"JWT_PUBLIC_KEY_FILE", CONFIG_STRING, NULL,
      "PEM public key (RSA for RS256, EC P-256 for ES256) that verifies bearer tokens",
      &settings.jwt_public_key_file, 0, 0},
@@ -61,16 +70,91 @@ static void load_config(const service_definition *definition) {
     config_entry common[COMMON_CONFIG_COUNT];
     memcpy(common, common_config, sizeof common);
     common[0].default_value = definition->default_grpc_port;
+    common[1].default_value = definition->default_metrics_port ? definition->default_metrics_port : "0";
     config_load_or_exit(definition->name, common, COMMON_CONFIG_COUNT);
     if (definition->config_count)
         config_load_or_exit(definition->name, definition->config, definition->config_count);
+}
+
+/* --- the log level from a file ------------------------------------------------------------- */
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    bool stopping;
+    char last_text[64]; /* the file's last content, so a bad value is reported once */
+} level_watch = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+/* Reads LOG_LEVEL_FILE and applies its level if it is valid and new. */
+static void log_level_file_apply(void) {
+    if (settings.log_level_file == NULL || settings.log_level_file[0] == '\0')
+        return;
+    char text[64] = "";
+    FILE *file = fopen(settings.log_level_file, "r");
+    if (file == NULL) {
+        if (strcmp(level_watch.last_text, "<unreadable>") != 0)
+            LOG_WARN("cannot read LOG_LEVEL_FILE %s; keeping level %s", settings.log_level_file,
+                     log_level_name(log_get_level()));
+        snprintf(level_watch.last_text, sizeof level_watch.last_text, "<unreadable>");
+        return;
+    }
+    size_t n = fread(text, 1, sizeof text - 1, file);
+    fclose(file);
+    text[n] = '\0';
+    while (n > 0 && strchr(" \t\r\n", text[n - 1]))
+        text[--n] = '\0';
+    bool seen = strcmp(text, level_watch.last_text) == 0;
+    snprintf(level_watch.last_text, sizeof level_watch.last_text, "%s", text);
+    log_level level;
+    if (!log_level_parse(text, &level)) {
+        if (!seen)
+            LOG_WARN("LOG_LEVEL_FILE %s says \"%s\", which is not debug, info, warn or error; "
+                     "keeping level %s", settings.log_level_file, text, log_level_name(log_get_level()));
+        return;
+    }
+    log_level old = log_get_level();
+    if (level == old)
+        return;
+    /* said at the more verbose of the two levels, so the line shows either way */
+    if (level < old)
+        log_set_level(level);
+    log_write(level < old ? level : old, "log level is now %s (from %s)", log_level_name(level),
+              settings.log_level_file);
+    log_set_level(level);
+}
+
+static void *log_level_watch_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&level_watch.lock);
+    while (!level_watch.stopping) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 2;
+        pthread_cond_timedwait(&level_watch.wake, &level_watch.lock, &until);
+        if (!level_watch.stopping)
+            log_level_file_apply();
+    }
+    pthread_mutex_unlock(&level_watch.lock);
+    return NULL;
+}
+
+static void on_hangup(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&level_watch.lock);
+    if (settings.log_level_file[0] == '\0')
+        LOG_INFO("SIGHUP: nothing to reload (LOG_LEVEL_FILE is not set)");
+    log_level_file_apply();
+    pthread_mutex_unlock(&level_watch.lock);
 }
 
 static int run(const service_definition *definition) {
     status st;
     status_clear(&st);
     auth_verifier *verifier = NULL;
+    metrics_server *metrics = NULL;
     rpc_server *server = NULL;
+    pthread_t level_thread;
+    bool level_thread_running = false;
     nats_connection *nats = NULL;
     void *state = NULL;
     bool started = false;
@@ -90,6 +174,13 @@ static int run(const service_definition *definition) {
         .descriptor_set = library_api_descriptor_set,
         .descriptor_set_size = library_api_descriptor_set_size,
     };
+    if (settings.log_level_file[0] != '\0') {
+        log_level_file_apply();
+        level_thread_running = pthread_create(&level_thread, NULL, log_level_watch_main, NULL) == 0;
+    }
+    if (settings.metrics_port > 0 &&
+        metrics_server_start((int)settings.metrics_port, &metrics, &st) != STATUS_OK)
+        goto done;
     if (auth_verifier_create(settings.jwt_public_key_file, settings.jwt_issuer,
                              settings.jwt_audience, settings.jwt_leeway_ms / 1000, &verifier,
                              &st) != STATUS_OK)
@@ -113,9 +204,13 @@ static int run(const service_definition *definition) {
     started = true;
     if (rpc_server_start(server, &st) != STATUS_OK)
         goto done;
-    LOG_INFO("%s serving gRPC on port %d", definition->name, rpc_server_port(server));
+    if (metrics)
+        LOG_INFO("%s serving gRPC on port %d, metrics on http://0.0.0.0:%d/metrics", definition->name,
+                 rpc_server_port(server), metrics_server_port(metrics));
+    else
+        LOG_INFO("%s serving gRPC on port %d", definition->name, rpc_server_port(server));
 
-    int signal_number = rpc_wait_for_signal(NULL, NULL);
+    int signal_number = rpc_wait_for_signal(on_hangup, NULL);
     LOG_INFO("received %s; draining", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
     rpc_server_shutdown(server);
     exit_status = 0;
@@ -128,6 +223,14 @@ done:
     nats_connection_close(nats);
     rpc_server_destroy(server);
     auth_verifier_destroy(verifier);
+    metrics_server_stop(metrics);
+    if (level_thread_running) {
+        pthread_mutex_lock(&level_watch.lock);
+        level_watch.stopping = true;
+        pthread_cond_signal(&level_watch.wake);
+        pthread_mutex_unlock(&level_watch.lock);
+        pthread_join(level_thread, NULL);
+    }
     if (exit_status == 0)
         LOG_INFO("%s stopped", definition->name);
     return exit_status;

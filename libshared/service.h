@@ -21,7 +21,9 @@
 /* Settings every service reads from the environment. */
 typedef struct service_settings {
     int64_t grpc_port;
+    int64_t metrics_port;
     log_level log_level;
+    const char *log_level_file;
     const char *jwt_public_key_file;
     const char *jwt_issuer;
     const char *jwt_audience;
@@ -56,6 +58,7 @@ typedef struct service_command {
 typedef struct service_definition {
     const char *name;              /* "catalog": logs, error domain, NATS client name */
     const char *default_grpc_port; /* "50051" */
+    const char *default_metrics_port; /* "9464" */
     const config_entry *config;    /* the service's own settings (may be NULL) */
     size_t config_count;
     /* Opens what the service needs and adds its gRPC services to context->server.

@@ -44,6 +44,7 @@ static void catalog_stop(void *state) {
 static const service_definition catalog_definition = {
     .name = "catalog",
     .default_grpc_port = "50051",
+    .default_metrics_port = "9464",
     .start = catalog_start,
     .stop = catalog_stop,
 };

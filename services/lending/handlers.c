@@ -10,7 +10,7 @@
 #include "library/lending/v1/lending.pb-c.h"
 #include "log.h"
 
-enum { PAGE_SIZE_DEFAULT = 20, PAGE_SIZE_MAX = 100, HISTORY_KEPT = 1000 };
+enum { HISTORY_KEPT = 1000 };
 
 static status_code out_of_memory(status *st) {
     return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
@@ -45,7 +45,8 @@ static status_code fetch_book(lending_handlers *h, rpc_context *ctx, const char 
         timeout = h->catalog_timeout_ms;
     rpc_call_options options = {.timeout_ms = timeout > 0 ? timeout : 1,
                                 .authorization = rpc_context_authorization(ctx),
-                                .traceparent = rpc_context_traceparent(ctx)};
+                                .traceparent = rpc_context_traceparent(ctx),
+                                .extra_metadata = rpc_context_forward_metadata(ctx)};
     ProtobufCMessage *response = NULL;
     status_code code = rpc_client_call(h->catalog, "/library.catalog.v1.CatalogService/GetBook",
                                        &request.base, &library__catalog__v1__book__descriptor,
@@ -155,6 +156,8 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
     record->traceparent = (char *)rpc_context_traceparent(ctx);
     record->update_time_ms = now;
     code = loan_store_create(h->store, record, a, st);
+    if (code == STATUS_OK)
+        saga_count_loan("requested");
     if (code == STATUS_ALREADY_EXISTS) {
         code = loan_store_get(h->store, loan_id, a, &record, st); /* the same request again */
     }
@@ -223,6 +226,8 @@ static status_code return_book(void *state, rpc_context *ctx, const ProtobufCMes
         return status_set(st, STATUS_NOT_FOUND, "LOAN_NOT_FOUND", "no loan with id %s", req->loan_id);
     if (code != STATUS_OK)
         return code;
+    if (job.was_active)
+        saga_count_loan("returned");
     if (!record->release_confirmed) {
         /* Free the user's slot and give the copy back; the reconciler redoes both if this
          * fails half way, so the return itself has happened either way. */
@@ -255,47 +260,20 @@ static status_code get_loan(void *state, rpc_context *ctx, const ProtobufCMessag
     return STATUS_OK;
 }
 
-/* Page tokens are the index into the user's history (newest first) where the page starts. */
-static status_code parse_token(const char *token, size_t *offset, status *st) {
-    *offset = 0;
-    if (token == NULL || token[0] == '\0')
-        return STATUS_OK;
-    char *end = NULL;
-    if (strncmp(token, "o", 1) != 0)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
-                          "page_token is not a token this service issued");
-    unsigned long long value = strtoull(token + 1, &end, 10);
-    if (end == token + 1 || *end != '\0' || value > 1000000)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
-                          "page_token is not a token this service issued");
-    *offset = (size_t)value;
-    return STATUS_OK;
-}
-
 static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMessage *request,
                               ProtobufCMessage **response, status *st) {
     lending_handlers *h = state;
     const Library__Lending__V1__ListLoansRequest *req = (const void *)request;
     arena *a = rpc_context_arena(ctx);
     const auth_identity *caller = rpc_context_caller(ctx);
-    const char *user = req->user_id[0] ? req->user_id : caller->subject;
-    if (strcmp(user, caller->subject) != 0 && !caller->admin)
-        return status_set(st, STATUS_PERMISSION_DENIED, "NOT_YOUR_LOANS",
-                          "only administrators may list another user's loans");
-    if (strlen(user) >= AUTH_SUBJECT_MAX)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_TOO_LONG", "user_id is too long");
-    if (req->page_size < 0)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_OUT_OF_RANGE", "page_size must not be negative");
-    if ((int)req->status < 0 || req->status > LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_OUT_OF_RANGE", "status is not a LoanStatus");
-    size_t page_size = req->page_size == 0 ? PAGE_SIZE_DEFAULT
-                       : req->page_size > PAGE_SIZE_MAX ? PAGE_SIZE_MAX : (size_t)req->page_size;
-    size_t offset = 0;
-    if (parse_token(req->page_token, &offset, st))
+    lending_list_query query;
+    if (lending_check_list(caller->subject, caller->admin, req->user_id, req->page_size,
+                           (int)req->status, req->page_token, &query, st))
         return st->code;
+    size_t page_size = query.page_size, offset = query.offset;
 
     user_record *record = NULL;
-    status_code code = loan_store_get_user(h->store, user, a, &record, st);
+    status_code code = loan_store_get_user(h->store, query.user_id, a, &record, st);
     if (code != STATUS_OK)
         return code;
     Library__Lending__V1__ListLoansResponse *out =
@@ -320,8 +298,11 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
     }
     out->loans = loans;
     out->n_loans = count;
-    if (position < record->n_history)
-        out->next_page_token = arena_sprintf(a, "o%zu", position);
+    if (position < record->n_history) {
+        char token[LENDING_PAGE_TOKEN_MAX];
+        lending_page_token_encode(position, token);
+        out->next_page_token = arena_strdup(a, token);
+    }
     *response = &out->base;
     return STATUS_OK;
 }

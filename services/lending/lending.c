@@ -2,8 +2,10 @@
 #include "lending.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "text.h"
 
 bool lending_is_overdue(loan_state state, int64_t due_seconds, int64_t now_seconds) {
@@ -79,5 +81,51 @@ status_code lending_check_request_id(const char *request_id, status *st) {
     if (!text_is_valid_utf8(request_id ? request_id : "", length, false))
         return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED",
                           "request_id must be text without control characters");
+    return STATUS_OK;
+}
+
+status_code lending_page_token_decode(const char *token, size_t *offset, status *st) {
+    *offset = 0;
+    if (token == NULL || token[0] == '\0')
+        return STATUS_OK;
+    char *end = NULL;
+    if (strncmp(token, "o", 1) != 0)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
+                          "page_token is not a token this service issued");
+    unsigned long long value = strtoull(token + 1, &end, 10);
+    if (end == token + 1 || *end != '\0' || value > 1000000)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
+                          "page_token is not a token this service issued");
+    *offset = (size_t)value;
+    return STATUS_OK;
+}
+
+void lending_page_token_encode(size_t offset, char out[LENDING_PAGE_TOKEN_MAX]) {
+    snprintf(out, LENDING_PAGE_TOKEN_MAX, "o%zu", offset);
+}
+
+status_code lending_check_list(const char *caller, bool caller_admin, const char *user_id,
+                               int32_t page_size, int status_filter, const char *page_token,
+                               lending_list_query *out, status *st) {
+    const char *user = user_id != NULL && user_id[0] ? user_id : caller;
+    if (strcmp(user, caller) != 0 && !caller_admin)
+        return status_set(st, STATUS_PERMISSION_DENIED, "NOT_YOUR_LOANS",
+                          "only administrators may list another user's loans");
+    if (strlen(user) >= AUTH_SUBJECT_MAX)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_TOO_LONG", "user_id is too long");
+    if (page_size < 0)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_OUT_OF_RANGE",
+                          "page_size must not be negative");
+    if (status_filter < 0 || status_filter > LOAN_CANCELED)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_OUT_OF_RANGE",
+                          "status is not a LoanStatus");
+    size_t offset = 0;
+    if (lending_page_token_decode(page_token, &offset, st))
+        return st->code;
+    out->user_id = user;
+    out->page_size = page_size == 0                       ? LENDING_PAGE_SIZE_DEFAULT
+                     : page_size > LENDING_PAGE_SIZE_MAX ? LENDING_PAGE_SIZE_MAX
+                                                          : (size_t)page_size;
+    out->offset = offset;
     return STATUS_OK;
 }

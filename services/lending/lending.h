@@ -43,4 +43,24 @@ void lending_new_loan_id(const char *user, const char *request_id, char out[21])
 status_code lending_check_id(const char *id, const char *field, status *st);
 status_code lending_check_request_id(const char *request_id, status *st);
 
+enum { LENDING_PAGE_SIZE_DEFAULT = 20, LENDING_PAGE_SIZE_MAX = 100, LENDING_PAGE_TOKEN_MAX = 24 };
+
+/* ListLoans page tokens: the position in the user's history (newest first) where the next
+ * page starts. Empty token -> 0; garbage -> INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN. */
+status_code lending_page_token_decode(const char *token, size_t *offset, status *st);
+void lending_page_token_encode(size_t offset, char out[LENDING_PAGE_TOKEN_MAX]);
+
+/* A ListLoans request, checked: whose loans (an empty user_id is the caller; another user's
+ * only for an administrator: PERMISSION_DENIED), the page size (0 -> default, capped), the
+ * status filter (a LoanStatus value) and where the page starts. user_id points into the
+ * arguments. */
+typedef struct lending_list_query {
+    const char *user_id;
+    size_t page_size;
+    size_t offset;
+} lending_list_query;
+status_code lending_check_list(const char *caller, bool caller_admin, const char *user_id,
+                               int32_t page_size, int status_filter, const char *page_token,
+                               lending_list_query *out, status *st);
+
 #endif

@@ -40,7 +40,7 @@ static status_code lending_start(const service_context *context, void **state, s
     h->max_active_loans = (int)settings.max_active_loans;
     h->borrow_wait_ms = settings.borrow_wait_ms;
     h->catalog_timeout_ms = settings.catalog_timeout_ms;
-    circuit_breaker_init(&h->catalog_breaker, (int)settings.breaker_failures, settings.breaker_open_ms);
+    circuit_breaker_init(&h->catalog_breaker, "catalog", (int)settings.breaker_failures, settings.breaker_open_ms);
     saga_options saga = {.reconcile_interval_ms = settings.reconcile_interval_ms,
                          .reconcile_after_ms = settings.reconcile_after_ms,
                          .ack_wait_ms = context->settings->event_ack_wait_ms};
@@ -79,6 +79,7 @@ static void lending_stop(void *state) {
 static const service_definition lending_definition = {
     .name = "lending",
     .default_grpc_port = "50052",
+    .default_metrics_port = "9465",
     .config = lending_config,
     .config_count = sizeof lending_config / sizeof lending_config[0],
     .start = lending_start,

@@ -10,6 +10,7 @@
 
 #include "lending.h"
 #include "log.h"
+#include "metrics.h"
 #include "text.h"
 
 struct saga_waiter {
@@ -151,6 +152,45 @@ static status_code publish_overdue(nats_connection *connection, arena *a, const 
     return publish(connection, a, "library.events.loan.overdue", e, st);
 }
 
+/* --- metrics -------------------------------------------------------------------------------- */
+
+static const char *const loan_outcomes[] = {"requested", "activated", "canceled", "returned", "overdue"};
+enum { OUTCOME_COUNT = sizeof loan_outcomes / sizeof loan_outcomes[0] };
+static metric_series *loans_by_outcome[OUTCOME_COUNT];
+static metric_series *saga_seconds[2]; /* activated, canceled */
+static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
+
+static void metrics_register(void) {
+    metric_family *loans = metrics_counter("library_loans_total", "Loans reaching each step of the saga.",
+                                           (const char *[]){"outcome", NULL});
+    for (int i = 0; i < OUTCOME_COUNT; i++)
+        loans_by_outcome[i] = metrics_series(loans, (const char *[]){loan_outcomes[i], NULL});
+    metric_family *seconds = metrics_histogram(
+        "library_saga_duration_seconds",
+        "Time from BorrowBook storing a loan to lending learning its outcome.",
+        (const char *[]){"outcome", NULL}, metrics_duration_buckets, metrics_duration_bucket_count);
+    saga_seconds[0] = metrics_series(seconds, (const char *[]){"activated", NULL});
+    saga_seconds[1] = metrics_series(seconds, (const char *[]){"canceled", NULL});
+}
+
+void saga_count_loan(const char *outcome) {
+    pthread_once(&metrics_once, metrics_register);
+    for (int i = 0; i < OUTCOME_COUNT; i++)
+        if (strcmp(loan_outcomes[i], outcome) == 0)
+            metric_add(loans_by_outcome[i], 1);
+}
+
+/* The saga of this loan just decided: count it and how long it took. */
+static void record_outcome(const loan_record *record) {
+    bool activated = record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE;
+    saga_count_loan(activated ? "activated" : "canceled");
+    const Google__Protobuf__Timestamp *start = record->loan->borrow_time;
+    if (start) {
+        double seconds = (double)timestamp_now_ms() / 1000 - ((double)start->seconds + start->nanos / 1e9);
+        metric_observe(saga_seconds[activated ? 0 : 1], seconds > 0 ? seconds : 0);
+    }
+}
+
 /* --- consuming the catalog's answers ------------------------------------------------------ */
 
 typedef struct outcome_job {
@@ -236,6 +276,8 @@ static status_code handle_reservation(lending_saga *saga, arena *a, const char *
         LOG_WARN("loan %s was canceled but the catalog reserved a copy; releasing it", loan_id);
         return saga_publish_returned(saga->connection, record, st);
     }
+    if (job.changed_state)
+        record_outcome(record);
     code = sync_user(saga, a, record, st);
     if (code == STATUS_OK)
         code = publish_outcome(saga->connection, a, record, st);
@@ -350,10 +392,11 @@ void lending_saga_unwatch(lending_saga *saga, saga_waiter *w) {
 /* --- the reconciler and the overdue sweeper ----------------------------------------------- */
 
 static status_code mark_overdue(void *arg, arena *a, loan_record *record, bool *changed, status *st) {
-    (void)arg;
+    bool *marked = arg;
     (void)a;
     (void)st;
     *changed = !record->overdue_published;
+    *marked = *changed; /* the last attempt's answer is the one stored */
     record->overdue_published = true;
     return STATUS_OK;
 }
@@ -379,9 +422,12 @@ static void reconcile_loan(lending_saga *saga, arena *a, const char *loan_id, in
     } else if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE &&
                !record->overdue_published && loan->due_time &&
                lending_is_overdue(LOAN_ACTIVE, loan->due_time->seconds, now / 1000)) {
+        bool marked = false;
         code = publish_overdue(saga->connection, a, record, &st);
         if (code == STATUS_OK)
-            code = loan_store_update(saga->store, loan_id, a, mark_overdue, NULL, NULL, &st);
+            code = loan_store_update(saga->store, loan_id, a, mark_overdue, &marked, NULL, &st);
+        if (code == STATUS_OK && marked)
+            saga_count_loan("overdue");
     }
     if (code != STATUS_OK)
         LOG_WARN("reconciling loan %s: %s", loan_id, st.message);
@@ -467,6 +513,7 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
     saga->connection = connection;
     saga->store = store;
     saga->options = *options;
+    pthread_once(&metrics_once, metrics_register); /* the series show from the start */
     pthread_mutex_init(&saga->lock, NULL);
     pthread_cond_init(&saga->changed, NULL);
     atomic_init(&saga->stopping, false);

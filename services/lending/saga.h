@@ -34,6 +34,10 @@ void lending_saga_unwatch(lending_saga *saga, saga_waiter *waiter);
 /* Makes the user's record agree with the loan (open loans kept, finished ones removed). */
 status_code lending_saga_sync_user(lending_saga *saga, arena *a, const loan_record *record, status *st);
 
+/* Counts a loan reaching a step ("requested", "activated", "canceled", "returned",
+ * "overdue") in library_loans_total{outcome}. */
+void saga_count_loan(const char *outcome);
+
 /* Publish a loan event with its deterministic id ("<kind>-<loan_id>"). */
 status_code saga_publish_requested(nats_connection *connection, const loan_record *record, status *st);
 status_code saga_publish_returned(nats_connection *connection, const loan_record *record, status *st);

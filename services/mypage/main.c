@@ -123,6 +123,7 @@ static const service_command mypage_commands[] = {
 static const service_definition mypage_definition = {
     .name = "mypage",
     .default_grpc_port = "50053",
+    .default_metrics_port = "9466",
     .config = mypage_config,
     .config_count = sizeof mypage_config / sizeof mypage_config[0],
     .start = mypage_start,

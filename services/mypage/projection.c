@@ -6,6 +6,8 @@
 
 #include "events.h"
 #include "log.h"
+#include "metrics.h"
+#include "timestamp.h"
 
 #define LOAN_EVENTS "library.events.loan.>"
 
@@ -13,6 +15,7 @@ struct projection {
     nats_connection *connection;
     page_store *store;
     event_consumer *consumer;
+    metric_series *lag;
 };
 
 static void announce(nats_connection *connection, const char *user_id) {
@@ -33,6 +36,10 @@ static status_code on_loan_event(void *arg, const event *e, uint64_t sequence, s
     status_code code = page_store_apply(p->store, &change, sequence, &changed, st);
     if (code == STATUS_OK && changed)
         announce(p->connection, change.user_id);
+    if (code == STATUS_OK && change.event_time_ms > 0) {
+        int64_t lag_ms = timestamp_now_ms() - change.event_time_ms;
+        metric_observe(p->lag, lag_ms > 0 ? (double)lag_ms / 1000 : 0);
+    }
     return code;
 }
 
@@ -43,6 +50,11 @@ status_code projection_start(nats_connection *connection, page_store *store, int
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     p->connection = connection;
     p->store = store;
+    p->lag = metrics_series(
+        metrics_histogram("library_projection_lag_seconds",
+                          "Time from a loan event happening to its change being in Redis.", NULL,
+                          metrics_duration_buckets, metrics_duration_bucket_count),
+        NULL);
     event_consumer_options options = {.durable = "mypage", .filter_subject = LOAN_EVENTS,
                                       .handler = on_loan_event, .arg = p,
                                       .ack_wait_ms = ack_wait_ms};

@@ -74,6 +74,13 @@ ReportHook(PRE_ALL)(struct criterion_test_set *set) {
     if (!fixture_start_mypage(dir, nats_process.url, redis_process.url, NULL, &mypage_process))
         fixture_abort("mypage did not become healthy", mypage_process.log_path);
     setenv("TEST_MYPAGE", mypage_process.address, 1);
+    char metrics[64];
+    snprintf(metrics, sizeof metrics, "%d", catalog_process.metrics_port);
+    setenv("TEST_CATALOG_METRICS", metrics, 1);
+    snprintf(metrics, sizeof metrics, "%d", lending_process.metrics_port);
+    setenv("TEST_LENDING_METRICS", metrics, 1);
+    snprintf(metrics, sizeof metrics, "%d", mypage_process.metrics_port);
+    setenv("TEST_MYPAGE_METRICS", metrics, 1);
     setenv("TEST_REDIS_URL", redis_process.url, 1);
     setenv("TEST_LENDING", lending_process.address, 1);
     setenv("TEST_DIR", dir, 1);
@@ -126,6 +133,16 @@ const char *fixture_lending_address(void) {
 
 const char *fixture_mypage_address(void) {
     return getenv("TEST_MYPAGE");
+}
+
+int fixture_metrics_port(const char *service) {
+    char name[64];
+    snprintf(name, sizeof name, "TEST_%s_METRICS", service);
+    for (char *c = name; *c; c++)
+        if (*c >= 'a' && *c <= 'z')
+            *c = (char)(*c - 'a' + 'A');
+    const char *value = getenv(name);
+    return value ? atoi(value) : 0;
 }
 
 const char *fixture_redis_url(void) {

@@ -17,6 +17,8 @@ const char *fixture_nats_url(void);
 const char *fixture_lending_address(void);
 const char *fixture_mypage_address(void);
 const char *fixture_redis_url(void);
+/* The /metrics port of a shared service: "catalog", "lending" or "mypage". */
+int fixture_metrics_port(const char *service);
 
 /* lending's settings in the shared stack (tests of other settings start their own) */
 #define FIXTURE_LENDING_ENV "RECONCILE_INTERVAL=1s", "RECONCILE_AFTER=2s", "BORROW_WAIT=3s"

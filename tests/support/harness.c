@@ -189,16 +189,17 @@ static bool service_serving(const char *address) {
 
 /* The binary of a service and its environment: the test key, debug logs, the given port
  * and the extra settings. The strings live in static storage until the next call. */
-static void service_command(const char *name, const char *dir, int port, const char *const *env,
-                            char binary[512], const char *all[40]) {
+static void service_command(const char *name, const char *dir, int port, int metrics_port,
+                            const char *const *env, char binary[512], const char *all[40]) {
     const char *build = getenv("LIBRARY_BUILD_ROOT");
     snprintf(binary, 512, "%s/services/%s/%s", build ? build : "build", name, name);
-    static char settings[3][600];
-    snprintf(settings[0], sizeof settings[0], "GRPC_PORT=%d", port);
-    snprintf(settings[1], sizeof settings[1], "JWT_PUBLIC_KEY_FILE=%s/jwt-public.pem", dir);
-    snprintf(settings[2], sizeof settings[2], "LOG_LEVEL=debug");
+    static char settings[4][600];
+    snprintf(settings[0], sizeof settings[0], "JWT_PUBLIC_KEY_FILE=%s/jwt-public.pem", dir);
+    snprintf(settings[1], sizeof settings[1], "LOG_LEVEL=debug");
+    snprintf(settings[2], sizeof settings[2], "METRICS_PORT=%d", metrics_port);
+    snprintf(settings[3], sizeof settings[3], "GRPC_PORT=%d", port);
     size_t n = 0;
-    for (int i = port > 0 ? 0 : 1; i < 3; i++) /* no port for one-shot commands */
+    for (int i = 0; i < (port > 0 ? 4 : 2); i++) /* no ports for one-shot commands */
         all[n++] = settings[i];
     for (const char *const *e = env; e && *e && n < 39; e++)
         all[n++] = *e;
@@ -213,10 +214,14 @@ bool harness_service_start(const char *name, const char *dir, const char *const 
         if (strncmp(*e, "GRPC_PORT=", 10) == 0)
             out->port = atoi(*e + 10);
     snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
+    out->metrics_port = harness_free_port();
+    for (const char *const *e = env; e && *e; e++)
+        if (strncmp(*e, "METRICS_PORT=", 13) == 0)
+            out->metrics_port = atoi(*e + 13);
     snprintf(out->log_path, sizeof out->log_path, "%s/%s.log", dir, name);
     char binary[512];
     const char *all[40];
-    service_command(name, dir, out->port, env, binary, all);
+    service_command(name, dir, out->port, out->metrics_port, env, binary, all);
     char *argv[] = {binary, NULL};
     out->pid = spawn(argv, all, out->log_path);
     if (out->pid <= 0)
@@ -240,7 +245,7 @@ int harness_service_run(const char *name, const char *argument, const char *dir,
     snprintf(process.log_path, sizeof process.log_path, "%s/%s%s.log", dir, name, argument);
     char binary[512];
     const char *all[40];
-    service_command(name, dir, 0, env, binary, all);
+    service_command(name, dir, 0, 0, env, binary, all);
     char *argv[] = {binary, (char *)argument, NULL};
     process.pid = spawn(argv, all, process.log_path);
     if (process.pid <= 0)

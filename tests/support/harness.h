@@ -15,6 +15,7 @@
 typedef struct harness_process {
     pid_t pid;
     int port;
+    int metrics_port; /* services: their /metrics port */
     char address[64]; /* "127.0.0.1:port" */
     char url[96];     /* nats://... or redis://... for servers */
     char log_path[512];
@@ -33,8 +34,8 @@ bool harness_redis_start(const char *dir, int port, harness_process *out);
 /* Creates an RSA key pair under dir (jwt-private.pem, jwt-public.pem). */
 bool harness_keys_create(const char *dir);
 
-/* Starts build/services/<name>/<name> with GRPC_PORT (free, unless env sets it), JWT_PUBLIC_KEY_FILE (dir's
- * key), LOG_LEVEL=debug and the extra "KEY=value" settings (NULL-terminated); logs to
+/* Starts build/services/<name>/<name> with GRPC_PORT (free, unless env sets it), METRICS_PORT
+ * (free), JWT_PUBLIC_KEY_FILE (dir's key), LOG_LEVEL=debug and the extra "KEY=value" settings (NULL-terminated); logs to
  * dir/<name>.log; waits until its health check answers SERVING (or fails after 15 s). */
 bool harness_service_start(const char *name, const char *dir, const char *const *env,
                            harness_process *out);

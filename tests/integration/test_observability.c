@@ -1,0 +1,274 @@
+/* test_observability.c - what operators see: /metrics scraped over HTTP and checked with
+ * promtool, counters that move by exactly the calls made, one trace id across the three
+ * services' logs, and the log level switched live by a file and SIGHUP. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "library/lending/v1/lending.pb-c.h"
+#include "library/mypage/v1/mypage.pb-c.h"
+#include "stack_fixture.h"
+#include "text.h"
+
+#define LENDING "/library.lending.v1.LendingService/"
+
+TestSuite(observability, .init = fixture_setup, .fini = fixture_teardown, .timeout = 120);
+
+/* GET http://127.0.0.1:<port>/metrics with curl; the body, or NULL when it failed. */
+static char *scrape(int port) {
+    char command[128];
+    snprintf(command, sizeof command, "curl -sf --max-time 5 http://127.0.0.1:%d/metrics", port);
+    FILE *pipe = popen(command, "r");
+    cr_assert_not_null(pipe);
+    size_t capacity = 1 << 16, length = 0;
+    char *body = arena_alloc(mem, capacity);
+    for (;;) {
+        if (length + 4096 + 1 > capacity) {
+            char *bigger = arena_alloc(mem, capacity * 2);
+            memcpy(bigger, body, length);
+            body = bigger;
+            capacity *= 2;
+        }
+        size_t n = fread(body + length, 1, 4096, pipe);
+        if (n == 0)
+            break;
+        length += n;
+    }
+    body[length] = '\0';
+    int exit_status = pclose(pipe);
+    return exit_status == 0 ? body : NULL;
+}
+
+/* The value of the sample whose name and labels are exactly `series` (0 when absent). */
+static double sample(const char *body, const char *series) {
+    size_t length = strlen(series);
+    for (const char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (strncmp(line, series, length) == 0 && line[length] == ' ')
+            return strtod(line + length + 1, NULL);
+    return 0;
+}
+
+/* AdjustStock: no other test of this suite calls it, and they run in parallel */
+#define METHOD_LABELS "grpc_type=\"unary\",grpc_service=\"library.catalog.v1.CatalogService\",grpc_method=\"AdjustStock\""
+
+Test(observability, metrics_pass_promtool_and_count_exactly_the_calls_made) {
+    int port = fixture_metrics_port("catalog");
+    cr_assert_gt(port, 0);
+    char *before = scrape(port);
+    cr_assert_not_null(before, "GET /metrics failed");
+
+    enum { CALLS = 7 };
+    for (int i = 0; i < CALLS; i++) {
+        Library__Catalog__V1__AdjustStockRequest request = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
+        request.book_id = "00000000000000000000";
+        request.delta = 1;
+        ProtobufCMessage *response = NULL;
+        status st;
+        cr_assert_eq(call_catalog("AdjustStock", &request.base, &library__catalog__v1__book__descriptor,
+                                  admin_bearer(), &response, &st),
+                     STATUS_NOT_FOUND);
+    }
+    const char *handled = "grpc_server_handled_total{" METHOD_LABELS ",grpc_code=\"NOT_FOUND\"}";
+    const char *started = "grpc_server_started_total{" METHOD_LABELS "}";
+    const char *count = "grpc_server_handling_seconds_count{" METHOD_LABELS "}";
+    /* a call is counted as handled once its status has gone out, a moment after the client
+     * has it: wait for the last one, then the count must be exact */
+    char *after = scrape(port);
+    int64_t until = harness_now_ms() + 2000;
+    while (after && sample(after, handled) - sample(before, handled) < CALLS && harness_now_ms() < until) {
+        harness_sleep_ms(20);
+        after = scrape(port);
+    }
+    cr_assert_not_null(after);
+    cr_assert_eq(sample(after, handled) - sample(before, handled), CALLS);
+    cr_assert_eq(sample(after, started) - sample(before, started), CALLS, "%s: %g then %g", started,
+                 sample(before, started), sample(after, started));
+    cr_assert_eq(sample(after, count) - sample(before, count), CALLS);
+
+    /* buckets are cumulative and end at _count */
+    double previous = 0;
+    int buckets = 0;
+    for (const char *line = strstr(after, "grpc_server_handling_seconds_bucket{" METHOD_LABELS); line;
+         line = strstr(line + 1, "grpc_server_handling_seconds_bucket{" METHOD_LABELS)) {
+        double value = strtod(strchr(line, ' ') + 1, NULL);
+        cr_assert_geq(value, previous, "bucket %d is below the one before", buckets);
+        previous = value;
+        buckets++;
+    }
+    cr_assert_gt(buckets, 5);
+    cr_assert_eq(previous, sample(after, count), "the +Inf bucket equals _count");
+    cr_assert(strstr(after, "# TYPE grpc_server_handling_seconds histogram") != NULL);
+
+    /* promtool lints the whole exposition (names, HELP, TYPE, units) */
+    char path[512];
+    snprintf(path, sizeof path, "%s/metrics-catalog.txt", fixture_dir());
+    FILE *file = fopen(path, "w");
+    fputs(after, file);
+    fclose(file);
+    char command[1200];
+    snprintf(command, sizeof command, "promtool check metrics < '%s' > '%s.promtool' 2>&1", path, path);
+    cr_assert_eq(system(command), 0, "promtool check metrics failed: see %s.promtool", path);
+}
+
+Test(observability, every_service_exposes_its_own_metrics) {
+    const char *services[] = {"lending", "mypage"};
+    const char *expected[] = {"library_loans_total", "library_projection_lag_seconds"};
+    for (int i = 0; i < 2; i++) {
+        char *body = scrape(fixture_metrics_port(services[i]));
+        cr_assert_not_null(body, "no metrics from %s", services[i]);
+        cr_assert(strstr(body, "# TYPE grpc_server_handled_total counter") != NULL);
+        cr_assert(strstr(body, expected[i]) != NULL, "%s lacks %s", services[i], expected[i]);
+    }
+    char command[128];
+    snprintf(command, sizeof command, "curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%d/other",
+             fixture_metrics_port("catalog"));
+    FILE *pipe = popen(command, "r");
+    char code[8] = "";
+    cr_assert_not_null(fgets(code, sizeof code, pipe));
+    pclose(pipe);
+    cr_assert_str_eq(code, "404");
+}
+
+/* How many lines of a log file contain text. */
+static int lines_with(const char *path, const char *text) {
+    FILE *file = fopen(path, "r");
+    if (file == NULL)
+        return 0;
+    char line[16384];
+    int count = 0;
+    while (fgets(line, sizeof line, file))
+        count += strstr(line, text) != NULL;
+    fclose(file);
+    return count;
+}
+
+Test(observability, one_borrow_has_one_trace_id_in_every_service_log) {
+    Book *book = register_book("Traced", "Seed", "978-93", 2);
+    char trace_id[33], span_id[17], request_id[17];
+    text_random_hex(trace_id, 16);
+    text_random_hex(span_id, 8);
+    text_random_hex(request_id, 8);
+    char *traceparent = arena_sprintf(mem, "00-%s-%s-01", trace_id, span_id);
+    const char *metadata[] = {"x-request-id", request_id, NULL};
+    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    request.book_id = book->book_id;
+    rpc_call_options options = {.timeout_ms = 10000, .authorization = user_bearer("traced"),
+                                .traceparent = traceparent, .extra_metadata = metadata};
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(rpc_client_call(lending, LENDING "BorrowBook", &request.base,
+                                 &library__lending__v1__loan__descriptor, mem, &response, &options, &st),
+                 STATUS_OK, "%s", st.message);
+    char *field = arena_sprintf(mem, "\"trace_id\":\"%s\"", trace_id);
+    const char *services[] = {"catalog", "lending", "mypage"};
+    for (int i = 0; i < 3; i++) {
+        char *log = arena_sprintf(mem, "%s/%s.log", fixture_dir(), services[i]);
+        int64_t until = harness_now_ms() + 5000; /* mypage logs when the projection gets there */
+        while (lines_with(log, field) == 0 && harness_now_ms() < until)
+            harness_sleep_ms(100);
+        cr_assert_gt(lines_with(log, field), 0, "trace id %s is not in %s", trace_id, log);
+    }
+    /* x-request-id went from lending to the catalog with the GetBook call */
+    cr_assert_gt(lines_with(arena_sprintf(mem, "%s/catalog.log", fixture_dir()),
+                            arena_sprintf(mem, "x-request-id=%s", request_id)),
+                 0, "the catalog never saw x-request-id %s", request_id);
+}
+
+typedef struct caller {
+    pthread_t thread;
+    rpc_client *client;
+    const char *bearer;
+    volatile bool stop;
+    int calls, failed;
+} caller;
+
+static void *caller_main(void *arg) {
+    caller *c = arg;
+    arena *a = arena_create(0);
+    while (!c->stop) {
+        Library__Catalog__V1__SearchBooksRequest request = LIBRARY__CATALOG__V1__SEARCH_BOOKS_REQUEST__INIT;
+        request.query = "level";
+        ProtobufCMessage *response = NULL;
+        status st;
+        c->calls++;
+        if (harness_call(c->client, CATALOG "SearchBooks", &request.base,
+                         &library__catalog__v1__search_books_response__descriptor, a, c->bearer,
+                         &response, &st) != STATUS_OK)
+            c->failed++;
+        arena_reset(a);
+        harness_sleep_ms(5);
+    }
+    arena_destroy(a);
+    return NULL;
+}
+
+static void write_file(const char *path, const char *text) {
+    FILE *file = fopen(path, "w");
+    cr_assert_not_null(file);
+    fputs(text, file);
+    fclose(file);
+}
+
+/* The calls logged: each call is one debug line while the level is debug. */
+static int debug_lines(const char *log) {
+    return lines_with(log, "SearchBooks -> OK");
+}
+
+Test(observability, the_log_level_follows_its_file_on_sighup_and_by_itself_without_dropping_a_call) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/log-level", fixture_dir());
+    mkdir(dir, 0755);
+    cr_assert(harness_keys_create(dir));
+    char *level_file = arena_sprintf(mem, "%s/level", dir);
+    write_file(level_file, "info\n");
+    char nats_env[160], file_env[600];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", fixture_nats_url());
+    snprintf(file_env, sizeof file_env, "LOG_LEVEL_FILE=%s", level_file);
+    const char *env[] = {nats_env, file_env, NULL};
+    harness_process catalog;
+    cr_assert(harness_service_start("catalog", dir, env, &catalog), "catalog did not start");
+    char *log = arena_sprintf(mem, "%s/catalog.log", dir);
+
+    caller c = {.bearer = harness_bearer(mem, dir, "reader", false)};
+    cr_assert_eq(rpc_client_create(catalog.address, 5000, &c.client, NULL), STATUS_OK);
+    pthread_create(&c.thread, NULL, caller_main, &c);
+    harness_sleep_ms(300);
+    cr_assert_eq(debug_lines(log), 0, "LOG_LEVEL_FILE says info, but debug lines were written");
+
+    /* SIGHUP: at once */
+    write_file(level_file, "debug\n");
+    kill(catalog.pid, SIGHUP);
+    int64_t until = harness_now_ms() + 1000;
+    while (debug_lines(log) == 0 && harness_now_ms() < until)
+        harness_sleep_ms(20);
+    cr_assert_gt(debug_lines(log), 0, "no debug lines within a second of SIGHUP");
+    cr_assert_gt(lines_with(log, "log level is now debug"), 0);
+
+    /* no signal: the file is watched (a ConfigMap volume changes this way) */
+    write_file(level_file, "warn\n");
+    until = harness_now_ms() + 4000;
+    while (lines_with(log, "log level is now warn") == 0 && harness_now_ms() < until)
+        harness_sleep_ms(100);
+    cr_assert_gt(lines_with(log, "log level is now warn"), 0, "the file change was not noticed in 4 s");
+    int seen = debug_lines(log);
+    harness_sleep_ms(500);
+    cr_assert_eq(debug_lines(log), seen, "debug lines kept coming after the file said warn");
+
+    /* a bad value is reported and changes nothing */
+    write_file(level_file, "loud\n");
+    kill(catalog.pid, SIGHUP);
+    harness_sleep_ms(300);
+    cr_assert_gt(lines_with(log, "which is not debug, info, warn or error"), 0);
+
+    c.stop = true;
+    pthread_join(c.thread, NULL);
+    rpc_client_destroy(c.client);
+    cr_assert_gt(c.calls, 50);
+    cr_assert_eq(c.failed, 0, "%d of %d calls failed while the level changed", c.failed, c.calls);
+    cr_assert_eq(harness_process_stop(&catalog, SIGTERM, 10000), 0);
+    cr_log_info("%d calls while the level went info -> debug -> warn: none failed", c.calls);
+}
