@@ -302,3 +302,32 @@ Test(auth, tools_token_issues_tokens_the_services_accept) {
     cr_assert_not(who.admin);
     auth_verifier_destroy(v);
 }
+
+Test(auth, a_remembered_token_is_still_checked_for_expiry_and_tampering) {
+    auth_verifier *v = verifier_for("rsa.pub");
+    claims short_lived = valid_claims();
+    short_lived.exp_offset = 1;
+    char *token = sign(JWT_ALG_RS256, "rsa.pem", short_lived);
+    auth_identity who;
+    status st;
+    for (int i = 0; i < 3; i++) /* the second and third come from the cache */
+        cr_assert_eq(verify(v, token, &who, &st), STATUS_OK, "%s", st.message);
+    cr_assert_str_eq(who.subject, "alice");
+    /* one character of the signature changed: another token, verified afresh */
+    char *forged = arena_strdup(mem, token);
+    char *last = forged + strlen(forged) - 2;
+    *last = *last == 'A' ? 'B' : 'A';
+    expect_rejected(v, forged, "a cached token's signature changed");
+    /* past exp + leeway (30 s in verifier_for) the cached entry no longer answers: use a
+     * verifier without leeway */
+    char path[512];
+    snprintf(path, sizeof path, "%s/rsa.pub", dir);
+    auth_verifier *strict = NULL;
+    cr_assert_eq(auth_verifier_create(path, "library", "library-api", 0, &strict, &st), STATUS_OK);
+    cr_assert_eq(verify(strict, token, &who, &st), STATUS_OK, "%s", st.message);
+    sleep(2);
+    cr_assert_eq(verify(strict, token, &who, &st), STATUS_UNAUTHENTICATED, "an expired cached token");
+    cr_assert_str_eq(st.reason, "TOKEN_EXPIRED");
+    auth_verifier_destroy(strict);
+    auth_verifier_destroy(v);
+}
