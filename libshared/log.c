@@ -239,6 +239,7 @@ static void format_time(char *out, size_t size) {
 
 /* Formats into message (LOG_MESSAGE_MAX bytes) and returns the length. The length comes
  * from vsnprintf, not strlen, so a NUL produced by %c still shows up (as \u0000). */
+__attribute__((format(printf, 2, 0))) /* clang's -Wformat-nonliteral wants it */
 static size_t format_message(char *message, const char *format, va_list args) {
     int length = vsnprintf(message, LOG_MESSAGE_MAX, format, args);
     if (length < 0) {
