@@ -198,6 +198,16 @@ size_t book_index_count(book_index *index) {
     return count;
 }
 
+bool book_index_get(book_index *index, const char *book_id,
+                    void (*visit)(void *arg, const book_entry *book), void *arg) {
+    pthread_rwlock_rdlock(&index->lock);
+    const indexed_book *e = index->slot_count ? index->slots[slot_find(index, book_id)] : NULL;
+    if (e != NULL)
+        visit(arg, &e->book);
+    pthread_rwlock_unlock(&index->lock);
+    return e != NULL;
+}
+
 size_t book_index_search(book_index *index, const char *query_folded, const catalog_cursor *cursor,
                          size_t limit, void (*visit)(void *arg, const book_entry *book), void *arg,
                          bool *more) {

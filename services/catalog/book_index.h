@@ -30,6 +30,10 @@ status_code book_index_put(book_index *index, const book_entry *book, status *st
 /* Removes the book unless the index holds a newer revision of it. */
 void book_index_remove(book_index *index, const char *book_id, uint64_t revision);
 size_t book_index_count(book_index *index);
+/* Calls visit with the book (under the read lock: copy and return) and returns true, or
+ * returns false when the index does not hold it. */
+bool book_index_get(book_index *index, const char *book_id,
+                    void (*visit)(void *arg, const book_entry *book), void *arg);
 
 /* Calls visit for up to limit books matching query_folded that come after cursor (NULL: from
  * the start), in order. *more tells whether further matches exist. visit runs under the read

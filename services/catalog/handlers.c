@@ -179,20 +179,6 @@ static status_code adjust_stock(void *state, rpc_context *ctx, const ProtobufCMe
 
 /* --- GetBook ---------------------------------------------------------------------------- */
 
-static status_code get_book(void *state, rpc_context *ctx, const ProtobufCMessage *request,
-                            ProtobufCMessage **response, status *st) {
-    catalog_handlers *h = state;
-    const Library__Catalog__V1__GetBookRequest *req = (const void *)request;
-    if (catalog_check_book_id(req->book_id, st))
-        return st->code;
-    book_record *record = NULL;
-    status_code code = book_store_get(h->store, req->book_id, rpc_context_arena(ctx), &record, st);
-    if (code != STATUS_OK)
-        return code;
-    *response = &record->book->base;
-    return STATUS_OK;
-}
-
 /* --- SearchBooks ------------------------------------------------------------------------ */
 
 typedef struct search_page {
@@ -231,6 +217,32 @@ static void collect_book(void *arg, const book_entry *entry) {
         !book->update_time)
         page->failed = true;
     page->books[page->count++] = book;
+}
+
+/* GetBook answers from the replica's index, which this replica's own writes update at once
+ * and the bucket's watcher within milliseconds of another replica's; a book the index does
+ * not hold yet (just made elsewhere) is read from the bucket, so NOT_FOUND is the truth. */
+static status_code get_book(void *state, rpc_context *ctx, const ProtobufCMessage *request,
+                            ProtobufCMessage **response, status *st) {
+    catalog_handlers *h = state;
+    const Library__Catalog__V1__GetBookRequest *req = (const void *)request;
+    if (catalog_check_book_id(req->book_id, st))
+        return st->code;
+    arena *a = rpc_context_arena(ctx);
+    book_message *found[1] = {NULL};
+    search_page page = {.arena = a, .books = found};
+    if (book_index_get(book_store_index(h->store), req->book_id, collect_book, &page)) {
+        if (page.failed)
+            return out_of_memory(st);
+        *response = &found[0]->base;
+        return STATUS_OK;
+    }
+    book_record *record = NULL;
+    status_code code = book_store_get(h->store, req->book_id, a, &record, st);
+    if (code != STATUS_OK)
+        return code;
+    *response = &record->book->base;
+    return STATUS_OK;
 }
 
 static status_code search_books(void *state, rpc_context *ctx, const ProtobufCMessage *request,

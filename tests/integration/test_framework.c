@@ -216,21 +216,24 @@ static Book *stack_register(stack *s, const char *title) {
     return (Book *)response;
 }
 
-typedef struct get_job {
+/* A call that always goes to the store (NATS): AdjustStock +1, as an administrator. GetBook
+ * would not do: it is answered from the catalog's in-memory index. */
+typedef struct store_job {
     const char *address, *book_id, *bearer;
     status_code code;
     char title[64];
     int64_t took_ms;
     int64_t pushback_ms;
-} get_job;
+} store_job;
 
-static void *get_in_thread(void *arg) {
-    get_job *job = arg;
+static void *store_call_in_thread(void *arg) {
+    store_job *job = arg;
     rpc_client *own = NULL;
     rpc_client_create(job->address, 15000, &own, NULL);
     arena *a = arena_create(0);
-    Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
+    Library__Catalog__V1__AdjustStockRequest request = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
     request.book_id = (char *)job->book_id;
+    request.delta = 1;
     size_t size = protobuf_c_message_get_packed_size(&request.base);
     uint8_t *bytes = arena_alloc(a, size + 1);
     protobuf_c_message_pack(&request.base, bytes);
@@ -240,7 +243,7 @@ static void *get_in_thread(void *arg) {
     rpc_reply_info info;
     status st;
     int64_t started = harness_now_ms();
-    job->code = rpc_client_call_raw(own, CATALOG "GetBook", bytes, size, a, &reply, &reply_size,
+    job->code = rpc_client_call_raw(own, CATALOG "AdjustStock", bytes, size, a, &reply, &reply_size,
                                     &options, &info, &st);
     job->took_ms = harness_now_ms() - started;
     job->pushback_ms = info.retry_pushback_ms;
@@ -260,14 +263,14 @@ Test(framework, over_the_in_flight_limit_calls_are_shed_fast_with_pushback) {
     stack s;
     stack_start(&s, "shed", env);
     Book *book = stack_register(&s, "Popular");
-    const char *bearer = harness_bearer(mem, s.dir, "reader", false);
-    kill(s.nats.pid, SIGSTOP); /* every GetBook now waits on the store */
+    const char *bearer = harness_bearer(mem, s.dir, "admin", true);
+    kill(s.nats.pid, SIGSTOP); /* every AdjustStock now waits on the store */
     enum { CALLS = 8 };
-    get_job jobs[CALLS];
+    store_job jobs[CALLS];
     pthread_t threads[CALLS];
     for (int i = 0; i < CALLS; i++) {
-        jobs[i] = (get_job){.address = s.catalog.address, .book_id = book->book_id, .bearer = bearer};
-        pthread_create(&threads[i], NULL, get_in_thread, &jobs[i]);
+        jobs[i] = (store_job){.address = s.catalog.address, .book_id = book->book_id, .bearer = bearer};
+        pthread_create(&threads[i], NULL, store_call_in_thread, &jobs[i]);
         if (i < 2)
             harness_sleep_ms(200); /* the first two take the two in-flight slots */
     }
@@ -301,9 +304,9 @@ Test(framework, without_nats_calls_fail_fast_and_health_says_not_serving) {
     cr_assert_neq(harness_process_stop(&s.nats, SIGTERM, 5000), -1, "nats-server did not stop");
     harness_sleep_ms(300);
 
-    get_job job = {.address = s.catalog.address, .book_id = book->book_id,
-                   .bearer = harness_bearer(mem, s.dir, "reader", false)};
-    get_in_thread(&job);
+    store_job job = {.address = s.catalog.address, .book_id = book->book_id,
+                     .bearer = harness_bearer(mem, s.dir, "admin", true)};
+    store_call_in_thread(&job);
     cr_assert_eq(job.code, STATUS_UNAVAILABLE, "got %s", status_code_name(job.code));
     cr_assert_lt(job.took_ms, 500, "UNAVAILABLE took %lld ms", (long long)job.took_ms);
     status_code code;
@@ -314,7 +317,7 @@ Test(framework, without_nats_calls_fail_fast_and_health_says_not_serving) {
     int64_t until = harness_now_ms() + 10000;
     do {
         harness_sleep_ms(100);
-        get_in_thread(&job);
+        store_call_in_thread(&job);
     } while (job.code != STATUS_OK && harness_now_ms() < until);
     cr_assert_eq(job.code, STATUS_OK, "the catalog did not recover after NATS came back");
     cr_assert_str_eq(job.title, "Resilient", "the book survived the NATS restart");
@@ -341,10 +344,10 @@ Test(framework, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
                  STATUS_OK);
 
     kill(s.nats.pid, SIGSTOP);
-    get_job job = {.address = s.catalog.address, .book_id = book->book_id,
-                   .bearer = harness_bearer(mem, s.dir, "reader", false)};
+    store_job job = {.address = s.catalog.address, .book_id = book->book_id,
+                     .bearer = harness_bearer(mem, s.dir, "admin", true)};
     pthread_t thread;
-    pthread_create(&thread, NULL, get_in_thread, &job);
+    pthread_create(&thread, NULL, store_call_in_thread, &job);
     harness_sleep_ms(300);
     kill(s.catalog.pid, SIGTERM);
 
