@@ -271,8 +271,8 @@ static void call_init_trace(rpc_context *call) {
         snprintf(call->traceparent, sizeof call->traceparent, "%s", incoming);
     } else {
         char trace[33], span[17];
-        text_random_hex(trace, 16);
-        text_random_hex(span, 8);
+        text_trace_hex(trace, 16);
+        text_trace_hex(span, 8);
         snprintf(call->traceparent, sizeof call->traceparent, "00-%s-%s-01", trace, span);
     }
     memcpy(call->trace_id, call->traceparent + 3, 32);

@@ -119,6 +119,33 @@ void text_sha256_hex(const char *const *parts, char out[65]) {
     out[64] = '\0';
 }
 
+/* splitmix64 (Steele, Lea, Flood 2014): one 64-bit output per step. */
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+void text_trace_hex(char *out, size_t bytes) {
+    static const char digits[] = "0123456789abcdef";
+    static __thread uint64_t state;
+    static __thread bool seeded;
+    if (!seeded) {
+        arc4random_buf(&state, sizeof state);
+        seeded = true;
+    }
+    uint64_t word = 0;
+    for (size_t i = 0; i < bytes; i++) {
+        if (i % 8 == 0)
+            word = splitmix64(&state);
+        uint8_t byte = (uint8_t)(word >> (8 * (i % 8)));
+        out[2 * i] = digits[byte >> 4];
+        out[2 * i + 1] = digits[byte & 15];
+    }
+    out[2 * bytes] = '\0';
+}
+
 void text_random_hex(char *out, size_t bytes) {
     static const char digits[] = "0123456789abcdef";
     uint8_t buffer[64];

@@ -20,6 +20,9 @@ bool text_base64url_decode(arena *a, const char *text, uint8_t **out, size_t *ou
 
 /* Writes 2*bytes lowercase hex digits of cryptographic randomness plus a NUL (bytes <= 64). */
 void text_random_hex(char *out, size_t bytes);
+/* The same from a per-thread generator seeded from the kernel once: fast, unique in practice,
+ * but predictable; for trace and span ids, never for secrets or ids that guard access. */
+void text_trace_hex(char *out, size_t bytes);
 
 /* Lowercase hex SHA-256 of the parts, each followed by a NUL separator (so ("ab","c") and
  * ("a","bc") differ). parts is NULL-terminated. */
