@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The seed demo end to end, as a user runs it: tools/run starts an isolated stack (its own
 # directory, every port shifted by a free offset) from this build, and tools/demo --check
-# drives it through the nginx gateway with buf curl, checking every step. Ends with
-# `N passed, N failed` (one check: the whole demo).
+# drives it through the nginx gateway with buf curl, checking every step; then tools/load runs
+# for two seconds against the same stack, so it cannot rot. Ends with `N passed, N failed`.
 set -euo pipefail
 root=${LIBRARY_SOURCE_ROOT:?run me through meson test or tools/test}
 build=${LIBRARY_BUILD_ROOT:?run me through meson test or tools/test}
@@ -55,6 +55,11 @@ until grep -q 'The library backend is up' "$dir/run.out"; do
   sleep 0.2
 done
 
-if RUN_DIR=$dir/run "$root/tools/demo" --check --endpoint "http://127.0.0.1:$((8080 + offset))"; then
+endpoint=http://127.0.0.1:$((8080 + offset))
+if RUN_DIR=$dir/run "$root/tools/demo" --check --endpoint "$endpoint" &&
+  RUN_DIR=$dir/run "$root/tools/load" --duration 2 --clients 1 --endpoint "$endpoint" >"$dir/load.out" 2>&1 &&
+  grep -q 'borrows (each returned), 0 failed' "$dir/load.out"; then
   result=0
+else
+  [[ ! -f $dir/load.out ]] || cat "$dir/load.out"
 fi
