@@ -108,6 +108,13 @@ struct event_consumer {
     pthread_t thread;
     atomic_bool stopping;
     metric_series *handled, *retried, *dropped, *pending;
+    /* the batch being handled by the workers (workers > 1) */
+    pthread_mutex_t lock;
+    pthread_cond_t work, finished;
+    natsMsg **batch;
+    int batch_count, batch_next, batch_done;
+    pthread_t *worker_threads;
+    int worker_count;
 };
 
 static bool retryable(status_code code) {
@@ -160,6 +167,47 @@ static void handle_message(event_consumer *consumer, natsMsg *message) {
     library__events__v1__event__free_unpacked(e, NULL);
 }
 
+/* A worker takes the batch's messages one by one until it is used up. */
+static void *worker_main(void *arg) {
+    event_consumer *consumer = arg;
+    pthread_mutex_lock(&consumer->lock);
+    for (;;) {
+        while (!atomic_load(&consumer->stopping) &&
+               (consumer->batch == NULL || consumer->batch_next >= consumer->batch_count))
+            pthread_cond_wait(&consumer->work, &consumer->lock);
+        if (consumer->batch == NULL || consumer->batch_next >= consumer->batch_count)
+            break; /* stopping, and nothing left to do */
+        natsMsg *message = consumer->batch[consumer->batch_next++];
+        pthread_mutex_unlock(&consumer->lock);
+        handle_message(consumer, message);
+        pthread_mutex_lock(&consumer->lock);
+        if (++consumer->batch_done == consumer->batch_count)
+            pthread_cond_signal(&consumer->finished);
+    }
+    pthread_mutex_unlock(&consumer->lock);
+    return NULL;
+}
+
+/* Handles a fetched batch: in this thread, or spread over the workers (and waits for them,
+ * so a batch is done before the next fetch and MaxAckPending bounds nothing else). */
+static void handle_batch(event_consumer *consumer, natsMsgList *list) {
+    if (consumer->worker_count == 0 || list->Count == 1) {
+        for (int i = 0; i < list->Count; i++)
+            handle_message(consumer, list->Msgs[i]);
+        return;
+    }
+    pthread_mutex_lock(&consumer->lock);
+    consumer->batch = list->Msgs;
+    consumer->batch_count = list->Count;
+    consumer->batch_next = 0;
+    consumer->batch_done = 0;
+    pthread_cond_broadcast(&consumer->work);
+    while (consumer->batch_done < consumer->batch_count)
+        pthread_cond_wait(&consumer->finished, &consumer->lock);
+    consumer->batch = NULL;
+    pthread_mutex_unlock(&consumer->lock);
+}
+
 static void *consume_main(void *arg) {
     event_consumer *consumer = arg;
     while (!atomic_load(&consumer->stopping)) {
@@ -176,12 +224,13 @@ static void *consume_main(void *arg) {
             }
             continue;
         }
-        for (int i = 0; i < list.Count; i++)
-            handle_message(consumer, list.Msgs[i]);
+        handle_batch(consumer, &list);
         natsMsgList_Destroy(&list);
     }
     return NULL;
 }
+
+static void consumer_free(event_consumer *consumer);
 
 /* Creates the durable consumer, or brings an existing one to these settings. */
 static status_code consumer_declare(nats_connection *connection, event_consumer *consumer, status *st) {
@@ -251,23 +300,48 @@ status_code event_consumer_start(nats_connection *connection, const event_consum
         free(consumer);
         return nats_status_to_status(s, "subscribing to a durable consumer", st);
     }
+    pthread_mutex_init(&consumer->lock, NULL);
+    pthread_cond_init(&consumer->work, NULL);
+    pthread_cond_init(&consumer->finished, NULL);
+    int workers = options->workers > 1 ? options->workers : 0;
+    consumer->worker_threads = workers ? calloc((size_t)workers, sizeof *consumer->worker_threads) : NULL;
+    for (int i = 0; i < workers && consumer->worker_threads; i++) {
+        if (pthread_create(&consumer->worker_threads[i], NULL, worker_main, consumer) != 0)
+            break;
+        consumer->worker_count++;
+    }
     if (pthread_create(&consumer->thread, NULL, consume_main, consumer) != 0) {
-        natsSubscription_Destroy(consumer->subscription);
-        free(consumer);
+        consumer_free(consumer);
         return status_set(st, STATUS_INTERNAL, "THREAD", "cannot start a consumer thread");
     }
     *out = consumer;
     return STATUS_OK;
 }
 
+/* Stops the workers and frees everything but the fetch thread (joined before, or never
+ * started). */
+static void consumer_free(event_consumer *consumer) {
+    pthread_mutex_lock(&consumer->lock);
+    atomic_store(&consumer->stopping, true);
+    pthread_cond_broadcast(&consumer->work);
+    pthread_mutex_unlock(&consumer->lock);
+    for (int i = 0; i < consumer->worker_count; i++)
+        pthread_join(consumer->worker_threads[i], NULL);
+    free(consumer->worker_threads);
+    pthread_mutex_destroy(&consumer->lock);
+    pthread_cond_destroy(&consumer->work);
+    pthread_cond_destroy(&consumer->finished);
+    /* Destroy, not Unsubscribe: unsubscribing would delete the durable consumer. */
+    natsSubscription_Destroy(consumer->subscription);
+    free(consumer);
+}
+
 void event_consumer_stop(event_consumer *consumer) {
     if (consumer == NULL)
         return;
     atomic_store(&consumer->stopping, true);
-    pthread_join(consumer->thread, NULL);
-    /* Destroy, not Unsubscribe: unsubscribing would delete the durable consumer. */
-    natsSubscription_Destroy(consumer->subscription);
-    free(consumer);
+    pthread_join(consumer->thread, NULL); /* it finishes its batch first */
+    consumer_free(consumer);
 }
 
 static void pause_ms(int64_t ms) {

@@ -38,6 +38,9 @@ typedef struct event_consumer_options {
     void *arg;
     int64_t ack_wait_ms;        /* 0: 30000 */
     int64_t retry_delay_ms;     /* pause before a redelivery; 0: 500 */
+    /* Threads that handle the events of one fetched batch at once (0: 1). Handlers must then
+     * tolerate any order within a batch; ours do (compare-and-set, idempotent merges). */
+    int workers;
 } event_consumer_options;
 
 /* Creates (or binds to) the durable consumer and starts a thread that fetches and handles. */

@@ -42,6 +42,8 @@ static const config_entry common_config[] = {
     {"EVENT_ACK_WAIT", CONFIG_DURATION, "10s",
      "how long an event may stay unacknowledged before it is delivered again",
      &settings.event_ack_wait_ms, 500, 3600000},
+    {"EVENT_WORKERS", CONFIG_INT, "8", "threads that handle the events of one fetched batch at once",
+     &settings.event_workers, 1, 256},
     {"MAX_IN_FLIGHT", CONFIG_INT, "256",
      "calls queued or running at once; more are refused with RESOURCE_EXHAUSTED",
      &settings.max_in_flight, 1, 100000},

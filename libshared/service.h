@@ -33,6 +33,7 @@ typedef struct service_settings {
     int64_t nats_connect_timeout_ms;
     int64_t nats_replicas;
     int64_t event_ack_wait_ms;
+    int64_t event_workers;
     int64_t max_in_flight;
     int64_t worker_threads;
     int64_t drain_grace_ms;

@@ -18,7 +18,8 @@ static status_code catalog_start(const service_context *context, void **state, s
     if (code == STATUS_OK)
         code = book_store_open(context->nats, replicas, &store, st);
     if (code == STATUS_OK)
-        code = catalog_saga_start(context->nats, store, context->settings->event_ack_wait_ms, &saga, st);
+        code = catalog_saga_start(context->nats, store, context->settings->event_ack_wait_ms,
+                                  (int)context->settings->event_workers, &saga, st);
     if (code == STATUS_OK) {
         catalog_handlers_init(handlers, store);
         handlers->saga = saga;

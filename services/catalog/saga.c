@@ -179,6 +179,7 @@ static status_code on_loan_event(void *arg, const event *e, uint64_t sequence, s
 }
 
 status_code catalog_saga_start(nats_connection *connection, book_store *store, int64_t ack_wait_ms,
+                               int workers,
                                catalog_saga **out, status *st) {
     catalog_saga *saga = calloc(1, sizeof *saga);
     if (saga == NULL)
@@ -187,7 +188,7 @@ status_code catalog_saga_start(nats_connection *connection, book_store *store, i
     saga->store = store;
     event_consumer_options options = {.durable = "catalog", .filter_subject = "library.events.loan.>",
                                       .handler = on_loan_event, .arg = saga,
-                                      .ack_wait_ms = ack_wait_ms};
+                                      .ack_wait_ms = ack_wait_ms, .workers = workers};
     status_code code = event_consumer_start(connection, &options, &saga->consumer, st);
     if (code != STATUS_OK) {
         free(saga);

@@ -28,6 +28,7 @@ status_code catalog_saga_decide(void *decision, arena *a, book_record *record, b
                                 status *st);
 
 status_code catalog_saga_start(nats_connection *connection, book_store *store, int64_t ack_wait_ms,
+                               int workers,
                                catalog_saga **out, status *st);
 void catalog_saga_stop(catalog_saga *saga); /* NULL is a no-op */
 

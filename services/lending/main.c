@@ -43,7 +43,8 @@ static status_code lending_start(const service_context *context, void **state, s
     circuit_breaker_init(&h->catalog_breaker, "catalog", (int)settings.breaker_failures, settings.breaker_open_ms);
     saga_options saga = {.reconcile_interval_ms = settings.reconcile_interval_ms,
                          .reconcile_after_ms = settings.reconcile_after_ms,
-                         .ack_wait_ms = context->settings->event_ack_wait_ms};
+                         .ack_wait_ms = context->settings->event_ack_wait_ms,
+                         .event_workers = (int)context->settings->event_workers};
     status_code code = events_ensure_stream(context->nats, replicas, st);
     if (code == STATUS_OK)
         code = loan_store_open(context->nats, replicas, &h->store, st);

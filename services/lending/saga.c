@@ -523,7 +523,8 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
     if (code == STATUS_OK) {
         event_consumer_options consumer = {.durable = "lending", .filter_subject = "library.events.copy.>",
                                            .handler = on_catalog_event, .arg = saga,
-                                           .ack_wait_ms = options->ack_wait_ms};
+                                           .ack_wait_ms = options->ack_wait_ms,
+                                           .workers = options->event_workers};
         code = event_consumer_start(connection, &consumer, &saga->consumer, st);
     }
     if (code == STATUS_OK) {

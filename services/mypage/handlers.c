@@ -16,6 +16,8 @@ struct page_watcher {
     rpc_stream *stream;
     char user_id[AUTH_SUBJECT_MAX];
     pthread_mutex_t sending; /* one load-and-send at a time, so pages go out in order */
+    uint8_t *last_sent;      /* the last page sent, packed (under sending): no repeats */
+    size_t last_sent_size;
     int references;          /* guarded by owner->lock */
 };
 
@@ -60,19 +62,36 @@ static void watcher_unref(page_watcher *w) {
         return;
     rpc_stream_release(w->stream);
     pthread_mutex_destroy(&w->sending);
+    free(w->last_sent);
     free(w);
 }
 
-/* Loads the user's page and sends it; a Redis failure ends the stream (the client
- * reconnects and gets the page afresh rather than miss a change). */
+/* Loads the user's page and sends it, unless it is the page sent last (two announcements
+ * can find the same page: events of one loan handled at once). A Redis failure ends the
+ * stream (the client reconnects and gets the page afresh rather than miss a change).
+ * Called with w->sending held. */
 static status_code watcher_send_page(page_watcher *w, status *st) {
     arena *a = arena_create(0);
     if (a == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     Library__Mypage__V1__Mypage *page = NULL;
     status_code code = page_store_load(w->owner->store, a, w->user_id, &page, st);
-    if (code == STATUS_OK)
+    size_t size = 0;
+    uint8_t *packed = code == STATUS_OK ? arena_pack(a, &page->base, &size) : NULL;
+    if (code == STATUS_OK && packed == NULL)
+        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    bool repeat = packed && w->last_sent && size == w->last_sent_size &&
+                  memcmp(packed, w->last_sent, size) == 0;
+    if (code == STATUS_OK && !repeat) {
         code = rpc_stream_send(w->stream, &page->base, st);
+        uint8_t *copy = code == STATUS_OK ? malloc(size ? size : 1) : NULL;
+        if (copy) {
+            memcpy(copy, packed, size);
+            free(w->last_sent);
+            w->last_sent = copy;
+            w->last_sent_size = size;
+        }
+    }
     arena_destroy(a);
     return code;
 }

@@ -83,7 +83,7 @@ static status_code mypage_start(const service_context *context, void **state, st
         code = rpc_server_add_service(context->server, &m->handlers.service, st);
     if (code == STATUS_OK)
         code = projection_start(context->nats, m->store, context->settings->event_ack_wait_ms,
-                                &m->projection, st);
+                                (int)context->settings->event_workers, &m->projection, st);
     if (code == STATUS_OK) {
         if (pthread_create(&m->checker, NULL, redis_checker_main, m) == 0)
             m->checker_running = true;

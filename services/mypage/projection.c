@@ -44,6 +44,7 @@ static status_code on_loan_event(void *arg, const event *e, uint64_t sequence, s
 }
 
 status_code projection_start(nats_connection *connection, page_store *store, int64_t ack_wait_ms,
+                             int workers,
                              projection **out, status *st) {
     projection *p = calloc(1, sizeof *p);
     if (p == NULL)
@@ -57,7 +58,7 @@ status_code projection_start(nats_connection *connection, page_store *store, int
         NULL);
     event_consumer_options options = {.durable = "mypage", .filter_subject = LOAN_EVENTS,
                                       .handler = on_loan_event, .arg = p,
-                                      .ack_wait_ms = ack_wait_ms};
+                                      .ack_wait_ms = ack_wait_ms, .workers = workers};
     status_code code = event_consumer_start(connection, &options, &p->consumer, st);
     if (code != STATUS_OK) {
         free(p);

@@ -20,6 +20,7 @@
 typedef struct projection projection;
 
 status_code projection_start(nats_connection *connection, page_store *store, int64_t ack_wait_ms,
+                             int workers,
                              projection **out, status *st);
 void projection_stop(projection *p); /* NULL is a no-op */
 
