@@ -17,28 +17,28 @@ arena *mem;
 
 static harness_process nats_process, redis_process, catalog_process, lending_process, mypage_process;
 
-bool fixture_start_lending(const char *dir, const char *nats_url, const char *catalog_address,
-                           const char *const *extra_env, harness_process *out) {
-    static char nats_env[160], catalog_env[160];
+/* Starts a service with NATS_URL, one more setting of its own, and the extra settings. */
+static bool start_service(const char *name, const char *dir, const char *nats_url,
+                          const char *own_setting, const char *own_value,
+                          const char *const *extra_env, harness_process *out) {
+    char nats_env[160], own_env[200];
     snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", nats_url);
-    snprintf(catalog_env, sizeof catalog_env, "CATALOG_ADDR=%s", catalog_address);
-    const char *env[24] = {nats_env, catalog_env};
+    snprintf(own_env, sizeof own_env, "%s=%s", own_setting, own_value);
+    const char *env[24] = {nats_env, own_env};
     size_t n = 2;
     for (const char *const *e = extra_env; e && *e && n < 23; e++)
         env[n++] = *e;
-    return harness_service_start("lending", dir, env, out);
+    return harness_service_start(name, dir, env, out);
+}
+
+bool fixture_start_lending(const char *dir, const char *nats_url, const char *catalog_address,
+                           const char *const *extra_env, harness_process *out) {
+    return start_service("lending", dir, nats_url, "CATALOG_ADDR", catalog_address, extra_env, out);
 }
 
 bool fixture_start_mypage(const char *dir, const char *nats_url, const char *redis_url,
                           const char *const *extra_env, harness_process *out) {
-    static char nats_env[160], redis_env[160];
-    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", nats_url);
-    snprintf(redis_env, sizeof redis_env, "REDIS_URL=%s", redis_url);
-    const char *env[24] = {nats_env, redis_env};
-    size_t n = 2;
-    for (const char *const *e = extra_env; e && *e && n < 23; e++)
-        env[n++] = *e;
-    return harness_service_start("mypage", dir, env, out);
+    return start_service("mypage", dir, nats_url, "REDIS_URL", redis_url, extra_env, out);
 }
 
 /* Stops what PRE_ALL started, newest first, and says why the suite cannot run. */
