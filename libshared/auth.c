@@ -197,6 +197,34 @@ static status_code check_algorithm(const auth_verifier *v, const char *token, st
     return STATUS_OK;
 }
 
+/* True when the JSON array text has a top-level string element equal to wanted. Elements
+ * are compared whole, as libjwt wrote them: a substring search for "\"wanted\"" would also
+ * accept ["\\"wanted"] or [{"wanted": 1}]. An element with escapes never equals a wanted
+ * value without them, and a configured audience has none. */
+static bool json_array_has_string(const char *json, const char *wanted) {
+    if (json[0] != '[')
+        return false;
+    size_t wanted_length = strlen(wanted);
+    int depth = 0;
+    for (const char *p = json; *p != '\0'; p++) {
+        if (*p == '[' || *p == '{') {
+            depth++;
+        } else if (*p == ']' || *p == '}') {
+            depth--;
+        } else if (*p == '"') {
+            const char *start = ++p;
+            while (*p != '\0' && *p != '"')
+                p += p[0] == '\\' && p[1] != '\0' ? 2 : 1;
+            if (*p == '\0')
+                return false;
+            if (depth == 1 && (size_t)(p - start) == wanted_length &&
+                memcmp(start, wanted, wanted_length) == 0)
+                return true;
+        }
+    }
+    return false;
+}
+
 /* aud may be one string or an array of strings; any match is enough. */
 static bool audience_matches(jwt_t *jwt, const char *audience) {
     const char *single = jwt_get_grant(jwt, "aud");
@@ -205,9 +233,7 @@ static bool audience_matches(jwt_t *jwt, const char *audience) {
     char *json = jwt_get_grants_json(jwt, "aud");
     if (json == NULL)
         return false;
-    char quoted[300];
-    snprintf(quoted, sizeof quoted, "\"%s\"", audience);
-    bool found = json[0] == '[' && strstr(json, quoted) != NULL;
+    bool found = json_array_has_string(json, audience);
     free(json);
     return found;
 }

@@ -8,6 +8,7 @@
  *   0: the authorization header value as is;
  *   1, 2: the JWT header JSON, a newline, the payload JSON; signed ES256 (1) or RS256 (2);
  *   3: the same, "signed" HS256 with the verifier's public key as the secret. */
+#include <ctype.h>
 #include <openssl/ecdsa.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -103,6 +104,28 @@ static void check_identity(status_code code, const status *st, const auth_identi
     FUZZ_CHECK(text_is_valid_utf8(who->subject, length, false));
 }
 
+/* An accepted token names the audience whole: as the aud string or an element of the aud
+ * array, not inside another string or an object. Checked on the payload text, so not when
+ * it has \u escapes (without a JSON parser "\u0066uzz" cannot be told from "fuzz"; the
+ * other escapes stand for characters the audience does not have). */
+static bool names_audience(const char *payload) {
+    static const char quoted[] = "\"" AUDIENCE "\"";
+    if (strstr(payload, "\\u") != NULL)
+        return true;
+    for (const char *p = strstr(payload, quoted); p != NULL; p = strstr(p + 1, quoted)) {
+        const char *before = p, *after = p + strlen(quoted);
+        while (before > payload && isspace((unsigned char)before[-1]))
+            before--;
+        while (isspace((unsigned char)*after))
+            after++;
+        char previous = before > payload ? before[-1] : '\0';
+        if ((previous == '[' || previous == ',' || previous == ':') &&
+            (*after == ',' || *after == ']' || *after == '}'))
+            return true;
+    }
+    return false;
+}
+
 static void verify_raw(const uint8_t *data, size_t size) {
     char *authorization = fuzz_string(data, size);
     const test_key *keys[] = {&ec_key, &rsa_key};
@@ -139,6 +162,8 @@ static void verify_signed(int mode, const uint8_t *data, size_t size) {
     memset(&who, 0, sizeof who);
     status_code code = auth_verify(key->verifier, authorization, &who, &st);
     check_identity(code, &st, &who);
+    if (code == STATUS_OK)
+        FUZZ_CHECK(names_audience(payload));
     if (mode == 3)
         FUZZ_CHECK(code != STATUS_OK); /* algorithm confusion never gets in */
     /* A token signed with one key never verifies with the other. */
