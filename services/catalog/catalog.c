@@ -76,20 +76,24 @@ status_code catalog_check_request_id(const char *request_id, status *st) {
     return STATUS_OK;
 }
 
-status_code catalog_check_book_id(const char *book_id, status *st) {
-    size_t length = book_id ? strlen(book_id) : 0;
+status_code catalog_check_id(const char *id, const char *field, status *st) {
+    size_t length = id ? strlen(id) : 0;
     if (length == 0)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_REQUIRED", "book_id is required");
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_REQUIRED", "%s is required", field);
     if (length > CATALOG_BOOK_ID_MAX)
         return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED",
-                          "book_id is too long to be a book id");
+                          "%s is too long to be an id", field);
     for (size_t i = 0; i < length; i++) {
-        char c = book_id[i];
+        char c = id[i];
         if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
             return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED",
-                              "book_id may contain only a-z, 0-9 and '-'");
+                              "%s may contain only a-z, 0-9 and '-'", field);
     }
     return STATUS_OK;
+}
+
+status_code catalog_check_book_id(const char *book_id, status *st) {
+    return catalog_check_id(book_id, "book_id", st);
 }
 
 status_code catalog_check_register(const char *title, const char *author, const char *isbn,

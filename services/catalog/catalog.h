@@ -34,6 +34,8 @@ status_code catalog_check_request_id(const char *request_id, status *st);
 /* Book ids are server-made: lowercase letters, digits and '-', 1..64 bytes. Anything else
  * (including NATS subject wildcards) is INVALID_ARGUMENT before it reaches the store. */
 status_code catalog_check_book_id(const char *book_id, status *st);
+/* The same rule for any server-made id (loan ids in events too); field names it. */
+status_code catalog_check_id(const char *id, const char *field, status *st);
 
 /* The checks of whole requests, one per method, shared by the handlers and the fuzz
  * harnesses (tests/fuzz). Each returns the first problem found, naming its field. */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "catalog.h"
 #include "events.h"
 #include "log.h"
 #include "timestamp.h"
@@ -98,6 +99,35 @@ status_code catalog_saga_decide(void *arg, arena *a, book_record *record, bool *
     return STATUS_OK;
 }
 
+/* A W3C traceparent as rpc_server makes them: "00-<32 hex>-<16 hex>-<2 hex>". */
+static bool traceparent_well_formed(const char *value) {
+    if (value == NULL || strlen(value) != 55)
+        return false;
+    for (size_t i = 0; i < 55; i++) {
+        bool dash = i == 2 || i == 35 || i == 52;
+        char c = value[i];
+        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return false;
+    }
+    return true;
+}
+
+status_code catalog_saga_check_event(const event *e, status *st) {
+    const char *loan_id = NULL, *book_id = NULL;
+    if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED) {
+        loan_id = e->loan_requested->loan_id;
+        book_id = e->loan_requested->book_id;
+    } else if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED) {
+        loan_id = e->loan_returned->loan_id;
+        book_id = e->loan_returned->book_id;
+    } else {
+        return STATUS_OK;
+    }
+    if (catalog_check_id(loan_id, "loan_id", st) || catalog_check_id(book_id, "book_id", st))
+        return st->code;
+    return STATUS_OK;
+}
+
 static event *answer_new(arena *a, const event *cause, const char *kind, const char *loan_id) {
     event *e = (void *)arena_new_message(a, &library__events__v1__event__descriptor);
     Google__Protobuf__Timestamp *t = timestamp_now(a);
@@ -106,7 +136,8 @@ static event *answer_new(arena *a, const event *cause, const char *kind, const c
     e->event_id = arena_sprintf(a, "%s-%s", kind, loan_id);
     e->occur_time = t;
     e->correlation_id = (char *)loan_id;
-    e->traceparent = cause->traceparent;
+    /* It becomes a NATS header of the answer: only a well-formed one is passed on. */
+    e->traceparent = traceparent_well_formed(cause->traceparent) ? cause->traceparent : (char *)"";
     return e->event_id ? e : NULL;
 }
 
@@ -168,6 +199,10 @@ static status_code on_loan_event(void *arg, const event *e, uint64_t sequence, s
     if (e->body_case != LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED &&
         e->body_case != LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED)
         return STATUS_OK; /* the other loan events are for the projection */
+    if (catalog_saga_check_event(e, st) != STATUS_OK) {
+        LOG_WARN("event %.64s names a malformed id (%s); refusing it", e->event_id, st->message);
+        return st->code;
+    }
     arena *a = arena_create(0);
     if (a == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");

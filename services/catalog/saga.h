@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "book_store.h"
+#include "events.h"
 #include "nats_connection.h"
 #include "status.h"
 
@@ -26,6 +27,12 @@ typedef struct catalog_decision {
 } catalog_decision;
 status_code catalog_saga_decide(void *decision, arena *a, book_record *record, bool *changed,
                                 status *st);
+
+/* Events come off a stream that anything holding NATS credentials can write to, and their
+ * ids become KV keys and part of the answer's Nats-Msg-Id. A LoanRequested or LoanReturned
+ * whose loan_id or book_id is not a server-made id (a '.', a wildcard, CR/LF...) is
+ * INVALID_ARGUMENT, so the consumer terminates it instead of acting on it. */
+status_code catalog_saga_check_event(const event *e, status *st);
 
 status_code catalog_saga_start(nats_connection *connection, book_store *store, int64_t ack_wait_ms,
                                int workers,

@@ -1,7 +1,8 @@
 /* fuzz_event.c - the library.events.v1.Event envelope as the consumers get it from the
  * stream: unpacked as events.c does, then what each consumer does with it that needs no NATS
- * or Redis: the catalog saga's decision on a book record (run twice, as a redelivery would),
- * lending's loan state change on a reservation outcome, and mypage's page change.
+ * or Redis: the catalog saga's id checks and its decision on a book record (run twice, as a
+ * redelivery would), lending's loan state change on a reservation outcome, and mypage's page
+ * change.
  *
  * Input: the serialized Event. */
 #include <stdbool.h>
@@ -49,11 +50,18 @@ static void check_stock(const book_record *record) {
     FUZZ_CHECK((size_t)book->available_copies + record->n_loans_on_hand == (size_t)book->total_copies);
 }
 
-/* The catalog's consumer: LoanRequested reserves, LoanReturned releases, each idempotent. */
+/* The catalog's consumer: malformed ids are refused; then LoanRequested reserves and
+ * LoanReturned releases, each idempotent. */
 static void catalog_consumer(const event *e) {
+    status checked;
+    if (catalog_saga_check_event(e, &checked) != STATUS_OK) {
+        FUZZ_CHECK(checked.code == STATUS_INVALID_ARGUMENT); /* terminated, never retried */
+        return;
+    }
     const char *loan_id = e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED
                               ? e->loan_requested->loan_id
                               : e->loan_returned->loan_id;
+    FUZZ_CHECK(strspn(loan_id, "abcdefghijklmnopqrstuvwxyz0123456789-") == strlen(loan_id));
     arena *a = arena_create(0);
     FUZZ_CHECK(a != NULL);
     book_record *record = book_on_shelf(a);
