@@ -173,9 +173,9 @@ static status_code noop(void *state, rpc_context *ctx, const ProtobufCMessage *r
 }
 
 static const rpc_method noop_methods[] = {
-    RPC_UNARY("Noop", library__bench__v1__noop_request, library__bench__v1__noop_response, noop,
+    RPC_UNARY_NONBLOCKING("Noop", library__bench__v1__noop_request, library__bench__v1__noop_response, noop,
               RPC_ACCESS_PUBLIC),
-    RPC_UNARY("NoopAuth", library__bench__v1__noop_request, library__bench__v1__noop_response, noop,
+    RPC_UNARY_NONBLOCKING("NoopAuth", library__bench__v1__noop_request, library__bench__v1__noop_response, noop,
               RPC_ACCESS_USER),
 };
 

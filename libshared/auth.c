@@ -50,7 +50,7 @@ struct auth_verifier {
     char *issuer;
     char *audience;
     int64_t leeway_seconds;
-    pthread_mutex_t cache_locks[CACHE_LOCKS];
+    pthread_rwlock_t cache_locks[CACHE_LOCKS]; /* readers share: a hit only reads */
     cached_token cache[CACHE_SLOTS];
 };
 
@@ -108,7 +108,7 @@ status_code auth_verifier_create(const char *public_key_file, const char *issuer
     if (v == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     for (int i = 0; i < CACHE_LOCKS; i++)
-        pthread_mutex_init(&v->cache_locks[i], NULL);
+        pthread_rwlock_init(&v->cache_locks[i], NULL);
     size_t pem_size = 0;
     unsigned char *pem = read_file(public_key_file, &pem_size);
     if (pem == NULL) {
@@ -142,7 +142,7 @@ void auth_verifier_destroy(auth_verifier *v) {
     for (int i = 0; i < CACHE_SLOTS; i++)
         free(v->cache[i].token);
     for (int i = 0; i < CACHE_LOCKS; i++)
-        pthread_mutex_destroy(&v->cache_locks[i]);
+        pthread_rwlock_destroy(&v->cache_locks[i]);
     free(v->issuer);
     free(v->audience);
     free(v);
@@ -316,14 +316,14 @@ static uint64_t token_hash(const char *token) {
 static bool cache_lookup(auth_verifier *v, const char *token, uint64_t hash, int64_t now,
                          auth_identity *out) {
     size_t slot = hash % CACHE_SLOTS;
-    pthread_mutex_t *lock = &v->cache_locks[slot % CACHE_LOCKS];
-    pthread_mutex_lock(lock);
+    pthread_rwlock_t *lock = &v->cache_locks[slot % CACHE_LOCKS];
+    pthread_rwlock_rdlock(lock);
     const cached_token *entry = &v->cache[slot];
     bool hit = entry->token != NULL && entry->hash == hash && strcmp(entry->token, token) == 0 &&
                now <= entry->expires && now >= entry->not_before;
     if (hit)
         *out = entry->identity;
-    pthread_mutex_unlock(lock);
+    pthread_rwlock_unlock(lock);
     return hit;
 }
 
@@ -335,13 +335,13 @@ static void cache_store(auth_verifier *v, const char *token, uint64_t hash,
     if (copy == NULL)
         return;
     size_t slot = hash % CACHE_SLOTS;
-    pthread_mutex_t *lock = &v->cache_locks[slot % CACHE_LOCKS];
-    pthread_mutex_lock(lock);
+    pthread_rwlock_t *lock = &v->cache_locks[slot % CACHE_LOCKS];
+    pthread_rwlock_wrlock(lock);
     cached_token *entry = &v->cache[slot];
     char *old = entry->token;
     *entry = (cached_token){.token = copy, .hash = hash, .identity = *identity,
                             .expires = expires, .not_before = not_before};
-    pthread_mutex_unlock(lock);
+    pthread_rwlock_unlock(lock);
     free(old);
 }
 

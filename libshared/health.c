@@ -174,7 +174,7 @@ status_code health_create(health **out, status *st) {
     if (h == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     pthread_mutex_init(&h->lock, NULL);
-    h->methods[0] = (rpc_method)RPC_UNARY("Check", grpc__health__v1__health_check_request,
+    h->methods[0] = (rpc_method)RPC_UNARY_NONBLOCKING("Check", grpc__health__v1__health_check_request,
                                           grpc__health__v1__health_check_response, check,
                                           RPC_ACCESS_PUBLIC);
     h->methods[1] = (rpc_method)RPC_SERVER_STREAM("Watch", grpc__health__v1__health_check_request,

@@ -110,6 +110,8 @@ struct rpc_context {
     arena *arena;
     atomic_int refs;
     int64_t started_ns;
+    bool on_poller;                /* a nonblocking handler's first try */
+    const ProtobufCMessage *request; /* decoded, after the checks passed */
     status_code final_code; /* the status sent; CANCELLED until one is */
     char final_message[160];
     auth_identity caller;
@@ -531,12 +533,19 @@ static status_code call_decode(rpc_context *call, grpc_byte_buffer *buffer,
     return STATUS_OK;
 }
 
-static void call_run_unary(rpc_context *call, const ProtobufCMessage *request) {
+/* false when the handler must be run again on a worker (RPC_WOULD_BLOCK on a poller). */
+static bool call_run_unary(rpc_context *call, const ProtobufCMessage *request) {
     const registered_method *m = call->method;
     status st;
     status_clear(&st);
     ProtobufCMessage *response = NULL;
     status_code code = m->method->unary(m->service->state, call, request, &response, &st);
+    if (code == RPC_WOULD_BLOCK) {
+        if (call->on_poller)
+            return false;
+        code = status_set(&st, STATUS_INTERNAL, "WOULD_BLOCK",
+                          "the handler asked to block where it may already");
+    }
     if (code == STATUS_OK && response == NULL)
         code = status_set(&st, STATUS_INTERNAL, "NO_RESPONSE", "the handler returned no response");
     if (code == STATUS_OK) {
@@ -546,6 +555,7 @@ static void call_run_unary(rpc_context *call, const ProtobufCMessage *request) {
             st.code = code;
         call_reply_error(call, code, &st);
     }
+    return true;
 }
 
 static void stream_begin(rpc_context *call);
@@ -563,27 +573,36 @@ static void call_run_server_stream(rpc_context *call, const ProtobufCMessage *re
     call_release(call); /* the handler's reference */
 }
 
-static void call_process(rpc_context *call) {
+/* Checks, decodes and runs the call. false when a nonblocking handler, tried on a poller
+ * thread, has to be run on a worker (the checks are not done again there). */
+static bool call_process(rpc_context *call) {
     log_set_trace_id(call->trace_id);
-    status st;
-    status_clear(&st);
-    ProtobufCMessage *request = NULL;
-    status_code code = STATUS_OK;
-    if (rpc_context_remaining_ms(call) <= 0)
-        code = status_set(&st, STATUS_DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED",
-                          "the deadline passed before the call was handled");
-    if (code == STATUS_OK)
-        code = call_authenticate(call, &st);
-    if (code == STATUS_OK)
-        code = call_decode(call, call->payload, &request, &st);
-    if (code != STATUS_OK) {
-        call_reply_error(call, code, &st);
-    } else if (call->method->method->kind == RPC_KIND_UNARY) {
-        call_run_unary(call, request);
-    } else {
-        call_run_server_stream(call, request);
+    bool done = true;
+    if (call->request == NULL) {
+        status st;
+        status_clear(&st);
+        ProtobufCMessage *request = NULL;
+        status_code code = STATUS_OK;
+        if (rpc_context_remaining_ms(call) <= 0)
+            code = status_set(&st, STATUS_DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED",
+                              "the deadline passed before the call was handled");
+        if (code == STATUS_OK)
+            code = call_authenticate(call, &st);
+        if (code == STATUS_OK)
+            code = call_decode(call, call->payload, &request, &st);
+        if (code != STATUS_OK) {
+            call_reply_error(call, code, &st);
+            log_set_trace_id(NULL);
+            return true;
+        }
+        call->request = request;
     }
+    if (call->method->method->kind == RPC_KIND_UNARY)
+        done = call_run_unary(call, call->request);
+    else
+        call_run_server_stream(call, call->request);
     log_set_trace_id(NULL);
+    return done;
 }
 
 static void *worker_main(void *arg) {
@@ -939,6 +958,12 @@ static void on_call_requested(void *self, bool ok) {
         call_start_bidi(call);
         return;
     }
+    if (call->method->method->nonblocking && call->method->method->kind == RPC_KIND_UNARY) {
+        call->on_poller = true;
+        if (call_process(call))
+            return; /* answered here, without a worker */
+        call->on_poller = false;
+    }
     int limit = server->options.max_in_flight;
     if (atomic_fetch_add_explicit(&server->in_flight, 1, memory_order_acq_rel) >= limit) {
         atomic_fetch_sub_explicit(&server->in_flight, 1, memory_order_release);
@@ -1289,6 +1314,10 @@ const auth_identity *rpc_context_caller(const rpc_context *ctx) {
 
 const char *rpc_context_authorization(const rpc_context *ctx) {
     return ctx->authorization;
+}
+
+bool rpc_context_may_block(const rpc_context *ctx) {
+    return !ctx->on_poller;
 }
 
 int64_t rpc_context_remaining_ms(const rpc_context *ctx) {

@@ -66,11 +66,24 @@ typedef struct rpc_method {
     rpc_unary_handler unary;
     rpc_stream_handler stream;
     rpc_access access;
+    /* Unary only. The handler usually answers from memory: it is first run on the poller
+     * thread that received the call, saving the hand-off to a worker (two or three context
+     * switches). When it would have to block it returns RPC_WOULD_BLOCK (see
+     * rpc_context_may_block) and the framework runs it again on a worker. */
+    bool nonblocking;
 } rpc_method;
+
+/* A nonblocking handler's answer when it must block (and rpc_context_may_block is false). */
+#define RPC_WOULD_BLOCK ((status_code)-1)
 
 #define RPC_UNARY(name_, request_, response_, handler_, access_)                                \
     {.name = (name_), .kind = RPC_KIND_UNARY, .request_type = &request_##__descriptor,          \
      .response_type = &response_##__descriptor, .unary = (handler_), .access = (access_)}
+/* The same for a handler that usually answers from memory (see rpc_method.nonblocking). */
+#define RPC_UNARY_NONBLOCKING(name_, request_, response_, handler_, access_)                    \
+    {.name = (name_), .kind = RPC_KIND_UNARY, .request_type = &request_##__descriptor,          \
+     .response_type = &response_##__descriptor, .unary = (handler_), .access = (access_),       \
+     .nonblocking = true}
 #define RPC_SERVER_STREAM(name_, request_, response_, handler_, access_)                        \
     {.name = (name_), .kind = RPC_KIND_SERVER_STREAMING,                                        \
      .request_type = &request_##__descriptor, .response_type = &response_##__descriptor,        \
@@ -127,6 +140,8 @@ arena *rpc_context_arena(rpc_context *ctx);
 const auth_identity *rpc_context_caller(const rpc_context *ctx);
 /* The authorization header as received (to pass on to other services), or NULL. */
 const char *rpc_context_authorization(const rpc_context *ctx);
+/* false while a nonblocking handler runs on a poller thread: it must not block then. */
+bool rpc_context_may_block(const rpc_context *ctx);
 /* Milliseconds left before the call's deadline (INT64_MAX when it has none), never < 0. */
 int64_t rpc_context_remaining_ms(const rpc_context *ctx);
 /* First value of a request metadata key (lower case), NUL-terminated, or NULL. */

@@ -237,6 +237,8 @@ static status_code get_book(void *state, rpc_context *ctx, const ProtobufCMessag
         *response = &found[0]->base;
         return STATUS_OK;
     }
+    if (!rpc_context_may_block(ctx))
+        return RPC_WOULD_BLOCK; /* to the bucket, from a worker thread */
     book_record *record = NULL;
     status_code code = book_store_get(h->store, req->book_id, a, &record, st);
     if (code != STATUS_OK)
@@ -288,9 +290,9 @@ static const rpc_method catalog_methods[] = {
               update_book, RPC_ACCESS_ADMIN),
     RPC_UNARY("AdjustStock", library__catalog__v1__adjust_stock_request, library__catalog__v1__book,
               adjust_stock, RPC_ACCESS_ADMIN),
-    RPC_UNARY("GetBook", library__catalog__v1__get_book_request, library__catalog__v1__book,
+    RPC_UNARY_NONBLOCKING("GetBook", library__catalog__v1__get_book_request, library__catalog__v1__book,
               get_book, RPC_ACCESS_USER),
-    RPC_UNARY("SearchBooks", library__catalog__v1__search_books_request,
+    RPC_UNARY_NONBLOCKING("SearchBooks", library__catalog__v1__search_books_request,
               library__catalog__v1__search_books_response, search_books, RPC_ACCESS_USER),
 };
 
