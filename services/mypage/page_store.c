@@ -249,8 +249,22 @@ static void release(page_store *store, redisContext *c, bool broken) {
     report_health(store, !broken);
 }
 
+/* Error replies of a Redis that is up but cannot serve yet: loading its AOF after a restart
+ * (LOADING), running a slow script (BUSY), a replica without its primary (MASTERDOWN), or a
+ * retry hint (TRYAGAIN). They pass by themselves, so they are UNAVAILABLE, not INTERNAL: the
+ * projection's consumer retries an UNAVAILABLE event but terminates an INTERNAL one, and the
+ * fault test saw a restarted Redis answer LOADING for a moment and lose those events. */
+static bool transient_error(const char *text) {
+    static const char *const prefixes[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+        if (strncmp(text, prefixes[i], strlen(prefixes[i])) == 0)
+            return true;
+    return false;
+}
+
 /* Runs one command; on success *reply is the caller's (freeReplyObject). A Redis error reply
- * becomes INTERNAL, or ABORTED when it starts with TAKEN_OVER. */
+ * becomes INTERNAL, UNAVAILABLE when it passes by itself, or ABORTED when it starts with
+ * TAKEN_OVER. */
 static status_code command(page_store *store, int argc, const char **argv, redisReply **reply,
                            status *st) {
     size_t lengths[MAX_ARGS];
@@ -274,6 +288,8 @@ static status_code command(page_store *store, int argc, const char **argv, redis
     if ((*reply)->type == REDIS_REPLY_ERROR) {
         if (strncmp((*reply)->str, "TAKEN_OVER", 10) == 0)
             status_set(st, STATUS_ABORTED, "REBUILD_TAKEN_OVER", "%s", (*reply)->str + 11);
+        else if (transient_error((*reply)->str))
+            status_set(st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis: %.200s", (*reply)->str);
         else
             status_set(st, STATUS_INTERNAL, "REDIS_ERROR", "Redis: %.200s", (*reply)->str);
         freeReplyObject(*reply);
