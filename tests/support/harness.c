@@ -294,3 +294,31 @@ status_code harness_call(rpc_client *client, const char *method, const ProtobufC
     status_clear(st);
     return rpc_client_call(client, method, request, response_type, a, response, &options, st);
 }
+
+bool harness_gateway_start(const char *dir, int catalog_port, int lending_port, int mypage_port,
+                           harness_process *out) {
+    memset(out, 0, sizeof *out);
+    out->port = harness_free_port();
+    snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
+    snprintf(out->log_path, sizeof out->log_path, "%s/gateway.log", dir);
+    const char *source = getenv("LIBRARY_SOURCE_ROOT");
+    char script[512], gateway_dir[512], conf[600], port[16];
+    snprintf(script, sizeof script, "%s/tools/gateway", source ? source : ".");
+    snprintf(gateway_dir, sizeof gateway_dir, "%s/gateway", dir);
+    snprintf(conf, sizeof conf, "%s/nginx.conf", gateway_dir);
+    snprintf(port, sizeof port, "%d", out->port);
+    char catalog[48], lending[48], mypage[48];
+    snprintf(catalog, sizeof catalog, "GATEWAY_PORT_CATALOG=%d", catalog_port);
+    snprintf(lending, sizeof lending, "GATEWAY_PORT_LENDING=%d", lending_port);
+    snprintf(mypage, sizeof mypage, "GATEWAY_PORT_MYPAGE=%d", mypage_port);
+    const char *env[] = {catalog, lending, mypage, NULL};
+    char *render[] = {script, gateway_dir, port, NULL};
+    harness_process renderer = {.pid = spawn(render, env, out->log_path)};
+    if (renderer.pid <= 0 || harness_process_stop(&renderer, 0, 20000) != 0)
+        return false;
+    /* "master_process off": one process, so PR_SET_PDEATHSIG in spawn() reaches the process
+     * that holds the port; a master's workers would outlive a test that crashed. */
+    char *argv[] = {"nginx", "-c", conf, "-p", gateway_dir, "-g", "master_process off;", NULL};
+    out->pid = spawn(argv, NULL, out->log_path);
+    return out->pid > 0 && harness_wait_port(out->port, 10000);
+}

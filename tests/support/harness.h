@@ -46,6 +46,12 @@ bool harness_service_start(const char *name, const char *dir, const char *const 
 int harness_service_run(const char *name, const char *argument, const char *dir,
                         const char *const *env, int64_t timeout_ms);
 
+/* Renders the gateway (tools/gateway from LIBRARY_SOURCE_ROOT) into dir/gateway with the
+ * given backend ports and runs nginx there on a free port, as one process (no master, so a
+ * test that dies takes it along); waits until it accepts connections. */
+bool harness_gateway_start(const char *dir, int catalog_port, int lending_port, int mypage_port,
+                           harness_process *out);
+
 /* Sends signal (0: none, just wait) up to timeout_ms; returns the exit status (or 128+signal), -1 when
  * it did not exit in time (it is then killed). */
 int harness_process_stop(harness_process *process, int signal_number, int64_t timeout_ms);

@@ -1,0 +1,648 @@
+/* test_faults.c - issue 9's fault scenario. Several users borrow and return books through the
+ * nginx gateway while, one at a time, lending, the catalog and mypage are killed with SIGKILL
+ * and restarted on their port, nats-server and redis-server are stopped and started on the
+ * same port and data, and a service is paused with SIGSTOP past the clients' deadline. After
+ * the load the system must settle: no acknowledged loan lost, no loan PENDING, for every book
+ * available + ACTIVE == total, every mypage equal to ListLoans; and the clients must have seen
+ * only the statuses a fault may cause, each within its deadline + 1 s.
+ *
+ * faults/each_fault_once_under_load runs every fault once (tools/test);
+ * faults/random_faults_for_minutes repeats rounds of random faults for FAULTS_MINUTES
+ * minutes (tools/chaos) and is skipped without it. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "library/lending/v1/lending.pb-c.h"
+#include "library/mypage/v1/mypage.pb-c.h"
+#include "stack_fixture.h"
+#include "text.h"
+
+typedef Library__Lending__V1__Loan Loan;
+typedef Library__Mypage__V1__Mypage Mypage;
+
+#define LENDING "/library.lending.v1.LendingService/"
+#define MYPAGE "/library.mypage.v1.MypageService/"
+#define ACTIVE LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE
+#define PENDING LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING
+#define RETURNED LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED
+
+enum {
+    CALL_DEADLINE_MS = 3000, /* every client call */
+    LATE_MS = 1000,          /* an answer later than deadline + this is a hang */
+    WORKERS = 6,             /* users, one thread each */
+    BOOKS = 4,
+    COPIES = 4,              /* 16 copies for up to 30 loans: some borrows run out of stock */
+    PAUSE_MS = 40,           /* between one user's calls: ~20 calls/s each, so a user stays
+                                under the 1000 loans ListLoans keeps */
+    HELD_MAX = 16,
+    SETTLE_MS = 30000,       /* after the load: time for the system to settle */
+    STATUS_CODES = 17,
+};
+
+TestSuite(faults, .init = fixture_setup, .fini = fixture_teardown);
+
+/* --- the stack: test_stack + the gateway, and how each part is restarted ------------------ */
+
+static const char *const lending_env[] = {"RECONCILE_INTERVAL=500ms", "RECONCILE_AFTER=1s",
+                                          "EVENT_ACK_WAIT=2s", NULL};
+static const char *const mypage_env[] = {"EVENT_ACK_WAIT=2s", NULL};
+
+typedef struct fault_stack {
+    test_stack s;
+    harness_process gateway;
+} fault_stack;
+
+/* Clients made before a restart may sit in gRPC's reconnect backoff: checks use fresh ones. */
+static void reconnect_clients(test_stack *s) {
+    rpc_client_destroy(s->catalog_client);
+    rpc_client_destroy(s->lending_client);
+    rpc_client_destroy(s->mypage_client);
+    cr_assert_eq(rpc_client_create(s->catalog.address, 10000, &s->catalog_client, NULL), STATUS_OK);
+    cr_assert_eq(rpc_client_create(s->lending.address, 10000, &s->lending_client, NULL), STATUS_OK);
+    cr_assert_eq(rpc_client_create(s->mypage.address, 10000, &s->mypage_client, NULL), STATUS_OK);
+}
+
+static void fault_stack_start(fault_stack *f, const char *name) {
+    test_stack_start(&f->s, name, lending_env, true, mypage_env);
+    cr_assert(harness_gateway_start(f->s.dir, f->s.catalog.port, f->s.lending.port, f->s.mypage.port,
+                                    &f->gateway),
+              "the gateway did not start: %s", f->gateway.log_path);
+}
+
+static void fault_stack_stop(fault_stack *f) {
+    harness_process_stop(&f->gateway, SIGTERM, 5000);
+    test_stack_stop(&f->s);
+}
+
+/* "GRPC_PORT=<port>" in static storage of the caller's choice. */
+static const char *port_setting(char buffer[32], int port) {
+    snprintf(buffer, 32, "GRPC_PORT=%d", port);
+    return buffer;
+}
+
+static void restart_lending(test_stack *s, int port) {
+    char setting[32];
+    const char *env[] = {lending_env[0], lending_env[1], lending_env[2], port_setting(setting, port), NULL};
+    cr_assert(fixture_start_lending(s->dir, s->nats.url, s->catalog.address, env, &s->lending),
+              "lending did not restart: %s", s->lending.log_path);
+}
+
+static void restart_catalog(test_stack *s, int port) {
+    char setting[32], nats[160];
+    snprintf(nats, sizeof nats, "NATS_URL=%s", s->nats.url);
+    const char *env[] = {nats, "EVENT_ACK_WAIT=2s", port_setting(setting, port), NULL};
+    cr_assert(harness_service_start("catalog", s->dir, env, &s->catalog), "the catalog did not restart: %s",
+              s->catalog.log_path);
+}
+
+static void restart_mypage(test_stack *s, int port) {
+    char setting[32];
+    const char *env[] = {mypage_env[0], port_setting(setting, port), NULL};
+    cr_assert(fixture_start_mypage(s->dir, s->nats.url, s->redis.url, env, &s->mypage),
+              "mypage did not restart: %s", s->mypage.log_path);
+}
+
+typedef enum fault {
+    FAULT_KILL_LENDING,
+    FAULT_KILL_CATALOG,
+    FAULT_KILL_MYPAGE,
+    FAULT_RESTART_NATS,
+    FAULT_RESTART_REDIS,
+    FAULT_PAUSE_LENDING,
+    FAULT_PAUSE_CATALOG,
+    FAULT_PAUSE_MYPAGE,
+    FAULT_KINDS,
+} fault;
+
+static const char *const fault_names[FAULT_KINDS] = {
+    "kill -9 lending",      "kill -9 catalog",      "kill -9 mypage",     "restart nats-server",
+    "restart redis-server", "SIGSTOP lending 4 s", "SIGSTOP catalog 4 s", "SIGSTOP mypage 4 s",
+};
+
+static void kill_and_restart(test_stack *s, harness_process *victim,
+                             void (*restart)(test_stack *, int)) {
+    int port = victim->port;
+    cr_assert_eq(harness_process_stop(victim, SIGKILL, 5000), 128 + SIGKILL);
+    harness_sleep_ms(300);
+    restart(s, port);
+}
+
+/* Injects one fault and returns when the system has everything running again. */
+static void inject(fault_stack *f, fault kind) {
+    test_stack *s = &f->s;
+    int64_t start = harness_now_ms();
+    switch (kind) {
+    case FAULT_KILL_LENDING: kill_and_restart(s, &s->lending, restart_lending); break;
+    case FAULT_KILL_CATALOG: kill_and_restart(s, &s->catalog, restart_catalog); break;
+    case FAULT_KILL_MYPAGE: kill_and_restart(s, &s->mypage, restart_mypage); break;
+    case FAULT_RESTART_NATS: {
+        /* SIGTERM: a clean shutdown; the JetStream file store stays in s->dir/nats */
+        int port = s->nats.port;
+        cr_assert_neq(harness_process_stop(&s->nats, SIGTERM, 10000), -1, "nats-server did not stop");
+        harness_sleep_ms(500);
+        cr_assert(harness_nats_start(s->dir, port, &s->nats), "nats-server did not restart");
+        break;
+    }
+    case FAULT_RESTART_REDIS: {
+        int port = s->redis.port;
+        cr_assert_neq(harness_process_stop(&s->redis, SIGTERM, 10000), -1, "redis-server did not stop");
+        harness_sleep_ms(500);
+        cr_assert(harness_redis_start(s->dir, port, &s->redis), "redis-server did not restart");
+        break;
+    }
+    case FAULT_PAUSE_LENDING:
+    case FAULT_PAUSE_CATALOG:
+    case FAULT_PAUSE_MYPAGE: {
+        harness_process *victim = kind == FAULT_PAUSE_LENDING   ? &s->lending
+                                  : kind == FAULT_PAUSE_CATALOG ? &s->catalog
+                                                                : &s->mypage;
+        cr_assert_eq(kill(victim->pid, SIGSTOP), 0);
+        harness_sleep_ms(CALL_DEADLINE_MS + 1000);
+        cr_assert_eq(kill(victim->pid, SIGCONT), 0);
+        break;
+    }
+    default: break;
+    }
+    cr_log_info("fault: %s (%lld ms)", fault_names[kind], (long long)(harness_now_ms() - start));
+}
+
+/* --- the load: one user per thread, through the gateway ------------------------------------ */
+
+typedef struct call_counts {
+    long by_code[STATUS_CODES];
+    long calls;
+    long unexpected; /* a status no fault may cause */
+    long late;       /* answered after its deadline + LATE_MS */
+    int64_t slowest_ms;
+    char first_unexpected[400];
+} call_counts;
+
+typedef struct acknowledged {
+    char *loan_id;
+    bool returned; /* ReturnBook answered OK */
+} acknowledged;
+
+typedef struct worker {
+    pthread_t thread;
+    const char *user, *bearer;
+    const char *const *books;
+    rpc_client *gateway;
+    atomic_bool *stop;
+    unsigned seed;
+    arena *scratch; /* one call's request and response */
+    call_counts counts;
+    acknowledged *acks; /* every BorrowBook answered ACTIVE */
+    size_t ack_count, ack_capacity;
+    char *held[HELD_MAX]; /* ACTIVE loans to give back */
+    int held_count;
+    char retry_request_id[80]; /* a borrow that failed is retried with its request id */
+    const char *retry_book;
+} worker;
+
+/* Statuses a client may see while a fault is under way, besides the business answers. */
+static bool expected_status(status_code code, const status *st) {
+    switch (code) {
+    case STATUS_OK:
+    case STATUS_UNAVAILABLE:
+    case STATUS_RESOURCE_EXHAUSTED:
+    case STATUS_DEADLINE_EXCEEDED: return true;
+    case STATUS_FAILED_PRECONDITION: return strcmp(st->reason, "LOAN_LIMIT") == 0;
+    default: return false;
+    }
+}
+
+static status_code timed_call(worker *w, const char *method, const ProtobufCMessage *request,
+                              const ProtobufCMessageDescriptor *response_type,
+                              ProtobufCMessage **response, status *st) {
+    rpc_call_options options = {.timeout_ms = CALL_DEADLINE_MS, .authorization = w->bearer};
+    status_clear(st);
+    int64_t start = harness_now_ms();
+    status_code code = rpc_client_call(w->gateway, method, request, response_type, w->scratch,
+                                       response, &options, st);
+    int64_t took = harness_now_ms() - start;
+    call_counts *c = &w->counts;
+    c->calls++;
+    c->by_code[(int)code >= 0 && (int)code < STATUS_CODES ? (int)code : STATUS_UNKNOWN]++;
+    if (took > c->slowest_ms)
+        c->slowest_ms = took;
+    if (took > CALL_DEADLINE_MS + LATE_MS)
+        c->late++;
+    if (!expected_status(code, st) && c->unexpected++ == 0)
+        snprintf(c->first_unexpected, sizeof c->first_unexpected, "%s: %s %s: %.200s", method,
+                 status_code_name(code), st->reason, st->message);
+    return code;
+}
+
+static bool holds(const worker *w, const char *loan_id) {
+    for (int i = 0; i < w->held_count; i++)
+        if (strcmp(w->held[i], loan_id) == 0)
+            return true;
+    return false;
+}
+
+static void hold(worker *w, const char *loan_id) {
+    if (w->held_count < HELD_MAX && !holds(w, loan_id))
+        w->held[w->held_count++] = strdup(loan_id);
+}
+
+static void acknowledge(worker *w, const char *loan_id) {
+    for (size_t i = 0; i < w->ack_count; i++) /* a retried request answers the same loan */
+        if (strcmp(w->acks[i].loan_id, loan_id) == 0)
+            return;
+    if (w->ack_count == w->ack_capacity) {
+        w->ack_capacity = w->ack_capacity ? w->ack_capacity * 2 : 64;
+        w->acks = realloc(w->acks, w->ack_capacity * sizeof *w->acks);
+        if (w->acks == NULL)
+            abort(); /* a worker thread cannot fail the test with cr_assert */
+    }
+    w->acks[w->ack_count++] = (acknowledged){.loan_id = strdup(loan_id)};
+}
+
+/* At the loan limit: loans that were answered PENDING may be ACTIVE by now; hold them too. */
+static void refresh_held(worker *w) {
+    Library__Lending__V1__ListLoansRequest request = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+    request.status = ACTIVE;
+    request.page_size = 100;
+    ProtobufCMessage *response = NULL;
+    status st;
+    if (timed_call(w, LENDING "ListLoans", &request.base,
+                   &library__lending__v1__list_loans_response__descriptor, &response, &st) != STATUS_OK)
+        return;
+    Library__Lending__V1__ListLoansResponse *list = (void *)response;
+    for (size_t i = 0; i < list->n_loans; i++)
+        hold(w, list->loans[i]->loan_id);
+}
+
+static void borrow(worker *w) {
+    if (w->retry_request_id[0] == '\0') {
+        char id[17];
+        text_random_hex(id, 8);
+        snprintf(w->retry_request_id, sizeof w->retry_request_id, "%s-%s", w->user, id);
+        w->retry_book = w->books[rand_r(&w->seed) % BOOKS];
+    }
+    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    request.book_id = (char *)w->retry_book;
+    request.request_id = w->retry_request_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = timed_call(w, LENDING "BorrowBook", &request.base,
+                                  &library__lending__v1__loan__descriptor, &response, &st);
+    if (code == STATUS_UNAVAILABLE || code == STATUS_DEADLINE_EXCEEDED ||
+        code == STATUS_RESOURCE_EXHAUSTED)
+        return; /* the next borrow is the same request again */
+    w->retry_request_id[0] = '\0';
+    if (code == STATUS_FAILED_PRECONDITION) {
+        refresh_held(w);
+    } else if (code == STATUS_OK && ((Loan *)response)->status == ACTIVE) {
+        acknowledge(w, ((Loan *)response)->loan_id);
+        hold(w, ((Loan *)response)->loan_id);
+    }
+}
+
+static void give_back(worker *w, int k) {
+    Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
+    request.loan_id = w->held[k];
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = timed_call(w, LENDING "ReturnBook", &request.base,
+                                  &library__lending__v1__loan__descriptor, &response, &st);
+    if (code == STATUS_UNAVAILABLE || code == STATUS_DEADLINE_EXCEEDED ||
+        code == STATUS_RESOURCE_EXHAUSTED)
+        return; /* still held: returned again later (a second return changes nothing) */
+    if (code == STATUS_OK)
+        for (size_t i = 0; i < w->ack_count; i++)
+            if (strcmp(w->acks[i].loan_id, w->held[k]) == 0)
+                w->acks[i].returned = true;
+    free(w->held[k]);
+    w->held[k] = w->held[--w->held_count];
+}
+
+static void read_page(worker *w) {
+    Library__Mypage__V1__GetMypageRequest request = LIBRARY__MYPAGE__V1__GET_MYPAGE_REQUEST__INIT;
+    ProtobufCMessage *response = NULL;
+    status st;
+    timed_call(w, MYPAGE "GetMypage", &request.base, &library__mypage__v1__mypage__descriptor,
+               &response, &st);
+}
+
+/* Borrows (60%), returns (30%, and whenever four loans are held) and reads the page (10%). */
+static void *worker_main(void *arg) {
+    worker *w = arg;
+    while (!atomic_load(w->stop)) {
+        arena_reset(w->scratch);
+        unsigned dice = rand_r(&w->seed) % 10;
+        if (w->held_count > 0 && (dice < 3 || w->held_count >= 4))
+            give_back(w, (int)(rand_r(&w->seed) % (unsigned)w->held_count));
+        else if (dice == 9)
+            read_page(w);
+        else
+            borrow(w);
+        harness_sleep_ms(PAUSE_MS);
+    }
+    return NULL;
+}
+
+static void worker_free(worker *w) {
+    for (size_t i = 0; i < w->ack_count; i++)
+        free(w->acks[i].loan_id);
+    free(w->acks);
+    for (int i = 0; i < w->held_count; i++)
+        free(w->held[i]);
+    arena_destroy(w->scratch);
+    rpc_client_destroy(w->gateway);
+}
+
+/* --- after the load: settle and check ------------------------------------------------------ */
+
+typedef struct totals {
+    call_counts calls;
+    long loans_checked, acknowledged, violations;
+    int rounds, faults;
+} totals;
+
+typedef struct findings {
+    long loans_checked, violations;
+    char first[4][300];
+} findings;
+
+static void found(findings *f, const char *format, ...) __attribute__((format(printf, 2, 3)));
+static void found(findings *f, const char *format, ...) {
+    if (f->violations < 4) {
+        va_list args;
+        va_start(args, format);
+        vsnprintf(f->first[f->violations], sizeof f->first[0], format, args);
+        va_end(args);
+    }
+    f->violations++;
+}
+
+/* Every loan of the user (admin ListLoans, all pages); false when lending did not answer. */
+static bool list_loans(test_stack *s, arena *a, const char *bearer, const char *user, Loan ***out,
+                       size_t *count) {
+    size_t capacity = 256;
+    Loan **all = arena_alloc(a, capacity * sizeof *all);
+    *count = 0;
+    Library__Lending__V1__ListLoansRequest request = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+    request.user_id = (char *)user;
+    request.page_size = 100;
+    for (int page = 0; page < 20; page++) {
+        ProtobufCMessage *response = NULL;
+        status st;
+        if (harness_call(s->lending_client, LENDING "ListLoans", &request.base,
+                         &library__lending__v1__list_loans_response__descriptor, a, bearer, &response,
+                         &st) != STATUS_OK)
+            return false;
+        Library__Lending__V1__ListLoansResponse *r = (void *)response;
+        for (size_t i = 0; i < r->n_loans; i++) {
+            if (*count == capacity) {
+                Loan **bigger = arena_alloc(a, 2 * capacity * sizeof *bigger);
+                memcpy(bigger, all, capacity * sizeof *all);
+                all = bigger;
+                capacity *= 2;
+            }
+            all[(*count)++] = r->loans[i];
+        }
+        if (r->next_page_token == NULL || r->next_page_token[0] == '\0')
+            break;
+        request.page_token = r->next_page_token;
+    }
+    *out = all;
+    return true;
+}
+
+static const Loan *find_loan(Loan **loans, size_t count, const char *loan_id) {
+    for (size_t i = 0; i < count; i++)
+        if (strcmp(loans[i]->loan_id, loan_id) == 0)
+            return loans[i];
+    return NULL;
+}
+
+/* The user's mypage against lending's loans. */
+static void compare_page(test_stack *s, arena *a, const char *bearer, const char *user, Loan **loans,
+                         size_t count, findings *f) {
+    Library__Mypage__V1__GetMypageRequest request = LIBRARY__MYPAGE__V1__GET_MYPAGE_REQUEST__INIT;
+    request.user_id = (char *)user;
+    ProtobufCMessage *response = NULL;
+    status st;
+    if (harness_call(s->mypage_client, MYPAGE "GetMypage", &request.base,
+                     &library__mypage__v1__mypage__descriptor, a, bearer, &response, &st) != STATUS_OK) {
+        found(f, "GetMypage(%s): %s %s", user, status_code_name(st.code), st.message);
+        return;
+    }
+    Mypage *page = (Mypage *)response;
+    int active = 0;
+    for (size_t i = 0; i < count; i++)
+        active += loans[i]->status == ACTIVE;
+    if (page->n_loans != count || page->borrowed_count != active) {
+        found(f, "%s: mypage has %zu loans (%d borrowed), lending %zu (%d ACTIVE)", user,
+              page->n_loans, page->borrowed_count, count, active);
+        return;
+    }
+    for (size_t j = 0; j < page->n_loans; j++) {
+        const Loan *truth = find_loan(loans, count, page->loans[j]->loan_id);
+        if (truth == NULL || (int)truth->status != (int)page->loans[j]->status ||
+            strcmp(truth->book_id, page->loans[j]->book_id) != 0) {
+            found(f, "%s: loan %s on mypage (status %d) differs from lending (%d)", user,
+                  page->loans[j]->loan_id, page->loans[j]->status, truth ? (int)truth->status : -1);
+            return;
+        }
+    }
+}
+
+/* Checks every invariant once; f->violations == 0 means the system is settled and right. */
+static void check_round(test_stack *s, arena *a, const char *admin, worker *workers,
+                        const char *const *books, findings *f) {
+    memset(f, 0, sizeof *f);
+    int active_by_book[BOOKS] = {0};
+    for (int u = 0; u < WORKERS; u++) {
+        worker *w = &workers[u];
+        Loan **loans = NULL;
+        size_t count = 0;
+        if (!list_loans(s, a, admin, w->user, &loans, &count)) {
+            found(f, "ListLoans(%s) failed", w->user);
+            continue;
+        }
+        f->loans_checked += (long)count;
+        for (size_t i = 0; i < count; i++) {
+            if (loans[i]->status == PENDING)
+                found(f, "%s: loan %s is still PENDING", w->user, loans[i]->loan_id);
+            for (int b = 0; b < BOOKS; b++)
+                active_by_book[b] += loans[i]->status == ACTIVE && strcmp(loans[i]->book_id, books[b]) == 0;
+        }
+        for (size_t k = 0; k < w->ack_count; k++) {
+            const acknowledged *ack = &w->acks[k];
+            const Loan *loan = find_loan(loans, count, ack->loan_id);
+            bool kept = loan != NULL && (ack->returned ? loan->status == RETURNED
+                                                       : loan->status == ACTIVE || loan->status == RETURNED);
+            if (!kept)
+                found(f, "%s: loan %s was answered %s but is %d now", w->user, ack->loan_id,
+                      ack->returned ? "RETURNED" : "ACTIVE", loan ? (int)loan->status : -1);
+        }
+        compare_page(s, a, admin, w->user, loans, count, f);
+    }
+    for (int b = 0; b < BOOKS; b++) {
+        Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
+        request.book_id = (char *)books[b];
+        ProtobufCMessage *response = NULL;
+        status st;
+        if (harness_call(s->catalog_client, CATALOG "GetBook", &request.base,
+                         &library__catalog__v1__book__descriptor, a, admin, &response, &st) != STATUS_OK) {
+            found(f, "GetBook(%s): %s %s", books[b], status_code_name(st.code), st.message);
+            continue;
+        }
+        Book *book = (Book *)response;
+        if (book->available_copies + active_by_book[b] != book->total_copies)
+            found(f, "book %s: available %d + ACTIVE %d != total %d", books[b], book->available_copies,
+                  active_by_book[b], book->total_copies);
+    }
+}
+
+static void add_counts(call_counts *sum, const call_counts *c) {
+    for (int i = 0; i < STATUS_CODES; i++)
+        sum->by_code[i] += c->by_code[i];
+    sum->calls += c->calls;
+    sum->late += c->late;
+    if (c->unexpected > 0 && sum->unexpected == 0)
+        memcpy(sum->first_unexpected, c->first_unexpected, sizeof sum->first_unexpected);
+    sum->unexpected += c->unexpected;
+    if (c->slowest_ms > sum->slowest_ms)
+        sum->slowest_ms = c->slowest_ms;
+}
+
+/* One round: fresh users and books, the load, the faults one after another with load_ms of
+ * load after each, then the load stops and the system must settle. */
+static void run_round(fault_stack *f, const fault *faults, int fault_count, int64_t load_ms, totals *t) {
+    test_stack *s = &f->s;
+    char round_id[13];
+    text_random_hex(round_id, 6);
+    const char *books[BOOKS];
+    for (int b = 0; b < BOOKS; b++)
+        books[b] = test_stack_register(s, arena_sprintf(mem, "Fault %s %d", round_id, b), COPIES)->book_id;
+
+    atomic_bool stop = false;
+    worker workers[WORKERS];
+    memset(workers, 0, sizeof workers);
+    for (int u = 0; u < WORKERS; u++) {
+        worker *w = &workers[u];
+        w->user = arena_sprintf(mem, "fault-%s-%d", round_id, u);
+        w->bearer = harness_bearer(mem, s->dir, w->user, false);
+        w->books = books;
+        w->stop = &stop;
+        w->seed = (unsigned)(harness_now_ms() * 31 + u);
+        w->scratch = arena_create(0);
+        cr_assert_eq(rpc_client_create(f->gateway.address, CALL_DEADLINE_MS, &w->gateway, NULL), STATUS_OK);
+        cr_assert_eq(pthread_create(&w->thread, NULL, worker_main, w), 0);
+    }
+    harness_sleep_ms(1000); /* the load is steady before the first fault */
+    for (int i = 0; i < fault_count; i++) {
+        inject(f, faults[i]);
+        harness_sleep_ms(load_ms);
+    }
+    atomic_store(&stop, true);
+    call_counts round_calls = {0};
+    for (int u = 0; u < WORKERS; u++) {
+        pthread_join(workers[u].thread, NULL);
+        add_counts(&round_calls, &workers[u].counts);
+    }
+
+    reconnect_clients(s);
+    int64_t settle_start = harness_now_ms();
+    findings result;
+    arena *a = arena_create(0);
+    const char *admin = harness_bearer(mem, s->dir, "admin", true);
+    for (;;) {
+        arena_reset(a);
+        check_round(s, a, admin, workers, books, &result);
+        if (result.violations == 0 || harness_now_ms() - settle_start > SETTLE_MS)
+            break;
+        harness_sleep_ms(500);
+    }
+    arena_destroy(a);
+    long acked = 0;
+    for (int u = 0; u < WORKERS; u++)
+        acked += (long)workers[u].ack_count;
+    cr_log_info("round %d: %d faults, %ld calls, settled in %lld ms, %ld loans checked (%ld answered "
+                "ACTIVE), %ld violations",
+                t->rounds + 1, fault_count, round_calls.calls,
+                (long long)(harness_now_ms() - settle_start), result.loans_checked, acked,
+                result.violations);
+    for (long i = 0; i < result.violations && i < 4; i++) {
+        cr_log_warn("violation: %s", result.first[i]);
+        fprintf(stderr, "faults: violation: %s\n", result.first[i]);
+    }
+    add_counts(&t->calls, &round_calls);
+    t->loans_checked += result.loans_checked;
+    t->acknowledged += acked;
+    t->violations += result.violations;
+    t->rounds++;
+    t->faults += fault_count;
+    for (int u = 0; u < WORKERS; u++)
+        worker_free(&workers[u]);
+}
+
+/* The counts, in the log and as one plain line on stderr; then the assertions. */
+static void report(const char *name, const totals *t) {
+    char by_code[600] = "";
+    size_t used = 0;
+    for (int i = 0; i < STATUS_CODES; i++)
+        if (t->calls.by_code[i] > 0 && used < sizeof by_code)
+            used += (size_t)snprintf(by_code + used, sizeof by_code - used, "%s%s %ld",
+                                     used ? ", " : "", status_code_name((status_code)i), t->calls.by_code[i]);
+    char line[1200];
+    snprintf(line, sizeof line,
+             "%s: %d rounds, %d faults, %ld calls (%s), slowest %lld ms, %ld late, %ld unexpected; "
+             "%ld loans checked (%ld answered ACTIVE), %ld invariant violations",
+             name, t->rounds, t->faults, t->calls.calls, by_code, (long long)t->calls.slowest_ms,
+             t->calls.late, t->calls.unexpected, t->loans_checked, t->acknowledged, t->violations);
+    cr_log_info("%s", line);
+    fprintf(stderr, "faults: %s\n", line);
+    cr_expect_eq(t->calls.unexpected, 0, "%ld calls got a status no fault may cause; first: %s",
+                 t->calls.unexpected, t->calls.first_unexpected);
+    cr_expect_eq(t->calls.late, 0, "%ld calls answered later than %d ms (slowest %lld ms)", t->calls.late,
+                 CALL_DEADLINE_MS + LATE_MS, (long long)t->calls.slowest_ms);
+    cr_expect_eq(t->violations, 0, "%ld invariant violations after the system settled", t->violations);
+    cr_expect_gt(t->calls.by_code[STATUS_OK], 50, "the load barely ran");
+}
+
+/* --- the scenarios -------------------------------------------------------------------------- */
+
+Test(faults, each_fault_once_under_load, .timeout = 300) {
+    fault_stack f;
+    fault_stack_start(&f, "faults");
+    const fault faults[] = {FAULT_KILL_LENDING, FAULT_KILL_CATALOG,  FAULT_KILL_MYPAGE,
+                            FAULT_RESTART_NATS, FAULT_RESTART_REDIS, FAULT_PAUSE_LENDING};
+    totals t = {0};
+    run_round(&f, faults, sizeof faults / sizeof faults[0], 3000, &t);
+    report("bounded", &t);
+    fault_stack_stop(&f);
+}
+
+/* tools/chaos: FAULTS_MINUTES=N runs rounds of six random faults until N minutes have gone. */
+Test(faults, random_faults_for_minutes, .timeout = 0) {
+    const char *minutes_setting = getenv("FAULTS_MINUTES");
+    if (minutes_setting == NULL || atof(minutes_setting) <= 0)
+        cr_skip_test("set FAULTS_MINUTES (tools/chaos) to run random faults");
+    int64_t until = harness_now_ms() + (int64_t)(atof(minutes_setting) * 60000);
+    fault_stack f;
+    fault_stack_start(&f, "chaos");
+    unsigned seed = (unsigned)harness_now_ms();
+    fprintf(stderr, "faults: chaos for %s minutes, seed %u\n", minutes_setting, seed);
+    totals t = {0};
+    while (t.rounds == 0 || harness_now_ms() < until) {
+        fault faults[6];
+        for (int i = 0; i < 6; i++)
+            faults[i] = (fault)(rand_r(&seed) % FAULT_KINDS);
+        int64_t load_ms = 2000 + rand_r(&seed) % 3000;
+        run_round(&f, faults, 6, load_ms, &t);
+        fprintf(stderr, "faults: round %d done, %ld calls, %ld violations so far\n", t.rounds,
+                t.calls.calls, t.violations);
+    }
+    report("chaos", &t);
+    fault_stack_stop(&f);
+}
