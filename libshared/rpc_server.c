@@ -1176,6 +1176,12 @@ status_code rpc_server_start(rpc_server *server, status *st) {
     return STATUS_OK;
 }
 
+size_t rpc_server_methods(const rpc_server *server, rpc_method_entry *out, size_t capacity) {
+    for (size_t i = 0; i < server->method_count && i < capacity; i++)
+        out[i] = (rpc_method_entry){.path = server->methods[i].path, .method = server->methods[i].method};
+    return server->method_count;
+}
+
 int rpc_server_port(const rpc_server *server) {
     return server->port;
 }

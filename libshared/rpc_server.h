@@ -119,6 +119,15 @@ status_code rpc_server_create(const rpc_server_options *options, rpc_server **ou
 status_code rpc_server_add_service(rpc_server *server, const rpc_service *service, status *st);
 /* Binds and starts serving; health reports SERVING for the server and each service. */
 status_code rpc_server_start(rpc_server *server, status *st);
+/* One method a server serves, as rpc_server_methods lists it. */
+typedef struct rpc_method_entry {
+    const char *path; /* "/library.catalog.v1.CatalogService/GetBook"; owned by the server */
+    const rpc_method *method;
+} rpc_method_entry;
+/* Every method the server serves (health's, reflection's and each added service's), in the
+ * order they were added: fills out[0..capacity) and returns how many there are. For tools and
+ * tests that must cover every method, such as the authorization matrix. */
+size_t rpc_server_methods(const rpc_server *server, rpc_method_entry *out, size_t capacity);
 /* The port actually bound (useful with port 0 in tests). */
 int rpc_server_port(const rpc_server *server);
 health *rpc_server_health(rpc_server *server);

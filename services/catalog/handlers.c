@@ -296,12 +296,14 @@ static const rpc_method catalog_methods[] = {
               library__catalog__v1__search_books_response, search_books, RPC_ACCESS_USER),
 };
 
+const rpc_service catalog_rpc_service = {
+    .name = "library.catalog.v1.CatalogService",
+    .methods = catalog_methods,
+    .method_count = sizeof catalog_methods / sizeof catalog_methods[0],
+};
+
 void catalog_handlers_init(catalog_handlers *handlers, book_store *store) {
     handlers->store = store;
-    handlers->service = (rpc_service){
-        .name = "library.catalog.v1.CatalogService",
-        .methods = catalog_methods,
-        .method_count = sizeof catalog_methods / sizeof catalog_methods[0],
-        .state = handlers,
-    };
+    handlers->service = catalog_rpc_service;
+    handlers->service.state = handlers;
 }

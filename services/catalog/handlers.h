@@ -3,6 +3,7 @@
 #define CATALOG_HANDLERS_H
 
 #include "book_store.h"
+#include "catalog_service.h"
 #include "rpc_server.h"
 #include "saga.h"
 

@@ -318,11 +318,13 @@ static const rpc_method lending_methods[] = {
               library__lending__v1__list_loans_response, list_loans, RPC_ACCESS_USER),
 };
 
+const rpc_service lending_rpc_service = {
+    .name = "library.lending.v1.LendingService",
+    .methods = lending_methods,
+    .method_count = sizeof lending_methods / sizeof lending_methods[0],
+};
+
 void lending_handlers_init(lending_handlers *h) {
-    h->service = (rpc_service){
-        .name = "library.lending.v1.LendingService",
-        .methods = lending_methods,
-        .method_count = sizeof lending_methods / sizeof lending_methods[0],
-        .state = h,
-    };
+    h->service = lending_rpc_service;
+    h->service.state = h;
 }

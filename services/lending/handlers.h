@@ -3,6 +3,7 @@
 #define LENDING_HANDLERS_H
 
 #include "circuit_breaker.h"
+#include "lending_service.h"
 #include "loan_store.h"
 #include "rpc_client.h"
 #include "rpc_server.h"

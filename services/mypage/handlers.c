@@ -200,14 +200,16 @@ static const rpc_method mypage_methods[] = {
                       library__mypage__v1__mypage, watch_mypage, RPC_ACCESS_USER),
 };
 
+const rpc_service mypage_rpc_service = {
+    .name = "library.mypage.v1.MypageService",
+    .methods = mypage_methods,
+    .method_count = sizeof mypage_methods / sizeof mypage_methods[0],
+};
+
 status_code mypage_handlers_init(mypage_handlers *h, nats_connection *connection, status *st) {
     pthread_mutex_init(&h->lock, NULL);
-    h->service = (rpc_service){
-        .name = "library.mypage.v1.MypageService",
-        .methods = mypage_methods,
-        .method_count = sizeof mypage_methods / sizeof mypage_methods[0],
-        .state = h,
-    };
+    h->service = mypage_rpc_service;
+    h->service.state = h;
     natsStatus s = natsConnection_Subscribe(&h->changes, nats_connection_core(connection),
                                             MYPAGE_CHANGED_SUBJECT, on_page_changed, h);
     if (s != NATS_OK) {

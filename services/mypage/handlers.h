@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 
+#include "mypage_service.h"
 #include "nats_connection.h"
 #include "page_store.h"
 #include "rpc_server.h"

@@ -153,6 +153,21 @@ const char *fixture_nats_url(void) {
     return getenv("TEST_NATS_URL");
 }
 
+static int port_of(const char *address) {
+    const char *colon = address ? strrchr(address, ':') : NULL;
+    return colon ? atoi(colon + 1) : 0;
+}
+
+void fixture_gateway_start(const char *name, harness_process *out) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/%s", fixture_dir(), name);
+    mkdir(dir, 0755);
+    cr_assert(harness_gateway_start(dir, port_of(fixture_catalog_address()),
+                                    port_of(fixture_lending_address()),
+                                    port_of(fixture_mypage_address()), out),
+              "the gateway did not start: %s", out->log_path);
+}
+
 void fixture_setup(void) {
     mem = arena_create(0);
     cr_assert_not_null(fixture_catalog_address(), "the suite's stack is not running");

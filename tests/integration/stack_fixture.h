@@ -31,6 +31,10 @@ bool fixture_start_lending(const char *dir, const char *nats_url, const char *ca
 bool fixture_start_mypage(const char *dir, const char *nats_url, const char *redis_url,
                           const char *const *extra_env, harness_process *out);
 
+/* Starts the nginx gateway (tools/gateway) in front of the shared catalog, lending and mypage,
+ * rendered into fixture_dir()/name (one name per test); stop it with harness_process_stop. */
+void fixture_gateway_start(const char *name, harness_process *out);
+
 /* Clients to the shared services and an arena, freed by fixture_teardown. */
 extern rpc_client *client;
 extern rpc_client *lending;

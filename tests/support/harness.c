@@ -32,6 +32,36 @@ void harness_sleep_ms(int64_t ms) {
     nanosleep(&pause, NULL);
 }
 
+char *harness_command_output(arena *a, const char *command, int *exit_code) {
+    *exit_code = -1;
+    char *joined = arena_sprintf(a, "%s 2>&1", command);
+    FILE *pipe = popen(joined, "r");
+    if (pipe == NULL)
+        return arena_strndup(a, "", 0);
+    size_t capacity = 1u << 20, size = 0, n;
+    char *output = arena_alloc(a, capacity);
+    while (size + 1 < capacity && (n = fread(output + size, 1, capacity - size - 1, pipe)) > 0)
+        size += n;
+    output[size] = '\0';
+    int wait_status = pclose(pipe);
+    if (wait_status != -1 && WIFEXITED(wait_status))
+        *exit_code = WEXITSTATUS(wait_status);
+    return output;
+}
+
+long harness_process_rss_kib(pid_t pid) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *file = fopen(path, "r");
+    long kib = -1;
+    while (file != NULL && fgets(line, sizeof line, file) != NULL)
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+            break;
+    if (file != NULL)
+        fclose(file);
+    return kib;
+}
+
 const char *harness_temp_dir(char *buffer, size_t size) {
     const char *base = getenv("TMPDIR");
     snprintf(buffer, size, "%s/library-test-XXXXXX", base && base[0] ? base : "/tmp");

@@ -74,6 +74,12 @@ status_code harness_call(rpc_client *client, const char *method, const ProtobufC
                          const ProtobufCMessageDescriptor *response_type, arena *a,
                          const char *bearer, ProtobufCMessage **response, status *st);
 
+/* Runs a shell command (stderr joined to stdout) and returns its output, at most 1 MiB,
+ * NUL-terminated, from a; *exit_code is its exit status (-1: it did not exit normally). */
+char *harness_command_output(arena *a, const char *command, int *exit_code);
+/* Resident memory of a process in KiB (VmRSS), or -1. */
+long harness_process_rss_kib(pid_t pid);
+
 int64_t harness_now_ms(void);
 void harness_sleep_ms(int64_t ms);
 
