@@ -31,6 +31,7 @@ typedef Library__Mypage__V1__Mypage Mypage;
 #define ACTIVE LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE
 #define PENDING LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING
 #define RETURNED LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED
+#define CANCELED LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED
 
 enum {
     CALL_DEADLINE_MS = 3000, /* every client call */
@@ -117,12 +118,15 @@ typedef enum fault {
     FAULT_PAUSE_LENDING,
     FAULT_PAUSE_CATALOG,
     FAULT_PAUSE_MYPAGE,
+    FAULT_PAUSE_NATS,
+    FAULT_PAUSE_REDIS,
     FAULT_KINDS,
 } fault;
 
 static const char *const fault_names[FAULT_KINDS] = {
-    "kill -9 lending",      "kill -9 catalog",      "kill -9 mypage",     "restart nats-server",
-    "restart redis-server", "SIGSTOP lending 4 s", "SIGSTOP catalog 4 s", "SIGSTOP mypage 4 s",
+    "kill -9 lending",      "kill -9 catalog",     "kill -9 mypage",      "restart nats-server",
+    "restart redis-server", "SIGSTOP lending",     "SIGSTOP catalog",     "SIGSTOP mypage",
+    "SIGSTOP nats-server",  "SIGSTOP redis-server",
 };
 
 static void kill_and_restart(test_stack *s, harness_process *victim,
@@ -133,8 +137,10 @@ static void kill_and_restart(test_stack *s, harness_process *victim,
     restart(s, port);
 }
 
-/* Injects one fault and returns when the system has everything running again. */
-static void inject(fault_stack *f, fault kind) {
+/* Injects one fault and returns when the system has everything running again. downtime_ms:
+ * how long nats-server or redis-server stays stopped, or a process paused beyond the clients'
+ * deadline. */
+static void inject(fault_stack *f, fault kind, int64_t downtime_ms) {
     test_stack *s = &f->s;
     int64_t start = harness_now_ms();
     switch (kind) {
@@ -145,31 +151,35 @@ static void inject(fault_stack *f, fault kind) {
         /* SIGTERM: a clean shutdown; the JetStream file store stays in s->dir/nats */
         int port = s->nats.port;
         cr_assert_neq(harness_process_stop(&s->nats, SIGTERM, 10000), -1, "nats-server did not stop");
-        harness_sleep_ms(500);
+        harness_sleep_ms(downtime_ms);
         cr_assert(harness_nats_start(s->dir, port, &s->nats), "nats-server did not restart");
         break;
     }
     case FAULT_RESTART_REDIS: {
         int port = s->redis.port;
         cr_assert_neq(harness_process_stop(&s->redis, SIGTERM, 10000), -1, "redis-server did not stop");
-        harness_sleep_ms(500);
+        harness_sleep_ms(downtime_ms);
         cr_assert(harness_redis_start(s->dir, port, &s->redis), "redis-server did not restart");
         break;
     }
     case FAULT_PAUSE_LENDING:
     case FAULT_PAUSE_CATALOG:
-    case FAULT_PAUSE_MYPAGE: {
+    case FAULT_PAUSE_MYPAGE:
+    case FAULT_PAUSE_NATS:
+    case FAULT_PAUSE_REDIS: {
         harness_process *victim = kind == FAULT_PAUSE_LENDING   ? &s->lending
                                   : kind == FAULT_PAUSE_CATALOG ? &s->catalog
-                                                                : &s->mypage;
+                                  : kind == FAULT_PAUSE_MYPAGE  ? &s->mypage
+                                  : kind == FAULT_PAUSE_NATS    ? &s->nats
+                                                                : &s->redis;
         cr_assert_eq(kill(victim->pid, SIGSTOP), 0);
-        harness_sleep_ms(CALL_DEADLINE_MS + 1000);
+        harness_sleep_ms(CALL_DEADLINE_MS + downtime_ms);
         cr_assert_eq(kill(victim->pid, SIGCONT), 0);
         break;
     }
     default: break;
     }
-    cr_log_info("fault: %s (%lld ms)", fault_names[kind], (long long)(harness_now_ms() - start));
+    fprintf(stderr, "faults: %s (%lld ms)\n", fault_names[kind], (long long)(harness_now_ms() - start));
 }
 
 /* --- the load: one user per thread, through the gateway ------------------------------------ */
@@ -183,9 +193,11 @@ typedef struct call_counts {
     char first_unexpected[400];
 } call_counts;
 
+/* A loan whose outcome a client was told: BorrowBook answered ACTIVE or CANCELED, or
+ * ReturnBook answered OK (RETURNED). */
 typedef struct acknowledged {
     char *loan_id;
-    bool returned; /* ReturnBook answered OK */
+    int answered;
 } acknowledged;
 
 typedef struct worker {
@@ -197,7 +209,7 @@ typedef struct worker {
     unsigned seed;
     arena *scratch; /* one call's request and response */
     call_counts counts;
-    acknowledged *acks; /* every BorrowBook answered ACTIVE */
+    acknowledged *acks;
     size_t ack_count, ack_capacity;
     char *held[HELD_MAX]; /* ACTIVE loans to give back */
     int held_count;
@@ -251,17 +263,20 @@ static void hold(worker *w, const char *loan_id) {
         w->held[w->held_count++] = strdup(loan_id);
 }
 
-static void acknowledge(worker *w, const char *loan_id) {
+static void acknowledge(worker *w, const char *loan_id, int answered) {
     for (size_t i = 0; i < w->ack_count; i++) /* a retried request answers the same loan */
-        if (strcmp(w->acks[i].loan_id, loan_id) == 0)
+        if (strcmp(w->acks[i].loan_id, loan_id) == 0) {
+            if (answered == RETURNED)
+                w->acks[i].answered = RETURNED;
             return;
+        }
     if (w->ack_count == w->ack_capacity) {
         w->ack_capacity = w->ack_capacity ? w->ack_capacity * 2 : 64;
         w->acks = realloc(w->acks, w->ack_capacity * sizeof *w->acks);
         if (w->acks == NULL)
             abort(); /* a worker thread cannot fail the test with cr_assert */
     }
-    w->acks[w->ack_count++] = (acknowledged){.loan_id = strdup(loan_id)};
+    w->acks[w->ack_count++] = (acknowledged){.loan_id = strdup(loan_id), .answered = answered};
 }
 
 /* At the loan limit: loans that were answered PENDING may be ACTIVE by now; hold them too. */
@@ -300,8 +315,10 @@ static void borrow(worker *w) {
     if (code == STATUS_FAILED_PRECONDITION) {
         refresh_held(w);
     } else if (code == STATUS_OK && ((Loan *)response)->status == ACTIVE) {
-        acknowledge(w, ((Loan *)response)->loan_id);
+        acknowledge(w, ((Loan *)response)->loan_id, ACTIVE);
         hold(w, ((Loan *)response)->loan_id);
+    } else if (code == STATUS_OK && ((Loan *)response)->status == CANCELED) {
+        acknowledge(w, ((Loan *)response)->loan_id, CANCELED);
     }
 }
 
@@ -316,9 +333,7 @@ static void give_back(worker *w, int k) {
         code == STATUS_RESOURCE_EXHAUSTED)
         return; /* still held: returned again later (a second return changes nothing) */
     if (code == STATUS_OK)
-        for (size_t i = 0; i < w->ack_count; i++)
-            if (strcmp(w->acks[i].loan_id, w->held[k]) == 0)
-                w->acks[i].returned = true;
+        acknowledge(w, w->held[k], RETURNED);
     free(w->held[k]);
     w->held[k] = w->held[--w->held_count];
 }
@@ -362,7 +377,7 @@ static void worker_free(worker *w) {
 
 typedef struct totals {
     call_counts calls;
-    long loans_checked, acknowledged, violations;
+    long loans_checked, answered_active, answered_canceled, violations;
     int rounds, faults;
 } totals;
 
@@ -478,11 +493,12 @@ static void check_round(test_stack *s, arena *a, const char *admin, worker *work
         for (size_t k = 0; k < w->ack_count; k++) {
             const acknowledged *ack = &w->acks[k];
             const Loan *loan = find_loan(loans, count, ack->loan_id);
-            bool kept = loan != NULL && (ack->returned ? loan->status == RETURNED
-                                                       : loan->status == ACTIVE || loan->status == RETURNED);
+            /* ACTIVE may have been returned since; RETURNED and CANCELED are final */
+            bool kept = loan != NULL && ((int)loan->status == ack->answered ||
+                                         (ack->answered == ACTIVE && loan->status == RETURNED));
             if (!kept)
-                found(f, "%s: loan %s was answered %s but is %d now", w->user, ack->loan_id,
-                      ack->returned ? "RETURNED" : "ACTIVE", loan ? (int)loan->status : -1);
+                found(f, "%s: loan %s was answered %d but is %d now", w->user, ack->loan_id,
+                      ack->answered, loan ? (int)loan->status : -1);
         }
         compare_page(s, a, admin, w->user, loans, count, f);
     }
@@ -516,8 +532,10 @@ static void add_counts(call_counts *sum, const call_counts *c) {
 }
 
 /* One round: fresh users and books, the load, the faults one after another with load_ms of
- * load after each, then the load stops and the system must settle. */
-static void run_round(fault_stack *f, const fault *faults, int fault_count, int64_t load_ms, totals *t) {
+ * load after each (and downtime_ms for each stop or pause), then the load stops and the
+ * system must settle. */
+static void run_round(fault_stack *f, const fault *faults, int fault_count, int64_t load_ms,
+                      int64_t downtime_ms, totals *t) {
     test_stack *s = &f->s;
     char round_id[13];
     text_random_hex(round_id, 6);
@@ -541,7 +559,7 @@ static void run_round(fault_stack *f, const fault *faults, int fault_count, int6
     }
     harness_sleep_ms(1000); /* the load is steady before the first fault */
     for (int i = 0; i < fault_count; i++) {
-        inject(f, faults[i]);
+        inject(f, faults[i], downtime_ms);
         harness_sleep_ms(load_ms);
     }
     atomic_store(&stop, true);
@@ -564,21 +582,25 @@ static void run_round(fault_stack *f, const fault *faults, int fault_count, int6
         harness_sleep_ms(500);
     }
     arena_destroy(a);
-    long acked = 0;
+    long active = 0, canceled = 0;
     for (int u = 0; u < WORKERS; u++)
-        acked += (long)workers[u].ack_count;
-    cr_log_info("round %d: %d faults, %ld calls, settled in %lld ms, %ld loans checked (%ld answered "
-                "ACTIVE), %ld violations",
-                t->rounds + 1, fault_count, round_calls.calls,
-                (long long)(harness_now_ms() - settle_start), result.loans_checked, acked,
-                result.violations);
+        for (size_t k = 0; k < workers[u].ack_count; k++) {
+            active += workers[u].acks[k].answered != CANCELED;
+            canceled += workers[u].acks[k].answered == CANCELED;
+        }
+    fprintf(stderr,
+            "faults: round %d: %ld calls, settled in %lld ms, %ld loans checked (%ld answered ACTIVE or "
+            "RETURNED, %ld CANCELED), %ld violations\n",
+            t->rounds + 1, round_calls.calls, (long long)(harness_now_ms() - settle_start),
+            result.loans_checked, active, canceled, result.violations);
     for (long i = 0; i < result.violations && i < 4; i++) {
         cr_log_warn("violation: %s", result.first[i]);
         fprintf(stderr, "faults: violation: %s\n", result.first[i]);
     }
     add_counts(&t->calls, &round_calls);
     t->loans_checked += result.loans_checked;
-    t->acknowledged += acked;
+    t->answered_active += active;
+    t->answered_canceled += canceled;
     t->violations += result.violations;
     t->rounds++;
     t->faults += fault_count;
@@ -597,9 +619,10 @@ static void report(const char *name, const totals *t) {
     char line[1200];
     snprintf(line, sizeof line,
              "%s: %d rounds, %d faults, %ld calls (%s), slowest %lld ms, %ld late, %ld unexpected; "
-             "%ld loans checked (%ld answered ACTIVE), %ld invariant violations",
+             "%ld loans checked (%ld answered ACTIVE or RETURNED, %ld CANCELED), %ld invariant violations",
              name, t->rounds, t->faults, t->calls.calls, by_code, (long long)t->calls.slowest_ms,
-             t->calls.late, t->calls.unexpected, t->loans_checked, t->acknowledged, t->violations);
+             t->calls.late, t->calls.unexpected, t->loans_checked, t->answered_active, t->answered_canceled,
+             t->violations);
     cr_log_info("%s", line);
     fprintf(stderr, "faults: %s\n", line);
     cr_expect_eq(t->calls.unexpected, 0, "%ld calls got a status no fault may cause; first: %s",
@@ -618,12 +641,13 @@ Test(faults, each_fault_once_under_load, .timeout = 300) {
     const fault faults[] = {FAULT_KILL_LENDING, FAULT_KILL_CATALOG,  FAULT_KILL_MYPAGE,
                             FAULT_RESTART_NATS, FAULT_RESTART_REDIS, FAULT_PAUSE_LENDING};
     totals t = {0};
-    run_round(&f, faults, sizeof faults / sizeof faults[0], 3000, &t);
+    run_round(&f, faults, sizeof faults / sizeof faults[0], 3000, 1000, &t);
     report("bounded", &t);
     fault_stack_stop(&f);
 }
 
-/* tools/chaos: FAULTS_MINUTES=N runs rounds of six random faults until N minutes have gone. */
+/* tools/chaos: FAULTS_MINUTES=N runs rounds of six random faults until N minutes have gone;
+ * FAULTS_SEED=S repeats the faults of the run that printed seed S. */
 Test(faults, random_faults_for_minutes, .timeout = 0) {
     const char *minutes_setting = getenv("FAULTS_MINUTES");
     if (minutes_setting == NULL || atof(minutes_setting) <= 0)
@@ -631,7 +655,8 @@ Test(faults, random_faults_for_minutes, .timeout = 0) {
     int64_t until = harness_now_ms() + (int64_t)(atof(minutes_setting) * 60000);
     fault_stack f;
     fault_stack_start(&f, "chaos");
-    unsigned seed = (unsigned)harness_now_ms();
+    const char *seed_setting = getenv("FAULTS_SEED"); /* to replay a run's choice of faults */
+    unsigned seed = seed_setting && seed_setting[0] ? (unsigned)strtoul(seed_setting, NULL, 10) : (unsigned)harness_now_ms();
     fprintf(stderr, "faults: chaos for %s minutes, seed %u\n", minutes_setting, seed);
     totals t = {0};
     while (t.rounds == 0 || harness_now_ms() < until) {
@@ -639,9 +664,8 @@ Test(faults, random_faults_for_minutes, .timeout = 0) {
         for (int i = 0; i < 6; i++)
             faults[i] = (fault)(rand_r(&seed) % FAULT_KINDS);
         int64_t load_ms = 2000 + rand_r(&seed) % 3000;
-        run_round(&f, faults, 6, load_ms, &t);
-        fprintf(stderr, "faults: round %d done, %ld calls, %ld violations so far\n", t.rounds,
-                t.calls.calls, t.violations);
+        int64_t downtime_ms = 300 + rand_r(&seed) % 2700;
+        run_round(&f, faults, 6, load_ms, downtime_ms, &t);
     }
     report("chaos", &t);
     fault_stack_stop(&f);
