@@ -12,8 +12,7 @@
 // each object is validated through a Proxy that records the properties read; a property
 // that was never read is one the schema does not have. Maps (labels, data) are read key by
 // key by their additionalProperties schema, so they count as read.
-import { readFileSync } from "node:fs";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
