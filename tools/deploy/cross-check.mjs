@@ -48,7 +48,12 @@ const commonConfig = configNames(sharedSource.slice(sharedSource.indexOf("common
 const binaries = {};
 for (const service of SERVICES) {
   const main = read(`services/${service}/main.c`);
-  const handlers = read(`services/${service}/handlers.c`);
+  // The method table and service name: handlers.c today, wherever in the folder tomorrow.
+  const handlers = readdirSync(join(root, "services", service))
+    .filter((f) => /\.[ch]$/.test(f))
+    .sort((a, b) => (a === "handlers.c" ? -1 : b === "handlers.c" ? 1 : a.localeCompare(b)))
+    .map((f) => read(`services/${service}/${f}`))
+    .join("\n");
   const grpcPort = (main.match(/\.default_grpc_port\s*=\s*"(\d+)"/) || [])[1];
   const metricsPort = (main.match(/\.default_metrics_port\s*=\s*"(\d+)"/) || [])[1];
   const own = configNames(main);
@@ -61,7 +66,7 @@ for (const service of SERVICES) {
     streaming: m[1].includes("STREAM"),
     access: m[3],
   }));
-  const grpcService = (handlers.match(/\.name\s*=\s*"([\w.]+)"/) || [])[1];
+  const grpcService = (handlers.match(/\.name\s*=\s*"(library\.[\w.]+)"/) || [])[1];
   const calls = [];
   for (const file of readdirSync(join(root, "services", service)).filter((f) => f.endsWith(".c"))) {
     for (const m of read(`services/${service}/${file}`).matchAll(/"\/([\w.]+)\/(\w+)"/g)) calls.push(`${m[1]}/${m[2]}`);
