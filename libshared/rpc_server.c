@@ -783,11 +783,32 @@ status_code rpc_stream_send(rpc_stream *stream, const ProtobufCMessage *message,
         return status_set(st, STATUS_CANCELLED, "STREAM_CLOSED", "the stream has ended");
     }
     if (stream->queued >= STREAM_QUEUE_LIMIT) {
-        pthread_mutex_unlock(&stream->lock);
+        /* The client stopped reading: its flow-control window is full, so the send in flight
+         * never completes, and a status queued behind it (rpc_stream_finish) would never
+         * leave either: the stream, its queue and its handler's resources (a mypage watcher
+         * slot) stayed until the client went away. Cancelling with the status sends it at
+         * once (trailers and RST_STREAM are not flow-controlled), fails the send in flight so
+         * the stream closes, and frees the queue now. Cancellation carries no status
+         * details, only the code and message. */
         status over;
         status_set(&over, STATUS_RESOURCE_EXHAUSTED, "CLIENT_TOO_SLOW",
                    "the client did not read %d queued messages", STREAM_QUEUE_LIMIT);
-        rpc_stream_finish(stream, STATUS_RESOURCE_EXHAUSTED, &over);
+        stream->finish_requested = true;
+        stream->status_sent = true;
+        stream->finish_code = STATUS_RESOURCE_EXHAUSTED;
+        stream->finish_status = over;
+        call_set_final(call, STATUS_RESOURCE_EXHAUSTED, &over);
+        queued_message *dropped = stream->head;
+        stream->head = stream->tail = NULL;
+        stream->queued = 0;
+        pthread_mutex_unlock(&stream->lock);
+        while (dropped != NULL) {
+            queued_message *next = dropped->next;
+            grpc_byte_buffer_destroy(dropped->buffer);
+            free(dropped);
+            dropped = next;
+        }
+        grpc_call_cancel_with_status(call->call, GRPC_STATUS_RESOURCE_EXHAUSTED, over.message, NULL);
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "CLIENT_TOO_SLOW", "%s", over.message);
     }
     queued_message *m = malloc(sizeof *m);
