@@ -46,6 +46,8 @@ static health_entry *entry_find(health *h, const char *name) {
 }
 
 static serving_status effective_locked(health *h, const char *name) {
+    if (strcmp(name, HEALTH_LIVENESS) == 0)
+        return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
     health_entry *entry = entry_find(h, name);
     if (entry == NULL)
         return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;

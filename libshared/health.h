@@ -10,6 +10,11 @@
 #include <stdbool.h>
 
 #include "rpc_server.h"
+
+/* The health name a liveness probe asks: SERVING while the process answers at all, whatever
+ * its dependencies and even while it drains (restarting a pod because NATS is down, or
+ * because it is finishing its calls, would only make things worse). */
+#define HEALTH_LIVENESS "liveness"
 #include "status.h"
 
 status_code health_create(health **out, status *st);

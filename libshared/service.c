@@ -36,7 +36,7 @@ static const config_entry common_config[] = {
     {"NATS_TIMEOUT", CONFIG_DURATION, "2s", "timeout of one JetStream request",
      &settings.nats_timeout_ms, 10, 60000},
     {"NATS_CONNECT_TIMEOUT", CONFIG_DURATION, "30s", "how long to keep trying NATS at start",
-     &settings.nats_connect_timeout_ms, 0, 600000},
+     &settings.nats_connect_timeout_ms, 100, 600000},
     {"NATS_REPLICAS", CONFIG_INT, "1", "replicas of streams and buckets this service creates",
      &settings.nats_replicas, 1, 5},
     {"EVENT_ACK_WAIT", CONFIG_DURATION, "10s",
@@ -56,23 +56,29 @@ static const config_entry common_config[] = {
 };
 enum { COMMON_CONFIG_COUNT = sizeof common_config / sizeof common_config[0] };
 
+/* The common table with this service's own defaults (GRPC_PORT, METRICS_PORT) filled in. */
+static void common_table(const service_definition *definition, config_entry out[]) {
+    memcpy(out, common_config, sizeof common_config);
+    out[0].default_value = definition->default_grpc_port;
+    out[1].default_value = definition->default_metrics_port ? definition->default_metrics_port : "0";
+}
+
 static void print_help(const service_definition *definition) {
     printf("usage: %s [--help]\n", definition->name);
     for (size_t i = 0; i < definition->command_count; i++)
         printf("       %s %-12s %s\n", definition->name, definition->commands[i].option,
                definition->commands[i].help);
     printf("Configuration comes from the environment:\n");
-    config_print_help(common_config, COMMON_CONFIG_COUNT, stdout);
+    config_entry common[COMMON_CONFIG_COUNT];
+    common_table(definition, common);
+    config_print_help(common, COMMON_CONFIG_COUNT, stdout);
     if (definition->config_count)
         config_print_help(definition->config, definition->config_count, stdout);
 }
 
 static void load_config(const service_definition *definition) {
-    /* GRPC_PORT defaults per service: the table's default is filled in here. */
     config_entry common[COMMON_CONFIG_COUNT];
-    memcpy(common, common_config, sizeof common);
-    common[0].default_value = definition->default_grpc_port;
-    common[1].default_value = definition->default_metrics_port ? definition->default_metrics_port : "0";
+    common_table(definition, common);
     config_load_or_exit(definition->name, common, COMMON_CONFIG_COUNT);
     if (definition->config_count)
         config_load_or_exit(definition->name, definition->config, definition->config_count);
