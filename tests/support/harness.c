@@ -38,7 +38,7 @@ char *harness_command_output(arena *a, const char *command, int *exit_code) {
     FILE *pipe = popen(joined, "r");
     if (pipe == NULL)
         return arena_strndup(a, "", 0);
-    size_t capacity = 1u << 20, size = 0, n;
+    size_t capacity = 64u << 10, size = 0, n;
     char *output = arena_alloc(a, capacity);
     while (size + 1 < capacity && (n = fread(output + size, 1, capacity - size - 1, pipe)) > 0)
         size += n;

@@ -74,7 +74,7 @@ status_code harness_call(rpc_client *client, const char *method, const ProtobufC
                          const ProtobufCMessageDescriptor *response_type, arena *a,
                          const char *bearer, ProtobufCMessage **response, status *st);
 
-/* Runs a shell command (stderr joined to stdout) and returns its output, at most 1 MiB,
+/* Runs a shell command (stderr joined to stdout) and returns its output, at most 64 KiB,
  * NUL-terminated, from a; *exit_code is its exit status (-1: it did not exit normally). */
 char *harness_command_output(arena *a, const char *command, int *exit_code);
 /* Resident memory of a process in KiB (VmRSS), or -1. */
