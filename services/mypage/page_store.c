@@ -286,12 +286,14 @@ static status_code command(page_store *store, int argc, const char **argv, redis
     }
     release(store, c, false);
     if ((*reply)->type == REDIS_REPLY_ERROR) {
-        if (strncmp((*reply)->str, "TAKEN_OVER", 10) == 0)
+        if (strncmp((*reply)->str, "TAKEN_OVER", 10) == 0) {
             status_set(st, STATUS_ABORTED, "REBUILD_TAKEN_OVER", "%s", (*reply)->str + 11);
-        else if (transient_error((*reply)->str))
+        } else if (transient_error((*reply)->str)) {
             status_set(st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis: %.200s", (*reply)->str);
-        else
+            report_health(store, false); /* up but not serving: NOT_SERVING until a command works */
+        } else {
             status_set(st, STATUS_INTERNAL, "REDIS_ERROR", "Redis: %.200s", (*reply)->str);
+        }
         freeReplyObject(*reply);
         *reply = NULL;
         return st->code;
