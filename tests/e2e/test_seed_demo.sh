@@ -33,27 +33,47 @@ ports_free() {
     ! lib_port_open $((port + $1)) || return 1
   done
 }
-offset=""
-for _ in 1 2 3 4 5 6 7 8; do
-  candidate=$(((RANDOM % 140 + 10) * 100))
-  if ports_free "$candidate"; then
-    offset=$candidate
+# pick_offset: sets $offset so every port of the stack is free now.
+pick_offset() {
+  local candidate
+  offset=""
+  for _ in 1 2 3 4 5 6 7 8; do
+    candidate=$(((RANDOM % 140 + 10) * 100))
+    if ports_free "$candidate"; then
+      offset=$candidate
+      return 0
+    fi
+  done
+  lib_die "found no free set of ports"
+}
+
+# Up to three tries: a port that was free a moment ago can still be taken when a service
+# binds it (the gRPC ports lie in the kernel's ephemeral range, where outgoing connections
+# take their local ports), and tools/run then stops at once.
+up=0
+for attempt in 1 2 3; do
+  pick_offset
+  RUN_DIR=$dir/run RUN_PORT_OFFSET=$offset RUN_BUILD_DIR=$build RUN_READY_TIMEOUT=60 \
+    "$root/tools/run" >"$dir/run.out" 2>&1 &
+  run_pid=$!
+  deadline=$((SECONDS + 90))
+  until grep -q 'The library backend is up' "$dir/run.out"; do
+    if ! kill -0 "$run_pid" 2>/dev/null || ((SECONDS >= deadline)); then
+      break
+    fi
+    sleep 0.2
+  done
+  if grep -q 'The library backend is up' "$dir/run.out"; then
+    up=1
     break
   fi
+  cat "$dir/run.out"
+  kill -TERM "$run_pid" 2>/dev/null || true
+  wait "$run_pid" 2>/dev/null || true
+  run_pid=""
+  lib_say "tools/run did not bring the stack up (attempt $attempt)"
 done
-[[ -n $offset ]] || lib_die "found no free set of ports"
-
-RUN_DIR=$dir/run RUN_PORT_OFFSET=$offset RUN_BUILD_DIR=$build RUN_READY_TIMEOUT=60 \
-  "$root/tools/run" >"$dir/run.out" 2>&1 &
-run_pid=$!
-deadline=$((SECONDS + 90))
-until grep -q 'The library backend is up' "$dir/run.out"; do
-  if ! kill -0 "$run_pid" 2>/dev/null || ((SECONDS >= deadline)); then
-    cat "$dir/run.out"
-    lib_die "tools/run did not bring the stack up"
-  fi
-  sleep 0.2
-done
+((up)) || lib_die "tools/run did not bring the stack up in three attempts"
 
 endpoint=http://127.0.0.1:$((8080 + offset))
 if RUN_DIR=$dir/run "$root/tools/demo" --check --endpoint "$endpoint" &&
