@@ -117,6 +117,11 @@ struct event_consumer {
     int worker_count;
 };
 
+static void pause_ms(int64_t ms) {
+    struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    nanosleep(&pause, NULL);
+}
+
 static bool retryable(status_code code) {
     return code == STATUS_UNAVAILABLE || code == STATUS_ABORTED ||
            code == STATUS_DEADLINE_EXCEEDED || code == STATUS_RESOURCE_EXHAUSTED;
@@ -219,8 +224,7 @@ static void *consume_main(void *arg) {
         if (s != NATS_OK) {
             if (!atomic_load(&consumer->stopping)) {
                 LOG_DEBUG("%s: fetch failed: %s", consumer->durable, natsStatus_GetText(s));
-                struct timespec pause = {.tv_sec = 0, .tv_nsec = 200000000};
-                nanosleep(&pause, NULL);
+                pause_ms(200);
             }
             continue;
         }
@@ -344,10 +348,6 @@ void event_consumer_stop(event_consumer *consumer) {
     consumer_free(consumer);
 }
 
-static void pause_ms(int64_t ms) {
-    struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
-    nanosleep(&pause, NULL);
-}
 
 /* Hands one replayed message to the handler, retrying what may succeed later. */
 static status_code replay_one(natsMsg *message, uint64_t sequence, event_handler handler,

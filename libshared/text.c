@@ -127,34 +127,38 @@ static uint64_t splitmix64(uint64_t *state) {
     return z ^ (z >> 31);
 }
 
-void text_trace_hex(char *out, size_t bytes) {
+enum { RANDOM_HEX_MAX = 64 }; /* bytes per call; longer requests are cut */
+
+static void hex_encode(const uint8_t *bytes, size_t size, char *out) {
     static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < size; i++) {
+        out[2 * i] = digits[bytes[i] >> 4];
+        out[2 * i + 1] = digits[bytes[i] & 15];
+    }
+    out[2 * size] = '\0';
+}
+
+void text_trace_hex(char *out, size_t bytes) {
     static __thread uint64_t state;
     static __thread bool seeded;
     if (!seeded) {
         arc4random_buf(&state, sizeof state);
         seeded = true;
     }
-    uint64_t word = 0;
-    for (size_t i = 0; i < bytes; i++) {
-        if (i % 8 == 0)
-            word = splitmix64(&state);
-        uint8_t byte = (uint8_t)(word >> (8 * (i % 8)));
-        out[2 * i] = digits[byte >> 4];
-        out[2 * i + 1] = digits[byte & 15];
+    uint8_t buffer[RANDOM_HEX_MAX];
+    if (bytes > sizeof buffer)
+        bytes = sizeof buffer;
+    for (size_t i = 0; i < bytes; i += 8) {
+        uint64_t word = splitmix64(&state);
+        memcpy(buffer + i, &word, bytes - i < 8 ? bytes - i : 8);
     }
-    out[2 * bytes] = '\0';
+    hex_encode(buffer, bytes, out);
 }
 
 void text_random_hex(char *out, size_t bytes) {
-    static const char digits[] = "0123456789abcdef";
-    uint8_t buffer[64];
+    uint8_t buffer[RANDOM_HEX_MAX];
     if (bytes > sizeof buffer)
         bytes = sizeof buffer;
     arc4random_buf(buffer, bytes); /* glibc >= 2.36: the kernel CSPRNG, never fails */
-    for (size_t i = 0; i < bytes; i++) {
-        out[2 * i] = digits[buffer[i] >> 4];
-        out[2 * i + 1] = digits[buffer[i] & 15];
-    }
-    out[2 * bytes] = '\0';
+    hex_encode(buffer, bytes, out);
 }

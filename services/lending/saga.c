@@ -46,14 +46,6 @@ static event *event_new(arena *a, const char *kind, const loan_record *record) {
     return e->event_id && e->occur_time ? e : NULL;
 }
 
-static status_code publish(nats_connection *connection, arena *a, const char *subject, event *e,
-                           status *st) {
-    if (e == NULL)
-        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    (void)a;
-    return events_publish(connection, subject, e, st);
-}
-
 status_code saga_publish_requested(nats_connection *connection, const loan_record *record, status *st) {
     arena *a = arena_create(0);
     const loan_message *loan = record->loan;
@@ -72,7 +64,7 @@ status_code saga_publish_requested(nats_connection *connection, const loan_recor
         body->due_time = loan->due_time;
         e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
         e->loan_requested = body;
-        code = publish(connection, a, "library.events.loan.requested", e, st);
+        code = events_publish(connection, "library.events.loan.requested", e, st);
     }
     arena_destroy(a);
     return code;
@@ -94,7 +86,7 @@ status_code saga_publish_returned(nats_connection *connection, const loan_record
         body->return_time = loan->return_time;
         e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
         e->loan_returned = body;
-        code = publish(connection, a, "library.events.loan.returned", e, st);
+        code = events_publish(connection, "library.events.loan.returned", e, st);
     }
     arena_destroy(a);
     return code;
@@ -116,7 +108,7 @@ static status_code publish_outcome(nats_connection *connection, arena *a, const 
         body->due_time = loan->due_time;
         e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED;
         e->loan_activated = body;
-        return publish(connection, a, "library.events.loan.activated", e, st);
+        return events_publish(connection, "library.events.loan.activated", e, st);
     }
     if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED) {
         event *e = event_new(a, "loan-canceled", record);
@@ -131,7 +123,7 @@ static status_code publish_outcome(nats_connection *connection, arena *a, const 
         body->reason = loan->cancel_reason;
         e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED;
         e->loan_canceled = body;
-        return publish(connection, a, "library.events.loan.canceled", e, st);
+        return events_publish(connection, "library.events.loan.canceled", e, st);
     }
     return STATUS_OK;
 }
@@ -149,7 +141,7 @@ static status_code publish_overdue(nats_connection *connection, arena *a, const 
     body->due_time = record->loan->due_time;
     e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE;
     e->loan_overdue = body;
-    return publish(connection, a, "library.events.loan.overdue", e, st);
+    return events_publish(connection, "library.events.loan.overdue", e, st);
 }
 
 /* --- metrics -------------------------------------------------------------------------------- */
