@@ -370,6 +370,7 @@ int main(int argc, char **argv) {
     parse(argc, argv, &c);
     setvbuf(stdout, NULL, _IOLBF, 0);
     grpc_init();
+    nats_Open(0); /* R3 uses NATS.c as the services do: no spinning on its mutexes */
     bool setup_ok = true;
 
     rss_sample samples[3];

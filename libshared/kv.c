@@ -1,14 +1,95 @@
 /* kv.c - JetStream key-value over NATS.c, with the errors mapped onto status codes. */
 #include "kv.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* The last value this process read or wrote for a key, in a slot picked by a hash of the key.
+ * kv_mutate tries its compare-and-set on it first and so skips the read in the common case
+ * (one writer per key at a time). It is never trusted for anything but that write: a stale
+ * entry fails on the revision, and the loop starts over from a fresh read, as it would have
+ * without the cache. Values over CACHE_VALUE_MAX are not kept, so the cache stays small. */
+enum { CACHE_SLOTS = 2048, CACHE_VALUE_MAX = 4096 };
+
+typedef struct cache_slot {
+    char *key;
+    uint8_t *data;
+    size_t size;
+    uint64_t revision;
+} cache_slot;
+
 struct kv_bucket {
     nats_connection *connection;
     kvStore *store;
+    pthread_mutex_t cache_lock;
+    cache_slot cache[CACHE_SLOTS];
 };
+
+static cache_slot *cache_slot_of(kv_bucket *bucket, const char *key) {
+    uint64_t hash = 1469598103934665603ull; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+        hash = (hash ^ *p) * 1099511628211ull;
+    return &bucket->cache[hash % CACHE_SLOTS];
+}
+
+static void cache_drop(cache_slot *slot) {
+    free(slot->key);
+    free(slot->data);
+    *slot = (cache_slot){0};
+}
+
+/* Keeps key = data at revision, unless the slot already holds a later revision of the key. */
+static void cache_remember(kv_bucket *bucket, const char *key, const uint8_t *data, size_t size,
+                           uint64_t revision) {
+    pthread_mutex_lock(&bucket->cache_lock);
+    cache_slot *slot = cache_slot_of(bucket, key);
+    bool same_key = slot->key != NULL && strcmp(slot->key, key) == 0;
+    if (same_key && slot->revision >= revision) {
+        pthread_mutex_unlock(&bucket->cache_lock);
+        return;
+    }
+    if (size > CACHE_VALUE_MAX) {
+        if (same_key)
+            cache_drop(slot);
+        pthread_mutex_unlock(&bucket->cache_lock);
+        return;
+    }
+    uint8_t *copy = malloc(size > 0 ? size : 1);
+    char *key_copy = same_key ? slot->key : strdup(key);
+    if (copy == NULL || key_copy == NULL) {
+        free(copy);
+        if (!same_key)
+            free(key_copy);
+        cache_drop(slot);
+        pthread_mutex_unlock(&bucket->cache_lock);
+        return;
+    }
+    if (!same_key)
+        free(slot->key);
+    free(slot->data);
+    memcpy(copy, data, size);
+    *slot = (cache_slot){.key = key_copy, .data = copy, .size = size, .revision = revision};
+    pthread_mutex_unlock(&bucket->cache_lock);
+}
+
+/* Copies the remembered value of key into the arena; false when there is none. */
+static bool cache_recall(kv_bucket *bucket, const char *key, arena *a, kv_value *out) {
+    bool found = false;
+    pthread_mutex_lock(&bucket->cache_lock);
+    cache_slot *slot = cache_slot_of(bucket, key);
+    if (slot->key != NULL && strcmp(slot->key, key) == 0) {
+        uint8_t *copy = arena_alloc(a, slot->size > 0 ? slot->size : 1);
+        if (copy != NULL) {
+            memcpy(copy, slot->data, slot->size);
+            *out = (kv_value){.data = copy, .size = slot->size, .revision = slot->revision};
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&bucket->cache_lock);
+    return found;
+}
 
 static status_code require_connection(kv_bucket *bucket, status *st) {
     if (!nats_connection_is_up(bucket->connection))
@@ -23,6 +104,7 @@ status_code kv_bucket_open(nats_connection *connection, const char *name, int re
     if (bucket == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     bucket->connection = connection;
+    pthread_mutex_init(&bucket->cache_lock, NULL);
     jsCtx *js = nats_connection_jetstream(connection);
     natsStatus s = js_KeyValue(&bucket->store, js, name);
     if (s == NATS_NOT_FOUND) {
@@ -35,6 +117,7 @@ status_code kv_bucket_open(nats_connection *connection, const char *name, int re
         s = js_CreateKeyValue(&bucket->store, js, &config);
     }
     if (s != NATS_OK) {
+        pthread_mutex_destroy(&bucket->cache_lock);
         free(bucket);
         char what[96];
         snprintf(what, sizeof what, "opening bucket %s", name);
@@ -48,6 +131,9 @@ void kv_bucket_close(kv_bucket *bucket) {
     if (bucket == NULL)
         return;
     kvStore_Destroy(bucket->store);
+    for (size_t i = 0; i < CACHE_SLOTS; i++)
+        cache_drop(&bucket->cache[i]);
+    pthread_mutex_destroy(&bucket->cache_lock);
     free(bucket);
 }
 
@@ -74,6 +160,7 @@ status_code kv_get(kv_bucket *bucket, const char *key, arena *a, kv_value *out, 
     out->size = (size_t)(size > 0 ? size : 0);
     out->revision = kvEntry_Revision(entry);
     kvEntry_Destroy(entry);
+    cache_remember(bucket, key, out->data, out->size, out->revision);
     return STATUS_OK;
 }
 
@@ -89,6 +176,7 @@ status_code kv_create(kv_bucket *bucket, const char *key, const void *data, size
             return status_set(st, STATUS_ALREADY_EXISTS, "ALREADY_EXISTS", "%s already exists", key);
         return code;
     }
+    cache_remember(bucket, key, data, size, written);
     if (revision)
         *revision = written;
     return STATUS_OK;
@@ -102,16 +190,43 @@ status_code kv_update(kv_bucket *bucket, const char *key, const void *data, size
     natsStatus s = kvStore_Update(&written, bucket->store, key, data, (int)size, expected_revision);
     if (s != NATS_OK)
         return nats_status_to_status(s, "writing the store", st);
+    cache_remember(bucket, key, data, size, written);
     if (revision)
         *revision = written;
     return STATUS_OK;
 }
 
+/* The first attempt of kv_mutate, on the remembered value: true when it wrote (or failed for
+ * a reason a fresh read would not change), false to go on with a fresh read. A refusal or a
+ * "nothing to write" from the mutation is not believed here: the value may be stale. */
+static bool mutate_remembered(kv_bucket *bucket, const char *key, arena *a, kv_mutation mutation,
+                              void *arg, uint64_t *revision, status_code *code, status *st) {
+    kv_value remembered;
+    if (!cache_recall(bucket, key, a, &remembered))
+        return false;
+    uint8_t *next = NULL;
+    size_t next_size = 0;
+    status scratch;
+    status_clear(&scratch);
+    if (mutation(arg, a, &remembered, &next, &next_size, &scratch) != STATUS_OK || next == NULL)
+        return false;
+    uint64_t written = 0;
+    *code = kv_update(bucket, key, next, next_size, remembered.revision, &written, st);
+    if (*code == STATUS_ABORTED) /* someone else wrote it since */
+        return false;
+    if (*code == STATUS_OK && revision)
+        *revision = written;
+    return true;
+}
+
 status_code kv_mutate(kv_bucket *bucket, const char *key, arena *a, kv_mutation mutation,
                       void *arg, int max_attempts, uint64_t *revision, status *st) {
+    status_code code;
+    if (mutate_remembered(bucket, key, a, mutation, arg, revision, &code, st))
+        return code;
     for (int attempt = 0; attempt < max_attempts; attempt++) {
         kv_value current;
-        status_code code = kv_get(bucket, key, a, &current, st);
+        code = kv_get(bucket, key, a, &current, st);
         if (code != STATUS_OK && code != STATUS_NOT_FOUND)
             return code;
         bool exists = code == STATUS_OK;

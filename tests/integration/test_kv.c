@@ -1,0 +1,185 @@
+/* test_kv.c - libshared's key-value helpers against a real nats-server, with two handles on
+ * one bucket as two replicas of a service would have: kv_mutate tries its compare-and-set on
+ * the value it remembers first, and must never lose an update nor believe a stale value. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "kv.h"
+
+static char dir[512];
+static harness_process nats;
+static nats_connection *connections[2];
+static kv_bucket *buckets[2]; /* two handles on the same bucket: two "replicas" */
+
+static void setup(void) {
+    cr_assert(harness_temp_dir(dir, sizeof dir) != NULL);
+    cr_assert(harness_nats_start(dir, 0, &nats), "nats-server did not start");
+    for (int i = 0; i < 2; i++) {
+        nats_connection_options options = {.url = nats.url, .client_name = "test_kv"};
+        status st;
+        cr_assert_eq(nats_connection_open(&options, &connections[i], &st), STATUS_OK, "%s", st.message);
+        cr_assert_eq(kv_bucket_open(connections[i], "kv_test", 1, &buckets[i], &st), STATUS_OK, "%s",
+                     st.message);
+    }
+}
+
+static void teardown(void) {
+    for (int i = 0; i < 2; i++) {
+        kv_bucket_close(buckets[i]);
+        nats_connection_close(connections[i]);
+    }
+    harness_process_stop(&nats, SIGTERM, 5000);
+}
+
+TestSuite(kv, .init = setup, .fini = teardown, .timeout = 60);
+
+/* --- mutations ------------------------------------------------------------------------- */
+
+/* The value is a decimal counter; adds 1 (a missing key counts as 0). */
+static status_code increment(void *arg, arena *a, const kv_value *current, uint8_t **next,
+                             size_t *next_size, status *st) {
+    (void)arg;
+    (void)st;
+    long n = 0;
+    if (current != NULL) {
+        char text[32] = {0};
+        memcpy(text, current->data, current->size < 31 ? current->size : 31);
+        n = strtol(text, NULL, 10);
+    }
+    *next = (uint8_t *)arena_sprintf(a, "%ld", n + 1);
+    *next_size = strlen((char *)*next);
+    return STATUS_OK;
+}
+
+typedef struct rule {
+    const char *refuse_on;  /* refuse (FAILED_PRECONDITION) when the value is this */
+    const char *keep_on;    /* write nothing when the value is this */
+    const char *write;      /* otherwise write this */
+} rule;
+
+static bool value_is(const kv_value *v, const char *text) {
+    return v != NULL && text != NULL && v->size == strlen(text) && memcmp(v->data, text, v->size) == 0;
+}
+
+static status_code by_rule(void *arg, arena *a, const kv_value *current, uint8_t **next,
+                           size_t *next_size, status *st) {
+    const rule *r = arg;
+    if (value_is(current, r->refuse_on))
+        return status_set(st, STATUS_FAILED_PRECONDITION, "FULL", "refused on %s", r->refuse_on);
+    if (value_is(current, r->keep_on))
+        return STATUS_OK;
+    *next = (uint8_t *)arena_sprintf(a, "%s", r->write);
+    *next_size = strlen(r->write);
+    return STATUS_OK;
+}
+
+static void put(kv_bucket *bucket, const char *key, const char *text) {
+    arena *a = arena_create(0);
+    rule r = {.write = text};
+    status st;
+    cr_assert_eq(kv_mutate(bucket, key, a, by_rule, &r, 10, NULL, &st), STATUS_OK, "%s", st.message);
+    arena_destroy(a);
+}
+
+static char *get(kv_bucket *bucket, const char *key, arena *a) {
+    kv_value v;
+    status st;
+    cr_assert_eq(kv_get(bucket, key, a, &v, &st), STATUS_OK, "%s", st.message);
+    return arena_sprintf(a, "%.*s", (int)v.size, (const char *)v.data);
+}
+
+/* --- tests ------------------------------------------------------------------------------- */
+
+typedef struct incrementer {
+    kv_bucket *bucket;
+    int times, failed;
+} incrementer;
+
+static void *increment_many(void *arg) {
+    incrementer *job = arg;
+    arena *a = arena_create(0);
+    for (int i = 0; i < job->times; i++) {
+        status st;
+        if (kv_mutate(job->bucket, "counter", a, increment, NULL, 1000, NULL, &st) != STATUS_OK)
+            job->failed++;
+    }
+    arena_destroy(a);
+    return NULL;
+}
+
+Test(kv, two_replicas_incrementing_one_key_lose_no_update) {
+    enum { THREADS = 4, TIMES = 150 };
+    incrementer jobs[THREADS];
+    pthread_t threads[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        jobs[i] = (incrementer){.bucket = buckets[i % 2], .times = TIMES};
+        pthread_create(&threads[i], NULL, increment_many, &jobs[i]);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        cr_assert_eq(jobs[i].failed, 0, "thread %d: %d increments failed", i, jobs[i].failed);
+    }
+    arena *a = arena_create(0);
+    for (int i = 0; i < 2; i++)
+        cr_assert_str_eq(get(buckets[i], "counter", a), "600", "replica %d reads the total", i);
+    arena_destroy(a);
+}
+
+Test(kv, a_refusal_on_a_remembered_value_is_checked_on_a_fresh_one) {
+    put(buckets[0], "shelf", "full"); /* replica 0 remembers "full" */
+    put(buckets[1], "shelf", "room"); /* replica 1 changes it behind its back */
+    arena *a = arena_create(0);
+    rule r = {.refuse_on = "full", .write = "taken"};
+    status st;
+    cr_assert_eq(kv_mutate(buckets[0], "shelf", a, by_rule, &r, 10, NULL, &st), STATUS_OK,
+                 "refused on a stale value: %s", st.message);
+    cr_assert_str_eq(get(buckets[1], "shelf", a), "taken");
+    arena_destroy(a);
+}
+
+Test(kv, nothing_to_write_on_a_remembered_value_is_checked_on_a_fresh_one) {
+    put(buckets[0], "state", "done");
+    put(buckets[1], "state", "undone");
+    arena *a = arena_create(0);
+    rule r = {.keep_on = "done", .write = "done"};
+    uint64_t revision = 0;
+    status st;
+    cr_assert_eq(kv_mutate(buckets[0], "state", a, by_rule, &r, 10, &revision, &st), STATUS_OK, "%s",
+                 st.message);
+    cr_assert_str_eq(get(buckets[1], "state", a), "done", "the stale \"done\" was believed");
+    kv_value v;
+    cr_assert_eq(kv_get(buckets[1], "state", a, &v, &st), STATUS_OK);
+    cr_assert_eq(revision, v.revision, "the revision written is reported");
+    arena_destroy(a);
+}
+
+Test(kv, a_refusal_on_the_current_value_stands) {
+    put(buckets[0], "quota", "full");
+    arena *a = arena_create(0);
+    rule r = {.refuse_on = "full", .write = "over"};
+    status st;
+    cr_assert_eq(kv_mutate(buckets[0], "quota", a, by_rule, &r, 10, NULL, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "FULL", "the mutation's own status reaches the caller");
+    cr_assert_str_eq(get(buckets[1], "quota", a), "full");
+    arena_destroy(a);
+}
+
+Test(kv, large_values_are_updated_by_both_replicas) {
+    arena *a = arena_create(0);
+    size_t size = 20000; /* over what is remembered */
+    char *big = arena_alloc(a, size + 1);
+    for (int round = 0; round < 4; round++) {
+        memset(big, 'a' + round, size);
+        big[size] = '\0';
+        put(buckets[round % 2], "big", big);
+        char *read = get(buckets[(round + 1) % 2], "big", a);
+        cr_assert_eq(strlen(read), size);
+        cr_assert_eq(read[0], 'a' + round, "round %d read %c", round, read[0]);
+    }
+    arena_destroy(a);
+}
