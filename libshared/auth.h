@@ -35,4 +35,7 @@ void auth_verifier_destroy(auth_verifier *verifier); /* NULL is a no-op */
 status_code auth_verify(const auth_verifier *verifier, const char *authorization,
                         auth_identity *out, status *st);
 
+/* How many signatures the verifier has checked: the tokens it did not remember. */
+uint64_t auth_verifier_signature_checks(const auth_verifier *verifier);
+
 #endif

@@ -331,3 +331,28 @@ Test(auth, a_remembered_token_is_still_checked_for_expiry_and_tampering) {
     auth_verifier_destroy(strict);
     auth_verifier_destroy(v);
 }
+
+/* Many users at once: each token is checked once and then remembered, however the tokens'
+ * hashes fall (a direct-mapped cache of 1,024 slots evicted ~40 of 200 on the second round). */
+Test(auth, many_users_tokens_are_each_checked_once) {
+    enum { USERS = 200 };
+    auth_verifier *v = verifier_for("rsa.pub");
+    char *tokens[USERS];
+    for (int i = 0; i < USERS; i++) {
+        claims c = valid_claims();
+        c.subject = arena_sprintf(mem, "reader-%d", i);
+        tokens[i] = sign(JWT_ALG_RS256, "rsa.pem", c);
+    }
+    auth_identity who;
+    status st;
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < USERS; i++) {
+            cr_assert_eq(verify(v, tokens[i], &who, &st), STATUS_OK, "%s", st.message);
+            cr_assert_str_eq(who.subject, arena_sprintf(mem, "reader-%d", i));
+        }
+    uint64_t checks = auth_verifier_signature_checks(v);
+    cr_assert_geq(checks, USERS);
+    cr_assert_leq(checks, USERS + 8, "%llu signature checks for %d tokens used 3 times each",
+                  (unsigned long long)checks, USERS);
+    auth_verifier_destroy(v);
+}
