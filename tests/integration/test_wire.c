@@ -344,9 +344,13 @@ typedef struct burst {
     int over_watcher_limit; /* RESOURCE_EXHAUSTED from MAX_WATCHERS, not from shedding */
 } burst;
 
+/* SEND: each call sends its request and closes. WITHHOLD: each sends its headers only and
+ * keeps its request back, as a client that stalls (or lost the rest of its frame) would. */
+typedef enum { SEND, WITHHOLD } burst_request;
+
 static void burst_start(burst *b, const char *address, int channels, int count, const char *method,
                         const ProtobufCMessage *request, const char *bearer, int64_t timeout_ms,
-                        bool streaming) {
+                        burst_request sending) {
     memset(b, 0, sizeof *b);
     grpc_init();
     b->cq = grpc_completion_queue_create_for_next(NULL);
@@ -382,13 +386,16 @@ static void burst_start(burst *b, const char *address, int channels, int count, 
         ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
         ops[0].data.send_initial_metadata.count = 1;
         ops[0].data.send_initial_metadata.metadata = &authorization;
-        ops[1].op = GRPC_OP_SEND_MESSAGE;
-        ops[1].data.send_message.send_message = send;
-        ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-        ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-        ops[3].data.recv_initial_metadata.recv_initial_metadata = &c->initial;
-        ops[4].op = GRPC_OP_RECV_MESSAGE;
-        ops[4].data.recv_message.recv_message = &c->reply;
+        size_t n = 1;
+        if (sending == SEND) {
+            ops[n].op = GRPC_OP_SEND_MESSAGE;
+            ops[n++].data.send_message.send_message = send;
+            ops[n++].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+        }
+        ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[n++].data.recv_initial_metadata.recv_initial_metadata = &c->initial;
+        ops[n].op = GRPC_OP_RECV_MESSAGE;
+        ops[n++].data.recv_message.recv_message = &c->reply;
         grpc_op status_op;
         memset(&status_op, 0, sizeof status_op);
         status_op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
@@ -396,12 +403,11 @@ static void burst_start(burst *b, const char *address, int channels, int count, 
         status_op.data.recv_status_on_client.status = &c->code;
         status_op.data.recv_status_on_client.status_details = &c->details;
         /* tags: 2i the first batch, 2i+1 the status */
-        cr_assert_eq(grpc_call_start_batch(c->call, ops, 5, (void *)(intptr_t)(2 * i), NULL), GRPC_CALL_OK);
+        cr_assert_eq(grpc_call_start_batch(c->call, ops, n, (void *)(intptr_t)(2 * i), NULL), GRPC_CALL_OK);
         cr_assert_eq(grpc_call_start_batch(c->call, &status_op, 1, (void *)(intptr_t)(2 * i + 1), NULL),
                      GRPC_CALL_OK);
         grpc_byte_buffer_destroy(send);
     }
-    (void)streaming;
     grpc_slice_unref(path);
     grpc_slice_unref(payload);
     grpc_slice_unref(authorization.value);
@@ -509,7 +515,7 @@ Test(wire, two_thousand_calls_and_streams_at_once_are_answered_or_refused) {
     Library__Mypage__V1__GetMypageRequest get = LIBRARY__MYPAGE__V1__GET_MYPAGE_REQUEST__INIT;
     burst b;
     int64_t started = harness_now_ms();
-    burst_start(&b, own.address, 4, BURST, MYPAGE "GetMypage", &get.base, bearer, 20000, false);
+    burst_start(&b, own.address, 4, BURST, MYPAGE "GetMypage", &get.base, bearer, 20000, SEND);
     int waiting = burst_wait(&b, false, 25000);
     int64_t took = harness_now_ms() - started;
     log_codes(arena_sprintf(mem, "%d GetMypage at once (%lld ms)", BURST, (long long)took), &b);
@@ -524,7 +530,7 @@ Test(wire, two_thousand_calls_and_streams_at_once_are_answered_or_refused) {
      * (shed over MAX_IN_FLIGHT while its handler would run, or over MAX_WATCHERS) */
     Library__Mypage__V1__WatchMypageRequest watch = LIBRARY__MYPAGE__V1__WATCH_MYPAGE_REQUEST__INIT;
     started = harness_now_ms();
-    burst_start(&b, own.address, 4, BURST, MYPAGE "WatchMypage", &watch.base, bearer, 60000, true);
+    burst_start(&b, own.address, 4, BURST, MYPAGE "WatchMypage", &watch.base, bearer, 60000, SEND);
     waiting = burst_wait(&b, true, 30000);
     took = harness_now_ms() - started;
     log_codes(arena_sprintf(mem, "%d WatchMypage at once (%lld ms): %d streams got their page, %d refused "
@@ -551,7 +557,7 @@ Test(wire, two_thousand_calls_and_streams_at_once_are_answered_or_refused) {
         pages = 0;
         for (int i = 0; i < CHUNKS; i++) {
             burst_start(&chunks[i], own.address, 1, CHUNK, MYPAGE "WatchMypage", &watch.base, bearer, 30000,
-                        true);
+                        SEND);
             burst_wait(&chunks[i], true, 10000);
             pages += chunks[i].first_messages;
         }
@@ -564,7 +570,7 @@ Test(wire, two_thousand_calls_and_streams_at_once_are_answered_or_refused) {
     cr_assert_eq(pages, MAX_WATCHERS_OF_OWN_MYPAGE,
                  "after the streams were cancelled, only %d of %d watchers could open again", pages,
                  MAX_WATCHERS_OF_OWN_MYPAGE);
-    burst_start(&b, own.address, 1, 1, MYPAGE "WatchMypage", &watch.base, bearer, 10000, true);
+    burst_start(&b, own.address, 1, 1, MYPAGE "WatchMypage", &watch.base, bearer, 10000, SEND);
     burst_wait(&b, true, 10000);
     int over = b.over_watcher_limit;
     burst_end(&b);
@@ -584,7 +590,7 @@ Test(wire, two_thousand_calls_and_streams_at_once_through_the_gateway_are_answer
     burst b;
     int64_t started = harness_now_ms();
     burst_start(&b, gateway.address, 4, BURST, CATALOG "GetBook", &get.base, user_bearer("wire-reader"), 20000,
-                false);
+                SEND);
     int waiting = burst_wait(&b, false, 25000);
     int64_t took = harness_now_ms() - started;
     log_codes(arena_sprintf(mem, "%d GetBook at once through the gateway (%lld ms)", BURST, (long long)took), &b);
@@ -599,7 +605,7 @@ Test(wire, two_thousand_calls_and_streams_at_once_through_the_gateway_are_answer
     Library__Mypage__V1__WatchMypageRequest watch = LIBRARY__MYPAGE__V1__WATCH_MYPAGE_REQUEST__INIT;
     started = harness_now_ms();
     burst_start(&b, gateway.address, 4, BURST, MYPAGE "WatchMypage", &watch.base,
-                user_bearer(unique("wire-watcher")), 60000, true);
+                user_bearer(unique("wire-watcher")), 60000, SEND);
     waiting = burst_wait(&b, true, 30000);
     took = harness_now_ms() - started;
     log_codes(arena_sprintf(mem, "%d WatchMypage at once through the gateway (%lld ms): %d got their page; ended",
@@ -611,6 +617,127 @@ Test(wire, two_thousand_calls_and_streams_at_once_through_the_gateway_are_answer
     cr_assert_eq(waiting, 0, "%d streams got neither a page nor a status", waiting);
     cr_assert_eq(pages + refused, BURST, "%d pages + %d RESOURCE_EXHAUSTED of %d streams", pages, refused, BURST);
     cr_assert_gt(pages, 0);
+    assert_all_serving();
+}
+
+/* --- requests that never arrive ----------------------------------------------------------- */
+
+/* Calls whose request never comes (headers sent, the message held back) wait inside the gRPC
+ * core: they take no worker and no in-flight slot, so more of them than MAX_IN_FLIGHT (256)
+ * leave each service answering everyone else at once. They end DEADLINE_EXCEEDED at their
+ * deadline, on the client's side; the server answers them when their stream ends (below). */
+Test(wire, calls_whose_request_never_comes_take_no_slot_and_end_at_their_deadline) {
+    enum { STALLED = 600 };
+    const char *services[3] = {fixture_catalog_address(), fixture_lending_address(), fixture_mypage_address()};
+    const char *paths[3] = {CATALOG "GetBook", LENDING "GetLoan", MYPAGE "GetMypage"};
+    Library__Mypage__V1__GetMypageRequest empty = LIBRARY__MYPAGE__V1__GET_MYPAGE_REQUEST__INIT;
+    const char *bearer = user_bearer("wire-staller");
+    burst stalled[3];
+    int64_t started = harness_now_ms();
+    for (int i = 0; i < 3; i++)
+        burst_start(&stalled[i], services[i], 4, STALLED, paths[i], &empty.base, bearer, 3000, WITHHOLD);
+    harness_sleep_ms(500);
+
+    /* everyone else is answered at once, by a worker where the method needs one */
+    Library__Catalog__V1__GetBookRequest get_book = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
+    get_book.book_id = "0123456789abcdef0123";
+    Library__Lending__V1__GetLoanRequest get_loan = LIBRARY__LENDING__V1__GET_LOAN_REQUEST__INIT;
+    get_loan.loan_id = "0123456789abcdef0123";
+    struct {
+        rpc_client *client;
+        const char *path;
+        const ProtobufCMessage *request;
+        const ProtobufCMessageDescriptor *reply;
+        status_code expected;
+    } calls[] = {
+        {client, CATALOG "GetBook", &get_book.base, &library__catalog__v1__book__descriptor, STATUS_NOT_FOUND},
+        {lending, LENDING "GetLoan", &get_loan.base, &library__lending__v1__loan__descriptor, STATUS_NOT_FOUND},
+        {mypage, MYPAGE "GetMypage", &empty.base, &library__mypage__v1__mypage__descriptor, STATUS_OK},
+    };
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
+        ProtobufCMessage *reply = NULL;
+        status st;
+        int64_t call_started = harness_now_ms();
+        status_code code = harness_call(calls[i].client, calls[i].path, calls[i].request, calls[i].reply, mem,
+                                        bearer, &reply, &st);
+        int64_t took = harness_now_ms() - call_started;
+        cr_log_info("%s with %d stalled calls open on each service: %s in %lld ms", calls[i].path, STALLED,
+                    status_code_name(code), (long long)took);
+        cr_assert_eq(code, calls[i].expected, "%s: %s %s", calls[i].path, status_code_name(code), st.message);
+        cr_assert_lt(took, 1000, "%s took %lld ms", calls[i].path, (long long)took);
+    }
+    assert_all_serving();
+
+    for (int i = 0; i < 3; i++) {
+        int waiting = burst_wait(&stalled[i], false, 10000);
+        int64_t took = harness_now_ms() - started;
+        log_codes(arena_sprintf(mem, "%d stalled %s (after %lld ms)", STALLED, paths[i], (long long)took),
+                  &stalled[i]);
+        burst_end(&stalled[i]);
+        cr_assert_eq(waiting, 0, "%d stalled calls to %s did not end", waiting, paths[i]);
+        cr_assert_eq(stalled[i].by_code[STATUS_DEADLINE_EXCEEDED], STALLED);
+    }
+    assert_all_serving();
+}
+
+/* The header file curl writes (-D) once it holds a grpc-status (HTTP/2 names are lower case),
+ * or NULL after wait_ms. */
+static char *wait_for_grpc_status(const char *file, int64_t wait_ms) {
+    int64_t until = harness_now_ms() + wait_ms;
+    do {
+        FILE *in = fopen(file, "r");
+        if (in != NULL) {
+            char *text = arena_alloc(mem, 8192);
+            size_t n = fread(text, 1, 8191, in);
+            fclose(in);
+            text[n] = '\0';
+            if (strstr(text, "grpc-status:") != NULL)
+                return text;
+        }
+        harness_sleep_ms(20);
+    } while (harness_now_ms() < until);
+    return NULL;
+}
+
+/* A gRPC frame cut short on a stream the client keeps open: curl uploads the request from a
+ * pipe that stays open after the first 9 of the 105 bytes the prefix promises, with a 1 s
+ * grpc-timeout. The gRPC core (1.51) hands a unary call to the service only with its whole
+ * request, and answers an incomplete one only when its stream ends: the services and the
+ * gateway answer nothing while the upload stays open (a gRPC client ends the call at its own
+ * deadline; the connection's end ends it too), other calls go on meanwhile, and once the
+ * upload ends each answers DEADLINE_EXCEEDED, never OK, and stays healthy. */
+Test(wire, a_frame_cut_short_on_a_stream_kept_open_is_answered_when_it_ends) {
+    const uint8_t promises_more[] = {0, 0, 0, 0, 100, 0x0a, 0x02, 'a', 'b'}; /* 100 promised, 4 sent */
+    target t[4];
+    targets(t);
+    const char *paths[4] = {CATALOG "GetBook", CATALOG "GetBook", LENDING "GetLoan", MYPAGE "GetMypage"};
+    FILE *uploads[4];
+    const char *headers[4];
+    for (int k = 0; k < 4; k++) {
+        headers[k] = arena_sprintf(mem, "%s/%s.headers", fixture_dir(), unique("cut"));
+        const char *command = arena_sprintf(
+            mem,
+            "exec curl -sS -m 20 --http2-prior-knowledge -o /dev/null -D %s -X POST -T - "
+            "-H 'te: trailers' -H 'grpc-timeout: 1S' -H 'content-type: application/grpc' "
+            "-H 'authorization: %s' http://%s%s 2>/dev/null",
+            headers[k], user_bearer("wire-cutter"), t[k].address, paths[k]);
+        uploads[k] = popen(command, "w");
+        cr_assert_not_null(uploads[k]);
+        cr_assert_eq(fwrite(promises_more, 1, sizeof promises_more, uploads[k]), sizeof promises_more);
+        fflush(uploads[k]);
+    }
+    harness_sleep_ms(1500); /* past the deadline, the uploads still open */
+    assert_all_serving();
+    for (int k = 0; k < 4; k++)
+        pclose(uploads[k]); /* the uploads end: curl sends the end of the stream */
+    for (int k = 0; k < 4; k++) {
+        char *answer = wait_for_grpc_status(headers[k], 5000);
+        cr_assert_not_null(answer, "%s%s: no grpc-status once the upload ended", t[k].name, paths[k]);
+        int code = atoi(strstr(answer, "grpc-status:") + 12);
+        cr_log_info("cut frame on a stream kept open: %-7s %-42s -> grpc-status %d (%s)", t[k].name, paths[k],
+                    code, status_code_name((status_code)code));
+        cr_assert_eq(code, STATUS_DEADLINE_EXCEEDED, "%s%s: grpc-status %d", t[k].name, paths[k], code);
+    }
     assert_all_serving();
 }
 
