@@ -533,6 +533,19 @@ static status_code call_decode(rpc_context *call, grpc_byte_buffer *buffer,
     return STATUS_OK;
 }
 
+/* Sends a unary handler's result: the response with OK, or the error in st. */
+static void call_answer(rpc_context *call, status_code code, status *st, const ProtobufCMessage *response) {
+    if (code == STATUS_OK && response == NULL)
+        code = status_set(st, STATUS_INTERNAL, "NO_RESPONSE", "the handler returned no response");
+    if (code == STATUS_OK) {
+        call_reply(call, STATUS_OK, NULL, message_to_buffer(response), 0);
+    } else {
+        if (st->code != code)
+            st->code = code;
+        call_reply_error(call, code, st);
+    }
+}
+
 /* false when the handler must be run again on a worker (RPC_WOULD_BLOCK on a poller). */
 static bool call_run_unary(rpc_context *call, const ProtobufCMessage *request) {
     const registered_method *m = call->method;
@@ -540,22 +553,27 @@ static bool call_run_unary(rpc_context *call, const ProtobufCMessage *request) {
     status_clear(&st);
     ProtobufCMessage *response = NULL;
     status_code code = m->method->unary(m->service->state, call, request, &response, &st);
+    if (code == RPC_DEFERRED)
+        return true; /* rpc_context_answer sends it */
     if (code == RPC_WOULD_BLOCK) {
         if (call->on_poller)
             return false;
         code = status_set(&st, STATUS_INTERNAL, "WOULD_BLOCK",
                           "the handler asked to block where it may already");
     }
-    if (code == STATUS_OK && response == NULL)
-        code = status_set(&st, STATUS_INTERNAL, "NO_RESPONSE", "the handler returned no response");
-    if (code == STATUS_OK) {
-        call_reply(call, STATUS_OK, NULL, message_to_buffer(response), 0);
-    } else {
-        if (st.code != code)
-            st.code = code;
-        call_reply_error(call, code, &st);
-    }
+    call_answer(call, code, &st, response);
     return true;
+}
+
+void rpc_context_answer(rpc_context *ctx, status_code code, const status *st,
+                        const ProtobufCMessage *response) {
+    status copy;
+    status_clear(&copy);
+    if (st != NULL)
+        copy = *st;
+    log_set_trace_id(ctx->trace_id);
+    call_answer(ctx, code, &copy, response);
+    log_set_trace_id(NULL);
 }
 
 static void stream_begin(rpc_context *call);

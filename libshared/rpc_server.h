@@ -75,6 +75,10 @@ typedef struct rpc_method {
 
 /* A nonblocking handler's answer when it must block (and rpc_context_may_block is false). */
 #define RPC_WOULD_BLOCK ((status_code)-1)
+/* A unary handler's answer when it has started work that will answer the call later, from
+ * another thread, with rpc_context_answer (exactly once). Until then the call, its context
+ * and its arena stay valid; no worker is held, so whatever started the work must bound it. */
+#define RPC_DEFERRED ((status_code)-2)
 
 #define RPC_UNARY(name_, request_, response_, handler_, access_)                                \
     {.name = (name_), .kind = RPC_KIND_UNARY, .request_type = &request_##__descriptor,          \
@@ -151,6 +155,10 @@ const auth_identity *rpc_context_caller(const rpc_context *ctx);
 const char *rpc_context_authorization(const rpc_context *ctx);
 /* false while a nonblocking handler runs on a poller thread: it must not block then. */
 bool rpc_context_may_block(const rpc_context *ctx);
+/* Answers a call whose handler returned RPC_DEFERRED, as the handler's return would have:
+ * response (in the context's arena) with STATUS_OK, or the error in st. Any thread. */
+void rpc_context_answer(rpc_context *ctx, status_code code, const status *st,
+                        const ProtobufCMessage *response);
 /* Milliseconds left before the call's deadline (INT64_MAX when it has none), never < 0. */
 int64_t rpc_context_remaining_ms(const rpc_context *ctx);
 /* First value of a request metadata key (lower case), NUL-terminated, or NULL. */

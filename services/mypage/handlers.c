@@ -37,6 +37,14 @@ static status_code resolve_user(rpc_context *ctx, const char *requested, const c
     return STATUS_OK;
 }
 
+static void page_loaded_for_call(void *arg, status_code code, const status *st,
+                                 Library__Mypage__V1__Mypage *page) {
+    rpc_context_answer(arg, code, st, page ? &page->base : NULL);
+}
+
+/* On the poller, the read is pipelined to Redis on a shared connection and the call answered
+ * when the page is in, with no thread waiting (measured faster than a worker and the pool at
+ * 1x1 and 16x16). When that connection is down or full, or on a worker, the pool. */
 static status_code get_mypage(void *state, rpc_context *ctx, const ProtobufCMessage *request,
                               ProtobufCMessage **response, status *st) {
     mypage_handlers *h = state;
@@ -44,6 +52,11 @@ static status_code get_mypage(void *state, rpc_context *ctx, const ProtobufCMess
     const char *user = NULL;
     if (resolve_user(ctx, req->user_id, &user, st) != STATUS_OK)
         return st->code;
+    if (!rpc_context_may_block(ctx)) {
+        if (page_store_load_async(h->store, rpc_context_arena(ctx), user, page_loaded_for_call, ctx))
+            return RPC_DEFERRED; /* the call may be answered already: touch nothing more */
+        return RPC_WOULD_BLOCK;
+    }
     Library__Mypage__V1__Mypage *page = NULL;
     if (page_store_load(h->store, rpc_context_arena(ctx), user, &page, st) != STATUS_OK)
         return st->code;
@@ -194,8 +207,8 @@ static void on_page_changed(natsConnection *nc, natsSubscription *sub, natsMsg *
 }
 
 static const rpc_method mypage_methods[] = {
-    RPC_UNARY("GetMypage", library__mypage__v1__get_mypage_request, library__mypage__v1__mypage,
-              get_mypage, RPC_ACCESS_USER),
+    RPC_UNARY_NONBLOCKING("GetMypage", library__mypage__v1__get_mypage_request,
+              library__mypage__v1__mypage, get_mypage, RPC_ACCESS_USER),
     RPC_SERVER_STREAM("WatchMypage", library__mypage__v1__watch_mypage_request,
                       library__mypage__v1__mypage, watch_mypage, RPC_ACCESS_USER),
 };

@@ -9,10 +9,11 @@
 #include <string.h>
 
 #include "log.h"
+#include "redis_pipe.h"
 #include "text.h"
 #include "timestamp.h"
 
-enum { POOL_SIZE = 16, CLEANUP_BATCH = 500, MAX_ARGS = CLEANUP_BATCH + 16 };
+enum { POOL_SIZE = 16, CLEANUP_BATCH = 500, MAX_ARGS = CLEANUP_BATCH + 16, PIPE_MAX_PENDING = 1024 };
 
 /* The generation in use, the one a rebuild is filling, and the last one handed out. */
 #define KEY_GENERATION "mypage:generation"
@@ -117,6 +118,8 @@ struct page_store {
     redisContext *idle[POOL_SIZE];
     int idle_count;
     int open_count;
+    redis_pipe *pipe; /* for page_store_load_async, opened by its first call (under lock) */
+    bool pipe_failed;
 };
 
 static void script_init(script *s, const char *source) {
@@ -182,6 +185,7 @@ status_code page_store_open(const char *url, int64_t timeout_ms, health *health_
 void page_store_close(page_store *store) {
     if (store == NULL)
         return;
+    redis_pipe_close(store->pipe); /* answers what still waits on it */
     for (int i = 0; i < store->idle_count; i++)
         redisFree(store->idle[i]);
     pthread_mutex_destroy(&store->lock);
@@ -363,6 +367,25 @@ status_code page_store_apply_to(page_store *store, uint64_t generation, const lo
     return apply(store, text, change, sequence, NULL, st);
 }
 
+/* The page from the load script's reply (HGETALL pairs); NULL when out of memory. */
+static Library__Mypage__V1__Mypage *page_from_reply(arena *a, const char *user_id, const redisReply *reply) {
+    size_t pairs = reply->type == REDIS_REPLY_ARRAY ? reply->elements / 2 : 0;
+    const char **fields = arena_alloc(a, (pairs + 1) * sizeof *fields);
+    const char **values = arena_alloc(a, (pairs + 1) * sizeof *values);
+    if (fields == NULL || values == NULL)
+        return NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < pairs; i++) {
+        const redisReply *field = reply->element[2 * i], *value = reply->element[2 * i + 1];
+        if (field->type != REDIS_REPLY_STRING || value->type != REDIS_REPLY_STRING)
+            continue;
+        fields[n] = arena_strndup(a, field->str, field->len);
+        values[n] = arena_strndup(a, value->str, value->len);
+        n += fields[n] && values[n];
+    }
+    return page_build(a, user_id, fields, values, n, timestamp_now_ms() / 1000);
+}
+
 status_code page_store_load(page_store *store, arena *a, const char *user_id,
                             Library__Mypage__V1__Mypage **out, status *st) {
     const char *argv[] = {"1", KEY_GENERATION,
@@ -371,27 +394,85 @@ status_code page_store_load(page_store *store, arena *a, const char *user_id,
     status_code code = run_script(store, &store->load, 3, argv, &reply, st);
     if (code != STATUS_OK)
         return code;
-    size_t pairs = reply->type == REDIS_REPLY_ARRAY ? reply->elements / 2 : 0;
-    const char **fields = arena_alloc(a, (pairs + 1) * sizeof *fields);
-    const char **values = arena_alloc(a, (pairs + 1) * sizeof *values);
-    Library__Mypage__V1__Mypage *page = NULL;
-    if (fields && values) {
-        size_t n = 0;
-        for (size_t i = 0; i < pairs; i++) {
-            const redisReply *field = reply->element[2 * i], *value = reply->element[2 * i + 1];
-            if (field->type != REDIS_REPLY_STRING || value->type != REDIS_REPLY_STRING)
-                continue;
-            fields[n] = arena_strndup(a, field->str, field->len);
-            values[n] = arena_strndup(a, value->str, value->len);
-            n += fields[n] && values[n];
-        }
-        page = page_build(a, user_id, fields, values, n, timestamp_now_ms() / 1000);
-    }
+    Library__Mypage__V1__Mypage *page = page_from_reply(a, user_id, reply);
     freeReplyObject(reply);
     if (page == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     *out = page;
     return STATUS_OK;
+}
+
+/* --- loading without waiting ------------------------------------------------------------- */
+
+typedef struct load_job {
+    page_store *store;
+    arena *a;
+    const char *user_id;
+    const char *argv[5]; /* EVALSHA|EVAL, sha1|source, "1", the generation key, the user */
+    bool with_source;    /* sent with EVAL after a NOSCRIPT */
+    page_loaded done;
+    void *arg;
+} load_job;
+
+static bool load_send(load_job *job);
+
+static void load_replied(void *arg, redisReply *reply, const char *error) {
+    load_job *job = arg;
+    status st;
+    status_clear(&st);
+    status_code code = STATUS_OK;
+    Library__Mypage__V1__Mypage *page = NULL;
+    if (reply == NULL) {
+        code = status_set(&st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis did not answer: %s", error);
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        if (!job->with_source && strncmp(reply->str, "NOSCRIPT", 8) == 0) {
+            job->with_source = true; /* Redis restarted or was flushed: EVAL loads it again */
+            if (load_send(job))
+                return;
+            code = status_set(&st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis is unavailable");
+        } else if (transient_error(reply->str)) {
+            code = status_set(&st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis: %.200s", reply->str);
+        } else {
+            code = status_set(&st, STATUS_INTERNAL, "REDIS_ERROR", "Redis: %.200s", reply->str);
+        }
+    } else {
+        page = page_from_reply(job->a, job->user_id, reply);
+        if (page == NULL)
+            code = status_set(&st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    }
+    job->done(job->arg, code, &st, page); /* the last use of job: its arena may go with it */
+}
+
+static bool load_send(load_job *job) {
+    job->argv[0] = job->with_source ? "EVAL" : "EVALSHA";
+    job->argv[1] = job->with_source ? job->store->load.source : job->store->load.sha1;
+    size_t lengths[5];
+    for (int i = 0; i < 5; i++)
+        lengths[i] = strlen(job->argv[i]);
+    return redis_pipe_send(job->store->pipe, 5, job->argv, lengths, load_replied, job);
+}
+
+bool page_store_load_async(page_store *store, arena *a, const char *user_id, page_loaded done, void *arg) {
+    pthread_mutex_lock(&store->lock);
+    if (store->pipe == NULL && !store->pipe_failed) {
+        store->pipe = redis_pipe_open(store->host, store->port, store->database,
+                                      (int64_t)store->timeout.tv_sec * 1000 + store->timeout.tv_usec / 1000,
+                                      PIPE_MAX_PENDING);
+        store->pipe_failed = store->pipe == NULL;
+    }
+    pthread_mutex_unlock(&store->lock);
+    if (store->pipe == NULL)
+        return false;
+    load_job *job = arena_alloc(a, sizeof *job);
+    const char *user = arena_strdup(a, user_id);
+    const char *encoded = text_base64url_encode(a, (const uint8_t *)user_id, strlen(user_id));
+    if (job == NULL || user == NULL || encoded == NULL)
+        return false;
+    *job = (load_job){.store = store, .a = a, .user_id = user, .done = done, .arg = arg};
+    job->argv[2] = "1";
+    job->argv[3] = KEY_GENERATION;
+    job->argv[4] = encoded;
+    return load_send(job);
 }
 
 status_code page_store_ping(page_store *store, status *st) {

@@ -36,6 +36,16 @@ status_code page_store_load(page_store *store, arena *a, const char *user_id,
                             Library__Mypage__V1__Mypage **out, status *st);
 status_code page_store_ping(page_store *store, status *st);
 
+/* The same read without waiting for Redis: the command is pipelined on one shared connection
+ * and done(arg, ...) runs later on the pipe's thread with the page (in a) or the error
+ * (UNAVAILABLE when Redis is down or slow). a must outlive the call to done. false when it
+ * was not started (that connection is not up, or 1,024 reads wait already), and done will
+ * not run: use page_store_load. */
+typedef void (*page_loaded)(void *arg, status_code code, const status *st,
+                            Library__Mypage__V1__Mypage *page);
+bool page_store_load_async(page_store *store, arena *a, const char *user_id, page_loaded done,
+                           void *arg);
+
 /* Rebuild, in three steps: begin reserves a fresh generation that page_store_apply also
  * writes to from then on; the caller replays the event stream into it with
  * page_store_apply_to; switch makes it the generation in use and deletes the old pages.

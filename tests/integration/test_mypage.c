@@ -684,6 +684,67 @@ Test(mypage, redis_down_gives_unavailable_fast_and_loses_no_event) {
     test_stack_stop(&s);
 }
 
+typedef struct paused_read {
+    rpc_client *client;
+    const char *bearer;
+    status_code code;
+    int64_t took_ms;
+} paused_read;
+
+static void *read_while_paused(void *arg) {
+    paused_read *r = arg;
+    arena *a = arena_create(0);
+    Library__Mypage__V1__GetMypageRequest request = LIBRARY__MYPAGE__V1__GET_MYPAGE_REQUEST__INIT;
+    ProtobufCMessage *response = NULL;
+    status st;
+    int64_t started = harness_now_ms();
+    r->code = harness_call(r->client, MYPAGE "GetMypage", &request.base, &library__mypage__v1__mypage__descriptor,
+                           a, r->bearer, &response, &st);
+    r->took_ms = harness_now_ms() - started;
+    arena_destroy(a);
+    return NULL;
+}
+
+/* Redis stops answering (SIGSTOP) while the connections stay open: every GetMypage, those
+ * pipelined on the shared connection and those on the pool, ends UNAVAILABLE once
+ * REDIS_TIMEOUT (500 ms) passes; when Redis answers again, so does GetMypage. */
+Test(mypage, a_redis_that_stops_answering_gives_unavailable_in_time) {
+    test_stack s;
+    test_stack_start(&s, "redis-pause", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    const char *bearer = harness_bearer(mem, s.dir, unique("paused"), false);
+    Mypage *page = NULL;
+    status st;
+    for (int i = 0; i < 20; i++) /* the shared connection is up after the first calls */
+        cr_assert_eq(get_page(t, bearer, NULL, &page, &st), STATUS_OK, "%s", st.message);
+
+    enum { READERS = 32 };
+    paused_read reads[READERS];
+    pthread_t threads[READERS];
+    kill(s.redis.pid, SIGSTOP);
+    for (int i = 0; i < READERS; i++) {
+        reads[i] = (paused_read){.client = t.mypage, .bearer = bearer};
+        pthread_create(&threads[i], NULL, read_while_paused, &reads[i]);
+    }
+    int64_t slowest = 0;
+    for (int i = 0; i < READERS; i++) {
+        pthread_join(threads[i], NULL);
+        cr_assert_eq(reads[i].code, STATUS_UNAVAILABLE, "read %d: %s", i, status_code_name(reads[i].code));
+        slowest = reads[i].took_ms > slowest ? reads[i].took_ms : slowest;
+    }
+    kill(s.redis.pid, SIGCONT);
+    cr_log_info("%d GetMypage with Redis paused: all UNAVAILABLE, the slowest in %lld ms", READERS,
+                (long long)slowest);
+    cr_assert_lt(slowest, 2000, "UNAVAILABLE took %lld ms", (long long)slowest);
+
+    int64_t until = harness_now_ms() + 5000;
+    status_code code;
+    while ((code = get_page(t, bearer, NULL, &page, &st)) != STATUS_OK && harness_now_ms() < until)
+        harness_sleep_ms(100);
+    cr_assert_eq(code, STATUS_OK, "GetMypage did not recover: %s", st.message);
+    test_stack_stop(&s);
+}
+
 Test(mypage, overdue_loans_are_counted) {
     const char *env[] = {"LOAN_PERIOD=2s", "RECONCILE_INTERVAL=500ms", NULL};
     test_stack s;
