@@ -35,113 +35,94 @@ struct lending_saga {
 
 /* --- publishing -------------------------------------------------------------------------- */
 
-static event *event_new(arena *a, const char *kind, const loan_record *record) {
-    event *e = (void *)arena_new_message(a, &library__events__v1__event__descriptor);
-    if (e == NULL)
-        return NULL;
-    e->event_id = arena_sprintf(a, "%s-%s", kind, record->loan->loan_id);
-    e->occur_time = timestamp_from_ms(a, timestamp_now_ms());
+/* Publishes e, whose body the caller has set, in the loan's envelope: the event id
+ * "<kind>-<loan id>" (the same on every retry, so JetStream drops duplicates), the loan as
+ * correlation id, its traceparent, and the time now. */
+static status_code publish_loan_event(nats_connection *connection, const loan_record *record,
+                                      const char *kind, const char *subject, event *e, status *st) {
+    char event_id[96];
+    snprintf(event_id, sizeof event_id, "%s-%s", kind, record->loan->loan_id);
+    int64_t now_ms = timestamp_now_ms();
+    Google__Protobuf__Timestamp now = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    now.seconds = now_ms / 1000;
+    now.nanos = (int32_t)(now_ms % 1000) * 1000000;
+    e->event_id = event_id;
+    e->occur_time = &now;
     e->correlation_id = record->loan->loan_id;
     e->traceparent = record->traceparent;
-    return e->event_id && e->occur_time ? e : NULL;
+    return events_publish(connection, subject, e, st);
 }
 
 status_code saga_publish_requested(nats_connection *connection, const loan_record *record, status *st) {
-    arena *a = arena_create(0);
     const loan_message *loan = record->loan;
-    event *e = a ? event_new(a, "loan-requested", record) : NULL;
-    Library__Events__V1__LoanRequested *body =
-        a ? (void *)arena_new_message(a, &library__events__v1__loan_requested__descriptor) : NULL;
-    status_code code;
-    if (e == NULL || body == NULL) {
-        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    } else {
-        body->loan_id = loan->loan_id;
-        body->user_id = loan->user_id;
-        body->book_id = loan->book_id;
-        body->book_title = loan->book_title;
-        body->borrow_time = loan->borrow_time;
-        body->due_time = loan->due_time;
-        e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
-        e->loan_requested = body;
-        code = events_publish(connection, "library.events.loan.requested", e, st);
-    }
-    arena_destroy(a);
-    return code;
+    Library__Events__V1__LoanRequested body = LIBRARY__EVENTS__V1__LOAN_REQUESTED__INIT;
+    body.loan_id = loan->loan_id;
+    body.user_id = loan->user_id;
+    body.book_id = loan->book_id;
+    body.book_title = loan->book_title;
+    body.borrow_time = loan->borrow_time;
+    body.due_time = loan->due_time;
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
+    e.loan_requested = &body;
+    return publish_loan_event(connection, record, "loan-requested", "library.events.loan.requested", &e, st);
 }
 
 status_code saga_publish_returned(nats_connection *connection, const loan_record *record, status *st) {
-    arena *a = arena_create(0);
     const loan_message *loan = record->loan;
-    event *e = a ? event_new(a, "loan-returned", record) : NULL;
-    Library__Events__V1__LoanReturned *body =
-        a ? (void *)arena_new_message(a, &library__events__v1__loan_returned__descriptor) : NULL;
-    status_code code;
-    if (e == NULL || body == NULL) {
-        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    } else {
-        body->loan_id = loan->loan_id;
-        body->user_id = loan->user_id;
-        body->book_id = loan->book_id;
-        body->return_time = loan->return_time;
-        e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
-        e->loan_returned = body;
-        code = events_publish(connection, "library.events.loan.returned", e, st);
-    }
-    arena_destroy(a);
-    return code;
+    Library__Events__V1__LoanReturned body = LIBRARY__EVENTS__V1__LOAN_RETURNED__INIT;
+    body.loan_id = loan->loan_id;
+    body.user_id = loan->user_id;
+    body.book_id = loan->book_id;
+    body.return_time = loan->return_time;
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
+    e.loan_returned = &body;
+    return publish_loan_event(connection, record, "loan-returned", "library.events.loan.returned", &e, st);
 }
 
-static status_code publish_outcome(nats_connection *connection, arena *a, const loan_record *record,
-                                   status *st) {
+/* LoanActivated or LoanCanceled, as the loan now is; nothing for a loan in another state. */
+static status_code publish_outcome(nats_connection *connection, const loan_record *record, status *st) {
     const loan_message *loan = record->loan;
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE) {
-        event *e = event_new(a, "loan-activated", record);
-        Library__Events__V1__LoanActivated *body =
-            (void *)arena_new_message(a, &library__events__v1__loan_activated__descriptor);
-        if (e == NULL || body == NULL)
-            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-        body->loan_id = loan->loan_id;
-        body->user_id = loan->user_id;
-        body->book_id = loan->book_id;
-        body->book_title = loan->book_title;
-        body->due_time = loan->due_time;
-        e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED;
-        e->loan_activated = body;
-        return events_publish(connection, "library.events.loan.activated", e, st);
+        Library__Events__V1__LoanActivated body = LIBRARY__EVENTS__V1__LOAN_ACTIVATED__INIT;
+        body.loan_id = loan->loan_id;
+        body.user_id = loan->user_id;
+        body.book_id = loan->book_id;
+        body.book_title = loan->book_title;
+        body.due_time = loan->due_time;
+        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED;
+        e.loan_activated = &body;
+        return publish_loan_event(connection, record, "loan-activated", "library.events.loan.activated", &e,
+                                  st);
     }
     if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED) {
-        event *e = event_new(a, "loan-canceled", record);
-        Library__Events__V1__LoanCanceled *body =
-            (void *)arena_new_message(a, &library__events__v1__loan_canceled__descriptor);
-        if (e == NULL || body == NULL)
-            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-        body->loan_id = loan->loan_id;
-        body->user_id = loan->user_id;
-        body->book_id = loan->book_id;
-        body->book_title = loan->book_title;
-        body->reason = loan->cancel_reason;
-        e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED;
-        e->loan_canceled = body;
-        return events_publish(connection, "library.events.loan.canceled", e, st);
+        Library__Events__V1__LoanCanceled body = LIBRARY__EVENTS__V1__LOAN_CANCELED__INIT;
+        body.loan_id = loan->loan_id;
+        body.user_id = loan->user_id;
+        body.book_id = loan->book_id;
+        body.book_title = loan->book_title;
+        body.reason = loan->cancel_reason;
+        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED;
+        e.loan_canceled = &body;
+        return publish_loan_event(connection, record, "loan-canceled", "library.events.loan.canceled", &e,
+                                  st);
     }
     return STATUS_OK;
 }
 
-static status_code publish_overdue(nats_connection *connection, arena *a, const loan_record *record,
-                                   status *st) {
-    event *e = event_new(a, "loan-overdue", record);
-    Library__Events__V1__LoanOverdue *body =
-        (void *)arena_new_message(a, &library__events__v1__loan_overdue__descriptor);
-    if (e == NULL || body == NULL)
-        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    body->loan_id = record->loan->loan_id;
-    body->user_id = record->loan->user_id;
-    body->book_id = record->loan->book_id;
-    body->due_time = record->loan->due_time;
-    e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE;
-    e->loan_overdue = body;
-    return events_publish(connection, "library.events.loan.overdue", e, st);
+static status_code publish_overdue(nats_connection *connection, const loan_record *record, status *st) {
+    const loan_message *loan = record->loan;
+    Library__Events__V1__LoanOverdue body = LIBRARY__EVENTS__V1__LOAN_OVERDUE__INIT;
+    body.loan_id = loan->loan_id;
+    body.user_id = loan->user_id;
+    body.book_id = loan->book_id;
+    body.due_time = loan->due_time;
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE;
+    e.loan_overdue = &body;
+    return publish_loan_event(connection, record, "loan-overdue", "library.events.loan.overdue", &e, st);
 }
 
 /* --- metrics -------------------------------------------------------------------------------- */
@@ -272,7 +253,7 @@ static status_code handle_reservation(lending_saga *saga, arena *a, const char *
         record_outcome(record);
     code = sync_user(saga, a, record, st);
     if (code == STATUS_OK)
-        code = publish_outcome(saga->connection, a, record, st);
+        code = publish_outcome(saga->connection, record, st);
     return code;
 }
 
@@ -415,7 +396,7 @@ static void reconcile_loan(lending_saga *saga, arena *a, const char *loan_id, in
                !record->overdue_published && loan->due_time &&
                lending_is_overdue(LOAN_ACTIVE, loan->due_time->seconds, now / 1000)) {
         bool marked = false;
-        code = publish_overdue(saga->connection, a, record, &st);
+        code = publish_overdue(saga->connection, record, &st);
         if (code == STATUS_OK)
             code = loan_store_update(saga->store, loan_id, a, mark_overdue, &marked, NULL, &st);
         if (code == STATUS_OK && marked)
