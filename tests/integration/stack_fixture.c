@@ -213,8 +213,8 @@ Book *register_book(const char *title, const char *author, const char *isbn, int
     return (Book *)response;
 }
 
-void test_stack_start(test_stack *s, const char *name, const char *const *lending_env,
-                      bool with_mypage, const char *const *mypage_env) {
+/* nats-server and the catalog (events redelivered after 2 s, and catalog_env added). */
+static void start_nats_and_catalog(test_stack *s, const char *name, const char *const *catalog_env) {
     memset(s, 0, sizeof *s);
     snprintf(s->dir, sizeof s->dir, "%s/%s", fixture_dir(), name);
     mkdir(s->dir, 0755);
@@ -223,13 +223,21 @@ void test_stack_start(test_stack *s, const char *name, const char *const *lendin
     char nats_env[160];
     snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s->nats.url);
     /* a crashed catalog's unacknowledged events come back after 2 s, not the default 10 s */
-    const char *catalog_env[] = {nats_env, "EVENT_ACK_WAIT=2s", NULL};
-    cr_assert(harness_service_start("catalog", s->dir, catalog_env, &s->catalog),
-              "the catalog did not start: %s", s->catalog.log_path);
+    const char *env[16] = {nats_env, "EVENT_ACK_WAIT=2s"};
+    size_t n = 2;
+    for (const char *const *e = catalog_env; e && *e && n < 15; e++)
+        env[n++] = *e;
+    cr_assert(harness_service_start("catalog", s->dir, env, &s->catalog), "the catalog did not start: %s",
+              s->catalog.log_path);
+    cr_assert_eq(rpc_client_create(s->catalog.address, 10000, &s->catalog_client, NULL), STATUS_OK);
+}
+
+void test_stack_start(test_stack *s, const char *name, const char *const *lending_env,
+                      bool with_mypage, const char *const *mypage_env) {
+    start_nats_and_catalog(s, name, NULL);
     cr_assert(fixture_start_lending(s->dir, s->nats.url, s->catalog.address, lending_env, &s->lending),
               "lending did not start: %s", s->lending.log_path);
     cr_assert_eq(rpc_client_create(s->lending.address, 10000, &s->lending_client, NULL), STATUS_OK);
-    cr_assert_eq(rpc_client_create(s->catalog.address, 10000, &s->catalog_client, NULL), STATUS_OK);
     if (!with_mypage)
         return;
     cr_assert(harness_redis_start(s->dir, 0, &s->redis), "redis-server did not start");
@@ -238,13 +246,19 @@ void test_stack_start(test_stack *s, const char *name, const char *const *lendin
     cr_assert_eq(rpc_client_create(s->mypage.address, 10000, &s->mypage_client, NULL), STATUS_OK);
 }
 
+void test_stack_start_catalog(test_stack *s, const char *name, const char *const *catalog_env) {
+    start_nats_and_catalog(s, name, catalog_env);
+}
+
 void test_stack_stop(test_stack *s) {
     rpc_client_destroy(s->mypage_client);
     rpc_client_destroy(s->lending_client);
     rpc_client_destroy(s->catalog_client);
+    if (s->nats.pid > 0)
+        kill(s->nats.pid, SIGCONT); /* a test may have paused it */
     int mypage_exit = s->mypage.pid > 0 ? harness_process_stop(&s->mypage, SIGTERM, 10000) : 0;
-    int lending_exit = harness_process_stop(&s->lending, SIGTERM, 10000);
-    int catalog_exit = harness_process_stop(&s->catalog, SIGTERM, 10000);
+    int lending_exit = s->lending.pid > 0 ? harness_process_stop(&s->lending, SIGTERM, 10000) : 0;
+    int catalog_exit = s->catalog.pid > 0 ? harness_process_stop(&s->catalog, SIGTERM, 10000) : 0;
     if (s->redis.pid > 0)
         harness_process_stop(&s->redis, SIGTERM, 5000);
     harness_process_stop(&s->nats, SIGTERM, 5000);

@@ -63,7 +63,10 @@ typedef struct test_stack {
 
 void test_stack_start(test_stack *s, const char *name, const char *const *lending_env,
                       bool with_mypage, const char *const *mypage_env);
-/* Stops it and asserts that every service exited cleanly (0) on SIGTERM. */
+/* Only nats-server and the catalog, with catalog_env added to its settings (NULL-terminated). */
+void test_stack_start_catalog(test_stack *s, const char *name, const char *const *catalog_env);
+/* Stops what still runs and asserts that every service exited cleanly (0) on SIGTERM (a
+ * service the test stopped itself is not stopped again). */
 void test_stack_stop(test_stack *s);
 /* Registers a book with `copies` copies in the stack's catalog. */
 Book *test_stack_register(test_stack *s, const char *title, int copies);

@@ -160,50 +160,6 @@ Test(framework, reflection_lists_the_whole_api_for_buf_curl) {
 
 /* --- private stacks: tests that stop NATS or the service ---------------------------------- */
 
-typedef struct stack {
-    char dir[512];
-    harness_process nats, catalog;
-    rpc_client *client;
-} stack;
-
-static void stack_start(stack *s, const char *name, const char *const *extra_env) {
-    snprintf(s->dir, sizeof s->dir, "%s/%s", fixture_dir(), name);
-    mkdir(s->dir, 0755);
-    cr_assert(harness_keys_create(s->dir));
-    cr_assert(harness_nats_start(s->dir, 0, &s->nats));
-    static char nats_env[160];
-    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s->nats.url);
-    const char *env[16] = {nats_env};
-    size_t n = 1;
-    for (const char *const *e = extra_env; e && *e && n < 15; e++)
-        env[n++] = *e;
-    cr_assert(harness_service_start("catalog", s->dir, env, &s->catalog), "catalog did not start: %s",
-              s->catalog.log_path);
-    cr_assert_eq(rpc_client_create(s->catalog.address, 10000, &s->client, NULL), STATUS_OK);
-}
-
-static void stack_stop(stack *s) {
-    rpc_client_destroy(s->client);
-    if (s->nats.pid > 0)
-        kill(s->nats.pid, SIGCONT);
-    harness_process_stop(&s->catalog, SIGKILL, 5000);
-    harness_process_stop(&s->nats, SIGTERM, 5000);
-}
-
-static Book *stack_register(stack *s, const char *title) {
-    Library__Catalog__V1__RegisterBookRequest request = LIBRARY__CATALOG__V1__REGISTER_BOOK_REQUEST__INIT;
-    request.title = (char *)title;
-    request.author = "A";
-    request.copies = 1;
-    ProtobufCMessage *response = NULL;
-    status st;
-    cr_assert_eq(harness_call(s->client, CATALOG "RegisterBook", &request.base,
-                              &library__catalog__v1__book__descriptor, mem,
-                              harness_bearer(mem, s->dir, "admin", true), &response, &st),
-                 STATUS_OK, "%s", st.message);
-    return (Book *)response;
-}
-
 /* A call that always goes to the store (NATS): AdjustStock +1, as an administrator. GetBook
  * would not do: it is answered from the catalog's in-memory index. */
 typedef struct store_job {
@@ -250,9 +206,9 @@ static void *store_call_in_thread(void *arg) {
  * 300 ms deadline ends DEADLINE_EXCEEDED about then, and the service is none the worse.
  * (A 1 ms deadline on a read proves nothing: GetBook and SearchBooks may answer in less.) */
 Test(framework, a_call_past_its_deadline_is_deadline_exceeded) {
-    stack s;
-    stack_start(&s, "deadline", NULL);
-    Book *book = stack_register(&s, "Punctual");
+    test_stack s;
+    test_stack_start_catalog(&s, "deadline", NULL);
+    Book *book = test_stack_register(&s, "Punctual", 1);
     Library__Catalog__V1__AdjustStockRequest request = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
     request.book_id = book->book_id;
     request.delta = 1;
@@ -262,7 +218,7 @@ Test(framework, a_call_past_its_deadline_is_deadline_exceeded) {
     status st;
     kill(s.nats.pid, SIGSTOP); /* the AdjustStock now waits on the store */
     int64_t started = harness_now_ms();
-    status_code code = rpc_client_call(s.client, CATALOG "AdjustStock", &request.base,
+    status_code code = rpc_client_call(s.catalog_client, CATALOG "AdjustStock", &request.base,
                                        &library__catalog__v1__book__descriptor, mem, &response,
                                        &options, &st);
     int64_t took = harness_now_ms() - started;
@@ -270,15 +226,15 @@ Test(framework, a_call_past_its_deadline_is_deadline_exceeded) {
     cr_assert_eq(code, STATUS_DEADLINE_EXCEEDED, "got %s: %s", status_code_name(code), st.message);
     cr_assert_geq(took, 250, "DEADLINE_EXCEEDED after %lld ms, before the deadline", (long long)took);
     cr_assert_lt(took, 2000, "DEADLINE_EXCEEDED after %lld ms", (long long)took);
-    assert_healthy(s.client);
-    stack_stop(&s);
+    assert_healthy(s.catalog_client);
+    test_stack_stop(&s);
 }
 
 Test(framework, over_the_in_flight_limit_calls_are_shed_fast_with_pushback) {
     const char *env[] = {"MAX_IN_FLIGHT=2", "WORKER_THREADS=2", "NATS_TIMEOUT=8s", NULL};
-    stack s;
-    stack_start(&s, "shed", env);
-    Book *book = stack_register(&s, "Popular");
+    test_stack s;
+    test_stack_start_catalog(&s, "shed", env);
+    Book *book = test_stack_register(&s, "Popular", 1);
     const char *bearer = harness_bearer(mem, s.dir, "admin", true);
     kill(s.nats.pid, SIGSTOP); /* every AdjustStock now waits on the store */
     enum { CALLS = 8 };
@@ -308,14 +264,14 @@ Test(framework, over_the_in_flight_limit_calls_are_shed_fast_with_pushback) {
     }
     cr_assert_eq(ok, 2, "the two admitted calls finish once the store answers (ok=%d)", ok);
     cr_assert_eq(shed, CALLS - 2);
-    assert_healthy(s.client);
-    stack_stop(&s);
+    assert_healthy(s.catalog_client);
+    test_stack_stop(&s);
 }
 
 Test(framework, without_nats_calls_fail_fast_and_health_says_not_serving) {
-    stack s;
-    stack_start(&s, "nats-down", NULL);
-    Book *book = stack_register(&s, "Resilient");
+    test_stack s;
+    test_stack_start_catalog(&s, "nats-down", NULL);
+    Book *book = test_stack_register(&s, "Resilient", 1);
     int nats_port = s.nats.port;
     cr_assert_neq(harness_process_stop(&s.nats, SIGTERM, 5000), -1, "nats-server did not stop");
     harness_sleep_ms(300);
@@ -326,9 +282,9 @@ Test(framework, without_nats_calls_fail_fast_and_health_says_not_serving) {
     cr_assert_eq(job.code, STATUS_UNAVAILABLE, "got %s", status_code_name(job.code));
     cr_assert_lt(job.took_ms, 500, "UNAVAILABLE took %lld ms", (long long)job.took_ms);
     status_code code;
-    cr_assert_eq(health_status(s.client, "", &code),
+    cr_assert_eq(health_status(s.catalog_client, "", &code),
                  GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING);
-    cr_assert_eq(health_status(s.client, "liveness", &code),
+    cr_assert_eq(health_status(s.catalog_client, "liveness", &code),
                  GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING,
                  "liveness must not fail because a dependency is down");
 
@@ -340,21 +296,21 @@ Test(framework, without_nats_calls_fail_fast_and_health_says_not_serving) {
     } while (job.code != STATUS_OK && harness_now_ms() < until);
     cr_assert_eq(job.code, STATUS_OK, "the catalog did not recover after NATS came back");
     cr_assert_str_eq(job.title, "Resilient", "the book survived the NATS restart");
-    assert_healthy(s.client);
-    stack_stop(&s);
+    assert_healthy(s.catalog_client);
+    test_stack_stop(&s);
 }
 
 Test(framework, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
     const char *env[] = {"NATS_TIMEOUT=8s", "DRAIN_GRACE=10s", NULL};
-    stack s;
-    stack_start(&s, "drain", env);
-    Book *book = stack_register(&s, "Patience");
+    test_stack s;
+    test_stack_start_catalog(&s, "drain", env);
+    Book *book = test_stack_register(&s, "Patience", 1);
 
     Grpc__Health__V1__HealthCheckRequest watch_request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     rpc_client_stream *watch = NULL;
     status st;
     rpc_call_options watch_options = {.timeout_ms = 30000};
-    cr_assert_eq(rpc_client_stream_open(s.client, "/grpc.health.v1.Health/Watch", &watch_request.base,
+    cr_assert_eq(rpc_client_stream_open(s.catalog_client, "/grpc.health.v1.Health/Watch", &watch_request.base,
                                         &watch_options, &watch, &st),
                  STATUS_OK);
     ProtobufCMessage *message = NULL;
@@ -401,5 +357,5 @@ Test(framework, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
                  status_code_name(job.code));
     cr_assert_str_eq(job.title, "Patience");
     cr_assert_eq(harness_process_stop(&s.catalog, 0, 10000), 0, "the catalog did not exit cleanly");
-    stack_stop(&s);
+    test_stack_stop(&s);
 }
