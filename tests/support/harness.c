@@ -4,7 +4,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <jwt.h>
 #include <netinet/in.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -287,27 +286,9 @@ int harness_service_run(const char *name, const char *argument, const char *dir,
 char *harness_token(arena *a, const char *dir, const harness_token_options *options) {
     char path[512];
     snprintf(path, sizeof path, "%s/jwt-private.pem", dir);
-    FILE *file = fopen(path, "rb");
-    if (file == NULL)
-        return NULL;
-    unsigned char key[8192];
-    size_t key_size = fread(key, 1, sizeof key, file);
-    fclose(file);
-    jwt_t *token = NULL;
-    if (jwt_new(&token) != 0)
-        return NULL;
-    time_t now = time(NULL);
-    jwt_add_grant(token, "sub", options->subject);
-    jwt_add_grant(token, "iss", options->issuer ? options->issuer : "library");
-    jwt_add_grant(token, "aud", options->audience ? options->audience : "library-api");
-    jwt_add_grant(token, "role", options->admin ? "admin" : "user");
-    jwt_add_grant_int(token, "iat", now);
-    jwt_add_grant_int(token, "exp", now + options->ttl_seconds);
-    jwt_set_alg(token, JWT_ALG_RS256, key, (int)key_size);
-    char *encoded = jwt_encode_str(token);
+    char *encoded = token_sign(path, options);
     char *copy = encoded ? arena_strdup(a, encoded) : NULL;
     free(encoded);
-    jwt_free(token);
     return copy;
 }
 

@@ -11,6 +11,7 @@
 #include "arena.h"
 #include "rpc_client.h"
 #include "status.h"
+#include "token.h"
 
 typedef struct harness_process {
     pid_t pid;
@@ -58,13 +59,7 @@ int harness_process_stop(harness_process *process, int signal_number, int64_t ti
 bool harness_wait_port(int port, int64_t timeout_ms);
 
 /* Tokens signed with dir's private key. ttl_seconds may be negative (already expired). */
-typedef struct harness_token_options {
-    const char *subject;
-    bool admin;
-    int64_t ttl_seconds;
-    const char *issuer;   /* NULL: "library" */
-    const char *audience; /* NULL: "library-api" */
-} harness_token_options;
+typedef token_claims harness_token_options;
 char *harness_token(arena *a, const char *dir, const harness_token_options *options);
 /* "Bearer " + a valid one-hour token for subject. */
 char *harness_bearer(arena *a, const char *dir, const char *subject, bool admin);

@@ -1,0 +1,25 @@
+/* token.h - RS256 JWTs with the claims tools/token gives (iss, aud, sub, role, iat, nbf,
+ * exp), signed with a PEM private key file: the tokens of the tests and the benchmark.
+ * Nothing that serves links this; the services only verify. */
+#ifndef TESTS_TOKEN_H
+#define TESTS_TOKEN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct token_claims {
+    const char *subject;
+    bool admin;           /* role "admin", else "user" */
+    int64_t ttl_seconds;  /* exp - iat; negative for a token that has expired */
+    const char *issuer;   /* NULL: "library" */
+    const char *audience; /* NULL: "library-api" */
+} token_claims;
+
+/* The JWT, malloc'd (the caller frees); NULL when the key cannot be read or used. */
+char *token_sign(const char *private_key_file, const token_claims *claims);
+
+/* "Bearer <jwt>" for subject, valid for two hours; malloc'd (the caller frees), NULL on
+ * failure. */
+char *token_bearer(const char *private_key_file, const char *subject, bool admin);
+
+#endif
