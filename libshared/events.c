@@ -335,8 +335,8 @@ static void consumer_free(event_consumer *consumer) {
     pthread_mutex_destroy(&consumer->lock);
     pthread_cond_destroy(&consumer->work);
     pthread_cond_destroy(&consumer->finished);
-    /* Destroy, not Unsubscribe: unsubscribing would delete the durable consumer. */
-    natsSubscription_Destroy(consumer->subscription);
+    /* Not unsubscribed: that would delete the durable consumer. */
+    nats_connection_retire_subscription(consumer->connection, consumer->subscription);
     free(consumer);
 }
 
@@ -437,7 +437,7 @@ status_code events_replay(nats_connection *connection, const char *filter_subjec
     }
     /* Unsubscribe deletes the ephemeral ordered consumer on the server. */
     natsSubscription_Unsubscribe(subscription);
-    natsSubscription_Destroy(subscription);
+    nats_connection_retire_subscription(connection, subscription);
     if (count)
         *count = handled;
     return code;

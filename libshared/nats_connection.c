@@ -2,12 +2,20 @@
 #include "nats_connection.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "log.h"
+
+typedef struct retired {
+    struct retired *next;
+    natsSubscription *subscription;
+    kvWatcher *watcher;
+    int64_t retired_ms;
+} retired;
 
 struct nats_connection {
     natsConnection *core;
@@ -18,7 +26,66 @@ struct nats_connection {
     pthread_mutex_t lock;
     pthread_cond_t closed_cond;
     bool closed;
+    atomic_uint_fast64_t reconnects;
+    retired *retired; /* newest first, under lock */
 };
+
+/* --- retired subscriptions and watchers ----------------------------------------------------- */
+
+#define RETIRE_GRACE_MS 60000
+
+static int64_t monotonic_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+static void destroy_retired(retired *r) {
+    while (r != NULL) {
+        retired *next = r->next;
+        if (r->subscription)
+            natsSubscription_Destroy(r->subscription);
+        if (r->watcher)
+            kvWatcher_Destroy(r->watcher);
+        free(r);
+        r = next;
+    }
+}
+
+static void retire(nats_connection *c, natsSubscription *subscription, kvWatcher *watcher) {
+    retired *r = calloc(1, sizeof *r);
+    if (r == NULL) { /* kept alive for good rather than risk the read loop */
+        LOG_WARN("out of memory retiring a NATS subscription; it stays allocated");
+        return;
+    }
+    r->subscription = subscription;
+    r->watcher = watcher;
+    r->retired_ms = monotonic_ms();
+    pthread_mutex_lock(&c->lock);
+    r->next = c->retired;
+    c->retired = r;
+    retired **old = &r->next; /* the rest is older: cut it where the grace has passed */
+    while (*old && r->retired_ms - (*old)->retired_ms < RETIRE_GRACE_MS)
+        old = &(*old)->next;
+    retired *expired = *old;
+    *old = NULL;
+    pthread_mutex_unlock(&c->lock);
+    destroy_retired(expired);
+}
+
+void nats_connection_retire_subscription(nats_connection *c, natsSubscription *subscription) {
+    if (subscription != NULL)
+        retire(c, subscription, NULL);
+}
+
+void nats_connection_retire_watcher(nats_connection *c, kvWatcher *watcher) {
+    if (watcher == NULL)
+        return;
+    kvWatcher_Stop(watcher);
+    retire(c, NULL, watcher);
+}
+
+/* --- the connection -------------------------------------------------------------------------- */
 
 static void on_closed(natsConnection *nc, void *closure) {
     (void)nc;
@@ -46,6 +113,7 @@ static void on_disconnected(natsConnection *nc, void *closure) {
 static void on_reconnected(natsConnection *nc, void *closure) {
     (void)nc;
     nats_connection *c = closure;
+    atomic_fetch_add(&c->reconnects, 1);
     LOG_INFO("reconnected to NATS");
     if (c->health)
         health_set_dependency(c->health, "nats", true);
@@ -102,6 +170,7 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
     if (c == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     c->health = options->health;
+    atomic_init(&c->reconnects, 0);
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->closed_cond, NULL);
     natsOptions *opts = NULL;
@@ -167,7 +236,10 @@ void nats_connection_close(nats_connection *c) {
     pthread_mutex_lock(&c->lock);
     while (!c->closed && pthread_cond_timedwait(&c->closed_cond, &c->lock, &until) == 0) {
     }
+    retired *r = c->retired; /* the read loop has ended: now they can go */
+    c->retired = NULL;
     pthread_mutex_unlock(&c->lock);
+    destroy_retired(r);
     natsConnection_Destroy(c->core);
     connection_free(c);
 }
@@ -184,6 +256,10 @@ bool nats_connection_is_up(nats_connection *c) {
     return natsConnection_Status(c->core) == NATS_CONN_STATUS_CONNECTED;
 }
 
+uint64_t nats_connection_reconnects(nats_connection *c) {
+    return atomic_load(&c->reconnects);
+}
+
 typedef struct subscription_done {
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -198,13 +274,13 @@ static void on_subscription_complete(void *closure) {
     pthread_mutex_unlock(&d->lock);
 }
 
-void nats_subscription_close(natsSubscription *subscription) {
+void nats_subscription_close(nats_connection *connection, natsSubscription *subscription) {
     if (subscription == NULL)
         return;
     subscription_done *d = calloc(1, sizeof *d);
     if (d == NULL) { /* cannot wait: unsubscribe and hope no handler is running */
         natsSubscription_Unsubscribe(subscription);
-        natsSubscription_Destroy(subscription);
+        nats_connection_retire_subscription(connection, subscription);
         return;
     }
     pthread_mutex_init(&d->lock, NULL);
@@ -223,7 +299,7 @@ void nats_subscription_close(natsSubscription *subscription) {
         done = d->done;
         pthread_mutex_unlock(&d->lock);
     }
-    natsSubscription_Destroy(subscription);
+    nats_connection_retire_subscription(connection, subscription);
     if (!done) { /* the callback may still come and use d: leave it allocated */
         LOG_WARN("a NATS subscription did not finish closing in 5 s");
         return;

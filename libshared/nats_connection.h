@@ -28,11 +28,25 @@ void nats_connection_close(nats_connection *connection); /* NULL is a no-op */
 natsConnection *nats_connection_core(nats_connection *connection);
 jsCtx *nats_connection_jetstream(nats_connection *connection);
 bool nats_connection_is_up(nats_connection *connection);
+/* How often the connection came back after a loss; a watcher started before may have missed
+ * what happened in between. */
+uint64_t nats_connection_reconnects(nats_connection *connection);
+
+/* Subscriptions and KV watchers are never destroyed while the connection runs: NATS.c 3.4
+ * (Debian 12) can crash its read loop on a message for a subscription destroyed at that very
+ * moment (nats.c issue #637, fixed in 3.10). Retiring one takes it out of use at once; it is
+ * destroyed after the read loop has ended (nats_connection_close), or once it has been
+ * retired for a minute. The subscription is neither unsubscribed nor drained here: the
+ * caller does that first when it should (a durable consumer's pull subscription must not be
+ * unsubscribed, which would delete the consumer). NULL is a no-op. */
+void nats_connection_retire_subscription(nats_connection *connection, natsSubscription *subscription);
+/* Stops the watcher (no more entries; a kvWatcher_Next waiting returns) and retires it. */
+void nats_connection_retire_watcher(nats_connection *connection, kvWatcher *watcher);
 
 /* Unsubscribes a plain (core NATS) asynchronous subscription and waits, a few seconds at
- * most, until its handler can no longer be running; then destroys it. Use this before
+ * most, until its handler can no longer be running; then retires it. Use this before
  * freeing what the handler's closure points to. NULL is a no-op. */
-void nats_subscription_close(natsSubscription *subscription);
+void nats_subscription_close(nats_connection *connection, natsSubscription *subscription);
 
 /* Maps a NATS.c status (and its last error text) onto ours: timeouts and lost connections
  * become UNAVAILABLE, "wrong last sequence" becomes ABORTED with reason REVISION_MISMATCH. */

@@ -13,6 +13,7 @@
 enum { UPDATE_ATTEMPTS = 32, KEY_MAX = 80 };
 
 struct book_store {
+    nats_connection *connection;
     kv_bucket *bucket;
     book_index *index;
     kvWatcher *watcher;
@@ -110,6 +111,7 @@ status_code book_store_open(nats_connection *connection, int replicas, book_stor
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     }
     atomic_init(&store->stopping, false);
+    store->connection = connection;
     status_code code = kv_bucket_open(connection, "books", replicas, &store->bucket, st);
     if (code == STATUS_OK) {
         natsStatus s = kvStore_WatchAll(&store->watcher, kv_bucket_store(store->bucket), NULL);
@@ -137,10 +139,9 @@ void book_store_close(book_store *store) {
         return;
     atomic_store(&store->stopping, true);
     if (store->watcher)
-        kvWatcher_Stop(store->watcher);
+        nats_connection_retire_watcher(store->connection, store->watcher); /* stops it */
     if (store->watching)
         pthread_join(store->watch_thread, NULL);
-    kvWatcher_Destroy(store->watcher);
     kv_bucket_close(store->bucket);
     book_index_destroy(store->index);
     free(store);

@@ -11,6 +11,7 @@
 #include "lending.h"
 #include "log.h"
 #include "metrics.h"
+#include "open_loans.h"
 #include "text.h"
 
 struct saga_waiter {
@@ -30,6 +31,8 @@ struct lending_saga {
     saga_waiter *waiters;
     pthread_t reconciler;
     bool reconciler_running;
+    open_loans *open;  /* the reconciler thread's alone */
+    bool index_lost;   /* the index missed a change: watch again */
     atomic_bool stopping;
 };
 
@@ -131,6 +134,7 @@ static const char *const loan_outcomes[] = {"requested", "activated", "canceled"
 enum { OUTCOME_COUNT = sizeof loan_outcomes / sizeof loan_outcomes[0] };
 static metric_series *loans_by_outcome[OUTCOME_COUNT];
 static metric_series *saga_seconds[2]; /* activated, canceled */
+static metric_series *open_loans_gauge;
 static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
 
 static void metrics_register(void) {
@@ -144,6 +148,11 @@ static void metrics_register(void) {
         (const char *[]){"outcome", NULL}, metrics_duration_buckets, metrics_duration_bucket_count);
     saga_seconds[0] = metrics_series(seconds, (const char *[]){"activated", NULL});
     saga_seconds[1] = metrics_series(seconds, (const char *[]){"canceled", NULL});
+    open_loans_gauge = metrics_series(
+        metrics_gauge("library_reconciler_open_loans",
+                      "Loans the reconciler keeps in view: PENDING, ACTIVE, or RETURNED until the copy is back.",
+                      (const char *[]){NULL}),
+        (const char *[]){NULL});
 }
 
 void saga_count_loan(const char *outcome) {
@@ -406,73 +415,153 @@ static void reconcile_loan(lending_saga *saga, arena *a, const char *loan_id, in
         LOG_WARN("reconciling loan %s: %s", loan_id, st.message);
 }
 
-/* A user record can name a PENDING loan that was never stored (a crash inside BorrowBook);
- * such an entry would hold a slot forever, so it is dropped once it is old enough. */
-static void reconcile_user(lending_saga *saga, arena *a, const char *key) {
-    kv_value value;
-    status st;
-    if (kv_get(loan_store_bucket(saga->store), key, a, &value, &st) != STATUS_OK)
+/* A user record can list a loan that was settled without the record hearing of it, or one
+ * that was never stored (a crash inside BorrowBook): such an entry would hold a slot forever.
+ * loan_ids are the entries the index has seen stray for RECONCILE_AFTER; each is read again
+ * here, and a settled loan is synced, a missing one dropped. */
+static void reconcile_user(lending_saga *saga, arena *a, const char *user_key, const char *const *loan_ids,
+                           size_t count) {
+    uint8_t *decoded = NULL;
+    size_t size = 0;
+    if (!text_base64url_decode(a, user_key, &decoded, &size))
         return;
-    user_record *user = (void *)arena_unpack(a, &library__lending__internal__user_record__descriptor,
-                                             value.data, value.size);
-    if (user == NULL)
-        return;
-    for (size_t i = 0; i < user->n_open_loans; i++) {
+    char *user_id = arena_strndup(a, (const char *)decoded, size);
+    for (size_t i = 0; user_id && i < count; i++) {
         loan_record *record = NULL;
-        const char *loan_id = user->open_loans[i]->loan_id;
-        status_code code = loan_store_get(saga->store, loan_id, a, &record, &st);
+        status st;
+        status_code code = loan_store_get(saga->store, loan_ids[i], a, &record, &st);
         if (code == STATUS_OK && (record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED ||
                                   record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED)) {
-            sync_user(saga, a, record, &st);
+            code = sync_user(saga, a, record, &st);
         } else if (code == STATUS_NOT_FOUND) {
-            /* drop it only if it is still missing on a second look, after the grace */
-            user_job job = {.loan_id = loan_id, .state = LOAN_CANCELED};
-            loan_record *again = NULL;
-            struct timespec pause = {.tv_sec = 0, .tv_nsec = 200000000};
-            nanosleep(&pause, NULL);
-            if (loan_store_get(saga->store, loan_id, a, &again, &st) == STATUS_NOT_FOUND) {
-                char *user_id = NULL;
-                size_t size = 0;
-                uint8_t *decoded = NULL;
-                if (text_base64url_decode(a, key + 5, &decoded, &size)) {
-                    user_id = arena_strndup(a, (const char *)decoded, size);
-                    LOG_WARN("dropping loan %s of a user record: it was never stored", loan_id);
-                    loan_store_update_user(saga->store, user_id, a, apply_user, &job, NULL, &st);
-                }
-            }
+            LOG_WARN("dropping loan %s of a user record: it was never stored", loan_ids[i]);
+            user_job job = {.loan_id = loan_ids[i], .state = LOAN_CANCELED};
+            code = loan_store_update_user(saga->store, user_id, a, apply_user, &job, NULL, &st);
         }
+        if (code != STATUS_OK)
+            LOG_WARN("reconciling the user record of loan %s: %s", loan_ids[i], st.message);
     }
 }
 
-static void reconcile_all(lending_saga *saga) {
-    kvKeysList keys = {0};
-    if (kvStore_Keys(&keys, kv_bucket_store(loan_store_bucket(saga->store)), NULL) != NATS_OK)
-        return;
-    int64_t now = timestamp_now_ms();
-    arena *a = arena_create(0);
-    for (int i = 0; a && i < keys.Count && !atomic_load(&saga->stopping); i++) {
-        const char *key = keys.Keys[i];
-        if (strncmp(key, "loan.", 5) == 0)
-            reconcile_loan(saga, a, key + 5, now);
-        else if (strncmp(key, "user.", 5) == 0)
-            reconcile_user(saga, a, key);
-        arena_reset(a);
+/* The index of what is open is fed by a watch on the whole bucket: at start it delivers the
+ * newest value of every key, then each change. Keys are "loan.<id>" and "user.<key>". */
+static void index_entry(lending_saga *saga, arena *a, kvEntry *entry) {
+    const char *key = kvEntry_Key(entry);
+    bool deleted = kvEntry_Operation(entry) != kvOp_Put;
+    const void *data = kvEntry_Value(entry);
+    size_t size = (size_t)kvEntry_ValueLen(entry);
+    bool stored = true;
+    if (strncmp(key, "loan.", 5) == 0) {
+        const loan_record *record = deleted ? NULL
+            : (const loan_record *)arena_unpack(a, &library__lending__internal__loan_record__descriptor, data, size);
+        if (record == NULL || record->loan == NULL) {
+            stored = open_loans_set_loan(saga->open, key + 5, NULL);
+        } else {
+            open_loan_facts facts = {
+                .state = (loan_state)record->loan->status,
+                .update_time_ms = record->update_time_ms,
+                .due_seconds = record->loan->due_time ? record->loan->due_time->seconds : 0,
+                .overdue_published = record->overdue_published,
+                .release_confirmed = record->release_confirmed,
+            };
+            stored = open_loans_set_loan(saga->open, key + 5, &facts);
+        }
+    } else if (strncmp(key, "user.", 5) == 0) {
+        const user_record *user = deleted ? NULL
+            : (const user_record *)arena_unpack(a, &library__lending__internal__user_record__descriptor, data, size);
+        size_t count = user ? user->n_open_loans : 0;
+        const char **ids = count ? arena_alloc(a, count * sizeof *ids) : NULL;
+        for (size_t i = 0; ids && i < count; i++)
+            ids[i] = user->open_loans[i]->loan_id;
+        stored = open_loans_set_user(saga->open, key + 5, ids, ids ? count : 0);
     }
-    arena_destroy(a);
-    kvKeysList_Destroy(&keys);
+    if (!stored)
+        saga->index_lost = true; /* out of memory: rebuilt from a fresh watch */
 }
+
+typedef struct round {
+    lending_saga *saga;
+    arena *a;
+    int64_t now;
+} round;
+
+static void visit_loan(void *arg, const char *loan_id) {
+    round *r = arg;
+    if (!atomic_load(&r->saga->stopping))
+        reconcile_loan(r->saga, r->a, loan_id, r->now);
+    arena_reset(r->a);
+}
+
+static void visit_user(void *arg, const char *user_key, const char *const *loan_ids, size_t count) {
+    round *r = arg;
+    if (!atomic_load(&r->saga->stopping))
+        reconcile_user(r->saga, r->a, user_key, loan_ids, count);
+    arena_reset(r->a);
+}
+
+static void reconcile_open(lending_saga *saga, arena *a) {
+    round r = {.saga = saga, .a = a, .now = timestamp_now_ms()};
+    open_loans_due(saga->open, r.now, saga->options.reconcile_after_ms, visit_loan, &r);
+    open_loans_users_due(saga->open, r.now, saga->options.reconcile_after_ms, visit_user, &r);
+    metric_set(open_loans_gauge, (double)open_loans_loan_count(saga->open));
+}
+
+/* Watches the bucket into the index and runs a round every RECONCILE_INTERVAL. The watch is
+ * dropped with the index and started again when it fails, when the NATS connection came back
+ * (the ordered consumer should ride that out; a fresh watch does not depend on it), and every
+ * REWATCH_MS anyway, so no missed change can be carried for long. */
+#define REWATCH_MS (10 * 60 * 1000)
 
 static void *reconciler_main(void *arg) {
     lending_saga *saga = arg;
-    while (!atomic_load(&saga->stopping)) {
-        for (int64_t waited = 0; waited < saga->options.reconcile_interval_ms && !atomic_load(&saga->stopping);
-             waited += 100) {
-            struct timespec pause = {.tv_sec = 0, .tv_nsec = 100000000};
-            nanosleep(&pause, NULL);
+    arena *a = arena_create(0);
+    kvWatcher *watcher = NULL;
+    bool ready = false; /* the watch delivered every key's newest value */
+    uint64_t reconnects = 0;
+    int64_t watched_at = 0, next_round = timestamp_now_ms() + saga->options.reconcile_interval_ms;
+    while (a && !atomic_load(&saga->stopping)) {
+        int64_t now = timestamp_now_ms();
+        if (watcher != NULL && (saga->index_lost || now - watched_at >= REWATCH_MS ||
+                                nats_connection_reconnects(saga->connection) != reconnects)) {
+            nats_connection_retire_watcher(saga->connection, watcher);
+            watcher = NULL;
         }
-        if (!atomic_load(&saga->stopping) && nats_connection_is_up(saga->connection))
-            reconcile_all(saga);
+        if (watcher == NULL) {
+            open_loans_clear(saga->open);
+            saga->index_lost = false;
+            ready = false;
+            reconnects = nats_connection_reconnects(saga->connection);
+            if (!nats_connection_is_up(saga->connection) ||
+                kvStore_WatchAll(&watcher, kv_bucket_store(loan_store_bucket(saga->store)), NULL) != NATS_OK) {
+                watcher = NULL;
+                struct timespec pause = {.tv_sec = 0, .tv_nsec = 100000000};
+                nanosleep(&pause, NULL);
+                continue;
+            }
+            watched_at = now;
+        }
+        kvEntry *entry = NULL;
+        natsStatus s = kvWatcher_Next(&entry, watcher, 100);
+        if (s == NATS_OK && entry == NULL) {
+            ready = true; /* the marker after the initial values */
+        } else if (s == NATS_OK) {
+            index_entry(saga, a, entry);
+            kvEntry_Destroy(entry);
+            arena_reset(a);
+        } else if (s != NATS_TIMEOUT) {
+            LOG_WARN("the reconciler's watch on the loans bucket failed (%s); watching again",
+                     natsStatus_GetText(s));
+            saga->index_lost = true;
+            continue;
+        }
+        if (ready && timestamp_now_ms() >= next_round && nats_connection_is_up(saga->connection)) {
+            reconcile_open(saga, a);
+            arena_reset(a);
+            next_round = timestamp_now_ms() + saga->options.reconcile_interval_ms;
+        }
     }
+    nats_connection_retire_watcher(saga->connection, watcher);
+    arena_destroy(a);
     return NULL;
 }
 
@@ -500,6 +589,8 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
                                            .workers = options->event_workers};
         code = event_consumer_start(connection, &consumer, &saga->consumer, st);
     }
+    if (code == STATUS_OK && (saga->open = open_loans_create()) == NULL)
+        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     if (code == STATUS_OK) {
         if (pthread_create(&saga->reconciler, NULL, reconciler_main, saga) == 0)
             saga->reconciler_running = true;
@@ -521,7 +612,8 @@ void lending_saga_stop(lending_saga *saga) {
     if (saga->reconciler_running)
         pthread_join(saga->reconciler, NULL);
     event_consumer_stop(saga->consumer);
-    nats_subscription_close(saga->outcomes);
+    nats_subscription_close(saga->connection, saga->outcomes);
+    open_loans_destroy(saga->open);
     pthread_mutex_destroy(&saga->lock);
     pthread_cond_destroy(&saga->changed);
     free(saga);

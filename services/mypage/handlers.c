@@ -223,6 +223,7 @@ status_code mypage_handlers_init(mypage_handlers *h, nats_connection *connection
     pthread_mutex_init(&h->lock, NULL);
     h->service = mypage_rpc_service;
     h->service.state = h;
+    h->connection = connection;
     natsStatus s = natsConnection_Subscribe(&h->changes, nats_connection_core(connection),
                                             MYPAGE_CHANGED_SUBJECT, on_page_changed, h);
     if (s != NATS_OK) {
@@ -233,7 +234,7 @@ status_code mypage_handlers_init(mypage_handlers *h, nats_connection *connection
 }
 
 void mypage_handlers_destroy(mypage_handlers *h) {
-    nats_subscription_close(h->changes);
+    nats_subscription_close(h->connection, h->changes);
     h->changes = NULL;
     pthread_mutex_destroy(&h->lock);
 }

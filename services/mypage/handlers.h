@@ -14,6 +14,7 @@ typedef struct page_watcher page_watcher;
 
 typedef struct mypage_handlers {
     page_store *store;
+    nats_connection *connection;
     int max_watchers;
     rpc_service service;
     /* the open WatchMypage streams */

@@ -18,47 +18,13 @@
 
 TestSuite(observability, .init = fixture_setup, .fini = fixture_teardown, .timeout = 120);
 
-/* GET http://127.0.0.1:<port>/metrics with curl; the body, or NULL when it failed. */
-static char *scrape(int port) {
-    char command[128];
-    snprintf(command, sizeof command, "curl -sf --max-time 5 http://127.0.0.1:%d/metrics", port);
-    FILE *pipe = popen(command, "r");
-    cr_assert_not_null(pipe);
-    size_t capacity = 1 << 16, length = 0;
-    char *body = arena_alloc(mem, capacity);
-    for (;;) {
-        if (length + 4096 + 1 > capacity) {
-            char *bigger = arena_alloc(mem, capacity * 2);
-            memcpy(bigger, body, length);
-            body = bigger;
-            capacity *= 2;
-        }
-        size_t n = fread(body + length, 1, 4096, pipe);
-        if (n == 0)
-            break;
-        length += n;
-    }
-    body[length] = '\0';
-    int exit_status = pclose(pipe);
-    return exit_status == 0 ? body : NULL;
-}
-
-/* The value of the sample whose name and labels are exactly `series` (0 when absent). */
-static double sample(const char *body, const char *series) {
-    size_t length = strlen(series);
-    for (const char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
-        if (strncmp(line, series, length) == 0 && line[length] == ' ')
-            return strtod(line + length + 1, NULL);
-    return 0;
-}
-
 /* AdjustStock: no other test of this suite calls it, and they run in parallel */
 #define METHOD_LABELS "grpc_type=\"unary\",grpc_service=\"library.catalog.v1.CatalogService\",grpc_method=\"AdjustStock\""
 
 Test(observability, metrics_pass_promtool_and_count_exactly_the_calls_made) {
     int port = fixture_metrics_port("catalog");
     cr_assert_gt(port, 0);
-    char *before = scrape(port);
+    char *before = harness_scrape(mem, port);
     cr_assert_not_null(before, "GET /metrics failed");
 
     enum { CALLS = 7 };
@@ -77,17 +43,17 @@ Test(observability, metrics_pass_promtool_and_count_exactly_the_calls_made) {
     const char *count = "grpc_server_handling_seconds_count{" METHOD_LABELS "}";
     /* a call is counted as handled once its status has gone out, a moment after the client
      * has it: wait for the last one, then the count must be exact */
-    char *after = scrape(port);
+    char *after = harness_scrape(mem, port);
     int64_t until = harness_now_ms() + 2000;
-    while (after && sample(after, handled) - sample(before, handled) < CALLS && harness_now_ms() < until) {
+    while (after && harness_sample(after, handled) - harness_sample(before, handled) < CALLS && harness_now_ms() < until) {
         harness_sleep_ms(20);
-        after = scrape(port);
+        after = harness_scrape(mem, port);
     }
     cr_assert_not_null(after);
-    cr_assert_eq(sample(after, handled) - sample(before, handled), CALLS);
-    cr_assert_eq(sample(after, started) - sample(before, started), CALLS, "%s: %g then %g", started,
-                 sample(before, started), sample(after, started));
-    cr_assert_eq(sample(after, count) - sample(before, count), CALLS);
+    cr_assert_eq(harness_sample(after, handled) - harness_sample(before, handled), CALLS);
+    cr_assert_eq(harness_sample(after, started) - harness_sample(before, started), CALLS, "%s: %g then %g", started,
+                 harness_sample(before, started), harness_sample(after, started));
+    cr_assert_eq(harness_sample(after, count) - harness_sample(before, count), CALLS);
 
     /* buckets are cumulative and end at _count */
     double previous = 0;
@@ -100,7 +66,7 @@ Test(observability, metrics_pass_promtool_and_count_exactly_the_calls_made) {
         buckets++;
     }
     cr_assert_gt(buckets, 5);
-    cr_assert_eq(previous, sample(after, count), "the +Inf bucket equals _count");
+    cr_assert_eq(previous, harness_sample(after, count), "the +Inf bucket equals _count");
     cr_assert(strstr(after, "# TYPE grpc_server_handling_seconds histogram") != NULL);
 
     /* promtool lints the whole exposition (names, HELP, TYPE, units) */
@@ -118,7 +84,7 @@ Test(observability, every_service_exposes_its_own_metrics) {
     const char *services[] = {"lending", "mypage"};
     const char *expected[] = {"library_loans_total", "library_projection_lag_seconds"};
     for (int i = 0; i < 2; i++) {
-        char *body = scrape(fixture_metrics_port(services[i]));
+        char *body = harness_scrape(mem, fixture_metrics_port(services[i]));
         cr_assert_not_null(body, "no metrics from %s", services[i]);
         cr_assert(strstr(body, "# TYPE grpc_server_handled_total counter") != NULL);
         cr_assert(strstr(body, expected[i]) != NULL, "%s lacks %s", services[i], expected[i]);

@@ -48,6 +48,39 @@ char *harness_command_output(arena *a, const char *command, int *exit_code) {
     return output;
 }
 
+char *harness_scrape(arena *a, int port) {
+    char command[128];
+    snprintf(command, sizeof command, "curl -sf --max-time 5 http://127.0.0.1:%d/metrics", port);
+    FILE *pipe = popen(command, "r");
+    if (pipe == NULL)
+        return NULL;
+    size_t capacity = 1 << 16, length = 0;
+    char *body = arena_alloc(a, capacity);
+    for (;;) {
+        if (length + 4096 + 1 > capacity) {
+            char *bigger = arena_alloc(a, capacity * 2);
+            memcpy(bigger, body, length);
+            body = bigger;
+            capacity *= 2;
+        }
+        size_t n = fread(body + length, 1, 4096, pipe);
+        if (n == 0)
+            break;
+        length += n;
+    }
+    body[length] = '\0';
+    int exit_status = pclose(pipe);
+    return exit_status == 0 ? body : NULL;
+}
+
+double harness_sample(const char *body, const char *series) {
+    size_t length = strlen(series);
+    for (const char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (strncmp(line, series, length) == 0 && line[length] == ' ')
+            return strtod(line + length + 1, NULL);
+    return 0;
+}
+
 long harness_process_rss_kib(pid_t pid) {
     char path[64], line[256];
     snprintf(path, sizeof path, "/proc/%d/status", (int)pid);

@@ -72,6 +72,11 @@ status_code harness_call(rpc_client *client, const char *method, const ProtobufC
 /* Runs a shell command (stderr joined to stdout) and returns its output, at most 64 KiB,
  * NUL-terminated, from a; *exit_code is its exit status (-1: it did not exit normally). */
 char *harness_command_output(arena *a, const char *command, int *exit_code);
+/* GET http://127.0.0.1:<port>/metrics (curl); the body from a, or NULL when it failed. */
+char *harness_scrape(arena *a, int port);
+/* The value of the sample whose name and labels are exactly `series` in a scraped body
+ * (0 when absent). */
+double harness_sample(const char *body, const char *series);
 /* Resident memory of a process in KiB (VmRSS), or -1. */
 long harness_process_rss_kib(pid_t pid);
 
