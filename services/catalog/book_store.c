@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kv.h"
 #include "log.h"
@@ -16,7 +17,8 @@ struct book_store {
     nats_connection *connection;
     kv_bucket *bucket;
     book_index *index;
-    kvWatcher *watcher;
+    kvWatcher *watcher; /* replaced by the watch thread; under watcher_lock */
+    pthread_mutex_t watcher_lock;
     pthread_t watch_thread;
     bool watching;
     atomic_bool stopping;
@@ -83,17 +85,58 @@ static status_code load_initial(book_store *store, status *st) {
     }
 }
 
+static kvWatcher *current_watcher(book_store *store) {
+    pthread_mutex_lock(&store->watcher_lock);
+    kvWatcher *watcher = store->watcher;
+    pthread_mutex_unlock(&store->watcher_lock);
+    return watcher;
+}
+
+/* Puts fresh (may be NULL) in place of the current watcher, which is retired. False when
+ * the store is closing: fresh is retired too. */
+static bool replace_watcher(book_store *store, kvWatcher *fresh) {
+    pthread_mutex_lock(&store->watcher_lock);
+    kvWatcher *old = store->watcher;
+    bool open = !atomic_load(&store->stopping);
+    store->watcher = open ? fresh : NULL;
+    pthread_mutex_unlock(&store->watcher_lock);
+    nats_connection_retire_watcher(store->connection, old);
+    if (!open)
+        nats_connection_retire_watcher(store->connection, fresh);
+    return open;
+}
+
+/* Follows the bucket for good: a watch that fails is replaced, and so is one that lived
+ * through a NATS reconnect (its ordered consumer should have ridden that out; a fresh one
+ * does not depend on it). A new watch delivers every book again; the index keeps the newest
+ * revision of each, and books are never deleted, so nothing is lost in between. */
 static void *watch_main(void *arg) {
     book_store *store = arg;
+    uint64_t reconnects = nats_connection_reconnects(store->connection);
     while (!atomic_load(&store->stopping)) {
+        kvWatcher *watcher = current_watcher(store);
+        if (watcher == NULL || nats_connection_reconnects(store->connection) != reconnects) {
+            reconnects = nats_connection_reconnects(store->connection);
+            watcher = NULL;
+            if (!nats_connection_is_up(store->connection) ||
+                kvStore_WatchAll(&watcher, kv_bucket_store(store->bucket), NULL) != NATS_OK) {
+                struct timespec pause = {.tv_sec = 0, .tv_nsec = 200000000};
+                nanosleep(&pause, NULL);
+                continue;
+            }
+            if (!replace_watcher(store, watcher))
+                break;
+        }
         kvEntry *entry = NULL;
-        natsStatus s = kvWatcher_Next(&entry, store->watcher, 500);
+        natsStatus s = kvWatcher_Next(&entry, watcher, 500);
         if (s == NATS_TIMEOUT)
             continue;
         if (s != NATS_OK) {
-            if (!atomic_load(&store->stopping))
-                LOG_WARN("book watcher stopped: %s", natsStatus_GetText(s));
-            break;
+            if (atomic_load(&store->stopping))
+                break;
+            LOG_WARN("the book watch failed (%s); watching again", natsStatus_GetText(s));
+            replace_watcher(store, NULL);
+            continue;
         }
         if (entry != NULL) {
             apply_watch_entry(store, entry);
@@ -111,6 +154,7 @@ status_code book_store_open(nats_connection *connection, int replicas, book_stor
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     }
     atomic_init(&store->stopping, false);
+    pthread_mutex_init(&store->watcher_lock, NULL);
     store->connection = connection;
     status_code code = kv_bucket_open(connection, "books", replicas, &store->bucket, st);
     if (code == STATUS_OK) {
@@ -138,10 +182,13 @@ void book_store_close(book_store *store) {
     if (store == NULL)
         return;
     atomic_store(&store->stopping, true);
-    if (store->watcher)
-        nats_connection_retire_watcher(store->connection, store->watcher); /* stops it */
+    pthread_mutex_lock(&store->watcher_lock); /* stopping it ends a kvWatcher_Next waiting */
+    nats_connection_retire_watcher(store->connection, store->watcher);
+    store->watcher = NULL;
+    pthread_mutex_unlock(&store->watcher_lock);
     if (store->watching)
         pthread_join(store->watch_thread, NULL);
+    pthread_mutex_destroy(&store->watcher_lock);
     kv_bucket_close(store->bucket);
     book_index_destroy(store->index);
     free(store);

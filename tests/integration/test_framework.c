@@ -300,6 +300,64 @@ Test(framework, without_nats_calls_fail_fast_and_health_says_not_serving) {
     test_stack_stop(&s);
 }
 
+/* available_copies of a book as one catalog replica answers GetBook (-1 on an error). */
+static int available_at(rpc_client *replica, const char *dir, const char *book_id) {
+    Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    if (harness_call(replica, CATALOG "GetBook", &request.base, &library__catalog__v1__book__descriptor, mem,
+                     harness_bearer(mem, dir, "reader", false), &response, &st) != STATUS_OK)
+        return -1;
+    return ((Book *)response)->available_copies;
+}
+
+/* GetBook answers from each replica's index, fed by a watch on the bucket: after NATS comes
+ * back, another replica's writes must still reach it. */
+Test(framework, a_replica_still_sees_the_others_writes_after_nats_restarts) {
+    test_stack s;
+    test_stack_start_catalog(&s, "replicas", NULL);
+    Book *book = test_stack_register(&s, "Mirrored", 2);
+    char nats_env[160];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s.nats.url);
+    const char *env[] = {nats_env, NULL};
+    harness_process replica;
+    cr_assert(harness_service_start("catalog", s.dir, env, &replica), "the second catalog did not start");
+    rpc_client *second = NULL;
+    cr_assert_eq(rpc_client_create(replica.address, 5000, &second, NULL), STATUS_OK);
+    cr_assert_eq(available_at(second, s.dir, book->book_id), 2);
+
+    int nats_port = s.nats.port;
+    cr_assert_neq(harness_process_stop(&s.nats, SIGTERM, 5000), -1, "nats-server did not stop");
+    harness_sleep_ms(500);
+    cr_assert(harness_nats_start(s.dir, nats_port, &s.nats), "nats-server did not restart");
+
+    /* +3 through the first replica, retried until NATS is back for it */
+    Library__Catalog__V1__AdjustStockRequest adjust = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
+    adjust.book_id = book->book_id;
+    adjust.delta = 3;
+    adjust.request_id = "after-restart";
+    status_code code = STATUS_UNAVAILABLE;
+    for (int64_t until = harness_now_ms() + 10000; code != STATUS_OK && harness_now_ms() < until;) {
+        ProtobufCMessage *response = NULL;
+        status st;
+        code = harness_call(s.catalog_client, CATALOG "AdjustStock", &adjust.base, &library__catalog__v1__book__descriptor,
+                            mem, harness_bearer(mem, s.dir, "admin", true), &response, &st);
+        if (code != STATUS_OK)
+            harness_sleep_ms(100);
+    }
+    cr_assert_eq(code, STATUS_OK, "AdjustStock after the NATS restart: %s", status_code_name(code));
+    cr_assert_eq(available_at(s.catalog_client, s.dir, book->book_id), 5, "the writer's own index");
+
+    int seen = -1;
+    for (int64_t until = harness_now_ms() + 5000; seen != 5 && harness_now_ms() < until; harness_sleep_ms(100))
+        seen = available_at(second, s.dir, book->book_id);
+    cr_assert_eq(seen, 5, "the other replica still answers %d copies", seen);
+    rpc_client_destroy(second);
+    cr_assert_eq(harness_process_stop(&replica, SIGTERM, 15000), 0, "the second catalog: see %s", replica.log_path);
+    test_stack_stop(&s);
+}
+
 Test(framework, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
     const char *env[] = {"NATS_TIMEOUT=8s", "DRAIN_GRACE=10s", NULL};
     test_stack s;
