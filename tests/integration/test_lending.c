@@ -9,7 +9,9 @@
 #include <sys/stat.h>
 
 #include "events.h"
+#include "kv.h"
 #include "library/lending/v1/lending.pb-c.h"
+#include "loan_record.pb-c.h"
 #include "stack_fixture.h"
 #include "text.h"
 
@@ -602,6 +604,57 @@ Test(lending, kill_9_of_lending_mid_burst_loses_nothing) {
 
 Test(lending, kill_9_of_catalog_mid_burst_loses_nothing) {
     crash_during_burst("crash-catalog", true);
+}
+
+/* A crash inside BorrowBook, after it wrote the user record and before it stored the loan,
+ * leaves the record naming a loan that does not exist. The entry holds a slot until the
+ * reconciler drops it, which it does only once the entry has looked so for RECONCILE_AFTER
+ * (a borrow in progress looks the same for a moment). */
+Test(lending, a_slot_held_by_a_loan_never_stored_is_freed_after_the_grace) {
+    const char *env[] = {"MAX_ACTIVE_LOANS=1", "RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=2s", NULL};
+    test_stack s;
+    test_stack_start(&s, "ghost", env, false, NULL);
+    Book *book = test_stack_register(&s, "Ghostly", 2);
+    const char *user = "ghost-user";
+
+    /* the user record as BorrowBook left it when it died */
+    nats_connection *connection = NULL;
+    kv_bucket *loans = NULL;
+    status st;
+    nats_connection_options options = {.url = s.nats.url, .client_name = "test"};
+    cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(kv_bucket_open(connection, "loans", 1, &loans, &st), STATUS_OK, "%s", st.message);
+    Library__Lending__Internal__OpenLoan ghost = LIBRARY__LENDING__INTERNAL__OPEN_LOAN__INIT;
+    ghost.loan_id = "0123456789abcdef0123";
+    ghost.status = PENDING;
+    Library__Lending__Internal__OpenLoan *open[] = {&ghost};
+    Library__Lending__Internal__UserRecord record = LIBRARY__LENDING__INTERNAL__USER_RECORD__INIT;
+    record.n_open_loans = 1;
+    record.open_loans = open;
+    uint8_t packed[256];
+    size_t size = library__lending__internal__user_record__pack(&record, packed);
+    const char *key = arena_sprintf(mem, "user.%s", text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
+    cr_assert_eq(kv_create(loans, key, packed, size, NULL, &st), STATUS_OK, "%s", st.message);
+    int64_t planted = harness_now_ms();
+    kv_bucket_close(loans);
+    nats_connection_close(connection);
+
+    const char *bearer = harness_bearer(mem, s.dir, user, false);
+    Loan *loan = NULL;
+    cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st), STATUS_FAILED_PRECONDITION,
+                 "the entry holds the only slot");
+    cr_assert_str_eq(st.reason, "LOAN_LIMIT");
+    status_code code = STATUS_FAILED_PRECONDITION;
+    while (code == STATUS_FAILED_PRECONDITION && harness_now_ms() - planted < 10000) {
+        harness_sleep_ms(200);
+        code = borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st);
+    }
+    int64_t freed_after = harness_now_ms() - planted;
+    cr_assert_eq(code, STATUS_OK, "the slot was not freed in 10 s: %s", st.message);
+    cr_assert_eq(loan->status, ACTIVE);
+    cr_assert_geq(freed_after, 1800, "the entry was dropped after %lld ms, inside the grace", (long long)freed_after);
+    cr_log_info("the slot was freed %lld ms after the crash", (long long)freed_after);
+    test_stack_stop(&s);
 }
 
 typedef struct return_thread_job {
