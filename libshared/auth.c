@@ -308,14 +308,6 @@ static bool signature_verifies(const auth_verifier *v, const char *token) {
     return ok;
 }
 
-/* FNV-1a: spreads tokens over the cache; the whole token is compared on a hit. */
-static uint64_t token_hash(const char *token) {
-    uint64_t hash = 14695981039346656037ULL;
-    for (const unsigned char *p = (const unsigned char *)token; *p; p++)
-        hash = (hash ^ *p) * 1099511628211ULL;
-    return hash;
-}
-
 /* The first of the CACHE_WAYS slots a token may sit in; the set's lock. Four ways, not one:
  * with one slot per token, two busy users whose tokens share a slot evict each other on every
  * call and pay a signature check each time (seen in the GetBook benchmark: 256 readers in
@@ -386,7 +378,7 @@ status_code auth_verify(const auth_verifier *verifier, const char *authorization
         token++;
     if (strlen(token) > TOKEN_MAX)
         return invalid(st, "the token is too long");
-    uint64_t hash = token_hash(token);
+    uint64_t hash = text_hash(token); /* the whole token is compared on a hit */
     if (cache_lookup(v, token, hash, (int64_t)time(NULL), out))
         return STATUS_OK;
     if (check_algorithm(v, token, st) != STATUS_OK)

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "text.h"
+
 /* The last value this process read or wrote for a key, in a slot picked by a hash of the key.
  * kv_mutate tries its compare-and-set on it first and so skips the read in the common case
  * (one writer per key at a time). It is never trusted for anything but that write: a stale
@@ -28,10 +30,7 @@ struct kv_bucket {
 };
 
 static cache_slot *cache_slot_of(kv_bucket *bucket, const char *key) {
-    uint64_t hash = 1469598103934665603ull; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-        hash = (hash ^ *p) * 1099511628211ull;
-    return &bucket->cache[hash % CACHE_SLOTS];
+    return &bucket->cache[text_hash(key) % CACHE_SLOTS];
 }
 
 static void cache_drop(cache_slot *slot) {

@@ -162,3 +162,10 @@ void text_random_hex(char *out, size_t bytes) {
     arc4random_buf(buffer, bytes); /* glibc >= 2.36: the kernel CSPRNG, never fails */
     hex_encode(buffer, bytes, out);
 }
+
+uint64_t text_hash(const char *text) {
+    uint64_t hash = 14695981039346656037ull;
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        hash = (hash ^ *p) * 1099511628211ull;
+    return hash;
+}

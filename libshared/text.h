@@ -24,6 +24,10 @@ void text_random_hex(char *out, size_t bytes);
  * but predictable; for trace and span ids, never for secrets or ids that guard access. */
 void text_trace_hex(char *out, size_t bytes);
 
+/* 64-bit FNV-1a of a NUL-terminated string: for spreading keys over hash tables and caches,
+ * not for anything an attacker must not steer. */
+uint64_t text_hash(const char *text);
+
 /* Lowercase hex SHA-256 of the parts, each followed by a NUL separator (so ("ab","c") and
  * ("a","bc") differ). parts is NULL-terminated. */
 void text_sha256_hex(const char *const *parts, char out[65]);

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "text.h"
+
 typedef struct indexed_book {
     book_entry book;        /* strings point into text below */
     char *title_folded, *author_folded, *isbn_digits;
@@ -20,16 +22,9 @@ struct book_index {
     size_t slot_count;
 };
 
-static uint64_t hash_id(const char *id) {
-    uint64_t h = 1469598103934665603ull;
-    for (; *id; id++)
-        h = (h ^ (unsigned char)*id) * 1099511628211ull;
-    return h;
-}
-
 static size_t slot_find(const book_index *index, const char *id) {
     size_t mask = index->slot_count - 1;
-    size_t i = hash_id(id) & mask;
+    size_t i = text_hash(id) & mask;
     while (index->slots[i] != NULL && strcmp(index->slots[i]->book.book_id, id) != 0)
         i = (i + 1) & mask;
     return i;

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "text.h"
+
 typedef struct node {
     struct node *next;
     uint64_t hash;
@@ -33,13 +35,6 @@ struct open_loans {
     table users;
 };
 
-static uint64_t hash_key(const char *key) {
-    uint64_t hash = 1469598103934665603ull; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-        hash = (hash ^ *p) * 1099511628211ull;
-    return hash;
-}
-
 static node **table_find(table *t, const char *key, uint64_t hash) {
     if (t->slots == NULL)
         return NULL;
@@ -51,7 +46,7 @@ static node **table_find(table *t, const char *key, uint64_t hash) {
 }
 
 static const node *table_get(const table *t, const char *key) {
-    node **at = table_find((table *)t, key, hash_key(key));
+    node **at = table_find((table *)t, key, text_hash(key));
     return at ? *at : NULL;
 }
 
@@ -81,7 +76,7 @@ static bool table_grow(table *t) {
 static node *table_upsert(table *t, const char *key, size_t size) {
     if (!table_grow(t))
         return NULL;
-    uint64_t hash = hash_key(key);
+    uint64_t hash = text_hash(key);
     node **at = table_find(t, key, hash);
     if (*at)
         return *at;
@@ -104,7 +99,7 @@ static void free_node(node *n, bool user) {
 }
 
 static void table_remove(table *t, const char *key, bool user) {
-    node **at = table_find(t, key, hash_key(key));
+    node **at = table_find(t, key, text_hash(key));
     if (at == NULL || *at == NULL)
         return;
     node *gone = *at;

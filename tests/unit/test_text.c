@@ -78,3 +78,10 @@ Test(arena, allocations_are_zeroed_aligned_and_survive_growth) {
     arena_destroy(a);
     arena_destroy(NULL);
 }
+
+Test(text, text_hash_is_64_bit_fnv_1a) {
+    /* the published FNV-1a test vectors */
+    cr_assert_eq(text_hash(""), 0xcbf29ce484222325ull);
+    cr_assert_eq(text_hash("a"), 0xaf63dc4c8601ec8cull);
+    cr_assert_eq(text_hash("foobar"), 0x85944171f73967e8ull);
+}
