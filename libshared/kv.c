@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "log.h"
 #include "text.h"
 
 /* The last value this process read or wrote for a key, in a slot picked by a hash of the key.
@@ -248,4 +250,127 @@ status_code kv_mutate(kv_bucket *bucket, const char *key, arena *a, kv_mutation 
     }
     return status_set(st, STATUS_ABORTED, "CONCURRENT_UPDATE",
                       "%s kept changing concurrently; try again", key);
+}
+
+/* --- following the bucket ------------------------------------------------------------------ */
+
+struct kv_follow {
+    kv_bucket *bucket;
+    int64_t renew_ms;
+    pthread_mutex_t lock;
+    kvWatcher *watcher; /* NULL: start one at the next call */
+    bool stopped;
+    uint64_t reconnects; /* the connection's count when the watch started */
+    int64_t started_ms;
+};
+
+static int64_t follow_now_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+static void follow_pause(int64_t timeout_ms) {
+    int64_t ms = timeout_ms < 100 ? timeout_ms : 100;
+    struct timespec pause = {.tv_sec = 0, .tv_nsec = ms * 1000000};
+    nanosleep(&pause, NULL);
+}
+
+kv_follow *kv_follow_start(kv_bucket *bucket, int64_t renew_ms) {
+    kv_follow *follow = calloc(1, sizeof *follow);
+    if (follow == NULL)
+        return NULL;
+    follow->bucket = bucket;
+    follow->renew_ms = renew_ms;
+    pthread_mutex_init(&follow->lock, NULL);
+    return follow;
+}
+
+/* Under lock: retires the watch if it must be renewed; true when one is left to read. */
+static bool follow_keep(kv_follow *follow) {
+    if (follow->watcher == NULL)
+        return false;
+    bool reconnected = nats_connection_reconnects(follow->bucket->connection) != follow->reconnects;
+    bool old = follow->renew_ms > 0 && follow_now_ms() - follow->started_ms >= follow->renew_ms;
+    if (!reconnected && !old)
+        return true;
+    nats_connection_retire_watcher(follow->bucket->connection, follow->watcher);
+    follow->watcher = NULL;
+    return false;
+}
+
+kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kvEntry **entry) {
+    nats_connection *connection = follow->bucket->connection;
+    *entry = NULL;
+    pthread_mutex_lock(&follow->lock);
+    bool stopped = follow->stopped;
+    kvWatcher *watcher = !stopped && follow_keep(follow) ? follow->watcher : NULL;
+    pthread_mutex_unlock(&follow->lock);
+    if (stopped)
+        return KV_FOLLOW_STOPPED;
+    if (watcher == NULL) {
+        uint64_t reconnects = nats_connection_reconnects(connection);
+        if (!nats_connection_is_up(connection) || kvStore_WatchAll(&watcher, follow->bucket->store, NULL) != NATS_OK) {
+            follow_pause(timeout_ms);
+            return KV_FOLLOW_IDLE;
+        }
+        pthread_mutex_lock(&follow->lock);
+        stopped = follow->stopped;
+        if (!stopped) {
+            follow->watcher = watcher;
+            follow->reconnects = reconnects;
+            follow->started_ms = follow_now_ms();
+        }
+        pthread_mutex_unlock(&follow->lock);
+        if (stopped) {
+            nats_connection_retire_watcher(connection, watcher);
+            return KV_FOLLOW_STOPPED;
+        }
+        return KV_FOLLOW_RESTART;
+    }
+    /* A watcher retired meanwhile (stop, restart) stays allocated until the connection closes
+     * or a minute passes, and answers at once once stopped. */
+    natsStatus s = kvWatcher_Next(entry, watcher, timeout_ms);
+    if (s == NATS_OK)
+        return *entry ? KV_FOLLOW_ENTRY : KV_FOLLOW_CAUGHT_UP;
+    if (s == NATS_TIMEOUT)
+        return KV_FOLLOW_IDLE;
+    pthread_mutex_lock(&follow->lock);
+    stopped = follow->stopped;
+    bool current = follow->watcher == watcher;
+    if (current)
+        follow->watcher = NULL;
+    pthread_mutex_unlock(&follow->lock);
+    if (stopped)
+        return KV_FOLLOW_STOPPED;
+    if (current) {
+        LOG_WARN("a watch on a key-value bucket failed (%s); watching again", natsStatus_GetText(s));
+        nats_connection_retire_watcher(connection, watcher);
+    }
+    return KV_FOLLOW_IDLE;
+}
+
+void kv_follow_restart(kv_follow *follow) {
+    pthread_mutex_lock(&follow->lock);
+    kvWatcher *watcher = follow->watcher;
+    follow->watcher = NULL;
+    pthread_mutex_unlock(&follow->lock);
+    nats_connection_retire_watcher(follow->bucket->connection, watcher);
+}
+
+void kv_follow_stop(kv_follow *follow) {
+    pthread_mutex_lock(&follow->lock);
+    follow->stopped = true;
+    kvWatcher *watcher = follow->watcher;
+    follow->watcher = NULL;
+    pthread_mutex_unlock(&follow->lock);
+    nats_connection_retire_watcher(follow->bucket->connection, watcher);
+}
+
+void kv_follow_close(kv_follow *follow) {
+    if (follow == NULL)
+        return;
+    kv_follow_stop(follow);
+    pthread_mutex_destroy(&follow->lock);
+    free(follow);
 }

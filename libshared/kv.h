@@ -46,4 +46,29 @@ typedef status_code (*kv_mutation)(void *arg, arena *a, const kv_value *current,
 status_code kv_mutate(kv_bucket *bucket, const char *key, arena *a, kv_mutation mutation,
                       void *arg, int max_attempts, uint64_t *revision, status *st);
 
+/* A watch on the whole bucket that keeps itself going, for a replica's in-memory view of it.
+ * A watch that fails, that was open across a NATS reconnect (its ordered consumer should ride
+ * that out; a fresh watch does not depend on it), that kv_follow_restart asked to drop, or
+ * (renew_ms > 0) that is older than renew_ms, is replaced by a fresh one, which delivers the
+ * newest value of every key again. One thread calls kv_follow_next; any may call stop. */
+typedef struct kv_follow kv_follow;
+
+typedef enum kv_follow_event {
+    KV_FOLLOW_IDLE,      /* nothing within the timeout (or no watch could be started yet) */
+    KV_FOLLOW_RESTART,   /* a fresh watch begins: every key comes again */
+    KV_FOLLOW_CAUGHT_UP, /* every key's newest value was delivered since the last RESTART */
+    KV_FOLLOW_ENTRY,     /* *entry is a key's new value or deletion; kvEntry_Destroy it */
+    KV_FOLLOW_STOPPED,   /* kv_follow_stop was called */
+} kv_follow_event;
+
+kv_follow *kv_follow_start(kv_bucket *bucket, int64_t renew_ms); /* NULL when out of memory */
+kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kvEntry **entry);
+/* Drops the current watch: the next kv_follow_next starts a fresh one (the caller's view
+ * missed something, e.g. it ran out of memory). */
+void kv_follow_restart(kv_follow *follow);
+/* Ends a kv_follow_next waiting, and every later one, with KV_FOLLOW_STOPPED. */
+void kv_follow_stop(kv_follow *follow);
+/* Stops and frees it once no thread is in kv_follow_next. NULL is a no-op. */
+void kv_follow_close(kv_follow *follow);
+
 #endif

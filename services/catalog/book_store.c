@@ -2,26 +2,22 @@
 #include "book_store.h"
 
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "kv.h"
 #include "log.h"
+#include "timestamp.h"
 
 enum { UPDATE_ATTEMPTS = 32, KEY_MAX = 80 };
 
 struct book_store {
-    nats_connection *connection;
     kv_bucket *bucket;
     book_index *index;
-    kvWatcher *watcher; /* replaced by the watch thread; under watcher_lock */
-    pthread_mutex_t watcher_lock;
+    kv_follow *follow;
     pthread_t watch_thread;
     bool watching;
-    atomic_bool stopping;
 };
 
 static void book_key(const char *book_id, char key[KEY_MAX]) {
@@ -71,79 +67,47 @@ static void apply_watch_entry(book_store *store, kvEntry *entry) {
         book_index_remove(store->index, key + 5, kvEntry_Revision(entry));
 }
 
-/* Loads the current books: the watcher delivers them, then a NULL entry. */
+/* Loads the current books: the watch delivers every one, then says it caught up. */
 static status_code load_initial(book_store *store, status *st) {
-    for (;;) {
+    enum { LOAD_TIMEOUT_MS = 10000 };
+    for (int64_t waited_ms = 0;;) {
         kvEntry *entry = NULL;
-        natsStatus s = kvWatcher_Next(&entry, store->watcher, 10000);
-        if (s != NATS_OK)
-            return nats_status_to_status(s, "loading the books", st);
-        if (entry == NULL)
+        int64_t before = timestamp_now_ms();
+        switch (kv_follow_next(store->follow, LOAD_TIMEOUT_MS - waited_ms, &entry)) {
+        case KV_FOLLOW_ENTRY:
+            apply_watch_entry(store, entry);
+            kvEntry_Destroy(entry);
+            break;
+        case KV_FOLLOW_CAUGHT_UP:
             return STATUS_OK;
-        apply_watch_entry(store, entry);
-        kvEntry_Destroy(entry);
+        case KV_FOLLOW_RESTART: /* the index keeps the newest revision: nothing to drop */
+        case KV_FOLLOW_IDLE:
+            break;
+        case KV_FOLLOW_STOPPED:
+            return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE", "loading the books was stopped");
+        }
+        waited_ms += timestamp_now_ms() - before;
+        if (waited_ms >= LOAD_TIMEOUT_MS)
+            return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE",
+                              "loading the books: NATS did not deliver them in %d s", LOAD_TIMEOUT_MS / 1000);
     }
 }
 
-static kvWatcher *current_watcher(book_store *store) {
-    pthread_mutex_lock(&store->watcher_lock);
-    kvWatcher *watcher = store->watcher;
-    pthread_mutex_unlock(&store->watcher_lock);
-    return watcher;
-}
-
-/* Puts fresh (may be NULL) in place of the current watcher, which is retired. False when
- * the store is closing: fresh is retired too. */
-static bool replace_watcher(book_store *store, kvWatcher *fresh) {
-    pthread_mutex_lock(&store->watcher_lock);
-    kvWatcher *old = store->watcher;
-    bool open = !atomic_load(&store->stopping);
-    store->watcher = open ? fresh : NULL;
-    pthread_mutex_unlock(&store->watcher_lock);
-    nats_connection_retire_watcher(store->connection, old);
-    if (!open)
-        nats_connection_retire_watcher(store->connection, fresh);
-    return open;
-}
-
-/* Follows the bucket for good: a watch that fails is replaced, and so is one that lived
- * through a NATS reconnect (its ordered consumer should have ridden that out; a fresh one
- * does not depend on it). A new watch delivers every book again; the index keeps the newest
- * revision of each, and books are never deleted, so nothing is lost in between. */
+/* Follows the bucket for good (kv_follow renews a watch that fails or outlived a NATS
+ * reconnect). A new watch delivers every book again; the index keeps the newest revision of
+ * each, and books are never deleted, so nothing is lost in between. */
 static void *watch_main(void *arg) {
     book_store *store = arg;
-    uint64_t reconnects = nats_connection_reconnects(store->connection);
-    while (!atomic_load(&store->stopping)) {
-        kvWatcher *watcher = current_watcher(store);
-        if (watcher == NULL || nats_connection_reconnects(store->connection) != reconnects) {
-            reconnects = nats_connection_reconnects(store->connection);
-            watcher = NULL;
-            if (!nats_connection_is_up(store->connection) ||
-                kvStore_WatchAll(&watcher, kv_bucket_store(store->bucket), NULL) != NATS_OK) {
-                struct timespec pause = {.tv_sec = 0, .tv_nsec = 200000000};
-                nanosleep(&pause, NULL);
-                continue;
-            }
-            if (!replace_watcher(store, watcher))
-                break;
-        }
+    for (;;) {
         kvEntry *entry = NULL;
-        natsStatus s = kvWatcher_Next(&entry, watcher, 500);
-        if (s == NATS_TIMEOUT)
-            continue;
-        if (s != NATS_OK) {
-            if (atomic_load(&store->stopping))
-                break;
-            LOG_WARN("the book watch failed (%s); watching again", natsStatus_GetText(s));
-            replace_watcher(store, NULL);
-            continue;
-        }
-        if (entry != NULL) {
+        kv_follow_event event = kv_follow_next(store->follow, 500, &entry);
+        if (event == KV_FOLLOW_STOPPED)
+            return NULL;
+        if (event == KV_FOLLOW_ENTRY) {
             apply_watch_entry(store, entry);
             kvEntry_Destroy(entry);
         }
     }
-    return NULL;
 }
 
 status_code book_store_open(nats_connection *connection, int replicas, book_store **out,
@@ -153,14 +117,9 @@ status_code book_store_open(nats_connection *connection, int replicas, book_stor
         free(store);
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     }
-    atomic_init(&store->stopping, false);
-    pthread_mutex_init(&store->watcher_lock, NULL);
-    store->connection = connection;
     status_code code = kv_bucket_open(connection, "books", replicas, &store->bucket, st);
-    if (code == STATUS_OK) {
-        natsStatus s = kvStore_WatchAll(&store->watcher, kv_bucket_store(store->bucket), NULL);
-        code = nats_status_to_status(s, "watching the books", st);
-    }
+    if (code == STATUS_OK && (store->follow = kv_follow_start(store->bucket, 0)) == NULL)
+        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     if (code == STATUS_OK)
         code = load_initial(store, st);
     if (code == STATUS_OK) {
@@ -181,14 +140,11 @@ status_code book_store_open(nats_connection *connection, int replicas, book_stor
 void book_store_close(book_store *store) {
     if (store == NULL)
         return;
-    atomic_store(&store->stopping, true);
-    pthread_mutex_lock(&store->watcher_lock); /* stopping it ends a kvWatcher_Next waiting */
-    nats_connection_retire_watcher(store->connection, store->watcher);
-    store->watcher = NULL;
-    pthread_mutex_unlock(&store->watcher_lock);
+    if (store->follow)
+        kv_follow_stop(store->follow); /* ends the watch thread's wait */
     if (store->watching)
         pthread_join(store->watch_thread, NULL);
-    pthread_mutex_destroy(&store->watcher_lock);
+    kv_follow_close(store->follow);
     kv_bucket_close(store->bucket);
     book_index_destroy(store->index);
     free(store);

@@ -32,7 +32,6 @@ struct lending_saga {
     pthread_t reconciler;
     bool reconciler_running;
     open_loans *open;  /* the reconciler thread's alone */
-    bool index_lost;   /* the index missed a change: watch again */
     atomic_bool stopping;
 };
 
@@ -444,8 +443,9 @@ static void reconcile_user(lending_saga *saga, arena *a, const char *user_key, c
 }
 
 /* The index of what is open is fed by a watch on the whole bucket: at start it delivers the
- * newest value of every key, then each change. Keys are "loan.<id>" and "user.<key>". */
-static void index_entry(lending_saga *saga, arena *a, kvEntry *entry) {
+ * newest value of every key, then each change. Keys are "loan.<id>" and "user.<key>". False
+ * when out of memory: the index missed the change. */
+static bool index_entry(lending_saga *saga, arena *a, kvEntry *entry) {
     const char *key = kvEntry_Key(entry);
     bool deleted = kvEntry_Operation(entry) != kvOp_Put;
     const void *data = kvEntry_Value(entry);
@@ -471,12 +471,13 @@ static void index_entry(lending_saga *saga, arena *a, kvEntry *entry) {
             : (const user_record *)arena_unpack(a, &library__lending__internal__user_record__descriptor, data, size);
         size_t count = user ? user->n_open_loans : 0;
         const char **ids = count ? arena_alloc(a, count * sizeof *ids) : NULL;
-        for (size_t i = 0; ids && i < count; i++)
+        if (count && ids == NULL)
+            return false;
+        for (size_t i = 0; i < count; i++)
             ids[i] = user->open_loans[i]->loan_id;
-        stored = open_loans_set_user(saga->open, key + 5, ids, ids ? count : 0);
+        stored = open_loans_set_user(saga->open, key + 5, ids, count);
     }
-    if (!stored)
-        saga->index_lost = true; /* out of memory: rebuilt from a fresh watch */
+    return stored;
 }
 
 typedef struct round {
@@ -506,53 +507,37 @@ static void reconcile_open(lending_saga *saga, arena *a) {
     metric_set(open_loans_gauge, (double)open_loans_loan_count(saga->open));
 }
 
-/* Watches the bucket into the index and runs a round every RECONCILE_INTERVAL. The watch is
- * dropped with the index and started again when it fails, when the NATS connection came back
- * (the ordered consumer should ride that out; a fresh watch does not depend on it), and every
- * REWATCH_MS anyway, so no missed change can be carried for long. */
+/* Follows the bucket into the index and runs a round every RECONCILE_INTERVAL, once the
+ * index holds every key. kv_follow renews a watch that fails or outlived a NATS reconnect,
+ * and this one every REWATCH_MS too, so no missed change is carried for long; each fresh
+ * watch starts the index over. */
 #define REWATCH_MS (10 * 60 * 1000)
 
 static void *reconciler_main(void *arg) {
     lending_saga *saga = arg;
     arena *a = arena_create(0);
-    kvWatcher *watcher = NULL;
-    bool ready = false; /* the watch delivered every key's newest value */
-    uint64_t reconnects = 0;
-    int64_t watched_at = 0, next_round = timestamp_now_ms() + saga->options.reconcile_interval_ms;
-    while (a && !atomic_load(&saga->stopping)) {
-        int64_t now = timestamp_now_ms();
-        if (watcher != NULL && (saga->index_lost || now - watched_at >= REWATCH_MS ||
-                                nats_connection_reconnects(saga->connection) != reconnects)) {
-            nats_connection_retire_watcher(saga->connection, watcher);
-            watcher = NULL;
-        }
-        if (watcher == NULL) {
-            open_loans_clear(saga->open);
-            saga->index_lost = false;
-            ready = false;
-            reconnects = nats_connection_reconnects(saga->connection);
-            if (!nats_connection_is_up(saga->connection) ||
-                kvStore_WatchAll(&watcher, kv_bucket_store(loan_store_bucket(saga->store)), NULL) != NATS_OK) {
-                watcher = NULL;
-                struct timespec pause = {.tv_sec = 0, .tv_nsec = 100000000};
-                nanosleep(&pause, NULL);
-                continue;
-            }
-            watched_at = now;
-        }
+    kv_follow *follow = kv_follow_start(loan_store_bucket(saga->store), REWATCH_MS);
+    bool ready = false; /* the index holds every key's newest value */
+    int64_t next_round = timestamp_now_ms() + saga->options.reconcile_interval_ms;
+    while (a && follow && !atomic_load(&saga->stopping)) {
         kvEntry *entry = NULL;
-        natsStatus s = kvWatcher_Next(&entry, watcher, 100);
-        if (s == NATS_OK && entry == NULL) {
-            ready = true; /* the marker after the initial values */
-        } else if (s == NATS_OK) {
-            index_entry(saga, a, entry);
+        switch (kv_follow_next(follow, 100, &entry)) {
+        case KV_FOLLOW_RESTART:
+            open_loans_clear(saga->open);
+            ready = false;
+            break;
+        case KV_FOLLOW_CAUGHT_UP:
+            ready = true;
+            break;
+        case KV_FOLLOW_ENTRY:
+            if (!index_entry(saga, a, entry))
+                kv_follow_restart(follow); /* out of memory: the index missed a change */
             kvEntry_Destroy(entry);
             arena_reset(a);
-        } else if (s != NATS_TIMEOUT) {
-            LOG_WARN("the reconciler's watch on the loans bucket failed (%s); watching again",
-                     natsStatus_GetText(s));
-            saga->index_lost = true;
-            continue;
+            break;
+        case KV_FOLLOW_IDLE:
+        case KV_FOLLOW_STOPPED:
+            break;
         }
         if (ready && timestamp_now_ms() >= next_round && nats_connection_is_up(saga->connection)) {
             reconcile_open(saga, a);
@@ -560,7 +545,9 @@ static void *reconciler_main(void *arg) {
             next_round = timestamp_now_ms() + saga->options.reconcile_interval_ms;
         }
     }
-    nats_connection_retire_watcher(saga->connection, watcher);
+    if (a == NULL || follow == NULL)
+        LOG_ERROR("out of memory: the reconciler does not run");
+    kv_follow_close(follow);
     arena_destroy(a);
     return NULL;
 }

@@ -183,3 +183,79 @@ Test(kv, large_values_are_updated_by_both_replicas) {
     }
     arena_destroy(a);
 }
+
+/* --- following the bucket ----------------------------------------------------------------- */
+
+/* The next event other than IDLE (IDLE itself after 5 s); *key gets an entry's key. */
+static kv_follow_event next_event(kv_follow *follow, char *key, size_t size) {
+    for (int i = 0; i < 50; i++) {
+        kvEntry *entry = NULL;
+        kv_follow_event event = kv_follow_next(follow, 100, &entry);
+        if (event == KV_FOLLOW_IDLE)
+            continue;
+        if (event == KV_FOLLOW_ENTRY) {
+            snprintf(key, size, "%s", kvEntry_Key(entry));
+            kvEntry_Destroy(entry);
+        }
+        return event;
+    }
+    return KV_FOLLOW_IDLE;
+}
+
+static void *stop_later(void *arg) {
+    harness_sleep_ms(300);
+    kv_follow_stop(arg);
+    return NULL;
+}
+
+Test(kv, a_follow_delivers_every_key_then_changes_and_starts_over_when_asked) {
+    put(buckets[0], "f.a", "v");
+    put(buckets[0], "f.b", "v");
+    kv_follow *follow = kv_follow_start(buckets[1], 0);
+    cr_assert_not_null(follow);
+    char key[64];
+    cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_RESTART);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_ENTRY);
+    cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_CAUGHT_UP);
+
+    put(buckets[0], "f.c", "v"); /* another replica's write */
+    cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_ENTRY);
+    cr_assert_str_eq(key, "f.c");
+
+    kv_follow_restart(follow); /* e.g. the caller's view ran out of memory */
+    cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_RESTART);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_ENTRY, "every key comes again");
+    cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_CAUGHT_UP);
+
+    /* a stop from another thread ends a wait at once, and every later call */
+    pthread_t stopper;
+    pthread_create(&stopper, NULL, stop_later, follow);
+    kvEntry *entry = NULL;
+    int64_t start = harness_now_ms();
+    cr_assert_eq(kv_follow_next(follow, 5000, &entry), KV_FOLLOW_STOPPED);
+    cr_assert_lt(harness_now_ms() - start, 2000, "the wait was not ended by the stop");
+    pthread_join(stopper, NULL);
+    cr_assert_eq(kv_follow_next(follow, 100, &entry), KV_FOLLOW_STOPPED);
+    kv_follow_close(follow);
+}
+
+Test(kv, a_follow_starts_over_after_nats_comes_back) {
+    kv_follow *follow = kv_follow_start(buckets[1], 0);
+    char key[64];
+    cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_RESTART);
+    cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_CAUGHT_UP, "an empty bucket");
+    int port = nats.port;
+    cr_assert_neq(harness_process_stop(&nats, SIGTERM, 5000), -1);
+    cr_assert(harness_nats_start(dir, port, &nats), "nats-server did not restart");
+    kv_follow_event event = KV_FOLLOW_IDLE;
+    for (int64_t until = harness_now_ms() + 10000; event != KV_FOLLOW_RESTART && harness_now_ms() < until;)
+        event = next_event(follow, key, sizeof key);
+    cr_assert_eq(event, KV_FOLLOW_RESTART, "no fresh watch after the reconnect");
+    put(buckets[0], "f.after", "v");
+    cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_CAUGHT_UP);
+    cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_ENTRY);
+    cr_assert_str_eq(key, "f.after");
+    kv_follow_close(follow);
+}
