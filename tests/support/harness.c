@@ -31,17 +31,35 @@ void harness_sleep_ms(int64_t ms) {
     nanosleep(&pause, NULL);
 }
 
+/* Everything a pipe gives until it ends, or until max bytes (0: no limit), NUL-terminated,
+ * from a. */
+static char *read_all(arena *a, FILE *pipe, size_t max) {
+    size_t capacity = 64u << 10, length = 0, n;
+    char *text = arena_alloc(a, capacity);
+    for (;;) {
+        if (length + 1 == capacity) {
+            if (max != 0 && capacity >= max)
+                break;
+            char *bigger = arena_alloc(a, capacity * 2);
+            memcpy(bigger, text, length);
+            text = bigger;
+            capacity *= 2;
+        }
+        if ((n = fread(text + length, 1, capacity - length - 1, pipe)) == 0)
+            break;
+        length += n;
+    }
+    text[length] = '\0';
+    return text;
+}
+
 char *harness_command_output(arena *a, const char *command, int *exit_code) {
     *exit_code = -1;
     char *joined = arena_sprintf(a, "%s 2>&1", command);
     FILE *pipe = popen(joined, "r");
     if (pipe == NULL)
         return arena_strndup(a, "", 0);
-    size_t capacity = 64u << 10, size = 0, n;
-    char *output = arena_alloc(a, capacity);
-    while (size + 1 < capacity && (n = fread(output + size, 1, capacity - size - 1, pipe)) > 0)
-        size += n;
-    output[size] = '\0';
+    char *output = read_all(a, pipe, 64u << 10);
     int wait_status = pclose(pipe);
     if (wait_status != -1 && WIFEXITED(wait_status))
         *exit_code = WEXITSTATUS(wait_status);
@@ -54,21 +72,7 @@ char *harness_scrape(arena *a, int port) {
     FILE *pipe = popen(command, "r");
     if (pipe == NULL)
         return NULL;
-    size_t capacity = 1 << 16, length = 0;
-    char *body = arena_alloc(a, capacity);
-    for (;;) {
-        if (length + 4096 + 1 > capacity) {
-            char *bigger = arena_alloc(a, capacity * 2);
-            memcpy(bigger, body, length);
-            body = bigger;
-            capacity *= 2;
-        }
-        size_t n = fread(body + length, 1, 4096, pipe);
-        if (n == 0)
-            break;
-        length += n;
-    }
-    body[length] = '\0';
+    char *body = read_all(a, pipe, 0);
     int exit_status = pclose(pipe);
     return exit_status == 0 ? body : NULL;
 }
