@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "field.h"
 #include "text.h"
 
 static status_code check_text(const char *text, const char *field, bool required, size_t max,
@@ -64,43 +65,15 @@ status_code catalog_check_copies(int32_t copies, status *st) {
     return STATUS_OK;
 }
 
-status_code catalog_check_request_id(const char *request_id, status *st) {
-    size_t length = request_id ? strlen(request_id) : 0;
-    if (length > CATALOG_REQUEST_ID_MAX)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_TOO_LONG",
-                          "request_id is %zu bytes long; at most %d are allowed", length,
-                          CATALOG_REQUEST_ID_MAX);
-    if (!text_is_valid_utf8(request_id ? request_id : "", length, false))
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED",
-                          "request_id must be text without control characters");
-    return STATUS_OK;
-}
-
-status_code catalog_check_id(const char *id, const char *field, status *st) {
-    size_t length = id ? strlen(id) : 0;
-    if (length == 0)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_REQUIRED", "%s is required", field);
-    if (length > CATALOG_BOOK_ID_MAX)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED",
-                          "%s is too long to be an id", field);
-    for (size_t i = 0; i < length; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
-            return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED",
-                              "%s may contain only a-z, 0-9 and '-'", field);
-    }
-    return STATUS_OK;
-}
-
 status_code catalog_check_book_id(const char *book_id, status *st) {
-    return catalog_check_id(book_id, "book_id", st);
+    return field_check_id(book_id, "book_id", st);
 }
 
 status_code catalog_check_register(const char *title, const char *author, const char *isbn,
                                    int32_t copies, const char *request_id, status *st) {
     if (catalog_check_title(title, "title", true, st) ||
         catalog_check_author(author, "author", true, st) || catalog_check_isbn(isbn, st) ||
-        catalog_check_copies(copies, st) || catalog_check_request_id(request_id, st))
+        catalog_check_copies(copies, st) || field_check_request_id(request_id, st))
         return st->code;
     return STATUS_OK;
 }
@@ -118,7 +91,7 @@ status_code catalog_check_update(const char *book_id, const char *title, const c
 }
 
 status_code catalog_check_adjust(const char *book_id, const char *request_id, status *st) {
-    if (catalog_check_book_id(book_id, st) || catalog_check_request_id(request_id, st))
+    if (catalog_check_book_id(book_id, st) || field_check_request_id(request_id, st))
         return st->code;
     return STATUS_OK;
 }

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "arena.h"
+#include "field.h"
 #include "status.h"
 
 enum {
@@ -16,8 +17,7 @@ enum {
     CATALOG_AUTHOR_MAX = 256,
     CATALOG_ISBN_MAX = 32,
     CATALOG_QUERY_MAX = 256,
-    CATALOG_REQUEST_ID_MAX = 128,
-    CATALOG_BOOK_ID_MAX = 64,
+    CATALOG_BOOK_ID_MAX = FIELD_ID_MAX,
     CATALOG_MAX_COPIES = 100000,
     CATALOG_PAGE_SIZE_DEFAULT = 20,
     CATALOG_PAGE_SIZE_MAX = 100,
@@ -30,12 +30,9 @@ status_code catalog_check_title(const char *title, const char *field, bool requi
 status_code catalog_check_author(const char *author, const char *field, bool required, status *st);
 status_code catalog_check_isbn(const char *isbn, status *st);
 status_code catalog_check_copies(int32_t copies, status *st);
-status_code catalog_check_request_id(const char *request_id, status *st);
-/* Book ids are server-made: lowercase letters, digits and '-', 1..64 bytes. Anything else
- * (including NATS subject wildcards) is INVALID_ARGUMENT before it reaches the store. */
+/* Book ids are server-made (field_check_id): INVALID_ARGUMENT for anything else, NATS
+ * subject wildcards included, before it reaches the store. */
 status_code catalog_check_book_id(const char *book_id, status *st);
-/* The same rule for any server-made id (loan ids in events too); field names it. */
-status_code catalog_check_id(const char *id, const char *field, status *st);
 
 /* The checks of whole requests, one per method, shared by the handlers and the fuzz
  * harnesses (tests/fuzz). Each returns the first problem found, naming its field. */

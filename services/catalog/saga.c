@@ -8,6 +8,7 @@
 
 #include "catalog.h"
 #include "events.h"
+#include "field.h"
 #include "log.h"
 #include "timestamp.h"
 
@@ -123,7 +124,7 @@ status_code catalog_saga_check_event(const event *e, status *st) {
     } else {
         return STATUS_OK;
     }
-    if (catalog_check_id(loan_id, "loan_id", st) || catalog_check_id(book_id, "book_id", st))
+    if (field_check_id(loan_id, "loan_id", st) || field_check_id(book_id, "book_id", st))
         return st->code;
     return STATUS_OK;
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "field.h"
 #include "lending.h"
 #include "library/catalog/v1/catalog.pb-c.h"
 #include "library/lending/v1/lending.pb-c.h"
@@ -121,7 +122,7 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
     const Library__Lending__V1__BorrowBookRequest *req = (const void *)request;
     arena *a = rpc_context_arena(ctx);
     const char *user = rpc_context_caller(ctx)->subject;
-    if (lending_check_id(req->book_id, "book_id", st) || lending_check_request_id(req->request_id, st))
+    if (field_check_id(req->book_id, "book_id", st) || field_check_request_id(req->request_id, st))
         return st->code;
 
     char *loan_id = arena_alloc(a, 21);
@@ -217,7 +218,7 @@ static status_code return_book(void *state, rpc_context *ctx, const ProtobufCMes
     lending_handlers *h = state;
     const Library__Lending__V1__ReturnBookRequest *req = (const void *)request;
     arena *a = rpc_context_arena(ctx);
-    if (lending_check_id(req->loan_id, "loan_id", st))
+    if (field_check_id(req->loan_id, "loan_id", st))
         return st->code;
     return_job job = {.ctx = ctx};
     loan_record *record = NULL;
@@ -247,7 +248,7 @@ static status_code get_loan(void *state, rpc_context *ctx, const ProtobufCMessag
                             ProtobufCMessage **response, status *st) {
     lending_handlers *h = state;
     const Library__Lending__V1__GetLoanRequest *req = (const void *)request;
-    if (lending_check_id(req->loan_id, "loan_id", st))
+    if (field_check_id(req->loan_id, "loan_id", st))
         return st->code;
     loan_record *record = NULL;
     status_code code = loan_store_get(h->store, req->loan_id, rpc_context_arena(ctx), &record, st);

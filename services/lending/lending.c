@@ -58,32 +58,6 @@ void lending_new_loan_id(const char *user, const char *request_id, char out[21])
     snprintf(out, 21, "%.20s", digest);
 }
 
-status_code lending_check_id(const char *id, const char *field, status *st) {
-    size_t length = id ? strlen(id) : 0;
-    if (length == 0)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_REQUIRED", "%s is required", field);
-    if (length > 64)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED", "%s is too long", field);
-    for (size_t i = 0; i < length; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
-            return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED",
-                              "%s may contain only a-z, 0-9 and '-'", field);
-    }
-    return STATUS_OK;
-}
-
-status_code lending_check_request_id(const char *request_id, status *st) {
-    size_t length = request_id ? strlen(request_id) : 0;
-    if (length > 128)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_TOO_LONG",
-                          "request_id is %zu bytes long; at most 128 are allowed", length);
-    if (!text_is_valid_utf8(request_id ? request_id : "", length, false))
-        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED",
-                          "request_id must be text without control characters");
-    return STATUS_OK;
-}
-
 status_code lending_page_token_decode(const char *token, size_t *offset, status *st) {
     *offset = 0;
     if (token == NULL || token[0] == '\0')

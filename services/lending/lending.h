@@ -38,10 +38,8 @@ loan_state lending_after_reservation(loan_state current, bool reserved);
 status_code lending_return(loan_state current, loan_state *next, status *st);
 
 /* Loan ids: 20 hex digits, random, or derived from (user, request_id) so a retried BorrowBook
- * finds the loan it made. Same alphabet rule as book ids for lookups. */
+ * finds the loan it made. Lookups check them with field_check_id, as book ids. */
 void lending_new_loan_id(const char *user, const char *request_id, char out[21]);
-status_code lending_check_id(const char *id, const char *field, status *st);
-status_code lending_check_request_id(const char *request_id, status *st);
 
 enum { LENDING_PAGE_SIZE_DEFAULT = 20, LENDING_PAGE_SIZE_MAX = 100, LENDING_PAGE_TOKEN_MAX = 24 };
 

@@ -9,6 +9,7 @@
 
 #include "arena.h"
 #include "auth.h"
+#include "field.h"
 #include "fuzz.h"
 #include "lending.h"
 #include "library/lending/v1/lending.pb-c.h"
@@ -30,9 +31,9 @@ static void check_failure(status_code code, const status *st) {
 
 static void borrow_book(const Library__Lending__V1__BorrowBookRequest *req) {
     status st;
-    status_code code = lending_check_id(req->book_id, "book_id", &st);
+    status_code code = field_check_id(req->book_id, "book_id", &st);
     if (code == STATUS_OK)
-        code = lending_check_request_id(req->request_id, &st);
+        code = field_check_request_id(req->request_id, &st);
     if (code != STATUS_OK) {
         check_failure(code, &st);
         return;
@@ -40,7 +41,7 @@ static void borrow_book(const Library__Lending__V1__BorrowBookRequest *req) {
     /* The loan id it makes must be one GetLoan and ReturnBook accept. */
     char loan_id[21];
     lending_new_loan_id("fuzz-user", req->request_id, loan_id);
-    FUZZ_CHECK(lending_check_id(loan_id, "loan_id", &st) == STATUS_OK);
+    FUZZ_CHECK(field_check_id(loan_id, "loan_id", &st) == STATUS_OK);
     /* The borrow rules, over open loans derived from the request's bytes. */
     open_loan open[8];
     size_t count = strlen(req->book_id) % 8;
@@ -54,7 +55,7 @@ static void borrow_book(const Library__Lending__V1__BorrowBookRequest *req) {
 
 static void one_loan(const char *loan_id) {
     status st;
-    status_code code = lending_check_id(loan_id, "loan_id", &st);
+    status_code code = field_check_id(loan_id, "loan_id", &st);
     if (code != STATUS_OK) {
         check_failure(code, &st);
         return;
