@@ -1092,6 +1092,10 @@ status_code rpc_server_create(const rpc_server_options *options, rpc_server **ou
         o->drain_grace_ms = 10000;
     if (o->max_message_bytes <= 0)
         o->max_message_bytes = 1 << 20;
+    if (o->keepalive_ms <= 0)
+        o->keepalive_ms = 60000;
+    if (o->keepalive_timeout_ms <= 0)
+        o->keepalive_timeout_ms = 20000;
     if (o->error_domain == NULL)
         o->error_domain = "library";
     pthread_mutex_init(&server->jobs_lock, NULL);
@@ -1108,13 +1112,21 @@ status_code rpc_server_create(const rpc_server_options *options, rpc_server **ou
     method_metrics_init(&server->unknown_metrics, "unary", "unknown", "unknown");
 
     grpc_init();
-    grpc_arg args[2] = {
+    grpc_arg args[] = {
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
          .value.integer = o->max_message_bytes},
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
          .value.integer = 16 << 20},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_KEEPALIVE_TIME_MS,
+         .value.integer = o->keepalive_ms},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+         .value.integer = o->keepalive_timeout_ms},
+        /* A watch stream may carry no data for hours: keep pinging it all the same (the
+         * core's default stops after two pings without data). */
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA,
+         .value.integer = 0},
     };
-    grpc_channel_args channel_args = {.num_args = 2, .args = args};
+    grpc_channel_args channel_args = {.num_args = sizeof args / sizeof args[0], .args = args};
     server->core = grpc_server_create(&channel_args, NULL);
 
     status_code code = health_create(&server->health, st);

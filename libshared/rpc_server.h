@@ -110,6 +110,12 @@ typedef struct rpc_server_options {
     int retry_pushback_ms;          /* sent with RESOURCE_EXHAUSTED; 0: 100 */
     int64_t drain_grace_ms;         /* how long in-flight calls get on shutdown; 0: 10000 */
     int max_message_bytes;          /* largest request accepted; 0: 1 MiB */
+    /* HTTP/2 keepalive: a connection with a call open is pinged every keepalive_ms, and
+     * closed (its calls cancelled) when a ping is not answered within
+     * keepalive_timeout_ms. Ends the streams of a peer that vanished without closing its
+     * connection (a host gone, a network cut). 0: 60000 and 20000. */
+    int keepalive_ms;
+    int keepalive_timeout_ms;
     /* Serialized google.protobuf.FileDescriptorSet for reflection (NULL: no reflection). */
     const uint8_t *descriptor_set;
     size_t descriptor_set_size;

@@ -53,6 +53,12 @@ static const config_entry common_config[] = {
      &settings.drain_grace_ms, 1, 3600000},
     {"RETRY_PUSHBACK", CONFIG_DURATION, "100ms", "grpc-retry-pushback-ms sent with a shed call",
      &settings.retry_pushback_ms, 1, 60000},
+    {"GRPC_KEEPALIVE", CONFIG_DURATION, "1m",
+     "how often a connection with a call open is pinged",
+     &settings.grpc_keepalive_ms, 1000, 7200000},
+    {"GRPC_KEEPALIVE_TIMEOUT", CONFIG_DURATION, "20s",
+     "a connection whose ping goes unanswered this long is closed and its calls cancelled",
+     &settings.grpc_keepalive_timeout_ms, 1000, 600000},
 };
 enum { COMMON_CONFIG_COUNT = sizeof common_config / sizeof common_config[0] };
 
@@ -179,6 +185,8 @@ static int run(const service_definition *definition) {
         .worker_threads = (int)settings.worker_threads,
         .drain_grace_ms = settings.drain_grace_ms,
         .retry_pushback_ms = (int)settings.retry_pushback_ms,
+        .keepalive_ms = (int)settings.grpc_keepalive_ms,
+        .keepalive_timeout_ms = (int)settings.grpc_keepalive_timeout_ms,
         .descriptor_set = library_api_descriptor_set,
         .descriptor_set_size = library_api_descriptor_set_size,
     };

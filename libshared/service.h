@@ -38,6 +38,8 @@ typedef struct service_settings {
     int64_t worker_threads;
     int64_t drain_grace_ms;
     int64_t retry_pushback_ms;
+    int64_t grpc_keepalive_ms;
+    int64_t grpc_keepalive_timeout_ms;
 } service_settings;
 
 typedef struct service_context {

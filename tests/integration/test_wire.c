@@ -10,12 +10,16 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "events.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -24,6 +28,8 @@
 #include "nats_connection.h"
 #include "stack_fixture.h"
 #include "text.h"
+
+extern char **environ;
 
 #define LENDING "/library.lending.v1.LendingService/"
 #define MYPAGE "/library.mypage.v1.MypageService/"
@@ -743,6 +749,22 @@ Test(wire, a_frame_cut_short_on_a_stream_kept_open_is_answered_when_it_ends) {
 
 /* --- a client that never reads -------------------------------------------------------------- */
 
+/* Whether one more WatchMypage is let in and gets its first page (a replica started with
+ * MAX_WATCHERS=1 has room only once the server has ended the stream that held the slot). */
+static bool another_watch_fits(rpc_client *c, const char *bearer) {
+    Library__Mypage__V1__WatchMypageRequest watch = LIBRARY__MYPAGE__V1__WATCH_MYPAGE_REQUEST__INIT;
+    rpc_call_options options = {.timeout_ms = 5000, .authorization = bearer};
+    rpc_client_stream *stream = NULL;
+    ProtobufCMessage *message = NULL;
+    status st;
+    bool fits = rpc_client_stream_open(c, MYPAGE "WatchMypage", &watch.base, &options, &stream, &st) == STATUS_OK &&
+                rpc_client_stream_next(stream, &library__mypage__v1__mypage__descriptor, mem, 3000, &message,
+                                       &st) == STATUS_OK &&
+                message != NULL;
+    rpc_client_stream_close(stream);
+    return fits;
+}
+
 /* Two page changes for `user`: a new ACTIVE loan (LoanActivated), then its overdue flag
  * (LoanOverdue); the catalog ignores both, lending knows no such loan. */
 static void publish_loan_changes(nats_connection *connection, const char *user, int n) {
@@ -815,18 +837,7 @@ Test(wire, a_watch_client_that_never_reads_is_ended_and_memory_stays_bounded) {
         long rss = harness_process_rss_kib(own.pid);
         if (rss > rss_max)
             rss_max = rss;
-        /* another watcher fits once the slow one is gone */
-        rpc_client_stream *second = NULL;
-        rpc_call_options second_options = {.timeout_ms = 5000, .authorization = bearer};
-        ProtobufCMessage *message = NULL;
-        status second_status;
-        if (rpc_client_stream_open(c, MYPAGE "WatchMypage", &watch.base, &second_options, &second,
-                                   &second_status) == STATUS_OK &&
-            rpc_client_stream_next(second, &library__mypage__v1__mypage__descriptor, mem, 3000, &message,
-                                   &second_status) == STATUS_OK &&
-            message != NULL)
-            freed = true;
-        rpc_client_stream_close(second);
+        freed = another_watch_fits(c, bearer); /* once the slow one is gone */
     }
     int published = 2 * loans;
     cr_log_info("slow client: %d page changes published in %lld ms; mypage RSS %ld KiB -> max %ld KiB; "
@@ -850,6 +861,71 @@ Test(wire, a_watch_client_that_never_reads_is_ended_and_memory_stays_bounded) {
     cr_assert_eq(code, STATUS_RESOURCE_EXHAUSTED, "%s %s", status_code_name(code), st.message);
     rpc_client_stream_close(slow);
     nats_connection_close(connection);
+    rpc_client_destroy(c);
+    assert_serving(own.address);
+    cr_assert_eq(harness_process_stop(&own, SIGTERM, 15000), 0, "mypage did not exit cleanly: %s", own.log_path);
+}
+
+/* A watch whose client vanished without closing its connection (here: curl, stopped with
+ * SIGSTOP after its first page, so the kernel still acknowledges every byte but nothing
+ * answers HTTP/2) holds a watcher slot until the server's keepalive ping goes unanswered:
+ * with GRPC_KEEPALIVE=1s and GRPC_KEEPALIVE_TIMEOUT=1s the slot is free again within
+ * seconds. Without keepalive the stream would stay open for good: nothing else is sent on it. */
+Test(wire, a_watch_whose_client_vanished_is_ended_by_keepalive) {
+    harness_process own;
+    const char *dir = arena_sprintf(mem, "%s/%s", fixture_dir(), unique("vanished"));
+    mkdir(dir, 0755);
+    cr_assert(harness_keys_create(dir));
+    const char *env[] = {"MAX_WATCHERS=1", "GRPC_KEEPALIVE=1s", "GRPC_KEEPALIVE_TIMEOUT=1s", NULL};
+    cr_assert(fixture_start_mypage(dir, fixture_nats_url(), fixture_redis_url(), env, &own),
+              "mypage did not start: %s", own.log_path);
+    const char *bearer = harness_bearer(mem, dir, unique("vanished"), false);
+
+    /* the request: one gRPC message frame holding an empty WatchMypageRequest */
+    const char *request = arena_sprintf(mem, "%s/watch.bin", dir);
+    const char *pages = arena_sprintf(mem, "%s/pages.bin", dir);
+    FILE *out = fopen(request, "wb");
+    cr_assert_not_null(out);
+    cr_assert_eq(fwrite("\0\0\0\0\0", 1, 5, out), 5);
+    fclose(out);
+    const char *authorization = arena_sprintf(mem, "authorization: %s", bearer);
+    const char *url = arena_sprintf(mem, "http://%s" MYPAGE "WatchMypage", own.address);
+    char *argv[] = {"curl", "-sS", "-N", "--http2-prior-knowledge", "-o", (char *)pages, "-X", "POST",
+                    "--data-binary", arena_sprintf(mem, "@%s", request), "-H", "te: trailers",
+                    "-H", "content-type: application/grpc", "-H", (char *)authorization, (char *)url, NULL};
+    posix_spawn_file_actions_t files;
+    posix_spawn_file_actions_init(&files);
+    posix_spawn_file_actions_addopen(&files, 2, arena_sprintf(mem, "%s/curl.log", dir),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t curl = 0;
+    cr_assert_eq(posix_spawnp(&curl, "curl", &files, NULL, argv, environ), 0);
+    posix_spawn_file_actions_destroy(&files);
+
+    /* its first page arrives, and it holds the one slot */
+    struct stat info = {0};
+    int64_t until = harness_now_ms() + 5000;
+    while ((stat(pages, &info) != 0 || info.st_size == 0) && harness_now_ms() < until)
+        harness_sleep_ms(20);
+    cr_assert_gt(info.st_size, 0, "curl received no page");
+    rpc_client *c = NULL;
+    cr_assert_eq(rpc_client_create(own.address, 10000, &c, NULL), STATUS_OK);
+    cr_assert_not(another_watch_fits(c, bearer), "MAX_WATCHERS=1 let a second watch in");
+
+    /* the client vanishes */
+    kill(curl, SIGSTOP);
+    int64_t stopped = harness_now_ms();
+    bool freed = false;
+    while (!freed && harness_now_ms() - stopped < 20000) {
+        harness_sleep_ms(250);
+        freed = another_watch_fits(c, bearer);
+    }
+    int64_t took = harness_now_ms() - stopped;
+    kill(curl, SIGKILL);
+    kill(curl, SIGCONT);
+    waitpid(curl, NULL, 0);
+    cr_log_info("a watch client stopped without closing its connection: its slot was %s %lld ms later",
+                freed ? "free again" : "still taken", (long long)took);
+    cr_assert(freed, "the server kept the stream of a vanished client for %lld ms", (long long)took);
     rpc_client_destroy(c);
     assert_serving(own.address);
     cr_assert_eq(harness_process_stop(&own, SIGTERM, 15000), 0, "mypage did not exit cleanly: %s", own.log_path);
