@@ -199,6 +199,9 @@ static status_code apply_outcome(void *arg, arena *a, loan_record *record, bool 
 typedef struct user_job {
     const char *loan_id;
     loan_state state; /* the loan's state now: open states are kept, others removed */
+    /* The loan was never stored: forget it in the history too, or a retry of its request
+     * would pass for a replay (reserve_slot) and go through without a slot. */
+    bool forget;
 } user_job;
 
 static status_code apply_user(void *arg, arena *a, user_record *record, bool *changed, status *st) {
@@ -220,6 +223,16 @@ static status_code apply_user(void *arg, arena *a, user_record *record, bool *ch
         record->open_loans[kept++] = open;
     }
     record->n_open_loans = kept;
+    if (job->forget) {
+        kept = 0;
+        for (size_t i = 0; i < record->n_history; i++) {
+            if (strcmp(record->history[i], job->loan_id) == 0)
+                *changed = true;
+            else
+                record->history[kept++] = record->history[i];
+        }
+        record->n_history = kept;
+    }
     (void)a;
     (void)st;
     return STATUS_OK;
@@ -434,7 +447,7 @@ static void reconcile_user(lending_saga *saga, arena *a, const char *user_key, c
             code = sync_user(saga, a, record, &st);
         } else if (code == STATUS_NOT_FOUND) {
             LOG_WARN("dropping loan %s of a user record: it was never stored", loan_ids[i]);
-            user_job job = {.loan_id = loan_ids[i], .state = LOAN_CANCELED};
+            user_job job = {.loan_id = loan_ids[i], .state = LOAN_CANCELED, .forget = true};
             code = loan_store_update_user(saga->store, user_id, a, apply_user, &job, NULL, &st);
         }
         if (code != STATUS_OK)

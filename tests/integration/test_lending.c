@@ -10,6 +10,7 @@
 
 #include "events.h"
 #include "kv.h"
+#include "lending.h"
 #include "library/lending/v1/lending.pb-c.h"
 #include "loan_record.pb-c.h"
 #include "stack_fixture.h"
@@ -609,7 +610,8 @@ Test(lending, kill_9_of_catalog_mid_burst_loses_nothing) {
 /* A crash inside BorrowBook, after it wrote the user record and before it stored the loan,
  * leaves the record naming a loan that does not exist. The entry holds a slot until the
  * reconciler drops it, which it does only once the entry has looked so for RECONCILE_AFTER
- * (a borrow in progress looks the same for a moment). */
+ * (a borrow in progress looks the same for a moment). The client's retry of that request
+ * afterwards is a new borrow, held to the loan limit like any other. */
 Test(lending, a_slot_held_by_a_loan_never_stored_is_freed_after_the_grace) {
     const char *env[] = {"MAX_ACTIVE_LOANS=1", "RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=2s", NULL};
     test_stack s;
@@ -624,13 +626,18 @@ Test(lending, a_slot_held_by_a_loan_never_stored_is_freed_after_the_grace) {
     nats_connection_options options = {.url = s.nats.url, .client_name = "test"};
     cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
     cr_assert_eq(kv_bucket_open(connection, "loans", 1, &loans, &st), STATUS_OK, "%s", st.message);
+    char ghost_id[21];
+    lending_new_loan_id(user, "ghost-request", ghost_id);
     Library__Lending__Internal__OpenLoan ghost = LIBRARY__LENDING__INTERNAL__OPEN_LOAN__INIT;
-    ghost.loan_id = "0123456789abcdef0123";
+    ghost.loan_id = ghost_id;
     ghost.status = PENDING;
     Library__Lending__Internal__OpenLoan *open[] = {&ghost};
+    char *history[] = {ghost_id};
     Library__Lending__Internal__UserRecord record = LIBRARY__LENDING__INTERNAL__USER_RECORD__INIT;
     record.n_open_loans = 1;
     record.open_loans = open;
+    record.n_history = 1;
+    record.history = history;
     uint8_t packed[256];
     size_t size = library__lending__internal__user_record__pack(&record, packed);
     const char *key = arena_sprintf(mem, "user.%s", text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
@@ -654,6 +661,12 @@ Test(lending, a_slot_held_by_a_loan_never_stored_is_freed_after_the_grace) {
     cr_assert_eq(loan->status, ACTIVE);
     cr_assert_geq(freed_after, 1800, "the entry was dropped after %lld ms, inside the grace", (long long)freed_after);
     cr_log_info("the slot was freed %lld ms after the crash", (long long)freed_after);
+
+    /* the client retries the request that died: the user holds the one slot now */
+    code = borrow_on(s.lending_client, bearer, book->book_id, "ghost-request", &loan, &st);
+    cr_assert_eq(code, STATUS_FAILED_PRECONDITION, "the retry got %s (%s)%s", status_code_name(code), st.message,
+                 code == STATUS_OK ? ": a loan beyond MAX_ACTIVE_LOANS" : "");
+    cr_assert_str_eq(st.reason, "LOAN_LIMIT");
     test_stack_stop(&s);
 }
 
