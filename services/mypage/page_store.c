@@ -253,22 +253,34 @@ static void release(page_store *store, redisContext *c, bool broken) {
     report_health(store, !broken);
 }
 
-/* Error replies of a Redis that is up but cannot serve yet: loading its AOF after a restart
- * (LOADING), running a slow script (BUSY), a replica without its primary (MASTERDOWN), or a
- * retry hint (TRYAGAIN). They pass by themselves, so they are UNAVAILABLE, not INTERNAL: the
- * projection's consumer retries an UNAVAILABLE event but terminates an INTERNAL one, and the
- * fault test saw a restarted Redis answer LOADING for a moment and lose those events. */
-static bool transient_error(const char *text) {
-    static const char *const prefixes[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"};
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+static bool starts_with_any(const char *text, const char *const *prefixes, size_t count) {
+    for (size_t i = 0; i < count; i++)
         if (strncmp(text, prefixes[i], strlen(prefixes[i])) == 0)
             return true;
     return false;
 }
 
+/* Error replies of a Redis that is up but cannot serve yet: loading its AOF after a restart
+ * (LOADING), running a slow script (BUSY), a replica without its primary (MASTERDOWN), or a
+ * retry hint (TRYAGAIN). */
+static bool cannot_serve(const char *text) {
+    static const char *const prefixes[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"};
+    return starts_with_any(text, prefixes, sizeof prefixes / sizeof prefixes[0]);
+}
+
+/* Error replies of a Redis that serves reads but refuses writes for now: maxmemory reached
+ * with noeviction (OOM), the AOF or snapshot cannot be written (MISCONF), a replica after a
+ * failover (READONLY), too few replicas (NOREPLICAS). */
+static bool cannot_write(const char *text) {
+    static const char *const prefixes[] = {"OOM", "MISCONF", "READONLY", "NOREPLICAS"};
+    return starts_with_any(text, prefixes, sizeof prefixes / sizeof prefixes[0]);
+}
+
 /* Runs one command; on success *reply is the caller's (freeReplyObject). A Redis error reply
- * becomes INTERNAL, UNAVAILABLE when it passes by itself, or ABORTED when it starts with
- * TAKEN_OVER. */
+ * becomes ABORTED when it starts with TAKEN_OVER, UNAVAILABLE when it passes without us
+ * (cannot_serve, cannot_write), INTERNAL otherwise. The difference matters: the projection's
+ * consumer retries an UNAVAILABLE event but terminates an INTERNAL one, so an event met by
+ * a Redis that is loading its AOF, or full, would otherwise be lost to the page for good. */
 static status_code command(page_store *store, int argc, const char **argv, redisReply **reply,
                            status *st) {
     size_t lengths[MAX_ARGS];
@@ -292,9 +304,12 @@ static status_code command(page_store *store, int argc, const char **argv, redis
     if ((*reply)->type == REDIS_REPLY_ERROR) {
         if (strncmp((*reply)->str, "TAKEN_OVER", 10) == 0) {
             status_set(st, STATUS_ABORTED, "REBUILD_TAKEN_OVER", "%s", (*reply)->str + 11);
-        } else if (transient_error((*reply)->str)) {
+        } else if (cannot_serve((*reply)->str)) {
             status_set(st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis: %.200s", (*reply)->str);
             report_health(store, false); /* up but not serving: NOT_SERVING until a command works */
+        } else if (cannot_write((*reply)->str)) {
+            /* reads still work, so health stays as it is */
+            status_set(st, STATUS_UNAVAILABLE, "REDIS_READ_ONLY", "Redis: %.200s", (*reply)->str);
         } else {
             status_set(st, STATUS_INTERNAL, "REDIS_ERROR", "Redis: %.200s", (*reply)->str);
         }
@@ -430,7 +445,7 @@ static void load_replied(void *arg, redisReply *reply, const char *error) {
             if (load_send(job))
                 return;
             code = status_set(&st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis is unavailable");
-        } else if (transient_error(reply->str)) {
+        } else if (cannot_serve(reply->str) || cannot_write(reply->str)) {
             code = status_set(&st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis: %.200s", reply->str);
         } else {
             code = status_set(&st, STATUS_INTERNAL, "REDIS_ERROR", "Redis: %.200s", reply->str);

@@ -684,6 +684,38 @@ Test(mypage, redis_down_gives_unavailable_fast_and_loses_no_event) {
     test_stack_stop(&s);
 }
 
+/* A Redis that is full (maxmemory with noeviction) refuses the projection's writes with OOM
+ * but still serves reads. Those events wait instead of being dropped: once Redis has room
+ * again every page catches up. */
+Test(mypage, a_full_redis_loses_no_event_and_pages_stay_readable) {
+    test_stack s;
+    test_stack_start(&s, "redis-full", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    enum { USERS = 6 };
+    const char **users = make_users(USERS, "full");
+    const char **books = make_books(t, 2, 3);
+    run_mix(t, users, USERS, books, 2, 2, 10);
+    expect_pages_match(t, users, USERS, 10000);
+
+    redis_command(&s.redis, "CONFIG SET maxmemory 1");
+    int operations = run_mix(t, users, USERS, books, 2, 2, 15);
+    cr_assert_gt(operations, 0);
+    harness_sleep_ms(1500); /* the projection meets the full Redis */
+    Mypage *page = NULL;
+    status st;
+    status_code code = get_page(t, harness_bearer(mem, s.dir, users[0], false), NULL, &page, &st);
+    cr_assert_eq(code, STATUS_OK, "a full Redis still serves reads: %s %s", status_code_name(code), st.message);
+    const char *stale = NULL;
+    for (int u = 0; u < USERS && stale == NULL; u++)
+        stale = mismatch(t, users[u]);
+    cr_assert_not_null(stale, "every page is up to date although Redis refused every write");
+    cr_log_info("with Redis full after %d operations: %s", operations, stale);
+
+    redis_command(&s.redis, "CONFIG SET maxmemory 0");
+    expect_pages_match(t, users, USERS, 15000);
+    test_stack_stop(&s);
+}
+
 typedef struct paused_read {
     rpc_client *client;
     const char *bearer;
