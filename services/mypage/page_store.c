@@ -96,10 +96,12 @@ static const char switch_source[] =
     "redis.call('DEL', KEYS[2])\n"
     "return old\n";
 
-/* KEYS: building. ARGV: the abandoned generation. */
+/* KEYS: building, generation. ARGV: the abandoned generation. 1 when its pages may go; 0
+ * when it is in use after all (a switch that went through but whose reply was lost). */
 static const char abort_source[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
-    "return 0\n";
+    "if (redis.call('GET', KEYS[2]) or '0') == ARGV[1] then return 0 end\n"
+    "return 1\n";
 
 typedef struct script {
     const char *source;
@@ -532,14 +534,15 @@ static status_code delete_generation(page_store *store, const char *generation, 
             return status_set(st, STATUS_INTERNAL, "REDIS_ERROR", "Redis answered SCAN strangely");
         }
         snprintf(cursor, sizeof cursor, "%s", reply->element[0]->str);
+        /* COUNT is a hint: a SCAN may return more keys than one UNLINK takes */
         const redisReply *keys = reply->element[1];
-        if (keys->elements > 0) {
+        for (size_t next = 0; next < keys->elements && st->code == STATUS_OK;) {
             const char *unlink[CLEANUP_BATCH + 1];
             size_t n = 0;
             unlink[n++] = "UNLINK";
-            for (size_t i = 0; i < keys->elements && n <= CLEANUP_BATCH; i++)
-                if (keys->element[i]->type == REDIS_REPLY_STRING)
-                    unlink[n++] = keys->element[i]->str;
+            for (; next < keys->elements && n <= CLEANUP_BATCH; next++)
+                if (keys->element[next]->type == REDIS_REPLY_STRING)
+                    unlink[n++] = keys->element[next]->str;
             redisReply *unlinked = NULL;
             if (n > 1 && command(store, (int)n, unlink, &unlinked, st) == STATUS_OK) {
                 deleted += n - 1;
@@ -580,14 +583,21 @@ status_code page_store_rebuild_switch(page_store *store, uint64_t generation, st
 void page_store_rebuild_abort(page_store *store, uint64_t generation) {
     char text[24];
     snprintf(text, sizeof text, "%llu", (unsigned long long)generation);
-    const char *argv[] = {"1", KEY_BUILDING, text};
+    const char *argv[] = {"2", KEY_BUILDING, KEY_GENERATION, text};
     redisReply *reply = NULL;
     status st;
     status_clear(&st);
-    if (run_script(store, &store->abort, 3, argv, &reply, &st) == STATUS_OK)
-        freeReplyObject(reply);
-    else
+    if (run_script(store, &store->abort, 4, argv, &reply, &st) != STATUS_OK) {
+        /* its pages stay: garbage, never a hole in the pages in use */
         LOG_WARN("could not abandon rebuild generation %s: %s", text, st.message);
+        return;
+    }
+    bool in_use = reply->type == REDIS_REPLY_INTEGER && reply->integer == 0;
+    freeReplyObject(reply);
+    if (in_use) {
+        LOG_WARN("rebuild generation %s is in use after all: its switch went through", text);
+        return;
+    }
     status_clear(&st);
     if (delete_generation(store, text, &st) != STATUS_OK)
         LOG_WARN("could not delete the pages of generation %s: %s", text, st.message);

@@ -49,8 +49,9 @@ bool page_store_load_async(page_store *store, arena *a, const char *user_id, pag
 /* Rebuild, in three steps: begin reserves a fresh generation that page_store_apply also
  * writes to from then on; the caller replays the event stream into it with
  * page_store_apply_to; switch makes it the generation in use and deletes the old pages.
- * A rebuild that fails calls abort. A newer begin takes over from an unfinished rebuild:
- * the older one's switch then fails with ABORTED. */
+ * A rebuild that fails calls abort, which deletes the pages of its generation unless that
+ * is in use after all (a switch that went through though its reply was lost). A newer begin
+ * takes over from an unfinished rebuild: the older one's switch then fails with ABORTED. */
 status_code page_store_rebuild_begin(page_store *store, uint64_t *generation, status *st);
 status_code page_store_apply_to(page_store *store, uint64_t generation, const loan_change *change,
                                 uint64_t sequence, status *st);

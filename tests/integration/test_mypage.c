@@ -14,6 +14,7 @@
 #include "library/lending/v1/lending.pb-c.h"
 #include "library/mypage/v1/mypage.pb-c.h"
 #include "nats_connection.h"
+#include "page_store.h"
 #include "stack_fixture.h"
 #include "text.h"
 
@@ -652,6 +653,49 @@ Test(mypage, flushall_then_rebuild_gives_the_same_pages_and_reads_never_stop) {
     freeReplyObject(reply);
     redisFree(c);
     cr_log_info("rebuild under %d reads: 0 failed, 0 different", r.reads);
+    test_stack_stop(&s);
+}
+
+/* The generation in use as Redis holds it ("0" before the first rebuild). */
+static uint64_t generation_in_use(const harness_process *redis) {
+    redisContext *c = redisConnect("127.0.0.1", redis->port);
+    cr_assert(c != NULL && c->err == 0, "cannot reach redis");
+    redisReply *reply = redisCommand(c, "GET mypage:generation");
+    cr_assert_not_null(reply);
+    uint64_t generation = reply->type == REDIS_REPLY_STRING ? strtoull(reply->str, NULL, 10) : 0;
+    freeReplyObject(reply);
+    redisFree(c);
+    return generation;
+}
+
+/* A rebuild whose switch went through but whose reply was lost takes itself for failed and
+ * abandons its generation, which is the one in use by then: that must delete no page. */
+Test(mypage, abandoning_the_generation_in_use_deletes_no_page) {
+    test_stack s;
+    test_stack_start(&s, "abandon", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    enum { USERS = 4 };
+    const char **users = make_users(USERS, "abandon");
+    const char **books = make_books(t, 2, 2);
+    run_mix(t, users, USERS, books, 2, 2, 12);
+    expect_pages_match(t, users, USERS, 10000);
+    size_t sizes[USERS];
+    uint8_t **before = snapshot(t, users, USERS, sizes);
+
+    page_store *store = NULL;
+    status st;
+    cr_assert_eq(page_store_open(s.redis.url, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
+    for (int round = 0; round < 2; round++) {
+        uint64_t generation = generation_in_use(&s.redis);
+        page_store_rebuild_abort(store, generation);
+        expect_same_pages(t, users, USERS, before, sizes);
+        cr_log_info("abandoning generation %llu, the one in use, left every page",
+                    (unsigned long long)generation);
+        if (round == 0)
+            cr_assert_eq(rebuild(&s), 0, "mypage --rebuild failed; log in %s", s.dir);
+    }
+    cr_assert_gt(generation_in_use(&s.redis), 0, "the rebuild did not switch generations");
+    page_store_close(store);
     test_stack_stop(&s);
 }
 
