@@ -956,13 +956,20 @@ static void shed(rpc_context *call) {
     call_reply(call, STATUS_RESOURCE_EXHAUSTED, &st, NULL, call->server->options.retry_pushback_ms);
 }
 
+/* Out of memory before a call could be set up: refuse it and let go of what the core gave
+ * for it, so the client is answered and nothing leaks. */
+static void refuse_uncreated(call_request *request) {
+    grpc_call_cancel_with_status(request->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL);
+    grpc_call_unref(request->call);
+    grpc_metadata_array_destroy(&request->metadata);
+    if (request->payload != NULL)
+        grpc_byte_buffer_destroy(request->payload);
+}
+
 static void reply_unimplemented(call_request *request) {
     rpc_context *call = call_create(request);
     if (call == NULL) {
-        grpc_call_cancel_with_status(request->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory",
-                                     NULL);
-        grpc_call_unref(request->call);
-        grpc_metadata_array_destroy(&request->metadata);
+        refuse_uncreated(request);
         return;
     }
     size_t length = GRPC_SLICE_LENGTH(request->details.method);
@@ -990,6 +997,8 @@ static void on_call_requested(void *self, bool ok) {
         return;
     }
     rpc_context *call = call_create(request);
+    if (call == NULL)
+        refuse_uncreated(request);
     request_post(request); /* hand the slot back to the core before any work */
     if (call == NULL)
         return;
@@ -1155,11 +1164,19 @@ status_code rpc_server_add_service(rpc_server *server, const rpc_service *servic
         server->method_count + service->method_count > MAX_METHODS)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "TOO_MANY_METHODS",
                           "at most %d services and %d methods", MAX_SERVICES, MAX_METHODS);
-    for (size_t i = 0; i < service->method_count; i++) {
+    for (size_t i = 0; i < service->method_count; i++) { /* all checked before any is added */
         const rpc_method *method = &service->methods[i];
         if (method->access != RPC_ACCESS_PUBLIC && server->options.verifier == NULL)
             return status_set(st, STATUS_INVALID_ARGUMENT, "NO_VERIFIER",
                               "%s/%s needs a token verifier", service->name, method->name);
+        /* The bidirectional path (reflection) checks no token, deadline or in-flight limit. */
+        if (method->access != RPC_ACCESS_PUBLIC && method->kind == RPC_KIND_BIDI_STREAMING)
+            return status_set(st, STATUS_INVALID_ARGUMENT, "BIDI_NOT_PUBLIC",
+                              "%s/%s: bidirectional methods can only be public", service->name,
+                              method->name);
+    }
+    for (size_t i = 0; i < service->method_count; i++) {
+        const rpc_method *method = &service->methods[i];
         registered_method *entry = &server->methods[server->method_count++];
         entry->server = server;
         entry->service = service;
@@ -1180,6 +1197,39 @@ status_code rpc_server_add_service(rpc_server *server, const rpc_service *servic
     }
     server->services[server->service_count++] = service;
     return STATUS_OK;
+}
+
+/* Starts the poller and worker threads before any call can arrive. False when the system
+ * refuses one (a pids limit, RLIMIT_NPROC): the ones started are stopped again and the
+ * completion queues are gone, so the caller only has to report it. */
+static bool threads_start(rpc_server *server) {
+    rpc_server_options *o = &server->options;
+    while (server->poller_count < o->poller_threads &&
+           pthread_create(&server->pollers[server->poller_count].thread, NULL, poller_main,
+                          &server->pollers[server->poller_count]) == 0)
+        server->poller_count++;
+    while (server->poller_count == o->poller_threads && server->worker_count < o->worker_threads &&
+           pthread_create(&server->workers[server->worker_count], NULL, worker_main, server) == 0)
+        server->worker_count++;
+    if (server->poller_count == o->poller_threads && server->worker_count == o->worker_threads)
+        return true;
+    pthread_mutex_lock(&server->jobs_lock);
+    server->workers_stopping = true;
+    pthread_cond_broadcast(&server->jobs_ready);
+    pthread_mutex_unlock(&server->jobs_lock);
+    for (int i = 0; i < server->worker_count; i++)
+        pthread_join(server->workers[i], NULL);
+    for (int i = 0; i < o->poller_threads; i++)
+        grpc_completion_queue_shutdown(server->pollers[i].cq);
+    for (int i = 0; i < server->poller_count; i++)
+        pthread_join(server->pollers[i].thread, NULL);
+    for (int i = 0; i < o->poller_threads; i++) {
+        grpc_completion_queue_destroy(server->pollers[i].cq);
+        server->pollers[i].cq = NULL;
+    }
+    server->poller_count = 0;
+    server->worker_count = 0;
+    return false;
 }
 
 status_code rpc_server_start(rpc_server *server, status *st) {
@@ -1205,6 +1255,10 @@ status_code rpc_server_start(rpc_server *server, status *st) {
         return status_set(st, STATUS_UNAVAILABLE, "BIND_FAILED", "cannot listen on %s",
                           o->listen_address);
     }
+    if (!threads_start(server))
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "THREADS_REFUSED",
+                          "the system refused to start %d poller and %d worker threads",
+                          o->poller_threads, o->worker_threads);
     grpc_server_start(server->core);
     server->started = true;
     for (int i = 0; i < o->poller_threads; i++) {
@@ -1214,12 +1268,7 @@ status_code rpc_server_start(rpc_server *server, status *st) {
                 request_new(server, &server->methods[m], cq);
         for (int k = 0; k < REQUESTS_PER_METHOD; k++)
             request_new(server, NULL, cq);
-        pthread_create(&server->pollers[i].thread, NULL, poller_main, &server->pollers[i]);
     }
-    for (int i = 0; i < o->worker_threads; i++)
-        pthread_create(&server->workers[i], NULL, worker_main, server);
-    server->worker_count = o->worker_threads;
-    server->poller_count = o->poller_threads;
     server->summary_running = pthread_create(&server->summary_thread, NULL, summary_main, server) == 0;
     health_set(server->health, "", true);
     for (size_t i = 0; i < server->service_count; i++)

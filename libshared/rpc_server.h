@@ -42,7 +42,8 @@ typedef enum rpc_kind {
     RPC_KIND_UNARY,
     RPC_KIND_SERVER_STREAMING,
     /* Each client message calls the handler on a poller thread; the handler must not block.
-     * The framework ends the call with OK when the client half-closes. */
+     * The framework ends the call with OK when the client half-closes. Public methods only
+     * (reflection): no token, deadline or in-flight check runs on this path. */
     RPC_KIND_BIDI_STREAMING,
 } rpc_kind;
 

@@ -375,3 +375,26 @@ Test(authz, every_method_times_every_caller_gets_exactly_the_expected_status) {
     cr_assert_eq(missing, 0, "%d methods have no row or no table entry", missing);
     cr_assert_eq(wrong, 0, "%d of %d calls got an unexpected status (marked ! above)", wrong, cells);
 }
+
+/* The bidirectional path checks no token, so the framework refuses a table that would put a
+ * USER or ADMIN method there, and adds none of that service's methods. */
+Test(authz, a_bidirectional_method_that_needs_a_token_is_refused_when_added) {
+    method_table table;
+    method_table_load(&table);
+    const rpc_method methods[] = {
+        RPC_UNARY("Fine", library__catalog__v1__get_book_request, library__catalog__v1__book, NULL,
+                  RPC_ACCESS_USER),
+        {.name = "Chat", .kind = RPC_KIND_BIDI_STREAMING,
+         .request_type = &library__catalog__v1__get_book_request__descriptor,
+         .response_type = &library__catalog__v1__book__descriptor, .access = RPC_ACCESS_USER},
+    };
+    const rpc_service chat = {.name = "test.Chat", .methods = methods, .method_count = 2};
+    status st;
+    status_clear(&st);
+    cr_assert_eq(rpc_server_add_service(table.server, &chat, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(st.reason, "BIDI_NOT_PUBLIC");
+    cr_assert_not_null(strstr(st.message, "test.Chat/Chat"), "%s", st.message);
+    rpc_method_entry entries[64];
+    cr_assert_eq(rpc_server_methods(table.server, entries, 64), table.count, "a method was added");
+    method_table_free(&table);
+}
