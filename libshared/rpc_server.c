@@ -163,6 +163,12 @@ struct rpc_server {
     bool started, shutting_down, shutdown_done;
     cq_tag shutdown_tag;
     atomic_bool draining;
+    /* Deferred answers come from threads of their own (rpc_context_answer). They start their
+     * batch under the read lock; shutdown closes the queues under the write lock, after which
+     * an answer is dropped instead of starting a batch on a closed queue (an abort in the
+     * core). */
+    pthread_rwlock_t queues_lock;
+    bool queues_closed;
 
     method_metrics unknown_metrics;
     /* the access summary: totals since start, and a thread that logs them every minute */
@@ -567,6 +573,14 @@ static bool call_run_unary(rpc_context *call, const ProtobufCMessage *request) {
 
 void rpc_context_answer(rpc_context *ctx, status_code code, const status *st,
                         const ProtobufCMessage *response) {
+    rpc_server *server = ctx->server;
+    pthread_rwlock_rdlock(&server->queues_lock);
+    if (server->queues_closed) {
+        /* answered after the drain cancelled the call: nobody is listening any more */
+        pthread_rwlock_unlock(&server->queues_lock);
+        call_release(ctx); /* the reference the reply would have dropped */
+        return;
+    }
     status copy;
     status_clear(&copy);
     if (st != NULL)
@@ -574,6 +588,7 @@ void rpc_context_answer(rpc_context *ctx, status_code code, const status *st,
     log_set_trace_id(ctx->trace_id);
     call_answer(ctx, code, &copy, response);
     log_set_trace_id(NULL);
+    pthread_rwlock_unlock(&server->queues_lock);
 }
 
 static void stream_begin(rpc_context *call);
@@ -1111,6 +1126,7 @@ status_code rpc_server_create(const rpc_server_options *options, rpc_server **ou
     pthread_cond_init(&server->jobs_ready, NULL);
     pthread_mutex_init(&server->streams_lock, NULL);
     pthread_mutex_init(&server->shutdown_lock, NULL);
+    pthread_rwlock_init(&server->queues_lock, NULL);
     pthread_cond_init(&server->shutdown_done_cond, NULL);
     pthread_cond_init(&server->summary_wake, NULL);
     atomic_init(&server->in_flight, 0);
@@ -1344,6 +1360,9 @@ void rpc_server_shutdown(rpc_server *server) {
     pthread_mutex_unlock(&server->jobs_lock);
     for (int i = 0; i < server->worker_count; i++)
         pthread_join(server->workers[i], NULL);
+    pthread_rwlock_wrlock(&server->queues_lock);
+    server->queues_closed = true;
+    pthread_rwlock_unlock(&server->queues_lock);
     for (int i = 0; i < server->poller_count; i++)
         grpc_completion_queue_shutdown(server->pollers[i].cq);
     for (int i = 0; i < server->poller_count; i++)
@@ -1370,6 +1389,7 @@ void rpc_server_destroy(rpc_server *server) {
     pthread_cond_destroy(&server->jobs_ready);
     pthread_mutex_destroy(&server->streams_lock);
     pthread_mutex_destroy(&server->shutdown_lock);
+    pthread_rwlock_destroy(&server->queues_lock);
     pthread_cond_destroy(&server->shutdown_done_cond);
     pthread_cond_destroy(&server->summary_wake);
     free(server);

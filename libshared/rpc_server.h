@@ -163,7 +163,9 @@ const char *rpc_context_authorization(const rpc_context *ctx);
 /* false while a nonblocking handler runs on a poller thread: it must not block then. */
 bool rpc_context_may_block(const rpc_context *ctx);
 /* Answers a call whose handler returned RPC_DEFERRED, as the handler's return would have:
- * response (in the context's arena) with STATUS_OK, or the error in st. Any thread. */
+ * response (in the context's arena) with STATUS_OK, or the error in st. Any thread, also
+ * after rpc_server_shutdown (the answer is then dropped: the drain cancelled the call), but
+ * not after rpc_server_destroy. */
 void rpc_context_answer(rpc_context *ctx, status_code code, const status *st,
                         const ProtobufCMessage *response);
 /* Milliseconds left before the call's deadline (INT64_MAX when it has none), never < 0. */

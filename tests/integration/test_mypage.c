@@ -821,6 +821,45 @@ Test(mypage, a_redis_that_stops_answering_gives_unavailable_in_time) {
     test_stack_stop(&s);
 }
 
+/* SIGTERM while reads wait on a Redis that stopped answering, with REDIS_TIMEOUT longer than
+ * DRAIN_GRACE: the drain cancels them, and their answers, which come once the service stops
+ * its Redis connections, must find the server's queues closed and drop out. (Before, they
+ * started a batch on a closed queue: "assertion failed: grpc_cq_begin_op" and exit 134,
+ * whenever the core reported the drain done before the answers came.) */
+Test(mypage, reads_still_waiting_on_redis_at_shutdown_end_cleanly) {
+    const char *env[] = {"EVENT_ACK_WAIT=2s", "REDIS_TIMEOUT=5s", "DRAIN_GRACE=300ms", NULL};
+    test_stack s;
+    test_stack_start(&s, "stop-waiting", lending_env, true, env);
+    target t = stack_target(&s);
+    const char *bearer = harness_bearer(mem, s.dir, unique("waiting"), false);
+    Mypage *page = NULL;
+    status st;
+    for (int i = 0; i < 20; i++) /* the shared connection is up after the first calls */
+        cr_assert_eq(get_page(t, bearer, NULL, &page, &st), STATUS_OK, "%s", st.message);
+
+    enum { READERS = 8 };
+    paused_read reads[READERS];
+    pthread_t threads[READERS];
+    kill(s.redis.pid, SIGSTOP);
+    for (int i = 0; i < READERS; i++) {
+        reads[i] = (paused_read){.client = t.mypage, .bearer = bearer};
+        pthread_create(&threads[i], NULL, read_while_paused, &reads[i]);
+    }
+    harness_sleep_ms(500);
+    int64_t started = harness_now_ms();
+    int exit_code = harness_process_stop(&s.mypage, SIGTERM, 20000);
+    int64_t took = harness_now_ms() - started;
+    kill(s.redis.pid, SIGCONT);
+    for (int i = 0; i < READERS; i++) {
+        pthread_join(threads[i], NULL);
+        cr_assert_neq(reads[i].code, STATUS_OK, "read %d was answered although Redis was stopped", i);
+    }
+    cr_log_info("mypage stopped in %lld ms with %d reads waiting on Redis: exit %d, reads ended %s",
+                (long long)took, READERS, exit_code, status_code_name(reads[0].code));
+    cr_assert_eq(exit_code, 0, "mypage exited with %d; log: %s", exit_code, s.mypage.log_path);
+    test_stack_stop(&s);
+}
+
 Test(mypage, overdue_loans_are_counted) {
     const char *env[] = {"LOAN_PERIOD=2s", "RECONCILE_INTERVAL=500ms", NULL};
     test_stack s;
