@@ -28,6 +28,12 @@ struct nats_connection {
     bool closed;
     atomic_uint_fast64_t reconnects;
     retired *retired; /* newest first, under lock */
+    /* told after each reconnect, on NATS.c's callback thread; under listeners_lock */
+    pthread_mutex_t listeners_lock;
+    struct {
+        nats_reconnected callback;
+        void *closure;
+    } listeners[NATS_RECONNECT_LISTENERS];
 };
 
 /* --- retired subscriptions and watchers ----------------------------------------------------- */
@@ -98,6 +104,7 @@ static void on_closed(natsConnection *nc, void *closure) {
 
 static void connection_free(nats_connection *c) {
     pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->listeners_lock);
     pthread_cond_destroy(&c->closed_cond);
     free(c);
 }
@@ -117,6 +124,35 @@ static void on_reconnected(natsConnection *nc, void *closure) {
     LOG_INFO("reconnected to NATS");
     if (c->health)
         health_set_dependency(c->health, "nats", true);
+    pthread_mutex_lock(&c->listeners_lock);
+    for (int i = 0; i < NATS_RECONNECT_LISTENERS; i++)
+        if (c->listeners[i].callback != NULL)
+            c->listeners[i].callback(c->listeners[i].closure);
+    pthread_mutex_unlock(&c->listeners_lock);
+}
+
+bool nats_connection_listen_reconnects(nats_connection *c, nats_reconnected callback, void *closure) {
+    bool added = false;
+    pthread_mutex_lock(&c->listeners_lock);
+    for (int i = 0; i < NATS_RECONNECT_LISTENERS && !added; i++) {
+        if (c->listeners[i].callback == NULL) {
+            c->listeners[i].callback = callback;
+            c->listeners[i].closure = closure;
+            added = true;
+        }
+    }
+    pthread_mutex_unlock(&c->listeners_lock);
+    return added;
+}
+
+void nats_connection_unlisten_reconnects(nats_connection *c, nats_reconnected callback, void *closure) {
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&c->listeners_lock);
+    for (int i = 0; i < NATS_RECONNECT_LISTENERS; i++)
+        if (c->listeners[i].callback == callback && c->listeners[i].closure == closure)
+            c->listeners[i].callback = NULL;
+    pthread_mutex_unlock(&c->listeners_lock);
 }
 
 status_code nats_status_to_status(natsStatus s, const char *what, status *st) {
@@ -172,6 +208,7 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
     c->health = options->health;
     atomic_init(&c->reconnects, 0);
     pthread_mutex_init(&c->lock, NULL);
+    pthread_mutex_init(&c->listeners_lock, NULL);
     pthread_cond_init(&c->closed_cond, NULL);
     natsOptions *opts = NULL;
     natsStatus s = natsOptions_Create(&opts);

@@ -32,6 +32,18 @@ bool nats_connection_is_up(nats_connection *connection);
  * what happened in between. */
 uint64_t nats_connection_reconnects(nats_connection *connection);
 
+/* Core NATS subscriptions come back after a reconnect, but what was published meanwhile is
+ * gone for them. A listener hears of each reconnect (on NATS.c's callback thread, once the
+ * subscriptions are back) and can make up for it; it must not block. Up to
+ * NATS_RECONNECT_LISTENERS per connection; false when that many are listening already.
+ * Unlisten before freeing the closure: it waits for a callback that is running. */
+enum { NATS_RECONNECT_LISTENERS = 4 };
+typedef void (*nats_reconnected)(void *closure);
+bool nats_connection_listen_reconnects(nats_connection *connection, nats_reconnected callback,
+                                       void *closure);
+void nats_connection_unlisten_reconnects(nats_connection *connection, nats_reconnected callback,
+                                         void *closure);
+
 /* Subscriptions and KV watchers are never destroyed while the connection runs: NATS.c 3.4
  * (Debian 12) can crash its read loop on a message for a subscription destroyed at that very
  * moment (nats.c issue #637, fixed in 3.10). Retiring one takes it out of use at once; it is

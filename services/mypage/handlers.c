@@ -1,6 +1,7 @@
 /* handlers.c - the MypageService methods. */
 #include "handlers.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -219,22 +220,47 @@ const rpc_service mypage_rpc_service = {
     .method_count = sizeof mypage_methods / sizeof mypage_methods[0],
 };
 
+/* NATS came back: changes announced while it was away may have been missed, so every
+ * watcher gets its page again (an empty message means everyone), from the subscription's
+ * thread like any change. */
+static void on_nats_reconnected(void *closure) {
+    mypage_handlers *h = closure;
+    natsStatus s = natsConnection_Publish(nats_connection_core(h->connection), h->resend_subject, "", 0);
+    if (s != NATS_OK)
+        LOG_WARN("could not refresh the watchers after a NATS reconnect: %s", natsStatus_GetText(s));
+}
+
 status_code mypage_handlers_init(mypage_handlers *h, nats_connection *connection, status *st) {
     pthread_mutex_init(&h->lock, NULL);
     h->service = mypage_rpc_service;
     h->service.state = h;
     h->connection = connection;
-    natsStatus s = natsConnection_Subscribe(&h->changes, nats_connection_core(connection),
-                                            MYPAGE_CHANGED_SUBJECT, on_page_changed, h);
+    natsConnection *core = nats_connection_core(connection);
+    natsInbox *inbox = NULL;
+    natsStatus s = natsConnection_Subscribe(&h->changes, core, MYPAGE_CHANGED_SUBJECT, on_page_changed, h);
+    if (s == NATS_OK)
+        s = natsInbox_Create(&inbox);
+    if (s == NATS_OK) {
+        snprintf(h->resend_subject, sizeof h->resend_subject, "%s", inbox);
+        natsInbox_Destroy(inbox);
+        s = natsConnection_Subscribe(&h->resends, core, h->resend_subject, on_page_changed, h);
+    }
     if (s != NATS_OK) {
+        nats_subscription_close(connection, h->changes);
+        h->changes = NULL;
         pthread_mutex_destroy(&h->lock);
         return nats_status_to_status(s, "subscribing to mypage changes", st);
     }
+    if (!nats_connection_listen_reconnects(connection, on_nats_reconnected, h))
+        LOG_WARN("too many reconnect listeners: watchers are not refreshed after a NATS reconnect");
     return STATUS_OK;
 }
 
 void mypage_handlers_destroy(mypage_handlers *h) {
+    nats_connection_unlisten_reconnects(h->connection, on_nats_reconnected, h);
     nats_subscription_close(h->connection, h->changes);
+    nats_subscription_close(h->connection, h->resends);
     h->changes = NULL;
+    h->resends = NULL;
     pthread_mutex_destroy(&h->lock);
 }

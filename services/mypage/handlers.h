@@ -22,6 +22,10 @@ typedef struct mypage_handlers {
     page_watcher *watchers;
     int watcher_count;
     natsSubscription *changes;
+    /* This replica's own subject for "send every watcher its page again": after a NATS
+     * reconnect, the changes announced meanwhile were never heard here. */
+    natsSubscription *resends;
+    char resend_subject[64];
 } mypage_handlers;
 
 /* Sets up the service (state = handlers) and subscribes to page changes; store and

@@ -19,8 +19,9 @@ struct projection {
 };
 
 static void announce(nats_connection *connection, const char *user_id) {
-    /* Best effort: watchers also get the page when they reconnect, and a lost announcement
-     * only delays a WatchMypage update, never the projection itself. */
+    /* Best effort: a replica that was away from NATS sends its watchers their pages again
+     * when it is back (handlers.c), and a lost announcement only delays a WatchMypage update,
+     * never the projection itself. */
     natsStatus s = natsConnection_Publish(nats_connection_core(connection), MYPAGE_CHANGED_SUBJECT,
                                           user_id, (int)strlen(user_id));
     if (s != NATS_OK)

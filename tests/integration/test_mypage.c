@@ -9,12 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "events.h"
 #include "library/lending/v1/lending.pb-c.h"
 #include "library/mypage/v1/mypage.pb-c.h"
 #include "nats_connection.h"
 #include "page_store.h"
+#include "proxy.h"
 #include "stack_fixture.h"
 #include "text.h"
 
@@ -757,6 +759,63 @@ Test(mypage, a_full_redis_loses_no_event_and_pages_stay_readable) {
 
     redis_command(&s.redis, "CONFIG SET maxmemory 0");
     expect_pages_match(t, users, USERS, 15000);
+    test_stack_stop(&s);
+}
+
+/* A replica cut off from NATS misses the changes other replicas announce meanwhile (core NATS
+ * keeps nothing for an absent subscriber); once it is back, it sends each of its watchers the
+ * page again. The cut is a proxy between that replica and nats-server. */
+Test(mypage, a_watch_on_a_replica_cut_off_from_nats_catches_up_when_it_is_back) {
+    test_stack s;
+    test_stack_start(&s, "partition", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    const char **books = make_books(t, 1, 2);
+    test_proxy *proxy = test_proxy_start(s.nats.port);
+    cr_assert_not_null(proxy);
+    const char *dir = arena_sprintf(mem, "%s/replica", s.dir);
+    mkdir(dir, 0755);
+    cr_assert(harness_keys_create(dir));
+    const char *nats_url = arena_sprintf(mem, "nats://127.0.0.1:%d", test_proxy_port(proxy));
+    harness_process replica;
+    cr_assert(fixture_start_mypage(dir, nats_url, s.redis.url, mypage_env, &replica),
+              "the second mypage did not start: %s", replica.log_path);
+    target second = {.dir = dir};
+    cr_assert_eq(rpc_client_create(replica.address, 10000, &second.mypage, NULL), STATUS_OK);
+
+    const char *user = unique("partition");
+    status st;
+    rpc_client_stream *stream = watch(second, harness_bearer(mem, dir, user, false), NULL, 60000, &st);
+    Mypage *page = NULL;
+    cr_assert_eq(next_page(stream, 5000, &page, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(page->n_loans, 0);
+
+    test_proxy_cut(proxy, true);
+    harness_sleep_ms(300);
+    Loan *loan = NULL;
+    cr_assert_eq(borrow_as(t, mem, user, books[0], &loan, &st), STATUS_OK, "%s", st.message);
+    int64_t until = harness_now_ms() + 10000;
+    while (page_of(t, user)->n_loans == 0 && harness_now_ms() < until)
+        harness_sleep_ms(100);
+    cr_assert_eq(page_of(t, user)->n_loans, 1, "the first replica did not project the borrow");
+    harness_sleep_ms(500); /* its announcement has come and gone */
+
+    test_proxy_cut(proxy, false);
+    int64_t restored = harness_now_ms();
+    bool caught_up = false;
+    while (!caught_up && harness_now_ms() - restored < 8000) {
+        status_code code = next_page(stream, 8000 - (harness_now_ms() - restored), &page, &st);
+        if (code != STATUS_OK || page == NULL)
+            break;
+        caught_up = page->n_loans == 1;
+    }
+    int64_t took = harness_now_ms() - restored;
+    cr_log_info("a watcher on a replica cut off from NATS during a borrow: %s %lld ms after the cut ended",
+                caught_up ? "had the new page" : "still had the old page", (long long)took);
+    cr_assert(caught_up, "the watcher never got the page with the loan");
+    rpc_client_stream_close(stream);
+    rpc_client_destroy(second.mypage);
+    cr_assert_eq(harness_process_stop(&replica, SIGTERM, 15000), 0, "log: %s", replica.log_path);
+    test_proxy_stop(proxy);
     test_stack_stop(&s);
 }
 
