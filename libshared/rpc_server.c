@@ -1215,6 +1215,26 @@ status_code rpc_server_add_service(rpc_server *server, const rpc_service *servic
     return STATUS_OK;
 }
 
+/* Stops the workers once the jobs queued are done, closes every completion queue (deferred
+ * answers drop out from here on) and waits for the pollers to drain them. */
+static void threads_stop(rpc_server *server) {
+    pthread_mutex_lock(&server->jobs_lock);
+    server->workers_stopping = true;
+    pthread_cond_broadcast(&server->jobs_ready);
+    pthread_mutex_unlock(&server->jobs_lock);
+    for (int i = 0; i < server->worker_count; i++)
+        pthread_join(server->workers[i], NULL);
+    pthread_rwlock_wrlock(&server->queues_lock);
+    server->queues_closed = true;
+    pthread_rwlock_unlock(&server->queues_lock);
+    for (int i = 0; i < server->options.poller_threads; i++)
+        grpc_completion_queue_shutdown(server->pollers[i].cq);
+    for (int i = 0; i < server->poller_count; i++)
+        pthread_join(server->pollers[i].thread, NULL);
+    server->worker_count = 0;
+    server->poller_count = 0;
+}
+
 /* Starts the poller and worker threads before any call can arrive. False when the system
  * refuses one (a pids limit, RLIMIT_NPROC): the ones started are stopped again and the
  * completion queues are gone, so the caller only has to report it. */
@@ -1229,22 +1249,11 @@ static bool threads_start(rpc_server *server) {
         server->worker_count++;
     if (server->poller_count == o->poller_threads && server->worker_count == o->worker_threads)
         return true;
-    pthread_mutex_lock(&server->jobs_lock);
-    server->workers_stopping = true;
-    pthread_cond_broadcast(&server->jobs_ready);
-    pthread_mutex_unlock(&server->jobs_lock);
-    for (int i = 0; i < server->worker_count; i++)
-        pthread_join(server->workers[i], NULL);
-    for (int i = 0; i < o->poller_threads; i++)
-        grpc_completion_queue_shutdown(server->pollers[i].cq);
-    for (int i = 0; i < server->poller_count; i++)
-        pthread_join(server->pollers[i].thread, NULL);
+    threads_stop(server);
     for (int i = 0; i < o->poller_threads; i++) {
         grpc_completion_queue_destroy(server->pollers[i].cq);
         server->pollers[i].cq = NULL;
     }
-    server->poller_count = 0;
-    server->worker_count = 0;
     return false;
 }
 
@@ -1354,19 +1363,7 @@ void rpc_server_shutdown(rpc_server *server) {
         grpc_server_cancel_all_calls(server->core);
         wait_shutdown_done(server, 60000);
     }
-    pthread_mutex_lock(&server->jobs_lock);
-    server->workers_stopping = true;
-    pthread_cond_broadcast(&server->jobs_ready);
-    pthread_mutex_unlock(&server->jobs_lock);
-    for (int i = 0; i < server->worker_count; i++)
-        pthread_join(server->workers[i], NULL);
-    pthread_rwlock_wrlock(&server->queues_lock);
-    server->queues_closed = true;
-    pthread_rwlock_unlock(&server->queues_lock);
-    for (int i = 0; i < server->poller_count; i++)
-        grpc_completion_queue_shutdown(server->pollers[i].cq);
-    for (int i = 0; i < server->poller_count; i++)
-        pthread_join(server->pollers[i].thread, NULL);
+    threads_stop(server);
     LOG_INFO("server drained in %lld ms", (long long)(now_ms() - started));
 }
 

@@ -840,6 +840,21 @@ static void *read_while_paused(void *arg) {
     return NULL;
 }
 
+/* Opens mypage's shared Redis connection with a few reads, stops Redis (SIGSTOP; the
+ * connections stay open) and starts n reads, each in a thread of its own, that wait on it. */
+static void read_from_a_stopped_redis(test_stack *s, target t, const char *bearer, int n, paused_read *reads,
+                                      pthread_t *threads) {
+    Mypage *page = NULL;
+    status st;
+    for (int i = 0; i < 20; i++) /* the shared connection is up after the first calls */
+        cr_assert_eq(get_page(t, bearer, NULL, &page, &st), STATUS_OK, "%s", st.message);
+    kill(s->redis.pid, SIGSTOP);
+    for (int i = 0; i < n; i++) {
+        reads[i] = (paused_read){.client = t.mypage, .bearer = bearer};
+        pthread_create(&threads[i], NULL, read_while_paused, &reads[i]);
+    }
+}
+
 /* Redis stops answering (SIGSTOP) while the connections stay open: every GetMypage, those
  * pipelined on the shared connection and those on the pool, ends UNAVAILABLE once
  * REDIS_TIMEOUT (500 ms) passes; when Redis answers again, so does GetMypage. */
@@ -848,19 +863,10 @@ Test(mypage, a_redis_that_stops_answering_gives_unavailable_in_time) {
     test_stack_start(&s, "redis-pause", lending_env, true, mypage_env);
     target t = stack_target(&s);
     const char *bearer = harness_bearer(mem, s.dir, unique("paused"), false);
-    Mypage *page = NULL;
-    status st;
-    for (int i = 0; i < 20; i++) /* the shared connection is up after the first calls */
-        cr_assert_eq(get_page(t, bearer, NULL, &page, &st), STATUS_OK, "%s", st.message);
-
     enum { READERS = 32 };
     paused_read reads[READERS];
     pthread_t threads[READERS];
-    kill(s.redis.pid, SIGSTOP);
-    for (int i = 0; i < READERS; i++) {
-        reads[i] = (paused_read){.client = t.mypage, .bearer = bearer};
-        pthread_create(&threads[i], NULL, read_while_paused, &reads[i]);
-    }
+    read_from_a_stopped_redis(&s, t, bearer, READERS, reads, threads);
     int64_t slowest = 0;
     for (int i = 0; i < READERS; i++) {
         pthread_join(threads[i], NULL);
@@ -873,6 +879,8 @@ Test(mypage, a_redis_that_stops_answering_gives_unavailable_in_time) {
     cr_assert_lt(slowest, 2000, "UNAVAILABLE took %lld ms", (long long)slowest);
 
     int64_t until = harness_now_ms() + 5000;
+    Mypage *page = NULL;
+    status st;
     status_code code;
     while ((code = get_page(t, bearer, NULL, &page, &st)) != STATUS_OK && harness_now_ms() < until)
         harness_sleep_ms(100);
@@ -891,19 +899,10 @@ Test(mypage, reads_still_waiting_on_redis_at_shutdown_end_cleanly) {
     test_stack_start(&s, "stop-waiting", lending_env, true, env);
     target t = stack_target(&s);
     const char *bearer = harness_bearer(mem, s.dir, unique("waiting"), false);
-    Mypage *page = NULL;
-    status st;
-    for (int i = 0; i < 20; i++) /* the shared connection is up after the first calls */
-        cr_assert_eq(get_page(t, bearer, NULL, &page, &st), STATUS_OK, "%s", st.message);
-
     enum { READERS = 8 };
     paused_read reads[READERS];
     pthread_t threads[READERS];
-    kill(s.redis.pid, SIGSTOP);
-    for (int i = 0; i < READERS; i++) {
-        reads[i] = (paused_read){.client = t.mypage, .bearer = bearer};
-        pthread_create(&threads[i], NULL, read_while_paused, &reads[i]);
-    }
+    read_from_a_stopped_redis(&s, t, bearer, READERS, reads, threads);
     harness_sleep_ms(500);
     int64_t started = harness_now_ms();
     int exit_code = harness_process_stop(&s.mypage, SIGTERM, 20000);
