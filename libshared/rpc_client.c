@@ -43,6 +43,7 @@ struct rpc_client_stream {
     /* Completion flags, set by whichever wait sees the event: a read and the final status
      * can complete in either order. */
     bool read_done, status_done, start_done;
+    bool initial_requested; /* the first read asked for the initial metadata too */
     int tag_read, tag_status, tag_start;
 };
 
@@ -265,14 +266,22 @@ status_code rpc_client_call(rpc_client *client, const char *method, const Protob
 
 /* --- server streaming ------------------------------------------------------------------ */
 
+/* The first read also takes the initial metadata: a server sends it with its first message,
+ * so waiting for it belongs to rpc_client_stream_next and its wait_ms, not to open. */
 static void stream_post_read(rpc_client_stream *stream) {
-    grpc_op op;
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &stream->message;
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    size_t n = 0;
+    if (!stream->initial_requested) {
+        ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[n++].data.recv_initial_metadata.recv_initial_metadata = &stream->state.initial_metadata;
+        stream->initial_requested = true;
+    }
+    ops[n].op = GRPC_OP_RECV_MESSAGE;
+    ops[n++].data.recv_message.recv_message = &stream->message;
     stream->message = NULL;
     stream->read_done = false;
-    if (grpc_call_start_batch(stream->state.call, &op, 1, &stream->tag_read, NULL) == GRPC_CALL_OK)
+    if (grpc_call_start_batch(stream->state.call, ops, n, &stream->tag_read, NULL) == GRPC_CALL_OK)
         stream->read_pending = true;
 }
 
@@ -295,7 +304,7 @@ status_code rpc_client_stream_open(rpc_client *client, const char *method,
     send = grpc_raw_byte_buffer_create(&payload, 1);
     grpc_slice_unref(payload);
 
-    grpc_op ops[4];
+    grpc_op ops[3];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[0].data.send_initial_metadata.count = s->send_count;
@@ -303,8 +312,6 @@ status_code rpc_client_stream_open(rpc_client *client, const char *method,
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = send;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &s->initial_metadata;
     grpc_op status_op;
     memset(&status_op, 0, sizeof status_op);
     status_op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
@@ -312,7 +319,7 @@ status_code rpc_client_stream_open(rpc_client *client, const char *method,
     status_op.data.recv_status_on_client.status = &s->code;
     status_op.data.recv_status_on_client.status_details = &s->details;
     grpc_call_start_batch(s->call, &status_op, 1, &stream->tag_status, NULL);
-    if (grpc_call_start_batch(s->call, ops, 4, &stream->tag_start, NULL) == GRPC_CALL_OK)
+    if (grpc_call_start_batch(s->call, ops, 3, &stream->tag_start, NULL) == GRPC_CALL_OK)
         stream_wait(stream, &stream->start_done, gpr_inf_future(GPR_CLOCK_REALTIME));
     grpc_byte_buffer_destroy(send);
     stream_post_read(stream);

@@ -9,8 +9,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "stack_fixture.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "rpc_server.h"
+#include "stack_fixture.h"
 
 TestSuite(framework, .init = fixture_setup, .fini = fixture_teardown, .timeout = 90);
 
@@ -416,4 +417,67 @@ Test(framework, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
     cr_assert_str_eq(job.title, "Patience");
     cr_assert_eq(harness_process_stop(&s.catalog, 0, 10000), 0, "the catalog did not exit cleanly");
     test_stack_stop(&s);
+}
+
+/* --- a stream whose first message comes late -------------------------------------------- */
+
+static rpc_stream *held; /* the stream hold_stream keeps, answered by the test */
+
+static status_code hold_stream(void *state, rpc_context *ctx, const ProtobufCMessage *request,
+                               rpc_stream *stream, status *st) {
+    rpc_stream_retain(stream);
+    __atomic_store_n(&held, stream, __ATOMIC_RELEASE);
+    return STATUS_OK;
+}
+
+/* A server sends its response headers with the first message; opening a stream must not wait
+ * for them (before, open blocked until the first message or the deadline, whatever wait_ms
+ * rpc_client_stream_next was given afterwards). */
+Test(framework, a_stream_opens_at_once_and_waits_for_its_first_message_in_next) {
+    const rpc_method methods[] = {RPC_SERVER_STREAM("Hold", grpc__health__v1__health_check_request,
+                                                    grpc__health__v1__health_check_response, hold_stream,
+                                                    RPC_ACCESS_PUBLIC)};
+    const rpc_service hold = {.name = "test.Hold", .methods = methods, .method_count = 1};
+    rpc_server_options options = {.listen_address = "127.0.0.1:0"};
+    rpc_server *server = NULL;
+    status st;
+    cr_assert_eq(rpc_server_create(&options, &server, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(rpc_server_add_service(server, &hold, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(rpc_server_start(server, &st), STATUS_OK, "%s", st.message);
+    rpc_client *c = NULL;
+    cr_assert_eq(rpc_client_create(arena_sprintf(mem, "127.0.0.1:%d", rpc_server_port(server)), 10000, &c, NULL),
+                 STATUS_OK);
+
+    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    rpc_call_options call = {.timeout_ms = 10000};
+    rpc_client_stream *stream = NULL;
+    int64_t started = harness_now_ms();
+    cr_assert_eq(rpc_client_stream_open(c, "/test.Hold/Hold", &request.base, &call, &stream, &st), STATUS_OK,
+                 "%s", st.message);
+    int64_t opened = harness_now_ms() - started;
+    ProtobufCMessage *message = NULL;
+    cr_assert_eq(rpc_client_stream_next(stream, &grpc__health__v1__health_check_response__descriptor, mem, 200,
+                                        &message, &st),
+                 STATUS_DEADLINE_EXCEEDED);
+    cr_assert_str_eq(st.reason, "WAIT_TIMEOUT");
+    cr_log_info("a stream with nothing to send yet opened in %lld ms", (long long)opened);
+    cr_assert_lt(opened, 5000, "open waited %lld ms for the first message", (long long)opened);
+
+    rpc_stream *stream_held = NULL;
+    while ((stream_held = __atomic_load_n(&held, __ATOMIC_ACQUIRE)) == NULL)
+        harness_sleep_ms(10);
+    Grpc__Health__V1__HealthCheckResponse response = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    response.status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    cr_assert_eq(rpc_stream_send(stream_held, &response.base, &st), STATUS_OK, "%s", st.message);
+    rpc_stream_finish(stream_held, STATUS_OK, NULL);
+    rpc_stream_release(stream_held);
+    cr_assert_eq(rpc_client_stream_next(stream, &grpc__health__v1__health_check_response__descriptor, mem, 5000,
+                                        &message, &st),
+                 STATUS_OK, "%s", st.message);
+    cr_assert_not_null(message);
+    cr_assert_eq(((Grpc__Health__V1__HealthCheckResponse *)message)->status,
+                 GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    rpc_client_stream_close(stream);
+    rpc_client_destroy(c);
+    rpc_server_destroy(server);
 }
