@@ -74,14 +74,15 @@ typedef struct reserve_job {
 
 static status_code reserve_slot(void *arg, arena *a, user_record *user, bool *changed, status *st) {
     reserve_job *job = arg;
-    open_loan open[64];
-    size_t count = 0;
+    open_loan *open = arena_alloc(a, (user->n_open_loans + 1) * sizeof *open);
+    if (open == NULL)
+        return out_of_memory(st);
+    size_t count = 0; /* every open loan counts, however high MAX_ACTIVE_LOANS is set */
     job->replay = false;
     for (size_t i = 0; i < user->n_open_loans; i++) {
         if (strcmp(user->open_loans[i]->loan_id, job->loan_id) == 0)
             job->replay = true;
-        if (count < 64)
-            open[count++] = (open_loan){(loan_state)user->open_loans[i]->status, user->open_loans[i]->due_time};
+        open[count++] = (open_loan){(loan_state)user->open_loans[i]->status, user->open_loans[i]->due_time};
     }
     for (size_t i = 0; i < user->n_history && !job->replay; i++)
         job->replay = strcmp(user->history[i], job->loan_id) == 0;
@@ -271,7 +272,7 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
     if (lending_check_list(caller->subject, caller->admin, req->user_id, req->page_size,
                            (int)req->status, req->page_token, &query, st))
         return st->code;
-    size_t page_size = query.page_size, offset = query.offset;
+    size_t page_size = query.page_size;
 
     user_record *record = NULL;
     status_code code = loan_store_get_user(h->store, query.user_id, a, &record, st);
@@ -282,7 +283,17 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
     loan_message **loans = arena_alloc(a, page_size * sizeof *loans);
     if (out == NULL || loans == NULL)
         return out_of_memory(st);
-    size_t position = offset, count = 0;
+    size_t position = 0, count = 0;
+    if (query.start_at[0] != '\0') { /* where the previous page stopped, however many came since */
+        while (position < record->n_history &&
+               strcmp(record->history[record->n_history - 1 - position], query.start_at) != 0)
+            position++;
+        if (position == record->n_history)
+            return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
+                              "page_token points at a loan this user's history no longer holds "
+                              "(it keeps the newest %d); list again from the start",
+                              HISTORY_KEPT);
+    }
     for (; position < record->n_history && count < page_size; position++) {
         const char *loan_id = record->history[record->n_history - 1 - position];
         loan_record *loan = NULL;
@@ -301,7 +312,7 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
     out->n_loans = count;
     if (position < record->n_history) {
         char token[LENDING_PAGE_TOKEN_MAX];
-        lending_page_token_encode(position, token);
+        lending_page_token_encode(record->history[record->n_history - 1 - position], token);
         out->next_page_token = arena_strdup(a, token);
     }
     *response = &out->base;

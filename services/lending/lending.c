@@ -47,7 +47,7 @@ status_code lending_return(loan_state current, loan_state *next, status *st) {
                       current == LOAN_PENDING ? "still pending" : "canceled");
 }
 
-void lending_new_loan_id(const char *user, const char *request_id, char out[21]) {
+void lending_new_loan_id(const char *user, const char *request_id, char out[LENDING_LOAN_ID_LENGTH + 1]) {
     if (request_id == NULL || request_id[0] == '\0') {
         text_random_hex(out, 10);
         return;
@@ -58,24 +58,23 @@ void lending_new_loan_id(const char *user, const char *request_id, char out[21])
     snprintf(out, 21, "%.20s", digest);
 }
 
-status_code lending_page_token_decode(const char *token, size_t *offset, status *st) {
-    *offset = 0;
+status_code lending_page_token_decode(const char *token, char start_at[LENDING_LOAN_ID_LENGTH + 1],
+                                      status *st) {
+    start_at[0] = '\0';
     if (token == NULL || token[0] == '\0')
         return STATUS_OK;
-    char *end = NULL;
-    if (strncmp(token, "o", 1) != 0)
+    bool valid = token[0] == 'n' && strlen(token + 1) == LENDING_LOAN_ID_LENGTH;
+    for (size_t i = 1; valid && i <= LENDING_LOAN_ID_LENGTH; i++)
+        valid = (token[i] >= '0' && token[i] <= '9') || (token[i] >= 'a' && token[i] <= 'f');
+    if (!valid)
         return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
                           "page_token is not a token this service issued");
-    unsigned long long value = strtoull(token + 1, &end, 10);
-    if (end == token + 1 || *end != '\0' || value > 1000000)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
-                          "page_token is not a token this service issued");
-    *offset = (size_t)value;
+    memcpy(start_at, token + 1, LENDING_LOAN_ID_LENGTH + 1);
     return STATUS_OK;
 }
 
-void lending_page_token_encode(size_t offset, char out[LENDING_PAGE_TOKEN_MAX]) {
-    snprintf(out, LENDING_PAGE_TOKEN_MAX, "o%zu", offset);
+void lending_page_token_encode(const char *loan_id, char out[LENDING_PAGE_TOKEN_MAX]) {
+    snprintf(out, LENDING_PAGE_TOKEN_MAX, "n%.*s", (int)LENDING_LOAN_ID_LENGTH, loan_id);
 }
 
 status_code lending_check_list(const char *caller, bool caller_admin, const char *user_id,
@@ -93,13 +92,11 @@ status_code lending_check_list(const char *caller, bool caller_admin, const char
     if (status_filter < 0 || status_filter > LOAN_CANCELED)
         return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_OUT_OF_RANGE",
                           "status is not a LoanStatus");
-    size_t offset = 0;
-    if (lending_page_token_decode(page_token, &offset, st))
+    if (lending_page_token_decode(page_token, out->start_at, st))
         return st->code;
     out->user_id = user;
     out->page_size = page_size == 0                       ? LENDING_PAGE_SIZE_DEFAULT
                      : page_size > LENDING_PAGE_SIZE_MAX ? LENDING_PAGE_SIZE_MAX
                                                           : (size_t)page_size;
-    out->offset = offset;
     return STATUS_OK;
 }

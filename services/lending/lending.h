@@ -39,14 +39,18 @@ status_code lending_return(loan_state current, loan_state *next, status *st);
 
 /* Loan ids: 20 hex digits, random, or derived from (user, request_id) so a retried BorrowBook
  * finds the loan it made. Lookups check them with field_check_id, as book ids. */
-void lending_new_loan_id(const char *user, const char *request_id, char out[21]);
+enum { LENDING_LOAN_ID_LENGTH = 20 };
+void lending_new_loan_id(const char *user, const char *request_id, char out[LENDING_LOAN_ID_LENGTH + 1]);
 
 enum { LENDING_PAGE_SIZE_DEFAULT = 20, LENDING_PAGE_SIZE_MAX = 100, LENDING_PAGE_TOKEN_MAX = 24 };
 
-/* ListLoans page tokens: the position in the user's history (newest first) where the next
- * page starts. Empty token -> 0; garbage -> INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN. */
-status_code lending_page_token_decode(const char *token, size_t *offset, status *st);
-void lending_page_token_encode(size_t offset, char out[LENDING_PAGE_TOKEN_MAX]);
+/* ListLoans page tokens name the loan the next page starts at ("n" and its id), not a
+ * position: loans borrowed between two pages go to the front of the newest-first history,
+ * which would shift a position and show a loan twice. start_at is "" for an empty token (the
+ * newest loan first); garbage is INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN. */
+status_code lending_page_token_decode(const char *token, char start_at[LENDING_LOAN_ID_LENGTH + 1],
+                                      status *st);
+void lending_page_token_encode(const char *loan_id, char out[LENDING_PAGE_TOKEN_MAX]);
 
 /* A ListLoans request, checked: whose loans (an empty user_id is the caller; another user's
  * only for an administrator: PERMISSION_DENIED), the page size (0 -> default, capped), the
@@ -55,7 +59,7 @@ void lending_page_token_encode(size_t offset, char out[LENDING_PAGE_TOKEN_MAX]);
 typedef struct lending_list_query {
     const char *user_id;
     size_t page_size;
-    size_t offset;
+    char start_at[LENDING_LOAN_ID_LENGTH + 1]; /* "" or the loan the page starts at */
 } lending_list_query;
 status_code lending_check_list(const char *caller, bool caller_admin, const char *user_id,
                                int32_t page_size, int status_filter, const char *page_token,

@@ -6,6 +6,7 @@
  * Input: one byte choosing the method (and, for ListLoans, whether the caller is an
  * administrator), then the serialized request. */
 #include <stdbool.h>
+#include <string.h>
 
 #include "arena.h"
 #include "auth.h"
@@ -81,12 +82,13 @@ static void list_loans(const Library__Lending__V1__ListLoansRequest *req, bool a
     FUZZ_CHECK(query.page_size >= 1 && query.page_size <= LENDING_PAGE_SIZE_MAX);
     FUZZ_CHECK(strlen(query.user_id) < AUTH_SUBJECT_MAX);
     FUZZ_CHECK(admin || strcmp(query.user_id, "fuzz-user") == 0);
-    /* The next page's token decodes to where it points. */
-    char token[LENDING_PAGE_TOKEN_MAX];
-    lending_page_token_encode(query.offset + query.page_size, token);
-    size_t offset = 0;
-    FUZZ_CHECK(lending_page_token_decode(token, &offset, &st) == STATUS_OK);
-    FUZZ_CHECK(offset == query.offset + query.page_size);
+    FUZZ_CHECK(query.start_at[0] == '\0' || strlen(query.start_at) == LENDING_LOAN_ID_LENGTH);
+    /* The next page's token decodes to the loan it names. */
+    char loan_id[LENDING_LOAN_ID_LENGTH + 1], token[LENDING_PAGE_TOKEN_MAX], start_at[LENDING_LOAN_ID_LENGTH + 1];
+    lending_new_loan_id(query.user_id, req->page_token, loan_id);
+    lending_page_token_encode(loan_id, token);
+    FUZZ_CHECK(lending_page_token_decode(token, start_at, &st) == STATUS_OK);
+    FUZZ_CHECK(strcmp(start_at, loan_id) == 0);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

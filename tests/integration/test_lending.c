@@ -324,13 +324,17 @@ Test(lending, list_loans_pages_newest_first_and_filters_by_status) {
     cr_assert_eq(page->n_loans, 3);
     cr_assert_str_eq(page->loans[0]->loan_id, ids[3], "newest first");
     cr_assert_str_not_empty(page->next_page_token);
+    /* a borrow between two pages goes to the front and shifts nothing on the next page */
+    settled(user, borrow(user, book->book_id)->loan_id);
     list.page_token = page->next_page_token;
     cr_assert_eq(harness_call(lending, LENDING "ListLoans", &list.base, &library__lending__v1__list_loans_response__descriptor,
                               mem, user_bearer(user), &response, &st),
                  STATUS_OK);
     page = (void *)response;
-    cr_assert_eq(page->n_loans, 1);
+    cr_assert_eq(page->n_loans, 1, "the second page has %zu loans (%s first): a loan shown twice", page->n_loans,
+                 page->n_loans ? page->loans[0]->loan_id : "none");
     cr_assert_str_eq(page->loans[0]->loan_id, ids[0]);
+    cr_assert_str_empty(page->next_page_token);
     list.page_token = "";
     list.page_size = 0;
     list.status = RETURNED;
@@ -340,6 +344,13 @@ Test(lending, list_loans_pages_newest_first_and_filters_by_status) {
     page = (void *)response;
     cr_assert_eq(page->n_loans, 1);
     cr_assert_eq(page->loans[0]->status, RETURNED);
+    /* a token for a loan that is not in this user's history */
+    list.status = 0;
+    list.page_token = "n0123456789abcdef0123";
+    cr_assert_eq(harness_call(lending, LENDING "ListLoans", &list.base, &library__lending__v1__list_loans_response__descriptor,
+                              mem, user_bearer(user), &response, &st),
+                 STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(st.reason, "INVALID_PAGE_TOKEN");
 }
 
 /* --- stacks of their own ------------------------------------------------------------------ */
@@ -666,6 +677,26 @@ Test(lending, a_slot_held_by_a_loan_never_stored_is_freed_after_the_grace) {
     code = borrow_on(s.lending_client, bearer, book->book_id, "ghost-request", &loan, &st);
     cr_assert_eq(code, STATUS_FAILED_PRECONDITION, "the retry got %s (%s)%s", status_code_name(code), st.message,
                  code == STATUS_OK ? ": a loan beyond MAX_ACTIVE_LOANS" : "");
+    cr_assert_str_eq(st.reason, "LOAN_LIMIT");
+    test_stack_stop(&s);
+}
+
+/* MAX_ACTIVE_LOANS may be set up to 1000: every open loan counts, not only the first 64. */
+Test(lending, a_loan_limit_above_sixty_four_holds) {
+    enum { LIMIT = 66 };
+    const char *env[] = {"MAX_ACTIVE_LOANS=66", NULL};
+    test_stack s;
+    test_stack_start(&s, "many", env, false, NULL);
+    Book *book = test_stack_register(&s, "Many copies", LIMIT + 2);
+    const char *bearer = harness_bearer(mem, s.dir, "collector", false);
+    Loan *loan = NULL;
+    status st;
+    for (int i = 0; i < LIMIT; i++)
+        cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st), STATUS_OK,
+                     "borrow %d: %s", i + 1, st.message);
+    status_code code = borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st);
+    cr_assert_eq(code, STATUS_FAILED_PRECONDITION, "borrow %d of a limit of %d: %s", LIMIT + 1, LIMIT,
+                 status_code_name(code));
     cr_assert_str_eq(st.reason, "LOAN_LIMIT");
     test_stack_stop(&s);
 }
