@@ -14,6 +14,7 @@
 enum {
     FETCH_BATCH = 64,
     FETCH_WAIT_MS = 500,
+    CONSUMER_CHECK_MS = 10000, /* how often an idle or failing consumer checks it still exists */
     PUBLISH_BUFFER = 4096,
     REPLAY_IDLE_MS = 1000,     /* no message for this long: ask the server if we are done */
     REPLAY_STALL_MS = 30000,   /* no progress and no answer for this long: give up */
@@ -117,6 +118,12 @@ struct event_consumer {
     int worker_count;
 };
 
+static int64_t monotonic_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
 static void pause_ms(int64_t ms) {
     struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
     nanosleep(&pause, NULL);
@@ -213,18 +220,53 @@ static void handle_batch(event_consumer *consumer, natsMsgList *list) {
     pthread_mutex_unlock(&consumer->lock);
 }
 
+static status_code consumer_declare(nats_connection *connection, event_consumer *consumer, status *st);
+static status_code consumer_bind(event_consumer *consumer, natsSubscription **out, status *st);
+
+/* A durable consumer can vanish under a running service (an operator deletes it, the stream
+ * is made anew); its pull requests then fail once and time out ever after. So a consumer that
+ * got nothing, or an error, checks now and then that it still exists, and when it does not,
+ * declares it again and binds a fresh subscription. The old one is retired, not
+ * unsubscribed: that would delete the new durable of the same name. */
+static void consumer_check(event_consumer *consumer) {
+    if (!nats_connection_is_up(consumer->connection))
+        return; /* NATS is away: the connection comes back by itself */
+    jsConsumerInfo *info = NULL;
+    jsErrCode error = 0;
+    natsStatus s = js_GetConsumerInfo(&info, nats_connection_jetstream(consumer->connection), EVENTS_STREAM,
+                                      consumer->durable, NULL, &error);
+    jsConsumerInfo_Destroy(info);
+    if (s != NATS_NOT_FOUND && error != JSConsumerNotFoundErr)
+        return;
+    LOG_WARN("%s: the durable consumer is gone; declaring it again", consumer->durable);
+    status st;
+    natsSubscription *fresh = NULL;
+    if (consumer_declare(consumer->connection, consumer, &st) != STATUS_OK ||
+        consumer_bind(consumer, &fresh, &st) != STATUS_OK) {
+        LOG_WARN("%s: %s", consumer->durable, st.message);
+        return;
+    }
+    nats_connection_retire_subscription(consumer->connection, consumer->subscription);
+    consumer->subscription = fresh;
+}
+
 static void *consume_main(void *arg) {
     event_consumer *consumer = arg;
+    int64_t checked = monotonic_ms();
     while (!atomic_load(&consumer->stopping)) {
         natsMsgList list = {0};
         natsStatus s = natsSubscription_Fetch(&list, consumer->subscription, FETCH_BATCH,
                                               FETCH_WAIT_MS, NULL);
-        if (s == NATS_TIMEOUT)
-            continue;
+        if (s != NATS_OK && s != NATS_TIMEOUT && !atomic_load(&consumer->stopping)) {
+            LOG_DEBUG("%s: fetch failed: %s", consumer->durable, natsStatus_GetText(s));
+            pause_ms(200);
+        }
         if (s != NATS_OK) {
-            if (!atomic_load(&consumer->stopping)) {
-                LOG_DEBUG("%s: fetch failed: %s", consumer->durable, natsStatus_GetText(s));
-                pause_ms(200);
+            int64_t now = monotonic_ms();
+            if (now - checked >= (s == NATS_TIMEOUT ? CONSUMER_CHECK_MS : 1000) &&
+                !atomic_load(&consumer->stopping)) {
+                checked = now;
+                consumer_check(consumer);
             }
             continue;
         }
@@ -254,6 +296,20 @@ static status_code consumer_declare(nats_connection *connection, event_consumer 
         s = js_AddConsumer(&info, js, EVENTS_STREAM, &config, NULL, &error);
     jsConsumerInfo_Destroy(info);
     return nats_status_to_status(s, "declaring a durable consumer", st);
+}
+
+/* Binds to the consumer consumer_declare made rather than let the subscribe create one: a
+ * durable that exists with other settings (a changed EVENT_ACK_WAIT) is then updated, not
+ * refused. */
+static status_code consumer_bind(event_consumer *consumer, natsSubscription **out, status *st) {
+    jsSubOptions sub_options;
+    jsSubOptions_Init(&sub_options);
+    sub_options.Stream = EVENTS_STREAM;
+    sub_options.Consumer = consumer->durable;
+    jsErrCode error = 0;
+    natsStatus s = js_PullSubscribe(out, nats_connection_jetstream(consumer->connection), consumer->filter,
+                                    consumer->durable, NULL, &sub_options, &error);
+    return s == NATS_OK ? STATUS_OK : nats_status_to_status(s, "subscribing to a durable consumer", st);
 }
 
 status_code event_consumer_start(nats_connection *connection, const event_consumer_options *options,
@@ -290,19 +346,10 @@ status_code event_consumer_start(nats_connection *connection, const event_consum
         free(consumer);
         return code;
     }
-    /* Bind to the consumer declared above rather than let the subscribe create one: a
-     * durable that exists with other settings (a changed EVENT_ACK_WAIT) is then updated,
-     * not refused. */
-    jsSubOptions sub_options;
-    jsSubOptions_Init(&sub_options);
-    sub_options.Stream = EVENTS_STREAM;
-    sub_options.Consumer = consumer->durable;
-    jsErrCode error = 0;
-    natsStatus s = js_PullSubscribe(&consumer->subscription, nats_connection_jetstream(connection),
-                                    consumer->filter, consumer->durable, NULL, &sub_options, &error);
-    if (s != NATS_OK) {
+    code = consumer_bind(consumer, &consumer->subscription, st);
+    if (code != STATUS_OK) {
         free(consumer);
-        return nats_status_to_status(s, "subscribing to a durable consumer", st);
+        return code;
     }
     pthread_mutex_init(&consumer->lock, NULL);
     pthread_cond_init(&consumer->work, NULL);

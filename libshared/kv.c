@@ -175,6 +175,20 @@ status_code kv_create(kv_bucket *bucket, const char *key, const void *data, size
         status_code code = nats_status_to_status(s, "writing the store", st);
         if (code == STATUS_ABORTED)
             return status_set(st, STATUS_ALREADY_EXISTS, "ALREADY_EXISTS", "%s already exists", key);
+        if (code != STATUS_INTERNAL)
+            return code;
+        /* A refused create is known by NATS.c's error text, which its own read of the key
+         * after the refusal can clear or replace (a replica behind, a timeout): ask the store
+         * instead of answering INTERNAL for what is a lost race. */
+        kvEntry *entry = NULL;
+        natsStatus g = kvStore_Get(&entry, bucket->store, key);
+        bool live = g == NATS_OK && kvEntry_Operation(entry) == kvOp_Put;
+        kvEntry_Destroy(entry);
+        if (live)
+            return status_set(st, STATUS_ALREADY_EXISTS, "ALREADY_EXISTS", "%s already exists", key);
+        if (g == NATS_NOT_FOUND)
+            return status_set(st, STATUS_ABORTED, "REVISION_MISMATCH",
+                              "creating %s raced another write; try again", key);
         return code;
     }
     cache_remember(bucket, key, data, size, written);

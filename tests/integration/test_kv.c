@@ -112,6 +112,53 @@ static void *increment_many(void *arg) {
     return NULL;
 }
 
+typedef struct creator {
+    pthread_t thread;
+    kv_bucket *bucket;
+    const char *key;
+    status_code code;
+    char message[STATUS_MESSAGE_MAX];
+} creator;
+
+static void *create_main(void *arg) {
+    creator *c = arg;
+    status st;
+    status_clear(&st);
+    c->code = kv_create(c->bucket, c->key, "x", 1, NULL, &st);
+    snprintf(c->message, sizeof c->message, "%s", st.message);
+    return NULL;
+}
+
+/* Creates racing on one key: exactly one wins, every other one hears ALREADY_EXISTS (or
+ * ABORTED, "try again"), never INTERNAL, which a caller would take for a bug. */
+Test(kv, racing_creates_of_one_key_give_one_winner_and_already_exists) {
+    enum { KEYS = 30, RACERS = 6 };
+    int winners = 0, exists = 0, aborted = 0;
+    for (int k = 0; k < KEYS; k++) {
+        char key[64];
+        snprintf(key, sizeof key, "race.%d.%lld", k, (long long)harness_now_ms());
+        creator racers[RACERS];
+        for (int i = 0; i < RACERS; i++) {
+            racers[i] = (creator){.bucket = buckets[i % 2], .key = key};
+            pthread_create(&racers[i].thread, NULL, create_main, &racers[i]);
+        }
+        int won = 0;
+        for (int i = 0; i < RACERS; i++) {
+            pthread_join(racers[i].thread, NULL);
+            won += racers[i].code == STATUS_OK;
+            exists += racers[i].code == STATUS_ALREADY_EXISTS;
+            aborted += racers[i].code == STATUS_ABORTED;
+            cr_assert(racers[i].code == STATUS_OK || racers[i].code == STATUS_ALREADY_EXISTS ||
+                          racers[i].code == STATUS_ABORTED,
+                      "a losing create got %s: %s", status_code_name(racers[i].code), racers[i].message);
+        }
+        cr_assert_eq(won, 1, "%d creates of %s succeeded", won, key);
+        winners += won;
+    }
+    cr_log_info("%d keys, %d racers each: %d won, %d ALREADY_EXISTS, %d ABORTED", KEYS, RACERS, winners, exists,
+                aborted);
+}
+
 Test(kv, two_replicas_incrementing_one_key_lose_no_update) {
     enum { THREADS = 4, TIMES = 150 };
     incrementer jobs[THREADS];

@@ -819,6 +819,32 @@ Test(mypage, a_watch_on_a_replica_cut_off_from_nats_catches_up_when_it_is_back) 
     test_stack_stop(&s);
 }
 
+/* An operator deletes the projection's durable consumer while mypage runs (`nats consumer
+ * rm`, a stream recreated): the consumer is declared again and the pages catch up. */
+Test(mypage, a_deleted_durable_consumer_is_declared_again) {
+    test_stack s;
+    test_stack_start(&s, "durable-gone", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    enum { USERS = 3 };
+    const char **users = make_users(USERS, "gone");
+    const char **books = make_books(t, 2, 3);
+    run_mix(t, users, USERS, books, 2, 2, 6);
+    expect_pages_match(t, users, USERS, 10000);
+
+    nats_connection *connection = connect_nats(s.nats.url);
+    jsErrCode error = 0;
+    natsStatus deleted = js_DeleteConsumer(nats_connection_jetstream(connection), EVENTS_STREAM, "mypage", NULL,
+                                           &error);
+    cr_assert_eq(deleted, NATS_OK, "deleting the consumer: %s", natsStatus_GetText(deleted));
+    nats_connection_close(connection);
+    int64_t started = harness_now_ms();
+    run_mix(t, users, USERS, books, 2, 2, 8);
+    expect_pages_match(t, users, USERS, 20000);
+    cr_log_info("pages caught up %lld ms after the durable consumer was deleted",
+                (long long)(harness_now_ms() - started));
+    test_stack_stop(&s);
+}
+
 typedef struct paused_read {
     rpc_client *client;
     const char *bearer;
