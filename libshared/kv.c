@@ -268,6 +268,8 @@ status_code kv_mutate(kv_bucket *bucket, const char *key, arena *a, kv_mutation 
 
 /* --- following the bucket ------------------------------------------------------------------ */
 
+enum { FOLLOW_RECONNECT_SETTLE_MS = 3000 };
+
 struct kv_follow {
     kv_bucket *bucket;
     int64_t renew_ms;
@@ -304,7 +306,11 @@ kv_follow *kv_follow_start(kv_bucket *bucket, int64_t renew_ms) {
 static bool follow_keep(kv_follow *follow) {
     if (follow->watcher == NULL)
         return false;
-    bool reconnected = nats_connection_reconnects(follow->bucket->connection) != follow->reconnects;
+    nats_connection *connection = follow->bucket->connection;
+    /* renewed only once NATS.c has done resetting its ordered consumers after a reconnect */
+    if (nats_connection_since_reconnect_ms(connection) < FOLLOW_RECONNECT_SETTLE_MS)
+        return true;
+    bool reconnected = nats_connection_reconnects(connection) != follow->reconnects;
     bool old = follow->renew_ms > 0 && follow_now_ms() - follow->started_ms >= follow->renew_ms;
     if (!reconnected && !old)
         return true;

@@ -27,6 +27,7 @@ struct nats_connection {
     pthread_cond_t closed_cond;
     bool closed;
     atomic_uint_fast64_t reconnects;
+    atomic_int_fast64_t reconnected_ms; /* monotonic time of the last reconnect */
     retired *retired; /* newest first, under lock */
     /* told after each reconnect, on NATS.c's callback thread; under listeners_lock */
     pthread_mutex_t listeners_lock;
@@ -120,6 +121,7 @@ static void on_disconnected(natsConnection *nc, void *closure) {
 static void on_reconnected(natsConnection *nc, void *closure) {
     (void)nc;
     nats_connection *c = closure;
+    atomic_store(&c->reconnected_ms, monotonic_ms());
     atomic_fetch_add(&c->reconnects, 1);
     LOG_INFO("reconnected to NATS");
     if (c->health)
@@ -207,6 +209,7 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     c->health = options->health;
     atomic_init(&c->reconnects, 0);
+    atomic_init(&c->reconnected_ms, 0);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->listeners_lock, NULL);
     pthread_cond_init(&c->closed_cond, NULL);
@@ -304,6 +307,10 @@ bool nats_connection_is_up(nats_connection *c) {
 
 uint64_t nats_connection_reconnects(nats_connection *c) {
     return atomic_load(&c->reconnects);
+}
+
+int64_t nats_connection_since_reconnect_ms(nats_connection *c) {
+    return atomic_load(&c->reconnects) == 0 ? INT64_MAX : monotonic_ms() - atomic_load(&c->reconnected_ms);
 }
 
 typedef struct subscription_done {

@@ -31,6 +31,10 @@ bool nats_connection_is_up(nats_connection *connection);
 /* How often the connection came back after a loss; a watcher started before may have missed
  * what happened in between. */
 uint64_t nats_connection_reconnects(nats_connection *connection);
+/* Milliseconds since the last reconnect (INT64_MAX when there was none). Right after one,
+ * NATS.c's own threads are recreating ordered consumers (KV watchers): stopping a watcher
+ * then races them (a use after free inside NATS.c 3.4 that ASan caught), so wait a little. */
+int64_t nats_connection_since_reconnect_ms(nats_connection *connection);
 
 /* Core NATS subscriptions come back after a reconnect, but what was published meanwhile is
  * gone for them. A listener hears of each reconnect (on NATS.c's callback thread, once the

@@ -217,7 +217,7 @@ Test(framework, a_call_past_its_deadline_is_deadline_exceeded) {
                                 .authorization = harness_bearer(mem, s.dir, "admin", true)};
     ProtobufCMessage *response = NULL;
     status st;
-    kill(s.nats.pid, SIGSTOP); /* the AdjustStock now waits on the store */
+    cr_assert(harness_pause(s.nats.pid)); /* the AdjustStock now waits on the store */
     int64_t started = harness_now_ms();
     status_code code = rpc_client_call(s.catalog_client, CATALOG "AdjustStock", &request.base,
                                        &library__catalog__v1__book__descriptor, mem, &response,
@@ -237,7 +237,7 @@ Test(framework, over_the_in_flight_limit_calls_are_shed_fast_with_pushback) {
     test_stack_start_catalog(&s, "shed", env);
     Book *book = test_stack_register(&s, "Popular", 1);
     const char *bearer = harness_bearer(mem, s.dir, "admin", true);
-    kill(s.nats.pid, SIGSTOP); /* every AdjustStock now waits on the store */
+    cr_assert(harness_pause(s.nats.pid)); /* every AdjustStock now waits on the store */
     enum { CALLS = 8 };
     store_job jobs[CALLS];
     pthread_t threads[CALLS];
@@ -377,7 +377,7 @@ Test(framework, sigterm_drains_calls_in_flight_and_refuses_new_ones) {
                                         3000, &message, &st),
                  STATUS_OK);
 
-    kill(s.nats.pid, SIGSTOP);
+    cr_assert(harness_pause(s.nats.pid));
     store_job job = {.address = s.catalog.address, .book_id = book->book_id,
                      .bearer = harness_bearer(mem, s.dir, "admin", true)};
     pthread_t thread;

@@ -874,7 +874,7 @@ static void read_from_a_stopped_redis(test_stack *s, target t, const char *beare
     status st;
     for (int i = 0; i < 20; i++) /* the shared connection is up after the first calls */
         cr_assert_eq(get_page(t, bearer, NULL, &page, &st), STATUS_OK, "%s", st.message);
-    kill(s->redis.pid, SIGSTOP);
+    cr_assert(harness_pause(s->redis.pid));
     for (int i = 0; i < n; i++) {
         reads[i] = (paused_read){.client = t.mypage, .bearer = bearer};
         pthread_create(&threads[i], NULL, read_while_paused, &reads[i]);

@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -156,6 +157,44 @@ static pid_t spawn(char *const argv[], const char *const *env, const char *log_p
     execvp(argv[0], argv);
     fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
     _exit(127);
+}
+
+/* Whether every thread of pid is stopped (state T in /proc/<pid>/task/<tid>/stat). */
+static bool all_threads_stopped(pid_t pid) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *tasks = opendir(path);
+    if (tasks == NULL)
+        return false;
+    bool stopped = true;
+    for (struct dirent *task; stopped && (task = readdir(tasks)) != NULL;) {
+        if (task->d_name[0] == '.')
+            continue;
+        char stat_path[400], text[512] = "";
+        snprintf(stat_path, sizeof stat_path, "%s/%s/stat", path, task->d_name);
+        FILE *file = fopen(stat_path, "r");
+        if (file == NULL)
+            continue; /* the thread is gone */
+        size_t n = fread(text, 1, sizeof text - 1, file);
+        fclose(file);
+        text[n] = '\0';
+        const char *end = strrchr(text, ')'); /* "pid (name) S ..." */
+        stopped = end != NULL && (end[2] == 'T' || end[2] == 't');
+    }
+    closedir(tasks);
+    return stopped;
+}
+
+bool harness_pause(pid_t pid) {
+    if (pid <= 0 || kill(pid, SIGSTOP) != 0)
+        return false;
+    int64_t until = harness_now_ms() + 2000;
+    while (!all_threads_stopped(pid)) {
+        if (harness_now_ms() > until)
+            return false;
+        harness_sleep_ms(1);
+    }
+    return true;
 }
 
 int harness_process_stop(harness_process *process, int signal_number, int64_t timeout_ms) {

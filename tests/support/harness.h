@@ -56,6 +56,10 @@ bool harness_gateway_start(const char *dir, int catalog_port, int lending_port, 
 /* Sends signal (0: none, just wait) up to timeout_ms; returns the exit status (or 128+signal), -1 when
  * it did not exit in time (it is then killed). */
 int harness_process_stop(harness_process *process, int signal_number, int64_t timeout_ms);
+/* SIGSTOP, then waits (2 s at most) until every thread of pid has really stopped: kill()
+ * returns before that, and a server still running for a moment can answer one more request.
+ * false when it did not stop. SIGCONT resumes it. */
+bool harness_pause(pid_t pid);
 bool harness_wait_port(int port, int64_t timeout_ms);
 
 /* Tokens signed with dir's private key. ttl_seconds may be negative (already expired). */
