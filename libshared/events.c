@@ -6,10 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "log.h"
 #include "metrics.h"
+#include "timestamp.h"
 
 enum {
     FETCH_BATCH = 64,
@@ -117,17 +117,6 @@ struct event_consumer {
     pthread_t *worker_threads;
     int worker_count;
 };
-
-static int64_t monotonic_ms(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
-
-static void pause_ms(int64_t ms) {
-    struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
-    nanosleep(&pause, NULL);
-}
 
 static bool retryable(status_code code) {
     return code == STATUS_UNAVAILABLE || code == STATUS_ABORTED ||
@@ -252,19 +241,21 @@ static void consumer_check(event_consumer *consumer) {
 
 static void *consume_main(void *arg) {
     event_consumer *consumer = arg;
-    int64_t checked = monotonic_ms();
+    int64_t checked = timestamp_monotonic_ms();
     while (!atomic_load(&consumer->stopping)) {
         natsMsgList list = {0};
         natsStatus s = natsSubscription_Fetch(&list, consumer->subscription, FETCH_BATCH,
                                               FETCH_WAIT_MS, NULL);
-        if (s != NATS_OK && s != NATS_TIMEOUT && !atomic_load(&consumer->stopping)) {
-            LOG_DEBUG("%s: fetch failed: %s", consumer->durable, natsStatus_GetText(s));
-            pause_ms(200);
-        }
         if (s != NATS_OK) {
-            int64_t now = monotonic_ms();
-            if (now - checked >= (s == NATS_TIMEOUT ? CONSUMER_CHECK_MS : 1000) &&
-                !atomic_load(&consumer->stopping)) {
+            if (atomic_load(&consumer->stopping))
+                continue;
+            bool failed = s != NATS_TIMEOUT;
+            if (failed) {
+                LOG_DEBUG("%s: fetch failed: %s", consumer->durable, natsStatus_GetText(s));
+                timestamp_sleep_ms(200);
+            }
+            int64_t now = timestamp_monotonic_ms();
+            if (now - checked >= (failed ? 1000 : CONSUMER_CHECK_MS)) {
                 checked = now;
                 consumer_check(consumer);
             }
@@ -414,7 +405,7 @@ static status_code replay_one(natsMsg *message, uint64_t sequence, event_handler
             break;
         if (waited == 0)
             LOG_WARN("replay: event %s will be retried: %s", e->event_id, st->message);
-        pause_ms(REPLAY_RETRY_MS);
+        timestamp_sleep_ms(REPLAY_RETRY_MS);
     }
     library__events__v1__event__free_unpacked(e, NULL);
     return code;

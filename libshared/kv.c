@@ -5,10 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "log.h"
 #include "text.h"
+#include "timestamp.h"
 
 /* The last value this process read or wrote for a key, in a slot picked by a hash of the key.
  * kv_mutate tries its compare-and-set on it first and so skips the read in the common case
@@ -280,18 +280,6 @@ struct kv_follow {
     int64_t started_ms;
 };
 
-static int64_t follow_now_ms(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
-
-static void follow_pause(int64_t timeout_ms) {
-    int64_t ms = timeout_ms < 100 ? timeout_ms : 100;
-    struct timespec pause = {.tv_sec = 0, .tv_nsec = ms * 1000000};
-    nanosleep(&pause, NULL);
-}
-
 kv_follow *kv_follow_start(kv_bucket *bucket, int64_t renew_ms) {
     kv_follow *follow = calloc(1, sizeof *follow);
     if (follow == NULL)
@@ -311,10 +299,10 @@ static bool follow_keep(kv_follow *follow) {
     if (nats_connection_since_reconnect_ms(connection) < FOLLOW_RECONNECT_SETTLE_MS)
         return true;
     bool reconnected = nats_connection_reconnects(connection) != follow->reconnects;
-    bool old = follow->renew_ms > 0 && follow_now_ms() - follow->started_ms >= follow->renew_ms;
+    bool old = follow->renew_ms > 0 && timestamp_monotonic_ms() - follow->started_ms >= follow->renew_ms;
     if (!reconnected && !old)
         return true;
-    nats_connection_retire_watcher(follow->bucket->connection, follow->watcher);
+    nats_connection_retire_watcher(connection, follow->watcher);
     follow->watcher = NULL;
     return false;
 }
@@ -331,7 +319,7 @@ kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kvEntry **
     if (watcher == NULL) {
         uint64_t reconnects = nats_connection_reconnects(connection);
         if (!nats_connection_is_up(connection) || kvStore_WatchAll(&watcher, follow->bucket->store, NULL) != NATS_OK) {
-            follow_pause(timeout_ms);
+            timestamp_sleep_ms(timeout_ms < 100 ? timeout_ms : 100);
             return KV_FOLLOW_IDLE;
         }
         pthread_mutex_lock(&follow->lock);
@@ -339,7 +327,7 @@ kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kvEntry **
         if (!stopped) {
             follow->watcher = watcher;
             follow->reconnects = reconnects;
-            follow->started_ms = follow_now_ms();
+            follow->started_ms = timestamp_monotonic_ms();
         }
         pthread_mutex_unlock(&follow->lock);
         if (stopped) {

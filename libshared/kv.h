@@ -48,7 +48,8 @@ status_code kv_mutate(kv_bucket *bucket, const char *key, arena *a, kv_mutation 
 
 /* A watch on the whole bucket that keeps itself going, for a replica's in-memory view of it.
  * A watch that fails, that was open across a NATS reconnect (its ordered consumer should ride
- * that out; a fresh watch does not depend on it), that kv_follow_restart asked to drop, or
+ * that out; a fresh watch does not depend on it; replaced once the reconnect is 3 s old, when
+ * NATS.c is done resetting it), that kv_follow_restart asked to drop, or
  * (renew_ms > 0) that is older than renew_ms, is replaced by a fresh one, which delivers the
  * newest value of every key again. One thread calls kv_follow_next; any may call stop. */
 typedef struct kv_follow kv_follow;

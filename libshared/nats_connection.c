@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "timestamp.h"
 
 typedef struct retired {
     struct retired *next;
@@ -41,12 +42,6 @@ struct nats_connection {
 
 #define RETIRE_GRACE_MS 60000
 
-static int64_t monotonic_ms(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
-
 static void destroy_retired(retired *r) {
     while (r != NULL) {
         retired *next = r->next;
@@ -67,7 +62,7 @@ static void retire(nats_connection *c, natsSubscription *subscription, kvWatcher
     }
     r->subscription = subscription;
     r->watcher = watcher;
-    r->retired_ms = monotonic_ms();
+    r->retired_ms = timestamp_monotonic_ms();
     pthread_mutex_lock(&c->lock);
     r->next = c->retired;
     c->retired = r;
@@ -121,7 +116,7 @@ static void on_disconnected(natsConnection *nc, void *closure) {
 static void on_reconnected(natsConnection *nc, void *closure) {
     (void)nc;
     nats_connection *c = closure;
-    atomic_store(&c->reconnected_ms, monotonic_ms());
+    atomic_store(&c->reconnected_ms, timestamp_monotonic_ms());
     atomic_fetch_add(&c->reconnects, 1);
     LOG_INFO("reconnected to NATS");
     if (c->health)
@@ -187,11 +182,6 @@ status_code nats_status_to_status(natsStatus s, const char *what, status *st) {
     return status_set(st, STATUS_INTERNAL, "NATS_ERROR", "%s: %s", what, text);
 }
 
-static void sleep_ms(int64_t ms) {
-    struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
-    nanosleep(&pause, NULL);
-}
-
 /* NATS.c spins up to 2,000 times on a contended mutex before it sleeps (its default). With
  * a service's dozens of threads on a few cores the spinning thread mostly keeps the holder
  * from running: profiled under the borrow benchmark on 2 cores, 13% of all CPU went to
@@ -239,13 +229,13 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
     }
     /* the budget is wall time: one attempt alone can take the 2 s connect timeout */
     int64_t budget = options->connect_timeout_ms > 0 ? options->connect_timeout_ms : 30000;
-    int64_t give_up = monotonic_ms() + budget;
+    int64_t give_up = timestamp_monotonic_ms() + budget;
     for (;;) {
         s = natsConnection_Connect(&c->core, opts);
-        if (s == NATS_OK || monotonic_ms() >= give_up)
+        if (s == NATS_OK || timestamp_monotonic_ms() >= give_up)
             break;
         LOG_WARN("cannot connect to NATS at %s (%s); retrying", options->url, natsStatus_GetText(s));
-        sleep_ms(500);
+        timestamp_sleep_ms(500);
     }
     natsOptions_Destroy(opts);
     if (s != NATS_OK) {
@@ -310,7 +300,7 @@ uint64_t nats_connection_reconnects(nats_connection *c) {
 }
 
 int64_t nats_connection_since_reconnect_ms(nats_connection *c) {
-    return atomic_load(&c->reconnects) == 0 ? INT64_MAX : monotonic_ms() - atomic_load(&c->reconnected_ms);
+    return atomic_load(&c->reconnects) == 0 ? INT64_MAX : timestamp_monotonic_ms() - atomic_load(&c->reconnected_ms);
 }
 
 typedef struct subscription_done {

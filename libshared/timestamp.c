@@ -1,4 +1,4 @@
-/* timestamp.c - CLOCK_REALTIME in the two shapes the services store. */
+/* timestamp.c - CLOCK_REALTIME in the two shapes the services store, and CLOCK_MONOTONIC. */
 #include "timestamp.h"
 
 #include <time.h>
@@ -27,4 +27,15 @@ Google__Protobuf__Timestamp *timestamp_now(arena *a) {
         t->nanos = (int32_t)now.tv_nsec;
     }
     return t;
+}
+
+int64_t timestamp_monotonic_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+void timestamp_sleep_ms(int64_t ms) {
+    struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    nanosleep(&pause, NULL);
 }

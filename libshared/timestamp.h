@@ -1,5 +1,6 @@
 /* timestamp.h - wall-clock time for records and messages: Unix milliseconds, and
- * google.protobuf.Timestamp values allocated in an arena. */
+ * google.protobuf.Timestamp values allocated in an arena; and the monotonic clock for
+ * intervals, deadlines and pauses, which never jumps with the wall clock. */
 #ifndef LIBSHARED_TIMESTAMP_H
 #define LIBSHARED_TIMESTAMP_H
 
@@ -12,5 +13,10 @@ int64_t timestamp_now_ms(void);
 /* NULL when out of memory. */
 Google__Protobuf__Timestamp *timestamp_from_ms(arena *a, int64_t ms);
 Google__Protobuf__Timestamp *timestamp_now(arena *a);
+
+/* CLOCK_MONOTONIC in milliseconds: only differences mean anything. */
+int64_t timestamp_monotonic_ms(void);
+/* Sleeps ms milliseconds (a signal may end it early). */
+void timestamp_sleep_ms(int64_t ms);
 
 #endif

@@ -72,7 +72,7 @@ static status_code load_initial(book_store *store, status *st) {
     enum { LOAD_TIMEOUT_MS = 10000 };
     for (int64_t waited_ms = 0;;) {
         kvEntry *entry = NULL;
-        int64_t before = timestamp_now_ms();
+        int64_t before = timestamp_monotonic_ms();
         switch (kv_follow_next(store->follow, LOAD_TIMEOUT_MS - waited_ms, &entry)) {
         case KV_FOLLOW_ENTRY:
             apply_watch_entry(store, entry);
@@ -86,7 +86,7 @@ static status_code load_initial(book_store *store, status *st) {
         case KV_FOLLOW_STOPPED:
             return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE", "loading the books was stopped");
         }
-        waited_ms += timestamp_now_ms() - before;
+        waited_ms += timestamp_monotonic_ms() - before;
         if (waited_ms >= LOAD_TIMEOUT_MS)
             return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE",
                               "loading the books: NATS did not deliver them in %d s", LOAD_TIMEOUT_MS / 1000);

@@ -262,6 +262,11 @@ static status_code get_loan(void *state, rpc_context *ctx, const ProtobufCMessag
     return STATUS_OK;
 }
 
+/* The loan `position` places back from the newest in the user's history. */
+static const char *history_from_newest(const user_record *record, size_t position) {
+    return record->history[record->n_history - 1 - position];
+}
+
 static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMessage *request,
                               ProtobufCMessage **response, status *st) {
     lending_handlers *h = state;
@@ -286,7 +291,7 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
     size_t position = 0, count = 0;
     if (query.start_at[0] != '\0') { /* where the previous page stopped, however many came since */
         while (position < record->n_history &&
-               strcmp(record->history[record->n_history - 1 - position], query.start_at) != 0)
+               strcmp(history_from_newest(record, position), query.start_at) != 0)
             position++;
         if (position == record->n_history)
             return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
@@ -295,7 +300,7 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
                               HISTORY_KEPT);
     }
     for (; position < record->n_history && count < page_size; position++) {
-        const char *loan_id = record->history[record->n_history - 1 - position];
+        const char *loan_id = history_from_newest(record, position);
         loan_record *loan = NULL;
         code = loan_store_get(h->store, loan_id, a, &loan, st);
         if (code == STATUS_NOT_FOUND)
@@ -312,7 +317,7 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
     out->n_loans = count;
     if (position < record->n_history) {
         char token[LENDING_PAGE_TOKEN_MAX];
-        lending_page_token_encode(record->history[record->n_history - 1 - position], token);
+        lending_page_token_encode(history_from_newest(record, position), token);
         out->next_page_token = arena_strdup(a, token);
     }
     *response = &out->base;

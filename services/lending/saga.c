@@ -531,7 +531,7 @@ static void *reconciler_main(void *arg) {
     arena *a = arena_create(0);
     kv_follow *follow = kv_follow_start(loan_store_bucket(saga->store), REWATCH_MS);
     bool ready = false; /* the index holds every key's newest value */
-    int64_t next_round = timestamp_now_ms() + saga->options.reconcile_interval_ms;
+    int64_t next_round = timestamp_monotonic_ms() + saga->options.reconcile_interval_ms;
     while (a && follow && !atomic_load(&saga->stopping)) {
         kvEntry *entry = NULL;
         switch (kv_follow_next(follow, 100, &entry)) {
@@ -552,10 +552,10 @@ static void *reconciler_main(void *arg) {
         case KV_FOLLOW_STOPPED:
             break;
         }
-        if (ready && timestamp_now_ms() >= next_round && nats_connection_is_up(saga->connection)) {
+        if (ready && timestamp_monotonic_ms() >= next_round && nats_connection_is_up(saga->connection)) {
             reconcile_open(saga, a);
             arena_reset(a);
-            next_round = timestamp_now_ms() + saga->options.reconcile_interval_ms;
+            next_round = timestamp_monotonic_ms() + saga->options.reconcile_interval_ms;
         }
     }
     if (a == NULL || follow == NULL)
