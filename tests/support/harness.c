@@ -16,20 +16,17 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "timestamp.h"
 
 int64_t harness_now_ms(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    return timestamp_monotonic_ms();
 }
 
 void harness_sleep_ms(int64_t ms) {
-    struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
-    nanosleep(&pause, NULL);
+    timestamp_sleep_ms(ms);
 }
 
 /* Everything a pipe gives until it ends, or until max bytes (0: no limit), NUL-terminated,
