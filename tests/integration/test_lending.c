@@ -744,7 +744,7 @@ Test(lending, concurrent_returns_never_push_available_above_total) {
         cr_assert_eq(jobs[i].code, STATUS_OK, "return %d: %s", i, status_code_name(jobs[i].code));
     }
     expect_available(book->book_id, 3);
-    harness_sleep_ms(500);
+    cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "catalog", 10000));
     cr_assert_eq(available(book->book_id), 3, "returns gave back more copies than were lent");
 }
 
@@ -775,7 +775,9 @@ Test(lending, an_event_delivered_twice_changes_nothing) {
         cr_assert_eq(events_publish(nats, "library.events.loan.requested", &e, &st), STATUS_OK, "%s", st.message);
     }
     nats_connection_close(nats);
-    harness_sleep_ms(1500);
+    /* catalog has handled every replay, and lending whatever catalog answered */
+    cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "catalog", 10000));
+    cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "lending", 10000));
     cr_assert_eq(available(book->book_id), 1, "a replayed LoanRequested took another copy");
     cr_assert_eq(get_loan(user_bearer(user), loan->loan_id, STATUS_OK)->status, ACTIVE);
 }

@@ -512,7 +512,8 @@ Test(mypage, every_loan_event_published_again_changes_no_page) {
         c.events[i]->event_id = original;
     }
     /* the projection reads them all: wait until its consumer has nothing pending */
-    harness_sleep_ms(1500);
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000),
+              "mypage's consumer still had events pending after 10 s");
     expect_same_pages(t, users, USERS, before, sizes);
     expect_pages_match(t, users, USERS, 5000);
     cr_log_info("%zu loan events published again; no page changed", c.count);

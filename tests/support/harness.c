@@ -18,6 +18,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <nats/nats.h>
+
 #include "grpc/health/v1/health.pb-c.h"
 #include "timestamp.h"
 
@@ -27,6 +29,47 @@ int64_t harness_now_ms(void) {
 
 void harness_sleep_ms(int64_t ms) {
     timestamp_sleep_ms(ms);
+}
+
+/* One look at a consumer: true when it has nothing pending or unacked; *last_sequence is the
+ * stream's last sequence at that moment. */
+static bool consumer_idle_once(jsCtx *js, const char *durable, uint64_t *last_sequence) {
+    jsStreamInfo *stream = NULL;
+    jsConsumerInfo *consumer = NULL;
+    jsErrCode code = 0;
+    bool idle = false;
+    if (js_GetStreamInfo(&stream, js, "LIBRARY", NULL, &code) == NATS_OK &&
+        js_GetConsumerInfo(&consumer, js, "LIBRARY", durable, NULL, &code) == NATS_OK) {
+        *last_sequence = stream->State.LastSeq;
+        idle = consumer->NumPending == 0 && consumer->NumAckPending == 0;
+    }
+    jsStreamInfo_Destroy(stream);
+    jsConsumerInfo_Destroy(consumer);
+    return idle;
+}
+
+bool harness_wait_consumer_idle(const char *nats_url, const char *durable, int64_t timeout_ms) {
+    natsConnection *connection = NULL;
+    jsCtx *js = NULL;
+    if (natsConnection_ConnectTo(&connection, nats_url) != NATS_OK ||
+        natsConnection_JetStream(&js, connection, NULL) != NATS_OK) {
+        natsConnection_Destroy(connection);
+        return false;
+    }
+    int64_t until = harness_now_ms() + timeout_ms;
+    uint64_t seen = UINT64_MAX, last = 0;
+    bool idle = false;
+    while (!idle && harness_now_ms() < until) {
+        /* idle twice in a row with no new message in the stream between the two looks */
+        bool now_idle = consumer_idle_once(js, durable, &last);
+        idle = now_idle && last == seen;
+        seen = now_idle ? last : UINT64_MAX;
+        if (!idle)
+            harness_sleep_ms(50);
+    }
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(connection);
+    return idle;
 }
 
 /* Everything a pipe gives until it ends, or until max bytes (0: no limit), NUL-terminated,

@@ -84,6 +84,13 @@ double harness_sample(const char *body, const char *series);
 /* Resident memory of a process in KiB (VmRSS), or -1. */
 long harness_process_rss_kib(pid_t pid);
 
+/* Waits until the durable JetStream consumer `durable` of stream LIBRARY on nats_url has
+ * taken every message the stream holds: nothing pending, nothing delivered and unacked, and
+ * its ack floor at the stream's last sequence, seen twice in a row 50 ms apart (a handler
+ * that publishes a follow-up event moves the last sequence on). Use it before asserting that
+ * something did not change, instead of sleeping. false when not so within timeout_ms. */
+bool harness_wait_consumer_idle(const char *nats_url, const char *durable, int64_t timeout_ms);
+
 int64_t harness_now_ms(void);
 void harness_sleep_ms(int64_t ms);
 
