@@ -31,6 +31,22 @@ void harness_sleep_ms(int64_t ms) {
     timestamp_sleep_ms(ms);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+
+int64_t harness_latency_bound_ms(int64_t ms) {
+#ifdef SANITIZED
+    return ms * 3;
+#else
+    return ms;
+#endif
+}
+
 /* One look at a consumer: true when it has nothing pending or unacked; *last_sequence is the
  * stream's last sequence at that moment. */
 static bool consumer_idle_once(jsCtx *js, const char *durable, uint64_t *last_sequence) {
@@ -145,18 +161,58 @@ const char *harness_temp_dir(char *buffer, size_t size) {
     return mkdtemp(buffer);
 }
 
-int harness_free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in address = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t length = sizeof address;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&address, sizeof address) != 0 ||
-        getsockname(fd, (struct sockaddr *)&address, &length) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
+/* The kernel's ephemeral range (where connect() takes its local ports), from procfs. */
+static void ephemeral_range(int *low, int *high) {
+    *low = 32768;
+    *high = 60999;
+    FILE *range = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (range) {
+        if (fscanf(range, "%d %d", low, high) != 2) {
+            *low = 32768;
+            *high = 60999;
+        }
+        fclose(range);
     }
-    close(fd);
-    return ntohs(address.sin_port);
+}
+
+static bool port_bindable(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bool free = fd >= 0 && bind(fd, (struct sockaddr *)&address, sizeof address) == 0;
+    if (fd >= 0)
+        close(fd);
+    return free;
+}
+
+/* Ports come from outside the ephemeral range: a port inside it can be the local end of a
+ * client connection, or of one in TIME_WAIT (thousands after a busy suite), at the moment a
+ * server binds it, and bind() then fails with "Address already in use" although nothing
+ * listens there. Below the range when there is room (20000 up), else above it. The start is
+ * random per process, so parallel tests and suites rarely try the same port. */
+int harness_free_port(void) {
+    int low, high;
+    ephemeral_range(&low, &high);
+    int first = 20000, last = low - 1;
+    if (last - first < 2000) {
+        first = high + 1;
+        last = 65535;
+    }
+    /* Criterion forks a process per test: a seed inherited from the runner would give every
+     * test the same ports, so each process seeds its own. */
+    static unsigned seed;
+    static pid_t seeded_by;
+    if (seeded_by != getpid()) {
+        seeded_by = getpid();
+        seed = (unsigned)seeded_by * 2654435761u ^ (unsigned)harness_now_ms();
+    }
+    int span = last - first + 1;
+    for (int attempt = 0; attempt < 500 && span > 0; attempt++) {
+        int port = first + (int)(rand_r(&seed) % (unsigned)span);
+        if (port_bindable(port))
+            return port;
+    }
+    return -1;
 }
 
 bool harness_wait_port(int port, int64_t timeout_ms) {

@@ -91,6 +91,11 @@ long harness_process_rss_kib(pid_t pid);
  * something did not change, instead of sleeping. false when not so within timeout_ms. */
 bool harness_wait_consumer_idle(const char *nats_url, const char *durable, int64_t timeout_ms);
 
+/* An upper bound for a behaviour that must be quick ("fails fast", "at once"), in ms,
+ * stretched in the sanitizer build, where everything runs about three times slower while
+ * Criterion runs two tests at once on two cores. Speed itself is measured by tools/bench. */
+int64_t harness_latency_bound_ms(int64_t ms);
+
 int64_t harness_now_ms(void);
 void harness_sleep_ms(int64_t ms);
 
