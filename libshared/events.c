@@ -28,6 +28,7 @@ status_code events_ensure_stream(nats_connection *connection, int replicas, stat
     jsErrCode error = 0;
     natsStatus s = js_GetStreamInfo(&info, js, EVENTS_STREAM, NULL, &error);
     if (s == NATS_OK) {
+        nats_warn_on_other_replicas(EVENTS_STREAM, info->Config->Replicas, replicas);
         jsStreamInfo_Destroy(info);
         return STATUS_OK;
     }
@@ -48,12 +49,15 @@ status_code events_ensure_stream(nats_connection *connection, int replicas, stat
         jsStreamInfo_Destroy(info);
         return STATUS_OK;
     }
+    status failure;
+    nats_jetstream_create_status(s, "creating the event stream", config.Replicas, &failure);
     /* another replica may have created it at the same moment */
     if (js_GetStreamInfo(&info, js, EVENTS_STREAM, NULL, &error) == NATS_OK) {
         jsStreamInfo_Destroy(info);
         return STATUS_OK;
     }
-    return nats_status_to_status(s, "creating the event stream", st);
+    *st = failure;
+    return failure.code;
 }
 
 static metric_series *published_series(const char *subject) {

@@ -108,6 +108,12 @@ status_code kv_bucket_open(nats_connection *connection, const char *name, int re
     pthread_mutex_init(&bucket->cache_lock, NULL);
     jsCtx *js = nats_connection_jetstream(connection);
     natsStatus s = js_KeyValue(&bucket->store, js, name);
+    if (s == NATS_OK) {
+        kvStatus *kv_status = NULL;
+        if (kvStore_Status(&kv_status, bucket->store) == NATS_OK)
+            nats_warn_on_other_replicas(name, kvStatus_Replicas(kv_status), replicas);
+        kvStatus_Destroy(kv_status);
+    }
     if (s == NATS_NOT_FOUND) {
         kvConfig config;
         kvConfig_Init(&config);
@@ -122,7 +128,7 @@ status_code kv_bucket_open(nats_connection *connection, const char *name, int re
         free(bucket);
         char what[96];
         snprintf(what, sizeof what, "opening bucket %s", name);
-        return nats_status_to_status(s, what, st);
+        return nats_jetstream_create_status(s, what, replicas > 0 ? replicas : 1, st);
     }
     *out = bucket;
     return STATUS_OK;

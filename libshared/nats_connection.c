@@ -182,12 +182,63 @@ status_code nats_status_to_status(natsStatus s, const char *what, status *st) {
     return status_set(st, STATUS_INTERNAL, "NATS_ERROR", "%s: %s", what, text);
 }
 
+/* A stream or bucket made earlier with another replica count is left as it is: changing it
+ * is an operator's step (`nats stream edit --replicas`), not something each replica of a
+ * service should race to do during a rolling update. */
+void nats_warn_on_other_replicas(const char *name, int64_t has, int wanted) {
+    if (has != (wanted > 0 ? wanted : 1))
+        LOG_WARN("%s has %lld replicas, NATS_REPLICAS asks for %d; it is used as it is (change "
+                 "it with `nats stream edit %s --replicas %d`)",
+                 name, (long long)has, wanted, name, wanted);
+}
+
+status_code nats_jetstream_create_status(natsStatus s, const char *what, int replicas, status *st) {
+    const char *text = nats_GetLastError(NULL);
+    if (s != NATS_OK && text != NULL) {
+        if (strstr(text, "not supported in non-clustered mode") != NULL)
+            return status_set(st, STATUS_FAILED_PRECONDITION, "NATS_REPLICAS",
+                              "%s: NATS_REPLICAS=%d, but NATS is a single server, not a JetStream "
+                              "cluster: set NATS_REPLICAS=1 or give every NATS URL of a cluster",
+                              what, replicas);
+        if (strstr(text, "insufficient resources") != NULL ||
+            strstr(text, "no suitable peers") != NULL)
+            return status_set(st, STATUS_FAILED_PRECONDITION, "NATS_REPLICAS",
+                              "%s: NATS_REPLICAS=%d, but the JetStream cluster cannot place that "
+                              "many replicas (fewer servers, or some down): lower NATS_REPLICAS to "
+                              "at most the cluster's size (%s)",
+                              what, replicas, text);
+    }
+    return nats_status_to_status(s, what, st);
+}
+
 /* NATS.c spins up to 2,000 times on a contended mutex before it sleeps (its default). With
  * a service's dozens of threads on a few cores the spinning thread mostly keeps the holder
  * from running: profiled under the borrow benchmark on 2 cores, 13% of all CPU went to
  * natsMutex_Lock. Without spinning the same load runs faster. */
 static void library_open(void) {
     nats_Open(0);
+}
+
+/* NATS_URL may list a cluster's servers, "nats://a:4222,nats://b:4222". natsOptions_SetURL
+ * takes the whole text as one URL (only natsConnection_ConnectTo splits it), so a list is
+ * split here and given as servers; NATS.c then connects to any of them (in random order, so
+ * replicas spread over the nodes) and reconnects to another when one dies. */
+static natsStatus set_servers(natsOptions *opts, const char *urls) {
+    enum { MAX_SERVERS = 16 };
+    char copy[1024];
+    if (snprintf(copy, sizeof copy, "%s", urls) >= (int)sizeof copy)
+        return NATS_INVALID_ARG;
+    const char *servers[MAX_SERVERS];
+    int count = 0;
+    char *save = NULL;
+    for (char *url = strtok_r(copy, ", ", &save); url != NULL; url = strtok_r(NULL, ", ", &save)) {
+        if (count == MAX_SERVERS)
+            return NATS_INVALID_ARG;
+        servers[count++] = url;
+    }
+    if (count == 0)
+        return NATS_INVALID_ARG;
+    return natsOptions_SetServers(opts, servers, count);
 }
 
 status_code nats_connection_open(const nats_connection_options *options, nats_connection **out,
@@ -206,7 +257,7 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
     natsOptions *opts = NULL;
     natsStatus s = natsOptions_Create(&opts);
     if (s == NATS_OK)
-        s = natsOptions_SetURL(opts, options->url);
+        s = set_servers(opts, options->url);
     if (s == NATS_OK)
         s = natsOptions_SetName(opts, options->client_name);
     if (s == NATS_OK)

@@ -64,6 +64,17 @@ void nats_connection_retire_watcher(nats_connection *connection, kvWatcher *watc
  * freeing what the handler's closure points to. NULL is a no-op. */
 void nats_subscription_close(nats_connection *connection, natsSubscription *subscription);
 
+/* Logs a warning when a stream or bucket that exists has another replica count than wanted
+ * (NATS_REPLICAS); it is used as it is. */
+void nats_warn_on_other_replicas(const char *name, int64_t has, int wanted);
+
+/* Maps a failure to create a stream or bucket with `replicas` replicas. A JetStream that
+ * cannot place that many (a single server, or a cluster with fewer servers) is
+ * FAILED_PRECONDITION with reason NATS_REPLICAS: no retry can fix it, so a service stops at
+ * start as it does for a bad setting (exit 2). Anything else as nats_status_to_status. Call it
+ * right after the failed call: it reads NATS.c's last error text. */
+status_code nats_jetstream_create_status(natsStatus s, const char *what, int replicas, status *st);
+
 /* Maps a NATS.c status (and its last error text) onto ours: timeouts and lost connections
  * become UNAVAILABLE, "wrong last sequence" becomes ABORTED with reason REVISION_MISMATCH. */
 status_code nats_status_to_status(natsStatus s, const char *what, status *st);

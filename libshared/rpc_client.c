@@ -72,9 +72,15 @@ status_code rpc_client_create(const char *target, int64_t default_timeout_ms, rp
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     grpc_init();
     grpc_channel_credentials *credentials = grpc_insecure_credentials_create();
-    grpc_arg args[1] = {{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-                         .value.integer = 16 << 20}};
-    grpc_channel_args channel_args = {.num_args = 1, .args = args};
+    /* round_robin: a target that resolves to several replicas ("ipv4:10.0.0.1:50051,
+     * 10.0.0.2:50051", a headless Service's DNS name) gets every call spread over the ones
+     * that are up, instead of pick_first's one replica until it fails. Behind one address
+     * (a ClusterIP, the mesh's sidecar) it changes nothing. */
+    grpc_arg args[2] = {{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                         .value.integer = 16 << 20},
+                        {.type = GRPC_ARG_STRING, .key = GRPC_ARG_LB_POLICY_NAME,
+                         .value.string = "round_robin"}};
+    grpc_channel_args channel_args = {.num_args = 2, .args = args};
     client->channel = grpc_channel_create(target, credentials, &channel_args);
     grpc_channel_credentials_release(credentials);
     client->default_timeout_ms = default_timeout_ms > 0 ? default_timeout_ms : 5000;

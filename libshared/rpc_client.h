@@ -25,7 +25,8 @@ typedef struct rpc_reply_info {
     int64_t retry_pushback_ms; /* grpc-retry-pushback-ms of the reply, or -1 */
 } rpc_reply_info;
 
-/* target: "host:port". *out is owned by the caller (rpc_client_destroy). */
+/* target: "host:port", or any gRPC target ("ipv4:127.0.0.1:50051,127.0.0.1:50061",
+ * "dns:///catalog:50051"); calls go round-robin over the addresses it resolves to. *out is owned by the caller (rpc_client_destroy). */
 status_code rpc_client_create(const char *target, int64_t default_timeout_ms, rpc_client **out,
                               status *st);
 void rpc_client_destroy(rpc_client *client); /* NULL is a no-op */

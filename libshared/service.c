@@ -31,8 +31,9 @@ static const config_entry common_config[] = {
      0, 0},
     {"JWT_LEEWAY", CONFIG_DURATION, "30s", "clock skew allowed for exp and nbf",
      &settings.jwt_leeway_ms, 0, 300000},
-    {"NATS_URL", CONFIG_STRING, NULL, "NATS server URL, e.g. nats://nats:4222", &settings.nats_url,
-     0, 0},
+    {"NATS_URL", CONFIG_STRING, NULL,
+     "NATS server URL, or a cluster's URLs separated by commas, e.g. nats://nats:4222",
+     &settings.nats_url, 0, 0},
     {"NATS_TIMEOUT", CONFIG_DURATION, "2s", "timeout of one JetStream request",
      &settings.nats_timeout_ms, 10, 60000},
     {"NATS_CONNECT_TIMEOUT", CONFIG_DURATION, "30s", "how long to keep trying NATS at start",
@@ -234,6 +235,10 @@ static int run(const service_definition *definition) {
 done:
     if (exit_status != 0)
         LOG_ERROR("%s could not start: %s", definition->name, st.message);
+    /* a setting the environment cannot satisfy is a bad setting: no restart will help */
+    if (exit_status != 0 && st.code == STATUS_FAILED_PRECONDITION &&
+        strcmp(st.reason, "NATS_REPLICAS") == 0)
+        exit_status = 2;
     if (started && definition->stop)
         definition->stop(state);
     nats_connection_close(nats);

@@ -12,7 +12,7 @@ static struct {
 } settings;
 
 static const config_entry lending_config[] = {
-    {"CATALOG_ADDR", CONFIG_STRING, NULL, "catalog gRPC address, host:port", &settings.catalog_address, 0, 0},
+    {"CATALOG_ADDR", CONFIG_STRING, NULL, "catalog gRPC target: host:port, or several replicas as ipv4:host:port,host:port (calls go round-robin)", &settings.catalog_address, 0, 0},
     {"LOAN_PERIOD", CONFIG_DURATION, "14d", "how long a loan lasts", &settings.loan_period_ms, 1000, 0},
     {"MAX_ACTIVE_LOANS", CONFIG_INT, "5", "PENDING + ACTIVE loans a user may hold",
      &settings.max_active_loans, 1, 1000},

@@ -232,7 +232,7 @@ bool harness_wait_port(int port, int64_t timeout_ms) {
 
 /* fork + exec with stdout and stderr appended to log_path, in its own process group so a
  * crashed test never leaves it attached to the terminal. */
-static pid_t spawn(char *const argv[], const char *const *env, const char *log_path) {
+pid_t harness_spawn(char *const argv[], const char *const *env, const char *log_path) {
     pid_t pid = fork();
     if (pid != 0)
         return pid;
@@ -327,7 +327,7 @@ bool harness_nats_start(const char *dir, int port_number, harness_process *out) 
     snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
     snprintf(out->url, sizeof out->url, "nats://127.0.0.1:%d", out->port);
     char *argv[] = {"nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", store, NULL};
-    out->pid = spawn(argv, NULL, out->log_path);
+    out->pid = harness_spawn(argv, NULL, out->log_path);
     return out->pid > 0 && harness_wait_port(out->port, 10000);
 }
 
@@ -343,7 +343,7 @@ bool harness_redis_start(const char *dir, int port_number, harness_process *out)
     snprintf(out->url, sizeof out->url, "redis://127.0.0.1:%d", out->port);
     char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", data,
                     "--appendonly", "yes", "--save", "", NULL};
-    out->pid = spawn(argv, NULL, out->log_path);
+    out->pid = harness_spawn(argv, NULL, out->log_path);
     return out->pid > 0 && harness_wait_port(out->port, 10000);
 }
 
@@ -409,6 +409,11 @@ static void service_command(const char *name, const char *dir, int port, int met
 
 bool harness_service_start(const char *name, const char *dir, const char *const *env,
                            harness_process *out) {
+    return harness_replica_start(name, name, dir, env, out);
+}
+
+bool harness_replica_start(const char *name, const char *replica, const char *dir,
+                           const char *const *env, harness_process *out) {
     memset(out, 0, sizeof *out);
     out->port = harness_free_port();
     for (const char *const *e = env; e && *e; e++) /* a fixed port wins (restarts) */
@@ -419,12 +424,12 @@ bool harness_service_start(const char *name, const char *dir, const char *const 
     for (const char *const *e = env; e && *e; e++)
         if (strncmp(*e, "METRICS_PORT=", 13) == 0)
             out->metrics_port = atoi(*e + 13);
-    snprintf(out->log_path, sizeof out->log_path, "%s/%s.log", dir, name);
+    snprintf(out->log_path, sizeof out->log_path, "%s/%s.log", dir, replica);
     char binary[512];
     const char *all[40];
     service_command(name, dir, out->port, out->metrics_port, env, binary, all);
     char *argv[] = {binary, NULL};
-    out->pid = spawn(argv, all, out->log_path);
+    out->pid = harness_spawn(argv, all, out->log_path);
     if (out->pid <= 0)
         return false;
     int64_t until = harness_now_ms() + 15000;
@@ -447,8 +452,8 @@ int harness_service_run(const char *name, const char *argument, const char *dir,
     char binary[512];
     const char *all[40];
     service_command(name, dir, 0, 0, env, binary, all);
-    char *argv[] = {binary, (char *)argument, NULL};
-    process.pid = spawn(argv, all, process.log_path);
+    char *argv[] = {binary, argument[0] ? (char *)argument : NULL, NULL};
+    process.pid = harness_spawn(argv, all, process.log_path);
     if (process.pid <= 0)
         return -1;
     /* signal 0 only waits: the command ends by itself or is killed at the timeout */
@@ -480,6 +485,16 @@ status_code harness_call(rpc_client *client, const char *method, const ProtobufC
 
 bool harness_gateway_start(const char *dir, int catalog_port, int lending_port, int mypage_port,
                            harness_process *out) {
+    char catalog[16], lending[16], mypage[16];
+    snprintf(catalog, sizeof catalog, "%d", catalog_port);
+    snprintf(lending, sizeof lending, "%d", lending_port);
+    snprintf(mypage, sizeof mypage, "%d", mypage_port);
+    return harness_gateway_start_replicas(dir, catalog, lending, mypage, out);
+}
+
+bool harness_gateway_start_replicas(const char *dir, const char *catalog_ports,
+                                    const char *lending_ports, const char *mypage_ports,
+                                    harness_process *out) {
     memset(out, 0, sizeof *out);
     out->port = harness_free_port();
     snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
@@ -490,18 +505,18 @@ bool harness_gateway_start(const char *dir, int catalog_port, int lending_port, 
     snprintf(gateway_dir, sizeof gateway_dir, "%s/gateway", dir);
     snprintf(conf, sizeof conf, "%s/nginx.conf", gateway_dir);
     snprintf(port, sizeof port, "%d", out->port);
-    char catalog[48], lending[48], mypage[48];
-    snprintf(catalog, sizeof catalog, "GATEWAY_PORT_CATALOG=%d", catalog_port);
-    snprintf(lending, sizeof lending, "GATEWAY_PORT_LENDING=%d", lending_port);
-    snprintf(mypage, sizeof mypage, "GATEWAY_PORT_MYPAGE=%d", mypage_port);
+    char catalog[128], lending[128], mypage[128];
+    snprintf(catalog, sizeof catalog, "GATEWAY_PORT_CATALOG=%s", catalog_ports);
+    snprintf(lending, sizeof lending, "GATEWAY_PORT_LENDING=%s", lending_ports);
+    snprintf(mypage, sizeof mypage, "GATEWAY_PORT_MYPAGE=%s", mypage_ports);
     const char *env[] = {catalog, lending, mypage, NULL};
     char *render[] = {script, gateway_dir, port, NULL};
-    harness_process renderer = {.pid = spawn(render, env, out->log_path)};
+    harness_process renderer = {.pid = harness_spawn(render, env, out->log_path)};
     if (renderer.pid <= 0 || harness_process_stop(&renderer, 0, 20000) != 0)
         return false;
     /* "master_process off": one process, so PR_SET_PDEATHSIG in spawn() reaches the process
      * that holds the port; a master's workers would outlive a test that crashed. */
     char *argv[] = {"nginx", "-c", conf, "-p", gateway_dir, "-g", "master_process off;", NULL};
-    out->pid = spawn(argv, NULL, out->log_path);
+    out->pid = harness_spawn(argv, NULL, out->log_path);
     return out->pid > 0 && harness_wait_port(out->port, 10000);
 }

@@ -26,6 +26,11 @@ typedef struct harness_process {
 const char *harness_temp_dir(char *buffer, size_t size);
 int harness_free_port(void);
 
+/* Starts a program (argv[0] looked up in PATH) with the extra "KEY=value" settings
+ * (NULL-terminated, may be NULL), its output appended to log_path, in a process group of its
+ * own, killed when the test process dies. The pid, or -1. */
+pid_t harness_spawn(char *const argv[], const char *const *env, const char *log_path);
+
 /* Starts nats-server -js with its store under dir on port (0: a free one); waits until it
  * accepts connections. */
 bool harness_nats_start(const char *dir, int port, harness_process *out);
@@ -41,8 +46,12 @@ bool harness_keys_create(const char *dir);
 bool harness_service_start(const char *name, const char *dir, const char *const *env,
                            harness_process *out);
 
-/* Runs a service's one-shot command (`mypage --rebuild`) with the same settings as
- * harness_service_start and waits for it; returns its exit status (-1: not done in time).
+/* The same for one of several replicas of a service: it logs to dir/<replica>.log. */
+bool harness_replica_start(const char *name, const char *replica, const char *dir,
+                           const char *const *env, harness_process *out);
+
+/* Runs a service's one-shot command (`mypage --rebuild`; "" runs the service itself, for a
+ * start that must fail) with the same settings as harness_service_start and waits for it; returns its exit status (-1: not done in time).
  * Its output goes to dir/<name><argument>.log. */
 int harness_service_run(const char *name, const char *argument, const char *dir,
                         const char *const *env, int64_t timeout_ms);
@@ -52,6 +61,12 @@ int harness_service_run(const char *name, const char *argument, const char *dir,
  * test that dies takes it along); waits until it accepts connections. */
 bool harness_gateway_start(const char *dir, int catalog_port, int lending_port, int mypage_port,
                            harness_process *out);
+
+/* The same with several replicas per backend: each argument lists ports, "50051,50061"; the
+ * gateway spreads calls over them and skips one that refuses connections. */
+bool harness_gateway_start_replicas(const char *dir, const char *catalog_ports,
+                                    const char *lending_ports, const char *mypage_ports,
+                                    harness_process *out);
 
 /* Sends signal (0: none, just wait) up to timeout_ms; returns the exit status (or 128+signal), -1 when
  * it did not exit in time (it is then killed). */
