@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "events.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "library/lending/v1/lending.pb-c.h"
 #include "library/mypage/v1/mypage.pb-c.h"
 #include "nats_connection.h"
@@ -1100,5 +1101,80 @@ Test(mypage, overdue_loans_are_counted) {
     Mypage *page = page_of(t, user);
     cr_assert_eq(page->borrowed_count, 1);
     cr_assert_eq(page->overdue_count, 1);
+    test_stack_stop(&s);
+}
+
+/* --- readiness -------------------------------------------------------------------------------- */
+
+typedef Grpc__Health__V1__HealthCheckResponse__ServingStatus serving_status;
+#define SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+#define NOT_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+
+/* grpc.health.v1 Check of one name; -1 when the call itself failed. */
+static int health_of(rpc_client *c, const char *service) {
+    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    request.service = (char *)service;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = harness_call(c, "/grpc.health.v1.Health/Check", &request.base,
+                                    &grpc__health__v1__health_check_response__descriptor, mem, NULL,
+                                    &response, &st);
+    return code == STATUS_OK ? (int)((Grpc__Health__V1__HealthCheckResponse *)response)->status : -1;
+}
+
+static const char *serving_name(int value) {
+    return value == SERVING ? "SERVING" : value == NOT_SERVING ? "NOT_SERVING" : value < 0 ? "no answer" : "UNKNOWN";
+}
+
+/* Polls mypage's readiness (the server and MypageService) until it is `want`; returns the ms
+ * that took. Liveness stays SERVING throughout: a pod is not restarted for a dependency. */
+static int64_t expect_readiness(target t, serving_status want, const char *when, int64_t wait_ms) {
+    int64_t start = harness_now_ms();
+    int server, service;
+    do {
+        server = health_of(t.mypage, "");
+        service = health_of(t.mypage, "library.mypage.v1.MypageService");
+        if (server != (int)want || service != (int)want)
+            harness_sleep_ms(50);
+    } while ((server != (int)want || service != (int)want) && harness_now_ms() - start < wait_ms);
+    cr_assert(server == (int)want && service == (int)want,
+              "%s: readiness is %s (server) and %s (MypageService) after %lld ms, want %s", when,
+              serving_name(server), serving_name(service), (long long)wait_ms, serving_name(want));
+    cr_assert_eq(health_of(t.mypage, "liveness"), SERVING, "%s: liveness must stay SERVING", when);
+    return harness_now_ms() - start;
+}
+
+/* DESIGN: NOT_SERVING while a dependency is down. Redis is found down by the checker's ping
+ * (REDIS_CHECK_INTERVAL 1 s, REDIS_TIMEOUT 500 ms), NATS by the lost connection. */
+Test(mypage, readiness_is_not_serving_while_redis_or_nats_is_down) {
+    test_stack s;
+    test_stack_start(&s, "readiness", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    expect_readiness(t, SERVING, "at start", 5000);
+
+    int redis_port = s.redis.port;
+    cr_assert_eq(harness_process_stop(&s.redis, SIGTERM, 5000), 0);
+    int64_t redis_down = expect_readiness(t, NOT_SERVING, "with Redis down", 5000);
+    cr_assert(harness_redis_start(s.dir, redis_port, &s.redis), "redis did not restart");
+    int64_t redis_back = expect_readiness(t, SERVING, "after Redis came back", 5000);
+
+    int nats_port = s.nats.port;
+    cr_assert_neq(harness_process_stop(&s.nats, SIGTERM, 5000), -1, "nats-server did not stop");
+    int64_t nats_down = expect_readiness(t, NOT_SERVING, "with NATS down", 5000);
+    cr_assert(harness_nats_start(s.dir, nats_port, &s.nats), "nats-server did not restart");
+    int64_t nats_back = expect_readiness(t, SERVING, "after NATS came back", 10000);
+    cr_log_info("NOT_SERVING %lld ms after Redis stopped, SERVING %lld ms after it was back; "
+                "NATS: %lld ms and %lld ms", (long long)redis_down, (long long)redis_back,
+                (long long)nats_down, (long long)nats_back);
+
+    /* SERVING again means serving: a borrow made now reaches the page (once the catalog and
+     * lending are back on NATS too) */
+    int64_t until = harness_now_ms() + 10000;
+    while ((health_of(t.catalog, "") != SERVING || health_of(t.lending, "") != SERVING) &&
+           harness_now_ms() < until)
+        harness_sleep_ms(50);
+    workload w = make_workload(t, "ready", 2, 1, 2);
+    run_mix(&w, 1, 4);
+    expect_pages_show_what_lending_made(&w, 15000);
     test_stack_stop(&s);
 }
