@@ -6,6 +6,7 @@
 #include <hiredis.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1176,5 +1177,107 @@ Test(mypage, readiness_is_not_serving_while_redis_or_nats_is_down) {
     workload w = make_workload(t, "ready", 2, 1, 2);
     run_mix(&w, 1, 4);
     expect_pages_show_what_lending_made(&w, 15000);
+    test_stack_stop(&s);
+}
+
+/* --- a rebuild while events arrive ------------------------------------------------------------ */
+
+typedef struct rebuilder {
+    pthread_t thread;
+    test_stack *s;
+    atomic_bool mix_done;
+    int rebuilds, during_mix, failed, last_exit;
+} rebuilder;
+
+/* Rebuilds again and again until the mix is done, counting the rebuilds that ended (switched
+ * generations) while the mix still ran. */
+static void *rebuilder_main(void *arg) {
+    rebuilder *r = arg;
+    while (!atomic_load(&r->mix_done)) {
+        int exit_code = rebuild(r->s);
+        r->rebuilds++;
+        if (exit_code != 0) {
+            r->failed++;
+            r->last_exit = exit_code;
+        }
+        r->during_mix += !atomic_load(&r->mix_done);
+    }
+    return NULL;
+}
+
+/* mypage --rebuild replays the stream into a new generation while the live projection goes
+ * on: events the live projection applies during the replay must reach the new generation
+ * too, and none may be lost at the switch. */
+Test(mypage, a_rebuild_while_loans_go_on_loses_no_event) {
+    test_stack s;
+    test_stack_start(&s, "rebuild-live", lending_env, true, mypage_env);
+    enum { USERS = 8 };
+    workload w = make_workload(stack_target(&s), "live", USERS, 2, 3);
+    run_mix(&w, 2, 20); /* a history for the replay to read */
+    expect_pages_show_what_lending_made(&w, 10000);
+
+    rebuilder r = {.s = &s};
+    atomic_init(&r.mix_done, false);
+    pthread_create(&r.thread, NULL, rebuilder_main, &r);
+    run_mix(&w, 2, 40);
+    atomic_store(&r.mix_done, true);
+    pthread_join(r.thread, NULL);
+    cr_assert_eq(r.failed, 0, "%d of %d rebuilds failed (exit %d); logs in %s", r.failed, r.rebuilds,
+                 r.last_exit, s.dir);
+    cr_assert_geq(r.during_mix, 1, "no rebuild finished while the loans went on");
+    cr_assert_gt(generation_in_use(&s.redis), 0, "no rebuild switched generations");
+    expect_pages_show_what_lending_made(&w, 15000);
+    cr_log_info("%d rebuilds, %d of them ended while %d loans were made", r.rebuilds, r.during_mix,
+                loans_made(&w.made));
+    test_stack_stop(&s);
+}
+
+typedef struct generation_fill {
+    page_store *store;
+    uint64_t generation;
+} generation_fill;
+
+static status_code fill_generation(void *arg, const event *e, uint64_t sequence, status *st) {
+    generation_fill *fill = arg;
+    loan_change change;
+    if (!page_change_from_event(e, &change))
+        return STATUS_OK;
+    return page_store_apply_to(fill->store, fill->generation, &change, sequence, st);
+}
+
+/* The rebuild's steps (page_store.h) taken one at a time, with loans made between the end of
+ * the replay and the switch: the widest window for an event to miss the new generation. Only
+ * the live projection of the running mypage can put those events there. */
+Test(mypage, events_between_a_rebuilds_replay_and_its_switch_reach_the_new_pages) {
+    test_stack s;
+    test_stack_start(&s, "rebuild-window", lending_env, true, mypage_env);
+    enum { USERS = 6 };
+    workload w = make_workload(stack_target(&s), "window", USERS, 2, 3);
+    run_mix(&w, 2, 15);
+    expect_pages_show_what_lending_made(&w, 10000);
+
+    page_store *store = NULL;
+    status st;
+    cr_assert_eq(page_store_open(s.redis.url, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
+    generation_fill fill = {.store = store};
+    cr_assert_eq(page_store_rebuild_begin(store, &fill.generation, &st), STATUS_OK, "%s", st.message);
+    nats_connection *connection = connect_nats(s.nats.url);
+    uint64_t replayed = 0;
+    cr_assert_eq(events_replay(connection, "library.events.loan.>", fill_generation, &fill, &replayed, &st),
+                 STATUS_OK, "%s", st.message);
+    nats_connection_close(connection);
+
+    int loans_before = loans_made(&w.made);
+    run_mix(&w, 2, 15);
+    cr_assert_gt(loans_made(&w.made), loans_before, "no loan was made between the replay and the switch");
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000),
+              "mypage's consumer still had events pending after 10 s");
+    cr_assert_eq(page_store_rebuild_switch(store, fill.generation, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(generation_in_use(&s.redis), fill.generation);
+    page_store_close(store);
+    expect_pages_show_what_lending_made(&w, 10000);
+    cr_log_info("replayed %llu events into generation %llu, then %d loans more before the switch",
+                (unsigned long long)replayed, (unsigned long long)fill.generation,
+                loans_made(&w.made) - loans_before);
     test_stack_stop(&s);
 }
