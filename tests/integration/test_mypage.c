@@ -21,6 +21,7 @@
 #include "proxy.h"
 #include "stack_fixture.h"
 #include "text.h"
+#include "timestamp.h"
 
 typedef Library__Lending__V1__Loan Loan;
 typedef Library__Mypage__V1__Mypage Mypage;
@@ -1279,5 +1280,121 @@ Test(mypage, events_between_a_rebuilds_replay_and_its_switch_reach_the_new_pages
     cr_log_info("replayed %llu events into generation %llu, then %d loans more before the switch",
                 (unsigned long long)replayed, (unsigned long long)fill.generation,
                 loans_made(&w.made) - loans_before);
+    test_stack_stop(&s);
+}
+
+/* --- loan events out of order ------------------------------------------------------------------- */
+
+#define REQUESTED_EVENT LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED
+#define ACTIVATED_EVENT LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED
+#define CANCELED_EVENT LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED
+#define RETURNED_EVENT LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED
+#define OVERDUE_EVENT LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE
+
+typedef struct loan_story {
+    nats_connection *connection;
+    const char *user, *book_id, *title;
+    int64_t due_seconds;
+} loan_story;
+
+/* Publishes one loan event of the story, as lending would, under a fresh message id. */
+static void tell(loan_story *story, const char *loan_id, Library__Events__V1__Event__BodyCase kind,
+                 int64_t occur_ms) {
+    event *e = (event *)arena_new_message(mem, &library__events__v1__event__descriptor);
+    e->event_id = (char *)unique("out-of-order");
+    e->occur_time = timestamp_from_ms(mem, occur_ms);
+    e->correlation_id = (char *)loan_id;
+    e->body_case = kind;
+    Google__Protobuf__Timestamp *due = timestamp_from_ms(mem, story->due_seconds * 1000);
+    const char *user = story->user, *book = story->book_id, *title = story->title;
+    switch (kind) {
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED:
+        e->loan_requested = (void *)arena_new_message(mem, &library__events__v1__loan_requested__descriptor);
+        *e->loan_requested = (Library__Events__V1__LoanRequested){.base = e->loan_requested->base,
+            .loan_id = (char *)loan_id, .user_id = (char *)user, .book_id = (char *)book,
+            .book_title = (char *)title, .due_time = due};
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED:
+        e->loan_activated = (void *)arena_new_message(mem, &library__events__v1__loan_activated__descriptor);
+        *e->loan_activated = (Library__Events__V1__LoanActivated){.base = e->loan_activated->base,
+            .loan_id = (char *)loan_id, .user_id = (char *)user, .book_id = (char *)book,
+            .book_title = (char *)title, .due_time = due};
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED:
+        e->loan_canceled = (void *)arena_new_message(mem, &library__events__v1__loan_canceled__descriptor);
+        *e->loan_canceled = (Library__Events__V1__LoanCanceled){.base = e->loan_canceled->base,
+            .loan_id = (char *)loan_id, .user_id = (char *)user, .book_id = (char *)book,
+            .book_title = (char *)title, .reason = "OUT_OF_STOCK"};
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED:
+        e->loan_returned = (void *)arena_new_message(mem, &library__events__v1__loan_returned__descriptor);
+        *e->loan_returned = (Library__Events__V1__LoanReturned){.base = e->loan_returned->base,
+            .loan_id = (char *)loan_id, .user_id = (char *)user, .book_id = (char *)book};
+        break;
+    default:
+        e->loan_overdue = (void *)arena_new_message(mem, &library__events__v1__loan_overdue__descriptor);
+        *e->loan_overdue = (Library__Events__V1__LoanOverdue){.base = e->loan_overdue->base,
+            .loan_id = (char *)loan_id, .user_id = (char *)user, .book_id = (char *)book, .due_time = due};
+        break;
+    }
+    status st;
+    cr_assert_eq(events_publish(story->connection, subject_of(e), e, &st), STATUS_OK, "%s", st.message);
+}
+
+static void expect_loan(const Mypage *page, size_t index, const char *loan_id, int want, const loan_story *story) {
+    cr_assert_gt(page->n_loans, index, "the page has %zu loans", page->n_loans);
+    const Library__Mypage__V1__MypageLoan *loan = page->loans[index];
+    cr_assert_str_eq(loan->loan_id, loan_id, "loan %zu on the page", index);
+    cr_assert_eq(loan->status, want, "loan %s is %d on the page, want %d", loan_id, loan->status, want);
+    cr_assert_str_eq(loan->book_id, story->book_id, "loan %s", loan_id);
+    cr_assert_str_eq(loan->book_title, story->title, "loan %s: the title comes from whichever event had it",
+                     loan_id);
+    cr_assert_not_null(loan->due_time, "loan %s has no due time", loan_id);
+    cr_assert_eq(loan->due_time->seconds, story->due_seconds, "loan %s", loan_id);
+}
+
+/* JetStream redelivers, a reconciler republishes and several workers apply one batch, so a
+ * loan's events may reach mypage in any order. The page must show each loan's latest state:
+ * a loan moves only forward (PENDING, ACTIVE, then CANCELED or RETURNED), a late event fills
+ * in what the page lacks, and the page's time is its newest event's. */
+Test(mypage, loan_events_out_of_order_give_the_latest_state) {
+    test_stack s;
+    test_stack_start(&s, "out-of-order", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    loan_story story = {.connection = connect_nats(s.nats.url), .user = unique("shuffled"),
+                        .book_id = unique("no-such-book"), .title = "Shuffled | Tales",
+                        .due_seconds = timestamp_now_ms() / 1000 + 3600};
+    int64_t at = timestamp_now_ms() - 60000; /* one minute ago, a second per step */
+    const char *returned = unique("loan"), *activated = unique("loan"), *late = unique("loan"),
+               *canceled = unique("loan");
+    /* the newest event of all first: its return */
+    tell(&story, returned, RETURNED_EVENT, at + 30000);
+    tell(&story, returned, ACTIVATED_EVENT, at + 2000);
+    tell(&story, returned, REQUESTED_EVENT, at + 1000);
+    /* an older event after a newer one */
+    tell(&story, activated, ACTIVATED_EVENT, at + 4000);
+    tell(&story, activated, REQUESTED_EVENT, at + 3000);
+    /* the sweeper's overdue flag before the activation it follows */
+    tell(&story, late, OVERDUE_EVENT, at + 7000);
+    tell(&story, late, ACTIVATED_EVENT, at + 6000);
+    tell(&story, late, REQUESTED_EVENT, at + 5000);
+    /* a compensation overtaken by its request */
+    tell(&story, canceled, CANCELED_EVENT, at + 9000);
+    tell(&story, canceled, REQUESTED_EVENT, at + 8000);
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000),
+              "mypage's consumer still had events pending after 10 s");
+
+    Mypage *page = page_of(t, story.user);
+    cr_assert_eq(page->n_loans, 4, "the page has %zu loans", page->n_loans);
+    /* newest first: by when each loan's first event reached the stream */
+    expect_loan(page, 0, canceled, CANCELED, &story);
+    expect_loan(page, 1, late, ACTIVE, &story);
+    expect_loan(page, 2, activated, ACTIVE, &story);
+    expect_loan(page, 3, returned, RETURNED, &story);
+    cr_assert_eq(page->borrowed_count, 2);
+    cr_assert_eq(page->overdue_count, 1, "the overdue flag that came first was lost");
+    cr_assert_not_null(page->last_event_time);
+    cr_assert_eq(page->last_event_time->seconds, (at + 30000) / 1000, "the page's time is not its newest event's");
+    nats_connection_close(story.connection);
     test_stack_stop(&s);
 }
