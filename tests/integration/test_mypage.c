@@ -1398,3 +1398,95 @@ Test(mypage, loan_events_out_of_order_give_the_latest_state) {
     nats_connection_close(story.connection);
     test_stack_stop(&s);
 }
+
+/* --- what WatchMypage pushes -------------------------------------------------------------------- */
+
+typedef struct expected_loan {
+    const char *loan_id, *book_id, *title;
+    int status;
+} expected_loan;
+
+/* Why a pushed page is not exactly the expected loans (newest first), or NULL. The loan
+ * `settling` (may be NULL) may still be PENDING: its saga is under way. */
+static const char *page_differs(const Mypage *page, const char *user, const expected_loan *want, size_t n,
+                                const char *settling) {
+    if (strcmp(page->user_id, user) != 0)
+        return arena_sprintf(mem, "a page of %s", page->user_id);
+    if (page->n_loans != n)
+        return arena_sprintf(mem, "%zu loans, want %zu", page->n_loans, n);
+    int active = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Library__Mypage__V1__MypageLoan *loan = page->loans[i];
+        if (strcmp(loan->loan_id, want[i].loan_id) != 0 || strcmp(loan->book_id, want[i].book_id) != 0 ||
+            strcmp(loan->book_title, want[i].title) != 0)
+            return arena_sprintf(mem, "loan %zu is %s of %s (%s), want %s of %s (%s)", i, loan->loan_id,
+                                 loan->book_id, loan->book_title, want[i].loan_id, want[i].book_id, want[i].title);
+        bool on_its_way = settling && strcmp(loan->loan_id, settling) == 0 && loan->status == PENDING;
+        if ((int)loan->status != want[i].status && !on_its_way)
+            return arena_sprintf(mem, "loan %s is %d, want %d", loan->loan_id, loan->status, want[i].status);
+        active += loan->status == ACTIVE;
+    }
+    if (page->borrowed_count != active || page->overdue_count != 0)
+        return arena_sprintf(mem, "counts %d borrowed, %d overdue with %d loans ACTIVE", page->borrowed_count,
+                             page->overdue_count, active);
+    return NULL;
+}
+
+/* Reads pushed pages until one is exactly `want`; each one before it may differ only by
+ * `settling` being PENDING. Returns the page that matched. */
+static Mypage *expect_pushes(rpc_client_stream *stream, const char *user, const expected_loan *want, size_t n,
+                             const char *settling, const char *after) {
+    for (int pushes = 0; pushes < 5; pushes++) {
+        Mypage *page = NULL;
+        status st;
+        status_code code = next_page(stream, 5000, &page, &st);
+        cr_assert_eq(code, STATUS_OK, "after %s: no page pushed: %s %s", after, status_code_name(code), st.message);
+        cr_assert_not_null(page, "after %s: the stream ended", after);
+        const char *why = page_differs(page, user, want, n, settling);
+        cr_assert_null(why, "after %s, push %d: %s", after, pushes + 1, why);
+        if (page_differs(page, user, want, n, NULL) == NULL)
+            return page;
+    }
+    cr_assert_fail("after %s: five pushes and the loan %s still PENDING", after, settling);
+    return NULL;
+}
+
+static Loan *borrow_ok(target t, const char *user, const Book *book) {
+    Loan *loan = NULL;
+    status st;
+    status_code code = borrow_as(t, mem, user, book->book_id, &loan, &st);
+    cr_assert_eq(code, STATUS_OK, "BorrowBook: %s %s", status_code_name(code), st.message);
+    cr_assert(loan->status == ACTIVE || loan->status == PENDING, "the loan is %d", loan->status);
+    return loan;
+}
+
+/* A watcher sees exactly its loans after each change: the first borrow (PENDING, then
+ * ACTIVE), a second borrow on top of it, then the first one RETURNED, and the last page
+ * pushed is the page GetMypage reads. */
+Test(mypage, watch_pushes_exactly_the_loans_after_each_borrow_and_return) {
+    target t = shared_target();
+    Book *first_book = register_book("Pushed First", "Seed", "978-93", 2);
+    Book *second_book = register_book("Pushed | Second", "Seed", "978-94", 2);
+    const char *user = unique("pushed");
+    status st;
+    rpc_client_stream *stream = watch(t, user_bearer(user), NULL, 60000, &st);
+    expect_pushes(stream, user, NULL, 0, NULL, "opening the watch");
+
+    Loan *first = borrow_ok(t, user, first_book);
+    expected_loan one[] = {{first->loan_id, first_book->book_id, "Pushed First", ACTIVE}};
+    expect_pushes(stream, user, one, 1, first->loan_id, "the first borrow");
+
+    Loan *second = borrow_ok(t, user, second_book);
+    expected_loan two[] = {{second->loan_id, second_book->book_id, "Pushed | Second", ACTIVE}, one[0]};
+    expect_pushes(stream, user, two, 2, second->loan_id, "the second borrow");
+
+    cr_assert_eq(return_as(t, mem, user, first->loan_id, &st), STATUS_OK, "%s", st.message);
+    two[1].status = RETURNED;
+    Mypage *pushed = expect_pushes(stream, user, two, 2, NULL, "the return");
+    size_t pushed_size = 0, read_size = 0;
+    uint8_t *pushed_bytes = arena_pack(mem, &pushed->base, &pushed_size);
+    uint8_t *read_bytes = arena_pack(mem, &page_of(t, user)->base, &read_size);
+    cr_assert(pushed_size == read_size && memcmp(pushed_bytes, read_bytes, read_size) == 0,
+              "the last page pushed is not the page GetMypage reads");
+    rpc_client_stream_close(stream);
+}
