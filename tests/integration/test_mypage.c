@@ -6,12 +6,14 @@
 #include <hiredis.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "events.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "library/lending/v1/lending.pb-c.h"
 #include "library/mypage/v1/mypage.pb-c.h"
 #include "nats_connection.h"
@@ -19,6 +21,7 @@
 #include "proxy.h"
 #include "stack_fixture.h"
 #include "text.h"
+#include "timestamp.h"
 
 typedef Library__Lending__V1__Loan Loan;
 typedef Library__Mypage__V1__Mypage Mypage;
@@ -335,16 +338,72 @@ Test(mypage, watch_ends_cleanly_at_its_deadline_and_checks_access) {
 
 /* --- the projection equals lending's truth --------------------------------------------------- */
 
-typedef struct mix {
+enum { MIX_MAX_USERS = 32, MIX_MAX_BOOKS = 8, MAX_ACTIVE_LOANS = 5 /* lending's default */ };
+
+/* What lending answered to random mixes, so a lending that refuses, cancels or fails every
+ * borrow cannot pass for one whose empty pages equal its empty ListLoans. Per book and per
+ * user (indexes into the workload's arrays), because that is where the rules are: a borrow
+ * ends CANCELED only when its book's copies are all out, and is refused LOAN_LIMIT only when
+ * its user has MAX_ACTIVE_LOANS open loans. */
+typedef struct mix_tally {
+    int active, pending, out_of_stock, loan_limit, returned;
+    int taken[MIX_MAX_BOOKS];     /* borrows answered ACTIVE or PENDING */
+    int sold_out[MIX_MAX_BOOKS];  /* borrows answered CANCELED, OUT_OF_STOCK */
+    int opened[MIX_MAX_USERS];    /* borrows answered ACTIVE or PENDING */
+    bool limited[MIX_MAX_USERS];  /* a borrow was refused LOAN_LIMIT */
+    int unexpected;
+    char first_unexpected[256];
+} mix_tally;
+
+/* Users and books of one test, and everything lending answered them so far. */
+typedef struct workload {
     target t;
-    const char *const *users;
+    const char **users;
+    int user_count;
+    const char **books;
+    int book_count, copies;
+    mix_tally made;
+} workload;
+
+typedef struct mix {
+    const workload *w;
     int first_user, user_count;
-    const char *const *books;
-    int book_count;
     int operations;
     unsigned seed;
-    int borrows, returns, refused;
+    mix_tally tally;
 } mix;
+
+static void unexpected_answer(mix_tally *tally, const char *call, status_code code, const char *reason,
+                              const char *message) {
+    if (tally->unexpected++ == 0)
+        snprintf(tally->first_unexpected, sizeof tally->first_unexpected, "%s: %s %.40s %.160s", call,
+                 status_code_name(code), reason, message);
+}
+
+/* Files a BorrowBook answer; true when it is an ACTIVE loan the mix may return. */
+static bool tally_borrow(mix_tally *tally, int user, int book, status_code code, const Loan *loan,
+                         const status *st) {
+    if (code == STATUS_FAILED_PRECONDITION && strcmp(st->reason, "LOAN_LIMIT") == 0) {
+        tally->loan_limit++;
+        tally->limited[user] = true;
+    } else if (code != STATUS_OK) {
+        unexpected_answer(tally, "BorrowBook", code, st->reason, st->message);
+    } else if (loan->status == ACTIVE || loan->status == PENDING) { /* PENDING: past BORROW_WAIT */
+        tally->active += loan->status == ACTIVE;
+        tally->pending += loan->status == PENDING;
+        tally->taken[book]++;
+        tally->opened[user]++;
+        return loan->status == ACTIVE;
+    } else if (loan->status == CANCELED && strcmp(loan->cancel_reason, "OUT_OF_STOCK") == 0) {
+        tally->out_of_stock++;
+        tally->sold_out[book]++;
+    } else {
+        char message[128];
+        snprintf(message, sizeof message, "a loan in status %d", loan->status);
+        unexpected_answer(tally, "BorrowBook", code, loan->cancel_reason, message);
+    }
+    return false;
+}
 
 /* Borrows and returns at random: about a third of the operations return an ACTIVE loan. */
 static void *random_mix(void *arg) {
@@ -357,23 +416,21 @@ static void *random_mix(void *arg) {
         status st;
         if (held_count > 0 && rand_r(&m->seed) % 3 == 0) {
             int k = (int)(rand_r(&m->seed) % (unsigned)held_count);
-            if (return_as(m->t, a, holder[k], held[k], &st) == STATUS_OK)
-                m->returns++;
+            status_code code = return_as(m->w->t, a, holder[k], held[k], &st);
+            if (code == STATUS_OK)
+                m->tally.returned++;
+            else
+                unexpected_answer(&m->tally, "ReturnBook of an ACTIVE loan", code, st.reason, st.message);
             held[k] = held[--held_count];
             holder[k] = holder[held_count];
             continue;
         }
-        const char *user = m->users[m->first_user + (int)(rand_r(&m->seed) % (unsigned)m->user_count)];
-        const char *book = m->books[rand_r(&m->seed) % (unsigned)m->book_count];
+        int user = m->first_user + (int)(rand_r(&m->seed) % (unsigned)m->user_count);
+        int book = (int)(rand_r(&m->seed) % (unsigned)m->w->book_count);
         Loan *loan = NULL;
-        status_code code = borrow_as(m->t, a, user, book, &loan, &st);
-        if (code != STATUS_OK) {
-            m->refused++; /* the loan limit: FAILED_PRECONDITION */
-            continue;
-        }
-        m->borrows++;
-        if (loan->status == ACTIVE && held_count < 64) {
-            holder[held_count] = arena_strdup(a, user);
+        status_code code = borrow_as(m->w->t, a, m->w->users[user], m->w->books[book], &loan, &st);
+        if (tally_borrow(&m->tally, user, book, code, loan, &st) && held_count < 64) {
+            holder[held_count] = arena_strdup(a, m->w->users[user]);
             held[held_count++] = arena_strdup(a, loan->loan_id);
         }
     }
@@ -381,27 +438,82 @@ static void *random_mix(void *arg) {
     return NULL;
 }
 
-/* Runs `threads` random mixes over the users and books at once; returns the operations made. */
-static int run_mix(target t, const char *const *users, int user_count, const char *const *books,
-                   int book_count, int threads, int operations_each) {
+static void tally_add(mix_tally *total, const mix_tally *part) {
+    total->active += part->active;
+    total->pending += part->pending;
+    total->out_of_stock += part->out_of_stock;
+    total->loan_limit += part->loan_limit;
+    total->returned += part->returned;
+    for (int b = 0; b < MIX_MAX_BOOKS; b++) {
+        total->taken[b] += part->taken[b];
+        total->sold_out[b] += part->sold_out[b];
+    }
+    for (int u = 0; u < MIX_MAX_USERS; u++) {
+        total->opened[u] += part->opened[u];
+        total->limited[u] |= part->limited[u];
+    }
+    if (total->unexpected == 0)
+        memcpy(total->first_unexpected, part->first_unexpected, sizeof total->first_unexpected);
+    total->unexpected += part->unexpected;
+}
+
+/* Checks lending's answers so far against its rules: no answer but a loan or a LOAN_LIMIT
+ * refusal, a copy out of stock only once the copies were all taken, a refusal only with the
+ * limit reached. Only once every mix that ran at the same time is added: another mix may
+ * hold the copies. */
+static void expect_answers_keep_the_rules(const workload *w) {
+    const mix_tally *made = &w->made;
+    cr_assert_eq(made->unexpected, 0, "%d calls failed unexpectedly; the first: %s", made->unexpected,
+                 made->first_unexpected);
+    for (int b = 0; b < w->book_count; b++)
+        cr_assert(made->sold_out[b] == 0 || made->taken[b] >= w->copies,
+                  "book %d: %d borrows CANCELED OUT_OF_STOCK but only %d got one of its %d copies", b,
+                  made->sold_out[b], made->taken[b], w->copies);
+    for (int u = 0; u < w->user_count; u++)
+        cr_assert(!made->limited[u] || made->opened[u] >= MAX_ACTIVE_LOANS,
+                  "%s was refused LOAN_LIMIT after only %d loans", w->users[u], made->opened[u]);
+}
+
+/* Runs `threads` random mixes over the workload's users and books at once. */
+static void run_mix(workload *w, int threads, int operations_each) {
     mix mixes[8];
     pthread_t ids[8];
-    int per_thread = user_count / threads;
+    int per_thread = w->user_count / threads;
     for (int i = 0; i < threads; i++) {
-        mixes[i] = (mix){.t = t, .users = users, .first_user = i * per_thread,
-                         .user_count = per_thread, .books = books, .book_count = book_count,
+        mixes[i] = (mix){.w = w, .first_user = i * per_thread, .user_count = per_thread,
                          .operations = operations_each, .seed = (unsigned)(harness_now_ms() + i)};
         pthread_create(&ids[i], NULL, random_mix, &mixes[i]);
     }
-    int borrows = 0, returns = 0, refused = 0;
-    for (int i = 0; i < threads; i++) {
+    for (int i = 0; i < threads; i++)
         pthread_join(ids[i], NULL);
-        borrows += mixes[i].borrows;
-        returns += mixes[i].returns;
-        refused += mixes[i].refused;
-    }
-    cr_log_info("random mix: %d borrows, %d returns, %d refused", borrows, returns, refused);
-    return borrows + returns + refused;
+    for (int i = 0; i < threads; i++)
+        tally_add(&w->made, &mixes[i].tally);
+    expect_answers_keep_the_rules(w);
+    const mix_tally *made = &w->made;
+    cr_log_info("random mixes so far: %d ACTIVE, %d PENDING, %d OUT_OF_STOCK, %d LOAN_LIMIT, %d returned",
+                made->active, made->pending, made->out_of_stock, made->loan_limit, made->returned);
+}
+
+/* Borrows lending answered with a loan, whatever became of it. */
+static int loans_made(const mix_tally *made) {
+    return made->active + made->pending + made->out_of_stock;
+}
+
+/* A mix on a thread of its own (one over all users) while the test does something else. */
+typedef struct background_mix {
+    pthread_t thread;
+    mix m;
+} background_mix;
+
+static void background_mix_start(background_mix *b, const workload *w, int operations, unsigned seed) {
+    b->m = (mix){.w = w, .user_count = w->user_count, .operations = operations, .seed = seed};
+    pthread_create(&b->thread, NULL, random_mix, &b->m);
+}
+
+static void background_mix_finish(background_mix *b, workload *w) {
+    pthread_join(b->thread, NULL);
+    tally_add(&w->made, &b->m.tally);
+    expect_answers_keep_the_rules(w);
 }
 
 static const char **make_users(int count, const char *prefix) {
@@ -429,15 +541,63 @@ static const char **make_books(target t, int count, int copies) {
     return books;
 }
 
+static workload make_workload(target t, const char *prefix, int users, int books, int copies) {
+    cr_assert(users <= MIX_MAX_USERS && books <= MIX_MAX_BOOKS);
+    return (workload){.t = t, .users = make_users(users, prefix), .user_count = users,
+                      .books = make_books(t, books, copies), .book_count = books, .copies = copies};
+}
+
+/* The workload's loans in lending, by status (indexes are LoanStatus values). */
+static void count_truth(const workload *w, int by_status[5], int *total) {
+    memset(by_status, 0, 5 * sizeof *by_status);
+    *total = 0;
+    for (int u = 0; u < w->user_count; u++) {
+        size_t count = 0;
+        Loan **loans = lending_truth(w->t, w->users[u], &count);
+        for (size_t i = 0; i < count; i++)
+            by_status[loans[i]->status < 5 ? loans[i]->status : 0]++;
+        *total += (int)count;
+    }
+}
+
+/* At rest (no loan PENDING), lending holds exactly the loans it answered: one per borrow
+ * answered OK, every return RETURNED, every borrow answered ACTIVE still ACTIVE or RETURNED;
+ * then every page equals lending's loans, so the pages show them all. */
+static void expect_pages_show_what_lending_made(const workload *w, int64_t wait_ms) {
+    int by_status[5], total;
+    int64_t until = harness_now_ms() + wait_ms;
+    do {
+        count_truth(w, by_status, &total);
+        if (by_status[PENDING] > 0)
+            harness_sleep_ms(100);
+    } while (by_status[PENDING] > 0 && harness_now_ms() < until);
+    const mix_tally *made = &w->made;
+    cr_assert_eq(by_status[PENDING], 0, "%d loans still PENDING after %lld ms", by_status[PENDING],
+                 (long long)wait_ms);
+    cr_assert_eq(total, loans_made(made), "lending lists %d loans but answered %d borrows with a loan", total,
+                 loans_made(made));
+    cr_assert_eq(by_status[RETURNED], made->returned, "lending lists %d RETURNED loans, %d returns were answered OK",
+                 by_status[RETURNED], made->returned);
+    cr_assert_geq(by_status[ACTIVE] + by_status[RETURNED], made->active,
+                  "%d borrows were answered ACTIVE but lending has only %d loans ACTIVE or RETURNED",
+                  made->active, by_status[ACTIVE] + by_status[RETURNED]);
+    cr_assert_geq(by_status[CANCELED], made->out_of_stock, "%d borrows were answered OUT_OF_STOCK, %d loans are CANCELED",
+                  made->out_of_stock, by_status[CANCELED]);
+    expect_pages_match(w->t, w->users, w->user_count, wait_ms);
+}
+
+/* The 20 users borrow 5 books of 3 copies in 300 operations, about 200 borrows and 100
+ * returns: each book is drawn some 40 times, far more than its copies, so in a working
+ * system every copy goes out at least once (15 ACTIVE), and a return comes whenever a thread
+ * holds a loan and draws one (a third of its operations): 30 is a tenth of the operations. */
 Test(mypage, after_a_random_mix_of_twenty_users_every_page_equals_list_loans) {
-    target t = shared_target();
-    enum { USERS = 20, BOOKS = 5 };
-    const char **users = make_users(USERS, "mix");
-    const char **books = make_books(t, BOOKS, 3);
-    int operations = run_mix(t, users, USERS, books, BOOKS, 4, 75);
-    cr_assert_geq(operations, 300);
-    expect_pages_match(t, users, USERS, 10000);
-    Mypage *page = page_of(t, users[0]);
+    enum { USERS = 20, BOOKS = 5, COPIES = 3, THREADS = 4, OPERATIONS = 75 };
+    workload w = make_workload(shared_target(), "mix", USERS, BOOKS, COPIES);
+    run_mix(&w, THREADS, OPERATIONS);
+    cr_assert_geq(w.made.active, BOOKS * COPIES, "only %d borrows were answered ACTIVE", w.made.active);
+    cr_assert_geq(w.made.returned, THREADS * OPERATIONS / 10, "only %d loans were returned", w.made.returned);
+    expect_pages_show_what_lending_made(&w, 10000);
+    Mypage *page = page_of(w.t, w.users[0]);
     for (size_t i = 0; i < page->n_loans; i++)
         cr_assert(strncmp(page->loans[i]->book_title, "Mixed | ", 8) == 0, "title %s",
                   page->loans[i]->book_title);
@@ -490,10 +650,10 @@ Test(mypage, every_loan_event_published_again_changes_no_page) {
     test_stack_start(&s, "duplicates", lending_env, true, mypage_env);
     target t = stack_target(&s);
     enum { USERS = 6 };
-    const char **users = make_users(USERS, "dup");
-    const char **books = make_books(t, 2, 2);
-    run_mix(t, users, USERS, books, 2, 2, 20);
-    expect_pages_match(t, users, USERS, 10000);
+    workload w = make_workload(t, "dup", USERS, 2, 2);
+    const char **users = w.users;
+    run_mix(&w, 2, 20);
+    expect_pages_show_what_lending_made(&w, 10000);
     size_t sizes[USERS];
     uint8_t **before = snapshot(t, users, USERS, sizes);
 
@@ -524,32 +684,13 @@ Test(mypage, every_loan_event_published_again_changes_no_page) {
     test_stack_stop(&s);
 }
 
-typedef struct background_mix {
-    pthread_t thread;
-    target t;
-    const char *const *users;
-    int user_count;
-    const char *const *books;
-    int book_count;
-} background_mix;
-
-static void *background_mix_main(void *arg) {
-    background_mix *b = arg;
-    mix m = {.t = b->t, .users = b->users, .user_count = b->user_count, .books = b->books,
-             .book_count = b->book_count, .operations = 120, .seed = 7};
-    random_mix(&m);
-    return NULL;
-}
-
 Test(mypage, a_projection_killed_mid_stream_catches_up_exactly) {
     test_stack s;
     test_stack_start(&s, "killed", lending_env, true, mypage_env);
-    target t = stack_target(&s);
     enum { USERS = 8 };
-    const char **users = make_users(USERS, "kill");
-    const char **books = make_books(t, 3, 3);
-    background_mix b = {.t = t, .users = users, .user_count = USERS, .books = books, .book_count = 3};
-    pthread_create(&b.thread, NULL, background_mix_main, &b);
+    workload w = make_workload(stack_target(&s), "kill", USERS, 3, 3);
+    background_mix b;
+    background_mix_start(&b, &w, 120, 7);
     harness_sleep_ms(700);
     int port = s.mypage.port;
     cr_assert_eq(harness_process_stop(&s.mypage, SIGKILL, 5000), 128 + SIGKILL);
@@ -559,8 +700,8 @@ Test(mypage, a_projection_killed_mid_stream_catches_up_exactly) {
     const char *restart_env[] = {"EVENT_ACK_WAIT=2s", port_env, NULL};
     cr_assert(fixture_start_mypage(s.dir, s.nats.url, s.redis.url, restart_env, &s.mypage),
               "mypage did not restart: %s", s.mypage.log_path);
-    pthread_join(b.thread, NULL);
-    expect_pages_match(t, users, USERS, 15000);
+    background_mix_finish(&b, &w);
+    expect_pages_show_what_lending_made(&w, 15000);
     test_stack_stop(&s);
 }
 
@@ -625,10 +766,10 @@ Test(mypage, flushall_then_rebuild_gives_the_same_pages_and_reads_never_stop) {
     test_stack_start(&s, "rebuild", lending_env, true, mypage_env);
     target t = stack_target(&s);
     enum { USERS = 10 };
-    const char **users = make_users(USERS, "rebuild");
-    const char **books = make_books(t, 3, 2);
-    run_mix(t, users, USERS, books, 3, 2, 40);
-    expect_pages_match(t, users, USERS, 10000);
+    workload w = make_workload(t, "rebuild", USERS, 3, 2);
+    const char **users = w.users;
+    run_mix(&w, 2, 40);
+    expect_pages_show_what_lending_made(&w, 10000);
     size_t sizes[USERS];
     uint8_t **before = snapshot(t, users, USERS, sizes);
 
@@ -678,10 +819,10 @@ Test(mypage, abandoning_the_generation_in_use_deletes_no_page) {
     test_stack_start(&s, "abandon", lending_env, true, mypage_env);
     target t = stack_target(&s);
     enum { USERS = 4 };
-    const char **users = make_users(USERS, "abandon");
-    const char **books = make_books(t, 2, 2);
-    run_mix(t, users, USERS, books, 2, 2, 12);
-    expect_pages_match(t, users, USERS, 10000);
+    workload w = make_workload(t, "abandon", USERS, 2, 2);
+    const char **users = w.users;
+    run_mix(&w, 2, 12);
+    expect_pages_show_what_lending_made(&w, 10000);
     size_t sizes[USERS];
     uint8_t **before = snapshot(t, users, USERS, sizes);
 
@@ -707,10 +848,10 @@ Test(mypage, redis_down_gives_unavailable_fast_and_loses_no_event) {
     test_stack_start(&s, "redis-outage", lending_env, true, mypage_env);
     target t = stack_target(&s);
     enum { USERS = 6 };
-    const char **users = make_users(USERS, "outage");
-    const char **books = make_books(t, 2, 3);
-    run_mix(t, users, USERS, books, 2, 2, 10);
-    expect_pages_match(t, users, USERS, 10000);
+    workload w = make_workload(t, "outage", USERS, 2, 3);
+    const char **users = w.users;
+    run_mix(&w, 2, 10);
+    expect_pages_show_what_lending_made(&w, 10000);
 
     int port = s.redis.port;
     cr_assert_eq(harness_process_stop(&s.redis, SIGTERM, 5000), 0);
@@ -723,10 +864,11 @@ Test(mypage, redis_down_gives_unavailable_fast_and_loses_no_event) {
     cr_assert_lt(elapsed, 1000, "UNAVAILABLE took %lld ms", (long long)elapsed);
 
     /* the saga goes on without Redis */
-    int operations = run_mix(t, users, USERS, books, 2, 2, 15);
-    cr_assert_gt(operations, 0);
+    int loans_before = loans_made(&w.made);
+    run_mix(&w, 2, 15);
+    cr_assert_gt(loans_made(&w.made), loans_before, "no loan was made while Redis was down");
     cr_assert(harness_redis_start(s.dir, port, &s.redis), "redis did not restart");
-    expect_pages_match(t, users, USERS, 15000);
+    expect_pages_show_what_lending_made(&w, 15000);
     cr_log_info("GetMypage answered UNAVAILABLE in %lld ms with Redis down", (long long)elapsed);
     test_stack_stop(&s);
 }
@@ -739,14 +881,15 @@ Test(mypage, a_full_redis_loses_no_event_and_pages_stay_readable) {
     test_stack_start(&s, "redis-full", lending_env, true, mypage_env);
     target t = stack_target(&s);
     enum { USERS = 6 };
-    const char **users = make_users(USERS, "full");
-    const char **books = make_books(t, 2, 3);
-    run_mix(t, users, USERS, books, 2, 2, 10);
-    expect_pages_match(t, users, USERS, 10000);
+    workload w = make_workload(t, "full", USERS, 2, 3);
+    const char **users = w.users;
+    run_mix(&w, 2, 10);
+    expect_pages_show_what_lending_made(&w, 10000);
 
     redis_command(&s.redis, "CONFIG SET maxmemory 1");
-    int operations = run_mix(t, users, USERS, books, 2, 2, 15);
-    cr_assert_gt(operations, 0);
+    int loans_before = loans_made(&w.made);
+    run_mix(&w, 2, 15);
+    cr_assert_gt(loans_made(&w.made), loans_before, "no loan was made while Redis was full");
     harness_sleep_ms(1500); /* the projection meets the full Redis */
     Mypage *page = NULL;
     status st;
@@ -756,10 +899,10 @@ Test(mypage, a_full_redis_loses_no_event_and_pages_stay_readable) {
     for (int u = 0; u < USERS && stale == NULL; u++)
         stale = mismatch(t, users[u]);
     cr_assert_not_null(stale, "every page is up to date although Redis refused every write");
-    cr_log_info("with Redis full after %d operations: %s", operations, stale);
+    cr_log_info("with Redis full after %d loans more: %s", loans_made(&w.made) - loans_before, stale);
 
     redis_command(&s.redis, "CONFIG SET maxmemory 0");
-    expect_pages_match(t, users, USERS, 15000);
+    expect_pages_show_what_lending_made(&w, 15000);
     test_stack_stop(&s);
 }
 
@@ -827,10 +970,9 @@ Test(mypage, a_deleted_durable_consumer_is_declared_again) {
     test_stack_start(&s, "durable-gone", lending_env, true, mypage_env);
     target t = stack_target(&s);
     enum { USERS = 3 };
-    const char **users = make_users(USERS, "gone");
-    const char **books = make_books(t, 2, 3);
-    run_mix(t, users, USERS, books, 2, 2, 6);
-    expect_pages_match(t, users, USERS, 10000);
+    workload w = make_workload(t, "gone", USERS, 2, 3);
+    run_mix(&w, 2, 6);
+    expect_pages_show_what_lending_made(&w, 10000);
 
     nats_connection *connection = connect_nats(s.nats.url);
     jsErrCode error = 0;
@@ -839,8 +981,8 @@ Test(mypage, a_deleted_durable_consumer_is_declared_again) {
     cr_assert_eq(deleted, NATS_OK, "deleting the consumer: %s", natsStatus_GetText(deleted));
     nats_connection_close(connection);
     int64_t started = harness_now_ms();
-    run_mix(t, users, USERS, books, 2, 2, 8);
-    expect_pages_match(t, users, USERS, 20000);
+    run_mix(&w, 2, 8);
+    expect_pages_show_what_lending_made(&w, 20000);
     cr_log_info("pages caught up %lld ms after the durable consumer was deleted",
                 (long long)(harness_now_ms() - started));
     test_stack_stop(&s);
@@ -962,4 +1104,394 @@ Test(mypage, overdue_loans_are_counted) {
     cr_assert_eq(page->borrowed_count, 1);
     cr_assert_eq(page->overdue_count, 1);
     test_stack_stop(&s);
+}
+
+/* --- readiness -------------------------------------------------------------------------------- */
+
+typedef Grpc__Health__V1__HealthCheckResponse__ServingStatus serving_status;
+#define SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+#define NOT_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+
+/* grpc.health.v1 Check of one name; -1 when the call itself failed. */
+static int health_of(rpc_client *c, const char *service) {
+    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    request.service = (char *)service;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = harness_call(c, "/grpc.health.v1.Health/Check", &request.base,
+                                    &grpc__health__v1__health_check_response__descriptor, mem, NULL,
+                                    &response, &st);
+    return code == STATUS_OK ? (int)((Grpc__Health__V1__HealthCheckResponse *)response)->status : -1;
+}
+
+static const char *serving_name(int value) {
+    return value == SERVING ? "SERVING" : value == NOT_SERVING ? "NOT_SERVING" : value < 0 ? "no answer" : "UNKNOWN";
+}
+
+/* Polls mypage's readiness (the server and MypageService) until it is `want`; returns the ms
+ * that took. Liveness stays SERVING throughout: a pod is not restarted for a dependency. */
+static int64_t expect_readiness(target t, serving_status want, const char *when, int64_t wait_ms) {
+    int64_t start = harness_now_ms();
+    int server, service;
+    do {
+        server = health_of(t.mypage, "");
+        service = health_of(t.mypage, "library.mypage.v1.MypageService");
+        if (server != (int)want || service != (int)want)
+            harness_sleep_ms(50);
+    } while ((server != (int)want || service != (int)want) && harness_now_ms() - start < wait_ms);
+    cr_assert(server == (int)want && service == (int)want,
+              "%s: readiness is %s (server) and %s (MypageService) after %lld ms, want %s", when,
+              serving_name(server), serving_name(service), (long long)wait_ms, serving_name(want));
+    cr_assert_eq(health_of(t.mypage, "liveness"), SERVING, "%s: liveness must stay SERVING", when);
+    return harness_now_ms() - start;
+}
+
+/* DESIGN: NOT_SERVING while a dependency is down. Redis is found down by the checker's ping
+ * (REDIS_CHECK_INTERVAL 1 s, REDIS_TIMEOUT 500 ms), NATS by the lost connection. */
+Test(mypage, readiness_is_not_serving_while_redis_or_nats_is_down) {
+    test_stack s;
+    test_stack_start(&s, "readiness", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    expect_readiness(t, SERVING, "at start", 5000);
+
+    int redis_port = s.redis.port;
+    cr_assert_eq(harness_process_stop(&s.redis, SIGTERM, 5000), 0);
+    int64_t redis_down = expect_readiness(t, NOT_SERVING, "with Redis down", 5000);
+    cr_assert(harness_redis_start(s.dir, redis_port, &s.redis), "redis did not restart");
+    int64_t redis_back = expect_readiness(t, SERVING, "after Redis came back", 5000);
+
+    int nats_port = s.nats.port;
+    cr_assert_neq(harness_process_stop(&s.nats, SIGTERM, 5000), -1, "nats-server did not stop");
+    int64_t nats_down = expect_readiness(t, NOT_SERVING, "with NATS down", 5000);
+    cr_assert(harness_nats_start(s.dir, nats_port, &s.nats), "nats-server did not restart");
+    int64_t nats_back = expect_readiness(t, SERVING, "after NATS came back", 10000);
+    cr_log_info("NOT_SERVING %lld ms after Redis stopped, SERVING %lld ms after it was back; "
+                "NATS: %lld ms and %lld ms", (long long)redis_down, (long long)redis_back,
+                (long long)nats_down, (long long)nats_back);
+
+    /* SERVING again means serving: a borrow made now reaches the page (once the catalog and
+     * lending are back on NATS too) */
+    int64_t until = harness_now_ms() + 10000;
+    while ((health_of(t.catalog, "") != SERVING || health_of(t.lending, "") != SERVING) &&
+           harness_now_ms() < until)
+        harness_sleep_ms(50);
+    workload w = make_workload(t, "ready", 2, 1, 2);
+    run_mix(&w, 1, 4);
+    expect_pages_show_what_lending_made(&w, 15000);
+    test_stack_stop(&s);
+}
+
+/* --- a rebuild while events arrive ------------------------------------------------------------ */
+
+typedef struct rebuilder {
+    pthread_t thread;
+    test_stack *s;
+    atomic_bool mix_done;
+    atomic_int during_mix;
+    int rebuilds, failed, last_exit;
+} rebuilder;
+
+/* Rebuilds again and again until the mix is done, counting the rebuilds that ended (switched
+ * generations) while the mix still ran. */
+static void *rebuilder_main(void *arg) {
+    rebuilder *r = arg;
+    while (!atomic_load(&r->mix_done)) {
+        int exit_code = rebuild(r->s);
+        r->rebuilds++;
+        if (exit_code != 0) {
+            r->failed++;
+            r->last_exit = exit_code;
+        }
+        if (!atomic_load(&r->mix_done))
+            atomic_fetch_add(&r->during_mix, 1);
+    }
+    return NULL;
+}
+
+/* mypage --rebuild replays the stream into a new generation while the live projection goes
+ * on: events the live projection applies during the replay must reach the new generation
+ * too, and none may be lost at the switch. */
+Test(mypage, a_rebuild_while_loans_go_on_loses_no_event) {
+    test_stack s;
+    test_stack_start(&s, "rebuild-live", lending_env, true, mypage_env);
+    enum { USERS = 8 };
+    workload w = make_workload(stack_target(&s), "live", USERS, 2, 3);
+    run_mix(&w, 2, 20); /* a history for the replay to read */
+    expect_pages_show_what_lending_made(&w, 10000);
+
+    rebuilder r = {.s = &s};
+    atomic_init(&r.mix_done, false);
+    atomic_init(&r.during_mix, 0);
+    pthread_create(&r.thread, NULL, rebuilder_main, &r);
+    /* loans go on until two rebuilds have switched under them, however slow the machine */
+    for (int round = 0; round < 30 && (round < 4 || atomic_load(&r.during_mix) < 2); round++)
+        run_mix(&w, 2, 10);
+    atomic_store(&r.mix_done, true);
+    pthread_join(r.thread, NULL);
+    cr_assert_eq(r.failed, 0, "%d of %d rebuilds failed (exit %d); logs in %s", r.failed, r.rebuilds,
+                 r.last_exit, s.dir);
+    cr_assert_geq(atomic_load(&r.during_mix), 2, "fewer than two rebuilds finished while the loans went on");
+    cr_assert_gt(generation_in_use(&s.redis), 0, "no rebuild switched generations");
+    expect_pages_show_what_lending_made(&w, 15000);
+    cr_log_info("%d rebuilds, %d of them ended while %d loans were made", r.rebuilds,
+                atomic_load(&r.during_mix), loans_made(&w.made));
+    test_stack_stop(&s);
+}
+
+typedef struct generation_fill {
+    page_store *store;
+    uint64_t generation;
+} generation_fill;
+
+static status_code fill_generation(void *arg, const event *e, uint64_t sequence, status *st) {
+    generation_fill *fill = arg;
+    loan_change change;
+    if (!page_change_from_event(e, &change))
+        return STATUS_OK;
+    return page_store_apply_to(fill->store, fill->generation, &change, sequence, st);
+}
+
+/* The rebuild's steps (page_store.h) taken one at a time, with loans made between the end of
+ * the replay and the switch: the widest window for an event to miss the new generation. Only
+ * the live projection of the running mypage can put those events there. */
+Test(mypage, events_between_a_rebuilds_replay_and_its_switch_reach_the_new_pages) {
+    test_stack s;
+    test_stack_start(&s, "rebuild-window", lending_env, true, mypage_env);
+    enum { USERS = 6 };
+    workload w = make_workload(stack_target(&s), "window", USERS, 2, 3);
+    run_mix(&w, 2, 15);
+    expect_pages_show_what_lending_made(&w, 10000);
+
+    page_store *store = NULL;
+    status st;
+    cr_assert_eq(page_store_open(s.redis.url, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
+    generation_fill fill = {.store = store};
+    cr_assert_eq(page_store_rebuild_begin(store, &fill.generation, &st), STATUS_OK, "%s", st.message);
+    nats_connection *connection = connect_nats(s.nats.url);
+    uint64_t replayed = 0;
+    cr_assert_eq(events_replay(connection, "library.events.loan.>", fill_generation, &fill, &replayed, &st),
+                 STATUS_OK, "%s", st.message);
+    nats_connection_close(connection);
+
+    int loans_before = loans_made(&w.made);
+    run_mix(&w, 2, 15);
+    cr_assert_gt(loans_made(&w.made), loans_before, "no loan was made between the replay and the switch");
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000),
+              "mypage's consumer still had events pending after 10 s");
+    cr_assert_eq(page_store_rebuild_switch(store, fill.generation, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(generation_in_use(&s.redis), fill.generation);
+    page_store_close(store);
+    expect_pages_show_what_lending_made(&w, 10000);
+    cr_log_info("replayed %llu events into generation %llu, then %d loans more before the switch",
+                (unsigned long long)replayed, (unsigned long long)fill.generation,
+                loans_made(&w.made) - loans_before);
+    test_stack_stop(&s);
+}
+
+/* --- loan events out of order ------------------------------------------------------------------- */
+
+#define REQUESTED_EVENT LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED
+#define ACTIVATED_EVENT LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED
+#define CANCELED_EVENT LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED
+#define RETURNED_EVENT LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED
+#define OVERDUE_EVENT LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE
+
+typedef struct loan_story {
+    nats_connection *connection;
+    const char *user, *book_id, *title;
+    int64_t due_seconds;
+} loan_story;
+
+/* Publishes one loan event of the story, as lending would, under a fresh message id. */
+static void tell(loan_story *story, const char *loan_id, Library__Events__V1__Event__BodyCase kind,
+                 int64_t occur_ms) {
+    event *e = (event *)arena_new_message(mem, &library__events__v1__event__descriptor);
+    e->event_id = (char *)unique("out-of-order");
+    e->occur_time = timestamp_from_ms(mem, occur_ms);
+    e->correlation_id = (char *)loan_id;
+    e->body_case = kind;
+    Google__Protobuf__Timestamp *due = timestamp_from_ms(mem, story->due_seconds * 1000);
+    const char *user = story->user, *book = story->book_id, *title = story->title;
+    switch (kind) {
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED:
+        e->loan_requested = (void *)arena_new_message(mem, &library__events__v1__loan_requested__descriptor);
+        *e->loan_requested = (Library__Events__V1__LoanRequested){.base = e->loan_requested->base,
+            .loan_id = (char *)loan_id, .user_id = (char *)user, .book_id = (char *)book,
+            .book_title = (char *)title, .due_time = due};
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED:
+        e->loan_activated = (void *)arena_new_message(mem, &library__events__v1__loan_activated__descriptor);
+        *e->loan_activated = (Library__Events__V1__LoanActivated){.base = e->loan_activated->base,
+            .loan_id = (char *)loan_id, .user_id = (char *)user, .book_id = (char *)book,
+            .book_title = (char *)title, .due_time = due};
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED:
+        e->loan_canceled = (void *)arena_new_message(mem, &library__events__v1__loan_canceled__descriptor);
+        *e->loan_canceled = (Library__Events__V1__LoanCanceled){.base = e->loan_canceled->base,
+            .loan_id = (char *)loan_id, .user_id = (char *)user, .book_id = (char *)book,
+            .book_title = (char *)title, .reason = "OUT_OF_STOCK"};
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED:
+        e->loan_returned = (void *)arena_new_message(mem, &library__events__v1__loan_returned__descriptor);
+        *e->loan_returned = (Library__Events__V1__LoanReturned){.base = e->loan_returned->base,
+            .loan_id = (char *)loan_id, .user_id = (char *)user, .book_id = (char *)book};
+        break;
+    default:
+        e->loan_overdue = (void *)arena_new_message(mem, &library__events__v1__loan_overdue__descriptor);
+        *e->loan_overdue = (Library__Events__V1__LoanOverdue){.base = e->loan_overdue->base,
+            .loan_id = (char *)loan_id, .user_id = (char *)user, .book_id = (char *)book, .due_time = due};
+        break;
+    }
+    status st;
+    cr_assert_eq(events_publish(story->connection, subject_of(e), e, &st), STATUS_OK, "%s", st.message);
+}
+
+static void expect_loan(const Mypage *page, size_t index, const char *loan_id, int want, const loan_story *story) {
+    cr_assert_gt(page->n_loans, index, "the page has %zu loans", page->n_loans);
+    const Library__Mypage__V1__MypageLoan *loan = page->loans[index];
+    cr_assert_str_eq(loan->loan_id, loan_id, "loan %zu on the page", index);
+    cr_assert_eq(loan->status, want, "loan %s is %d on the page, want %d", loan_id, loan->status, want);
+    cr_assert_str_eq(loan->book_id, story->book_id, "loan %s", loan_id);
+    cr_assert_str_eq(loan->book_title, story->title, "loan %s: the title comes from whichever event had it",
+                     loan_id);
+    cr_assert_not_null(loan->due_time, "loan %s has no due time", loan_id);
+    cr_assert_eq(loan->due_time->seconds, story->due_seconds, "loan %s", loan_id);
+}
+
+/* JetStream redelivers, a reconciler republishes and several workers apply one batch, so a
+ * loan's events may reach mypage in any order. The page must show each loan's latest state:
+ * a loan moves only forward (PENDING, ACTIVE, then CANCELED or RETURNED), a late event fills
+ * in what the page lacks, and the page's time is its newest event's. */
+Test(mypage, loan_events_out_of_order_give_the_latest_state) {
+    test_stack s;
+    test_stack_start(&s, "out-of-order", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    loan_story story = {.connection = connect_nats(s.nats.url), .user = unique("shuffled"),
+                        .book_id = unique("no-such-book"), .title = "Shuffled | Tales",
+                        .due_seconds = timestamp_now_ms() / 1000 + 3600};
+    int64_t at = timestamp_now_ms() - 60000; /* one minute ago, a second per step */
+    const char *returned = unique("loan"), *activated = unique("loan"), *late = unique("loan"),
+               *canceled = unique("loan");
+    /* the newest event of all first: its return */
+    tell(&story, returned, RETURNED_EVENT, at + 30000);
+    tell(&story, returned, ACTIVATED_EVENT, at + 2000);
+    tell(&story, returned, REQUESTED_EVENT, at + 1000);
+    /* an older event after a newer one */
+    tell(&story, activated, ACTIVATED_EVENT, at + 4000);
+    tell(&story, activated, REQUESTED_EVENT, at + 3000);
+    /* the sweeper's overdue flag before the activation it follows */
+    tell(&story, late, OVERDUE_EVENT, at + 7000);
+    tell(&story, late, ACTIVATED_EVENT, at + 6000);
+    tell(&story, late, REQUESTED_EVENT, at + 5000);
+    /* a compensation overtaken by its request */
+    tell(&story, canceled, CANCELED_EVENT, at + 9000);
+    tell(&story, canceled, REQUESTED_EVENT, at + 8000);
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000),
+              "mypage's consumer still had events pending after 10 s");
+
+    Mypage *page = page_of(t, story.user);
+    cr_assert_eq(page->n_loans, 4, "the page has %zu loans", page->n_loans);
+    /* newest first: by when each loan's first event reached the stream */
+    expect_loan(page, 0, canceled, CANCELED, &story);
+    expect_loan(page, 1, late, ACTIVE, &story);
+    expect_loan(page, 2, activated, ACTIVE, &story);
+    expect_loan(page, 3, returned, RETURNED, &story);
+    cr_assert_eq(page->borrowed_count, 2);
+    cr_assert_eq(page->overdue_count, 1, "the overdue flag that came first was lost");
+    cr_assert_not_null(page->last_event_time);
+    cr_assert_eq(page->last_event_time->seconds, (at + 30000) / 1000, "the page's time is not its newest event's");
+    nats_connection_close(story.connection);
+    test_stack_stop(&s);
+}
+
+/* --- what WatchMypage pushes -------------------------------------------------------------------- */
+
+typedef struct expected_loan {
+    const char *loan_id, *book_id, *title;
+    int status;
+} expected_loan;
+
+/* Why a pushed page is not exactly the expected loans (newest first), or NULL. The loan
+ * `settling` (may be NULL) may still be PENDING: its saga is under way. */
+static const char *page_differs(const Mypage *page, const char *user, const expected_loan *want, size_t n,
+                                const char *settling) {
+    if (strcmp(page->user_id, user) != 0)
+        return arena_sprintf(mem, "a page of %s", page->user_id);
+    if (page->n_loans != n)
+        return arena_sprintf(mem, "%zu loans, want %zu", page->n_loans, n);
+    int active = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Library__Mypage__V1__MypageLoan *loan = page->loans[i];
+        if (strcmp(loan->loan_id, want[i].loan_id) != 0 || strcmp(loan->book_id, want[i].book_id) != 0 ||
+            strcmp(loan->book_title, want[i].title) != 0)
+            return arena_sprintf(mem, "loan %zu is %s of %s (%s), want %s of %s (%s)", i, loan->loan_id,
+                                 loan->book_id, loan->book_title, want[i].loan_id, want[i].book_id, want[i].title);
+        bool on_its_way = settling && strcmp(loan->loan_id, settling) == 0 && loan->status == PENDING;
+        if ((int)loan->status != want[i].status && !on_its_way)
+            return arena_sprintf(mem, "loan %s is %d, want %d", loan->loan_id, loan->status, want[i].status);
+        active += loan->status == ACTIVE;
+    }
+    if (page->borrowed_count != active || page->overdue_count != 0)
+        return arena_sprintf(mem, "counts %d borrowed, %d overdue with %d loans ACTIVE", page->borrowed_count,
+                             page->overdue_count, active);
+    return NULL;
+}
+
+/* Reads pushed pages until one is exactly `want`; each one before it may differ only by
+ * `settling` being PENDING. Returns the page that matched. */
+static Mypage *expect_pushes(rpc_client_stream *stream, const char *user, const expected_loan *want, size_t n,
+                             const char *settling, const char *after) {
+    for (int pushes = 0; pushes < 5; pushes++) {
+        Mypage *page = NULL;
+        status st;
+        status_code code = next_page(stream, 5000, &page, &st);
+        cr_assert_eq(code, STATUS_OK, "after %s: no page pushed: %s %s", after, status_code_name(code), st.message);
+        cr_assert_not_null(page, "after %s: the stream ended", after);
+        const char *why = page_differs(page, user, want, n, settling);
+        cr_assert_null(why, "after %s, push %d: %s", after, pushes + 1, why);
+        if (page_differs(page, user, want, n, NULL) == NULL)
+            return page;
+    }
+    cr_assert_fail("after %s: five pushes and the loan %s still PENDING", after, settling);
+    return NULL;
+}
+
+static Loan *borrow_ok(target t, const char *user, const Book *book) {
+    Loan *loan = NULL;
+    status st;
+    status_code code = borrow_as(t, mem, user, book->book_id, &loan, &st);
+    cr_assert_eq(code, STATUS_OK, "BorrowBook: %s %s", status_code_name(code), st.message);
+    cr_assert(loan->status == ACTIVE || loan->status == PENDING, "the loan is %d", loan->status);
+    return loan;
+}
+
+/* A watcher sees exactly its loans after each change: the first borrow (PENDING, then
+ * ACTIVE), a second borrow on top of it, then the first one RETURNED, and the last page
+ * pushed is the page GetMypage reads. */
+Test(mypage, watch_pushes_exactly_the_loans_after_each_borrow_and_return) {
+    target t = shared_target();
+    Book *first_book = register_book("Pushed First", "Seed", "978-93", 2);
+    Book *second_book = register_book("Pushed | Second", "Seed", "978-94", 2);
+    const char *user = unique("pushed");
+    status st;
+    rpc_client_stream *stream = watch(t, user_bearer(user), NULL, 60000, &st);
+    expect_pushes(stream, user, NULL, 0, NULL, "opening the watch");
+
+    Loan *first = borrow_ok(t, user, first_book);
+    expected_loan one[] = {{first->loan_id, first_book->book_id, "Pushed First", ACTIVE}};
+    expect_pushes(stream, user, one, 1, first->loan_id, "the first borrow");
+
+    Loan *second = borrow_ok(t, user, second_book);
+    expected_loan two[] = {{second->loan_id, second_book->book_id, "Pushed | Second", ACTIVE}, one[0]};
+    expect_pushes(stream, user, two, 2, second->loan_id, "the second borrow");
+
+    cr_assert_eq(return_as(t, mem, user, first->loan_id, &st), STATUS_OK, "%s", st.message);
+    two[1].status = RETURNED;
+    Mypage *pushed = expect_pushes(stream, user, two, 2, NULL, "the return");
+    size_t pushed_size = 0, read_size = 0;
+    uint8_t *pushed_bytes = arena_pack(mem, &pushed->base, &pushed_size);
+    uint8_t *read_bytes = arena_pack(mem, &page_of(t, user)->base, &read_size);
+    cr_assert(pushed_size == read_size && memcmp(pushed_bytes, read_bytes, read_size) == 0,
+              "the last page pushed is not the page GetMypage reads");
+    rpc_client_stream_close(stream);
 }
