@@ -44,6 +44,7 @@ function configNames(text) {
   return rows.map((m) => ({ name: m[1], required: m[2] === "NULL" }));
 }
 const sharedSource = read("libshared/service.c");
+const natsConnectionSource = read("libshared/nats_connection.c");
 const commonConfig = configNames(sharedSource.slice(sharedSource.indexOf("common_config[]"), sharedSource.indexOf("COMMON_CONFIG_COUNT")));
 const binaries = {};
 for (const service of SERVICES) {
@@ -248,19 +249,25 @@ for (const [renderName, objects] of Object.entries(renders)) {
     }
   });
 
-  check(`${values}: NATS_URL, REDIS_URL and CATALOG_ADDR point at what the release runs or the external URLs`, (fail) => {
+  check(`${values}: NATS_URL, REDIS_URL and CATALOG_ADDR point at what the release runs or the external URLs (a list in NATS_URL only if libshared splits it)`, (fail) => {
     const config = objects.find((o) => o.kind === "ConfigMap" && o.metadata.name.endsWith("-config"));
     const data = config.data;
     const service = (c) => objects.find((o) => o.kind === "Service" && component(o) === c);
     const catalog = service("catalog");
     if (data.CATALOG_ADDR !== `${catalog.metadata.name}:${catalog.spec.ports.find((p) => p.name === "grpc").port}`) fail(`CATALOG_ADDR ${data.CATALOG_ADDR}`);
     for (const [key, c, scheme, port] of [["NATS_URL", "nats", "nats", 4222], ["REDIS_URL", "redis", "redis", 6379]]) {
-      const inChart = service(c);
-      if (inChart) {
-        if (data[key] !== `${scheme}://${inChart.metadata.name}:${port}`) fail(`${key} ${data[key]} is not the in-chart ${c}`);
-        if (!inChart.spec.ports.some((p) => p.port === port)) fail(`${c} Service has no port ${port}`);
+      const inChart = objects.filter((o) => o.kind === "Service" && component(o) === c);
+      if (inChart.length) {
+        // one of the component's Services (with NATS in a cluster: its client Service)
+        const target = inChart.find((s) => data[key] === `${scheme}://${s.metadata.name}:${port}`);
+        if (!target) fail(`${key} ${data[key]} is not the in-chart ${c}`);
+        else if (!target.spec.ports.some((p) => p.port === port)) fail(`${c} Service ${target.metadata.name} has no port ${port}`);
       } else if (!data[key] || !data[key].startsWith(`${scheme}://`)) fail(`${key} "${data[key]}" is not an external ${scheme}:// URL`);
     }
+    // libshared gives NATS_URL to natsOptions_SetURL, which takes one URL (NATS.c 3.4 splits a
+    // comma-separated list only in natsConnection_ConnectTo): a list needs libshared to split it.
+    if ((data.NATS_URL || "").includes(",") && !/natsOptions_SetServers|natsConnection_ConnectTo/.test(natsConnectionSource))
+      fail(`NATS_URL lists several URLs (${data.NATS_URL}), but libshared/nats_connection.c hands it to natsOptions_SetURL, which takes one`);
     if (!/^\d+(ms|s|m|h|d)$/.test(data.LOAN_PERIOD)) fail(`LOAN_PERIOD ${data.LOAN_PERIOD}`);
     if (!["debug", "info", "warn", "error"].includes(data.LOG_LEVEL)) fail(`LOG_LEVEL ${data.LOG_LEVEL}`);
   });

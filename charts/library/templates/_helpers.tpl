@@ -61,11 +61,54 @@ version: {{ .root.Chart.AppVersion | quote }}
 {{- end -}}
 {{- end -}}
 
+{{/* In-chart NATS servers: 1, nats.cluster.replicas with the cluster, 0 with an external NATS. */}}
+{{- define "library.natsNodes" -}}
+{{- if not .Values.nats.enabled -}}
+0
+{{- else if .Values.nats.cluster.enabled -}}
+{{- int .Values.nats.cluster.replicas -}}
+{{- else -}}
+1
+{{- end -}}
+{{- end -}}
+
+{{/*
+The cluster's client Service (ClusterIP over the ready servers). The headless
+<fullname>-nats stays the StatefulSet's governing Service: pod DNS names for the routes.
+*/}}
+{{- define "library.natsClientService" -}}
+{{- printf "%s-client" (include "library.componentName" (dict "root" . "component" "nats")) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+NATS_URL. One URL: libshared hands NATS_URL to natsOptions_SetURL, which in NATS.c 3.4 takes
+a single URL (a comma-separated list is only split by natsConnection_ConnectTo). With the
+cluster, the client Service; the server's INFO then gives the client every server's
+address (connect_urls), which it reconnects to when its server goes.
+*/}}
 {{- define "library.natsUrl" -}}
-{{- if .Values.nats.enabled -}}
+{{- if and .Values.nats.enabled .Values.nats.cluster.enabled -}}
+{{- printf "nats://%s:4222" (include "library.natsClientService" .) -}}
+{{- else if .Values.nats.enabled -}}
 {{- printf "nats://%s:4222" (include "library.componentName" (dict "root" . "component" "nats")) -}}
 {{- else -}}
 {{- required "nats.url is required when nats.enabled is false" .Values.nats.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+NATS_REPLICAS: config.natsReplicas, or with 0 the chart's choice (3 on the in-chart cluster,
+else 1). More than the in-chart servers is refused here rather than by the services at start.
+*/}}
+{{- define "library.natsReplicas" -}}
+{{- $wanted := int .Values.config.natsReplicas -}}
+{{- $nodes := include "library.natsNodes" . | int -}}
+{{- if eq $wanted 0 -}}
+{{- if gt $nodes 1 }}3{{ else }}1{{ end -}}
+{{- else if and (gt $nodes 0) (gt $wanted $nodes) -}}
+{{- fail (printf "config.natsReplicas (%d) is more than the in-chart NATS servers (%d): JetStream cannot place more replicas of a stream than there are servers; lower it (0 lets the chart choose) or run nats.cluster with enough nats.cluster.replicas" $wanted $nodes) -}}
+{{- else -}}
+{{- $wanted -}}
 {{- end -}}
 {{- end -}}
 
@@ -102,7 +145,7 @@ MAX_ACTIVE_LOANS: {{ .Values.config.maxActiveLoans | toString | quote }}
 JWT_ISSUER: {{ .Values.config.jwtIssuer | quote }}
 JWT_AUDIENCE: {{ .Values.config.jwtAudience | quote }}
 NATS_URL: {{ include "library.natsUrl" . | quote }}
-NATS_REPLICAS: {{ .Values.config.natsReplicas | toString | quote }}
+NATS_REPLICAS: {{ include "library.natsReplicas" . | quote }}
 DRAIN_GRACE: {{ .Values.config.drainGrace | quote }}
 CATALOG_ADDR: {{ include "library.catalogAddress" . | quote }}
 REDIS_URL: {{ include "library.redisUrl" . | quote }}
