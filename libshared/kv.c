@@ -184,13 +184,65 @@ static natsStatus stream_last_sequence(kv_bucket *bucket, uint64_t *last) {
     return s;
 }
 
+/* The key's newest message, read from the stream's leader. NATS.c's kvStore_Get uses the
+ * "direct get" that any replica answers (buckets allow it), and a replica behind the leader
+ * answers with an older value or none: a loan just stored read as missing. A replicated
+ * bucket therefore reads through the leader (STREAM.MSG.GET), which has every write that was
+ * acknowledged. *message is NULL when the key has no live value (never written, deleted or
+ * purged). The caller destroys it. */
+static natsStatus leader_get(kv_bucket *bucket, const char *key, natsMsg **message) {
+    char subject[512];
+    *message = NULL;
+    if (snprintf(subject, sizeof subject, "%s%s", bucket->prefix, key) >= (int)sizeof subject)
+        return NATS_INVALID_ARG;
+    jsErrCode code = 0;
+    natsMsg *found = NULL;
+    natsStatus s = js_GetLastMsg(&found, nats_connection_jetstream(bucket->connection),
+                                 bucket->stream, subject, NULL, &code);
+    if (s == NATS_NOT_FOUND || code == JSNoMessageFoundErr)
+        return NATS_OK;
+    if (s != NATS_OK)
+        return s;
+    const char *operation = NULL;
+    if (natsMsgHeader_Get(found, "KV-Operation", &operation) == NATS_OK && operation != NULL &&
+        (strcmp(operation, "DEL") == 0 || strcmp(operation, "PURGE") == 0)) {
+        natsMsg_Destroy(found);
+        return NATS_OK;
+    }
+    *message = found;
+    return NATS_OK;
+}
+
 /* The key's revision now (0 when it has no live value), or an error. */
 static natsStatus key_revision(kv_bucket *bucket, const char *key, uint64_t *revision) {
-    kvEntry *entry = NULL;
-    natsStatus s = kvStore_Get(&entry, bucket->store, key);
-    *revision = s == NATS_OK && kvEntry_Operation(entry) == kvOp_Put ? kvEntry_Revision(entry) : 0;
-    kvEntry_Destroy(entry);
-    return s == NATS_NOT_FOUND ? NATS_OK : s;
+    natsMsg *message = NULL;
+    natsStatus s = leader_get(bucket, key, &message);
+    *revision = message != NULL ? natsMsg_GetSequence(message) : 0;
+    natsMsg_Destroy(message);
+    return s;
+}
+
+/* kv_get's read: from the leader on a replicated bucket, else NATS.c's own. */
+static natsStatus read_value(kv_bucket *bucket, const char *key, const void **data, int *size,
+                             uint64_t *revision, natsMsg **message, kvEntry **entry) {
+    if (bucket->fenced) {
+        natsStatus s = leader_get(bucket, key, message);
+        if (s == NATS_OK && *message == NULL)
+            return NATS_NOT_FOUND;
+        if (s == NATS_OK) {
+            *data = natsMsg_GetData(*message);
+            *size = natsMsg_GetDataLength(*message);
+            *revision = natsMsg_GetSequence(*message);
+        }
+        return s;
+    }
+    natsStatus s = kvStore_Get(entry, bucket->store, key);
+    if (s == NATS_OK) {
+        *data = kvEntry_Value(*entry);
+        *size = kvEntry_ValueLen(*entry);
+        *revision = kvEntry_Revision(*entry);
+    }
+    return s;
 }
 
 /* One write of key, expected at revision expected (0: it must not exist), fenced on the
@@ -203,17 +255,19 @@ static status_code fenced_write(kv_bucket *bucket, const char *key, const void *
     if (snprintf(subject, sizeof subject, "%s%s", bucket->prefix, key) >= (int)sizeof subject)
         return status_set(st, STATUS_INVALID_ARGUMENT, "KEY_TOO_LONG", "key %.40s... is too long", key);
     jsCtx *js = nats_connection_jetstream(bucket->connection);
+    /* An update needs no read of the key first: the key's own check in the publish refuses a
+     * stale revision, and the key is read only to tell that refusal from the fence's. A
+     * create has no such check (0 is "unset"), so the key is read before. */
+    bool check_key_first = expected == 0;
     for (int attempt = 0; attempt < FENCE_ATTEMPTS; attempt++) {
         uint64_t last = 0, current = 0;
         natsStatus s = stream_last_sequence(bucket, &last);
-        if (s == NATS_OK)
+        if (s == NATS_OK && check_key_first)
             s = key_revision(bucket, key, &current);
         if (s != NATS_OK)
             return nats_status_to_status(s, "writing the store", st);
-        if (current != expected && expected == 0)
+        if (check_key_first && current != 0)
             return status_set(st, STATUS_ALREADY_EXISTS, "ALREADY_EXISTS", "%s already exists", key);
-        if (current != expected)
-            return status_set(st, STATUS_ABORTED, "REVISION_MISMATCH", "writing the store: changed concurrently");
         jsPubOptions options;
         jsPubOptions_Init(&options);
         options.ExpectLastSeq = last;
@@ -228,8 +282,17 @@ static status_code fenced_write(kv_bucket *bucket, const char *key, const void *
             return STATUS_OK;
         if (code != JSStreamWrongLastSequenceErr)
             return nats_status_to_status(s, "writing the store", st);
-        /* another write got in first: look again, after a short random pause so that the
-         * writers that lost this round do not all come back at the same moment */
+        if (!check_key_first) {
+            s = key_revision(bucket, key, &current);
+            if (s != NATS_OK)
+                return nats_status_to_status(s, "writing the store", st);
+            if (current != expected)
+                return status_set(st, STATUS_ABORTED, "REVISION_MISMATCH",
+                                  "writing the store: changed concurrently");
+        }
+        /* only the fence refused it: another write got in first. Look again after a short
+         * random pause, so that the writers that lost this round do not all come back at the
+         * same moment. */
         int pause = attempt < FENCE_BACKOFF_MAX_MS ? attempt : FENCE_BACKOFF_MAX_MS;
         timestamp_sleep_ms(rand() % (pause + 1));
     }
@@ -240,22 +303,24 @@ static status_code fenced_write(kv_bucket *bucket, const char *key, const void *
 status_code kv_get(kv_bucket *bucket, const char *key, arena *a, kv_value *out, status *st) {
     if (require_connection(bucket, st) != STATUS_OK)
         return st->code;
+    const void *data = NULL;
+    int size = 0;
+    uint64_t revision = 0;
+    natsMsg *message = NULL;
     kvEntry *entry = NULL;
-    natsStatus s = kvStore_Get(&entry, bucket->store, key);
+    natsStatus s = read_value(bucket, key, &data, &size, &revision, &message, &entry);
     if (s != NATS_OK)
         return nats_status_to_status(s, "reading the store", st);
-    int size = kvEntry_ValueLen(entry);
     uint8_t *copy = arena_alloc(a, size > 0 ? (size_t)size : 1);
-    if (copy == NULL) {
-        kvEntry_Destroy(entry);
+    if (copy != NULL && size > 0)
+        memcpy(copy, data, (size_t)size);
+    natsMsg_Destroy(message);
+    kvEntry_Destroy(entry);
+    if (copy == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    }
-    if (size > 0)
-        memcpy(copy, kvEntry_Value(entry), (size_t)size);
     out->data = copy;
     out->size = (size_t)(size > 0 ? size : 0);
-    out->revision = kvEntry_Revision(entry);
-    kvEntry_Destroy(entry);
+    out->revision = revision;
     cache_remember(bucket, key, out->data, out->size, out->revision);
     return STATUS_OK;
 }

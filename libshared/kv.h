@@ -1,6 +1,9 @@
 /* kv.h - JetStream key-value helpers: get, create, compare-and-set update, and a
  * read-modify-write loop that retries when another writer got there first. Values are
- * opaque bytes (services store serialized protobuf records). */
+ * opaque bytes (services store serialized protobuf records). On a replicated bucket (a
+ * JetStream cluster) reads go to the stream's leader and every write is also fenced on the
+ * bucket's last sequence, so that compare-and-set holds on every nats-server version (kv.c
+ * says why); one write at a time per bucket is the price. */
 #ifndef LIBSHARED_KV_H
 #define LIBSHARED_KV_H
 

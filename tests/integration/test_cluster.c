@@ -79,6 +79,7 @@ Test(cluster, nats_replicas_the_cluster_cannot_place_stop_a_service_with_exit_2)
     char dir[512];
     snprintf(dir, sizeof dir, "%s/too-many-replicas", fixture_dir());
     mkdir(dir, 0755);
+    cr_assert(harness_keys_create(dir));
     nats_cluster cluster;
     cr_assert(nats_cluster_start(dir, &cluster));
     expect_replicas_refused(dir, cluster.urls, "5");

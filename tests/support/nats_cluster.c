@@ -101,19 +101,14 @@ void nats_cluster_cut(nats_cluster *c, int node, bool cut) {
 static bool stream_info(nats_cluster *c, const char *stream, jsStreamInfo **info) {
     natsConnection *connection = NULL;
     jsCtx *js = NULL;
-    natsOptions *options = NULL;
     jsOptions js_options;
     jsOptions_Init(&js_options);
     js_options.Wait = 2000;
-    bool ok = natsOptions_Create(&options) == NATS_OK &&
-              natsOptions_SetURL(options, c->urls) == NATS_OK &&
-              natsOptions_SetTimeout(options, 1000) == NATS_OK &&
-              natsConnection_Connect(&connection, options) == NATS_OK &&
+    bool ok = natsConnection_ConnectTo(&connection, c->urls) == NATS_OK && /* splits the list */
               natsConnection_JetStream(&js, connection, &js_options) == NATS_OK &&
               js_GetStreamInfo(info, js, stream, NULL, NULL) == NATS_OK;
     jsCtx_Destroy(js);
     natsConnection_Destroy(connection);
-    natsOptions_Destroy(options);
     return ok;
 }
 
