@@ -480,3 +480,132 @@ Test(catalog, books_survive_a_kill_of_the_catalog_and_a_restart_of_nats, .timeou
     assert_copies(s.catalog_client, s.dir, lent, 4, 2);
     test_stack_stop(&s);
 }
+
+/* --- UpdateBook ------------------------------------------------------------------------------ */
+
+static status_code update_book(const char *book_id, const char *title, const char *author, const char *isbn,
+                               const char *bearer, Book **out, status *st) {
+    Library__Catalog__V1__UpdateBookRequest request = LIBRARY__CATALOG__V1__UPDATE_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    request.title = (char *)(title ? title : "");
+    request.author = (char *)(author ? author : "");
+    request.isbn = (char *)(isbn ? isbn : "");
+    ProtobufCMessage *response = NULL;
+    status_code code = call_catalog("UpdateBook", &request.base, &library__catalog__v1__book__descriptor,
+                                    bearer, &response, st);
+    if (out)
+        *out = (Book *)response;
+    return code;
+}
+
+/* Nanoseconds since the epoch; 0 for a missing time. */
+static int64_t time_ns(const Google__Protobuf__Timestamp *t) {
+    return t ? t->seconds * 1000000000LL + t->nanos : 0;
+}
+
+/* 979 and ten random digits: an ISBN that matches only this test's book. */
+static const char *unique_isbn(void) {
+    char hex[11];
+    text_random_hex(hex, 5);
+    for (int i = 0; i < 10; i++)
+        hex[i] = (char)('0' + (unsigned char)hex[i] % 10);
+    return arena_sprintf(mem, "979%s", hex);
+}
+
+/* How many books of the search for query on catalog have book_id; asserts there are no others. */
+static size_t matches(rpc_client *catalog, const char *query, const char *book_id) {
+    Library__Catalog__V1__SearchBooksResponse *found = search_at(catalog, fixture_dir(), query);
+    for (size_t i = 0; i < found->n_books; i++)
+        cr_assert_str_eq(found->books[i]->book_id, book_id, "SearchBooks(%s) found another book", query);
+    return found->n_books;
+}
+
+/* Old title, author and ISBN must find nothing on this catalog, the new ones the book. */
+static void assert_search_sees_only_the_new_fields(rpc_client *catalog, const char *where, const char *book_id,
+                                                   const char *const old_words[3],
+                                                   const char *const new_words[3]) {
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(matches(catalog, old_words[i], book_id), 0, "%s: the old %s still finds the book", where,
+                     old_words[i]);
+        cr_assert_eq(matches(catalog, new_words[i], book_id), 1, "%s: the new %s does not find the book", where,
+                     new_words[i]);
+    }
+}
+
+Test(catalog, update_book_reaches_search_and_another_replica_and_moves_only_update_time) {
+    const char *old_words[3] = {unique_word("Before"), unique_word("Oldwriter"), unique_isbn()};
+    const char *new_words[3] = {unique_word("After"), unique_word("Newwriter"), unique_isbn()};
+    Book *book = register_book(arena_sprintf(mem, "%s tale", old_words[0]), old_words[1], old_words[2], 2);
+    harness_process replica;
+    rpc_client *second = replica_start(&replica);
+    cr_assert_eq(matches(second, old_words[0], book->book_id), 1, "the replica does not have the book");
+
+    Book *updated = NULL;
+    status st;
+    cr_assert_eq(update_book(book->book_id, arena_sprintf(mem, "%s tale", new_words[0]), new_words[1],
+                             new_words[2], admin_bearer(), &updated, &st),
+                 STATUS_OK, "UpdateBook: %s", st.message);
+    cr_assert_str_eq(updated->author, new_words[1]);
+    cr_assert_str_eq(updated->isbn, new_words[2]);
+    cr_assert_eq(updated->total_copies, 2);
+    cr_assert_eq(updated->available_copies, 2);
+    cr_assert_eq(time_ns(updated->create_time), time_ns(book->create_time), "create_time changed");
+    cr_assert_gt(time_ns(updated->update_time), time_ns(book->update_time), "update_time did not move forward");
+    assert_search_sees_only_the_new_fields(client, "the catalog that took the update", book->book_id, old_words,
+                                           new_words);
+
+    /* the other replica learns it from the bucket's watch */
+    status_code code = STATUS_OK;
+    Book *seen = NULL;
+    for (int64_t until = harness_now_ms() + 5000; harness_now_ms() < until; harness_sleep_ms(50)) {
+        seen = book_at(second, fixture_dir(), book->book_id, &code);
+        if (seen && strcmp(seen->title, updated->title) == 0)
+            break;
+    }
+    cr_assert_not_null(seen, "GetBook on the replica: %s", status_code_name(code));
+    cr_assert_str_eq(seen->title, updated->title, "the replica still has the old title after 5 s");
+    cr_assert_eq(time_ns(seen->update_time), time_ns(updated->update_time));
+    assert_search_sees_only_the_new_fields(second, "the other replica", book->book_id, old_words, new_words);
+    replica_stop(&replica, second);
+}
+
+Test(catalog, update_book_refuses_bad_fields_naming_them_and_changes_nothing) {
+    Book *book = register_book("Unchanged", "Steady", "978-3", 1);
+    char *long_title = arena_alloc(mem, 600);
+    memset(long_title, 't', 599);
+    char *long_author = arena_alloc(mem, 300);
+    memset(long_author, 'a', 299);
+    const struct {
+        const char *book_id, *title, *author, *isbn;
+        const char *field; /* the message names it */
+    } cases[] = {
+        {book->book_id, "   ", NULL, NULL, "title"},
+        {book->book_id, long_title, NULL, NULL, "title"},
+        {book->book_id, NULL, long_author, NULL, "author"},
+        {book->book_id, NULL, NULL, "978-abc", "isbn"},
+        {book->book_id, NULL, NULL, "----", "isbn"},
+        {"NOT-AN-ID", "Fine", NULL, NULL, "book_id"},
+        {"", "Fine", NULL, NULL, "book_id"},
+        {book->book_id, NULL, NULL, NULL, "title, author or isbn"},
+    };
+    status st;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        status_code code = update_book(cases[i].book_id, cases[i].title, cases[i].author, cases[i].isbn,
+                                       admin_bearer(), NULL, &st);
+        cr_assert_eq(code, STATUS_INVALID_ARGUMENT, "case %zu (%s): got %s", i, cases[i].field,
+                     status_code_name(code));
+        cr_assert_not_null(strstr(st.message, cases[i].field), "case %zu: \"%s\" does not name %s", i, st.message,
+                           cases[i].field);
+    }
+    cr_assert_eq(update_book("ffffffffffffffffffff", "Fine", NULL, NULL, admin_bearer(), NULL, &st),
+                 STATUS_NOT_FOUND);
+    cr_assert_str_eq(st.reason, "BOOK_NOT_FOUND");
+    cr_assert_eq(update_book(book->book_id, "Hijacked", NULL, NULL, user_bearer("reader"), NULL, &st),
+                 STATUS_PERMISSION_DENIED);
+
+    Book *after = get_book(book->book_id, STATUS_OK, &st);
+    cr_assert_str_eq(after->title, "Unchanged");
+    cr_assert_str_eq(after->author, "Steady");
+    cr_assert_str_eq(after->isbn, "978-3");
+    cr_assert_eq(time_ns(after->update_time), time_ns(book->update_time), "a refused update moved update_time");
+}
