@@ -280,3 +280,28 @@ Book *test_stack_register(test_stack *s, const char *title, int copies) {
                  STATUS_OK, "%s", st.message);
     return (Book *)response;
 }
+
+Library__Lending__V1__Loan *test_stack_borrow_decided(test_stack *s, const char *book_id, const char *user) {
+    const char *bearer = harness_bearer(mem, s->dir, user, false);
+    Library__Lending__V1__BorrowBookRequest borrow = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    borrow.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = harness_call(s->lending_client, "/library.lending.v1.LendingService/BorrowBook",
+                                    &borrow.base, &library__lending__v1__loan__descriptor, mem, bearer,
+                                    &response, &st);
+    cr_assert_eq(code, STATUS_OK, "BorrowBook as %s: %s %s", user, status_code_name(code), st.message);
+    Library__Lending__V1__Loan *loan = (Library__Lending__V1__Loan *)response;
+    Library__Lending__V1__GetLoanRequest get = LIBRARY__LENDING__V1__GET_LOAN_REQUEST__INIT;
+    get.loan_id = loan->loan_id;
+    int64_t until = harness_now_ms() + 10000;
+    while (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING) {
+        cr_assert_lt(harness_now_ms(), until, "loan %s still PENDING after 10 s", get.loan_id);
+        harness_sleep_ms(50);
+        code = harness_call(s->lending_client, "/library.lending.v1.LendingService/GetLoan", &get.base,
+                            &library__lending__v1__loan__descriptor, mem, bearer, &response, &st);
+        cr_assert_eq(code, STATUS_OK, "GetLoan: %s %s", status_code_name(code), st.message);
+        loan = (Library__Lending__V1__Loan *)response;
+    }
+    return loan;
+}

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "library/lending/v1/lending.pb-c.h"
 #include "stack_fixture.h"
 #include "text.h"
 
@@ -410,28 +409,11 @@ Test(catalog, books_load_into_a_new_replica) {
     replica_stop(&replica, second);
 }
 
-/* Borrows one copy of book_id in the stack's lending as user and waits for the loan to be
- * ACTIVE, so the catalog has taken the copy. */
+/* Borrows one copy of book_id in the stack's lending as user; the catalog has taken it. */
 static void borrow_one_copy(test_stack *s, const char *book_id, const char *user) {
-    const char *bearer = harness_bearer(mem, s->dir, user, false);
-    Library__Lending__V1__BorrowBookRequest borrow = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
-    borrow.book_id = (char *)book_id;
-    ProtobufCMessage *response = NULL;
-    status st;
-    status_code code = harness_call(s->lending_client, "/library.lending.v1.LendingService/BorrowBook",
-                                    &borrow.base, &library__lending__v1__loan__descriptor, mem, bearer,
-                                    &response, &st);
-    cr_assert_eq(code, STATUS_OK, "BorrowBook: %s %s", status_code_name(code), st.message);
-    Library__Lending__V1__GetLoanRequest get = LIBRARY__LENDING__V1__GET_LOAN_REQUEST__INIT;
-    get.loan_id = ((Library__Lending__V1__Loan *)response)->loan_id;
-    int64_t until = harness_now_ms() + 10000;
-    while (((Library__Lending__V1__Loan *)response)->status != LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE) {
-        cr_assert_lt(harness_now_ms(), until, "the loan did not become ACTIVE in 10 s");
-        harness_sleep_ms(50);
-        code = harness_call(s->lending_client, "/library.lending.v1.LendingService/GetLoan", &get.base,
-                            &library__lending__v1__loan__descriptor, mem, bearer, &response, &st);
-        cr_assert_eq(code, STATUS_OK, "GetLoan: %s %s", status_code_name(code), st.message);
-    }
+    Library__Lending__V1__Loan *loan = test_stack_borrow_decided(s, book_id, user);
+    cr_assert_eq(loan->status, LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE, "the loan was canceled (%s)",
+                 loan->cancel_reason);
 }
 
 static void assert_copies(rpc_client *catalog, const char *dir, const Book *expected, int total, int available) {
