@@ -2,6 +2,8 @@
  * runs every test in its own process, so the addresses travel in environment variables). */
 #include "stack_fixture.h"
 
+#include "grpc/health/v1/health.pb-c.h"
+
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
 #include <signal.h>
@@ -304,4 +306,22 @@ Library__Lending__V1__Loan *test_stack_borrow_decided(test_stack *s, const char 
         loan = (Library__Lending__V1__Loan *)response;
     }
     return loan;
+}
+
+void wait_serving(rpc_client *service, const char *what, int64_t timeout_ms) {
+    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    int64_t until = harness_now_ms() + timeout_ms;
+    for (;;) {
+        ProtobufCMessage *response = NULL;
+        status st;
+        status_code code = harness_call(service, "/grpc.health.v1.Health/Check", &request.base,
+                                        &grpc__health__v1__health_check_response__descriptor, mem, NULL,
+                                        &response, &st);
+        if (code == STATUS_OK && ((Grpc__Health__V1__HealthCheckResponse *)response)->status ==
+                                     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING)
+            return;
+        cr_assert_lt(harness_now_ms(), until, "%s is not SERVING after %lld ms (%s)", what,
+                     (long long)timeout_ms, status_code_name(code));
+        harness_sleep_ms(50);
+    }
 }

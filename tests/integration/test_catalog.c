@@ -458,6 +458,7 @@ Test(catalog, books_survive_a_kill_of_the_catalog_and_a_restart_of_nats, .timeou
     Library__Catalog__V1__SearchBooksResponse *found = search_at(s.catalog_client, s.dir, word);
     cr_assert_eq(found->n_books, 2, "SearchBooks(%s) after the restart found %zu books", word, found->n_books);
     /* the restarted catalog still takes part in the saga: another copy goes out */
+    wait_serving(s.lending_client, "lending (back on NATS)", 15000);
     borrow_one_copy(&s, lent->book_id, "restart-reader-2");
     assert_copies(s.catalog_client, s.dir, lent, 4, 2);
     test_stack_stop(&s);
