@@ -382,3 +382,31 @@ Test(observability, shed_calls_are_counted_exactly) {
                  exhausted_now - harness_sample(before, exhausted));
     test_stack_stop(&s);
 }
+
+/* library_event_consumer_pending is the consumer's lag: mypage's projection stalls on a paused
+ * redis-server while loan events arrive, so the gauge rises above 0; once Redis is back the
+ * consumer catches up and the gauge is 0 again. */
+Test(observability, consumer_lag_rises_while_the_consumer_is_stalled_and_returns_to_zero) {
+    const char *const lending_env[] = {FIXTURE_LENDING_ENV, NULL};
+    test_stack s;
+    test_stack_start(&s, "lag-metrics", lending_env, true, NULL);
+    Book *book = test_stack_register(&s, "Lagging", 10);
+    const char *lag = "library_event_consumer_pending{consumer=\"mypage\"}";
+    int port = s.mypage.metrics_port;
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000));
+    cr_assert_eq(sample_when(port, lag, 0), 0, "the lag is not 0 before the test");
+
+    cr_assert(harness_pause(s.redis.pid));
+    enum { BORROWS = 4 };
+    for (int i = 0; i < BORROWS; i++)
+        test_stack_borrow_decided(&s, book->book_id, arena_sprintf(mem, "lagging-%d", i));
+    /* each borrow is two loan events (requested, activated), none of which mypage can apply */
+    double stalled = sample_when(port, lag, 2 * BORROWS);
+    kill(s.redis.pid, SIGCONT);
+    cr_assert_eq(stalled, 2 * BORROWS, "the lag is %g while mypage cannot apply any of %d events", stalled,
+                 2 * BORROWS);
+
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 15000), "mypage did not catch up");
+    cr_assert_eq(sample_when(port, lag, 0), 0, "the lag is not back to 0 after mypage caught up");
+    test_stack_stop(&s);
+}
