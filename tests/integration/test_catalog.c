@@ -430,7 +430,7 @@ static void assert_copies(rpc_client *catalog, const char *dir, const Book *expe
 /* The catalog keeps nothing of its own: killed with SIGKILL while nats-server is stopped and
  * started again on its store, a new catalog process on the same port serves every book as it
  * was - totals, the copy on loan, search - and takes up the saga where it was left. */
-Test(catalog, books_survive_a_kill_of_the_catalog_and_a_restart_of_nats, .timeout = 90) {
+Test(catalog, books_survive_a_kill_of_the_catalog_and_a_restart_of_nats) {
     const char *const lending_env[] = {FIXTURE_LENDING_ENV, NULL};
     test_stack s;
     test_stack_start(&s, unique_word("restart"), lending_env, false, NULL);
