@@ -15,6 +15,7 @@ enum {
     FETCH_BATCH = 64,
     FETCH_WAIT_MS = 500,
     CONSUMER_CHECK_MS = 10000, /* how often an idle or failing consumer checks it still exists */
+    LAG_READ_MS = 1000,        /* how often the lag gauge is read from the consumer's state */
     PUBLISH_BUFFER = 4096,
     REPLAY_IDLE_MS = 1000,     /* no message for this long: ask the server if we are done */
     REPLAY_STALL_MS = 30000,   /* no progress and no answer for this long: give up */
@@ -132,7 +133,6 @@ static void handle_message(event_consumer *consumer, natsMsg *message) {
     jsMsgMetaData *meta = NULL;
     if (natsMsg_GetMetaData(&meta, message) == NATS_OK) {
         sequence = meta->Sequence.Stream;
-        metric_set(consumer->pending, (double)meta->NumPending); /* the consumer's lag */
         jsMsgMetaData_Destroy(meta);
     }
     event *e = library__events__v1__event__unpack(NULL, (size_t)natsMsg_GetDataLength(message),
@@ -243,10 +243,29 @@ static void consumer_check(event_consumer *consumer) {
     consumer->subscription = fresh;
 }
 
+/* The consumer's lag: events of the stream it has not acknowledged yet, not delivered or
+ * delivered and still being handled or retried. A message's own metadata counts only the
+ * undelivered ones, which stay 0 for a consumer that is given every event at once but cannot
+ * handle any (its store down), so the server's view of the consumer is read instead. */
+static void lag_read(event_consumer *consumer) {
+    if (!nats_connection_is_up(consumer->connection))
+        return;
+    jsConsumerInfo *info = NULL;
+    jsErrCode error = 0;
+    if (js_GetConsumerInfo(&info, nats_connection_jetstream(consumer->connection), EVENTS_STREAM,
+                           consumer->durable, NULL, &error) == NATS_OK)
+        metric_set(consumer->pending, (double)info->NumPending + (double)info->NumAckPending);
+    jsConsumerInfo_Destroy(info);
+}
+
 static void *consume_main(void *arg) {
     event_consumer *consumer = arg;
-    int64_t checked = timestamp_monotonic_ms();
+    int64_t checked = timestamp_monotonic_ms(), lag_read_at = 0;
     while (!atomic_load(&consumer->stopping)) {
+        if (timestamp_monotonic_ms() - lag_read_at >= LAG_READ_MS) {
+            lag_read_at = timestamp_monotonic_ms();
+            lag_read(consumer);
+        }
         natsMsgList list = {0};
         natsStatus s = natsSubscription_Fetch(&list, consumer->subscription, FETCH_BATCH,
                                               FETCH_WAIT_MS, NULL);
@@ -331,8 +350,8 @@ status_code event_consumer_start(nats_connection *connection, const event_consum
     consumer->dropped = metrics_series(consumed, (const char *[]){consumer->durable, "dropped", NULL});
     consumer->pending = metrics_series(
         metrics_gauge("library_event_consumer_pending",
-                      "Events in the stream the consumer has not been given yet (its lag), as of "
-                      "the last event it received.",
+                      "Events in the stream the consumer has not acknowledged yet (its lag): not "
+                      "delivered, or delivered and still being handled or retried.",
                       (const char *[]){"consumer", NULL}),
         (const char *[]){consumer->durable, NULL});
 

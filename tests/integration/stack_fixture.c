@@ -2,6 +2,8 @@
  * runs every test in its own process, so the addresses travel in environment variables). */
 #include "stack_fixture.h"
 
+#include "grpc/health/v1/health.pb-c.h"
+
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
 #include <signal.h>
@@ -279,4 +281,47 @@ Book *test_stack_register(test_stack *s, const char *title, int copies) {
                               harness_bearer(mem, s->dir, "admin", true), &response, &st),
                  STATUS_OK, "%s", st.message);
     return (Book *)response;
+}
+
+Library__Lending__V1__Loan *test_stack_borrow_decided(test_stack *s, const char *book_id, const char *user) {
+    const char *bearer = harness_bearer(mem, s->dir, user, false);
+    Library__Lending__V1__BorrowBookRequest borrow = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    borrow.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = harness_call(s->lending_client, "/library.lending.v1.LendingService/BorrowBook",
+                                    &borrow.base, &library__lending__v1__loan__descriptor, mem, bearer,
+                                    &response, &st);
+    cr_assert_eq(code, STATUS_OK, "BorrowBook as %s: %s %s", user, status_code_name(code), st.message);
+    Library__Lending__V1__Loan *loan = (Library__Lending__V1__Loan *)response;
+    Library__Lending__V1__GetLoanRequest get = LIBRARY__LENDING__V1__GET_LOAN_REQUEST__INIT;
+    get.loan_id = loan->loan_id;
+    int64_t until = harness_now_ms() + 10000;
+    while (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING) {
+        cr_assert_lt(harness_now_ms(), until, "loan %s still PENDING after 10 s", get.loan_id);
+        harness_sleep_ms(50);
+        code = harness_call(s->lending_client, "/library.lending.v1.LendingService/GetLoan", &get.base,
+                            &library__lending__v1__loan__descriptor, mem, bearer, &response, &st);
+        cr_assert_eq(code, STATUS_OK, "GetLoan: %s %s", status_code_name(code), st.message);
+        loan = (Library__Lending__V1__Loan *)response;
+    }
+    return loan;
+}
+
+void wait_serving(rpc_client *service, const char *what, int64_t timeout_ms) {
+    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    int64_t until = harness_now_ms() + timeout_ms;
+    for (;;) {
+        ProtobufCMessage *response = NULL;
+        status st;
+        status_code code = harness_call(service, "/grpc.health.v1.Health/Check", &request.base,
+                                        &grpc__health__v1__health_check_response__descriptor, mem, NULL,
+                                        &response, &st);
+        if (code == STATUS_OK && ((Grpc__Health__V1__HealthCheckResponse *)response)->status ==
+                                     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING)
+            return;
+        cr_assert_lt(harness_now_ms(), until, "%s is not SERVING after %lld ms (%s)", what,
+                     (long long)timeout_ms, status_code_name(code));
+        harness_sleep_ms(50);
+    }
 }

@@ -71,4 +71,14 @@ void test_stack_stop(test_stack *s);
 /* Registers a book with `copies` copies in the stack's catalog. */
 Book *test_stack_register(test_stack *s, const char *title, int copies);
 
+#include "library/lending/v1/lending.pb-c.h"
+
+/* BorrowBook of book_id in the stack's lending as user, then GetLoan until the saga has
+ * decided (ACTIVE or CANCELED; asserts it does within 10 s). */
+Library__Lending__V1__Loan *test_stack_borrow_decided(test_stack *s, const char *book_id, const char *user);
+
+/* Polls the gRPC health check of a service until it says SERVING (its dependencies are back,
+ * after a restart); asserts it does within timeout_ms. what names it in the message. */
+void wait_serving(rpc_client *service, const char *what, int64_t timeout_ms);
+
 #endif

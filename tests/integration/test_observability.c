@@ -238,3 +238,175 @@ Test(observability, the_log_level_follows_its_file_on_sighup_and_by_itself_witho
     cr_assert_eq(harness_process_stop(&catalog, SIGTERM, 10000), 0);
     cr_log_info("%d calls while the level went info -> debug -> warn: none failed", c.calls);
 }
+
+/* --- metric values after known calls ------------------------------------------------------- */
+
+/* The value of series on the /metrics port, polled until it equals expected (a counter moves
+ * a moment after the client has its answer) or 5 s have passed; the last value seen. */
+static double sample_when(int port, const char *series, double expected) {
+    double value = -1;
+    for (int64_t until = harness_now_ms() + 5000;; harness_sleep_ms(20)) {
+        char *body = harness_scrape(mem, port);
+        cr_assert_not_null(body, "GET /metrics on port %d failed", port);
+        value = harness_sample(body, series);
+        if (value == expected || harness_now_ms() >= until)
+            return value;
+    }
+}
+
+static void return_loan(test_stack *s, const char *loan_id, const char *user) {
+    Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
+    request.loan_id = (char *)loan_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = harness_call(s->lending_client, LENDING "ReturnBook", &request.base,
+                                    &library__lending__v1__loan__descriptor, mem,
+                                    harness_bearer(mem, s->dir, user, false), &response, &st);
+    cr_assert_eq(code, STATUS_OK, "ReturnBook: %s %s", status_code_name(code), st.message);
+}
+
+/* A lending of its own, so that only this test's loans move its counters: 5 borrows of a book
+ * with 2 copies end 2 ACTIVE and 3 CANCELED (out of stock), then one is returned. */
+Test(observability, loans_total_counts_each_outcome_exactly) {
+    const char *const lending_env[] = {FIXTURE_LENDING_ENV, NULL};
+    test_stack s;
+    test_stack_start(&s, "loan-metrics", lending_env, false, NULL);
+    Book *book = test_stack_register(&s, "Counted", 2);
+    char *before = harness_scrape(mem, s.lending.metrics_port);
+    cr_assert_not_null(before);
+
+    enum { BORROWS = 5, COPIES = 2 };
+    int active = 0, canceled = 0;
+    const char *returned_loan = NULL, *returned_by = NULL;
+    for (int i = 0; i < BORROWS; i++) {
+        const char *user = arena_sprintf(mem, "counted-%d", i);
+        Library__Lending__V1__Loan *loan = test_stack_borrow_decided(&s, book->book_id, user);
+        if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE) {
+            active++;
+            returned_loan = loan->loan_id;
+            returned_by = user;
+        } else {
+            cr_assert_eq(loan->status, LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED);
+            cr_assert_str_eq(loan->cancel_reason, "OUT_OF_STOCK");
+            canceled++;
+        }
+    }
+    cr_assert_eq(active, COPIES, "%d of %d borrows ended ACTIVE with %d copies", active, BORROWS, COPIES);
+    cr_assert_eq(canceled, BORROWS - COPIES);
+    return_loan(&s, returned_loan, returned_by);
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "lending", 10000), "lending's consumer did not drain");
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "catalog", 10000), "the catalog's consumer did not drain");
+
+    const struct {
+        const char *outcome;
+        int delta;
+    } expected[] = {{"requested", BORROWS}, {"activated", COPIES}, {"canceled", BORROWS - COPIES},
+                    {"returned", 1},        {"overdue", 0}};
+    for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++) {
+        const char *series = arena_sprintf(mem, "library_loans_total{outcome=\"%s\"}", expected[i].outcome);
+        double start = harness_sample(before, series);
+        double now = sample_when(s.lending.metrics_port, series, start + expected[i].delta);
+        cr_assert_eq(now - start, expected[i].delta, "%s moved by %g, expected %d", series, now - start,
+                     expected[i].delta);
+    }
+    test_stack_stop(&s);
+}
+
+typedef struct adjust_call {
+    pthread_t thread;
+    const char *address, *bearer, *book_id;
+    status_code code;
+} adjust_call;
+
+/* One AdjustStock +1 on a client of its own, so that it can wait in a thread. */
+static status_code adjust_once(const char *address, const char *bearer, const char *book_id) {
+    rpc_client *own = NULL;
+    if (rpc_client_create(address, 15000, &own, NULL) != STATUS_OK)
+        return STATUS_INTERNAL;
+    arena *a = arena_create(0);
+    Library__Catalog__V1__AdjustStockRequest request = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    request.delta = 1;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = harness_call(own, CATALOG "AdjustStock", &request.base,
+                                    &library__catalog__v1__book__descriptor, a, bearer, &response, &st);
+    arena_destroy(a);
+    rpc_client_destroy(own);
+    return code;
+}
+
+static void *adjust_in_thread(void *arg) {
+    adjust_call *call = arg;
+    call->code = adjust_once(call->address, call->bearer, call->book_id);
+    return NULL;
+}
+
+/* MAX_IN_FLIGHT=1: one AdjustStock waits on a paused nats-server and holds the only slot, and
+ * every further call is shed; the shed counter and the RESOURCE_EXHAUSTED count move by
+ * exactly the calls that were answered so. */
+Test(observability, shed_calls_are_counted_exactly) {
+    const char *env[] = {"MAX_IN_FLIGHT=1", "NATS_TIMEOUT=8s", NULL};
+    test_stack s;
+    test_stack_start_catalog(&s, "shed-metrics", env);
+    Book *book = test_stack_register(&s, "Shed", 1);
+    int port = s.catalog.metrics_port;
+    const char *started = "grpc_server_started_total{" METHOD_LABELS "}";
+    const char *shed = "grpc_server_shed_total{" METHOD_LABELS "}";
+    const char *exhausted = "grpc_server_handled_total{" METHOD_LABELS ",grpc_code=\"RESOURCE_EXHAUSTED\"}";
+    char *before = harness_scrape(mem, port);
+    cr_assert_not_null(before);
+
+    cr_assert(harness_pause(s.nats.pid)); /* AdjustStock now waits on the store */
+    adjust_call holder = {.address = s.catalog.address, .bearer = harness_bearer(mem, s.dir, "admin", true),
+                          .book_id = book->book_id};
+    pthread_create(&holder.thread, NULL, adjust_in_thread, &holder);
+    double holding = harness_sample(before, started) + 1;
+    cr_assert_eq(sample_when(port, started, holding), holding, "the first AdjustStock never started");
+
+    enum { SHED = 4 };
+    for (int i = 0; i < SHED; i++) {
+        status_code code = adjust_once(s.catalog.address, holder.bearer, book->book_id);
+        cr_assert_eq(code, STATUS_RESOURCE_EXHAUSTED, "call %d over the limit of 1 got %s", i,
+                     status_code_name(code));
+    }
+    kill(s.nats.pid, SIGCONT);
+    pthread_join(holder.thread, NULL);
+    cr_assert_eq(holder.code, STATUS_OK, "the call holding the slot got %s", status_code_name(holder.code));
+
+    double shed_now = sample_when(port, shed, harness_sample(before, shed) + SHED);
+    cr_assert_eq(shed_now - harness_sample(before, shed), SHED, "%s moved by %g", shed,
+                 shed_now - harness_sample(before, shed));
+    double exhausted_now = sample_when(port, exhausted, harness_sample(before, exhausted) + SHED);
+    cr_assert_eq(exhausted_now - harness_sample(before, exhausted), SHED, "%s moved by %g", exhausted,
+                 exhausted_now - harness_sample(before, exhausted));
+    test_stack_stop(&s);
+}
+
+/* library_event_consumer_pending is the consumer's lag: mypage's projection stalls on a paused
+ * redis-server while loan events arrive, so the gauge rises above 0; once Redis is back the
+ * consumer catches up and the gauge is 0 again. */
+Test(observability, consumer_lag_rises_while_the_consumer_is_stalled_and_returns_to_zero) {
+    const char *const lending_env[] = {FIXTURE_LENDING_ENV, NULL};
+    test_stack s;
+    test_stack_start(&s, "lag-metrics", lending_env, true, NULL);
+    Book *book = test_stack_register(&s, "Lagging", 10);
+    const char *lag = "library_event_consumer_pending{consumer=\"mypage\"}";
+    int port = s.mypage.metrics_port;
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000));
+    cr_assert_eq(sample_when(port, lag, 0), 0, "the lag is not 0 before the test");
+
+    cr_assert(harness_pause(s.redis.pid));
+    enum { BORROWS = 4 };
+    for (int i = 0; i < BORROWS; i++)
+        test_stack_borrow_decided(&s, book->book_id, arena_sprintf(mem, "lagging-%d", i));
+    /* each borrow is two loan events (requested, activated), none of which mypage can apply */
+    double stalled = sample_when(port, lag, 2 * BORROWS);
+    kill(s.redis.pid, SIGCONT);
+    cr_assert_eq(stalled, 2 * BORROWS, "the lag is %g while mypage cannot apply any of %d events", stalled,
+                 2 * BORROWS);
+
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 15000), "mypage did not catch up");
+    cr_assert_eq(sample_when(port, lag, 0), 0, "the lag is not back to 0 after mypage caught up");
+    test_stack_stop(&s);
+}
