@@ -353,23 +353,7 @@ static void service_command(const char *name, const char *dir, int port, int met
 
 bool harness_service_start(const char *name, const char *dir, const char *const *env,
                            harness_process *out) {
-    memset(out, 0, sizeof *out);
-    out->port = harness_free_port();
-    for (const char *const *e = env; e && *e; e++) /* a fixed port wins (restarts) */
-        if (strncmp(*e, "GRPC_PORT=", 10) == 0)
-            out->port = atoi(*e + 10);
-    snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
-    out->metrics_port = harness_free_port();
-    for (const char *const *e = env; e && *e; e++)
-        if (strncmp(*e, "METRICS_PORT=", 13) == 0)
-            out->metrics_port = atoi(*e + 13);
-    snprintf(out->log_path, sizeof out->log_path, "%s/%s.log", dir, name);
-    char binary[512];
-    const char *all[40];
-    service_command(name, dir, out->port, out->metrics_port, env, binary, all);
-    char *argv[] = {binary, NULL};
-    out->pid = spawn(argv, all, out->log_path);
-    if (out->pid <= 0)
+    if (!harness_service_spawn(name, dir, env, out))
         return false;
     int64_t until = harness_now_ms() + 15000;
     while (harness_now_ms() < until) {
@@ -448,4 +432,25 @@ bool harness_gateway_start(const char *dir, int catalog_port, int lending_port, 
     char *argv[] = {"nginx", "-c", conf, "-p", gateway_dir, "-g", "master_process off;", NULL};
     out->pid = spawn(argv, NULL, out->log_path);
     return out->pid > 0 && harness_wait_port(out->port, 10000);
+}
+
+bool harness_service_spawn(const char *name, const char *dir, const char *const *env,
+                           harness_process *out) {
+    memset(out, 0, sizeof *out);
+    out->port = harness_free_port();
+    for (const char *const *e = env; e && *e; e++) /* a fixed port wins (restarts) */
+        if (strncmp(*e, "GRPC_PORT=", 10) == 0)
+            out->port = atoi(*e + 10);
+    snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
+    out->metrics_port = harness_free_port();
+    for (const char *const *e = env; e && *e; e++)
+        if (strncmp(*e, "METRICS_PORT=", 13) == 0)
+            out->metrics_port = atoi(*e + 13);
+    snprintf(out->log_path, sizeof out->log_path, "%s/%s.log", dir, name);
+    char binary[512];
+    const char *all[40];
+    service_command(name, dir, out->port, out->metrics_port, env, binary, all);
+    char *argv[] = {binary, NULL};
+    out->pid = spawn(argv, all, out->log_path);
+    return out->pid > 0;
 }
