@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "events.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "kv.h"
 #include "lending.h"
 #include "library/lending/v1/lending.pb-c.h"
@@ -64,15 +65,22 @@ static status_code return_loan(const char *bearer, const char *loan_id, Loan **o
     return code;
 }
 
-static Loan *get_loan(const char *bearer, const char *loan_id, status_code expected) {
+static status_code get_loan_on(rpc_client *c, const char *bearer, const char *loan_id, Loan **out, status *st) {
     Library__Lending__V1__GetLoanRequest request = LIBRARY__LENDING__V1__GET_LOAN_REQUEST__INIT;
     request.loan_id = (char *)loan_id;
     ProtobufCMessage *response = NULL;
+    status_code code = harness_call(c, LENDING "GetLoan", &request.base, &library__lending__v1__loan__descriptor, mem,
+                                    bearer, &response, st);
+    *out = (Loan *)response;
+    return code;
+}
+
+static Loan *get_loan(const char *bearer, const char *loan_id, status_code expected) {
+    Loan *loan = NULL;
     status st;
-    status_code code = harness_call(lending, LENDING "GetLoan", &request.base, &library__lending__v1__loan__descriptor,
-                                    mem, bearer, &response, &st);
+    status_code code = get_loan_on(lending, bearer, loan_id, &loan, &st);
     cr_assert_eq(code, expected, "GetLoan: %s %s", status_code_name(code), st.message);
-    return (Loan *)response;
+    return loan;
 }
 
 static int available(const char *book_id) {
@@ -164,8 +172,10 @@ Test(lending, the_seed_scenario_out_of_stock_compensation_and_restock) {
 typedef struct borrow_job {
     const char *address, *bearer, *book_id;
     status_code code;
+    int loan_status;
     char loan_id[32];
     char user[64];
+    char message[200];
 } borrow_job;
 
 static void *borrow_thread(void *arg) {
@@ -179,8 +189,11 @@ static void *borrow_thread(void *arg) {
     status st;
     job->code = harness_call(own, LENDING "BorrowBook", &request.base, &library__lending__v1__loan__descriptor,
                              a, job->bearer, &response, &st);
-    if (job->code == STATUS_OK)
+    if (job->code == STATUS_OK) {
         snprintf(job->loan_id, sizeof job->loan_id, "%s", ((Loan *)response)->loan_id);
+        job->loan_status = (int)((Loan *)response)->status;
+    }
+    snprintf(job->message, sizeof job->message, "%.199s", st.message);
     arena_destroy(a);
     rpc_client_destroy(own);
     return NULL;
@@ -449,6 +462,15 @@ Test(lending, a_catalog_outage_gives_fast_unavailable_and_recovers) {
 
 /* --- crashes -------------------------------------------------------------------------------- */
 
+/* A loan the burst was told of: BorrowBook answered OK (its status then), or ReturnBook
+ * answered OK (RETURNED). */
+typedef struct burst_ack {
+    char loan_id[LENDING_LOAN_ID_LENGTH + 1];
+    int answered;
+} burst_ack;
+
+enum { BURST_ACKS_MAX = 512 };
+
 typedef struct burst {
     const char *dir;
     const char *address;
@@ -457,7 +479,21 @@ typedef struct burst {
     int user;
     int64_t until_ms;
     int calls, ok;
+    burst_ack acks[BURST_ACKS_MAX];
+    int ack_count;
 } burst;
+
+static void burst_acknowledge(burst *b, const char *loan_id, int answered) {
+    for (int i = 0; i < b->ack_count; i++)
+        if (strcmp(b->acks[i].loan_id, loan_id) == 0) {
+            b->acks[i].answered = answered; /* a return of a loan borrowed before */
+            return;
+        }
+    if (b->ack_count < BURST_ACKS_MAX) {
+        snprintf(b->acks[b->ack_count].loan_id, sizeof b->acks[0].loan_id, "%s", loan_id);
+        b->acks[b->ack_count++].answered = answered;
+    }
+}
 
 static void *borrow_burst(void *arg) {
     burst *b = arg;
@@ -475,12 +511,15 @@ static void *borrow_burst(void *arg) {
         if (harness_call(c, LENDING "BorrowBook", &request.base, &library__lending__v1__loan__descriptor, a,
                          bearer, &response, &st) == STATUS_OK) {
             b->ok++;
+            const Loan *loan = (Loan *)response;
+            burst_acknowledge(b, loan->loan_id, (int)loan->status);
             /* give some back so the users stay under their limit */
-            if (i % 2 == 1 && ((Loan *)response)->status == ACTIVE) {
+            if (i % 2 == 1 && loan->status == ACTIVE) {
                 Library__Lending__V1__ReturnBookRequest back = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
-                back.loan_id = ((Loan *)response)->loan_id;
-                harness_call(c, LENDING "ReturnBook", &back.base, &library__lending__v1__loan__descriptor, a,
-                             bearer, &response, &st);
+                back.loan_id = loan->loan_id;
+                if (harness_call(c, LENDING "ReturnBook", &back.base, &library__lending__v1__loan__descriptor, a,
+                                 bearer, &response, &st) == STATUS_OK)
+                    burst_acknowledge(b, back.loan_id, RETURNED);
             }
         }
         rpc_client_destroy(c);
@@ -530,15 +569,57 @@ static int own_available(test_stack *s, const char *book_id, int *total) {
     return ((Book *)response)->available_copies;
 }
 
+static const char *loan_status_name(int value) {
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value(&library__lending__v1__loan_status__descriptor, value);
+    return v ? v->name : "?";
+}
+
+/* Whether a loan at rest is what its client was told: RETURNED and CANCELED are final, an
+ * ACTIVE loan may have been given back since, a PENDING one must have settled. */
+static bool outcome_kept(int answered, int now) {
+    switch (answered) {
+    case ACTIVE: return now == ACTIVE || now == RETURNED;
+    case PENDING: return now == ACTIVE || now == CANCELED || now == RETURNED;
+    default: return now == answered;
+    }
+}
+
+/* Every loan a burst was told of, read back at rest: it exists, is its user's, and is as told.
+ * Returns how many it checked. */
+static int expect_acknowledged_kept(test_stack *s, const burst *bursts, int users) {
+    const char *admin = harness_bearer(mem, s->dir, "admin", true);
+    int checked = 0;
+    for (int u = 0; u < users; u++) {
+        const burst *b = &bursts[u];
+        const char *user = arena_sprintf(mem, "crash-user-%d", u);
+        cr_assert_lt(b->ack_count, BURST_ACKS_MAX, "%s was told of more loans than the test keeps", user);
+        for (int k = 0; k < b->ack_count; k++) {
+            const burst_ack *ack = &b->acks[k];
+            Loan *loan = NULL;
+            status st;
+            status_code code = get_loan_on(s->lending_client, admin, ack->loan_id, &loan, &st);
+            cr_assert_eq(code, STATUS_OK, "loan %s of %s was answered %s, but GetLoan says %s: %s", ack->loan_id,
+                         user, loan_status_name(ack->answered), status_code_name(code), st.message);
+            cr_assert_str_eq(loan->user_id, user, "loan %s was %s's, GetLoan says %s's", ack->loan_id, user,
+                             loan->user_id);
+            cr_assert(outcome_kept(ack->answered, (int)loan->status), "loan %s of %s was answered %s but is %s at rest",
+                      ack->loan_id, user, loan_status_name(ack->answered), loan_status_name((int)loan->status));
+            checked++;
+        }
+    }
+    return checked;
+}
+
 static void crash_during_burst(const char *name, bool crash_catalog) {
     const char *env[] = {"RECONCILE_INTERVAL=500ms", "RECONCILE_AFTER=1s", "EVENT_ACK_WAIT=2s",
                          "BREAKER_OPEN=200ms", NULL};
     test_stack s;
     test_stack_start(&s, name, env, false, NULL);
-    enum { BOOKS = 3, USERS = 6 };
+    enum { BOOKS = 3, USERS = 6, COPIES = 4 };
     const char *books[BOOKS];
     for (int i = 0; i < BOOKS; i++)
-        books[i] = test_stack_register(&s, arena_sprintf(mem, "Crash %d", i), 4)->book_id;
+        books[i] = test_stack_register(&s, arena_sprintf(mem, "Crash %d", i), COPIES)->book_id;
     burst bursts[USERS];
     pthread_t threads[USERS];
     int64_t until = harness_now_ms() + 3000;
@@ -573,7 +654,8 @@ static void crash_during_burst(const char *name, bool crash_catalog) {
     }
     cr_assert_gt(ok, 10, "the burst barely ran (%d of %d calls ok)", ok, calls);
 
-    /* settle: no loan PENDING, and for every book available + ACTIVE == total */
+    /* settle: no loan PENDING, and for every book available + ACTIVE == the copies registered
+     * (not total_copies alone: the catalog under test could lose or make a copy in both) */
     int64_t deadline = harness_now_ms() + 20000;
     bool settled_all = false;
     int active = 0, pending = 0, total = 0, on_shelf = 0;
@@ -583,11 +665,12 @@ static void crash_during_burst(const char *name, bool crash_catalog) {
         for (int b = 0; b < BOOKS && settled_all; b++) {
             count_loans(&s, USERS, books[b], &active, &pending);
             on_shelf = own_available(&s, books[b], &total);
-            settled_all = pending == 0 && on_shelf + active == total;
+            settled_all = pending == 0 && on_shelf + active == COPIES && total == COPIES;
         }
     }
-    cr_assert(settled_all, "after the crash: pending %d, available %d + active %d != total %d", pending,
-              on_shelf, active, total);
+    cr_assert(settled_all, "after the crash: pending %d, available %d + active %d != %d copies registered "
+              "(total_copies %d)", pending, on_shelf, active, COPIES, total);
+    int acknowledged = expect_acknowledged_kept(&s, bursts, USERS);
 
     /* The reconciler keeps in view the open loans only: here exactly the ACTIVE ones, since
      * every other loan of the burst was canceled or returned and its copy confirmed back. */
@@ -605,8 +688,8 @@ static void crash_during_burst(const char *name, bool crash_catalog) {
             break;
     }
     cr_assert_eq(in_view, all_active, "the reconciler holds %g loans in view; %d are ACTIVE", in_view, all_active);
-    cr_log_info("%s: %d calls, %d ok, invariant holds for %d books, %d loans open", name, calls, ok, BOOKS,
-                all_active);
+    cr_log_info("%s: %d calls, %d ok, %d acknowledged loans kept, invariant holds for %d books, %d loans open",
+                name, calls, ok, acknowledged, BOOKS, all_active);
     test_stack_stop(&s);
 }
 
@@ -780,4 +863,142 @@ Test(lending, an_event_delivered_twice_changes_nothing) {
     cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "lending", 10000));
     cr_assert_eq(available(book->book_id), 1, "a replayed LoanRequested took another copy");
     cr_assert_eq(get_loan(user_bearer(user), loan->loan_id, STATUS_OK)->status, ACTIVE);
+}
+
+/* --- starting, draining and readiness --------------------------------------------------------- */
+
+#define SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+#define NOT_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+
+/* grpc.health.v1 Check of a service name ("" is the readiness of the whole server); -1 when
+ * the call itself failed. */
+static int health_of(rpc_client *c, const char *service) {
+    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    request.service = (char *)service;
+    ProtobufCMessage *response = NULL;
+    status st;
+    if (harness_call(c, "/grpc.health.v1.Health/Check", &request.base,
+                     &grpc__health__v1__health_check_response__descriptor, mem, NULL, &response, &st) != STATUS_OK)
+        return -1;
+    return (int)((Grpc__Health__V1__HealthCheckResponse *)response)->status;
+}
+
+/* Polls readiness until it is `wanted`: how long that took, or -1 when not within timeout_ms. */
+static int64_t await_readiness(rpc_client *c, int wanted, int64_t timeout_ms) {
+    int64_t started = harness_now_ms();
+    while (health_of(c, "") != wanted) {
+        if (harness_now_ms() - started > timeout_ms)
+            return -1;
+        harness_sleep_ms(50);
+    }
+    return harness_now_ms() - started;
+}
+
+/* A pod that cannot reach NATS must fail its start visibly (exit 1, the reason in its log)
+ * once NATS_CONNECT_TIMEOUT has passed, so Kubernetes restarts it, rather than retry forever
+ * or give up at once while NATS is still starting next to it. */
+Test(lending, without_nats_at_start_it_exits_after_nats_connect_timeout) {
+    const char *dir = arena_sprintf(mem, "%s/no-nats", fixture_dir());
+    mkdir(dir, 0755);
+    cr_assert(harness_keys_create(dir));
+    const char *env[] = {arena_sprintf(mem, "NATS_URL=nats://127.0.0.1:%d", harness_free_port()),
+                         "NATS_CONNECT_TIMEOUT=2s", "CATALOG_ADDR=127.0.0.1:1", NULL};
+    harness_process lonely;
+    int64_t started = harness_now_ms();
+    cr_assert(harness_service_spawn("lending", dir, env, &lonely), "lending did not start: %s", lonely.log_path);
+    int exit_status = harness_process_stop(&lonely, 0, 20000);
+    int64_t took = harness_now_ms() - started;
+    cr_assert_eq(exit_status, 1, "lending exited with %d after %lld ms (-1: still running after 20 s); log: %s",
+                 exit_status, (long long)took, lonely.log_path);
+    cr_assert_geq(took, 2000, "lending gave up after %lld ms, before NATS_CONNECT_TIMEOUT (2 s)", (long long)took);
+    cr_assert_lt(took, 7000, "lending gave up after %lld ms, long after NATS_CONNECT_TIMEOUT (2 s)", (long long)took);
+    int code = 0;
+    char *log = harness_command_output(mem, arena_sprintf(mem, "cat '%s'", lonely.log_path), &code);
+    cr_assert(strstr(log, "cannot connect to NATS") != NULL, "the log does not say why lending stopped: %s", log);
+    cr_log_info("without NATS lending exited with 1 after %lld ms", (long long)took);
+}
+
+/* The BorrowBook calls lending has begun, as its /metrics count them. */
+static double borrows_started(int metrics_port) {
+    char *body = harness_scrape(mem, metrics_port);
+    return body ? harness_sample(body, "grpc_server_started_total{grpc_type=\"unary\",grpc_service=\"library."
+                                       "lending.v1.LendingService\",grpc_method=\"BorrowBook\"}")
+                : -1;
+}
+
+/* A GetLoan on a new connection, again until lending refuses it (the drain closed the port):
+ * that status, or the last answer it gave when it did not within timeout_ms. */
+static status_code await_refusal(const char *address, const char *bearer, int64_t timeout_ms) {
+    int64_t until = harness_now_ms() + timeout_ms;
+    status_code code;
+    do {
+        rpc_client *fresh = NULL;
+        cr_assert_eq(rpc_client_create(address, 1000, &fresh, NULL), STATUS_OK);
+        Loan *loan = NULL;
+        status st;
+        code = get_loan_on(fresh, bearer, "ffffffffffffffffffff", &loan, &st);
+        rpc_client_destroy(fresh);
+        if (code == STATUS_NOT_FOUND)
+            harness_sleep_ms(20);
+    } while (code == STATUS_NOT_FOUND && harness_now_ms() < until);
+    return code;
+}
+
+/* What rpc_server_shutdown promises on SIGTERM (a rolling update): no new calls, calls in
+ * flight finish within DRAIN_GRACE, then exit 0. A BorrowBook caught mid-way must still get
+ * its loan, not a CANCELLED its client cannot tell from a borrow that never happened. */
+Test(lending, sigterm_lets_a_borrow_in_flight_finish_and_refuses_new_calls) {
+    const char *env[] = {"DRAIN_GRACE=8s", "CATALOG_TIMEOUT=4s", NULL};
+    test_stack s;
+    test_stack_start(&s, "drain", env, false, NULL);
+    Book *book = test_stack_register(&s, "Drained", 1);
+    const char *bearer = harness_bearer(mem, s.dir, "drained-reader", false);
+    cr_assert(harness_pause(s.catalog.pid)); /* the borrow now waits inside lending for GetBook */
+    borrow_job job = {.address = s.lending.address, .bearer = bearer, .book_id = book->book_id};
+    pthread_t thread;
+    cr_assert_eq(pthread_create(&thread, NULL, borrow_thread, &job), 0);
+    int64_t until = harness_now_ms() + 5000;
+    while (borrows_started(s.lending.metrics_port) < 1 && harness_now_ms() < until)
+        harness_sleep_ms(20);
+    cr_assert_eq(borrows_started(s.lending.metrics_port), 1, "the BorrowBook did not reach lending");
+
+    int64_t sigterm_at = harness_now_ms();
+    cr_assert_eq(kill(s.lending.pid, SIGTERM), 0);
+    status_code refused = await_refusal(s.lending.address, bearer, 5000);
+    kill(s.catalog.pid, SIGCONT);
+    cr_assert_eq(refused, STATUS_UNAVAILABLE, "5 s into the drain a new call still got %s", status_code_name(refused));
+    pthread_join(thread, NULL);
+    cr_assert_eq(job.code, STATUS_OK, "the BorrowBook in flight at SIGTERM got %s: %s", status_code_name(job.code),
+                 job.message);
+    cr_assert(job.loan_status == ACTIVE || job.loan_status == PENDING, "the loan came back %s",
+              loan_status_name(job.loan_status));
+    int exit_status = harness_process_stop(&s.lending, 0, 20000);
+    int64_t took = harness_now_ms() - sigterm_at;
+    cr_assert_eq(exit_status, 0, "lending exited with %d after the drain; log: %s", exit_status, s.lending.log_path);
+    cr_assert_lt(took, 8000, "lending exited %lld ms after SIGTERM, past DRAIN_GRACE (8 s)", (long long)took);
+    cr_log_info("drained: the borrow got %s, lending exited 0 %lld ms after SIGTERM", loan_status_name(job.loan_status),
+                (long long)took);
+    test_stack_stop(&s);
+}
+
+/* Readiness is what takes a pod out of the Service while it cannot do its job: NOT_SERVING
+ * soon after NATS goes away, SERVING again once it is back (the same port and store). */
+Test(lending, readiness_is_not_serving_while_nats_is_down) {
+    test_stack s;
+    test_stack_start(&s, "readiness", NULL, false, NULL);
+    cr_assert_eq(health_of(s.lending_client, ""), SERVING);
+    int nats_port = s.nats.port;
+    cr_assert_neq(harness_process_stop(&s.nats, SIGTERM, 10000), -1, "nats-server did not stop");
+    int64_t down = await_readiness(s.lending_client, NOT_SERVING, 10000);
+    cr_assert_neq(down, -1, "lending still says SERVING 10 s after nats-server stopped");
+    cr_assert_eq(health_of(s.lending_client, "library.lending.v1.LendingService"), NOT_SERVING,
+                 "the LendingService name must follow the dependency too");
+    cr_assert_eq(health_of(s.lending_client, "liveness"), SERVING, "liveness must not fail because NATS is down");
+
+    cr_assert(harness_nats_start(s.dir, nats_port, &s.nats), "nats-server did not restart");
+    int64_t up = await_readiness(s.lending_client, SERVING, 15000);
+    cr_assert_neq(up, -1, "lending is still NOT_SERVING 15 s after nats-server came back");
+    cr_log_info("NOT_SERVING %lld ms after NATS stopped, SERVING %lld ms after it restarted", (long long)down,
+                (long long)up);
+    test_stack_stop(&s);
 }
