@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -1000,5 +1001,134 @@ Test(lending, readiness_is_not_serving_while_nats_is_down) {
     cr_assert_neq(up, -1, "lending is still NOT_SERVING 15 s after nats-server came back");
     cr_log_info("NOT_SERVING %lld ms after NATS stopped, SERVING %lld ms after it restarted", (long long)down,
                 (long long)up);
+    test_stack_stop(&s);
+}
+
+/* --- the history ListLoans keeps ------------------------------------------------------------ */
+
+enum { HISTORY_KEPT = 1000 }; /* handlers.c keeps the newest 1000 loans of a user */
+
+typedef struct history_filler {
+    const char *address, *bearer, *book_id;
+    atomic_int *made; /* loans made by all fillers */
+    int target;
+} history_filler;
+
+/* Borrows a book with no copy until the fillers together have made `target` loans: each is
+ * canceled at once, which frees its slot for the next. Refused or failed borrows are tried
+ * again, and a loan made twice by a retry is one loan: ListLoans has the final word. */
+static void *fill_history(void *arg) {
+    history_filler *f = arg;
+    rpc_client *c = NULL;
+    rpc_client_create(f->address, 10000, &c, NULL);
+    arena *a = arena_create(0);
+    while (atomic_load(f->made) < f->target) {
+        arena_reset(a);
+        Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+        request.book_id = (char *)f->book_id;
+        ProtobufCMessage *response = NULL;
+        status st;
+        if (harness_call(c, LENDING "BorrowBook", &request.base, &library__lending__v1__loan__descriptor, a,
+                         f->bearer, &response, &st) == STATUS_OK)
+            atomic_fetch_add(f->made, 1);
+    }
+    arena_destroy(a);
+    rpc_client_destroy(c);
+    return NULL;
+}
+
+/* Every loan ListLoans shows the user, newest first (all pages). */
+static Loan **list_all(rpc_client *c, const char *bearer, size_t *count) {
+    Loan **all = arena_alloc(mem, 2 * HISTORY_KEPT * sizeof *all);
+    *count = 0;
+    Library__Lending__V1__ListLoansRequest list = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+    list.page_size = 100;
+    for (int page = 0; page < 2 * HISTORY_KEPT / 100; page++) {
+        ProtobufCMessage *response = NULL;
+        status st;
+        cr_assert_eq(harness_call(c, LENDING "ListLoans", &list.base, &library__lending__v1__list_loans_response__descriptor,
+                                  mem, bearer, &response, &st),
+                     STATUS_OK, "ListLoans: %s", st.message);
+        Library__Lending__V1__ListLoansResponse *r = (void *)response;
+        for (size_t i = 0; i < r->n_loans; i++)
+            all[(*count)++] = r->loans[i];
+        if (r->next_page_token == NULL || r->next_page_token[0] == '\0')
+            break;
+        list.page_token = r->next_page_token;
+    }
+    return all;
+}
+
+static bool listed(Loan **loans, size_t count, const char *loan_id) {
+    for (size_t i = 0; i < count; i++)
+        if (strcmp(loans[i]->loan_id, loan_id) == 0)
+            return true;
+    return false;
+}
+
+/* A user's history is capped so their record stays small: ListLoans shows the newest 1000
+ * loans and forgets the oldest; the loans themselves stay readable, and the loan limit counts
+ * the open loans, however long the history grew. */
+Test(lending, a_history_past_a_thousand_loans_keeps_the_newest_and_still_counts_the_limit) {
+    enum { LIMIT = 8, OLDEST = 3, FILLERS = LIMIT };
+    const char *env[] = {"MAX_ACTIVE_LOANS=8", NULL};
+    test_stack s;
+    test_stack_start(&s, "history", env, false, NULL);
+    Book *none = test_stack_register(&s, "Never on the shelf", 0);
+    const char *bearer = harness_bearer(mem, s.dir, "avid-reader", false);
+    const char *oldest[OLDEST];
+    Loan *loan = NULL;
+    status st;
+    for (int i = 0; i < OLDEST; i++) {
+        cr_assert_eq(borrow_on(s.lending_client, bearer, none->book_id, NULL, &loan, &st), STATUS_OK, "%s", st.message);
+        oldest[i] = loan->loan_id;
+    }
+    int64_t started = harness_now_ms();
+    atomic_int made = 0;
+    history_filler fillers[FILLERS];
+    pthread_t threads[FILLERS];
+    for (int i = 0; i < FILLERS; i++) {
+        fillers[i] = (history_filler){.address = s.lending.address, .bearer = bearer, .book_id = none->book_id,
+                                      .made = &made, .target = HISTORY_KEPT};
+        cr_assert_eq(pthread_create(&threads[i], NULL, fill_history, &fillers[i]), 0);
+    }
+    for (int i = 0; i < FILLERS; i++)
+        pthread_join(threads[i], NULL);
+    int64_t filled_ms = harness_now_ms() - started;
+    cr_assert_eq(borrow_on(s.lending_client, bearer, none->book_id, NULL, &loan, &st), STATUS_OK, "%s", st.message);
+    const char *newest = loan->loan_id;
+
+    size_t count = 0;
+    Loan **loans = list_all(s.lending_client, bearer, &count);
+    cr_assert_eq(count, HISTORY_KEPT, "ListLoans shows %zu loans of a history of %d or more", count,
+                 OLDEST + HISTORY_KEPT + 1);
+    cr_assert_str_eq(loans[0]->loan_id, newest, "the newest loan comes first");
+    for (int i = 0; i < OLDEST; i++) {
+        cr_assert_not(listed(loans, count, oldest[i]), "the oldest loan %d is still listed", i);
+        cr_assert_eq(get_loan_on(s.lending_client, bearer, oldest[i], &loan, &st), STATUS_OK,
+                     "a loan gone from the history must stay readable: %s", st.message);
+        cr_assert_eq(loan->status, CANCELED);
+    }
+    /* a page token naming a loan the history no longer holds */
+    char token[LENDING_PAGE_TOKEN_MAX];
+    lending_page_token_encode(oldest[OLDEST - 1], token);
+    Library__Lending__V1__ListLoansRequest list = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+    list.page_token = token;
+    ProtobufCMessage *response = NULL;
+    cr_assert_eq(harness_call(s.lending_client, LENDING "ListLoans", &list.base,
+                              &library__lending__v1__list_loans_response__descriptor, mem, bearer, &response, &st),
+                 STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(st.reason, "INVALID_PAGE_TOKEN");
+
+    Book *plenty = test_stack_register(&s, "Plenty", LIMIT + 1);
+    for (int i = 0; i < LIMIT; i++) {
+        cr_assert_eq(borrow_on(s.lending_client, bearer, plenty->book_id, NULL, &loan, &st), STATUS_OK,
+                     "borrow %d of a limit of %d: %s", i + 1, LIMIT, st.message);
+        cr_assert_eq(loan->status, ACTIVE);
+    }
+    cr_assert_eq(borrow_on(s.lending_client, bearer, plenty->book_id, NULL, &loan, &st), STATUS_FAILED_PRECONDITION,
+                 "a borrow beyond the limit of %d went through", LIMIT);
+    cr_assert_str_eq(st.reason, "LOAN_LIMIT");
+    cr_log_info("%d loans made in %lld ms; ListLoans keeps %zu", atomic_load(&made), (long long)filled_ms, count);
     test_stack_stop(&s);
 }
