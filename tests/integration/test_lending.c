@@ -174,6 +174,7 @@ typedef struct borrow_job {
     const char *address, *bearer, *book_id;
     status_code code;
     int loan_status;
+    int64_t answered_at_ms; /* harness_now_ms() when the answer came */
     char loan_id[32];
     char user[64];
     char message[200];
@@ -190,6 +191,7 @@ static void *borrow_thread(void *arg) {
     status st;
     job->code = harness_call(own, LENDING "BorrowBook", &request.base, &library__lending__v1__loan__descriptor,
                              a, job->bearer, &response, &st);
+    job->answered_at_ms = harness_now_ms();
     if (job->code == STATUS_OK) {
         snprintf(job->loan_id, sizeof job->loan_id, "%s", ((Loan *)response)->loan_id);
         job->loan_status = (int)((Loan *)response)->status;
@@ -928,7 +930,9 @@ static double borrows_started(int metrics_port) {
 }
 
 /* A GetLoan on a new connection, again until lending refuses it (the drain closed the port):
- * that status, or the last answer it gave when it did not within timeout_ms. */
+ * UNAVAILABLE, or the last answer it gave when it did not within timeout_ms. Until the drain
+ * begins the answer is NOT_FOUND; a call that reaches the server as it stops listening is
+ * cancelled by gRPC core ("Server Shutdown"), a refusal too. */
 static status_code await_refusal(const char *address, const char *bearer, int64_t timeout_ms) {
     int64_t until = harness_now_ms() + timeout_ms;
     status_code code;
@@ -939,35 +943,45 @@ static status_code await_refusal(const char *address, const char *bearer, int64_
         status st;
         code = get_loan_on(fresh, bearer, "ffffffffffffffffffff", &loan, &st);
         rpc_client_destroy(fresh);
-        if (code == STATUS_NOT_FOUND)
+        if (code == STATUS_CANCELLED)
+            cr_log_info("a new call raced the drain: CANCELLED (%s)", st.message);
+        if (code != STATUS_UNAVAILABLE)
             harness_sleep_ms(20);
-    } while (code == STATUS_NOT_FOUND && harness_now_ms() < until);
+    } while ((code == STATUS_NOT_FOUND || code == STATUS_CANCELLED) && harness_now_ms() < until);
     return code;
+}
+
+/* Starts a BorrowBook (5 s deadline) that lending cannot finish while the catalog is paused:
+ * it waits for GetBook (give lending a CATALOG_TIMEOUT above the deadline). Returns once
+ * lending has begun the call; SIGCONT the catalog to let it go on. */
+static void start_borrow_held_by_the_catalog(test_stack *s, borrow_job *job, pthread_t *thread) {
+    Book *book = test_stack_register(s, "Held up", 1);
+    *job = (borrow_job){.address = s->lending.address, .book_id = book->book_id,
+                        .bearer = harness_bearer(mem, s->dir, "held-reader", false)};
+    cr_assert(harness_pause(s->catalog.pid));
+    cr_assert_eq(pthread_create(thread, NULL, borrow_thread, job), 0);
+    int64_t until = harness_now_ms() + 5000;
+    while (borrows_started(s->lending.metrics_port) < 1 && harness_now_ms() < until)
+        harness_sleep_ms(20);
+    cr_assert_eq(borrows_started(s->lending.metrics_port), 1, "the BorrowBook did not reach lending");
 }
 
 /* What rpc_server_shutdown promises on SIGTERM (a rolling update): no new calls, calls in
  * flight finish within DRAIN_GRACE, then exit 0. A BorrowBook caught mid-way must still get
  * its loan, not a CANCELLED its client cannot tell from a borrow that never happened. */
 Test(lending, sigterm_lets_a_borrow_in_flight_finish_and_refuses_new_calls) {
-    const char *env[] = {"DRAIN_GRACE=8s", "CATALOG_TIMEOUT=4s", NULL};
+    const char *env[] = {"DRAIN_GRACE=8s", "CATALOG_TIMEOUT=10s", NULL};
     test_stack s;
     test_stack_start(&s, "drain", env, false, NULL);
-    Book *book = test_stack_register(&s, "Drained", 1);
-    const char *bearer = harness_bearer(mem, s.dir, "drained-reader", false);
-    cr_assert(harness_pause(s.catalog.pid)); /* the borrow now waits inside lending for GetBook */
-    borrow_job job = {.address = s.lending.address, .bearer = bearer, .book_id = book->book_id};
+    borrow_job job;
     pthread_t thread;
-    cr_assert_eq(pthread_create(&thread, NULL, borrow_thread, &job), 0);
-    int64_t until = harness_now_ms() + 5000;
-    while (borrows_started(s.lending.metrics_port) < 1 && harness_now_ms() < until)
-        harness_sleep_ms(20);
-    cr_assert_eq(borrows_started(s.lending.metrics_port), 1, "the BorrowBook did not reach lending");
+    start_borrow_held_by_the_catalog(&s, &job, &thread);
 
     int64_t sigterm_at = harness_now_ms();
     cr_assert_eq(kill(s.lending.pid, SIGTERM), 0);
-    status_code refused = await_refusal(s.lending.address, bearer, 5000);
+    status_code refused = await_refusal(s.lending.address, job.bearer, 3000);
     kill(s.catalog.pid, SIGCONT);
-    cr_assert_eq(refused, STATUS_UNAVAILABLE, "5 s into the drain a new call still got %s", status_code_name(refused));
+    cr_assert_eq(refused, STATUS_UNAVAILABLE, "3 s into the drain a new call still got %s", status_code_name(refused));
     pthread_join(thread, NULL);
     cr_assert_eq(job.code, STATUS_OK, "the BorrowBook in flight at SIGTERM got %s: %s", status_code_name(job.code),
                  job.message);
@@ -979,6 +993,38 @@ Test(lending, sigterm_lets_a_borrow_in_flight_finish_and_refuses_new_calls) {
     cr_assert_lt(took, 8000, "lending exited %lld ms after SIGTERM, past DRAIN_GRACE (8 s)", (long long)took);
     cr_log_info("drained: the borrow got %s, lending exited 0 %lld ms after SIGTERM", loan_status_name(job.loan_status),
                 (long long)took);
+    test_stack_stop(&s);
+}
+
+/* The other half of the promise: a call still running when DRAIN_GRACE is over is cancelled
+ * then, so its client hears at the grace and not when the call would have ended; and lending
+ * still exits 0. It exits once the cancelled handler has returned, which is bounded by that
+ * handler's own timeouts (here the call's 5 s deadline), not by DRAIN_GRACE: the chart's
+ * terminationGracePeriodSeconds leaves slack for that. */
+Test(lending, sigterm_cancels_what_outlasts_drain_grace_and_exits_0) {
+    const char *env[] = {"DRAIN_GRACE=1s", "CATALOG_TIMEOUT=10s", NULL};
+    test_stack s;
+    test_stack_start(&s, "drain-grace", env, false, NULL);
+    borrow_job job;
+    pthread_t thread;
+    start_borrow_held_by_the_catalog(&s, &job, &thread);
+    int64_t sigterm_at = harness_now_ms();
+    int exit_status = harness_process_stop(&s.lending, SIGTERM, 20000);
+    int64_t exited_after = harness_now_ms() - sigterm_at;
+    kill(s.catalog.pid, SIGCONT);
+    pthread_join(thread, NULL);
+    int64_t answered_after = job.answered_at_ms - sigterm_at;
+    cr_assert(job.code == STATUS_CANCELLED || job.code == STATUS_UNAVAILABLE, "the held borrow got %s: %s",
+              status_code_name(job.code), job.message);
+    cr_assert_geq(answered_after, 1000, "the held borrow was cut off %lld ms after SIGTERM, inside DRAIN_GRACE (1 s)",
+                  (long long)answered_after);
+    cr_assert_lt(answered_after, 4000,
+                 "the held borrow was answered %lld ms after SIGTERM: at its own end (5 s), not at DRAIN_GRACE (1 s)",
+                 (long long)answered_after);
+    cr_assert_eq(exit_status, 0, "lending exited with %d (-1: still running 20 s after SIGTERM); log: %s", exit_status,
+                 s.lending.log_path);
+    cr_log_info("the held borrow got %s %lld ms after SIGTERM; lending exited 0 after %lld ms",
+                status_code_name(job.code), (long long)answered_after, (long long)exited_after);
     test_stack_stop(&s);
 }
 
