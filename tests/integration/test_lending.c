@@ -1,6 +1,7 @@
 /* test_lending.c - LendingService and the borrow saga over gRPC, against real nats-server,
  * catalog and lending processes: the seed's scenario, concurrency, limits, overdue loans,
- * idempotency, ownership, and a catalog outage. */
+ * idempotency, ownership, a catalog outage, crashes, the history ListLoans keeps, and how
+ * lending starts without NATS, drains on SIGTERM and reports readiness. */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
