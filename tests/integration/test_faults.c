@@ -2,9 +2,10 @@
  * nginx gateway while, one at a time, lending, the catalog and mypage are killed with SIGKILL
  * and restarted on their port, nats-server and redis-server are stopped and started on the
  * same port and data, and a service is paused with SIGSTOP past the clients' deadline. After
- * the load the system must settle: no acknowledged loan lost, no loan PENDING, for every book
- * available + ACTIVE == total, every mypage equal to ListLoans; and the clients must have seen
- * only the statuses a fault may cause, each within its deadline + 1 s.
+ * the load the system must settle: no acknowledged loan lost (a borrow answered PENDING
+ * included), no loan PENDING, for every book available + ACTIVE == the copies registered,
+ * every mypage equal to ListLoans; and the clients must have seen only the statuses a fault
+ * may cause, each within its deadline + 1 s, and mostly OK.
  *
  * faults/each_fault_once_under_load runs every fault once (tools/test);
  * faults/random_faults_for_minutes repeats rounds of random faults for FAULTS_MINUTES
@@ -44,6 +45,13 @@ enum {
     HELD_MAX = 16,
     SETTLE_MS = 30000,       /* after the load: time for the system to settle */
     STATUS_CODES = 17,
+    /* Calls that must end OK, in percent. A healthy run answers OK to 85-88% of its calls
+     * (4 runs on 2 shared cores, build and build-asan alike; 80-83% with a paused catalog
+     * added): the faults cost ~3 s of ~20 in UNAVAILABLE and DEADLINE_EXCEEDED. A run whose
+     * lending refuses every borrow (the catalog circuit stuck open) got 9%, only reads and
+     * pages going through, and passed the old floor of 50 OK calls. 60 sits between the two
+     * with room for a slower machine. */
+    OK_FLOOR_PERCENT = 60,
 };
 
 TestSuite(faults, .init = fixture_setup, .fini = fixture_teardown);
@@ -193,8 +201,9 @@ typedef struct call_counts {
     char first_unexpected[400];
 } call_counts;
 
-/* A loan whose outcome a client was told: BorrowBook answered ACTIVE or CANCELED, or
- * ReturnBook answered OK (RETURNED). */
+/* A loan a client was told of: BorrowBook answered OK (ACTIVE, CANCELED, or PENDING when the
+ * saga was slower than BORROW_WAIT, which is what a fault makes it), or ReturnBook answered
+ * OK (RETURNED). */
 typedef struct acknowledged {
     char *loan_id;
     int answered;
@@ -314,11 +323,11 @@ static void borrow(worker *w) {
     w->retry_request_id[0] = '\0';
     if (code == STATUS_FAILED_PRECONDITION) {
         refresh_held(w);
-    } else if (code == STATUS_OK && ((Loan *)response)->status == ACTIVE) {
-        acknowledge(w, ((Loan *)response)->loan_id, ACTIVE);
-        hold(w, ((Loan *)response)->loan_id);
-    } else if (code == STATUS_OK && ((Loan *)response)->status == CANCELED) {
-        acknowledge(w, ((Loan *)response)->loan_id, CANCELED);
+    } else if (code == STATUS_OK) {
+        const Loan *loan = (Loan *)response;
+        acknowledge(w, loan->loan_id, (int)loan->status);
+        if (loan->status == ACTIVE)
+            hold(w, loan->loan_id);
     }
 }
 
@@ -377,7 +386,7 @@ static void worker_free(worker *w) {
 
 typedef struct totals {
     call_counts calls;
-    long loans_checked, answered_active, answered_canceled, violations;
+    long loans_checked, answered_active, answered_canceled, answered_pending, violations;
     int rounds, faults;
 } totals;
 
@@ -429,6 +438,25 @@ static bool list_loans(test_stack *s, arena *a, const char *bearer, const char *
     }
     *out = all;
     return true;
+}
+
+static const char *loan_status_name(int value) {
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value(&library__lending__v1__loan_status__descriptor, value);
+    return v ? v->name : "missing";
+}
+
+/* Whether a loan at rest is what its client was told: RETURNED and CANCELED are final; an
+ * ACTIVE loan may have been given back since; a PENDING one must have settled either way
+ * (and may have been returned after refresh_held took it up). */
+static bool outcome_kept(int answered, const Loan *now) {
+    if (now == NULL)
+        return false;
+    switch (answered) {
+    case ACTIVE: return now->status == ACTIVE || now->status == RETURNED;
+    case PENDING: return now->status == ACTIVE || now->status == CANCELED || now->status == RETURNED;
+    default: return (int)now->status == answered;
+    }
 }
 
 static const Loan *find_loan(Loan **loans, size_t count, const char *loan_id) {
@@ -493,12 +521,9 @@ static void check_round(test_stack *s, arena *a, const char *admin, worker *work
         for (size_t k = 0; k < w->ack_count; k++) {
             const acknowledged *ack = &w->acks[k];
             const Loan *loan = find_loan(loans, count, ack->loan_id);
-            /* ACTIVE may have been returned since; RETURNED and CANCELED are final */
-            bool kept = loan != NULL && ((int)loan->status == ack->answered ||
-                                         (ack->answered == ACTIVE && loan->status == RETURNED));
-            if (!kept)
-                found(f, "%s: loan %s was answered %d but is %d now", w->user, ack->loan_id,
-                      ack->answered, loan ? (int)loan->status : -1);
+            if (!outcome_kept(ack->answered, loan))
+                found(f, "%s: loan %s was answered %s but is %s now", w->user, ack->loan_id,
+                      loan_status_name(ack->answered), loan ? loan_status_name((int)loan->status) : "missing");
         }
         compare_page(s, a, admin, w->user, loans, count, f);
     }
@@ -512,10 +537,12 @@ static void check_round(test_stack *s, arena *a, const char *admin, worker *work
             found(f, "GetBook(%s): %s %s", books[b], status_code_name(st.code), st.message);
             continue;
         }
+        /* against the copies registered: total_copies is the catalog's own word, which a
+         * copy lost or made twice would change along with available_copies */
         Book *book = (Book *)response;
-        if (book->available_copies + active_by_book[b] != book->total_copies)
-            found(f, "book %s: available %d + ACTIVE %d != total %d", books[b], book->available_copies,
-                  active_by_book[b], book->total_copies);
+        if (book->total_copies != COPIES || book->available_copies + active_by_book[b] != COPIES)
+            found(f, "book %s: available %d + ACTIVE %d != %d copies registered (total_copies %d)",
+                  books[b], book->available_copies, active_by_book[b], COPIES, book->total_copies);
     }
 }
 
@@ -582,17 +609,19 @@ static void run_round(fault_stack *f, const fault *faults, int fault_count, int6
         harness_sleep_ms(500);
     }
     arena_destroy(a);
-    long active = 0, canceled = 0;
+    long active = 0, canceled = 0, pending = 0;
     for (int u = 0; u < WORKERS; u++)
         for (size_t k = 0; k < workers[u].ack_count; k++) {
-            active += workers[u].acks[k].answered != CANCELED;
-            canceled += workers[u].acks[k].answered == CANCELED;
+            int answered = workers[u].acks[k].answered;
+            active += answered == ACTIVE || answered == RETURNED;
+            canceled += answered == CANCELED;
+            pending += answered == PENDING;
         }
     fprintf(stderr,
             "faults: round %d: %ld calls, settled in %lld ms, %ld loans checked (%ld answered ACTIVE or "
-            "RETURNED, %ld CANCELED), %ld violations\n",
+            "RETURNED, %ld CANCELED, %ld PENDING), %ld violations\n",
             t->rounds + 1, round_calls.calls, (long long)(harness_now_ms() - settle_start),
-            result.loans_checked, active, canceled, result.violations);
+            result.loans_checked, active, canceled, pending, result.violations);
     for (long i = 0; i < result.violations && i < 4; i++) {
         cr_log_warn("violation: %s", result.first[i]);
         fprintf(stderr, "faults: violation: %s\n", result.first[i]);
@@ -601,6 +630,7 @@ static void run_round(fault_stack *f, const fault *faults, int fault_count, int6
     t->loans_checked += result.loans_checked;
     t->answered_active += active;
     t->answered_canceled += canceled;
+    t->answered_pending += pending;
     t->violations += result.violations;
     t->rounds++;
     t->faults += fault_count;
@@ -619,10 +649,11 @@ static void report(const char *name, const totals *t) {
     char line[1200];
     snprintf(line, sizeof line,
              "%s: %d rounds, %d faults, %ld calls (%s), slowest %lld ms, %ld late, %ld unexpected; "
-             "%ld loans checked (%ld answered ACTIVE or RETURNED, %ld CANCELED), %ld invariant violations",
+             "%ld loans checked (%ld answered ACTIVE or RETURNED, %ld CANCELED, %ld PENDING), "
+             "%ld invariant violations",
              name, t->rounds, t->faults, t->calls.calls, by_code, (long long)t->calls.slowest_ms,
              t->calls.late, t->calls.unexpected, t->loans_checked, t->answered_active, t->answered_canceled,
-             t->violations);
+             t->answered_pending, t->violations);
     cr_log_info("%s", line);
     fprintf(stderr, "faults: %s\n", line);
     cr_expect_eq(t->calls.unexpected, 0, "%ld calls got a status no fault may cause; first: %s",
@@ -630,7 +661,10 @@ static void report(const char *name, const totals *t) {
     cr_expect_eq(t->calls.late, 0, "%ld calls answered later than %d ms (slowest %lld ms)", t->calls.late,
                  CALL_DEADLINE_MS + LATE_MS, (long long)t->calls.slowest_ms);
     cr_expect_eq(t->violations, 0, "%ld invariant violations after the system settled", t->violations);
-    cr_expect_gt(t->calls.by_code[STATUS_OK], 50, "the load barely ran");
+    long ok = t->calls.by_code[STATUS_OK];
+    cr_expect(t->calls.calls > 0 && ok * 100 >= OK_FLOOR_PERCENT * t->calls.calls,
+                  "only %ld of %ld calls (%ld%%) were answered OK; a healthy run has well over %d%%", ok,
+                  t->calls.calls, t->calls.calls ? ok * 100 / t->calls.calls : 0, OK_FLOOR_PERCENT);
 }
 
 /* --- the scenarios -------------------------------------------------------------------------- */

@@ -1,14 +1,17 @@
 /* test_lending.c - LendingService and the borrow saga over gRPC, against real nats-server,
  * catalog and lending processes: the seed's scenario, concurrency, limits, overdue loans,
- * idempotency, ownership, and a catalog outage. */
+ * idempotency, ownership, a catalog outage, crashes, the history ListLoans keeps, and how
+ * lending starts without NATS, drains on SIGTERM and reports readiness. */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "events.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "kv.h"
 #include "lending.h"
 #include "library/lending/v1/lending.pb-c.h"
@@ -64,15 +67,22 @@ static status_code return_loan(const char *bearer, const char *loan_id, Loan **o
     return code;
 }
 
-static Loan *get_loan(const char *bearer, const char *loan_id, status_code expected) {
+static status_code get_loan_on(rpc_client *c, const char *bearer, const char *loan_id, Loan **out, status *st) {
     Library__Lending__V1__GetLoanRequest request = LIBRARY__LENDING__V1__GET_LOAN_REQUEST__INIT;
     request.loan_id = (char *)loan_id;
     ProtobufCMessage *response = NULL;
+    status_code code = harness_call(c, LENDING "GetLoan", &request.base, &library__lending__v1__loan__descriptor, mem,
+                                    bearer, &response, st);
+    *out = (Loan *)response;
+    return code;
+}
+
+static Loan *get_loan(const char *bearer, const char *loan_id, status_code expected) {
+    Loan *loan = NULL;
     status st;
-    status_code code = harness_call(lending, LENDING "GetLoan", &request.base, &library__lending__v1__loan__descriptor,
-                                    mem, bearer, &response, &st);
+    status_code code = get_loan_on(lending, bearer, loan_id, &loan, &st);
     cr_assert_eq(code, expected, "GetLoan: %s %s", status_code_name(code), st.message);
-    return (Loan *)response;
+    return loan;
 }
 
 static int available(const char *book_id) {
@@ -164,8 +174,11 @@ Test(lending, the_seed_scenario_out_of_stock_compensation_and_restock) {
 typedef struct borrow_job {
     const char *address, *bearer, *book_id;
     status_code code;
+    int loan_status;
+    int64_t answered_at_ms; /* harness_now_ms() when the answer came */
     char loan_id[32];
     char user[64];
+    char message[200];
 } borrow_job;
 
 static void *borrow_thread(void *arg) {
@@ -179,8 +192,12 @@ static void *borrow_thread(void *arg) {
     status st;
     job->code = harness_call(own, LENDING "BorrowBook", &request.base, &library__lending__v1__loan__descriptor,
                              a, job->bearer, &response, &st);
-    if (job->code == STATUS_OK)
+    job->answered_at_ms = harness_now_ms();
+    if (job->code == STATUS_OK) {
         snprintf(job->loan_id, sizeof job->loan_id, "%s", ((Loan *)response)->loan_id);
+        job->loan_status = (int)((Loan *)response)->status;
+    }
+    snprintf(job->message, sizeof job->message, "%.199s", st.message);
     arena_destroy(a);
     rpc_client_destroy(own);
     return NULL;
@@ -449,6 +466,15 @@ Test(lending, a_catalog_outage_gives_fast_unavailable_and_recovers) {
 
 /* --- crashes -------------------------------------------------------------------------------- */
 
+/* A loan the burst was told of: BorrowBook answered OK (its status then), or ReturnBook
+ * answered OK (RETURNED). */
+typedef struct burst_ack {
+    char loan_id[LENDING_LOAN_ID_LENGTH + 1];
+    int answered;
+} burst_ack;
+
+enum { BURST_ACKS_MAX = 512 };
+
 typedef struct burst {
     const char *dir;
     const char *address;
@@ -457,7 +483,21 @@ typedef struct burst {
     int user;
     int64_t until_ms;
     int calls, ok;
+    burst_ack acks[BURST_ACKS_MAX];
+    int ack_count;
 } burst;
+
+static void burst_acknowledge(burst *b, const char *loan_id, int answered) {
+    for (int i = 0; i < b->ack_count; i++)
+        if (strcmp(b->acks[i].loan_id, loan_id) == 0) {
+            b->acks[i].answered = answered; /* a return of a loan borrowed before */
+            return;
+        }
+    if (b->ack_count < BURST_ACKS_MAX) {
+        snprintf(b->acks[b->ack_count].loan_id, sizeof b->acks[0].loan_id, "%s", loan_id);
+        b->acks[b->ack_count++].answered = answered;
+    }
+}
 
 static void *borrow_burst(void *arg) {
     burst *b = arg;
@@ -475,12 +515,15 @@ static void *borrow_burst(void *arg) {
         if (harness_call(c, LENDING "BorrowBook", &request.base, &library__lending__v1__loan__descriptor, a,
                          bearer, &response, &st) == STATUS_OK) {
             b->ok++;
+            const Loan *loan = (Loan *)response;
+            burst_acknowledge(b, loan->loan_id, (int)loan->status);
             /* give some back so the users stay under their limit */
-            if (i % 2 == 1 && ((Loan *)response)->status == ACTIVE) {
+            if (i % 2 == 1 && loan->status == ACTIVE) {
                 Library__Lending__V1__ReturnBookRequest back = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
-                back.loan_id = ((Loan *)response)->loan_id;
-                harness_call(c, LENDING "ReturnBook", &back.base, &library__lending__v1__loan__descriptor, a,
-                             bearer, &response, &st);
+                back.loan_id = loan->loan_id;
+                if (harness_call(c, LENDING "ReturnBook", &back.base, &library__lending__v1__loan__descriptor, a,
+                                 bearer, &response, &st) == STATUS_OK)
+                    burst_acknowledge(b, back.loan_id, RETURNED);
             }
         }
         rpc_client_destroy(c);
@@ -530,15 +573,57 @@ static int own_available(test_stack *s, const char *book_id, int *total) {
     return ((Book *)response)->available_copies;
 }
 
+static const char *loan_status_name(int value) {
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value(&library__lending__v1__loan_status__descriptor, value);
+    return v ? v->name : "?";
+}
+
+/* Whether a loan at rest is what its client was told: RETURNED and CANCELED are final, an
+ * ACTIVE loan may have been given back since, a PENDING one must have settled. */
+static bool outcome_kept(int answered, int now) {
+    switch (answered) {
+    case ACTIVE: return now == ACTIVE || now == RETURNED;
+    case PENDING: return now == ACTIVE || now == CANCELED || now == RETURNED;
+    default: return now == answered;
+    }
+}
+
+/* Every loan a burst was told of, read back at rest: it exists, is its user's, and is as told.
+ * Returns how many it checked. */
+static int expect_acknowledged_kept(test_stack *s, const burst *bursts, int users) {
+    const char *admin = harness_bearer(mem, s->dir, "admin", true);
+    int checked = 0;
+    for (int u = 0; u < users; u++) {
+        const burst *b = &bursts[u];
+        const char *user = arena_sprintf(mem, "crash-user-%d", u);
+        cr_assert_lt(b->ack_count, BURST_ACKS_MAX, "%s was told of more loans than the test keeps", user);
+        for (int k = 0; k < b->ack_count; k++) {
+            const burst_ack *ack = &b->acks[k];
+            Loan *loan = NULL;
+            status st;
+            status_code code = get_loan_on(s->lending_client, admin, ack->loan_id, &loan, &st);
+            cr_assert_eq(code, STATUS_OK, "loan %s of %s was answered %s, but GetLoan says %s: %s", ack->loan_id,
+                         user, loan_status_name(ack->answered), status_code_name(code), st.message);
+            cr_assert_str_eq(loan->user_id, user, "loan %s was %s's, GetLoan says %s's", ack->loan_id, user,
+                             loan->user_id);
+            cr_assert(outcome_kept(ack->answered, (int)loan->status), "loan %s of %s was answered %s but is %s at rest",
+                      ack->loan_id, user, loan_status_name(ack->answered), loan_status_name((int)loan->status));
+            checked++;
+        }
+    }
+    return checked;
+}
+
 static void crash_during_burst(const char *name, bool crash_catalog) {
     const char *env[] = {"RECONCILE_INTERVAL=500ms", "RECONCILE_AFTER=1s", "EVENT_ACK_WAIT=2s",
                          "BREAKER_OPEN=200ms", NULL};
     test_stack s;
     test_stack_start(&s, name, env, false, NULL);
-    enum { BOOKS = 3, USERS = 6 };
+    enum { BOOKS = 3, USERS = 6, COPIES = 4 };
     const char *books[BOOKS];
     for (int i = 0; i < BOOKS; i++)
-        books[i] = test_stack_register(&s, arena_sprintf(mem, "Crash %d", i), 4)->book_id;
+        books[i] = test_stack_register(&s, arena_sprintf(mem, "Crash %d", i), COPIES)->book_id;
     burst bursts[USERS];
     pthread_t threads[USERS];
     int64_t until = harness_now_ms() + 3000;
@@ -573,7 +658,8 @@ static void crash_during_burst(const char *name, bool crash_catalog) {
     }
     cr_assert_gt(ok, 10, "the burst barely ran (%d of %d calls ok)", ok, calls);
 
-    /* settle: no loan PENDING, and for every book available + ACTIVE == total */
+    /* settle: no loan PENDING, and for every book available + ACTIVE == the copies registered
+     * (not total_copies alone: the catalog under test could lose or make a copy in both) */
     int64_t deadline = harness_now_ms() + 20000;
     bool settled_all = false;
     int active = 0, pending = 0, total = 0, on_shelf = 0;
@@ -583,11 +669,12 @@ static void crash_during_burst(const char *name, bool crash_catalog) {
         for (int b = 0; b < BOOKS && settled_all; b++) {
             count_loans(&s, USERS, books[b], &active, &pending);
             on_shelf = own_available(&s, books[b], &total);
-            settled_all = pending == 0 && on_shelf + active == total;
+            settled_all = pending == 0 && on_shelf + active == COPIES && total == COPIES;
         }
     }
-    cr_assert(settled_all, "after the crash: pending %d, available %d + active %d != total %d", pending,
-              on_shelf, active, total);
+    cr_assert(settled_all, "after the crash: pending %d, available %d + active %d != %d copies registered "
+              "(total_copies %d)", pending, on_shelf, active, COPIES, total);
+    int acknowledged = expect_acknowledged_kept(&s, bursts, USERS);
 
     /* The reconciler keeps in view the open loans only: here exactly the ACTIVE ones, since
      * every other loan of the burst was canceled or returned and its copy confirmed back. */
@@ -605,8 +692,8 @@ static void crash_during_burst(const char *name, bool crash_catalog) {
             break;
     }
     cr_assert_eq(in_view, all_active, "the reconciler holds %g loans in view; %d are ACTIVE", in_view, all_active);
-    cr_log_info("%s: %d calls, %d ok, invariant holds for %d books, %d loans open", name, calls, ok, BOOKS,
-                all_active);
+    cr_log_info("%s: %d calls, %d ok, %d acknowledged loans kept, invariant holds for %d books, %d loans open",
+                name, calls, ok, acknowledged, BOOKS, all_active);
     test_stack_stop(&s);
 }
 
@@ -780,4 +867,315 @@ Test(lending, an_event_delivered_twice_changes_nothing) {
     cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "lending", 10000));
     cr_assert_eq(available(book->book_id), 1, "a replayed LoanRequested took another copy");
     cr_assert_eq(get_loan(user_bearer(user), loan->loan_id, STATUS_OK)->status, ACTIVE);
+}
+
+/* --- starting, draining and readiness --------------------------------------------------------- */
+
+#define SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+#define NOT_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+
+/* grpc.health.v1 Check of a service name ("" is the readiness of the whole server); -1 when
+ * the call itself failed. */
+static int health_of(rpc_client *c, const char *service) {
+    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    request.service = (char *)service;
+    ProtobufCMessage *response = NULL;
+    status st;
+    if (harness_call(c, "/grpc.health.v1.Health/Check", &request.base,
+                     &grpc__health__v1__health_check_response__descriptor, mem, NULL, &response, &st) != STATUS_OK)
+        return -1;
+    return (int)((Grpc__Health__V1__HealthCheckResponse *)response)->status;
+}
+
+/* Polls readiness until it is `wanted`: how long that took, or -1 when not within timeout_ms. */
+static int64_t await_readiness(rpc_client *c, int wanted, int64_t timeout_ms) {
+    int64_t started = harness_now_ms();
+    while (health_of(c, "") != wanted) {
+        if (harness_now_ms() - started > timeout_ms)
+            return -1;
+        harness_sleep_ms(50);
+    }
+    return harness_now_ms() - started;
+}
+
+/* A pod that cannot reach NATS must fail its start visibly (exit 1, the reason in its log)
+ * once NATS_CONNECT_TIMEOUT has passed, so Kubernetes restarts it, rather than retry forever
+ * or give up at once while NATS is still starting next to it. */
+Test(lending, without_nats_at_start_it_exits_after_nats_connect_timeout) {
+    const char *dir = arena_sprintf(mem, "%s/no-nats", fixture_dir());
+    mkdir(dir, 0755);
+    cr_assert(harness_keys_create(dir));
+    const char *env[] = {arena_sprintf(mem, "NATS_URL=nats://127.0.0.1:%d", harness_free_port()),
+                         "NATS_CONNECT_TIMEOUT=2s", "CATALOG_ADDR=127.0.0.1:1", NULL};
+    harness_process lonely;
+    int64_t started = harness_now_ms();
+    cr_assert(harness_service_spawn("lending", dir, env, &lonely), "lending did not start: %s", lonely.log_path);
+    int exit_status = harness_process_stop(&lonely, 0, 20000);
+    int64_t took = harness_now_ms() - started;
+    cr_assert_eq(exit_status, 1, "lending exited with %d after %lld ms (-1: still running after 20 s); log: %s",
+                 exit_status, (long long)took, lonely.log_path);
+    cr_assert_geq(took, 2000, "lending gave up after %lld ms, before NATS_CONNECT_TIMEOUT (2 s)", (long long)took);
+    cr_assert_lt(took, 7000, "lending gave up after %lld ms, long after NATS_CONNECT_TIMEOUT (2 s)", (long long)took);
+    int code = 0;
+    char *log = harness_command_output(mem, arena_sprintf(mem, "cat '%s'", lonely.log_path), &code);
+    cr_assert(strstr(log, "cannot connect to NATS") != NULL, "the log does not say why lending stopped: %s", log);
+    cr_log_info("without NATS lending exited with 1 after %lld ms", (long long)took);
+}
+
+/* The BorrowBook calls lending has begun, as its /metrics count them. */
+static double borrows_started(int metrics_port) {
+    char *body = harness_scrape(mem, metrics_port);
+    return body ? harness_sample(body, "grpc_server_started_total{grpc_type=\"unary\",grpc_service=\"library."
+                                       "lending.v1.LendingService\",grpc_method=\"BorrowBook\"}")
+                : -1;
+}
+
+/* A GetLoan on a new connection, again until lending refuses it (the drain closed the port):
+ * UNAVAILABLE, or the last answer it gave when it did not within timeout_ms. Until the drain
+ * begins the answer is NOT_FOUND; a call that reaches the server as it stops listening is
+ * cancelled by gRPC core ("Server Shutdown"), a refusal too. */
+static status_code await_refusal(const char *address, const char *bearer, int64_t timeout_ms) {
+    int64_t until = harness_now_ms() + timeout_ms;
+    status_code code;
+    do {
+        rpc_client *fresh = NULL;
+        cr_assert_eq(rpc_client_create(address, 1000, &fresh, NULL), STATUS_OK);
+        Loan *loan = NULL;
+        status st;
+        code = get_loan_on(fresh, bearer, "ffffffffffffffffffff", &loan, &st);
+        rpc_client_destroy(fresh);
+        if (code == STATUS_CANCELLED)
+            cr_log_info("a new call raced the drain: CANCELLED (%s)", st.message);
+        if (code != STATUS_UNAVAILABLE)
+            harness_sleep_ms(20);
+    } while ((code == STATUS_NOT_FOUND || code == STATUS_CANCELLED) && harness_now_ms() < until);
+    return code;
+}
+
+/* Starts a BorrowBook (5 s deadline) that lending cannot finish while the catalog is paused:
+ * it waits for GetBook (give lending a CATALOG_TIMEOUT above the deadline). Returns once
+ * lending has begun the call; SIGCONT the catalog to let it go on. */
+static void start_borrow_held_by_the_catalog(test_stack *s, borrow_job *job, pthread_t *thread) {
+    Book *book = test_stack_register(s, "Held up", 1);
+    *job = (borrow_job){.address = s->lending.address, .book_id = book->book_id,
+                        .bearer = harness_bearer(mem, s->dir, "held-reader", false)};
+    cr_assert(harness_pause(s->catalog.pid));
+    cr_assert_eq(pthread_create(thread, NULL, borrow_thread, job), 0);
+    int64_t until = harness_now_ms() + 5000;
+    while (borrows_started(s->lending.metrics_port) < 1 && harness_now_ms() < until)
+        harness_sleep_ms(20);
+    cr_assert_eq(borrows_started(s->lending.metrics_port), 1, "the BorrowBook did not reach lending");
+}
+
+/* What rpc_server_shutdown promises on SIGTERM (a rolling update): no new calls, calls in
+ * flight finish within DRAIN_GRACE, then exit 0. A BorrowBook caught mid-way must still get
+ * its loan, not a CANCELLED its client cannot tell from a borrow that never happened. */
+Test(lending, sigterm_lets_a_borrow_in_flight_finish_and_refuses_new_calls) {
+    const char *env[] = {"DRAIN_GRACE=8s", "CATALOG_TIMEOUT=10s", NULL};
+    test_stack s;
+    test_stack_start(&s, "drain", env, false, NULL);
+    borrow_job job;
+    pthread_t thread;
+    start_borrow_held_by_the_catalog(&s, &job, &thread);
+
+    int64_t sigterm_at = harness_now_ms();
+    cr_assert_eq(kill(s.lending.pid, SIGTERM), 0);
+    status_code refused = await_refusal(s.lending.address, job.bearer, 3000);
+    kill(s.catalog.pid, SIGCONT);
+    cr_assert_eq(refused, STATUS_UNAVAILABLE, "3 s into the drain a new call still got %s", status_code_name(refused));
+    pthread_join(thread, NULL);
+    cr_assert_eq(job.code, STATUS_OK, "the BorrowBook in flight at SIGTERM got %s: %s", status_code_name(job.code),
+                 job.message);
+    cr_assert(job.loan_status == ACTIVE || job.loan_status == PENDING, "the loan came back %s",
+              loan_status_name(job.loan_status));
+    int exit_status = harness_process_stop(&s.lending, 0, 20000);
+    int64_t took = harness_now_ms() - sigterm_at;
+    cr_assert_eq(exit_status, 0, "lending exited with %d after the drain; log: %s", exit_status, s.lending.log_path);
+    cr_assert_lt(took, 8000, "lending exited %lld ms after SIGTERM, past DRAIN_GRACE (8 s)", (long long)took);
+    cr_log_info("drained: the borrow got %s, lending exited 0 %lld ms after SIGTERM", loan_status_name(job.loan_status),
+                (long long)took);
+    test_stack_stop(&s);
+}
+
+/* The other half of the promise: a call still running when DRAIN_GRACE is over is cancelled
+ * then, so its client hears at the grace and not when the call would have ended; and lending
+ * still exits 0. It exits once the cancelled handler has returned, which is bounded by that
+ * handler's own timeouts (here the call's 5 s deadline), not by DRAIN_GRACE: the chart's
+ * terminationGracePeriodSeconds leaves slack for that. */
+Test(lending, sigterm_cancels_what_outlasts_drain_grace_and_exits_0) {
+    const char *env[] = {"DRAIN_GRACE=1s", "CATALOG_TIMEOUT=10s", NULL};
+    test_stack s;
+    test_stack_start(&s, "drain-grace", env, false, NULL);
+    borrow_job job;
+    pthread_t thread;
+    start_borrow_held_by_the_catalog(&s, &job, &thread);
+    int64_t sigterm_at = harness_now_ms();
+    int exit_status = harness_process_stop(&s.lending, SIGTERM, 20000);
+    int64_t exited_after = harness_now_ms() - sigterm_at;
+    kill(s.catalog.pid, SIGCONT);
+    pthread_join(thread, NULL);
+    int64_t answered_after = job.answered_at_ms - sigterm_at;
+    cr_assert(job.code == STATUS_CANCELLED || job.code == STATUS_UNAVAILABLE, "the held borrow got %s: %s",
+              status_code_name(job.code), job.message);
+    cr_assert_geq(answered_after, 1000, "the held borrow was cut off %lld ms after SIGTERM, inside DRAIN_GRACE (1 s)",
+                  (long long)answered_after);
+    cr_assert_lt(answered_after, 4000,
+                 "the held borrow was answered %lld ms after SIGTERM: at its own end (5 s), not at DRAIN_GRACE (1 s)",
+                 (long long)answered_after);
+    cr_assert_eq(exit_status, 0, "lending exited with %d (-1: still running 20 s after SIGTERM); log: %s", exit_status,
+                 s.lending.log_path);
+    cr_log_info("the held borrow got %s %lld ms after SIGTERM; lending exited 0 after %lld ms",
+                status_code_name(job.code), (long long)answered_after, (long long)exited_after);
+    test_stack_stop(&s);
+}
+
+/* Readiness is what takes a pod out of the Service while it cannot do its job: NOT_SERVING
+ * soon after NATS goes away, SERVING again once it is back (the same port and store). */
+Test(lending, readiness_is_not_serving_while_nats_is_down) {
+    test_stack s;
+    test_stack_start(&s, "readiness", NULL, false, NULL);
+    cr_assert_eq(health_of(s.lending_client, ""), SERVING);
+    int nats_port = s.nats.port;
+    cr_assert_neq(harness_process_stop(&s.nats, SIGTERM, 10000), -1, "nats-server did not stop");
+    int64_t down = await_readiness(s.lending_client, NOT_SERVING, 10000);
+    cr_assert_neq(down, -1, "lending still says SERVING 10 s after nats-server stopped");
+    cr_assert_eq(health_of(s.lending_client, "library.lending.v1.LendingService"), NOT_SERVING,
+                 "the LendingService name must follow the dependency too");
+    cr_assert_eq(health_of(s.lending_client, "liveness"), SERVING, "liveness must not fail because NATS is down");
+
+    cr_assert(harness_nats_start(s.dir, nats_port, &s.nats), "nats-server did not restart");
+    int64_t up = await_readiness(s.lending_client, SERVING, 15000);
+    cr_assert_neq(up, -1, "lending is still NOT_SERVING 15 s after nats-server came back");
+    cr_log_info("NOT_SERVING %lld ms after NATS stopped, SERVING %lld ms after it restarted", (long long)down,
+                (long long)up);
+    test_stack_stop(&s);
+}
+
+/* --- the history ListLoans keeps ------------------------------------------------------------ */
+
+enum { HISTORY_KEPT = 1000 }; /* handlers.c keeps the newest 1000 loans of a user */
+
+typedef struct history_filler {
+    const char *address, *bearer, *book_id;
+    atomic_int *made; /* loans made by all fillers */
+    int target;
+} history_filler;
+
+/* Borrows a book with no copy until the fillers together have made `target` loans: each is
+ * canceled at once, which frees its slot for the next. Refused or failed borrows are tried
+ * again, and a loan made twice by a retry is one loan: ListLoans has the final word. */
+static void *fill_history(void *arg) {
+    history_filler *f = arg;
+    rpc_client *c = NULL;
+    rpc_client_create(f->address, 10000, &c, NULL);
+    arena *a = arena_create(0);
+    while (atomic_load(f->made) < f->target) {
+        arena_reset(a);
+        Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+        request.book_id = (char *)f->book_id;
+        ProtobufCMessage *response = NULL;
+        status st;
+        if (harness_call(c, LENDING "BorrowBook", &request.base, &library__lending__v1__loan__descriptor, a,
+                         f->bearer, &response, &st) == STATUS_OK)
+            atomic_fetch_add(f->made, 1);
+    }
+    arena_destroy(a);
+    rpc_client_destroy(c);
+    return NULL;
+}
+
+/* Every loan ListLoans shows the user, newest first (all pages). */
+static Loan **list_all(rpc_client *c, const char *bearer, size_t *count) {
+    Loan **all = arena_alloc(mem, 2 * HISTORY_KEPT * sizeof *all);
+    *count = 0;
+    Library__Lending__V1__ListLoansRequest list = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+    list.page_size = 100;
+    for (int page = 0; page < 2 * HISTORY_KEPT / 100; page++) {
+        ProtobufCMessage *response = NULL;
+        status st;
+        cr_assert_eq(harness_call(c, LENDING "ListLoans", &list.base, &library__lending__v1__list_loans_response__descriptor,
+                                  mem, bearer, &response, &st),
+                     STATUS_OK, "ListLoans: %s", st.message);
+        Library__Lending__V1__ListLoansResponse *r = (void *)response;
+        for (size_t i = 0; i < r->n_loans; i++)
+            all[(*count)++] = r->loans[i];
+        if (r->next_page_token == NULL || r->next_page_token[0] == '\0')
+            break;
+        list.page_token = r->next_page_token;
+    }
+    return all;
+}
+
+static bool listed(Loan **loans, size_t count, const char *loan_id) {
+    for (size_t i = 0; i < count; i++)
+        if (strcmp(loans[i]->loan_id, loan_id) == 0)
+            return true;
+    return false;
+}
+
+/* A user's history is capped so their record stays small: ListLoans shows the newest 1000
+ * loans and forgets the oldest; the loans themselves stay readable, and the loan limit counts
+ * the open loans, however long the history grew. */
+Test(lending, a_history_past_a_thousand_loans_keeps_the_newest_and_still_counts_the_limit) {
+    enum { LIMIT = 8, OLDEST = 3, FILLERS = LIMIT };
+    const char *env[] = {"MAX_ACTIVE_LOANS=8", NULL};
+    test_stack s;
+    test_stack_start(&s, "history", env, false, NULL);
+    Book *none = test_stack_register(&s, "Never on the shelf", 0);
+    const char *bearer = harness_bearer(mem, s.dir, "avid-reader", false);
+    const char *oldest[OLDEST];
+    Loan *loan = NULL;
+    status st;
+    for (int i = 0; i < OLDEST; i++) {
+        cr_assert_eq(borrow_on(s.lending_client, bearer, none->book_id, NULL, &loan, &st), STATUS_OK, "%s", st.message);
+        oldest[i] = loan->loan_id;
+    }
+    int64_t started = harness_now_ms();
+    atomic_int made = 0;
+    history_filler fillers[FILLERS];
+    pthread_t threads[FILLERS];
+    for (int i = 0; i < FILLERS; i++) {
+        fillers[i] = (history_filler){.address = s.lending.address, .bearer = bearer, .book_id = none->book_id,
+                                      .made = &made, .target = HISTORY_KEPT};
+        cr_assert_eq(pthread_create(&threads[i], NULL, fill_history, &fillers[i]), 0);
+    }
+    for (int i = 0; i < FILLERS; i++)
+        pthread_join(threads[i], NULL);
+    int64_t filled_ms = harness_now_ms() - started;
+    cr_assert_eq(borrow_on(s.lending_client, bearer, none->book_id, NULL, &loan, &st), STATUS_OK, "%s", st.message);
+    const char *newest = loan->loan_id;
+
+    size_t count = 0;
+    Loan **loans = list_all(s.lending_client, bearer, &count);
+    cr_assert_eq(count, HISTORY_KEPT, "ListLoans shows %zu loans of a history of %d or more", count,
+                 OLDEST + HISTORY_KEPT + 1);
+    cr_assert_str_eq(loans[0]->loan_id, newest, "the newest loan comes first");
+    for (int i = 0; i < OLDEST; i++) {
+        cr_assert_not(listed(loans, count, oldest[i]), "the oldest loan %d is still listed", i);
+        cr_assert_eq(get_loan_on(s.lending_client, bearer, oldest[i], &loan, &st), STATUS_OK,
+                     "a loan gone from the history must stay readable: %s", st.message);
+        cr_assert_eq(loan->status, CANCELED);
+    }
+    /* a page token naming a loan the history no longer holds */
+    char token[LENDING_PAGE_TOKEN_MAX];
+    lending_page_token_encode(oldest[OLDEST - 1], token);
+    Library__Lending__V1__ListLoansRequest list = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+    list.page_token = token;
+    ProtobufCMessage *response = NULL;
+    cr_assert_eq(harness_call(s.lending_client, LENDING "ListLoans", &list.base,
+                              &library__lending__v1__list_loans_response__descriptor, mem, bearer, &response, &st),
+                 STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(st.reason, "INVALID_PAGE_TOKEN");
+
+    Book *plenty = test_stack_register(&s, "Plenty", LIMIT + 1);
+    for (int i = 0; i < LIMIT; i++) {
+        cr_assert_eq(borrow_on(s.lending_client, bearer, plenty->book_id, NULL, &loan, &st), STATUS_OK,
+                     "borrow %d of a limit of %d: %s", i + 1, LIMIT, st.message);
+        cr_assert_eq(loan->status, ACTIVE);
+    }
+    cr_assert_eq(borrow_on(s.lending_client, bearer, plenty->book_id, NULL, &loan, &st), STATUS_FAILED_PRECONDITION,
+                 "a borrow beyond the limit of %d went through", LIMIT);
+    cr_assert_str_eq(st.reason, "LOAN_LIMIT");
+    cr_log_info("%d loans made in %lld ms; ListLoans keeps %zu", atomic_load(&made), (long long)filled_ms, count);
+    test_stack_stop(&s);
 }

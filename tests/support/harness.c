@@ -407,13 +407,9 @@ static void service_command(const char *name, const char *dir, int port, int met
     all[n] = NULL;
 }
 
-bool harness_service_start(const char *name, const char *dir, const char *const *env,
-                           harness_process *out) {
-    return harness_replica_start(name, name, dir, env, out);
-}
-
-bool harness_replica_start(const char *name, const char *replica, const char *dir,
-                           const char *const *env, harness_process *out) {
+/* Starts replica `replica` of service `name` (its log dir/<replica>.log) without waiting. */
+static bool replica_spawn(const char *name, const char *replica, const char *dir,
+                          const char *const *env, harness_process *out) {
     memset(out, 0, sizeof *out);
     out->port = harness_free_port();
     for (const char *const *e = env; e && *e; e++) /* a fixed port wins (restarts) */
@@ -430,7 +426,22 @@ bool harness_replica_start(const char *name, const char *replica, const char *di
     service_command(name, dir, out->port, out->metrics_port, env, binary, all);
     char *argv[] = {binary, NULL};
     out->pid = harness_spawn(argv, all, out->log_path);
-    if (out->pid <= 0)
+    return out->pid > 0;
+}
+
+bool harness_service_spawn(const char *name, const char *dir, const char *const *env,
+                           harness_process *out) {
+    return replica_spawn(name, name, dir, env, out);
+}
+
+bool harness_service_start(const char *name, const char *dir, const char *const *env,
+                           harness_process *out) {
+    return harness_replica_start(name, name, dir, env, out);
+}
+
+bool harness_replica_start(const char *name, const char *replica, const char *dir,
+                           const char *const *env, harness_process *out) {
+    if (!replica_spawn(name, replica, dir, env, out))
         return false;
     int64_t until = harness_now_ms() + 15000;
     while (harness_now_ms() < until) {

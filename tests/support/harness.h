@@ -114,4 +114,10 @@ int64_t harness_latency_bound_ms(int64_t ms);
 int64_t harness_now_ms(void);
 void harness_sleep_ms(int64_t ms);
 
+/* Starts a service as harness_service_start does, but returns at once without waiting for it
+ * to serve: for a test of how it starts, or fails to (harness_process_stop with signal 0
+ * then waits for its exit). */
+bool harness_service_spawn(const char *name, const char *dir, const char *const *env,
+                           harness_process *out);
+
 #endif
