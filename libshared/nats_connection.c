@@ -176,6 +176,10 @@ status_code nats_status_to_status(natsStatus s, const char *what, status *st) {
     default:
         break;
     }
+    /* a JetStream cluster electing a leader (a node lost): retry, as for a timeout */
+    if (strstr(text, "temporarily unavailable") != NULL)
+        return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE",
+                          "%s: JetStream is electing a leader; try again", what);
     if (strstr(text, "wrong last sequence") != NULL)
         return status_set(st, STATUS_ABORTED, "REVISION_MISMATCH",
                           "%s: changed concurrently", what);

@@ -66,6 +66,7 @@ static status_code fetch_book(lending_handlers *h, rpc_context *ctx, const char 
 
 typedef struct reserve_job {
     const char *loan_id;
+    const char *book_id;
     int64_t due_seconds;
     int64_t now_seconds;
     int max_active;
@@ -105,6 +106,7 @@ static status_code reserve_slot(void *arg, arena *a, user_record *user, bool *ch
     entry->loan_id = (char *)job->loan_id;
     entry->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING;
     entry->due_time = job->due_seconds;
+    entry->book_id = (char *)job->book_id;
     loans[user->n_open_loans] = entry;
     user->open_loans = loans;
     user->n_open_loans++;
@@ -137,7 +139,8 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
         return code;
 
     int64_t now = timestamp_now_ms();
-    reserve_job job = {.loan_id = loan_id, .due_seconds = (now + h->loan_period_ms) / 1000,
+    reserve_job job = {.loan_id = loan_id, .book_id = req->book_id,
+                       .due_seconds = (now + h->loan_period_ms) / 1000,
                        .now_seconds = now / 1000, .max_active = h->max_active_loans};
     code = loan_store_update_user(h->store, user, a, reserve_slot, &job, NULL, st);
     if (code != STATUS_OK)

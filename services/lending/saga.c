@@ -199,9 +199,6 @@ static status_code apply_outcome(void *arg, arena *a, loan_record *record, bool 
 typedef struct user_job {
     const char *loan_id;
     loan_state state; /* the loan's state now: open states are kept, others removed */
-    /* The loan was never stored: forget it in the history too, or a retry of its request
-     * would pass for a replay (reserve_slot) and go through without a slot. */
-    bool forget;
 } user_job;
 
 static status_code apply_user(void *arg, arena *a, user_record *record, bool *changed, status *st) {
@@ -223,16 +220,6 @@ static status_code apply_user(void *arg, arena *a, user_record *record, bool *ch
         record->open_loans[kept++] = open;
     }
     record->n_open_loans = kept;
-    if (job->forget) {
-        kept = 0;
-        for (size_t i = 0; i < record->n_history; i++) {
-            if (strcmp(record->history[i], job->loan_id) == 0)
-                *changed = true;
-            else
-                record->history[kept++] = record->history[i];
-        }
-        record->n_history = kept;
-    }
     (void)a;
     (void)st;
     return STATUS_OK;
@@ -427,10 +414,45 @@ static void reconcile_loan(lending_saga *saga, arena *a, const char *loan_id, in
         LOG_WARN("reconciling loan %s: %s", loan_id, st.message);
 }
 
+/* A loan the user record names but the store does not have after RECONCILE_AFTER: BorrowBook
+ * died between the two writes, or its store of the loan is still on the way (a JetStream
+ * cluster electing a leader takes seconds). The reconciler claims the key with a CANCELED
+ * INTERRUPTED record, by create: if BorrowBook's create comes later it finds that record and
+ * answers it, and if BorrowBook got there first the claim fails and the loan goes on. Either
+ * way one of them wins, and the slot is freed only for a loan that can never be stored. (A
+ * drop without the claim freed the slot of a loan that was then stored: an ACTIVE loan that
+ * ListLoans no longer showed.) */
+static status_code claim_interrupted(lending_saga *saga, arena *a, const char *user_id,
+                                     const char *loan_id, loan_record **out, status *st) {
+    loan_record *record = (void *)arena_new_message(a, &library__lending__internal__loan_record__descriptor);
+    loan_message *loan = (void *)arena_new_message(a, &library__lending__v1__loan__descriptor);
+    user_record *user = NULL;
+    if (record == NULL || loan == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    loan->loan_id = (char *)loan_id;
+    loan->user_id = (char *)user_id;
+    if (loan_store_get_user(saga->store, user_id, a, &user, st) == STATUS_OK)
+        for (size_t i = 0; i < user->n_open_loans; i++)
+            if (strcmp(user->open_loans[i]->loan_id, loan_id) == 0)
+                loan->book_id = user->open_loans[i]->book_id;
+    loan->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED;
+    loan->cancel_reason = "INTERRUPTED";
+    record->loan = loan;
+    record->update_time_ms = timestamp_now_ms();
+    status_code code = loan_store_create(saga->store, record, a, st);
+    if (code == STATUS_ALREADY_EXISTS) /* BorrowBook stored it after all */
+        return loan_store_get(saga->store, loan_id, a, out, st);
+    if (code != STATUS_OK)
+        return code;
+    LOG_WARN("loan %s of a user record was never stored; recorded as CANCELED INTERRUPTED", loan_id);
+    *out = record;
+    return publish_outcome(saga->connection, record, st); /* mypage lists it as ListLoans does */
+}
+
 /* A user record can list a loan that was settled without the record hearing of it, or one
- * that was never stored (a crash inside BorrowBook): such an entry would hold a slot forever.
+ * that was never stored (claim_interrupted): such an entry would hold a slot forever.
  * loan_ids are the entries the index has seen stray for RECONCILE_AFTER; each is read again
- * here, and a settled loan is synced, a missing one dropped. */
+ * here and synced once settled. */
 static void reconcile_user(lending_saga *saga, arena *a, const char *user_key, const char *const *loan_ids,
                            size_t count) {
     uint8_t *decoded = NULL;
@@ -442,14 +464,11 @@ static void reconcile_user(lending_saga *saga, arena *a, const char *user_key, c
         loan_record *record = NULL;
         status st;
         status_code code = loan_store_get(saga->store, loan_ids[i], a, &record, &st);
+        if (code == STATUS_NOT_FOUND)
+            code = claim_interrupted(saga, a, user_id, loan_ids[i], &record, &st);
         if (code == STATUS_OK && (record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED ||
-                                  record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED)) {
+                                  record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED))
             code = sync_user(saga, a, record, &st);
-        } else if (code == STATUS_NOT_FOUND) {
-            LOG_WARN("dropping loan %s of a user record: it was never stored", loan_ids[i]);
-            user_job job = {.loan_id = loan_ids[i], .state = LOAN_CANCELED, .forget = true};
-            code = loan_store_update_user(saga->store, user_id, a, apply_user, &job, NULL, &st);
-        }
         if (code != STATUS_OK)
             LOG_WARN("reconciling the user record of loan %s: %s", loan_ids[i], st.message);
     }

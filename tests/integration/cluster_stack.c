@@ -31,7 +31,8 @@ static void start_replica(cluster_stack *c, cluster_service service, int i, int 
     if (service == CLUSTER_LENDING) {
         env[n++] = catalog_target;
         env[n++] = "RECONCILE_INTERVAL=500ms";
-        env[n++] = "RECONCILE_AFTER=1s";
+        /* longer than a leader election, so that a borrow still on its way is not claimed */
+        env[n++] = "RECONCILE_AFTER=5s";
     } else if (service == CLUSTER_MYPAGE) {
         env[n++] = redis_url;
     }

@@ -707,9 +707,9 @@ Test(lending, kill_9_of_catalog_mid_burst_loses_nothing) {
 
 /* A crash inside BorrowBook, after it wrote the user record and before it stored the loan,
  * leaves the record naming a loan that does not exist. The entry holds a slot until the
- * reconciler drops it, which it does only once the entry has looked so for RECONCILE_AFTER
- * (a borrow in progress looks the same for a moment). The client's retry of that request
- * afterwards is a new borrow, held to the loan limit like any other. */
+ * reconciler claims the loan as CANCELED INTERRUPTED, which it does only once the entry has
+ * looked so for RECONCILE_AFTER (a borrow in progress looks the same for a moment). The
+ * client's retry of that request afterwards gets that loan, and no second one. */
 Test(lending, a_slot_held_by_a_loan_never_stored_is_freed_after_the_grace) {
     const char *env[] = {"MAX_ACTIVE_LOANS=1", "RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=2s", NULL};
     test_stack s;
@@ -760,11 +760,18 @@ Test(lending, a_slot_held_by_a_loan_never_stored_is_freed_after_the_grace) {
     cr_assert_geq(freed_after, 1800, "the entry was dropped after %lld ms, inside the grace", (long long)freed_after);
     cr_log_info("the slot was freed %lld ms after the crash", (long long)freed_after);
 
-    /* the client retries the request that died: the user holds the one slot now */
+    /* the loan that was never stored is on record as interrupted, with the book it was for */
+    Loan *interrupted = NULL;
+    cr_assert_eq(get_loan_on(s.lending_client, bearer, ghost_id, &interrupted, &st), STATUS_OK, "%s", st.message);
+    cr_assert_str_eq(interrupted->book_id, "");
+    cr_assert_eq(interrupted->status, CANCELED, "the interrupted loan is %d", interrupted->status);
+    cr_assert_str_eq(interrupted->cancel_reason, "INTERRUPTED");
+    /* the client retries the request that died: it gets that loan, not a second one beyond
+     * the limit */
     code = borrow_on(s.lending_client, bearer, book->book_id, "ghost-request", &loan, &st);
-    cr_assert_eq(code, STATUS_FAILED_PRECONDITION, "the retry got %s (%s)%s", status_code_name(code), st.message,
-                 code == STATUS_OK ? ": a loan beyond MAX_ACTIVE_LOANS" : "");
-    cr_assert_str_eq(st.reason, "LOAN_LIMIT");
+    cr_assert_eq(code, STATUS_OK, "the retry got %s (%s)", status_code_name(code), st.message);
+    cr_assert_str_eq(loan->loan_id, ghost_id);
+    cr_assert_eq(loan->status, CANCELED, "the retry made loan %s %d", loan->loan_id, loan->status);
     test_stack_stop(&s);
 }
 

@@ -1,5 +1,8 @@
-/* proxy.c - the cuttable TCP proxy: one thread polls the listening socket, a wake-up pipe
- * and both ends of every connection. */
+/* proxy.c - the cuttable TCP proxy: one thread accepts, and every connection gets two pump
+ * threads, one per direction, each a blocking read-then-write loop. (One thread polling both
+ * directions of every connection deadlocks once both ends write more than a socket buffer
+ * holds at the same moment: it blocks writing to A while A blocks writing to it. JetStream
+ * routes catching up do exactly that.) Cutting shuts every socket down, which ends the pumps. */
 #include "proxy.h"
 
 #include <arpa/inet.h>
@@ -15,15 +18,22 @@ enum { MAX_LINKS = 64 };
 
 typedef struct proxy_link {
     int client, upstream;
+    int pumps_running; /* 0..2; the sockets are closed when the last one ends */
+    bool used;
 } proxy_link;
+
+typedef struct pump {
+    struct test_proxy *proxy;
+    int link, from, to;
+} pump;
 
 struct test_proxy {
     int listener, port, upstream_port;
-    int wake[2]; /* commands: 'c' cut, 'r' restore, 's' stop; the thread answers on done[1] */
-    int done[2];
+    int wake[2]; /* stops the accepting thread */
     pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t changed; /* a pump ended */
     proxy_link links[MAX_LINKS];
-    int link_count;
     bool cut;
 };
 
@@ -38,68 +48,100 @@ static int connect_upstream(int port) {
     return fd;
 }
 
-static void link_close(test_proxy *p, int i) {
-    close(p->links[i].client);
-    close(p->links[i].upstream);
-    p->links[i] = p->links[--p->link_count];
-}
-
-/* Copies what `from` has to `to`; false when either end is done. */
-static bool forward(int from, int to) {
+/* Copies from -> to until either end is done, then shuts both down so the other pump ends too. */
+static void *pump_main(void *arg) {
+    pump *job = arg;
+    test_proxy *p = job->proxy;
     char buffer[65536];
-    ssize_t n = read(from, buffer, sizeof buffer);
-    for (ssize_t sent = 0; n > 0 && sent < n;) {
-        ssize_t w = write(to, buffer + sent, (size_t)(n - sent));
-        if (w <= 0)
-            return false;
-        sent += w;
+    for (;;) {
+        ssize_t n = read(job->from, buffer, sizeof buffer);
+        if (n <= 0)
+            break;
+        ssize_t sent = 0;
+        while (sent < n) {
+            ssize_t w = write(job->to, buffer + sent, (size_t)(n - sent));
+            if (w <= 0)
+                break;
+            sent += w;
+        }
+        if (sent < n)
+            break;
     }
-    return n > 0;
+    shutdown(job->from, SHUT_RDWR);
+    shutdown(job->to, SHUT_RDWR);
+    pthread_mutex_lock(&p->lock);
+    proxy_link *link = &p->links[job->link];
+    if (--link->pumps_running == 0) {
+        close(link->client);
+        close(link->upstream);
+        link->used = false;
+    }
+    pthread_cond_broadcast(&p->changed);
+    pthread_mutex_unlock(&p->lock);
+    free(job);
+    return NULL;
 }
 
-static void *proxy_main(void *arg) {
+static bool start_pump(test_proxy *p, int link, int from, int to) {
+    pump *job = malloc(sizeof *job);
+    pthread_t thread;
+    if (job == NULL)
+        return false;
+    *job = (pump){.proxy = p, .link = link, .from = from, .to = to};
+    if (pthread_create(&thread, NULL, pump_main, job) != 0) {
+        free(job);
+        return false;
+    }
+    pthread_detach(thread);
+    return true;
+}
+
+/* Under lock: a free slot for a new link, or -1. */
+static int free_link(test_proxy *p) {
+    for (int i = 0; i < MAX_LINKS; i++)
+        if (!p->links[i].used)
+            return i;
+    return -1;
+}
+
+static void link_open(test_proxy *p, int client) {
+    pthread_mutex_lock(&p->lock);
+    int i = p->cut ? -1 : free_link(p);
+    int upstream = i >= 0 ? connect_upstream(p->upstream_port) : -1;
+    if (upstream < 0) {
+        pthread_mutex_unlock(&p->lock);
+        close(client);
+        return;
+    }
+    p->links[i] = (proxy_link){.client = client, .upstream = upstream, .pumps_running = 2, .used = true};
+    /* the pumps wait for the lock before they touch the link, so counting down here is safe */
+    for (int direction = 0; direction < 2; direction++) {
+        if (!start_pump(p, i, direction ? upstream : client, direction ? client : upstream)) {
+            p->links[i].pumps_running--;
+            shutdown(client, SHUT_RDWR); /* a pump already running ends and closes the link */
+            shutdown(upstream, SHUT_RDWR);
+        }
+    }
+    if (p->links[i].pumps_running == 0) {
+        close(client);
+        close(upstream);
+        p->links[i].used = false;
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void *accept_main(void *arg) {
     test_proxy *p = arg;
     for (;;) {
-        struct pollfd fds[2 + 2 * MAX_LINKS];
-        fds[0] = (struct pollfd){.fd = p->wake[0], .events = POLLIN};
-        fds[1] = (struct pollfd){.fd = p->listener, .events = POLLIN};
-        for (int i = 0; i < p->link_count; i++) {
-            fds[2 + 2 * i] = (struct pollfd){.fd = p->links[i].client, .events = POLLIN};
-            fds[3 + 2 * i] = (struct pollfd){.fd = p->links[i].upstream, .events = POLLIN};
-        }
-        int count = p->link_count;
-        if (poll(fds, (nfds_t)(2 + 2 * count), -1) < 0)
+        struct pollfd fds[2] = {{.fd = p->wake[0], .events = POLLIN}, {.fd = p->listener, .events = POLLIN}};
+        if (poll(fds, 2, -1) < 0)
             continue;
-        if (fds[0].revents & POLLIN) {
-            char command = 0;
-            if (read(p->wake[0], &command, 1) == 1) {
-                if (command == 'c' || command == 's')
-                    while (p->link_count > 0)
-                        link_close(p, 0);
-                p->cut = command == 'c';
-                if (write(p->done[1], &command, 1) != 1 || command == 's')
-                    return NULL;
-            }
-            continue; /* the links changed under the poll set */
-        }
+        if (fds[0].revents)
+            return NULL;
         if (fds[1].revents & POLLIN) {
             int client = accept(p->listener, NULL, NULL);
-            int upstream = client >= 0 && !p->cut && p->link_count < MAX_LINKS
-                               ? connect_upstream(p->upstream_port)
-                               : -1;
-            if (upstream >= 0)
-                p->links[p->link_count++] = (proxy_link){client, upstream};
-            else if (client >= 0)
-                close(client);
-        }
-        for (int i = count - 1; i >= 0; i--) {
-            bool alive = true;
-            if (fds[2 + 2 * i].revents)
-                alive = forward(p->links[i].client, p->links[i].upstream);
-            if (alive && fds[3 + 2 * i].revents)
-                alive = forward(p->links[i].upstream, p->links[i].client);
-            if (!alive)
-                link_close(p, i);
+            if (client >= 0)
+                link_open(p, client);
         }
     }
 }
@@ -109,6 +151,8 @@ test_proxy *test_proxy_start(int upstream_port) {
     if (p == NULL)
         return NULL;
     p->upstream_port = upstream_port;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->changed, NULL);
     p->listener = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in address = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t length = sizeof address;
@@ -120,8 +164,10 @@ test_proxy *test_proxy_start(int upstream_port) {
         free(p);
         return NULL;
     }
-    if (pipe(p->done) != 0 || pthread_create(&p->thread, NULL, proxy_main, p) != 0) {
+    if (pthread_create(&p->thread, NULL, accept_main, p) != 0) {
         close(p->listener);
+        close(p->wake[0]);
+        close(p->wake[1]);
         free(p);
         return NULL;
     }
@@ -133,25 +179,40 @@ int test_proxy_port(const test_proxy *p) {
     return p->port;
 }
 
-static void command(test_proxy *p, char c) {
-    char answer = 0;
-    if (write(p->wake[1], &c, 1) == 1 && read(p->done[0], &answer, 1) != 1)
-        answer = 0;
+/* Under lock: shuts every link down and waits until their pumps have closed them. */
+static void close_links(test_proxy *p) {
+    for (int i = 0; i < MAX_LINKS; i++)
+        if (p->links[i].used) {
+            shutdown(p->links[i].client, SHUT_RDWR);
+            shutdown(p->links[i].upstream, SHUT_RDWR);
+        }
+    for (int i = 0; i < MAX_LINKS; i++)
+        while (p->links[i].used)
+            pthread_cond_wait(&p->changed, &p->lock);
 }
 
 void test_proxy_cut(test_proxy *p, bool cut) {
-    command(p, cut ? 'c' : 'r');
+    pthread_mutex_lock(&p->lock);
+    p->cut = cut;
+    if (cut)
+        close_links(p);
+    pthread_mutex_unlock(&p->lock);
 }
 
 void test_proxy_stop(test_proxy *p) {
     if (p == NULL)
         return;
-    command(p, 's');
+    if (write(p->wake[1], "s", 1) != 1)
+        shutdown(p->listener, SHUT_RDWR);
     pthread_join(p->thread, NULL);
+    pthread_mutex_lock(&p->lock);
+    p->cut = true;
+    close_links(p);
+    pthread_mutex_unlock(&p->lock);
     close(p->listener);
     close(p->wake[0]);
     close(p->wake[1]);
-    close(p->done[0]);
-    close(p->done[1]);
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->changed);
     free(p);
 }
