@@ -126,17 +126,7 @@ const char *cluster_stack_admin(cluster_stack *c) {
 }
 
 Book *cluster_stack_register(cluster_stack *c, const char *title, int copies) {
-    Library__Catalog__V1__RegisterBookRequest request = LIBRARY__CATALOG__V1__REGISTER_BOOK_REQUEST__INIT;
-    request.title = (char *)title;
-    request.author = "A";
-    request.copies = copies;
-    ProtobufCMessage *response = NULL;
-    status st;
-    cr_assert_eq(harness_call(c->gateway_client, CATALOG "RegisterBook", &request.base,
-                              &library__catalog__v1__book__descriptor, mem, cluster_stack_admin(c),
-                              &response, &st),
-                 STATUS_OK, "RegisterBook: %s", st.message);
-    return (Book *)response;
+    return fixture_register_on(c->gateway_client, cluster_stack_admin(c), title, copies);
 }
 
 int cluster_stack_available(cluster_stack *c, int replica, const char *book_id) {

@@ -269,18 +269,21 @@ void test_stack_stop(test_stack *s) {
     cr_assert_eq(catalog_exit, 0, "catalog exited with %d; log: %s", catalog_exit, s->catalog.log_path);
 }
 
-Book *test_stack_register(test_stack *s, const char *title, int copies) {
+Book *fixture_register_on(rpc_client *catalog, const char *admin, const char *title, int copies) {
     Library__Catalog__V1__RegisterBookRequest request = LIBRARY__CATALOG__V1__REGISTER_BOOK_REQUEST__INIT;
     request.title = (char *)title;
     request.author = "A";
     request.copies = copies;
     ProtobufCMessage *response = NULL;
     status st;
-    cr_assert_eq(harness_call(s->catalog_client, CATALOG "RegisterBook", &request.base,
-                              &library__catalog__v1__book__descriptor, mem,
-                              harness_bearer(mem, s->dir, "admin", true), &response, &st),
-                 STATUS_OK, "%s", st.message);
+    cr_assert_eq(harness_call(catalog, CATALOG "RegisterBook", &request.base,
+                              &library__catalog__v1__book__descriptor, mem, admin, &response, &st),
+                 STATUS_OK, "RegisterBook: %s", st.message);
     return (Book *)response;
+}
+
+Book *test_stack_register(test_stack *s, const char *title, int copies) {
+    return fixture_register_on(s->catalog_client, harness_bearer(mem, s->dir, "admin", true), title, copies);
 }
 
 Library__Lending__V1__Loan *test_stack_borrow_decided(test_stack *s, const char *book_id, const char *user) {
@@ -308,20 +311,23 @@ Library__Lending__V1__Loan *test_stack_borrow_decided(test_stack *s, const char 
     return loan;
 }
 
-void wait_serving(rpc_client *service, const char *what, int64_t timeout_ms) {
+int fixture_health(rpc_client *service, const char *name) {
     Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    request.service = (char *)name;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = harness_call(service, "/grpc.health.v1.Health/Check", &request.base,
+                                    &grpc__health__v1__health_check_response__descriptor, mem, NULL,
+                                    &response, &st);
+    return code == STATUS_OK ? (int)((Grpc__Health__V1__HealthCheckResponse *)response)->status : -1;
+}
+
+void wait_serving(rpc_client *service, const char *what, int64_t timeout_ms) {
     int64_t until = harness_now_ms() + timeout_ms;
-    for (;;) {
-        ProtobufCMessage *response = NULL;
-        status st;
-        status_code code = harness_call(service, "/grpc.health.v1.Health/Check", &request.base,
-                                        &grpc__health__v1__health_check_response__descriptor, mem, NULL,
-                                        &response, &st);
-        if (code == STATUS_OK && ((Grpc__Health__V1__HealthCheckResponse *)response)->status ==
-                                     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING)
-            return;
-        cr_assert_lt(harness_now_ms(), until, "%s is not SERVING after %lld ms (%s)", what,
-                     (long long)timeout_ms, status_code_name(code));
+    int health;
+    while ((health = fixture_health(service, "")) != SERVING) {
+        cr_assert_lt(harness_now_ms(), until, "%s is not SERVING after %lld ms (health %d)", what,
+                     (long long)timeout_ms, health);
         harness_sleep_ms(50);
     }
 }

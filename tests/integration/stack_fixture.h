@@ -3,6 +3,7 @@
 #ifndef TESTS_STACK_FIXTURE_H
 #define TESTS_STACK_FIXTURE_H
 
+#include "grpc/health/v1/health.pb-c.h"
 #include "harness.h"
 #include "library/catalog/v1/catalog.pb-c.h"
 
@@ -68,6 +69,8 @@ void test_stack_start_catalog(test_stack *s, const char *name, const char *const
 /* Stops what still runs and asserts that every service exited cleanly (0) on SIGTERM (a
  * service the test stopped itself is not stopped again). */
 void test_stack_stop(test_stack *s);
+/* Registers a book (author "A") with `copies` copies through catalog, as the admin bearer. */
+Book *fixture_register_on(rpc_client *catalog, const char *admin, const char *title, int copies);
 /* Registers a book with `copies` copies in the stack's catalog. */
 Book *test_stack_register(test_stack *s, const char *title, int copies);
 
@@ -76,6 +79,12 @@ Book *test_stack_register(test_stack *s, const char *title, int copies);
 /* BorrowBook of book_id in the stack's lending as user, then GetLoan until the saga has
  * decided (ACTIVE or CANCELED; asserts it does within 10 s). */
 Library__Lending__V1__Loan *test_stack_borrow_decided(test_stack *s, const char *book_id, const char *user);
+
+#define SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+#define NOT_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+/* grpc.health.v1 Check of one name ("" is the whole server's readiness): the status, or -1
+ * when the call itself failed. */
+int fixture_health(rpc_client *service, const char *name);
 
 /* Polls the gRPC health check of a service until it says SERVING (its dependencies are back,
  * after a restart); asserts it does within timeout_ms. what names it in the message. */

@@ -878,26 +878,11 @@ Test(lending, an_event_delivered_twice_changes_nothing) {
 
 /* --- starting, draining and readiness --------------------------------------------------------- */
 
-#define SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
-#define NOT_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
-
-/* grpc.health.v1 Check of a service name ("" is the readiness of the whole server); -1 when
- * the call itself failed. */
-static int health_of(rpc_client *c, const char *service) {
-    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
-    request.service = (char *)service;
-    ProtobufCMessage *response = NULL;
-    status st;
-    if (harness_call(c, "/grpc.health.v1.Health/Check", &request.base,
-                     &grpc__health__v1__health_check_response__descriptor, mem, NULL, &response, &st) != STATUS_OK)
-        return -1;
-    return (int)((Grpc__Health__V1__HealthCheckResponse *)response)->status;
-}
 
 /* Polls readiness until it is `wanted`: how long that took, or -1 when not within timeout_ms. */
 static int64_t await_readiness(rpc_client *c, int wanted, int64_t timeout_ms) {
     int64_t started = harness_now_ms();
-    while (health_of(c, "") != wanted) {
+    while (fixture_health(c, "") != wanted) {
         if (harness_now_ms() - started > timeout_ms)
             return -1;
         harness_sleep_ms(50);
@@ -1041,14 +1026,14 @@ Test(lending, sigterm_cancels_what_outlasts_drain_grace_and_exits_0) {
 Test(lending, readiness_is_not_serving_while_nats_is_down) {
     test_stack s;
     test_stack_start(&s, "readiness", NULL, false, NULL);
-    cr_assert_eq(health_of(s.lending_client, ""), SERVING);
+    cr_assert_eq(fixture_health(s.lending_client, ""), SERVING);
     int nats_port = s.nats.port;
     cr_assert_neq(harness_process_stop(&s.nats, SIGTERM, 10000), -1, "nats-server did not stop");
     int64_t down = await_readiness(s.lending_client, NOT_SERVING, 10000);
     cr_assert_neq(down, -1, "lending still says SERVING 10 s after nats-server stopped");
-    cr_assert_eq(health_of(s.lending_client, "library.lending.v1.LendingService"), NOT_SERVING,
+    cr_assert_eq(fixture_health(s.lending_client, "library.lending.v1.LendingService"), NOT_SERVING,
                  "the LendingService name must follow the dependency too");
-    cr_assert_eq(health_of(s.lending_client, "liveness"), SERVING, "liveness must not fail because NATS is down");
+    cr_assert_eq(fixture_health(s.lending_client, "liveness"), SERVING, "liveness must not fail because NATS is down");
 
     cr_assert(harness_nats_start(s.dir, nats_port, &s.nats), "nats-server did not restart");
     int64_t up = await_readiness(s.lending_client, SERVING, 15000);

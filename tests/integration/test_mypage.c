@@ -1109,20 +1109,6 @@ Test(mypage, overdue_loans_are_counted) {
 /* --- readiness -------------------------------------------------------------------------------- */
 
 typedef Grpc__Health__V1__HealthCheckResponse__ServingStatus serving_status;
-#define SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
-#define NOT_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
-
-/* grpc.health.v1 Check of one name; -1 when the call itself failed. */
-static int health_of(rpc_client *c, const char *service) {
-    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
-    request.service = (char *)service;
-    ProtobufCMessage *response = NULL;
-    status st;
-    status_code code = harness_call(c, "/grpc.health.v1.Health/Check", &request.base,
-                                    &grpc__health__v1__health_check_response__descriptor, mem, NULL,
-                                    &response, &st);
-    return code == STATUS_OK ? (int)((Grpc__Health__V1__HealthCheckResponse *)response)->status : -1;
-}
 
 static const char *serving_name(int value) {
     return value == SERVING ? "SERVING" : value == NOT_SERVING ? "NOT_SERVING" : value < 0 ? "no answer" : "UNKNOWN";
@@ -1134,15 +1120,15 @@ static int64_t expect_readiness(target t, serving_status want, const char *when,
     int64_t start = harness_now_ms();
     int server, service;
     do {
-        server = health_of(t.mypage, "");
-        service = health_of(t.mypage, "library.mypage.v1.MypageService");
+        server = fixture_health(t.mypage, "");
+        service = fixture_health(t.mypage, "library.mypage.v1.MypageService");
         if (server != (int)want || service != (int)want)
             harness_sleep_ms(50);
     } while ((server != (int)want || service != (int)want) && harness_now_ms() - start < wait_ms);
     cr_assert(server == (int)want && service == (int)want,
               "%s: readiness is %s (server) and %s (MypageService) after %lld ms, want %s", when,
               serving_name(server), serving_name(service), (long long)wait_ms, serving_name(want));
-    cr_assert_eq(health_of(t.mypage, "liveness"), SERVING, "%s: liveness must stay SERVING", when);
+    cr_assert_eq(fixture_health(t.mypage, "liveness"), SERVING, "%s: liveness must stay SERVING", when);
     return harness_now_ms() - start;
 }
 
@@ -1172,7 +1158,7 @@ Test(mypage, readiness_is_not_serving_while_redis_or_nats_is_down) {
     /* SERVING again means serving: a borrow made now reaches the page (once the catalog and
      * lending are back on NATS too) */
     int64_t until = harness_now_ms() + 10000;
-    while ((health_of(t.catalog, "") != SERVING || health_of(t.lending, "") != SERVING) &&
+    while ((fixture_health(t.catalog, "") != SERVING || fixture_health(t.lending, "") != SERVING) &&
            harness_now_ms() < until)
         harness_sleep_ms(50);
     workload w = make_workload(t, "ready", 2, 1, 2);
