@@ -70,8 +70,26 @@ static void progress(const bench_result *r) {
             (unsigned long long)(r->errors), r->first_error[0] ? "  first: " : "", r->first_error);
 }
 
+/* Whether name contains the first length bytes of part. */
+static bool contains(const char *name, const char *part, size_t length) {
+    for (const char *at = name; *at != '\0'; at++)
+        if (strncmp(at, part, length) == 0)
+            return true;
+    return false;
+}
+
+/* --only takes one name part or several separated by commas ("GetBook,GetMypage"). */
 static bool wanted(const bench_config *c, const char *name) {
-    return c->only == NULL || strstr(name, c->only) != NULL;
+    if (c->only == NULL)
+        return true;
+    for (const char *part = c->only; *part != '\0';) {
+        size_t length = strcspn(part, ",");
+        if (length > 0 && contains(name, part, length))
+            return true;
+        part += length;
+        part += *part == ',';
+    }
+    return false;
 }
 
 static const bench_result *find(const char *name, int connections, int streams, bool paced) {
@@ -288,7 +306,7 @@ static void usage(void) {
             "             --catalog ADDR --catalog-pid PID --lending ADDR --lending-pid PID\n"
             "             [--mypage ADDR --mypage-pid PID] [--smoke] [--json PATH]\n"
             "             [--machine TEXT] [--seconds S] [--warmup S] [--books N]\n"
-            "             [--soak-calls N] [--soak-seconds S] [--only NAME-PART]\n"
+            "             [--soak-calls N] [--soak-seconds S] [--only PART[,PART...]]\n"
             "Normally run through tools/bench, which starts every server.\n");
     exit(2);
 }
@@ -419,8 +437,8 @@ int main(int argc, char **argv) {
 
     /* Data: the search corpus, a book per slot, mypage pages. */
     int max_n = c.shapes[c.shape_count - 1][0], max_m = c.shapes[c.shape_count - 1][1];
-    bool any_workload = c.only == NULL || strstr("GetBook SearchBooks GetMypage BorrowBook+ReturnBook "
-                                                 "Mixed 90/10 GetLoan soak", c.only) != NULL;
+    bool any_workload = wanted(&c, "GetBook SearchBooks GetMypage BorrowBook+ReturnBook "
+                                   "Mixed 90/10 GetLoan soak");
     bench_result *seeding = any_workload ? result_new() : NULL;
     if (!any_workload) {
         setup_ok = true;
