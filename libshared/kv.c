@@ -29,6 +29,9 @@ struct kv_bucket {
     kvStore *store;
     /* Replicated: every write is also fenced on the bucket's last sequence (see fenced_write) */
     bool fenced;
+    /* The fence lets one write per bucket through at a time anyway: this process's writers
+     * take turns here instead of colliding on the fence and trying again. */
+    pthread_mutex_t fence_lock;
     char stream[96];  /* "KV_<name>" */
     char prefix[96];  /* "$KV.<name>." */
     pthread_mutex_t cache_lock;
@@ -110,6 +113,7 @@ status_code kv_bucket_open(nats_connection *connection, const char *name, int re
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     bucket->connection = connection;
     pthread_mutex_init(&bucket->cache_lock, NULL);
+    pthread_mutex_init(&bucket->fence_lock, NULL);
     jsCtx *js = nats_connection_jetstream(connection);
     natsStatus s = js_KeyValue(&bucket->store, js, name);
     if (s == NATS_OK) {
@@ -129,6 +133,7 @@ status_code kv_bucket_open(nats_connection *connection, const char *name, int re
     }
     if (s != NATS_OK) {
         pthread_mutex_destroy(&bucket->cache_lock);
+        pthread_mutex_destroy(&bucket->fence_lock);
         free(bucket);
         char what[96];
         snprintf(what, sizeof what, "opening bucket %s", name);
@@ -151,6 +156,7 @@ void kv_bucket_close(kv_bucket *bucket) {
     for (size_t i = 0; i < CACHE_SLOTS; i++)
         cache_drop(&bucket->cache[i]);
     pthread_mutex_destroy(&bucket->cache_lock);
+    pthread_mutex_destroy(&bucket->fence_lock);
     free(bucket);
 }
 
@@ -249,8 +255,8 @@ static natsStatus read_value(kv_bucket *bucket, const char *key, const void **da
  * bucket's last sequence; tried again while only the fence refused it. ABORTED
  * (REVISION_MISMATCH) when the key is not at expected; ALREADY_EXISTS for a create of a live
  * key. */
-static status_code fenced_write(kv_bucket *bucket, const char *key, const void *data, size_t size,
-                                uint64_t expected, uint64_t *written, status *st) {
+static status_code fenced_write_locked(kv_bucket *bucket, const char *key, const void *data,
+                                       size_t size, uint64_t expected, uint64_t *written, status *st) {
     char subject[512];
     if (snprintf(subject, sizeof subject, "%s%s", bucket->prefix, key) >= (int)sizeof subject)
         return status_set(st, STATUS_INVALID_ARGUMENT, "KEY_TOO_LONG", "key %.40s... is too long", key);
@@ -298,6 +304,14 @@ static status_code fenced_write(kv_bucket *bucket, const char *key, const void *
     }
     return status_set(st, STATUS_ABORTED, "CONCURRENT_UPDATE",
                       "writing the store: the bucket kept changing concurrently; try again");
+}
+
+static status_code fenced_write(kv_bucket *bucket, const char *key, const void *data, size_t size,
+                                uint64_t expected, uint64_t *written, status *st) {
+    pthread_mutex_lock(&bucket->fence_lock);
+    status_code code = fenced_write_locked(bucket, key, data, size, expected, written, st);
+    pthread_mutex_unlock(&bucket->fence_lock);
+    return code;
 }
 
 status_code kv_get(kv_bucket *bucket, const char *key, arena *a, kv_value *out, status *st) {

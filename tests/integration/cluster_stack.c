@@ -73,16 +73,21 @@ void cluster_stack_start(cluster_stack *c, const char *name) {
     cr_assert(harness_keys_create(c->dir));
     cr_assert(nats_cluster_start(c->dir, &c->nats), "the NATS cluster did not start (%s)", c->dir);
     cr_assert(harness_redis_start(c->dir, 0, &c->redis), "redis-server did not start");
-    /* the catalog replicas' addresses are in lending's settings: fix every port first */
-    for (int s = 0; s < CLUSTER_SERVICES; s++)
-        for (int i = 0; i < CLUSTER_REPLICAS; i++) {
-            c->replica[s][i].port = harness_free_port();
+    /* The catalog replicas' addresses are in lending's settings: every port is chosen before
+     * any replica starts, all different (a port free now is not taken until its replica binds
+     * it, so a later choice could pick it again). */
+    int chosen[2 * CLUSTER_SERVICES * CLUSTER_REPLICAS];
+    harness_free_ports(chosen, (int)(sizeof chosen / sizeof chosen[0]));
+    for (int s = 0, k = 0; s < CLUSTER_SERVICES; s++)
+        for (int i = 0; i < CLUSTER_REPLICAS; i++, k += 2) {
+            c->replica[s][i].port = chosen[k];
+            c->replica[s][i].metrics_port = chosen[k + 1];
             snprintf(c->replica[s][i].address, sizeof c->replica[s][i].address, "127.0.0.1:%d",
                      c->replica[s][i].port);
         }
     for (int s = 0; s < CLUSTER_SERVICES; s++)
         for (int i = 0; i < CLUSTER_REPLICAS; i++)
-            start_replica(c, (cluster_service)s, i, c->replica[s][i].port, harness_free_port());
+            start_replica(c, (cluster_service)s, i, c->replica[s][i].port, c->replica[s][i].metrics_port);
     char ports[CLUSTER_SERVICES][32];
     for (int s = 0; s < CLUSTER_SERVICES; s++)
         snprintf(ports[s], sizeof ports[s], "%d,%d", c->replica[s][0].port, c->replica[s][1].port);

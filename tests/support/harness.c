@@ -215,6 +215,17 @@ int harness_free_port(void) {
     return -1;
 }
 
+void harness_free_ports(int *ports, int count) {
+    for (int chosen = 0; chosen < count;) {
+        int port = harness_free_port(); /* -1 (none found) is passed on as it is */
+        bool taken = false;
+        for (int k = 0; k < chosen && port > 0; k++)
+            taken = taken || ports[k] == port;
+        if (!taken)
+            ports[chosen++] = port;
+    }
+}
+
 bool harness_wait_port(int port, int64_t timeout_ms) {
     int64_t until = harness_now_ms() + timeout_ms;
     while (harness_now_ms() < until) {

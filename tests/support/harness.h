@@ -25,6 +25,9 @@ typedef struct harness_process {
 /* A fresh directory under $TMPDIR (or /tmp); the path is static storage per call site. */
 const char *harness_temp_dir(char *buffer, size_t size);
 int harness_free_port(void);
+/* count different free ports, for processes that start one after the other: a port free now is
+ * not taken until its process binds it, so separate harness_free_port calls may repeat one. */
+void harness_free_ports(int *ports, int count);
 
 /* Starts a program (argv[0] looked up in PATH) with the extra "KEY=value" settings
  * (NULL-terminated, may be NULL), its output appended to log_path, in a process group of its

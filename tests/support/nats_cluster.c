@@ -71,10 +71,12 @@ bool nats_cluster_start(const char *dir, nats_cluster *out) {
     memset(out, 0, sizeof *out);
     snprintf(out->dir, sizeof out->dir, "%s", dir);
     size_t used = 0;
+    int ports[3 * NATS_CLUSTER_NODES];
+    harness_free_ports(ports, 3 * NATS_CLUSTER_NODES);
     for (int i = 0; i < NATS_CLUSTER_NODES; i++) {
-        out->node[i].port = harness_free_port();
-        out->route_port[i] = harness_free_port();
-        out->monitor_port[i] = harness_free_port();
+        out->node[i].port = ports[3 * i];
+        out->route_port[i] = ports[3 * i + 1];
+        out->monitor_port[i] = ports[3 * i + 2];
         snprintf(out->node[i].address, sizeof out->node[i].address, "127.0.0.1:%d", out->node[i].port);
         snprintf(out->node[i].url, sizeof out->node[i].url, "nats://127.0.0.1:%d", out->node[i].port);
         used += (size_t)snprintf(out->urls + used, sizeof out->urls - used, "%s%s", i ? "," : "",
