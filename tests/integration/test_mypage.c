@@ -373,9 +373,11 @@ Test(mypage, a_watch_ends_unauthenticated_when_its_token_expires_and_a_longer_on
     rpc_client_stream *short_watch = watch(t, arena_sprintf(mem, "Bearer %s", token), NULL, 30000, &st);
     rpc_client_stream *long_watch = watch(t, harness_bearer(mem, dir, user, false), NULL, 30000, &st);
     Mypage *page = NULL;
-    cr_assert_eq(next_page(short_watch, 5000, &page, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(next_page(short_watch, 5000, &page, &st), STATUS_OK,
+                 "the watch with the 2 s token ended before its first page: %s", st.message);
     cr_assert_not_null(page, "the watch with the 2 s token ended before its first page");
-    cr_assert_eq(next_page(long_watch, 5000, &page, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(next_page(long_watch, 5000, &page, &st), STATUS_OK,
+                 "the watch with the 1 h token ended before its first page: %s", st.message);
     cr_assert_not_null(page, "the watch with the 1 h token ended before its first page");
 
     status_code code = next_page(short_watch, 10000, &page, &st);
