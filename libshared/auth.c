@@ -47,6 +47,7 @@ enum {
     CACHE_LOCKS = 16,
     KEYS_MAX = 32,            /* keys in a directory */
     KID_MAX = 64,
+    LISTING_UNREADABLE = 2,
 };
 
 /* A token that verified, and what it says. */
@@ -224,12 +225,13 @@ static status_code key_set_read(const auth_verifier *v, key_set **out, status *s
 
 /* What the key files look like now, without reading them: a hash of each key file's name,
  * inode, size and times (after symlinks, as Kubernetes mounts Secrets), summed so that the
- * directory's order does not matter. 0 when nothing can be seen. */
+ * directory's order does not matter. Odd; LISTING_UNREADABLE when nothing can be seen (never
+ * 0, the listing of nothing read yet). */
 static uint64_t key_listing(const auth_verifier *v) {
     struct stat info;
     if (!v->key_directory) {
         if (stat(v->key_path, &info) != 0)
-            return 0;
+            return LISTING_UNREADABLE;
         char text[128];
         snprintf(text, sizeof text, "%llu %lld %lld.%ld %lld.%ld", (unsigned long long)info.st_ino,
                  (long long)info.st_size, (long long)info.st_mtim.tv_sec, info.st_mtim.tv_nsec,
@@ -238,8 +240,8 @@ static uint64_t key_listing(const auth_verifier *v) {
     }
     DIR *dir = opendir(v->key_path);
     if (dir == NULL)
-        return 0;
-    uint64_t sum = 1;
+        return LISTING_UNREADABLE;
+    uint64_t sum = 0;
     for (struct dirent *entry; (entry = readdir(dir)) != NULL;) {
         char kid[KID_MAX + 1], path[4096], text[4200];
         if (!entry_kid(entry->d_name, kid))
@@ -254,7 +256,7 @@ static uint64_t key_listing(const auth_verifier *v) {
         sum += text_hash(text);
     }
     closedir(dir);
-    return sum;
+    return sum | 1;
 }
 
 static const verify_key *key_named(const key_set *set, const char *kid) {
