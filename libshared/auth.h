@@ -1,8 +1,14 @@
 /* auth.h - verification of the bearer JWTs that callers present in the `authorization`
- * metadata. Only RS256 and ES256 are accepted, and only the algorithm that matches the
- * configured public key (checked on the raw header before any signature work, so `alg: none`
+ * metadata. Only RS256 and ES256 are accepted, and only the algorithm that matches the key
+ * that checks the token (checked on the raw header before any signature work, so `alg: none`
  * and HS256-with-the-public-key-as-secret never reach libjwt). exp, nbf, iss and aud are
- * checked; `sub` is the user id and the claim `role: admin` makes an administrator. */
+ * checked; `sub` is the user id and the claim `role: admin` makes an administrator.
+ *
+ * The keys: one PEM file (every token is checked with it; a `kid` in the header is ignored),
+ * or a directory of PEM files named <kid>.pem. Then a token's header `kid` picks the one key
+ * that checks it; a token without `kid` is accepted only while the directory holds exactly
+ * one key. The verifier notices added, replaced and removed files by itself (docs/decisions.md:
+ * "Signing keys by kid"). */
 #ifndef LIBSHARED_AUTH_H
 #define LIBSHARED_AUTH_H
 
@@ -16,11 +22,13 @@
 typedef struct auth_identity {
     char subject[AUTH_SUBJECT_MAX]; /* the user id; non-empty after a successful verify */
     bool admin;
+    int64_t expires_at; /* unix seconds (exp + leeway): from then on the token is expired */
 } auth_identity;
 
 typedef struct auth_verifier auth_verifier;
 
-/* Loads the PEM public key (RSA -> RS256, EC P-256 -> ES256) from public_key_file.
+/* Loads the PEM public keys (RSA -> RS256, EC P-256 -> ES256) from public_key_file, a file or
+ * a directory of <kid>.pem files (at least one; a file that is not such a key is an error).
  * issuer and audience are copied. Clock skew allowance for exp/nbf is leeway_seconds.
  * On success *out is set and owned by the caller (auth_verifier_destroy). */
 status_code auth_verifier_create(const char *public_key_file, const char *issuer,
@@ -34,6 +42,11 @@ void auth_verifier_destroy(auth_verifier *verifier); /* NULL is a no-op */
  * message saying what was wrong (never echoing the token). Thread-safe. */
 status_code auth_verify(const auth_verifier *verifier, const char *authorization,
                         auth_identity *out, status *st);
+
+/* Reads the keys again now (SIGHUP). On an error (a file that is not a key) the keys in use
+ * stay and st says why. Without it the verifier still looks at the files at most once a
+ * second, and at once when a token names a kid it does not know. Thread-safe. */
+status_code auth_verifier_reload(auth_verifier *verifier, status *st);
 
 /* How many signatures the verifier has checked: the tokens it did not remember. */
 uint64_t auth_verifier_signature_checks(const auth_verifier *verifier);

@@ -97,6 +97,7 @@ struct rpc_stream {
     /* Trailing metadata and details kept alive until the status batch completes. */
     reply_trailers trailers;
     struct rpc_context *prev_open, *next_open; /* server's list of open streams */
+    int64_t expires_at; /* the caller's token expiry (unix seconds), 0: none; streams_lock */
 };
 
 struct rpc_context {
@@ -157,6 +158,11 @@ struct rpc_server {
 
     pthread_mutex_t streams_lock;
     rpc_context *open_streams;
+    /* ends streams whose token expired; with streams_lock */
+    pthread_t expiry_thread;
+    bool expiry_running, expiry_stopping;
+    pthread_cond_t expiry_wake;
+    int64_t expiry_next; /* when the thread wakes next (unix seconds), INT64_MAX: not before told */
 
     pthread_mutex_t shutdown_lock;
     pthread_cond_t shutdown_done_cond;
@@ -784,6 +790,9 @@ static void stream_begin(rpc_context *call) {
     if (server->open_streams)
         server->open_streams->stream.prev_open = call;
     server->open_streams = call;
+    s->expires_at = call->has_caller ? call->caller.expires_at : 0;
+    if (s->expires_at > 0 && s->expires_at < server->expiry_next)
+        pthread_cond_signal(&server->expiry_wake);
     pthread_mutex_unlock(&server->streams_lock);
 
     grpc_op op;
@@ -905,6 +914,52 @@ void rpc_stream_on_close(rpc_stream *stream, void (*on_close)(void *arg), void *
     pthread_mutex_unlock(&stream->lock);
     if (already_closed)
         on_close(arg);
+}
+
+/* A token is checked when its call starts; a stream can outlive it. At its exp (+ leeway)
+ * the stream ends with UNAUTHENTICATED, and the client opens it again with a fresh token. */
+static int64_t streams_end_expired(rpc_server *server, int64_t now) {
+    status st;
+    status_set(&st, STATUS_UNAUTHENTICATED, "TOKEN_EXPIRED",
+               "the token expired; open the stream again with a fresh token");
+    int64_t next = INT64_MAX;
+    for (rpc_context *call = server->open_streams; call != NULL; call = call->stream.next_open) {
+        rpc_stream *s = &call->stream;
+        if (s->expires_at > 0 && s->expires_at <= now) {
+            s->expires_at = 0;
+            rpc_stream_finish(s, STATUS_UNAUTHENTICATED, &st);
+        } else if (s->expires_at > 0 && s->expires_at < next) {
+            next = s->expires_at;
+        }
+    }
+    return next;
+}
+
+static void *expiry_main(void *arg) {
+    rpc_server *server = arg;
+    pthread_mutex_lock(&server->streams_lock);
+    while (!server->expiry_stopping) {
+        server->expiry_next = streams_end_expired(server, (int64_t)time(NULL));
+        if (server->expiry_next == INT64_MAX) {
+            pthread_cond_wait(&server->expiry_wake, &server->streams_lock);
+        } else {
+            struct timespec until = {.tv_sec = (time_t)server->expiry_next};
+            pthread_cond_timedwait(&server->expiry_wake, &server->streams_lock, &until);
+        }
+    }
+    pthread_mutex_unlock(&server->streams_lock);
+    return NULL;
+}
+
+static void expiry_stop(rpc_server *server) {
+    if (!server->expiry_running)
+        return;
+    pthread_mutex_lock(&server->streams_lock);
+    server->expiry_stopping = true;
+    pthread_cond_signal(&server->expiry_wake);
+    pthread_mutex_unlock(&server->streams_lock);
+    pthread_join(server->expiry_thread, NULL);
+    server->expiry_running = false;
 }
 
 /* --- bidirectional streams (reflection) -------------------------------------------- */
@@ -1129,6 +1184,8 @@ status_code rpc_server_create(const rpc_server_options *options, rpc_server **ou
     pthread_rwlock_init(&server->queues_lock, NULL);
     pthread_cond_init(&server->shutdown_done_cond, NULL);
     pthread_cond_init(&server->summary_wake, NULL);
+    pthread_cond_init(&server->expiry_wake, NULL);
+    server->expiry_next = INT64_MAX;
     atomic_init(&server->in_flight, 0);
     atomic_init(&server->draining, false);
     atomic_init(&server->calls_total, 0);
@@ -1295,6 +1352,9 @@ status_code rpc_server_start(rpc_server *server, status *st) {
             request_new(server, NULL, cq);
     }
     server->summary_running = pthread_create(&server->summary_thread, NULL, summary_main, server) == 0;
+    server->expiry_running = pthread_create(&server->expiry_thread, NULL, expiry_main, server) == 0;
+    if (!server->expiry_running)
+        LOG_WARN("no thread to end streams whose token expires: they end at their deadline only");
     health_set(server->health, "", true);
     for (size_t i = 0; i < server->service_count; i++)
         health_set(server->health, server->services[i]->name, true);
@@ -1350,6 +1410,7 @@ void rpc_server_shutdown(rpc_server *server) {
         pthread_join(server->summary_thread, NULL);
     if (!first || !server->started)
         return;
+    expiry_stop(server); /* the drain ends every stream; none may be ended once queues close */
     int64_t started = now_ms();
     atomic_store(&server->draining, true);
     health_shutdown(server->health); /* NOT_SERVING to every watcher */
@@ -1389,6 +1450,7 @@ void rpc_server_destroy(rpc_server *server) {
     pthread_rwlock_destroy(&server->queues_lock);
     pthread_cond_destroy(&server->shutdown_done_cond);
     pthread_cond_destroy(&server->summary_wake);
+    pthread_cond_destroy(&server->expiry_wake);
     free(server);
     grpc_shutdown();
 }

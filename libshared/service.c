@@ -24,7 +24,9 @@ static const config_entry common_config[] = {
      "every 2 s, and wins over LOG_LEVEL",
      &settings.log_level_file, 0, 0},
     {"JWT_PUBLIC_KEY_FILE", CONFIG_STRING, NULL,
-     "PEM public key (RSA for RS256, EC P-256 for ES256) that verifies bearer tokens",
+     "PEM public key (RSA for RS256, EC P-256 for ES256) that verifies bearer tokens, or a "
+     "directory of them named <kid>.pem (a token's kid picks its key); re-read when the files "
+     "change and on SIGHUP",
      &settings.jwt_public_key_file, 0, 0},
     {"JWT_ISSUER", CONFIG_STRING, "library", "required iss claim", &settings.jwt_issuer, 0, 0},
     {"JWT_AUDIENCE", CONFIG_STRING, "library-api", "required aud claim", &settings.jwt_audience,
@@ -153,13 +155,16 @@ static void *log_level_watch_main(void *arg) {
     return NULL;
 }
 
+/* SIGHUP: the log level file and the JWT keys are read again. */
 static void on_hangup(void *arg) {
-    (void)arg;
+    auth_verifier *verifier = arg;
     pthread_mutex_lock(&level_watch.lock);
-    if (settings.log_level_file[0] == '\0')
-        LOG_INFO("SIGHUP: nothing to reload (LOG_LEVEL_FILE is not set)");
     log_level_file_apply();
     pthread_mutex_unlock(&level_watch.lock);
+    status st;
+    status_clear(&st);
+    if (auth_verifier_reload(verifier, &st) != STATUS_OK)
+        LOG_ERROR("SIGHUP: %s", st.message);
 }
 
 static int run(const service_definition *definition) {
@@ -227,7 +232,7 @@ static int run(const service_definition *definition) {
     else
         LOG_INFO("%s serving gRPC on port %d", definition->name, rpc_server_port(server));
 
-    int signal_number = rpc_wait_for_signal(on_hangup, NULL);
+    int signal_number = rpc_wait_for_signal(on_hangup, verifier);
     LOG_INFO("received %s; draining", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
     rpc_server_shutdown(server);
     exit_status = 0;

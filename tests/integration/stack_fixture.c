@@ -331,3 +331,10 @@ void wait_serving(rpc_client *service, const char *what, int64_t timeout_ms) {
         harness_sleep_ms(50);
     }
 }
+
+void fixture_own_mypage(const char *dir, const char *const *env, harness_process *out,
+                        rpc_client **client_out) {
+    cr_assert(fixture_start_mypage(dir, fixture_nats_url(), fixture_redis_url(), env, out),
+              "a mypage of the test's own did not start: %s", out->log_path);
+    cr_assert_eq(rpc_client_create(out->address, 10000, client_out, NULL), STATUS_OK);
+}

@@ -90,4 +90,10 @@ int fixture_health(rpc_client *service, const char *name);
  * after a restart); asserts it does within timeout_ms. what names it in the message. */
 void wait_serving(rpc_client *service, const char *what, int64_t timeout_ms);
 
+/* A mypage of a test's own beside the shared one (on the shared NATS and Redis), with the
+ * extra settings (NULL-terminated) and its log and test key under dir; asserts that it starts
+ * and connects *client_out to it. Stop it with harness_process_stop. */
+void fixture_own_mypage(const char *dir, const char *const *env, harness_process *out,
+                        rpc_client **client_out);
+
 #endif

@@ -11,15 +11,20 @@
  * a method table fails there. The rows say how to make a valid request for a method; a
  * method without a row or without a design entry fails the test. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "api_descriptor.h"
 #include "catalog/catalog_service.h"
 #include "lending/lending_service.h"
 #include "library/lending/v1/lending.pb-c.h"
+#include "library/mypage/v1/mypage.pb-c.h"
 #include "mypage/mypage_service.h"
 #include "stack_fixture.h"
 #include "text.h"
@@ -495,4 +500,145 @@ Test(authz, a_bidirectional_method_that_needs_a_token_is_refused_when_added) {
     rpc_method_entry entries[64];
     cr_assert_eq(rpc_server_methods(table.server, entries, 64), table.count, "a method was added");
     method_table_free(&table);
+}
+
+/* --- rotating the signing key ------------------------------------------------------------- */
+
+/* Puts dir/<pair>/jwt-public.pem into dir/keys as <kid>.pem as README says: copied under a
+ * name the services ignore, then renamed, so no service reads half a file. */
+static void key_publish(const char *dir, const char *pair, const char *kid) {
+    const char *hidden = arena_sprintf(mem, "%s/keys/.%s.tmp", dir, kid);
+    const char *command = arena_sprintf(mem, "cp '%s/%s/jwt-public.pem' '%s'", dir, pair, hidden);
+    cr_assert_eq(system(command), 0, "%s", command);
+    cr_assert_eq(rename(hidden, arena_sprintf(mem, "%s/keys/%s.pem", dir, kid)), 0);
+}
+
+static const char *bearer_signed(const char *dir, const char *pair, const char *kid, const char *user) {
+    token_claims claims = {.subject = user, .ttl_seconds = 3600, .kid = kid};
+    char *token = token_sign(arena_sprintf(mem, "%s/%s/jwt-private.pem", dir, pair), &claims);
+    cr_assert_not_null(token);
+    const char *bearer = arena_sprintf(mem, "Bearer %s", token);
+    free(token);
+    return bearer;
+}
+
+static status_code get_own_page(rpc_client *service, arena *a, const char *bearer, status *st) {
+    Library__Mypage__V1__GetMypageRequest request = LIBRARY__MYPAGE__V1__GET_MYPAGE_REQUEST__INIT;
+    ProtobufCMessage *response = NULL;
+    return harness_call(service, "/library.mypage.v1.MypageService/GetMypage", &request.base,
+                        &library__mypage__v1__mypage__descriptor, a, bearer, &response, st);
+}
+
+static void expect_page(rpc_client *service, const char *bearer, const char *what) {
+    status st;
+    status_code code = get_own_page(service, mem, bearer, &st);
+    cr_assert_eq(code, STATUS_OK, "%s: %s %s", what, status_code_name(code), st.message);
+}
+
+static void expect_unauthenticated(rpc_client *service, const char *bearer, const char *words,
+                                   const char *what) {
+    status st;
+    status_code code = get_own_page(service, mem, bearer, &st);
+    cr_assert_eq(code, STATUS_UNAUTHENTICATED, "%s: %s %s", what, status_code_name(code), st.message);
+    cr_assert(strstr(st.message, words) != NULL, "%s: \"%s\" does not say \"%s\"", what, st.message, words);
+}
+
+/* A client that calls GetMypage all along with the token its signer issues now. */
+typedef struct steady_client {
+    rpc_client *service;
+    _Atomic(const char *) bearer;
+    atomic_bool stop;
+    atomic_int calls, failures;
+    char first_failure[800];
+    pthread_t thread;
+} steady_client;
+
+static void *steady_client_main(void *arg) {
+    steady_client *c = arg;
+    arena *a = arena_create(0);
+    while (!atomic_load(&c->stop)) {
+        status st;
+        status_code code = get_own_page(c->service, a, atomic_load(&c->bearer), &st);
+        if (code != STATUS_OK && atomic_fetch_add(&c->failures, 1) == 0)
+            snprintf(c->first_failure, sizeof c->first_failure, "%s %s", status_code_name(code), st.message);
+        atomic_fetch_add(&c->calls, 1);
+        arena_reset(a);
+        harness_sleep_ms(10);
+    }
+    arena_destroy(a);
+    return NULL;
+}
+
+/* Waits until the client has made `more` calls from now (so it has used its current token). */
+static void steady_client_wait(steady_client *c, int more) {
+    int target = atomic_load(&c->calls) + more;
+    int64_t until = harness_now_ms() + 10000;
+    while (atomic_load(&c->calls) < target && harness_now_ms() < until)
+        harness_sleep_ms(10);
+    cr_assert_geq(atomic_load(&c->calls), target, "the client stopped calling");
+}
+
+/* The rotation of README ("Rotating the signing key") on a running mypage whose
+ * JWT_PUBLIC_KEY_FILE is a directory: add the new key, switch the signer, remove the old key.
+ * A client that always uses its signer's current token never fails; the old kid works until
+ * its file goes, the new one as soon as its file is there; the service is never restarted. */
+Test(authz, a_signing_key_rotation_while_clients_call_needs_no_restart) {
+    char name[13];
+    text_random_hex(name, 6);
+    const char *dir = arena_sprintf(mem, "%s/rotation-%s", fixture_dir(), name);
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    cr_assert_eq(mkdir(arena_sprintf(mem, "%s/keys", dir), 0755), 0);
+    const char *pairs[] = {"old", "new"};
+    for (int i = 0; i < 2; i++) {
+        const char *pair_dir = arena_sprintf(mem, "%s/%s", dir, pairs[i]);
+        cr_assert(mkdir(pair_dir, 0700) == 0 && harness_keys_create(pair_dir));
+    }
+    key_publish(dir, "old", "2026-06");
+    const char *const env[] = {arena_sprintf(mem, "JWT_PUBLIC_KEY_FILE=%s/keys", dir), NULL};
+    harness_process own;
+    rpc_client *service = NULL;
+    fixture_own_mypage(dir, env, &own, &service);
+
+    const char *user = arena_sprintf(mem, "rotating-%s", name);
+    const char *old_bearer = bearer_signed(dir, "old", "2026-06", user);
+    const char *new_bearer = bearer_signed(dir, "new", "2026-12", user);
+    const char *no_kid_bearer = bearer_signed(dir, "old", NULL, user);
+    expect_page(service, old_bearer, "the old kid");
+    expect_page(service, no_kid_bearer, "no kid while there is one key");
+    expect_unauthenticated(service, new_bearer, "\"2026-12\"", "the new kid before its file is there");
+
+    steady_client steady = {.service = service};
+    atomic_init(&steady.bearer, old_bearer);
+    cr_assert_eq(pthread_create(&steady.thread, NULL, steady_client_main, &steady), 0);
+    steady_client_wait(&steady, 3);
+
+    key_publish(dir, "new", "2026-12");
+    expect_page(service, new_bearer, "the new kid, the first call after its file was added");
+    expect_page(service, old_bearer, "the old kid while both files are there");
+    expect_unauthenticated(service, no_kid_bearer, "2 keys", "no kid while there are two keys");
+
+    atomic_store(&steady.bearer, new_bearer); /* the signer switches */
+    steady_client_wait(&steady, 3);
+
+    cr_assert_eq(unlink(arena_sprintf(mem, "%s/keys/2026-06.pem", dir)), 0);
+    int64_t removed = harness_now_ms();
+    status st;
+    status_code code;
+    while ((code = get_own_page(service, mem, old_bearer, &st)) == STATUS_OK &&
+           harness_now_ms() - removed < harness_latency_bound_ms(3000))
+        harness_sleep_ms(50);
+    cr_assert_eq(code, STATUS_UNAUTHENTICATED, "the old kid still works %lld ms after its file went: %s",
+                 (long long)(harness_now_ms() - removed), status_code_name(code));
+    cr_log_info("the old kid was refused %lld ms after its file was removed",
+                (long long)(harness_now_ms() - removed));
+    expect_unauthenticated(service, old_bearer, "\"2026-06\"", "the old kid after its file went");
+    steady_client_wait(&steady, 3);
+
+    atomic_store(&steady.stop, true);
+    pthread_join(steady.thread, NULL);
+    cr_assert_eq(atomic_load(&steady.failures), 0, "%d of %d calls of the client failed during the rotation; first: %s",
+                 atomic_load(&steady.failures), atomic_load(&steady.calls), steady.first_failure);
+    cr_assert_eq(kill(own.pid, 0), 0, "mypage is not running any more: %s", own.log_path);
+    rpc_client_destroy(service);
+    cr_assert_eq(harness_process_stop(&own, SIGTERM, 15000), 0, "mypage did not exit cleanly: %s", own.log_path);
 }

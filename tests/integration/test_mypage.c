@@ -4,6 +4,7 @@
  * killed consumer, FLUSHALL + rebuild and a Redis outage. */
 #include <criterion/criterion.h>
 #include <hiredis.h>
+#include <jwt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -11,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "events.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -334,6 +336,69 @@ Test(mypage, watch_ends_cleanly_at_its_deadline_and_checks_access) {
     rpc_client_stream_close(stream);
     /* the service is still healthy and answering */
     cr_assert_eq(get_page(t, user_bearer(user), NULL, &page, &st), STATUS_OK);
+}
+
+/* The exp claim of a token this test signed, in ms since the epoch. */
+static int64_t token_expiry_ms(const char *token) {
+    jwt_t *jwt = NULL;
+    cr_assert_eq(jwt_decode(&jwt, token, NULL, 0), 0, "the test's own token does not decode");
+    int64_t exp = (int64_t)jwt_get_grant_int(jwt, "exp");
+    jwt_free(jwt);
+    return exp * 1000;
+}
+
+static int64_t wall_clock_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+/* A token is checked when the watch opens; the watch must not outlive it. A mypage without
+ * clock-skew leeway, so that the end is due at exp itself. */
+Test(mypage, a_watch_ends_unauthenticated_when_its_token_expires_and_a_longer_one_goes_on) {
+    const char *dir = arena_sprintf(mem, "%s/%s", fixture_dir(), unique("expiry"));
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    cr_assert(harness_keys_create(dir));
+    const char *const env[] = {"JWT_LEEWAY=0s", NULL};
+    harness_process own;
+    target t = {.dir = dir};
+    fixture_own_mypage(dir, env, &own, &t.mypage);
+
+    const char *user = unique("expiring");
+    harness_token_options two_seconds = {.subject = user, .ttl_seconds = 2};
+    char *token = harness_token(mem, dir, &two_seconds);
+    cr_assert_not_null(token);
+    int64_t expires_ms = token_expiry_ms(token);
+    status st;
+    rpc_client_stream *short_watch = watch(t, arena_sprintf(mem, "Bearer %s", token), NULL, 30000, &st);
+    rpc_client_stream *long_watch = watch(t, harness_bearer(mem, dir, user, false), NULL, 30000, &st);
+    Mypage *page = NULL;
+    cr_assert_eq(next_page(short_watch, 5000, &page, &st), STATUS_OK,
+                 "the watch with the 2 s token ended before its first page: %s", st.message);
+    cr_assert_not_null(page, "the watch with the 2 s token ended before its first page");
+    cr_assert_eq(next_page(long_watch, 5000, &page, &st), STATUS_OK,
+                 "the watch with the 1 h token ended before its first page: %s", st.message);
+    cr_assert_not_null(page, "the watch with the 1 h token ended before its first page");
+
+    status_code code = next_page(short_watch, 10000, &page, &st);
+    int64_t ended_ms = wall_clock_ms();
+    cr_assert_eq(code, STATUS_UNAUTHENTICATED, "the watch with the 2 s token got %s (%s), not UNAUTHENTICATED",
+                 status_code_name(code), page ? "a page" : st.message);
+    cr_assert(strstr(st.message, "token expired") != NULL, "the message does not say why: %s", st.message);
+    cr_assert_geq(ended_ms, expires_ms, "it ended %lld ms before the token's exp",
+                  (long long)(expires_ms - ended_ms));
+    cr_assert_leq(ended_ms - expires_ms, harness_latency_bound_ms(1000),
+                  "it ended %lld ms after the token's exp", (long long)(ended_ms - expires_ms));
+    cr_log_info("the watch ended %lld ms after its token's exp", (long long)(ended_ms - expires_ms));
+
+    code = next_page(long_watch, 500, &page, &st);
+    cr_assert_eq(code, STATUS_DEADLINE_EXCEEDED, "the watch with the 1 h token ended too: %s %s",
+                 status_code_name(code), st.message);
+    cr_assert_str_eq(st.reason, "WAIT_TIMEOUT", "the watch with the 1 h token ended too: %s", st.message);
+    rpc_client_stream_close(short_watch);
+    rpc_client_stream_close(long_watch);
+    rpc_client_destroy(t.mypage);
+    cr_assert_eq(harness_process_stop(&own, SIGTERM, 15000), 0, "log: %s", own.log_path);
 }
 
 /* --- the projection equals lending's truth --------------------------------------------------- */

@@ -26,6 +26,10 @@ char *token_sign(const char *private_key_file, const token_claims *claims) {
     jwt_add_grant_int(token, "nbf", now);
     jwt_add_grant_int(token, "exp", now + claims->ttl_seconds);
     char *encoded = NULL;
+    if (claims->kid != NULL && jwt_add_header(token, "kid", claims->kid) != 0) {
+        jwt_free(token);
+        return NULL;
+    }
     if (jwt_set_alg(token, JWT_ALG_RS256, key, (int)key_size) == 0)
         encoded = jwt_encode_str(token);
     jwt_free(token);

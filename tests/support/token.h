@@ -13,6 +13,7 @@ typedef struct token_claims {
     int64_t ttl_seconds;  /* exp - iat; negative for a token that has expired */
     const char *issuer;   /* NULL: "library" */
     const char *audience; /* NULL: "library-api" */
+    const char *kid;      /* the header's key id; NULL: none */
 } token_claims;
 
 /* The JWT, malloc'd (the caller frees); NULL when the key cannot be read or used. */

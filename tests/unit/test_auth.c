@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -81,6 +82,7 @@ typedef struct claims {
     const char *subject, *issuer, *audience, *role;
     long exp_offset, nbf_offset; /* relative to now; 0 leaves the claim out */
     bool audience_array;
+    const char *kid; /* the header's key id; NULL: none */
 } claims;
 
 static claims valid_claims(void) {
@@ -107,6 +109,8 @@ static char *sign(jwt_alg_t alg, const char *key_name, claims c) {
         jwt_add_grant_int(jwt, "exp", now + c.exp_offset);
     if (c.nbf_offset)
         jwt_add_grant_int(jwt, "nbf", now + c.nbf_offset);
+    if (c.kid)
+        cr_assert_eq(jwt_add_header(jwt, "kid", c.kid), 0);
     size_t size = 0;
     char *key = key_name ? file_text(key_name, &size) : NULL;
     cr_assert_eq(jwt_set_alg(jwt, alg, (unsigned char *)key, (int)size), 0);
@@ -354,5 +358,192 @@ Test(auth, many_users_tokens_are_each_checked_once) {
     cr_assert_geq(checks, USERS);
     cr_assert_leq(checks, USERS + 8, "%llu signature checks for %d tokens used 3 times each",
                   (unsigned long long)checks, USERS);
+    auth_verifier_destroy(v);
+}
+
+/* --- keys by kid: a directory of <kid>.pem --------------------------------------------- */
+
+/* Copies a public key of dir to dir/keys/<kid>.pem the way a rotation should: written under a
+ * name the verifier ignores, then renamed, so it never reads half a file. */
+static void key_add(const char *public_name, const char *kid) {
+    char from[512], temporary[512], to[512];
+    snprintf(from, sizeof from, "%s/%s", dir, public_name);
+    snprintf(temporary, sizeof temporary, "%s/keys/.%s.tmp", dir, kid);
+    snprintf(to, sizeof to, "%s/keys/%s.pem", dir, kid);
+    char command[2048];
+    snprintf(command, sizeof command, "mkdir -p '%s/keys' && cp '%s' '%s'", dir, from, temporary);
+    cr_assert_eq(system(command), 0);
+    cr_assert_eq(rename(temporary, to), 0);
+}
+
+static void key_remove(const char *kid) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/keys/%s.pem", dir, kid);
+    cr_assert_eq(unlink(path), 0, "%s", path);
+}
+
+static auth_verifier *directory_verifier(void) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/keys", dir);
+    auth_verifier *v = NULL;
+    status st;
+    cr_assert_eq(auth_verifier_create(path, "library", "library-api", 0, &v, &st), STATUS_OK,
+                 "%s", st.message);
+    return v;
+}
+
+static char *sign_with_kid(jwt_alg_t alg, const char *key_name, const char *kid) {
+    claims c = valid_claims();
+    c.kid = kid;
+    return sign(alg, key_name, c);
+}
+
+static void expect_refused_saying(auth_verifier *v, const char *token, const char *words) {
+    auth_identity who;
+    status st;
+    status_code code = verify(v, token, &who, &st);
+    cr_assert_eq(code, STATUS_UNAUTHENTICATED, "accepted (or %s); expected a refusal saying \"%s\"",
+                 status_code_name(code), words);
+    cr_assert(strstr(st.message, words) != NULL, "\"%s\" does not say \"%s\"", st.message, words);
+}
+
+static void expect_accepted(auth_verifier *v, const char *token, const char *what) {
+    auth_identity who;
+    status st;
+    status_code code = verify(v, token, &who, &st);
+    cr_assert_eq(code, STATUS_OK, "%s: %s %s", what, status_code_name(code), st.message);
+}
+
+Test(auth, in_a_key_directory_the_kid_picks_the_one_key_that_checks_the_token) {
+    key_add("rsa.pub", "2026-06");
+    key_add("ec.pub", "2026-12");
+    auth_verifier *v = directory_verifier();
+    expect_accepted(v, sign_with_kid(JWT_ALG_RS256, "rsa.pem", "2026-06"), "RS256 with its kid");
+    expect_accepted(v, sign_with_kid(JWT_ALG_ES256, "ec.pem", "2026-12"), "ES256 with its kid");
+    /* the algorithm check stays: the kid's key decides which algorithm is expected */
+    expect_refused_saying(v, sign_with_kid(JWT_ALG_RS256, "rsa.pem", "2026-12"), "expected ES256");
+    /* a kid naming another RSA key: only that key is tried */
+    key_add("rsa.pub", "copy");
+    expect_refused_saying(v, sign_with_kid(JWT_ALG_RS256, "other.pem", "2026-06"), "signature");
+    expect_refused_saying(v, sign_with_kid(JWT_ALG_RS256, "rsa.pem", "2027-01"), "\"2027-01\"");
+    expect_refused_saying(v, sign_with_kid(JWT_ALG_RS256, "rsa.pem", "../rsa"), "kid");
+    /* no kid: which of three keys? none is tried */
+    expect_refused_saying(v, sign(JWT_ALG_RS256, "rsa.pem", valid_claims()), "names no key id");
+    auth_verifier_destroy(v);
+}
+
+Test(auth, a_token_without_kid_is_checked_only_while_the_directory_holds_one_key) {
+    key_add("rsa.pub", "only");
+    auth_verifier *v = directory_verifier();
+    char *no_kid = sign(JWT_ALG_RS256, "rsa.pem", valid_claims());
+    expect_accepted(v, no_kid, "no kid, one key");
+    key_add("ec.pub", "second");
+    status st;
+    cr_assert_eq(auth_verifier_reload(v, &st), STATUS_OK, "%s", st.message);
+    expect_refused_saying(v, no_kid, "2 keys");
+    auth_verifier_destroy(v);
+}
+
+Test(auth, a_single_key_file_ignores_the_kid_as_before) {
+    auth_verifier *v = verifier_for("rsa.pub");
+    expect_accepted(v, sign_with_kid(JWT_ALG_RS256, "rsa.pem", "anything"), "a kid, one key file");
+    expect_accepted(v, sign_with_kid(JWT_ALG_RS256, "rsa.pem", "not/a file name"), "any kid");
+    auth_verifier_destroy(v);
+}
+
+Test(auth, a_new_key_works_at_once_and_a_removed_one_stops_within_a_second) {
+    key_add("rsa.pub", "old");
+    auth_verifier *v = directory_verifier();
+    char *old_token = sign_with_kid(JWT_ALG_RS256, "rsa.pem", "old");
+    char *new_token = sign_with_kid(JWT_ALG_ES256, "ec.pem", "new");
+    expect_refused_saying(v, new_token, "\"new\"");
+    key_add("ec.pub", "new");
+    expect_accepted(v, new_token, "the new kid, right after its file was added");
+    expect_accepted(v, old_token, "the old kid, its file still there");
+    expect_accepted(v, old_token, "the old kid again (remembered)");
+    key_remove("old");
+    /* looked at once a second: refused within two, remembered or not */
+    int64_t removed = (int64_t)time(NULL);
+    auth_identity who;
+    status st;
+    while (verify(v, old_token, &who, &st) == STATUS_OK && (int64_t)time(NULL) - removed <= 3)
+        usleep(50 * 1000);
+    cr_assert_eq(verify(v, old_token, &who, &st), STATUS_UNAUTHENTICATED,
+                 "the removed key still verifies its tokens");
+    cr_assert(strstr(st.message, "\"old\"") != NULL, "%s", st.message);
+    expect_accepted(v, new_token, "the new kid after the old one went");
+    auth_verifier_destroy(v);
+}
+
+Test(auth, a_reload_forgets_remembered_tokens_of_a_removed_key_and_keeps_keys_on_a_bad_file) {
+    key_add("rsa.pub", "old");
+    key_add("ec.pub", "new");
+    auth_verifier *v = directory_verifier();
+    char *old_token = sign_with_kid(JWT_ALG_RS256, "rsa.pem", "old");
+    expect_accepted(v, old_token, "the old kid");
+    key_remove("old");
+    status st;
+    cr_assert_eq(auth_verifier_reload(v, &st), STATUS_OK, "%s", st.message);
+    expect_refused_saying(v, old_token, "\"old\""); /* at once: it was remembered */
+    /* a file that is no key: the reload says so and the keys in use stay */
+    char path[512];
+    snprintf(path, sizeof path, "%s/keys/broken.pem", dir);
+    FILE *file = fopen(path, "w");
+    fputs("not a key\n", file);
+    fclose(file);
+    cr_assert_eq(auth_verifier_reload(v, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(st.message, "broken.pem") != NULL, "%s", st.message);
+    expect_accepted(v, sign_with_kid(JWT_ALG_ES256, "ec.pem", "new"), "a key in use, after a failed reload");
+    auth_verifier_destroy(v);
+}
+
+Test(auth, a_key_directory_must_hold_keys_at_start) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/keys", dir);
+    cr_assert_eq(mkdir(path, 0700), 0);
+    auth_verifier *v = NULL;
+    status st;
+    cr_assert_eq(auth_verifier_create(path, "i", "a", 0, &v, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(st.message, "no <kid>.pem") != NULL, "%s", st.message);
+    key_add("rsa.pem", "private"); /* a private key where a public one belongs */
+    cr_assert_eq(auth_verifier_create(path, "i", "a", 0, &v, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(st.message, "private.pem") != NULL, "%s", st.message);
+    cr_assert_null(v);
+}
+
+Test(auth, the_identity_says_when_the_token_expires) {
+    auth_verifier *v = verifier_for("rsa.pub"); /* leeway 30 s */
+    claims c = valid_claims();
+    int64_t before = (int64_t)time(NULL);
+    char *token = sign(JWT_ALG_RS256, "rsa.pem", c);
+    int64_t after = (int64_t)time(NULL);
+    auth_identity who;
+    status st;
+    for (int i = 0; i < 2; i++) { /* verified, then remembered */
+        cr_assert_eq(verify(v, token, &who, &st), STATUS_OK, "%s", st.message);
+        cr_assert(who.expires_at >= before + 600 + 30 && who.expires_at <= after + 600 + 30,
+                  "expires_at %lld is not exp + leeway", (long long)who.expires_at);
+    }
+    auth_verifier_destroy(v);
+}
+
+Test(auth, tools_token_signs_with_the_key_and_kid_it_is_given) {
+    const char *root = getenv("LIBRARY_SOURCE_ROOT");
+    cr_assert_not_null(root, "LIBRARY_SOURCE_ROOT is not set");
+    key_add("rsa.pub", "2026-12");
+    key_add("ec.pub", "2026-06");
+    auth_verifier *v = directory_verifier();
+    char command[1024], token[4096] = "";
+    snprintf(command, sizeof command,
+             "cd '%s' && RUN_DIR='%s/run' ./tools/token carol --kid 2026-12 --key '%s/rsa.pem'", root,
+             dir, dir);
+    FILE *pipe = popen(command, "r");
+    cr_assert_not_null(fgets(token, sizeof token, pipe));
+    cr_assert_eq(pclose(pipe), 0);
+    token[strcspn(token, "\n")] = '\0';
+    auth_identity who;
+    status st;
+    cr_assert_eq(verify(v, token, &who, &st), STATUS_OK, "%s", st.message);
+    cr_assert_str_eq(who.subject, "carol");
     auth_verifier_destroy(v);
 }
