@@ -573,3 +573,61 @@ Test(framework, anonymous_watches_with_huge_requests_leave_memory_and_get_book_a
         rpc_client_destroy(clients[i]);
     test_stack_stop(&s);
 }
+
+/* Opens count Watch streams of the whole server on c and asserts each is open (answered). */
+static void watches_open(rpc_client *c, rpc_client_stream **out, int count) {
+    for (int i = 0; i < count; i++)
+        out[i] = watch_open(c, "");
+    for (int i = 0; i < count; i++) {
+        status st;
+        status_code code = watch_first(out[i], &st);
+        cr_assert_eq(code, STATUS_OK, "public stream %d was refused: %s: %s", i, status_code_name(code),
+                     st.message);
+    }
+}
+
+static void assert_watch_refused(rpc_client *c, const char *why, const char *message_part) {
+    rpc_client_stream *stream = watch_open(c, "");
+    status st;
+    status_code code = watch_first(stream, &st);
+    rpc_client_stream_close(stream);
+    cr_assert_eq(code, STATUS_RESOURCE_EXHAUSTED, "%s: got %s", why, status_code_name(code));
+    cr_assert_str_eq(st.reason, "TOO_MANY_PUBLIC_STREAMS", "%s: %s", why, st.message);
+    cr_assert_not_null(strstr(st.message, message_part), "%s: %s", why, st.message);
+}
+
+/* Anyone may open a public stream, so they are capped: 64 per connection (one client cannot
+ * take them all) and 256 per process; a slot comes back when its stream ends. */
+Test(framework, public_streams_are_capped_per_connection_and_per_process, .timeout = 120) {
+    enum { PER_CONNECTION = 64, CLIENTS = 4, TOTAL = PER_CONNECTION * CLIENTS };
+    test_stack s;
+    test_stack_start_catalog(&s, "public_stream_cap", NULL);
+    rpc_client *clients[CLIENTS + 1];
+    for (int i = 0; i <= CLIENTS; i++)
+        cr_assert_eq(rpc_client_create(s.catalog.address, 60000, &clients[i], NULL), STATUS_OK);
+    rpc_client_stream *streams[TOTAL];
+    watches_open(clients[0], streams, PER_CONNECTION);
+    assert_watch_refused(clients[0], "the 65th stream of one connection", "on this connection");
+    for (int i = 1; i < CLIENTS; i++)
+        watches_open(clients[i], streams + i * PER_CONNECTION, PER_CONNECTION);
+    assert_watch_refused(clients[CLIENTS], "the 257th stream of the process", "256 public streams");
+    assert_healthy(s.catalog_client); /* unary Check needs no slot */
+
+    rpc_client_stream_close(streams[0]);
+    int64_t until = harness_now_ms() + 5000;
+    rpc_client_stream *again = NULL;
+    status st;
+    status_code code = STATUS_UNKNOWN;
+    while (code != STATUS_OK && harness_now_ms() < until) { /* the slot is freed once the server sees the cancel */
+        rpc_client_stream_close(again);
+        again = watch_open(clients[CLIENTS], "");
+        code = watch_first(again, &st);
+    }
+    cr_assert_eq(code, STATUS_OK, "a closed stream's slot did not come back: %s", st.message);
+    rpc_client_stream_close(again);
+    for (int i = 1; i < TOTAL; i++)
+        rpc_client_stream_close(streams[i]);
+    for (int i = 0; i <= CLIENTS; i++)
+        rpc_client_destroy(clients[i]);
+    test_stack_stop(&s);
+}
