@@ -631,3 +631,84 @@ Test(framework, public_streams_are_capped_per_connection_and_per_process, .timeo
         rpc_client_destroy(clients[i]);
     test_stack_stop(&s);
 }
+
+/* --- calls without a token are refused before they are queued --------------------------- */
+
+static rpc_client_stream *adjust_stock_start(rpc_client *c, const char *book_id, const char *bearer) {
+    Library__Catalog__V1__AdjustStockRequest request = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    request.delta = 1;
+    /* a server-streaming call is a unary call on the wire: one request, one answer; opening it
+     * does not wait for the answer */
+    rpc_call_options options = {.timeout_ms = 30000, .authorization = bearer};
+    rpc_client_stream *stream = NULL;
+    status st;
+    cr_assert_eq(rpc_client_stream_open(c, CATALOG "AdjustStock", &request.base, &options, &stream, &st),
+                 STATUS_OK, "%s", st.message);
+    return stream;
+}
+
+static status_code answer_by(rpc_client_stream *stream, int64_t until_ms, status *st) {
+    int64_t left = until_ms - harness_now_ms();
+    ProtobufCMessage *message = NULL;
+    status_clear(st);
+    return rpc_client_stream_next(stream, &library__catalog__v1__book__descriptor, mem, left > 0 ? left : 0,
+                                  &message, st);
+}
+
+/* Before, a call was authenticated by the worker that ran it: with the workers busy, 1 MiB calls
+ * without a token waited in the queue, each holding its request, up to MAX_IN_FLIGHT (256 MiB).
+ * Now the poller refuses them on arrival. */
+Test(framework, calls_without_a_token_are_refused_before_they_queue, .timeout = 120) {
+    enum { CALLS = 300, CLIENTS = 6, BATCH = 30, REQUEST_BYTES = (1 << 20) - 64 };
+    const char *env[] = {"WORKER_THREADS=1", "NATS_TIMEOUT=8s", NULL};
+    test_stack s;
+    test_stack_start_catalog(&s, "anonymous_queue", env);
+    const char *reader = harness_bearer(mem, s.dir, "reader", false);
+    Book *book = test_stack_register(&s, "Guarded", 1);
+    get_book_ms(s.catalog_client, reader, book->book_id);
+    long rss_before = harness_process_rss_kib(s.catalog.pid);
+
+    cr_assert(harness_pause(s.nats.pid)); /* the one worker now waits on the store */
+    rpc_client_stream *busy = adjust_stock_start(s.catalog_client, book->book_id,
+                                                 harness_bearer(mem, s.dir, "admin", true));
+    char *huge_id = arena_alloc(mem, REQUEST_BYTES + 1);
+    memset(huge_id, 'b', REQUEST_BYTES);
+    huge_id[REQUEST_BYTES] = '\0';
+    rpc_client *clients[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++)
+        cr_assert_eq(rpc_client_create(s.catalog.address, 60000, &clients[i], NULL), STATUS_OK);
+    rpc_client_stream *calls[CALLS];
+    int64_t slowest = 0;
+    for (int i = 0; i < CALLS; i++) {
+        calls[i] = adjust_stock_start(clients[i % CLIENTS], huge_id, NULL);
+        if ((i + 1) % BATCH == 0) {
+            int64_t took = get_book_ms(s.catalog_client, reader, book->book_id);
+            slowest = took > slowest ? took : slowest;
+        }
+    }
+    status_code codes[CALLS];
+    status *answers = arena_alloc(mem, CALLS * sizeof *answers);
+    int64_t until = harness_now_ms() + 3000; /* the worker stays busy for 8 s */
+    for (int i = 0; i < CALLS; i++)
+        codes[i] = answer_by(calls[i], until, &answers[i]);
+    long grown_kib = harness_process_rss_kib(s.catalog.pid) - rss_before;
+    kill(s.nats.pid, SIGCONT);
+    cr_log_info("%d queued 1 MiB calls without a token: catalog RSS grew by %ld KiB; slowest GetBook %lld ms",
+                CALLS, grown_kib, (long long)slowest);
+
+    cr_assert_lt(grown_kib, 64 * 1024, "%d calls without a token grew the catalog by %ld MiB", CALLS,
+                 grown_kib / 1024);
+    cr_assert_lt(slowest, harness_latency_bound_ms(1000), "a GetBook took %lld ms", (long long)slowest);
+    for (int i = 0; i < CALLS; i++)
+        cr_assert_eq(codes[i], STATUS_UNAUTHENTICATED, "call %d: %s: %s", i, status_code_name(codes[i]),
+                     answers[i].message);
+    status st;
+    cr_assert_eq(answer_by(busy, harness_now_ms() + 15000, &st), STATUS_OK, "the admin's call: %s", st.message);
+    rpc_client_stream_close(busy);
+    for (int i = 0; i < CALLS; i++)
+        rpc_client_stream_close(calls[i]);
+    for (int i = 0; i < CLIENTS; i++)
+        rpc_client_destroy(clients[i]);
+    test_stack_stop(&s);
+}
