@@ -712,3 +712,39 @@ Test(framework, calls_without_a_token_are_refused_before_they_queue, .timeout = 
         rpc_client_destroy(clients[i]);
     test_stack_stop(&s);
 }
+
+static status_code search_books(rpc_client *catalog, const char *bearer, const char *query, status *st) {
+    Library__Catalog__V1__SearchBooksRequest request = LIBRARY__CATALOG__V1__SEARCH_BOOKS_REQUEST__INIT;
+    request.query = (char *)query;
+    ProtobufCMessage *response = NULL;
+    return harness_call(catalog, CATALOG "SearchBooks", &request.base,
+                        &library__catalog__v1__search_books_response__descriptor, mem, bearer, &response, st);
+}
+
+/* A search scans the whole index: it runs on a worker within MAX_IN_FLIGHT, so with the only
+ * slot taken it is shed, while GetBook (one lookup) is still answered on the poller. Before,
+ * searches ran on the pollers outside the limit, and a flood of them held every poller. */
+Test(framework, searches_count_against_the_in_flight_limit) {
+    const char *env[] = {"MAX_IN_FLIGHT=1", "WORKER_THREADS=1", "NATS_TIMEOUT=8s", NULL};
+    test_stack s;
+    test_stack_start_catalog(&s, "search_in_flight", env);
+    const char *reader = harness_bearer(mem, s.dir, "reader", false);
+    Book *book = test_stack_register(&s, "Searched", 1);
+    status st;
+    cr_assert(harness_pause(s.nats.pid)); /* the AdjustStock below holds the one slot */
+    rpc_client_stream *busy = adjust_stock_start(s.catalog_client, book->book_id,
+                                                 harness_bearer(mem, s.dir, "admin", true));
+    int64_t until = harness_now_ms() + 3000;
+    status_code code = STATUS_OK;
+    while (code == STATUS_OK && harness_now_ms() < until) /* until the AdjustStock has arrived */
+        code = search_books(s.catalog_client, reader, "Searched", &st);
+    int64_t get_book_took = get_book_ms(s.catalog_client, reader, book->book_id);
+    kill(s.nats.pid, SIGCONT);
+    cr_assert_eq(code, STATUS_RESOURCE_EXHAUSTED, "SearchBooks with the in-flight slot taken: %s: %s",
+                 status_code_name(code), st.message);
+    cr_assert_str_eq(st.reason, "OVERLOADED", "%s", st.message);
+    cr_assert_lt(get_book_took, harness_latency_bound_ms(1000), "GetBook took %lld ms", (long long)get_book_took);
+    cr_assert_eq(answer_by(busy, harness_now_ms() + 15000, &st), STATUS_OK, "the admin's call: %s", st.message);
+    rpc_client_stream_close(busy);
+    test_stack_stop(&s);
+}
