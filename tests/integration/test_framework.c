@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "grpc/reflection/v1/reflection.pb-c.h"
 #include "rpc_server.h"
 #include "stack_fixture.h"
 
@@ -747,4 +748,48 @@ Test(framework, searches_count_against_the_in_flight_limit) {
     cr_assert_eq(answer_by(busy, harness_now_ms() + 15000, &st), STATUS_OK, "the admin's call: %s", st.message);
     rpc_client_stream_close(busy);
     test_stack_stop(&s);
+}
+
+/* One reflection request (a bidirectional call with one message, as a server stream sends
+ * it): the code of its first answer. */
+static status_code reflection_symbol(rpc_client *c, const char *symbol, status *st) {
+    Grpc__Reflection__V1__ServerReflectionRequest request = GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__INIT;
+    request.message_request_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL;
+    request.file_containing_symbol = (char *)symbol;
+    rpc_call_options options = {.timeout_ms = 10000};
+    rpc_client_stream *stream = NULL;
+    cr_assert_eq(rpc_client_stream_open(c, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                        &request.base, &options, &stream, st),
+                 STATUS_OK, "%s", st->message);
+    ProtobufCMessage *message = NULL;
+    status_clear(st);
+    status_code code = rpc_client_stream_next(stream, &grpc__reflection__v1__server_reflection_response__descriptor,
+                                              mem, 10000, &message, st);
+    rpc_client_stream_close(stream);
+    return code;
+}
+
+static char *repeated(char c, size_t length) {
+    char *text = arena_alloc(mem, length + 1);
+    memset(text, c, length);
+    text[length] = '\0';
+    return text;
+}
+
+/* Health and reflection need no token, so their requests are held to what they need (4 KiB,
+ * 16 KiB), not the 1 MiB of the API's methods, and refused before they are decoded. */
+Test(framework, public_requests_over_their_small_limit_are_refused) {
+    status_code code;
+    health_status(client, repeated('h', 4000), &code);
+    cr_assert_eq(code, STATUS_NOT_FOUND, "a 4000-byte service name: %s", status_code_name(code));
+    health_status(client, repeated('h', 5000), &code);
+    cr_assert_eq(code, STATUS_RESOURCE_EXHAUSTED, "a 5000-byte service name: %s", status_code_name(code));
+
+    status st;
+    code = reflection_symbol(client, "library.catalog.v1.CatalogService", &st);
+    cr_assert_eq(code, STATUS_OK, "reflection of a real symbol: %s: %s", status_code_name(code), st.message);
+    code = reflection_symbol(client, repeated('r', 20000), &st);
+    cr_assert_eq(code, STATUS_RESOURCE_EXHAUSTED, "a 20000-byte symbol: %s: %s", status_code_name(code), st.message);
+    cr_assert_str_eq(st.reason, "REQUEST_TOO_LARGE", "%s", st.message);
+    assert_healthy(client);
 }
