@@ -75,17 +75,12 @@ status_code rpc_client_create(const char *target, int64_t default_timeout_ms, rp
     /* round_robin: a target that resolves to several replicas ("ipv4:10.0.0.1:50051,
      * 10.0.0.2:50051", a headless Service's DNS name) gets every call spread over the ones
      * that are up, instead of pick_first's one replica until it fails. Behind one address
-     * (a ClusterIP, the mesh's sidecar) it changes nothing.
-     * A local subchannel pool gives each client connections of its own: by default the core
-     * shares one connection among all channels to the same address, so a test could not
-     * open two connections (a server's per-connection limits) with two clients. */
-    grpc_arg args[3] = {{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+     * (a ClusterIP, the mesh's sidecar) it changes nothing. */
+    grpc_arg args[2] = {{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
                          .value.integer = 16 << 20},
                         {.type = GRPC_ARG_STRING, .key = GRPC_ARG_LB_POLICY_NAME,
-                         .value.string = "round_robin"},
-                        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL,
-                         .value.integer = 1}};
-    grpc_channel_args channel_args = {.num_args = 3, .args = args};
+                         .value.string = "round_robin"}};
+    grpc_channel_args channel_args = {.num_args = 2, .args = args};
     client->channel = grpc_channel_create(target, credentials, &channel_args);
     grpc_channel_credentials_release(credentials);
     client->default_timeout_ms = default_timeout_ms > 0 ? default_timeout_ms : 5000;
