@@ -516,6 +516,17 @@ static const char *connection_target(int port, int n) {
     return arena_sprintf(mem, "127.0.0.%d:%d", n + 1, port);
 }
 
+/* RSS growth is the point of a test where the old code held hundreds of MiB; under ASan its
+ * quarantine alone keeps that much freed memory resident, so there only the calls' statuses
+ * (which fail on the old code too) are asserted. */
+static void assert_rss_growth_under(long grown_kib, long limit_kib, const char *what) {
+    if (harness_sanitized()) {
+        cr_log_info("RSS not asserted under the sanitizers (%s: %ld KiB)", what, grown_kib);
+        return;
+    }
+    cr_assert_lt(grown_kib, limit_kib, "%s grew the catalog by %ld MiB", what, grown_kib / 1024);
+}
+
 static int64_t get_book_ms(rpc_client *catalog, const char *bearer, const char *book_id) {
     Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
     request.book_id = (char *)book_id;
@@ -568,8 +579,7 @@ Test(framework, anonymous_watches_with_huge_requests_leave_memory_and_get_book_a
     cr_log_info("%d anonymous 900 KiB watches: catalog RSS grew by %ld KiB; slowest GetBook %lld ms",
                 WATCHES, grown_kib, (long long)slowest);
 
-    cr_assert_lt(grown_kib, 64 * 1024, "%d anonymous watches grew the catalog by %ld MiB", WATCHES,
-                 grown_kib / 1024);
+    assert_rss_growth_under(grown_kib, 64 * 1024, "200 anonymous watches");
     cr_assert_lt(slowest, harness_latency_bound_ms(1000), "a GetBook took %lld ms", (long long)slowest);
     for (int i = 0; i < WATCHES; i++) {
         cr_assert_eq(codes[i], STATUS_RESOURCE_EXHAUSTED, "watch %d: %s (%s)", i, status_code_name(codes[i]),
@@ -687,7 +697,8 @@ Test(framework, calls_without_a_token_are_refused_before_they_queue, .timeout = 
     huge_id[REQUEST_BYTES] = '\0';
     rpc_client *clients[CLIENTS];
     for (int i = 0; i < CLIENTS; i++)
-        cr_assert_eq(rpc_client_create(s.catalog.address, 60000, &clients[i], NULL), STATUS_OK);
+        cr_assert_eq(rpc_client_create(connection_target(s.catalog.port, i), 60000, &clients[i], NULL),
+                     STATUS_OK);
     rpc_client_stream *calls[CALLS];
     int64_t slowest = 0;
     for (int i = 0; i < CALLS; i++) {
@@ -707,8 +718,7 @@ Test(framework, calls_without_a_token_are_refused_before_they_queue, .timeout = 
     cr_log_info("%d queued 1 MiB calls without a token: catalog RSS grew by %ld KiB; slowest GetBook %lld ms",
                 CALLS, grown_kib, (long long)slowest);
 
-    cr_assert_lt(grown_kib, 64 * 1024, "%d calls without a token grew the catalog by %ld MiB", CALLS,
-                 grown_kib / 1024);
+    assert_rss_growth_under(grown_kib, 64 * 1024, "300 calls without a token");
     cr_assert_lt(slowest, harness_latency_bound_ms(1000), "a GetBook took %lld ms", (long long)slowest);
     for (int i = 0; i < CALLS; i++)
         cr_assert_eq(codes[i], STATUS_UNAUTHENTICATED, "call %d: %s: %s", i, status_code_name(codes[i]),
