@@ -1,10 +1,11 @@
 /* rpc_server.c - the gRPC server on the C core.
  *
  * Life of a call: a poller thread gets a requested call from its completion queue, posts a
- * fresh request in its place, and either sheds the call (over the in-flight limit), answers
- * it at once (unknown method), or queues it for a worker. The worker authenticates, decodes,
- * runs the handler and starts one batch with the whole reply; the poller frees the call when
- * that batch completes. Server streams keep the call alive with a reference count and send
+ * fresh request in its place, and admits it (request size, public stream slots, the token) or
+ * refuses it at once; then either sheds it (over the in-flight limit), answers it at once
+ * (unknown method), or queues it for a worker. The worker decodes, runs the handler and
+ * starts one batch with the whole reply; the poller frees the call when that batch
+ * completes. Server streams keep the call alive with a reference count and send
  * one message at a time from a queue. */
 #include "rpc_server.h"
 

@@ -1,6 +1,7 @@
 /* test_framework.c - what libshared promises every service, shown on the catalog: unknown
  * methods, malformed and oversize requests, deadlines, health, reflection, load shedding,
- * NATS outages and the graceful drain on SIGTERM. */
+ * bounded anonymous work (public request limits and stream caps, tokens checked before a call
+ * queues), NATS outages and the graceful drain on SIGTERM. */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
