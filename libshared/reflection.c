@@ -270,6 +270,9 @@ status_code reflection_create(const uint8_t *descriptor_set, size_t size, reflec
         .response_type = &grpc__reflection__v1__server_reflection_response__descriptor,
         .stream = reflect,
         .access = RPC_ACCESS_PUBLIC,
+        /* A request names one file or symbol (the longest of ours is under 200 bytes); the
+         * stream's arena keeps the largest message seen, so 256 open streams hold < 8 MiB. */
+        .max_request_bytes = 16384,
     };
     r->v1 = (rpc_service){.name = "grpc.reflection.v1.ServerReflection", .methods = r->methods,
                           .method_count = 1, .state = r};

@@ -1,10 +1,11 @@
 /* rpc_server.c - the gRPC server on the C core.
  *
  * Life of a call: a poller thread gets a requested call from its completion queue, posts a
- * fresh request in its place, and either sheds the call (over the in-flight limit), answers
- * it at once (unknown method), or queues it for a worker. The worker authenticates, decodes,
- * runs the handler and starts one batch with the whole reply; the poller frees the call when
- * that batch completes. Server streams keep the call alive with a reference count and send
+ * fresh request in its place, and admits it (request size, public stream slots, the token) or
+ * refuses it at once; then either sheds it (over the in-flight limit), answers it at once
+ * (unknown method), or queues it for a worker. The worker decodes, runs the handler and
+ * starts one batch with the whole reply; the poller frees the call when that batch
+ * completes. Server streams keep the call alive with a reference count and send
  * one message at a time from a queue. */
 #include "rpc_server.h"
 
@@ -13,6 +14,7 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
 #include <signal.h>
@@ -121,6 +123,10 @@ struct rpc_context {
     char traceparent[56];
     char trace_id[33];
     struct rpc_context *next_job;
+    /* a PUBLIC stream's slot (public_slot_take), held until the call is freed */
+    bool holds_public_slot;
+    char *peer;
+    struct rpc_context *prev_public, *next_public;
     /* unary reply */
     cq_tag reply_tag;
     grpc_byte_buffer *reply_buffer;
@@ -164,6 +170,10 @@ struct rpc_server {
     pthread_cond_t expiry_wake;
     int64_t expiry_next; /* when the thread wakes next (unix seconds), INT64_MAX: not before told */
 
+    pthread_mutex_t public_lock;
+    rpc_context *public_streams; /* the calls holding a public slot */
+    int public_stream_count;
+
     pthread_mutex_t shutdown_lock;
     pthread_cond_t shutdown_done_cond;
     bool started, shutting_down, shutdown_done;
@@ -187,6 +197,7 @@ struct rpc_server {
 static void request_post(call_request *request);
 static void call_release(rpc_context *call);
 static void stream_pump_locked(rpc_context *call);
+static status_code call_check_size(rpc_context *call, grpc_byte_buffer *buffer, status *st);
 
 /* --- helpers ---------------------------------------------------------------------- */
 
@@ -422,8 +433,11 @@ static rpc_context *call_create(call_request *request) {
     return call;
 }
 
+static void public_slot_release(rpc_context *call);
+
 static void call_free(rpc_context *call) {
     call_record(call);
+    public_slot_release(call);
     rpc_stream *stream = &call->stream;
     for (queued_message *m = stream->head; m != NULL;) {
         queued_message *next = m->next;
@@ -626,9 +640,11 @@ static bool call_process(rpc_context *call) {
             code = status_set(&st, STATUS_DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED",
                               "the deadline passed before the call was handled");
         if (code == STATUS_OK)
-            code = call_authenticate(call, &st);
-        if (code == STATUS_OK)
             code = call_decode(call, call->payload, &request, &st);
+        if (call->payload != NULL) { /* decoded into the arena: a stream need not keep it */
+            grpc_byte_buffer_destroy(call->payload);
+            call->payload = NULL;
+        }
         if (code != STATUS_OK) {
             call_reply_error(call, code, &st);
             log_set_trace_id(NULL);
@@ -984,7 +1000,9 @@ static void on_bidi_read(void *self, bool ok) {
     status_clear(&st);
     ProtobufCMessage *request = NULL;
     arena_reset(call->arena);
-    status_code code = call_decode(call, buffer, &request, &st);
+    status_code code = call_check_size(call, buffer, &st);
+    if (code == STATUS_OK)
+        code = call_decode(call, buffer, &request, &st);
     grpc_byte_buffer_destroy(buffer);
     const registered_method *m = call->method;
     if (code == STATUS_OK)
@@ -1013,6 +1031,99 @@ static void call_start_bidi(rpc_context *call) {
     call->stream.kept = true;
     bidi_read_next(call);
     call_release(call); /* the starter's reference; the read and close batches hold theirs */
+}
+
+/* --- admission (poller threads) --------------------------------------------------- */
+
+static size_t method_max_request_bytes(const rpc_context *call) {
+    const rpc_method *method = call->method->method;
+    if (method->max_request_bytes > 0)
+        return method->max_request_bytes;
+    return method->access == RPC_ACCESS_PUBLIC ? RPC_PUBLIC_MAX_REQUEST_BYTES
+                                               : (size_t)call->server->options.max_message_bytes;
+}
+
+/* Refuses a request over its method's limit before it is copied or decoded (the copy and the
+ * decoded message would stay in a stream's arena as long as the stream). */
+static status_code call_check_size(rpc_context *call, grpc_byte_buffer *buffer, status *st) {
+    size_t limit = method_max_request_bytes(call);
+    size_t size = buffer != NULL ? grpc_byte_buffer_length(buffer) : 0;
+    if (size <= limit)
+        return STATUS_OK;
+    return status_set(st, STATUS_RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE",
+                      "received message larger than max (%zu vs. %zu)", size, limit);
+}
+
+static int public_streams_from(rpc_server *server, const char *peer) {
+    int count = 0;
+    for (rpc_context *c = server->public_streams; c != NULL && peer != NULL; c = c->next_public)
+        if (c->peer != NULL && strcmp(c->peer, peer) == 0)
+            count++;
+    return count;
+}
+
+/* Takes one of the public stream slots (per process and per connection) for the call's life. */
+static status_code public_slot_take(rpc_context *call, status *st) {
+    rpc_server *server = call->server;
+    const rpc_server_options *o = &server->options;
+    char *peer = grpc_call_get_peer(call->call);
+    status_code code = STATUS_OK;
+    pthread_mutex_lock(&server->public_lock);
+    if (server->public_stream_count >= o->max_public_streams) {
+        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "TOO_MANY_PUBLIC_STREAMS",
+                          "%d public streams are open, the most this server allows",
+                          o->max_public_streams);
+    } else if (public_streams_from(server, peer) >= o->max_public_streams_per_connection) {
+        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "TOO_MANY_PUBLIC_STREAMS",
+                          "%d public streams are open on this connection, the most allowed",
+                          o->max_public_streams_per_connection);
+    } else {
+        call->holds_public_slot = true;
+        call->peer = peer;
+        call->next_public = server->public_streams;
+        if (server->public_streams != NULL)
+            server->public_streams->prev_public = call;
+        server->public_streams = call;
+        server->public_stream_count++;
+    }
+    pthread_mutex_unlock(&server->public_lock);
+    if (code != STATUS_OK)
+        gpr_free(peer);
+    return code;
+}
+
+static void public_slot_release(rpc_context *call) {
+    if (!call->holds_public_slot)
+        return;
+    rpc_server *server = call->server;
+    pthread_mutex_lock(&server->public_lock);
+    if (call->prev_public != NULL)
+        call->prev_public->next_public = call->next_public;
+    else
+        server->public_streams = call->next_public;
+    if (call->next_public != NULL)
+        call->next_public->prev_public = call->prev_public;
+    server->public_stream_count--;
+    pthread_mutex_unlock(&server->public_lock);
+    call->holds_public_slot = false;
+    gpr_free(call->peer);
+    call->peer = NULL;
+}
+
+/* What is checked before a call is queued, decoded or started, so that a caller without a
+ * valid token (anyone, for public methods) costs no worker, no in-flight slot and no copy
+ * of a large message: the request size, the public stream slots and the token. */
+static status_code call_admit(rpc_context *call, status *st) {
+    const rpc_method *method = call->method->method;
+    status_code code = call_check_size(call, call->payload, st);
+    if (code != STATUS_OK) {
+        grpc_byte_buffer_destroy(call->payload); /* let go of it now, not when the reply is sent */
+        call->payload = NULL;
+        return code;
+    }
+    if (method->access == RPC_ACCESS_PUBLIC && method->kind != RPC_KIND_UNARY)
+        return public_slot_take(call, st);
+    return call_authenticate(call, st);
 }
 
 /* --- requested calls (poller threads) --------------------------------------------- */
@@ -1072,6 +1183,12 @@ static void on_call_requested(void *self, bool ok) {
     request_post(request); /* hand the slot back to the core before any work */
     if (call == NULL)
         return;
+    status st;
+    status_clear(&st);
+    if (call_admit(call, &st) != STATUS_OK) {
+        call_reply_error(call, st.code, &st);
+        return;
+    }
     if (call->method->method->kind == RPC_KIND_BIDI_STREAMING) {
         call_start_bidi(call);
         return;
@@ -1171,6 +1288,10 @@ status_code rpc_server_create(const rpc_server_options *options, rpc_server **ou
         o->drain_grace_ms = 10000;
     if (o->max_message_bytes <= 0)
         o->max_message_bytes = 1 << 20;
+    if (o->max_public_streams <= 0)
+        o->max_public_streams = 256;
+    if (o->max_public_streams_per_connection <= 0)
+        o->max_public_streams_per_connection = 64;
     if (o->keepalive_ms <= 0)
         o->keepalive_ms = 60000;
     if (o->keepalive_timeout_ms <= 0)
@@ -1180,6 +1301,7 @@ status_code rpc_server_create(const rpc_server_options *options, rpc_server **ou
     pthread_mutex_init(&server->jobs_lock, NULL);
     pthread_cond_init(&server->jobs_ready, NULL);
     pthread_mutex_init(&server->streams_lock, NULL);
+    pthread_mutex_init(&server->public_lock, NULL);
     pthread_mutex_init(&server->shutdown_lock, NULL);
     pthread_rwlock_init(&server->queues_lock, NULL);
     pthread_cond_init(&server->shutdown_done_cond, NULL);
@@ -1239,6 +1361,11 @@ status_code rpc_server_add_service(rpc_server *server, const rpc_service *servic
                           "at most %d services and %d methods", MAX_SERVICES, MAX_METHODS);
     for (size_t i = 0; i < service->method_count; i++) { /* all checked before any is added */
         const rpc_method *method = &service->methods[i];
+        if (method->access != RPC_ACCESS_PUBLIC && method->access != RPC_ACCESS_USER &&
+            method->access != RPC_ACCESS_ADMIN)
+            return status_set(st, STATUS_INVALID_ARGUMENT, "ACCESS_UNSET",
+                              "%s/%s: the method table entry sets no .access (PUBLIC, USER or "
+                              "ADMIN)", service->name, method->name);
         if (method->access != RPC_ACCESS_PUBLIC && server->options.verifier == NULL)
             return status_set(st, STATUS_INVALID_ARGUMENT, "NO_VERIFIER",
                               "%s/%s needs a token verifier", service->name, method->name);
@@ -1446,6 +1573,7 @@ void rpc_server_destroy(rpc_server *server) {
     pthread_mutex_destroy(&server->jobs_lock);
     pthread_cond_destroy(&server->jobs_ready);
     pthread_mutex_destroy(&server->streams_lock);
+    pthread_mutex_destroy(&server->public_lock);
     pthread_mutex_destroy(&server->shutdown_lock);
     pthread_rwlock_destroy(&server->queues_lock);
     pthread_cond_destroy(&server->shutdown_done_cond);

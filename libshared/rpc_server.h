@@ -33,6 +33,9 @@ typedef struct rpc_stream rpc_stream;
 typedef struct health health;
 
 typedef enum rpc_access {
+    /* The zero value, so a table entry that forgets .access is refused by
+     * rpc_server_add_service instead of being public. */
+    RPC_ACCESS_UNSET,
     RPC_ACCESS_PUBLIC, /* no token needed (health, reflection) */
     RPC_ACCESS_USER,   /* any valid token */
     RPC_ACCESS_ADMIN,  /* a valid token with role admin */
@@ -67,12 +70,19 @@ typedef struct rpc_method {
     rpc_unary_handler unary;
     rpc_stream_handler stream;
     rpc_access access;
+    /* Largest request message accepted, checked before it is copied or decoded; larger is
+     * RESOURCE_EXHAUSTED. 0: RPC_PUBLIC_MAX_REQUEST_BYTES for a PUBLIC method (anyone may
+     * send it), the server's max_message_bytes otherwise. */
+    size_t max_request_bytes;
     /* Unary only. The handler usually answers from memory: it is first run on the poller
      * thread that received the call, saving the hand-off to a worker (two or three context
      * switches). When it would have to block it returns RPC_WOULD_BLOCK (see
      * rpc_context_may_block) and the framework runs it again on a worker. */
     bool nonblocking;
 } rpc_method;
+
+/* The default request limit of PUBLIC methods: a health check names a service. */
+#define RPC_PUBLIC_MAX_REQUEST_BYTES ((size_t)4096)
 
 /* A nonblocking handler's answer when it must block (and rpc_context_may_block is false). */
 #define RPC_WOULD_BLOCK ((status_code)-1)
@@ -111,6 +121,12 @@ typedef struct rpc_server_options {
     int retry_pushback_ms;          /* sent with RESOURCE_EXHAUSTED; 0: 100 */
     int64_t drain_grace_ms;         /* how long in-flight calls get on shutdown; 0: 10000 */
     int max_message_bytes;          /* largest request accepted; 0: 1 MiB */
+    /* PUBLIC streams (health Watch, reflection) need no token and hold memory until they
+     * end: at most this many open at once in the process, and per connection (one peer
+     * address; behind a proxy that is the proxy's connection); more are RESOURCE_EXHAUSTED.
+     * 0: 256 and 64. */
+    int max_public_streams;
+    int max_public_streams_per_connection;
     /* HTTP/2 keepalive: a connection with a call open is pinged every keepalive_ms, and
      * closed (its calls cancelled) when a ping is not answered within
      * keepalive_timeout_ms. Ends the streams of a peer that vanished without closing its

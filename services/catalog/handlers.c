@@ -292,7 +292,10 @@ static const rpc_method catalog_methods[] = {
               adjust_stock, RPC_ACCESS_ADMIN),
     RPC_UNARY_NONBLOCKING("GetBook", library__catalog__v1__get_book_request, library__catalog__v1__book,
               get_book, RPC_ACCESS_USER),
-    RPC_UNARY_NONBLOCKING("SearchBooks", library__catalog__v1__search_books_request,
+    /* Not on the poller like GetBook: a search scans the whole index, so a flood of them
+     * would hold the pollers (and every other call); on the workers they count against
+     * MAX_IN_FLIGHT and are shed past it. */
+    RPC_UNARY("SearchBooks", library__catalog__v1__search_books_request,
               library__catalog__v1__search_books_response, search_books, RPC_ACCESS_USER),
 };
 

@@ -642,3 +642,27 @@ Test(authz, a_signing_key_rotation_while_clients_call_needs_no_restart) {
     rpc_client_destroy(service);
     cr_assert_eq(harness_process_stop(&own, SIGTERM, 15000), 0, "mypage did not exit cleanly: %s", own.log_path);
 }
+
+/* Access must be spelled out: RPC_ACCESS_PUBLIC is not the zero value, so an entry that
+ * forgets .access is refused when added, naming the method, instead of being served to anyone. */
+Test(authz, a_method_without_access_is_refused_when_added) {
+    method_table table;
+    method_table_load(&table);
+    const rpc_method methods[] = {
+        RPC_UNARY("Fine", library__catalog__v1__get_book_request, library__catalog__v1__book, NULL,
+                  RPC_ACCESS_USER),
+        {.name = "Forgotten", .kind = RPC_KIND_UNARY,
+         .request_type = &library__catalog__v1__get_book_request__descriptor,
+         .response_type = &library__catalog__v1__book__descriptor},
+    };
+    const rpc_service forgetful = {.name = "test.Forgetful", .methods = methods, .method_count = 2};
+    status st;
+    status_clear(&st);
+    cr_assert_eq(rpc_server_add_service(table.server, &forgetful, &st), STATUS_INVALID_ARGUMENT,
+                 "a method without .access was accepted");
+    cr_assert_str_eq(st.reason, "ACCESS_UNSET");
+    cr_assert_not_null(strstr(st.message, "test.Forgetful/Forgotten"), "%s", st.message);
+    rpc_method_entry entries[64];
+    cr_assert_eq(rpc_server_methods(table.server, entries, 64), table.count, "a method was added");
+    method_table_free(&table);
+}

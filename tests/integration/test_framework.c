@@ -1,6 +1,7 @@
 /* test_framework.c - what libshared promises every service, shown on the catalog: unknown
  * methods, malformed and oversize requests, deadlines, health, reflection, load shedding,
- * NATS outages and the graceful drain on SIGTERM. */
+ * bounded anonymous work (public request limits and stream caps, tokens checked before a call
+ * queues), NATS outages and the graceful drain on SIGTERM. */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
@@ -10,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "grpc/reflection/v1/reflection.pb-c.h"
 #include "rpc_server.h"
 #include "stack_fixture.h"
 
@@ -480,4 +482,334 @@ Test(framework, a_stream_opens_at_once_and_waits_for_its_first_message_in_next) 
     rpc_client_stream_close(stream);
     rpc_client_destroy(c);
     rpc_server_destroy(server);
+}
+
+/* --- public streams: bounded, whoever opens them ---------------------------------------- */
+
+#define WATCH "/grpc.health.v1.Health/Watch"
+
+static rpc_client_stream *watch_open(rpc_client *c, const char *service_name) {
+    Grpc__Health__V1__HealthCheckRequest request = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    request.service = (char *)service_name;
+    rpc_call_options options = {.timeout_ms = 60000};
+    rpc_client_stream *stream = NULL;
+    status st;
+    cr_assert_eq(rpc_client_stream_open(c, WATCH, &request.base, &options, &stream, &st), STATUS_OK,
+                 "Watch did not open: %s", st.message);
+    return stream;
+}
+
+/* How a Watch stream began: STATUS_OK when the server sent its first message (the stream is
+ * open), else the status it ended with (in st). */
+static status_code watch_first(rpc_client_stream *stream, status *st) {
+    ProtobufCMessage *message = NULL;
+    status_clear(st);
+    status_code code = rpc_client_stream_next(stream, &grpc__health__v1__health_check_response__descriptor,
+                                              mem, 10000, &message, st);
+    cr_assert(code != STATUS_OK || message != NULL, "the stream ended with OK before any message");
+    return code;
+}
+
+/* A connection of its own for each n: the core shares one connection among channels to the
+ * same address (whatever the target's spelling), but the service listens on every address,
+ * and all of 127/8 is this host. */
+static const char *connection_target(int port, int n) {
+    return arena_sprintf(mem, "127.0.0.%d:%d", n + 1, port);
+}
+
+/* RSS growth is the point of a test where the old code held hundreds of MiB; under ASan its
+ * quarantine alone keeps that much freed memory resident, so there only the calls' statuses
+ * (which fail on the old code too) are asserted. */
+static void assert_rss_growth_under(long grown_kib, long limit_kib, const char *what) {
+    if (harness_sanitized()) {
+        cr_log_info("RSS not asserted under the sanitizers (%s: %ld KiB)", what, grown_kib);
+        return;
+    }
+    cr_assert_lt(grown_kib, limit_kib, "%s grew the catalog by %ld MiB", what, grown_kib / 1024);
+}
+
+static int64_t get_book_ms(rpc_client *catalog, const char *bearer, const char *book_id) {
+    Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    int64_t started = harness_now_ms();
+    status_code code = harness_call(catalog, CATALOG "GetBook", &request.base,
+                                    &library__catalog__v1__book__descriptor, mem, bearer, &response, &st);
+    cr_assert_eq(code, STATUS_OK, "GetBook: %s: %s", status_code_name(code), st.message);
+    return harness_now_ms() - started;
+}
+
+/* Before, each anonymous Watch kept its request (up to the 1 MiB limit) twice in its arena plus
+ * the core's buffer, for as long as it stayed open: 200 of them with a 900 KiB service name
+ * took a catalog from 19 MB to 605 MB resident. Public requests are now refused over 4 KiB
+ * before they are copied. */
+Test(framework, anonymous_watches_with_huge_requests_leave_memory_and_get_book_alone, .timeout = 120) {
+    enum { WATCHES = 200, CLIENTS = 8, BATCH = 20, NAME_BYTES = 900 * 1024 };
+    test_stack s;
+    test_stack_start_catalog(&s, "huge_watches", NULL);
+    const char *reader = harness_bearer(mem, s.dir, "reader", false);
+    Book *book = test_stack_register(&s, "Bounded", 1);
+    get_book_ms(s.catalog_client, reader, book->book_id);
+    long rss_before = harness_process_rss_kib(s.catalog.pid);
+    cr_assert_gt(rss_before, 0);
+
+    char *huge_name = arena_alloc(mem, NAME_BYTES + 1);
+    memset(huge_name, 'x', NAME_BYTES);
+    huge_name[NAME_BYTES] = '\0';
+    rpc_client *clients[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) /* 25 streams each, within the per-connection cap */
+        cr_assert_eq(rpc_client_create(connection_target(s.catalog.port, i), 60000, &clients[i], NULL),
+                     STATUS_OK);
+    rpc_client_stream *streams[WATCHES];
+    int64_t slowest = 0;
+    for (int i = 0; i < WATCHES; i++) {
+        streams[i] = watch_open(clients[i % CLIENTS], huge_name);
+        if ((i + 1) % BATCH == 0) {
+            int64_t took = get_book_ms(s.catalog_client, reader, book->book_id);
+            slowest = took > slowest ? took : slowest;
+        }
+    }
+    status_code codes[WATCHES];
+    status *ended = arena_alloc(mem, WATCHES * sizeof *ended);
+    for (int i = 0; i < WATCHES; i++) /* every request has reached the server */
+        codes[i] = watch_first(streams[i], &ended[i]);
+    long grown_kib = harness_process_rss_kib(s.catalog.pid) - rss_before;
+    int64_t after = get_book_ms(s.catalog_client, reader, book->book_id);
+    slowest = after > slowest ? after : slowest;
+    cr_log_info("%d anonymous 900 KiB watches: catalog RSS grew by %ld KiB; slowest GetBook %lld ms",
+                WATCHES, grown_kib, (long long)slowest);
+
+    assert_rss_growth_under(grown_kib, 64 * 1024, "200 anonymous watches");
+    cr_assert_lt(slowest, harness_latency_bound_ms(1000), "a GetBook took %lld ms", (long long)slowest);
+    for (int i = 0; i < WATCHES; i++) {
+        cr_assert_eq(codes[i], STATUS_RESOURCE_EXHAUSTED, "watch %d: %s (%s)", i, status_code_name(codes[i]),
+                     codes[i] == STATUS_OK ? "the stream stayed open" : ended[i].message);
+        cr_assert_str_eq(ended[i].reason, "REQUEST_TOO_LARGE", "watch %d: %s", i, ended[i].message);
+    }
+    for (int i = 0; i < WATCHES; i++)
+        rpc_client_stream_close(streams[i]);
+    for (int i = 0; i < CLIENTS; i++)
+        rpc_client_destroy(clients[i]);
+    test_stack_stop(&s);
+}
+
+/* Opens count Watch streams of the whole server on c and asserts each is open (answered). */
+static void watches_open(rpc_client *c, rpc_client_stream **out, int count) {
+    for (int i = 0; i < count; i++)
+        out[i] = watch_open(c, "");
+    for (int i = 0; i < count; i++) {
+        status st;
+        status_code code = watch_first(out[i], &st);
+        cr_assert_eq(code, STATUS_OK, "public stream %d was refused: %s: %s", i, status_code_name(code),
+                     st.message);
+    }
+}
+
+static void assert_watch_refused(rpc_client *c, const char *why, const char *message_part) {
+    rpc_client_stream *stream = watch_open(c, "");
+    status st;
+    status_code code = watch_first(stream, &st);
+    rpc_client_stream_close(stream);
+    cr_assert_eq(code, STATUS_RESOURCE_EXHAUSTED, "%s: got %s", why, status_code_name(code));
+    cr_assert_str_eq(st.reason, "TOO_MANY_PUBLIC_STREAMS", "%s: %s", why, st.message);
+    cr_assert_not_null(strstr(st.message, message_part), "%s: %s", why, st.message);
+}
+
+/* Anyone may open a public stream, so they are capped: 64 per connection (one client cannot
+ * take them all) and 256 per process; a slot comes back when its stream ends. */
+Test(framework, public_streams_are_capped_per_connection_and_per_process, .timeout = 120) {
+    enum { PER_CONNECTION = 64, CLIENTS = 4, TOTAL = PER_CONNECTION * CLIENTS };
+    test_stack s;
+    test_stack_start_catalog(&s, "public_stream_cap", NULL);
+    rpc_client *clients[CLIENTS + 1];
+    for (int i = 0; i <= CLIENTS; i++)
+        cr_assert_eq(rpc_client_create(connection_target(s.catalog.port, i), 60000, &clients[i], NULL),
+                     STATUS_OK);
+    rpc_client_stream *streams[TOTAL];
+    watches_open(clients[0], streams, PER_CONNECTION);
+    assert_watch_refused(clients[0], "the 65th stream of one connection", "on this connection");
+    for (int i = 1; i < CLIENTS; i++)
+        watches_open(clients[i], streams + i * PER_CONNECTION, PER_CONNECTION);
+    assert_watch_refused(clients[CLIENTS], "the 257th stream of the process", "256 public streams");
+    assert_healthy(s.catalog_client); /* unary Check needs no slot */
+
+    rpc_client_stream_close(streams[0]);
+    int64_t until = harness_now_ms() + 5000;
+    rpc_client_stream *again = NULL;
+    status st;
+    status_code code = STATUS_UNKNOWN;
+    while (code != STATUS_OK && harness_now_ms() < until) { /* the slot is freed once the server sees the cancel */
+        rpc_client_stream_close(again);
+        again = watch_open(clients[CLIENTS], "");
+        code = watch_first(again, &st);
+    }
+    cr_assert_eq(code, STATUS_OK, "a closed stream's slot did not come back: %s", st.message);
+    rpc_client_stream_close(again);
+    for (int i = 1; i < TOTAL; i++)
+        rpc_client_stream_close(streams[i]);
+    for (int i = 0; i <= CLIENTS; i++)
+        rpc_client_destroy(clients[i]);
+    test_stack_stop(&s);
+}
+
+/* --- calls without a token are refused before they are queued --------------------------- */
+
+static rpc_client_stream *adjust_stock_start(rpc_client *c, const char *book_id, const char *bearer) {
+    Library__Catalog__V1__AdjustStockRequest request = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    request.delta = 1;
+    /* a server-streaming call is a unary call on the wire: one request, one answer; opening it
+     * does not wait for the answer */
+    rpc_call_options options = {.timeout_ms = 30000, .authorization = bearer};
+    rpc_client_stream *stream = NULL;
+    status st;
+    cr_assert_eq(rpc_client_stream_open(c, CATALOG "AdjustStock", &request.base, &options, &stream, &st),
+                 STATUS_OK, "%s", st.message);
+    return stream;
+}
+
+static status_code answer_by(rpc_client_stream *stream, int64_t until_ms, status *st) {
+    int64_t left = until_ms - harness_now_ms();
+    ProtobufCMessage *message = NULL;
+    status_clear(st);
+    return rpc_client_stream_next(stream, &library__catalog__v1__book__descriptor, mem, left > 0 ? left : 0,
+                                  &message, st);
+}
+
+/* Before, a call was authenticated by the worker that ran it: with the workers busy, 1 MiB calls
+ * without a token waited in the queue, each holding its request, up to MAX_IN_FLIGHT (256 MiB).
+ * Now the poller refuses them on arrival. */
+Test(framework, calls_without_a_token_are_refused_before_they_queue, .timeout = 120) {
+    enum { CALLS = 300, CLIENTS = 6, BATCH = 30, REQUEST_BYTES = (1 << 20) - 64 };
+    const char *env[] = {"WORKER_THREADS=1", "NATS_TIMEOUT=8s", NULL};
+    test_stack s;
+    test_stack_start_catalog(&s, "anonymous_queue", env);
+    const char *reader = harness_bearer(mem, s.dir, "reader", false);
+    Book *book = test_stack_register(&s, "Guarded", 1);
+    get_book_ms(s.catalog_client, reader, book->book_id);
+    long rss_before = harness_process_rss_kib(s.catalog.pid);
+
+    cr_assert(harness_pause(s.nats.pid)); /* the one worker now waits on the store */
+    rpc_client_stream *busy = adjust_stock_start(s.catalog_client, book->book_id,
+                                                 harness_bearer(mem, s.dir, "admin", true));
+    char *huge_id = arena_alloc(mem, REQUEST_BYTES + 1);
+    memset(huge_id, 'b', REQUEST_BYTES);
+    huge_id[REQUEST_BYTES] = '\0';
+    rpc_client *clients[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++)
+        cr_assert_eq(rpc_client_create(connection_target(s.catalog.port, i), 60000, &clients[i], NULL),
+                     STATUS_OK);
+    rpc_client_stream *calls[CALLS];
+    int64_t slowest = 0;
+    for (int i = 0; i < CALLS; i++) {
+        calls[i] = adjust_stock_start(clients[i % CLIENTS], huge_id, NULL);
+        if ((i + 1) % BATCH == 0) {
+            int64_t took = get_book_ms(s.catalog_client, reader, book->book_id);
+            slowest = took > slowest ? took : slowest;
+        }
+    }
+    status_code codes[CALLS];
+    status *answers = arena_alloc(mem, CALLS * sizeof *answers);
+    int64_t until = harness_now_ms() + 3000; /* the worker stays busy for 8 s */
+    for (int i = 0; i < CALLS; i++)
+        codes[i] = answer_by(calls[i], until, &answers[i]);
+    long grown_kib = harness_process_rss_kib(s.catalog.pid) - rss_before;
+    kill(s.nats.pid, SIGCONT);
+    cr_log_info("%d queued 1 MiB calls without a token: catalog RSS grew by %ld KiB; slowest GetBook %lld ms",
+                CALLS, grown_kib, (long long)slowest);
+
+    assert_rss_growth_under(grown_kib, 64 * 1024, "300 calls without a token");
+    cr_assert_lt(slowest, harness_latency_bound_ms(1000), "a GetBook took %lld ms", (long long)slowest);
+    for (int i = 0; i < CALLS; i++)
+        cr_assert_eq(codes[i], STATUS_UNAUTHENTICATED, "call %d: %s: %s", i, status_code_name(codes[i]),
+                     answers[i].message);
+    status st;
+    cr_assert_eq(answer_by(busy, harness_now_ms() + 15000, &st), STATUS_OK, "the admin's call: %s", st.message);
+    rpc_client_stream_close(busy);
+    for (int i = 0; i < CALLS; i++)
+        rpc_client_stream_close(calls[i]);
+    for (int i = 0; i < CLIENTS; i++)
+        rpc_client_destroy(clients[i]);
+    test_stack_stop(&s);
+}
+
+static status_code search_books(rpc_client *catalog, const char *bearer, const char *query, status *st) {
+    Library__Catalog__V1__SearchBooksRequest request = LIBRARY__CATALOG__V1__SEARCH_BOOKS_REQUEST__INIT;
+    request.query = (char *)query;
+    ProtobufCMessage *response = NULL;
+    return harness_call(catalog, CATALOG "SearchBooks", &request.base,
+                        &library__catalog__v1__search_books_response__descriptor, mem, bearer, &response, st);
+}
+
+/* A search scans the whole index: it runs on a worker within MAX_IN_FLIGHT, so with the only
+ * slot taken it is shed, while GetBook (one lookup) is still answered on the poller. Before,
+ * searches ran on the pollers outside the limit, and a flood of them held every poller. */
+Test(framework, searches_count_against_the_in_flight_limit) {
+    const char *env[] = {"MAX_IN_FLIGHT=1", "WORKER_THREADS=1", "NATS_TIMEOUT=8s", NULL};
+    test_stack s;
+    test_stack_start_catalog(&s, "search_in_flight", env);
+    const char *reader = harness_bearer(mem, s.dir, "reader", false);
+    Book *book = test_stack_register(&s, "Searched", 1);
+    status st;
+    cr_assert(harness_pause(s.nats.pid)); /* the AdjustStock below holds the one slot */
+    rpc_client_stream *busy = adjust_stock_start(s.catalog_client, book->book_id,
+                                                 harness_bearer(mem, s.dir, "admin", true));
+    int64_t until = harness_now_ms() + 3000;
+    status_code code = STATUS_OK;
+    while (code == STATUS_OK && harness_now_ms() < until) /* until the AdjustStock has arrived */
+        code = search_books(s.catalog_client, reader, "Searched", &st);
+    int64_t get_book_took = get_book_ms(s.catalog_client, reader, book->book_id);
+    kill(s.nats.pid, SIGCONT);
+    cr_assert_eq(code, STATUS_RESOURCE_EXHAUSTED, "SearchBooks with the in-flight slot taken: %s: %s",
+                 status_code_name(code), st.message);
+    cr_assert_str_eq(st.reason, "OVERLOADED", "%s", st.message);
+    cr_assert_lt(get_book_took, harness_latency_bound_ms(1000), "GetBook took %lld ms", (long long)get_book_took);
+    cr_assert_eq(answer_by(busy, harness_now_ms() + 15000, &st), STATUS_OK, "the admin's call: %s", st.message);
+    rpc_client_stream_close(busy);
+    test_stack_stop(&s);
+}
+
+/* One reflection request (a bidirectional call with one message, as a server stream sends
+ * it): the code of its first answer. */
+static status_code reflection_symbol(rpc_client *c, const char *symbol, status *st) {
+    Grpc__Reflection__V1__ServerReflectionRequest request = GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__INIT;
+    request.message_request_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL;
+    request.file_containing_symbol = (char *)symbol;
+    rpc_call_options options = {.timeout_ms = 10000};
+    rpc_client_stream *stream = NULL;
+    cr_assert_eq(rpc_client_stream_open(c, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                        &request.base, &options, &stream, st),
+                 STATUS_OK, "%s", st->message);
+    ProtobufCMessage *message = NULL;
+    status_clear(st);
+    status_code code = rpc_client_stream_next(stream, &grpc__reflection__v1__server_reflection_response__descriptor,
+                                              mem, 10000, &message, st);
+    rpc_client_stream_close(stream);
+    return code;
+}
+
+static char *repeated(char c, size_t length) {
+    char *text = arena_alloc(mem, length + 1);
+    memset(text, c, length);
+    text[length] = '\0';
+    return text;
+}
+
+/* Health and reflection need no token, so their requests are held to what they need (4 KiB,
+ * 16 KiB), not the 1 MiB of the API's methods, and refused before they are decoded. */
+Test(framework, public_requests_over_their_small_limit_are_refused) {
+    status_code code;
+    health_status(client, repeated('h', 4000), &code);
+    cr_assert_eq(code, STATUS_NOT_FOUND, "a 4000-byte service name: %s", status_code_name(code));
+    health_status(client, repeated('h', 5000), &code);
+    cr_assert_eq(code, STATUS_RESOURCE_EXHAUSTED, "a 5000-byte service name: %s", status_code_name(code));
+
+    status st;
+    code = reflection_symbol(client, "library.catalog.v1.CatalogService", &st);
+    cr_assert_eq(code, STATUS_OK, "reflection of a real symbol: %s: %s", status_code_name(code), st.message);
+    code = reflection_symbol(client, repeated('r', 20000), &st);
+    cr_assert_eq(code, STATUS_RESOURCE_EXHAUSTED, "a 20000-byte symbol: %s: %s", status_code_name(code), st.message);
+    cr_assert_str_eq(st.reason, "REQUEST_TOO_LARGE", "%s", st.message);
+    assert_healthy(client);
 }

@@ -542,3 +542,11 @@ bool harness_gateway_start_replicas(const char *dir, const char *catalog_ports,
     out->pid = harness_spawn(argv, NULL, out->log_path);
     return out->pid > 0 && harness_wait_port(out->port, 10000);
 }
+
+bool harness_sanitized(void) {
+#ifdef SANITIZED
+    return true;
+#else
+    return false;
+#endif
+}

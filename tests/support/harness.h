@@ -123,4 +123,8 @@ void harness_sleep_ms(int64_t ms);
 bool harness_service_spawn(const char *name, const char *dir, const char *const *env,
                            harness_process *out);
 
+/* true in a build with AddressSanitizer: its quarantine keeps up to 256 MiB of freed memory
+ * resident, so a process's RSS says nothing there about the memory it holds. */
+bool harness_sanitized(void);
+
 #endif
