@@ -202,15 +202,26 @@ int harness_free_port(void) {
      * test the same ports, so each process seeds its own. */
     static unsigned seed;
     static pid_t seeded_by;
+    /* Ports handed out lately are not handed out again: a port is free until its process binds
+     * it, and a service asks for its gRPC and its metrics port one after the other. */
+    enum { RECENT = 256 };
+    static int recent[RECENT], recent_next;
     if (seeded_by != getpid()) {
         seeded_by = getpid();
         seed = (unsigned)seeded_by * 2654435761u ^ (unsigned)harness_now_ms();
+        memset(recent, 0, sizeof recent);
     }
     int span = last - first + 1;
     for (int attempt = 0; attempt < 500 && span > 0; attempt++) {
         int port = first + (int)(rand_r(&seed) % (unsigned)span);
-        if (port_bindable(port))
-            return port;
+        bool handed_out = false;
+        for (int k = 0; k < RECENT && !handed_out; k++)
+            handed_out = recent[k] == port;
+        if (handed_out || !port_bindable(port))
+            continue;
+        recent[recent_next] = port;
+        recent_next = (recent_next + 1) % RECENT;
+        return port;
     }
     return -1;
 }
