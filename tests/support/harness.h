@@ -25,8 +25,9 @@ typedef struct harness_process {
 /* A fresh directory under $TMPDIR (or /tmp); the path is static storage per call site. */
 const char *harness_temp_dir(char *buffer, size_t size);
 int harness_free_port(void);
-/* count different free ports, for processes that start one after the other: a port free now is
- * not taken until its process binds it, so separate harness_free_port calls may repeat one. */
+/* count different free ports, for processes that start one after the other (a port free now
+ * is not taken until its process binds it; harness_free_port never hands one out twice in a
+ * row of 256). */
 void harness_free_ports(int *ports, int count);
 
 /* Starts a program (argv[0] looked up in PATH) with the extra "KEY=value" settings
