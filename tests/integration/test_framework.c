@@ -544,7 +544,7 @@ static int64_t get_book_ms(rpc_client *catalog, const char *bearer, const char *
  * the core's buffer, for as long as it stayed open: 200 of them with a 900 KiB service name
  * took a catalog from 19 MB to 605 MB resident. Public requests are now refused over 4 KiB
  * before they are copied. */
-Test(framework, anonymous_watches_with_huge_requests_leave_memory_and_get_book_alone, .timeout = 120) {
+Test(framework, anonymous_watches_with_huge_requests_leave_memory_and_get_book_alone) {
     enum { WATCHES = 200, CLIENTS = 8, BATCH = 20, NAME_BYTES = 900 * 1024 };
     test_stack s;
     test_stack_start_catalog(&s, "huge_watches", NULL);
@@ -618,7 +618,7 @@ static void assert_watch_refused(rpc_client *c, const char *why, const char *mes
 
 /* Anyone may open a public stream, so they are capped: 64 per connection (one client cannot
  * take them all) and 256 per process; a slot comes back when its stream ends. */
-Test(framework, public_streams_are_capped_per_connection_and_per_process, .timeout = 120) {
+Test(framework, public_streams_are_capped_per_connection_and_per_process) {
     enum { PER_CONNECTION = 64, CLIENTS = 4, TOTAL = PER_CONNECTION * CLIENTS };
     test_stack s;
     test_stack_start_catalog(&s, "public_stream_cap", NULL);
@@ -680,7 +680,7 @@ static status_code answer_by(rpc_client_stream *stream, int64_t until_ms, status
 /* Before, a call was authenticated by the worker that ran it: with the workers busy, 1 MiB calls
  * without a token waited in the queue, each holding its request, up to MAX_IN_FLIGHT (256 MiB).
  * Now the poller refuses them on arrival. */
-Test(framework, calls_without_a_token_are_refused_before_they_queue, .timeout = 120) {
+Test(framework, calls_without_a_token_are_refused_before_they_queue) {
     enum { CALLS = 300, CLIENTS = 6, BATCH = 30, REQUEST_BYTES = (1 << 20) - 64 };
     const char *env[] = {"WORKER_THREADS=1", "NATS_TIMEOUT=8s", NULL};
     test_stack s;

@@ -784,7 +784,8 @@ static int rebuild(test_stack *s) {
     snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s->nats.url);
     snprintf(redis_env, sizeof redis_env, "REDIS_URL=%s", s->redis.url);
     const char *env[] = {nats_env, redis_env, NULL};
-    return harness_service_run("mypage", "--rebuild", s->dir, env, 60000);
+    /* under the sanitizers, with loans going on, one replay can take more than a minute */
+    return harness_service_run("mypage", "--rebuild", s->dir, env, harness_latency_bound_ms(60000));
 }
 
 typedef struct reader {
