@@ -116,12 +116,6 @@ status_code kv_bucket_open(nats_connection *connection, const char *name, int re
     pthread_mutex_init(&bucket->fence_lock, NULL);
     jsCtx *js = nats_connection_jetstream(connection);
     natsStatus s = js_KeyValue(&bucket->store, js, name);
-    if (s == NATS_OK) {
-        kvStatus *kv_status = NULL;
-        if (kvStore_Status(&kv_status, bucket->store) == NATS_OK)
-            nats_warn_on_other_replicas(name, kvStatus_Replicas(kv_status), replicas);
-        kvStatus_Destroy(kv_status);
-    }
     if (s == NATS_NOT_FOUND) {
         kvConfig config;
         kvConfig_Init(&config);
@@ -142,8 +136,11 @@ status_code kv_bucket_open(nats_connection *connection, const char *name, int re
     snprintf(bucket->stream, sizeof bucket->stream, "KV_%s", name);
     snprintf(bucket->prefix, sizeof bucket->prefix, "$KV.%s.", name);
     kvStatus *kv_status = NULL;
-    if (kvStore_Status(&kv_status, bucket->store) == NATS_OK)
-        bucket->fenced = kvStatus_Replicas(kv_status) > 1;
+    if (kvStore_Status(&kv_status, bucket->store) == NATS_OK) {
+        int64_t has = kvStatus_Replicas(kv_status);
+        nats_warn_on_other_replicas(name, has, replicas); /* one made earlier, otherwise */
+        bucket->fenced = has > 1;
+    }
     kvStatus_Destroy(kv_status);
     *out = bucket;
     return STATUS_OK;
@@ -178,7 +175,12 @@ kvStore *kv_bucket_store(kv_bucket *bucket) {
  * (that revision's successor is at most L, already applied), and of two writes that read the
  * same L only the first passes. The price is one more round trip per write and one writer at
  * a time per bucket: a write that lost only the fence (its key did not change) tries again. */
-enum { FENCE_ATTEMPTS = 200, FENCE_BACKOFF_MAX_MS = 8 };
+enum { FENCE_ATTEMPTS = 200, FENCE_BACKOFF_MAX_MS = 8, KEY_SUBJECT_MAX = 512 };
+
+/* The subject a key's messages have in the bucket's stream; false when it does not fit. */
+static bool key_subject(const kv_bucket *bucket, const char *key, char subject[KEY_SUBJECT_MAX]) {
+    return snprintf(subject, KEY_SUBJECT_MAX, "%s%s", bucket->prefix, key) < KEY_SUBJECT_MAX;
+}
 
 static natsStatus stream_last_sequence(kv_bucket *bucket, uint64_t *last) {
     jsStreamInfo *info = NULL;
@@ -197,9 +199,9 @@ static natsStatus stream_last_sequence(kv_bucket *bucket, uint64_t *last) {
  * acknowledged. *message is NULL when the key has no live value (never written, deleted or
  * purged). The caller destroys it. */
 static natsStatus leader_get(kv_bucket *bucket, const char *key, natsMsg **message) {
-    char subject[512];
+    char subject[KEY_SUBJECT_MAX];
     *message = NULL;
-    if (snprintf(subject, sizeof subject, "%s%s", bucket->prefix, key) >= (int)sizeof subject)
+    if (!key_subject(bucket, key, subject))
         return NATS_INVALID_ARG;
     jsErrCode code = 0;
     natsMsg *found = NULL;
@@ -257,8 +259,8 @@ static natsStatus read_value(kv_bucket *bucket, const char *key, const void **da
  * key. */
 static status_code fenced_write_locked(kv_bucket *bucket, const char *key, const void *data,
                                        size_t size, uint64_t expected, uint64_t *written, status *st) {
-    char subject[512];
-    if (snprintf(subject, sizeof subject, "%s%s", bucket->prefix, key) >= (int)sizeof subject)
+    char subject[KEY_SUBJECT_MAX];
+    if (!key_subject(bucket, key, subject))
         return status_set(st, STATUS_INVALID_ARGUMENT, "KEY_TOO_LONG", "key %.40s... is too long", key);
     jsCtx *js = nats_connection_jetstream(bucket->connection);
     /* An update needs no read of the key first: the key's own check in the publish refuses a
@@ -339,41 +341,41 @@ status_code kv_get(kv_bucket *bucket, const char *key, arena *a, kv_value *out, 
     return STATUS_OK;
 }
 
+/* kvStore_Create, with its refusals told apart (kv_create on one server). */
+static status_code unreplicated_create(kv_bucket *bucket, const char *key, const void *data,
+                                       size_t size, uint64_t *written, status *st) {
+    natsStatus s = kvStore_Create(written, bucket->store, key, data, (int)size);
+    if (s == NATS_OK)
+        return STATUS_OK;
+    status_code code = nats_status_to_status(s, "writing the store", st);
+    if (code == STATUS_ABORTED)
+        return status_set(st, STATUS_ALREADY_EXISTS, "ALREADY_EXISTS", "%s already exists", key);
+    if (code != STATUS_INTERNAL)
+        return code;
+    /* A refused create is known by NATS.c's error text, which its own read of the key after
+     * the refusal can clear or replace (a replica behind, a timeout): ask the store instead of
+     * answering INTERNAL for what is a lost race. */
+    kvEntry *entry = NULL;
+    natsStatus g = kvStore_Get(&entry, bucket->store, key);
+    bool live = g == NATS_OK && kvEntry_Operation(entry) == kvOp_Put;
+    kvEntry_Destroy(entry);
+    if (live)
+        return status_set(st, STATUS_ALREADY_EXISTS, "ALREADY_EXISTS", "%s already exists", key);
+    if (g == NATS_NOT_FOUND)
+        return status_set(st, STATUS_ABORTED, "REVISION_MISMATCH",
+                          "creating %s raced another write; try again", key);
+    return code;
+}
+
 status_code kv_create(kv_bucket *bucket, const char *key, const void *data, size_t size,
                       uint64_t *revision, status *st) {
     if (require_connection(bucket, st) != STATUS_OK)
         return st->code;
     uint64_t written = 0;
-    if (bucket->fenced) {
-        status_code code = fenced_write(bucket, key, data, size, 0, &written, st);
-        if (code != STATUS_OK)
-            return code;
-        cache_remember(bucket, key, data, size, written);
-        if (revision)
-            *revision = written;
-        return STATUS_OK;
-    }
-    natsStatus s = kvStore_Create(&written, bucket->store, key, data, (int)size);
-    if (s != NATS_OK) {
-        status_code code = nats_status_to_status(s, "writing the store", st);
-        if (code == STATUS_ABORTED)
-            return status_set(st, STATUS_ALREADY_EXISTS, "ALREADY_EXISTS", "%s already exists", key);
-        if (code != STATUS_INTERNAL)
-            return code;
-        /* A refused create is known by NATS.c's error text, which its own read of the key
-         * after the refusal can clear or replace (a replica behind, a timeout): ask the store
-         * instead of answering INTERNAL for what is a lost race. */
-        kvEntry *entry = NULL;
-        natsStatus g = kvStore_Get(&entry, bucket->store, key);
-        bool live = g == NATS_OK && kvEntry_Operation(entry) == kvOp_Put;
-        kvEntry_Destroy(entry);
-        if (live)
-            return status_set(st, STATUS_ALREADY_EXISTS, "ALREADY_EXISTS", "%s already exists", key);
-        if (g == NATS_NOT_FOUND)
-            return status_set(st, STATUS_ABORTED, "REVISION_MISMATCH",
-                              "creating %s raced another write; try again", key);
+    status_code code = bucket->fenced ? fenced_write(bucket, key, data, size, 0, &written, st)
+                                      : unreplicated_create(bucket, key, data, size, &written, st);
+    if (code != STATUS_OK)
         return code;
-    }
     cache_remember(bucket, key, data, size, written);
     if (revision)
         *revision = written;
