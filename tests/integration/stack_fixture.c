@@ -338,3 +338,36 @@ void fixture_own_mypage(const char *dir, const char *const *env, harness_process
               "a mypage of the test's own did not start: %s", out->log_path);
     cr_assert_eq(rpc_client_create(out->address, 10000, client_out, NULL), STATUS_OK);
 }
+
+bool fixture_list_loans(rpc_client *lending_client, arena *a, const char *bearer, const char *user,
+                        Library__Lending__V1__Loan ***out, size_t *count) {
+    size_t capacity = 256;
+    Library__Lending__V1__Loan **all = arena_alloc(a, capacity * sizeof *all);
+    *count = 0;
+    Library__Lending__V1__ListLoansRequest request = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
+    request.user_id = (char *)user;
+    request.page_size = 100;
+    for (int page = 0; page < 30; page++) {
+        ProtobufCMessage *response = NULL;
+        status st;
+        if (harness_call(lending_client, "/library.lending.v1.LendingService/ListLoans", &request.base,
+                         &library__lending__v1__list_loans_response__descriptor, a, bearer, &response,
+                         &st) != STATUS_OK)
+            return false;
+        Library__Lending__V1__ListLoansResponse *r = (void *)response;
+        for (size_t i = 0; i < r->n_loans; i++) {
+            if (*count == capacity) {
+                Library__Lending__V1__Loan **bigger = arena_alloc(a, 2 * capacity * sizeof *bigger);
+                memcpy(bigger, all, capacity * sizeof *all);
+                all = bigger;
+                capacity *= 2;
+            }
+            all[(*count)++] = r->loans[i];
+        }
+        if (r->next_page_token == NULL || r->next_page_token[0] == '\0')
+            break;
+        request.page_token = r->next_page_token;
+    }
+    *out = all;
+    return true;
+}

@@ -6,6 +6,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "harness.h"
 #include "library/catalog/v1/catalog.pb-c.h"
+#include "library/lending/v1/lending.pb-c.h"
 
 typedef Library__Catalog__V1__Book Book;
 
@@ -69,12 +70,14 @@ void test_stack_start_catalog(test_stack *s, const char *name, const char *const
 /* Stops what still runs and asserts that every service exited cleanly (0) on SIGTERM (a
  * service the test stopped itself is not stopped again). */
 void test_stack_stop(test_stack *s);
+/* Every loan of user, all pages of ListLoans through lending_client as bearer, from a; false
+ * when a call failed. */
+bool fixture_list_loans(rpc_client *lending_client, arena *a, const char *bearer, const char *user,
+                        Library__Lending__V1__Loan ***out, size_t *count);
 /* Registers a book (author "A") with `copies` copies through catalog, as the admin bearer. */
 Book *fixture_register_on(rpc_client *catalog, const char *admin, const char *title, int copies);
 /* Registers a book with `copies` copies in the stack's catalog. */
 Book *test_stack_register(test_stack *s, const char *title, int copies);
-
-#include "library/lending/v1/lending.pb-c.h"
 
 /* BorrowBook of book_id in the stack's lending as user, then GetLoan until the saga has
  * decided (ACTIVE or CANCELED; asserts it does within 10 s). */

@@ -333,39 +333,6 @@ static void load_stop(load *l) {
     }
 }
 
-/* Every loan of the user through lending replica `replica`, as admin; false when a call failed. */
-static bool all_loans(cluster_stack *c, int replica, const char *user, Loan ***out, size_t *count) {
-    size_t capacity = 64;
-    Loan **loans = arena_alloc(mem, capacity * sizeof *loans);
-    *count = 0;
-    Library__Lending__V1__ListLoansRequest request = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
-    request.user_id = (char *)user;
-    request.page_size = 100;
-    for (int page = 0; page < 30; page++) {
-        ProtobufCMessage *response = NULL;
-        status st;
-        if (harness_call(c->client[CLUSTER_LENDING][replica], LENDING "ListLoans", &request.base,
-                         &library__lending__v1__list_loans_response__descriptor, mem,
-                         cluster_stack_admin(c), &response, &st) != STATUS_OK)
-            return false;
-        Library__Lending__V1__ListLoansResponse *r = (void *)response;
-        for (size_t i = 0; i < r->n_loans; i++) {
-            if (*count == capacity) {
-                Loan **bigger = arena_alloc(mem, 2 * capacity * sizeof *bigger);
-                memcpy(bigger, loans, capacity * sizeof *loans);
-                loans = bigger;
-                capacity *= 2;
-            }
-            loans[(*count)++] = r->loans[i];
-        }
-        if (r->next_page_token == NULL || r->next_page_token[0] == '\0')
-            break;
-        request.page_token = r->next_page_token;
-    }
-    *out = loans;
-    return true;
-}
-
 static const Loan *loan_in(Loan **loans, size_t count, const char *loan_id) {
     for (size_t i = 0; i < count; i++)
         if (strcmp(loans[i]->loan_id, loan_id) == 0)
@@ -392,7 +359,8 @@ static bool invariants_hold(load *l, char *why, size_t size) {
         load_reader *r = &l->readers[i];
         Loan **loans = NULL;
         size_t count = 0;
-        if (!all_loans(c, i % CLUSTER_REPLICAS, r->user, &loans, &count))
+        if (!fixture_list_loans(c->client[CLUSTER_LENDING][i % CLUSTER_REPLICAS], mem, cluster_stack_admin(c),
+                                r->user, &loans, &count))
             return snprintf(why, size, "ListLoans(%s) failed", r->user), false;
         for (int k = 0; k < r->answer_count; k++) {
             const Loan *now = loan_in(loans, count, r->answers[k].loan_id);

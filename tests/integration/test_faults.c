@@ -407,38 +407,6 @@ static void found(findings *f, const char *format, ...) {
 }
 
 /* Every loan of the user (admin ListLoans, all pages); false when lending did not answer. */
-static bool list_loans(test_stack *s, arena *a, const char *bearer, const char *user, Loan ***out,
-                       size_t *count) {
-    size_t capacity = 256;
-    Loan **all = arena_alloc(a, capacity * sizeof *all);
-    *count = 0;
-    Library__Lending__V1__ListLoansRequest request = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
-    request.user_id = (char *)user;
-    request.page_size = 100;
-    for (int page = 0; page < 20; page++) {
-        ProtobufCMessage *response = NULL;
-        status st;
-        if (harness_call(s->lending_client, LENDING "ListLoans", &request.base,
-                         &library__lending__v1__list_loans_response__descriptor, a, bearer, &response,
-                         &st) != STATUS_OK)
-            return false;
-        Library__Lending__V1__ListLoansResponse *r = (void *)response;
-        for (size_t i = 0; i < r->n_loans; i++) {
-            if (*count == capacity) {
-                Loan **bigger = arena_alloc(a, 2 * capacity * sizeof *bigger);
-                memcpy(bigger, all, capacity * sizeof *all);
-                all = bigger;
-                capacity *= 2;
-            }
-            all[(*count)++] = r->loans[i];
-        }
-        if (r->next_page_token == NULL || r->next_page_token[0] == '\0')
-            break;
-        request.page_token = r->next_page_token;
-    }
-    *out = all;
-    return true;
-}
 
 static const char *loan_status_name(int value) {
     const ProtobufCEnumValue *v =
@@ -507,7 +475,7 @@ static void check_round(test_stack *s, arena *a, const char *admin, worker *work
         worker *w = &workers[u];
         Loan **loans = NULL;
         size_t count = 0;
-        if (!list_loans(s, a, admin, w->user, &loans, &count)) {
+        if (!fixture_list_loans(s->lending_client, a, admin, w->user, &loans, &count)) {
             found(f, "ListLoans(%s) failed", w->user);
             continue;
         }
