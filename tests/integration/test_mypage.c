@@ -100,25 +100,9 @@ static Mypage *page_of(target t, const char *user) {
 
 /* Every loan lending has for the user (admin ListLoans, all pages). */
 static Loan **lending_truth(target t, const char *user, size_t *count) {
-    Loan **all = arena_alloc(mem, 2000 * sizeof *all);
-    *count = 0;
-    Library__Lending__V1__ListLoansRequest list = LIBRARY__LENDING__V1__LIST_LOANS_REQUEST__INIT;
-    list.user_id = (char *)user;
-    list.page_size = 100;
-    for (int pages = 0; pages < 20; pages++) {
-        ProtobufCMessage *response = NULL;
-        status st;
-        status_code code = harness_call(t.lending, LENDING "ListLoans", &list.base,
-                                        &library__lending__v1__list_loans_response__descriptor, mem,
-                                        harness_bearer(mem, t.dir, "admin", true), &response, &st);
-        cr_assert_eq(code, STATUS_OK, "ListLoans(%s): %s", user, st.message);
-        Library__Lending__V1__ListLoansResponse *r = (void *)response;
-        for (size_t i = 0; i < r->n_loans && *count < 2000; i++)
-            all[(*count)++] = r->loans[i];
-        if (r->next_page_token == NULL || r->next_page_token[0] == '\0')
-            break;
-        list.page_token = r->next_page_token;
-    }
+    Loan **all = NULL;
+    cr_assert(fixture_list_loans(t.lending, mem, harness_bearer(mem, t.dir, "admin", true), user, &all, count),
+              "ListLoans(%s) failed", user);
     return all;
 }
 
