@@ -70,6 +70,21 @@ static metric_series *published_series(const char *subject) {
                           values);
 }
 
+bool events_format_id(char *out, size_t size, const char *kind, const char *subject_id, uint32_t attempt) {
+    int n = attempt == 0 ? snprintf(out, size, "%s-%s", kind, subject_id)
+                         : snprintf(out, size, "%s-%s-r%u", kind, subject_id, attempt);
+    return n >= 0 && (size_t)n < size;
+}
+
+uint32_t events_attempt_for_age(int64_t age_ms, int64_t after_ms) {
+    if (after_ms <= 0)
+        after_ms = 1;
+    uint32_t attempt = 0;
+    for (int64_t threshold = 2 * after_ms; age_ms >= threshold && threshold <= INT64_MAX / 2; threshold *= 2)
+        attempt++;
+    return attempt;
+}
+
 status_code events_publish(nats_connection *connection, const char *subject, const event *e,
                            status *st) {
     if (!nats_connection_is_up(connection))

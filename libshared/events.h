@@ -5,6 +5,8 @@
 #ifndef LIBSHARED_EVENTS_H
 #define LIBSHARED_EVENTS_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "library/events/v1/events.pb-c.h"
@@ -14,6 +16,20 @@
 typedef Library__Events__V1__Event event;
 
 #define EVENTS_STREAM "LIBRARY"
+
+/* Longest event id events_format_id makes, with its terminating zero. */
+enum { EVENT_ID_MAX = 128 };
+
+/* The deterministic id of a saga step's announcement: "<kind>-<subject id>" for attempt 0,
+ * "<kind>-<subject id>-r<attempt>" for a re-announcement. False when it does not fit. */
+bool events_format_id(char *out, size_t size, const char *kind, const char *subject_id, uint32_t attempt);
+
+/* Which attempt a re-announcement of a step unanswered for age_ms is, when steps are redone
+ * once they are after_ms old: 0 (the first announcement's id, so a publish that was stored
+ * after all is deduplicated) until the step is twice after_ms old, then one more each time
+ * its age doubles. Stateless and the same on every replica, so two replicas redoing a step
+ * in the same round publish the same id; the doubling bounds the events a long outage adds. */
+uint32_t events_attempt_for_age(int64_t age_ms, int64_t after_ms);
 
 /* Creates the stream when it does not exist (file storage, limits retention, replayable). */
 status_code events_ensure_stream(nats_connection *connection, int replicas, status *st);

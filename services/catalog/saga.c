@@ -134,7 +134,13 @@ static event *answer_new(arena *a, const event *cause, const char *kind, const c
     Google__Protobuf__Timestamp *t = timestamp_now(a);
     if (e == NULL || t == NULL)
         return NULL;
-    e->event_id = arena_sprintf(a, "%s-%s", kind, loan_id);
+    char event_id[EVENT_ID_MAX];
+    if (!events_format_id(event_id, sizeof event_id, kind, loan_id, cause->attempt))
+        return NULL;
+    /* The answer to a re-announced step has an id of its own, or a lost first answer would
+     * stay deduplicated for the stream's whole duplicate window. */
+    e->event_id = arena_strdup(a, event_id);
+    e->attempt = cause->attempt;
     e->occur_time = t;
     e->correlation_id = (char *)loan_id;
     /* It becomes a NATS header of the answer: only a well-formed one is passed on. */

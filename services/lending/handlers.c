@@ -171,7 +171,7 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
 
     if (record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING) {
         saga_waiter *waiter = lending_saga_watch(h->saga, loan_id);
-        code = saga_publish_requested(h->connection, record, st);
+        code = saga_publish_requested(h->connection, record, 0, st);
         if (code != STATUS_OK) {
             /* Stored but not announced: the reconciler republishes it, so the loan goes on. */
             LOG_WARN("LoanRequested for %s not published yet: %s", loan_id, st->message);
@@ -238,7 +238,7 @@ static status_code return_book(void *state, rpc_context *ctx, const ProtobufCMes
          * fails half way, so the return itself has happened either way. */
         status ignored;
         if (lending_saga_sync_user(h->saga, a, record, &ignored) != STATUS_OK ||
-            saga_publish_returned(h->connection, record, &ignored) != STATUS_OK)
+            saga_publish_returned(h->connection, record, 0, &ignored) != STATUS_OK)
             LOG_WARN("return of %s not fully propagated yet: %s", req->loan_id, ignored.message);
     }
     present(record->loan);

@@ -37,13 +37,16 @@ struct lending_saga {
 
 /* --- publishing -------------------------------------------------------------------------- */
 
-/* Publishes e, whose body the caller has set, in the loan's envelope: the event id
- * "<kind>-<loan id>" (the same on every retry, so JetStream drops duplicates), the loan as
- * correlation id, its traceparent, and the time now. */
-static status_code publish_loan_event(nats_connection *connection, const loan_record *record,
-                                      const char *kind, const char *subject, event *e, status *st) {
-    char event_id[96];
-    snprintf(event_id, sizeof event_id, "%s-%s", kind, record->loan->loan_id);
+/* Publishes e, whose body the caller has set, in the loan's envelope: the event id of the
+ * kind, loan and attempt (the same on every retry of one attempt, so JetStream drops
+ * duplicates), the loan as correlation id, its traceparent, and the time now. */
+static status_code publish_attempt(nats_connection *connection, const loan_record *record, const char *kind,
+                                   uint32_t attempt, const char *subject, event *e, status *st) {
+    char event_id[EVENT_ID_MAX];
+    if (!events_format_id(event_id, sizeof event_id, kind, record->loan->loan_id, attempt))
+        return status_set(st, STATUS_INTERNAL, "EVENT_ID_TOO_LONG", "the event id of loan %.64s is too long",
+                          record->loan->loan_id);
+    e->attempt = attempt;
     int64_t now_ms = timestamp_now_ms();
     Google__Protobuf__Timestamp now = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
     now.seconds = now_ms / 1000;
@@ -55,7 +58,14 @@ static status_code publish_loan_event(nats_connection *connection, const loan_re
     return events_publish(connection, subject, e, st);
 }
 
-status_code saga_publish_requested(nats_connection *connection, const loan_record *record, status *st) {
+/* The first (and only) announcement of a step nobody answers. */
+static status_code publish_loan_event(nats_connection *connection, const loan_record *record,
+                                      const char *kind, const char *subject, event *e, status *st) {
+    return publish_attempt(connection, record, kind, 0, subject, e, st);
+}
+
+status_code saga_publish_requested(nats_connection *connection, const loan_record *record, uint32_t attempt,
+                                   status *st) {
     const loan_message *loan = record->loan;
     Library__Events__V1__LoanRequested body = LIBRARY__EVENTS__V1__LOAN_REQUESTED__INIT;
     body.loan_id = loan->loan_id;
@@ -67,10 +77,11 @@ status_code saga_publish_requested(nats_connection *connection, const loan_recor
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
     e.loan_requested = &body;
-    return publish_loan_event(connection, record, "loan-requested", "library.events.loan.requested", &e, st);
+    return publish_attempt(connection, record, "loan-requested", attempt, "library.events.loan.requested", &e, st);
 }
 
-status_code saga_publish_returned(nats_connection *connection, const loan_record *record, status *st) {
+status_code saga_publish_returned(nats_connection *connection, const loan_record *record, uint32_t attempt,
+                                  status *st) {
     const loan_message *loan = record->loan;
     Library__Events__V1__LoanReturned body = LIBRARY__EVENTS__V1__LOAN_RETURNED__INIT;
     body.loan_id = loan->loan_id;
@@ -80,7 +91,7 @@ status_code saga_publish_returned(nats_connection *connection, const loan_record
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
     e.loan_returned = &body;
-    return publish_loan_event(connection, record, "loan-returned", "library.events.loan.returned", &e, st);
+    return publish_attempt(connection, record, "loan-returned", attempt, "library.events.loan.returned", &e, st);
 }
 
 /* LoanActivated or LoanCanceled, as the loan now is; nothing for a loan in another state. */
@@ -255,7 +266,7 @@ static status_code handle_reservation(lending_saga *saga, arena *a, const char *
     if (reserved && record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED) {
         /* A late reservation for a loan already canceled: give the copy straight back. */
         LOG_WARN("loan %s was canceled but the catalog reserved a copy; releasing it", loan_id);
-        return saga_publish_returned(saga->connection, record, st);
+        return saga_publish_returned(saga->connection, record, 0, st);
     }
     if (job.changed_state)
         record_outcome(record);
@@ -389,17 +400,23 @@ static void reconcile_loan(lending_saga *saga, arena *a, const char *loan_id, in
     if (loan_store_get(saga->store, loan_id, a, &record, &st) != STATUS_OK)
         return;
     const loan_message *loan = record->loan;
-    bool stale = now - record->update_time_ms >= saga->options.reconcile_after_ms;
+    int64_t age = now - record->update_time_ms;
+    bool stale = age >= saga->options.reconcile_after_ms;
+    /* A step still unanswered after the same-id republish may have had its answer lost (a
+     * JetStream replica set that diverged in a partition, nats-server 2.9): a new attempt,
+     * with ids of its own, gets a new answer (docs/decisions.md, "Storage"). */
+    uint32_t attempt = events_attempt_for_age(age, saga->options.reconcile_after_ms);
     status_code code = STATUS_OK;
     if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING && stale) {
-        LOG_INFO("loan %s is still pending; republishing LoanRequested", loan_id);
-        code = saga_publish_requested(saga->connection, record, &st);
+        LOG_INFO("loan %s is still pending; announcing LoanRequested again (attempt %u)", loan_id, attempt);
+        code = saga_publish_requested(saga->connection, record, attempt, &st);
     } else if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED &&
                !record->release_confirmed && stale) {
-        LOG_INFO("loan %s was returned but its copy is not released yet; republishing", loan_id);
+        LOG_INFO("loan %s was returned but its copy is not released yet; announcing the return again "
+                 "(attempt %u)", loan_id, attempt);
         code = sync_user(saga, a, record, &st);
         if (code == STATUS_OK)
-            code = saga_publish_returned(saga->connection, record, &st);
+            code = saga_publish_returned(saga->connection, record, attempt, &st);
     } else if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE &&
                !record->overdue_published && loan->due_time &&
                lending_is_overdue(LOAN_ACTIVE, loan->due_time->seconds, now / 1000)) {

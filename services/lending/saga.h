@@ -39,8 +39,11 @@ status_code lending_saga_sync_user(lending_saga *saga, arena *a, const loan_reco
  * "overdue") in library_loans_total{outcome}. */
 void saga_count_loan(const char *outcome);
 
-/* Publish a loan event with its deterministic id ("<kind>-<loan_id>"). */
-status_code saga_publish_requested(nats_connection *connection, const loan_record *record, status *st);
-status_code saga_publish_returned(nats_connection *connection, const loan_record *record, status *st);
+/* Announce a step of the loan with its deterministic id (events_format_id): attempt 0 from the
+ * handlers, a higher one from the reconciler redoing a step that stayed unanswered. */
+status_code saga_publish_requested(nats_connection *connection, const loan_record *record, uint32_t attempt,
+                                   status *st);
+status_code saga_publish_returned(nats_connection *connection, const loan_record *record, uint32_t attempt,
+                                  status *st);
 
 #endif

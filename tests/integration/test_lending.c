@@ -56,15 +56,20 @@ static Loan *borrow(const char *user, const char *book_id) {
     return loan;
 }
 
-static status_code return_loan(const char *bearer, const char *loan_id, Loan **out, status *st) {
+static status_code return_loan_on(rpc_client *c, const char *bearer, const char *loan_id, Loan **out,
+                                  status *st) {
     Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
     request.loan_id = (char *)loan_id;
     ProtobufCMessage *response = NULL;
-    status_code code = harness_call(lending, LENDING "ReturnBook", &request.base,
-                                    &library__lending__v1__loan__descriptor, mem, bearer, &response, st);
+    status_code code = harness_call(c, LENDING "ReturnBook", &request.base, &library__lending__v1__loan__descriptor,
+                                    mem, bearer, &response, st);
     if (out)
         *out = (Loan *)response;
     return code;
+}
+
+static status_code return_loan(const char *bearer, const char *loan_id, Loan **out, status *st) {
+    return return_loan_on(lending, bearer, loan_id, out, st);
 }
 
 static status_code get_loan_on(rpc_client *c, const char *bearer, const char *loan_id, Loan **out, status *st) {
@@ -1169,5 +1174,71 @@ Test(lending, a_history_past_a_thousand_loans_keeps_the_newest_and_still_counts_
                  "a borrow beyond the limit of %d went through", LIMIT);
     cr_assert_str_eq(st.reason, "LOAN_LIMIT");
     cr_log_info("%d loans made in %lld ms; ListLoans keeps %zu", atomic_load(&made), (long long)filled_ms, count);
+    test_stack_stop(&s);
+}
+
+/* Polls GetLoan until the loan is in state `want`, up to bound_ms; the last loan read. */
+static Loan *await_loan_status(rpc_client *c, const char *bearer, const char *loan_id, int want, int64_t bound_ms) {
+    Loan *loan = NULL;
+    status st;
+    for (int64_t until = harness_now_ms() + bound_ms;; harness_sleep_ms(100)) {
+        cr_assert_eq(get_loan_on(c, bearer, loan_id, &loan, &st), STATUS_OK, "GetLoan %s: %s", loan_id, st.message);
+        if ((int)loan->status == want || harness_now_ms() >= until)
+            return loan;
+    }
+}
+
+/* Polls lending's library_reconciler_open_loans until it reads `want`, up to bound_ms. */
+static double await_open_loans(test_stack *s, double want, int64_t bound_ms) {
+    double in_view = -1;
+    for (int64_t until = harness_now_ms() + bound_ms; harness_now_ms() < until; harness_sleep_ms(200)) {
+        char *body = harness_scrape(mem, s->lending.metrics_port);
+        in_view = body ? harness_sample(body, "library_reconciler_open_loans") : -1;
+        if (in_view == want)
+            break;
+    }
+    return in_view;
+}
+
+/* An answer the stream acknowledged and no consumer ever saw (the replicas of a 3-node
+ * JetStream cluster diverged that way after a partition, with nats-server 2.9.10) must not
+ * leave a loan waiting: a republish of the request under the same id is deduplicated for the
+ * whole duplicate window, and so would the catalog's answer to it be. The test takes the
+ * answers' ids in the stream first, so the catalog's first answers are swallowed as a lost
+ * answer is; the reconciler's next attempt, with ids of its own, must settle the borrow and
+ * then confirm the return. */
+Test(lending, an_answer_the_stream_swallowed_is_asked_for_again) {
+    const char *env[] = {"RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=1s", "BORROW_WAIT=300ms", NULL};
+    test_stack s;
+    test_stack_start(&s, "swallowed", env, false, NULL);
+    Book *book = test_stack_register(&s, "Swallowed", 2);
+    const char *user = "swallow-reader", *request_id = "swallow-1";
+    char loan_id[LENDING_LOAN_ID_LENGTH + 1];
+    lending_new_loan_id(user, request_id, loan_id);
+    const char *answers[] = {"copy-reserved", "out-of-stock", "copy-released"};
+    for (size_t i = 0; i < sizeof answers / sizeof *answers; i++)
+        cr_assert(harness_publish_with_id(s.nats.url, "library.events.test.swallowed",
+                                          arena_sprintf(mem, "%s-%s", answers[i], loan_id)),
+                  "could not take the id of the %s answer", answers[i]);
+
+    const char *bearer = harness_bearer(mem, s.dir, user, false);
+    Loan *loan = NULL;
+    status st;
+    cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, request_id, &loan, &st), STATUS_OK, "BorrowBook: %s",
+                 st.message);
+    cr_assert_str_eq(loan->loan_id, loan_id, "the loan id is not the one the test swallowed the answers of");
+    cr_assert_eq(loan->status, PENDING, "the catalog's answer was to be swallowed, but the loan is %s",
+                 loan_status_name((int)loan->status));
+    loan = await_loan_status(s.lending_client, bearer, loan_id, ACTIVE, harness_latency_bound_ms(15000));
+    cr_assert_eq(loan->status, ACTIVE, "loan %s whose first answer was lost is still %s after 15 s", loan_id,
+                 loan_status_name((int)loan->status));
+    int total = 0;
+    cr_assert_eq(own_available(&s, book->book_id, &total), 1, "one copy of 2 is lent: the catalog must show 1");
+
+    cr_assert_eq(return_loan_on(s.lending_client, bearer, loan_id, &loan, &st), STATUS_OK, "ReturnBook: %s", st.message);
+    cr_assert_eq(own_available(&s, book->book_id, &total), 2, "the returned copy is back on the shelf");
+    double in_view = await_open_loans(&s, 0, harness_latency_bound_ms(15000));
+    cr_assert_eq(in_view, 0, "the return's release answer was lost and never asked for again: %g loans still in view",
+                 in_view);
     test_stack_stop(&s);
 }

@@ -555,3 +555,22 @@ bool harness_sanitized(void) {
     return false;
 #endif
 }
+
+bool harness_publish_with_id(const char *nats_url, const char *subject, const char *msg_id) {
+    natsConnection *connection = NULL;
+    jsCtx *js = NULL;
+    natsMsg *message = NULL;
+    jsPubAck *ack = NULL;
+    jsPubOptions options;
+    jsPubOptions_Init(&options);
+    options.MsgId = msg_id;
+    bool ok = natsConnection_ConnectTo(&connection, nats_url) == NATS_OK &&
+              natsConnection_JetStream(&js, connection, NULL) == NATS_OK &&
+              natsMsg_Create(&message, subject, NULL, "", 0) == NATS_OK &&
+              js_PublishMsg(&ack, js, message, &options, NULL) == NATS_OK;
+    jsPubAck_Destroy(ack);
+    natsMsg_Destroy(message);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(connection);
+    return ok;
+}

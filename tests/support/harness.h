@@ -128,4 +128,9 @@ bool harness_service_spawn(const char *name, const char *dir, const char *const 
  * resident, so a process's RSS says nothing there about the memory it holds. */
 bool harness_sanitized(void);
 
+/* Publishes an empty message on subject (in the LIBRARY stream) with msg_id as its
+ * Nats-Msg-Id: a later event of that id is then deduplicated, as if the stream had taken it
+ * and lost it. */
+bool harness_publish_with_id(const char *nats_url, const char *subject, const char *msg_id);
+
 #endif

@@ -1,0 +1,38 @@
+/* test_events.c - the ids of saga announcements and the attempt a re-announcement is. */
+#include <criterion/criterion.h>
+#include <stdint.h>
+
+#include "events.h"
+
+Test(events, the_first_announcement_has_the_plain_id) {
+    char id[EVENT_ID_MAX];
+    cr_assert(events_format_id(id, sizeof id, "loan-requested", "0123456789abcdef0123", 0));
+    cr_assert_str_eq(id, "loan-requested-0123456789abcdef0123");
+    cr_assert(events_format_id(id, sizeof id, "copy-reserved", "0123456789abcdef0123", 3));
+    cr_assert_str_eq(id, "copy-reserved-0123456789abcdef0123-r3");
+}
+
+Test(events, an_id_that_does_not_fit_is_refused) {
+    char id[16];
+    cr_assert_not(events_format_id(id, sizeof id, "loan-requested", "0123456789abcdef0123", 0));
+    char roomy[EVENT_ID_MAX];
+    char longest[65] = {0};
+    for (int i = 0; i < 64; i++)
+        longest[i] = 'a';
+    cr_assert(events_format_id(roomy, sizeof roomy, "loan-requested", longest, UINT32_MAX),
+              "the longest server-made id with the largest attempt fits EVENT_ID_MAX");
+}
+
+Test(events, the_attempt_counts_up_as_the_step_ages_twice_over) {
+    const int64_t after = 1000;
+    cr_assert_eq(events_attempt_for_age(0, after), 0);
+    cr_assert_eq(events_attempt_for_age(1000, after), 0, "the first republish keeps the id: it may be stored");
+    cr_assert_eq(events_attempt_for_age(1999, after), 0);
+    cr_assert_eq(events_attempt_for_age(2000, after), 1);
+    cr_assert_eq(events_attempt_for_age(3999, after), 1);
+    cr_assert_eq(events_attempt_for_age(4000, after), 2);
+    cr_assert_eq(events_attempt_for_age(3600 * 1000, after), 11, "an hour of outage adds 11 attempts, not 3,600");
+    cr_assert_lt(events_attempt_for_age(INT64_MAX, 86400000), 64, "no overflow on the oldest age");
+    cr_assert_eq(events_attempt_for_age(-5, after), 0, "a clock step back is the first attempt");
+    cr_assert_eq(events_attempt_for_age(10, 0), 3, "a zero grace counts from 1 ms");
+}
