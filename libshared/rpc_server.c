@@ -27,6 +27,7 @@
 #include "health.h"
 #include "log.h"
 #include "metrics.h"
+#include "rate_limit.h"
 #include "reflection.h"
 #include "rpc_internal.h"
 #include "status_details.h"
@@ -124,6 +125,7 @@ struct rpc_context {
     char trace_id[33];
     struct rpc_context *next_job;
     /* a PUBLIC stream's slot (public_slot_take), held until the call is freed */
+    int retry_pushback_ms; /* sent with an admission's refusal; 0: none */
     bool holds_public_slot;
     char *peer;
     struct rpc_context *prev_public, *next_public;
@@ -173,6 +175,8 @@ struct rpc_server {
     pthread_mutex_t public_lock;
     rpc_context *public_streams; /* the calls holding a public slot */
     int public_stream_count;
+
+    rate_limiter *writes; /* per user; NULL: no limit */
 
     pthread_mutex_t shutdown_lock;
     pthread_cond_t shutdown_done_cond;
@@ -1110,6 +1114,19 @@ static void public_slot_release(rpc_context *call) {
     call->peer = NULL;
 }
 
+/* A user's write past the user's rate: refused before it costs a worker or a decode. */
+static status_code call_rate_check(rpc_context *call, status *st) {
+    if (!call->method->method->write || !call->has_caller || call->caller.admin)
+        return STATUS_OK;
+    int64_t retry_after_ms = 0;
+    if (rate_limiter_take(call->server->writes, call->caller.subject, now_ms(), &retry_after_ms))
+        return STATUS_OK;
+    call->retry_pushback_ms = retry_after_ms > INT32_MAX ? INT32_MAX : (int)retry_after_ms;
+    return status_set(st, STATUS_RESOURCE_EXHAUSTED, "RATE_LIMITED",
+                      "too many writes by this user (at most %g a second); retry after %d ms",
+                      call->server->options.write_rate, call->retry_pushback_ms);
+}
+
 /* What is checked before a call is queued, decoded or started, so that a caller without a
  * valid token (anyone, for public methods) costs no worker, no in-flight slot and no copy
  * of a large message: the request size, the public stream slots and the token. */
@@ -1123,7 +1140,8 @@ static status_code call_admit(rpc_context *call, status *st) {
     }
     if (method->access == RPC_ACCESS_PUBLIC && method->kind != RPC_KIND_UNARY)
         return public_slot_take(call, st);
-    return call_authenticate(call, st);
+    code = call_authenticate(call, st);
+    return code == STATUS_OK ? call_rate_check(call, st) : code;
 }
 
 /* --- requested calls (poller threads) --------------------------------------------- */
@@ -1186,7 +1204,7 @@ static void on_call_requested(void *self, bool ok) {
     status st;
     status_clear(&st);
     if (call_admit(call, &st) != STATUS_OK) {
-        call_reply_error(call, st.code, &st);
+        call_reply(call, st.code, &st, NULL, call->retry_pushback_ms);
         return;
     }
     if (call->method->method->kind == RPC_KIND_BIDI_STREAMING) {
@@ -1292,6 +1310,13 @@ status_code rpc_server_create(const rpc_server_options *options, rpc_server **ou
         o->max_public_streams = 256;
     if (o->max_public_streams_per_connection <= 0)
         o->max_public_streams_per_connection = 64;
+    if (o->write_rate > 0) {
+        server->writes = rate_limiter_create(o->write_rate, o->write_burst);
+        if (server->writes == NULL) {
+            free(server);
+            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+        }
+    }
     if (o->keepalive_ms <= 0)
         o->keepalive_ms = 60000;
     if (o->keepalive_timeout_ms <= 0)
@@ -1567,6 +1592,7 @@ void rpc_server_destroy(rpc_server *server) {
     for (size_t i = 0; i < server->method_count; i++)
         free(server->methods[i].path);
     health_destroy(server->health);
+    rate_limiter_destroy(server->writes);
     reflection_destroy(server->reflection);
     free(server->pollers);
     free(server->workers);

@@ -79,6 +79,10 @@ typedef struct rpc_method {
      * switches). When it would have to block it returns RPC_WOULD_BLOCK (see
      * rpc_context_may_block) and the framework runs it again on a worker. */
     bool nonblocking;
+    /* A write (it changes state): each user's writes are limited to
+     * rpc_server_options.write_rate per second, past a burst of write_burst; administrators
+     * are not limited. */
+    bool write;
 } rpc_method;
 
 /* The default request limit of PUBLIC methods: a health check names a service. */
@@ -99,6 +103,11 @@ typedef struct rpc_method {
     {.name = (name_), .kind = RPC_KIND_UNARY, .request_type = &request_##__descriptor,          \
      .response_type = &response_##__descriptor, .unary = (handler_), .access = (access_),       \
      .nonblocking = true}
+/* A unary write (see rpc_method.write). */
+#define RPC_UNARY_WRITE(name_, request_, response_, handler_, access_)                          \
+    {.name = (name_), .kind = RPC_KIND_UNARY, .request_type = &request_##__descriptor,          \
+     .response_type = &response_##__descriptor, .unary = (handler_), .access = (access_),       \
+     .write = true}
 #define RPC_SERVER_STREAM(name_, request_, response_, handler_, access_)                        \
     {.name = (name_), .kind = RPC_KIND_SERVER_STREAMING,                                        \
      .request_type = &request_##__descriptor, .response_type = &response_##__descriptor,        \
@@ -127,6 +136,12 @@ typedef struct rpc_server_options {
      * 0: 256 and 64. */
     int max_public_streams;
     int max_public_streams_per_connection;
+    /* Writes one user (not an administrator) may make per second, and how many at once after
+     * a pause; past them a write is RESOURCE_EXHAUSTED (reason RATE_LIMITED) with
+     * grpc-retry-pushback-ms set to when the next one is allowed. Per server process: with
+     * N replicas a user gets N times as many. write_rate 0: no limit. */
+    double write_rate;
+    int write_burst;
     /* HTTP/2 keepalive: a connection with a call open is pinged every keepalive_ms, and
      * closed (its calls cancelled) when a ping is not answered within
      * keepalive_timeout_ms. Ends the streams of a peer that vanished without closing its

@@ -37,6 +37,7 @@ typedef struct service_settings {
     int64_t max_in_flight;
     int64_t max_public_streams;
     int64_t max_public_streams_per_connection;
+    int64_t write_rate, write_burst;
     int64_t worker_threads;
     int64_t drain_grace_ms;
     int64_t retry_pushback_ms;

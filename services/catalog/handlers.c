@@ -284,12 +284,12 @@ static status_code search_books(void *state, rpc_context *ctx, const ProtobufCMe
 }
 
 static const rpc_method catalog_methods[] = {
-    RPC_UNARY("RegisterBook", library__catalog__v1__register_book_request,
-              library__catalog__v1__book, register_book, RPC_ACCESS_ADMIN),
-    RPC_UNARY("UpdateBook", library__catalog__v1__update_book_request, library__catalog__v1__book,
-              update_book, RPC_ACCESS_ADMIN),
-    RPC_UNARY("AdjustStock", library__catalog__v1__adjust_stock_request, library__catalog__v1__book,
-              adjust_stock, RPC_ACCESS_ADMIN),
+    RPC_UNARY_WRITE("RegisterBook", library__catalog__v1__register_book_request,
+                    library__catalog__v1__book, register_book, RPC_ACCESS_ADMIN),
+    RPC_UNARY_WRITE("UpdateBook", library__catalog__v1__update_book_request, library__catalog__v1__book,
+                    update_book, RPC_ACCESS_ADMIN),
+    RPC_UNARY_WRITE("AdjustStock", library__catalog__v1__adjust_stock_request, library__catalog__v1__book,
+                    adjust_stock, RPC_ACCESS_ADMIN),
     RPC_UNARY_NONBLOCKING("GetBook", library__catalog__v1__get_book_request, library__catalog__v1__book,
               get_book, RPC_ACCESS_USER),
     /* Not on the poller like GetBook: a search scans the whole index, so a flood of them

@@ -328,10 +328,10 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
 }
 
 static const rpc_method lending_methods[] = {
-    RPC_UNARY("BorrowBook", library__lending__v1__borrow_book_request, library__lending__v1__loan,
-              borrow_book, RPC_ACCESS_USER),
-    RPC_UNARY("ReturnBook", library__lending__v1__return_book_request, library__lending__v1__loan,
-              return_book, RPC_ACCESS_USER),
+    RPC_UNARY_WRITE("BorrowBook", library__lending__v1__borrow_book_request, library__lending__v1__loan,
+                    borrow_book, RPC_ACCESS_USER),
+    RPC_UNARY_WRITE("ReturnBook", library__lending__v1__return_book_request, library__lending__v1__loan,
+                    return_book, RPC_ACCESS_USER),
     RPC_UNARY("GetLoan", library__lending__v1__get_loan_request, library__lending__v1__loan,
               get_loan, RPC_ACCESS_USER),
     RPC_UNARY("ListLoans", library__lending__v1__list_loans_request,

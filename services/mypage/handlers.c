@@ -125,6 +125,14 @@ static void watcher_closed(void *arg) {
     watcher_unref(w);
 }
 
+/* The watchers of user's page; with h->lock held. */
+static int watchers_of(const mypage_handlers *h, const char *user) {
+    int count = 0;
+    for (const page_watcher *w = h->watchers; w != NULL; w = w->next)
+        count += strcmp(w->user_id, user) == 0;
+    return count;
+}
+
 static status_code watch_mypage(void *state, rpc_context *ctx, const ProtobufCMessage *request,
                                 rpc_stream *stream, status *st) {
     mypage_handlers *h = state;
@@ -143,15 +151,21 @@ static status_code watch_mypage(void *state, rpc_context *ctx, const ProtobufCMe
 
     pthread_mutex_lock(&h->lock);
     bool full = h->watcher_count >= h->max_watchers;
-    if (!full) {
+    int of_user = full ? 0 : watchers_of(h, user);
+    bool user_full = of_user >= h->max_watchers_per_user;
+    if (!full && !user_full) {
         w->next = h->watchers;
         h->watchers = w;
         h->watcher_count++;
     }
     pthread_mutex_unlock(&h->lock);
-    if (full) {
+    if (full || user_full) {
         pthread_mutex_destroy(&w->sending);
         free(w);
+        if (user_full)
+            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "TOO_MANY_WATCHES",
+                              "this page has %d WatchMypage streams open on this server, the most one "
+                              "user may have; close one first", of_user);
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "TOO_MANY_WATCHERS",
                           "this server has %d WatchMypage streams open; try again later",
                           h->max_watchers);

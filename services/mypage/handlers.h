@@ -16,6 +16,7 @@ typedef struct mypage_handlers {
     page_store *store;
     nats_connection *connection;
     int max_watchers;
+    int max_watchers_per_user; /* streams on one user's page */
     rpc_service service;
     /* the open WatchMypage streams */
     pthread_mutex_t lock;
@@ -29,7 +30,7 @@ typedef struct mypage_handlers {
 } mypage_handlers;
 
 /* Sets up the service (state = handlers) and subscribes to page changes; store and
- * max_watchers must be set first. */
+ * the watcher limits must be set first. */
 status_code mypage_handlers_init(mypage_handlers *handlers, nats_connection *connection, status *st);
 /* Stops listening for changes; call after the server has drained. */
 void mypage_handlers_destroy(mypage_handlers *handlers);

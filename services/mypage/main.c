@@ -10,7 +10,7 @@
 
 static struct {
     const char *redis_url;
-    int64_t redis_timeout_ms, redis_check_interval_ms, max_watchers;
+    int64_t redis_timeout_ms, redis_check_interval_ms, max_watchers, max_watchers_per_user;
 } settings;
 
 static const config_entry mypage_config[] = {
@@ -22,6 +22,9 @@ static const config_entry mypage_config[] = {
      &settings.redis_check_interval_ms, 100, 600000},
     {"MAX_WATCHERS", CONFIG_INT, "10000", "WatchMypage streams one server keeps open",
      &settings.max_watchers, 1, 1000000},
+    {"MAX_WATCHERS_PER_USER", CONFIG_INT, "8",
+     "WatchMypage streams on one user's page that one server keeps open (a reader's devices)",
+     &settings.max_watchers_per_user, 1, 1000000},
 };
 
 typedef struct mypage_service {
@@ -76,6 +79,7 @@ static status_code mypage_start(const service_context *context, void **state, st
     if (code == STATUS_OK) {
         m->handlers.store = m->store;
         m->handlers.max_watchers = (int)settings.max_watchers;
+        m->handlers.max_watchers_per_user = (int)settings.max_watchers_per_user;
         code = mypage_handlers_init(&m->handlers, context->nats, st);
         m->handlers_ready = code == STATUS_OK;
     }

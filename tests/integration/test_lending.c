@@ -1242,3 +1242,88 @@ Test(lending, an_answer_the_stream_swallowed_is_asked_for_again) {
                  in_view);
     test_stack_stop(&s);
 }
+
+typedef struct write_flood {
+    test_stack *stack;
+    const char *bearer, *book_id;
+    int calls;
+    atomic_int *limited, *other;
+} write_flood;
+
+static void *flood_borrows(void *arg) {
+    write_flood *f = arg;
+    for (int i = 0; i < f->calls; i++) {
+        status st;
+        status_code code = borrow_on(f->stack->lending_client, f->bearer, f->book_id, NULL, NULL, &st);
+        bool limited = code == STATUS_RESOURCE_EXHAUSTED && strcmp(st.reason, "RATE_LIMITED") == 0;
+        atomic_fetch_add(limited ? f->limited : f->other, 1);
+    }
+    return NULL;
+}
+
+/* One user's flood of writes is limited per user (WRITE_RATE a second past WRITE_BURST),
+ * with a pushback saying when to come back, while another user's borrows and returns in the
+ * middle of it all succeed, and an administrator is not limited at all. */
+Test(lending, one_users_flood_of_writes_is_limited_and_nobody_elses) {
+    const char *env[] = {"WRITE_RATE=5", "WRITE_BURST=20", NULL};
+    test_stack s;
+    test_stack_start(&s, "rate", env, false, NULL);
+    Book *book = test_stack_register(&s, "Rationed", 3);
+    enum { THREADS = 4, EACH = 125 };
+    atomic_int limited = 0, other = 0;
+    write_flood floods[THREADS];
+    pthread_t threads[THREADS];
+    int64_t started = harness_now_ms();
+    for (int t = 0; t < THREADS; t++) {
+        floods[t] = (write_flood){.stack = &s, .bearer = harness_bearer(mem, s.dir, "flooder", false),
+                                  .book_id = "no-such-book", .calls = EACH, .limited = &limited, .other = &other};
+        pthread_create(&threads[t], NULL, flood_borrows, &floods[t]);
+    }
+    const char *reader = harness_bearer(mem, s.dir, "patient-reader", false);
+    for (int i = 0; i < 5; i++) {
+        Loan *loan = NULL;
+        status st;
+        cr_assert_eq(borrow_on(s.lending_client, reader, book->book_id, NULL, &loan, &st), STATUS_OK,
+                     "another user's borrow %d during the flood: %s %s", i + 1, st.reason, st.message);
+        cr_assert_eq(return_loan_on(s.lending_client, reader, loan->loan_id, NULL, &st), STATUS_OK,
+                     "another user's return %d during the flood: %s %s", i + 1, st.reason, st.message);
+    }
+    for (int t = 0; t < THREADS; t++)
+        pthread_join(threads[t], NULL);
+    double seconds = (double)(harness_now_ms() - started) / 1000.0;
+    int allowed_most = 20 + (int)(5 * seconds) + 1;
+    cr_log_info("rate: %d of %d writes by one user limited in %.1f s; %d allowed (at most %d)", limited,
+                THREADS * EACH, seconds, other, allowed_most);
+    cr_assert_leq(other, allowed_most, "%d writes passed in %.1f s: the limit allows %d", other, seconds,
+                  allowed_most);
+    cr_assert_geq(other, 20, "the burst of 20 must pass: %d did", other);
+
+    /* the refusal says when to come back */
+    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    request.book_id = "no-such-book";
+    size_t size = library__lending__v1__borrow_book_request__get_packed_size(&request);
+    uint8_t *bytes = arena_alloc(mem, size + 1);
+    library__lending__v1__borrow_book_request__pack(&request, bytes);
+    rpc_call_options options = {.timeout_ms = 5000, .authorization = floods[0].bearer};
+    rpc_reply_info info = {0};
+    uint8_t *reply = NULL;
+    size_t reply_size = 0;
+    status st;
+    status_code code = STATUS_OK;
+    for (int i = 0; i < 30 && code != STATUS_RESOURCE_EXHAUSTED; i++) /* tokens came back meanwhile */
+        code = rpc_client_call_raw(s.lending_client, LENDING "BorrowBook", bytes, size, mem, &reply, &reply_size,
+                                   &options, &info, &st);
+    cr_assert_eq(code, STATUS_RESOURCE_EXHAUSTED, "the flooder is not limited any more: %s", st.message);
+    cr_assert_str_eq(st.reason, "RATE_LIMITED");
+    cr_assert(info.retry_pushback_ms > 0 && info.retry_pushback_ms <= 201,
+              "grpc-retry-pushback-ms is when the next token comes (within 200 ms at 5 a second): %lld",
+              (long long)info.retry_pushback_ms);
+    cr_assert(strstr(st.message, "too many writes") != NULL, "a message a person understands: %s", st.message);
+
+    const char *admin = harness_bearer(mem, s.dir, "librarian", true);
+    for (int i = 0; i < 40; i++) {
+        code = return_loan_on(s.lending_client, admin, "00000000000000000000", NULL, &st);
+        cr_assert_eq(code, STATUS_NOT_FOUND, "an administrator's write %d: %s %s", i + 1, st.reason, st.message);
+    }
+    test_stack_stop(&s);
+}

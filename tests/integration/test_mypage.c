@@ -267,6 +267,56 @@ static status_code next_page(rpc_client_stream *stream, int64_t wait_ms, Mypage 
     return code;
 }
 
+/* Opens a watch of user's own page and reads its first message: the page (STATUS_OK) or the
+ * stream's end, whose status is returned. */
+static status_code watch_first(target t, const char *user, rpc_client_stream **out, status *st) {
+    *out = watch(t, user_bearer(user), NULL, 30000, st);
+    Mypage *page = NULL;
+    status_code code = next_page(*out, 5000, &page, st);
+    if (code == STATUS_OK && page == NULL)
+        code = status_set(st, STATUS_UNKNOWN, "ENDED", "the stream ended before the first page");
+    return code;
+}
+
+/* A user may keep MAX_WATCHERS_PER_USER (8) streams on one server, one per device, and no
+ * more: a ninth is refused with a reason, another user is not affected, and closing one
+ * stream makes room again. */
+Test(mypage, one_user_may_keep_eight_watches_and_no_more) {
+    target t = shared_target();
+    const char *user = unique("many-devices");
+    enum { CAP = 8 };
+    rpc_client_stream *streams[CAP];
+    status st;
+    for (int i = 0; i < CAP; i++)
+        cr_assert_eq(watch_first(t, user, &streams[i], &st), STATUS_OK, "watch %d of %d: %s", i + 1, CAP,
+                     st.message);
+    rpc_client_stream *extra = NULL;
+    status_clear(&st);
+    status_code ninth = watch_first(t, user, &extra, &st);
+    cr_assert_eq(ninth, STATUS_RESOURCE_EXHAUSTED, "a ninth watch of one user was %s %s", status_code_name(ninth),
+                 st.message);
+    cr_assert_str_eq(st.reason, "TOO_MANY_WATCHES");
+    rpc_client_stream_close(extra);
+
+    rpc_client_stream *other = NULL;
+    cr_assert_eq(watch_first(t, unique("neighbour"), &other, &st), STATUS_OK, "another user: %s", st.message);
+    rpc_client_stream_close(other);
+
+    rpc_client_stream_close(streams[0]);
+    status_code code = STATUS_RESOURCE_EXHAUSTED;
+    for (int64_t until = harness_now_ms() + harness_latency_bound_ms(5000);
+         code == STATUS_RESOURCE_EXHAUSTED && harness_now_ms() < until;) {
+        code = watch_first(t, user, &streams[0], &st);
+        if (code != STATUS_OK) {
+            rpc_client_stream_close(streams[0]);
+            harness_sleep_ms(100);
+        }
+    }
+    cr_assert_eq(code, STATUS_OK, "a closed watch makes room for another: %s", st.message);
+    for (int i = 0; i < CAP; i++)
+        rpc_client_stream_close(streams[i]);
+}
+
 Test(mypage, watch_sends_the_page_then_each_change_within_a_second) {
     target t = shared_target();
     Book *book = register_book("Watched", "Seed", "978-92", 3);
