@@ -10,8 +10,7 @@
 #include "library/catalog/v1/catalog.pb-c.h"
 #include "library/lending/v1/lending.pb-c.h"
 #include "log.h"
-
-enum { HISTORY_KEPT = 1000 };
+#include "user_record.h"
 
 static status_code out_of_memory(status *st) {
     return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
@@ -65,58 +64,13 @@ static status_code fetch_book(lending_handlers *h, rpc_context *ctx, const char 
 /* --- BorrowBook ------------------------------------------------------------------------- */
 
 typedef struct reserve_job {
-    const char *loan_id;
-    const char *book_id;
-    int64_t due_seconds;
-    int64_t now_seconds;
-    int max_active;
+    user_borrow borrow;
     bool replay; /* the user record already holds this loan: a retried request */
 } reserve_job;
 
 static status_code reserve_slot(void *arg, arena *a, user_record *user, bool *changed, status *st) {
     reserve_job *job = arg;
-    open_loan *open = arena_alloc(a, (user->n_open_loans + 1) * sizeof *open);
-    if (open == NULL)
-        return out_of_memory(st);
-    size_t count = 0; /* every open loan counts, however high MAX_ACTIVE_LOANS is set */
-    job->replay = false;
-    for (size_t i = 0; i < user->n_open_loans; i++) {
-        if (strcmp(user->open_loans[i]->loan_id, job->loan_id) == 0)
-            job->replay = true;
-        open[count++] = (open_loan){(loan_state)user->open_loans[i]->status, user->open_loans[i]->due_time};
-    }
-    for (size_t i = 0; i < user->n_history && !job->replay; i++)
-        job->replay = strcmp(user->history[i], job->loan_id) == 0;
-    if (job->replay) {
-        *changed = false;
-        return STATUS_OK;
-    }
-    if (lending_may_borrow(open, count, job->now_seconds, job->max_active, st) != STATUS_OK)
-        return st->code;
-    Library__Lending__Internal__OpenLoan **loans = arena_alloc(a, (user->n_open_loans + 1) * sizeof *loans);
-    Library__Lending__Internal__OpenLoan *entry =
-        (void *)arena_new_message(a, &library__lending__internal__open_loan__descriptor);
-    size_t start = user->n_history >= HISTORY_KEPT ? user->n_history - HISTORY_KEPT + 1 : 0;
-    size_t history_count = user->n_history - start + 1;
-    char **history = arena_alloc(a, history_count * sizeof *history);
-    if (loans == NULL || entry == NULL || history == NULL)
-        return out_of_memory(st);
-    if (user->n_open_loans)
-        memcpy(loans, user->open_loans, user->n_open_loans * sizeof *loans);
-    entry->loan_id = (char *)job->loan_id;
-    entry->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING;
-    entry->due_time = job->due_seconds;
-    entry->book_id = (char *)job->book_id;
-    loans[user->n_open_loans] = entry;
-    user->open_loans = loans;
-    user->n_open_loans++;
-    if (history_count > 1)
-        memcpy(history, user->history + start, (history_count - 1) * sizeof *history);
-    history[history_count - 1] = (char *)job->loan_id;
-    user->history = history;
-    user->n_history = history_count;
-    *changed = true;
-    return STATUS_OK;
+    return user_record_add_borrow(a, user, &job->borrow, &job->replay, changed, st);
 }
 
 static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMessage *request,
@@ -139,9 +93,9 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
         return code;
 
     int64_t now = timestamp_now_ms();
-    reserve_job job = {.loan_id = loan_id, .book_id = req->book_id,
-                       .due_seconds = (now + h->loan_period_ms) / 1000,
-                       .now_seconds = now / 1000, .max_active = h->max_active_loans};
+    reserve_job job = {.borrow = {.loan_id = loan_id, .book_id = req->book_id,
+                                  .due_seconds = (now + h->loan_period_ms) / 1000,
+                                  .now_seconds = now / 1000, .max_active = h->max_active_loans}};
     code = loan_store_update_user(h->store, user, a, reserve_slot, &job, NULL, st);
     if (code != STATUS_OK)
         return code;
@@ -156,7 +110,7 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
     loan->book_title = book->title;
     loan->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING;
     loan->borrow_time = timestamp_from_ms(a, now);
-    loan->due_time = timestamp_from_ms(a, job.due_seconds * 1000);
+    loan->due_time = timestamp_from_ms(a, job.borrow.due_seconds * 1000);
     record->loan = loan;
     record->traceparent = (char *)rpc_context_traceparent(ctx);
     record->update_time_ms = now;
@@ -265,11 +219,6 @@ static status_code get_loan(void *state, rpc_context *ctx, const ProtobufCMessag
     return STATUS_OK;
 }
 
-/* The loan `position` places back from the newest in the user's history. */
-static const char *history_from_newest(const user_record *record, size_t position) {
-    return record->history[record->n_history - 1 - position];
-}
-
 static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMessage *request,
                               ProtobufCMessage **response, status *st) {
     lending_handlers *h = state;
@@ -294,16 +243,16 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
     size_t position = 0, count = 0;
     if (query.start_at[0] != '\0') { /* where the previous page stopped, however many came since */
         while (position < record->n_history &&
-               strcmp(history_from_newest(record, position), query.start_at) != 0)
+               strcmp(user_record_history_from_newest(record, position), query.start_at) != 0)
             position++;
         if (position == record->n_history)
             return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
                               "page_token points at a loan this user's history no longer holds "
                               "(it keeps the newest %d); list again from the start",
-                              HISTORY_KEPT);
+                              USER_HISTORY_KEPT);
     }
     for (; position < record->n_history && count < page_size; position++) {
-        const char *loan_id = history_from_newest(record, position);
+        const char *loan_id = user_record_history_from_newest(record, position);
         loan_record *loan = NULL;
         code = loan_store_get(h->store, loan_id, a, &loan, st);
         if (code == STATUS_NOT_FOUND)
@@ -320,7 +269,7 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
     out->n_loans = count;
     if (position < record->n_history) {
         char token[LENDING_PAGE_TOKEN_MAX];
-        lending_page_token_encode(history_from_newest(record, position), token);
+        lending_page_token_encode(user_record_history_from_newest(record, position), token);
         out->next_page_token = arena_strdup(a, token);
     }
     *response = &out->base;

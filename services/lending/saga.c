@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "open_loans.h"
 #include "text.h"
+#include "user_record.h"
 
 struct saga_waiter {
     struct saga_waiter *next;
@@ -214,25 +215,9 @@ typedef struct user_job {
 
 static status_code apply_user(void *arg, arena *a, user_record *record, bool *changed, status *st) {
     user_job *job = arg;
-    *changed = false;
-    size_t kept = 0;
-    for (size_t i = 0; i < record->n_open_loans; i++) {
-        Library__Lending__Internal__OpenLoan *open = record->open_loans[i];
-        if (strcmp(open->loan_id, job->loan_id) == 0) {
-            if (job->state == LOAN_RETURNED || job->state == LOAN_CANCELED) {
-                *changed = true;
-                continue;
-            }
-            if ((loan_state)open->status != job->state) {
-                open->status = (Library__Lending__V1__LoanStatus)job->state;
-                *changed = true;
-            }
-        }
-        record->open_loans[kept++] = open;
-    }
-    record->n_open_loans = kept;
     (void)a;
     (void)st;
+    *changed = user_record_follow(record, job->loan_id, job->state);
     return STATUS_OK;
 }
 
@@ -448,10 +433,11 @@ static status_code claim_interrupted(lending_saga *saga, arena *a, const char *u
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     loan->loan_id = (char *)loan_id;
     loan->user_id = (char *)user_id;
-    if (loan_store_get_user(saga->store, user_id, a, &user, st) == STATUS_OK)
-        for (size_t i = 0; i < user->n_open_loans; i++)
-            if (strcmp(user->open_loans[i]->loan_id, loan_id) == 0)
-                loan->book_id = user->open_loans[i]->book_id;
+    const user_open_loan *entry = loan_store_get_user(saga->store, user_id, a, &user, st) == STATUS_OK
+                                      ? user_record_open_entry(user, loan_id)
+                                      : NULL;
+    if (entry != NULL)
+        loan->book_id = entry->book_id;
     loan->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED;
     loan->cancel_reason = "INTERRUPTED";
     record->loan = loan;

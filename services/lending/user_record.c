@@ -1,0 +1,101 @@
+/* user_record.c - the open loans and the history of one user's record. */
+#include "user_record.h"
+
+#include <string.h>
+
+static bool in_history(const user_record *record, const char *loan_id) {
+    for (size_t i = 0; i < record->n_history; i++)
+        if (strcmp(record->history[i], loan_id) == 0)
+            return true;
+    return false;
+}
+
+const user_open_loan *user_record_open_entry(const user_record *record, const char *loan_id) {
+    for (size_t i = 0; i < record->n_open_loans; i++)
+        if (strcmp(record->open_loans[i]->loan_id, loan_id) == 0)
+            return record->open_loans[i];
+    return NULL;
+}
+
+/* The open loans as lending_may_borrow reads them; NULL when out of memory. */
+static open_loan *open_states(arena *a, const user_record *record) {
+    open_loan *open = arena_alloc(a, (record->n_open_loans + 1) * sizeof *open);
+    for (size_t i = 0; open != NULL && i < record->n_open_loans; i++)
+        open[i] = (open_loan){(loan_state)record->open_loans[i]->status, record->open_loans[i]->due_time};
+    return open;
+}
+
+/* The history with loan_id appended, keeping the newest USER_HISTORY_KEPT. */
+static bool append_history(arena *a, user_record *record, const char *loan_id) {
+    size_t start = record->n_history >= USER_HISTORY_KEPT ? record->n_history - USER_HISTORY_KEPT + 1 : 0;
+    size_t count = record->n_history - start + 1;
+    char **history = arena_alloc(a, count * sizeof *history);
+    if (history == NULL)
+        return false;
+    if (count > 1)
+        memcpy(history, record->history + start, (count - 1) * sizeof *history);
+    history[count - 1] = (char *)loan_id;
+    record->history = history;
+    record->n_history = count;
+    return true;
+}
+
+static bool append_open(arena *a, user_record *record, const user_borrow *borrow) {
+    user_open_loan **loans = arena_alloc(a, (record->n_open_loans + 1) * sizeof *loans);
+    user_open_loan *entry = (void *)arena_new_message(a, &library__lending__internal__open_loan__descriptor);
+    if (loans == NULL || entry == NULL)
+        return false;
+    if (record->n_open_loans)
+        memcpy(loans, record->open_loans, record->n_open_loans * sizeof *loans);
+    entry->loan_id = (char *)borrow->loan_id;
+    entry->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING;
+    entry->due_time = borrow->due_seconds;
+    entry->book_id = (char *)borrow->book_id;
+    loans[record->n_open_loans] = entry;
+    record->open_loans = loans;
+    record->n_open_loans++;
+    return true;
+}
+
+status_code user_record_add_borrow(arena *a, user_record *record, const user_borrow *borrow, bool *replay,
+                                   bool *changed, status *st) {
+    *changed = false;
+    *replay = user_record_open_entry(record, borrow->loan_id) != NULL || in_history(record, borrow->loan_id);
+    if (*replay)
+        return STATUS_OK;
+    open_loan *open = open_states(a, record);
+    if (open == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    if (lending_may_borrow(open, record->n_open_loans, borrow->now_seconds, borrow->max_active, st) != STATUS_OK)
+        return st->code;
+    if (!append_open(a, record, borrow) || !append_history(a, record, borrow->loan_id))
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    *changed = true;
+    return STATUS_OK;
+}
+
+bool user_record_follow(user_record *record, const char *loan_id, loan_state state) {
+    bool settled = state == LOAN_RETURNED || state == LOAN_CANCELED;
+    bool changed = false;
+    size_t kept = 0;
+    for (size_t i = 0; i < record->n_open_loans; i++) {
+        user_open_loan *open = record->open_loans[i];
+        if (strcmp(open->loan_id, loan_id) == 0) {
+            if (settled) {
+                changed = true;
+                continue;
+            }
+            if ((loan_state)open->status != state) {
+                open->status = (Library__Lending__V1__LoanStatus)state;
+                changed = true;
+            }
+        }
+        record->open_loans[kept++] = open;
+    }
+    record->n_open_loans = kept;
+    return changed;
+}
+
+const char *user_record_history_from_newest(const user_record *record, size_t position) {
+    return position < record->n_history ? record->history[record->n_history - 1 - position] : NULL;
+}

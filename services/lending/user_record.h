@@ -1,0 +1,49 @@
+/* user_record.h - the rules of a user's record, one per user in the loans bucket: the open
+ * loans (PENDING and ACTIVE) that hold the user's slots, against which the loan limit and the
+ * overdue block are checked, and the history of loan ids ListLoans pages through. Pure
+ * functions over the decoded record; loan_store keeps it with compare-and-set, so each
+ * function runs again on a fresh record when another writer got there first. */
+#ifndef LENDING_USER_RECORD_H
+#define LENDING_USER_RECORD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "lending.h"
+#include "loan_store.h"
+#include "status.h"
+
+/* Loan ids a user's history keeps, newest last; older ones fall off. */
+enum { USER_HISTORY_KEPT = 1000 };
+
+typedef Library__Lending__Internal__OpenLoan user_open_loan;
+
+typedef struct user_borrow {
+    const char *loan_id;
+    const char *book_id;
+    int64_t due_seconds;
+    int64_t now_seconds;
+    int max_active;
+} user_borrow;
+
+/* Adds the borrow as a PENDING open loan and to the history, when the user may borrow
+ * (lending_may_borrow over every open loan, however high max_active is set); otherwise st
+ * says why. *replay: the record already names the loan in either list (a retried request):
+ * nothing is checked or changed. New entries and lists come from a. */
+status_code user_record_add_borrow(arena *a, user_record *record, const user_borrow *borrow, bool *replay,
+                                   bool *changed, status *st);
+
+/* The loan is now in `state`: its open entry follows an open state and leaves on a settled
+ * one (RETURNED, CANCELED). True when the record changed. */
+bool user_record_follow(user_record *record, const char *loan_id, loan_state state);
+
+/* The open entry of loan_id, or NULL. */
+const user_open_loan *user_record_open_entry(const user_record *record, const char *loan_id);
+
+/* The loan id `position` places back from the newest in the history (0: the newest), or NULL
+ * past the oldest kept. */
+const char *user_record_history_from_newest(const user_record *record, size_t position);
+
+#endif

@@ -1,0 +1,125 @@
+/* test_user_record.c - the rules of a user's record: slots for open loans (the limit and the
+ * overdue block), replays of a retried borrow, loans settling, and the history kept. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "user_record.h"
+
+static arena *a;
+
+static void setup(void) {
+    a = arena_create(0);
+}
+
+static void teardown(void) {
+    arena_destroy(a);
+}
+
+TestSuite(user_record, .init = setup, .fini = teardown);
+
+static user_record *empty_record(void) {
+    return (user_record *)arena_new_message(a, &library__lending__internal__user_record__descriptor);
+}
+
+static status_code add(user_record *record, const char *loan_id, int64_t due, int max_active, bool *replay,
+                       status *st) {
+    user_borrow borrow = {.loan_id = arena_strdup(a, loan_id), .book_id = "book-1", .due_seconds = due,
+                          .now_seconds = 1000, .max_active = max_active};
+    bool changed = false;
+    status_code code = user_record_add_borrow(a, record, &borrow, replay, &changed, st);
+    cr_assert_eq(changed, code == STATUS_OK && !*replay, "changed says whether the record must be stored");
+    return code;
+}
+
+Test(user_record, a_borrow_takes_a_pending_slot_and_enters_the_history) {
+    user_record *record = empty_record();
+    bool replay = true;
+    status st;
+    cr_assert_eq(add(record, "loan-a", 5000, 5, &replay, &st), STATUS_OK, "%s", st.message);
+    cr_assert_not(replay);
+    const user_open_loan *open = user_record_open_entry(record, "loan-a");
+    cr_assert_not_null(open);
+    cr_assert_eq(open->status, LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING);
+    cr_assert_eq(open->due_time, 5000);
+    cr_assert_str_eq(open->book_id, "book-1");
+    cr_assert_str_eq(user_record_history_from_newest(record, 0), "loan-a");
+    cr_assert_null(user_record_history_from_newest(record, 1));
+}
+
+Test(user_record, a_retried_borrow_is_a_replay_whether_open_or_settled) {
+    user_record *record = empty_record();
+    bool replay = false;
+    status st;
+    add(record, "loan-a", 5000, 1, &replay, &st);
+    cr_assert_eq(add(record, "loan-a", 5000, 1, &replay, &st), STATUS_OK, "a replay is not checked against the limit");
+    cr_assert(replay);
+    cr_assert_eq(record->n_open_loans, 1, "no second slot");
+    cr_assert(user_record_follow(record, "loan-a", LOAN_RETURNED));
+    cr_assert_eq(add(record, "loan-a", 5000, 1, &replay, &st), STATUS_OK);
+    cr_assert(replay, "a settled loan still in the history is a replay, not a new borrow");
+    cr_assert_eq(record->n_open_loans, 0);
+    cr_assert_eq(record->n_history, 1);
+}
+
+Test(user_record, every_open_loan_counts_against_the_limit) {
+    user_record *record = empty_record();
+    bool replay;
+    status st;
+    cr_assert_eq(add(record, "loan-a", 5000, 2, &replay, &st), STATUS_OK);
+    cr_assert_eq(add(record, "loan-b", 5000, 2, &replay, &st), STATUS_OK);
+    user_record_follow(record, "loan-a", LOAN_ACTIVE); /* PENDING and ACTIVE both hold a slot */
+    cr_assert_eq(add(record, "loan-c", 5000, 2, &replay, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "LOAN_LIMIT");
+    cr_assert_null(user_record_open_entry(record, "loan-c"), "a refused borrow leaves no trace");
+    cr_assert_eq(record->n_history, 2);
+    user_record_follow(record, "loan-b", LOAN_CANCELED);
+    cr_assert_eq(add(record, "loan-c", 5000, 2, &replay, &st), STATUS_OK, "a canceled loan frees its slot");
+}
+
+Test(user_record, an_overdue_active_loan_blocks_borrowing) {
+    user_record *record = empty_record();
+    bool replay;
+    status st;
+    cr_assert_eq(add(record, "late", 999, 5, &replay, &st), STATUS_OK, "PENDING past due does not block");
+    user_record_follow(record, "late", LOAN_ACTIVE);
+    cr_assert_eq(add(record, "next", 5000, 5, &replay, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "OVERDUE_LOANS");
+    user_record_follow(record, "late", LOAN_RETURNED);
+    cr_assert_eq(add(record, "next", 5000, 5, &replay, &st), STATUS_OK, "returning the late loan lifts the block");
+}
+
+Test(user_record, following_a_loan_changes_only_what_differs) {
+    user_record *record = empty_record();
+    bool replay;
+    status st;
+    add(record, "loan-a", 5000, 5, &replay, &st);
+    add(record, "loan-b", 5000, 5, &replay, &st);
+    cr_assert(user_record_follow(record, "loan-a", LOAN_ACTIVE));
+    cr_assert_not(user_record_follow(record, "loan-a", LOAN_ACTIVE), "the same state again changes nothing");
+    cr_assert_not(user_record_follow(record, "unknown", LOAN_RETURNED), "a loan the record does not hold");
+    cr_assert(user_record_follow(record, "loan-a", LOAN_RETURNED));
+    cr_assert_null(user_record_open_entry(record, "loan-a"));
+    cr_assert_not_null(user_record_open_entry(record, "loan-b"), "the other loan keeps its slot");
+    cr_assert_eq(record->n_history, 2, "settling leaves the history alone");
+}
+
+Test(user_record, the_history_keeps_the_newest_thousand) {
+    user_record *record = empty_record();
+    bool replay;
+    status st;
+    char id[32];
+    for (int i = 0; i < USER_HISTORY_KEPT + 5; i++) {
+        snprintf(id, sizeof id, "loan-%04d", i);
+        cr_assert_eq(add(record, id, 5000, 5, &replay, &st), STATUS_OK, "borrow %d: %s", i, st.message);
+        user_record_follow(record, id, LOAN_RETURNED);
+    }
+    cr_assert_eq(record->n_history, USER_HISTORY_KEPT);
+    snprintf(id, sizeof id, "loan-%04d", USER_HISTORY_KEPT + 4);
+    cr_assert_str_eq(user_record_history_from_newest(record, 0), id);
+    cr_assert_str_eq(user_record_history_from_newest(record, USER_HISTORY_KEPT - 1), "loan-0005",
+                     "the five oldest fell off");
+    cr_assert_null(user_record_history_from_newest(record, USER_HISTORY_KEPT));
+    cr_assert_eq(add(record, "loan-0000", 5000, 5, &replay, &st), STATUS_OK);
+    cr_assert_not(replay, "a loan id that fell off the history is no longer recognised as a replay");
+}
