@@ -70,7 +70,40 @@ static metric_series *published_series(const char *subject) {
                           values);
 }
 
-bool events_format_id(char *out, size_t size, const char *kind, const char *subject_id, uint32_t attempt) {
+/* Every event type: where it is published and what its ids start with. */
+static const struct {
+    event_type type;
+    const char *subject;
+    const char *kind;
+} event_table[] = {
+    {LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED, "library.events.loan.requested", "loan-requested"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RESERVED, "library.events.copy.reserved", "copy-reserved"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_OUT_OF_STOCK, "library.events.copy.out_of_stock", "out-of-stock"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED, "library.events.loan.activated", "loan-activated"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED, "library.events.loan.canceled", "loan-canceled"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED, "library.events.loan.returned", "loan-returned"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RELEASED, "library.events.copy.released", "copy-released"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE, "library.events.loan.overdue", "loan-overdue"},
+};
+
+const char *events_subject(event_type type) {
+    for (size_t i = 0; i < sizeof event_table / sizeof *event_table; i++)
+        if (event_table[i].type == type)
+            return event_table[i].subject;
+    return NULL;
+}
+
+const char *events_kind(event_type type) {
+    for (size_t i = 0; i < sizeof event_table / sizeof *event_table; i++)
+        if (event_table[i].type == type)
+            return event_table[i].kind;
+    return NULL;
+}
+
+bool events_format_id(char *out, size_t size, event_type type, const char *subject_id, uint32_t attempt) {
+    const char *kind = events_kind(type);
+    if (kind == NULL)
+        return false;
     int n = attempt == 0 ? snprintf(out, size, "%s-%s", kind, subject_id)
                          : snprintf(out, size, "%s-%s-r%u", kind, subject_id, attempt);
     return n >= 0 && (size_t)n < size;
@@ -85,8 +118,11 @@ uint32_t events_attempt_for_age(int64_t age_ms, int64_t after_ms) {
     return attempt;
 }
 
-status_code events_publish(nats_connection *connection, const char *subject, const event *e,
-                           status *st) {
+status_code events_publish(nats_connection *connection, const event *e, status *st) {
+    const char *subject = events_subject(e->body_case);
+    if (subject == NULL)
+        return status_set(st, STATUS_INTERNAL, "UNKNOWN_EVENT_TYPE", "no subject for an event of type %d",
+                          (int)e->body_case);
     if (!nats_connection_is_up(connection))
         return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE",
                           "cannot publish %s: no connection to NATS", subject);

@@ -20,9 +20,22 @@ typedef Library__Events__V1__Event event;
 /* Longest event id events_format_id makes, with its terminating zero. */
 enum { EVENT_ID_MAX = 128 };
 
+typedef Library__Events__V1__Event__BodyCase event_type;
+
+/* The stream's subjects, one per event type (events_subject): lending's announcements are
+ * under library.events.loan, the catalog's answers under library.events.copy. */
+#define EVENTS_LOAN_SUBJECTS "library.events.loan.>"
+#define EVENTS_COPY_SUBJECTS "library.events.copy.>"
+
+/* The subject events of this type are published on ("library.events.loan.requested"), and
+ * the kind their ids start with ("loan-requested"); NULL for a type the table lacks. */
+const char *events_subject(event_type type);
+const char *events_kind(event_type type);
+
 /* The deterministic id of a saga step's announcement: "<kind>-<subject id>" for attempt 0,
- * "<kind>-<subject id>-r<attempt>" for a re-announcement. False when it does not fit. */
-bool events_format_id(char *out, size_t size, const char *kind, const char *subject_id, uint32_t attempt);
+ * "<kind>-<subject id>-r<attempt>" for a re-announcement. False when it does not fit or the
+ * type has no kind. */
+bool events_format_id(char *out, size_t size, event_type type, const char *subject_id, uint32_t attempt);
 
 /* Which attempt a re-announcement of a step unanswered for age_ms is, when steps are redone
  * once they are after_ms old: 0 (the first announcement's id, so a publish that was stored
@@ -34,10 +47,9 @@ uint32_t events_attempt_for_age(int64_t age_ms, int64_t after_ms);
 /* Creates the stream when it does not exist (file storage, limits retention, replayable). */
 status_code events_ensure_stream(nats_connection *connection, int replicas, status *st);
 
-/* Publishes the event on subject and waits for the stream's acknowledgement. The message id
- * is event->event_id; traceparent travels in the envelope and as a header. */
-status_code events_publish(nats_connection *connection, const char *subject, const event *e,
-                           status *st);
+/* Publishes the event on its type's subject and waits for the stream's acknowledgement. The
+ * message id is event->event_id; traceparent travels in the envelope and as a header. */
+status_code events_publish(nats_connection *connection, const event *e, status *st);
 
 /* The handler's answer decides the message's fate: STATUS_OK acks it; UNAVAILABLE, ABORTED,
  * DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED ask for redelivery after a pause; anything else is

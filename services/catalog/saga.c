@@ -129,18 +129,19 @@ status_code catalog_saga_check_event(const event *e, status *st) {
     return STATUS_OK;
 }
 
-static event *answer_new(arena *a, const event *cause, const char *kind, const char *loan_id) {
+static event *answer_new(arena *a, const event *cause, event_type type, const char *loan_id) {
     event *e = (void *)arena_new_message(a, &library__events__v1__event__descriptor);
     Google__Protobuf__Timestamp *t = timestamp_now(a);
     if (e == NULL || t == NULL)
         return NULL;
     char event_id[EVENT_ID_MAX];
-    if (!events_format_id(event_id, sizeof event_id, kind, loan_id, cause->attempt))
+    if (!events_format_id(event_id, sizeof event_id, type, loan_id, cause->attempt))
         return NULL;
     /* The answer to a re-announced step has an id of its own, or a lost first answer would
      * stay deduplicated for the stream's whole duplicate window. */
     e->event_id = arena_strdup(a, event_id);
     e->attempt = cause->attempt;
+    e->body_case = type; /* the caller sets the body */
     e->occur_time = t;
     e->correlation_id = (char *)loan_id;
     /* It becomes a NATS header of the answer: only a well-formed one is passed on. */
@@ -157,7 +158,10 @@ static status_code on_loan_requested(catalog_saga *saga, arena *a, const event *
         job.reserved = false; /* no such book: nothing to lend */
     else if (code != STATUS_OK)
         return code;
-    event *e = answer_new(a, cause, job.reserved ? "copy-reserved" : "out-of-stock", request->loan_id);
+    event *e = answer_new(a, cause,
+                          job.reserved ? LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RESERVED
+                                       : LIBRARY__EVENTS__V1__EVENT__BODY_OUT_OF_STOCK,
+                          request->loan_id);
     if (e == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     if (job.reserved) {
@@ -167,18 +171,16 @@ static status_code on_loan_requested(catalog_saga *saga, arena *a, const event *
         body->loan_id = request->loan_id;
         body->book_id = request->book_id;
         body->available_copies = job.available;
-        e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RESERVED;
         e->copy_reserved = body;
-        return events_publish(saga->connection, "library.events.copy.reserved", e, st);
+        return events_publish(saga->connection, e, st);
     }
     Library__Events__V1__OutOfStock *body = (void *)arena_new_message(a, &library__events__v1__out_of_stock__descriptor);
     if (body == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     body->loan_id = request->loan_id;
     body->book_id = request->book_id;
-    e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_OUT_OF_STOCK;
     e->out_of_stock = body;
-    return events_publish(saga->connection, "library.events.copy.out_of_stock", e, st);
+    return events_publish(saga->connection, e, st);
 }
 
 static status_code on_loan_returned(catalog_saga *saga, arena *a, const event *cause, status *st) {
@@ -188,16 +190,15 @@ static status_code on_loan_returned(catalog_saga *saga, arena *a, const event *c
     status_code code = book_store_update(saga->store, returned->book_id, a, catalog_saga_decide, &job, &record, st);
     if (code != STATUS_OK && code != STATUS_NOT_FOUND)
         return code;
-    event *e = answer_new(a, cause, "copy-released", returned->loan_id);
+    event *e = answer_new(a, cause, LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RELEASED, returned->loan_id);
     Library__Events__V1__CopyReleased *body = (void *)arena_new_message(a, &library__events__v1__copy_released__descriptor);
     if (e == NULL || body == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     body->loan_id = returned->loan_id;
     body->book_id = returned->book_id;
     body->available_copies = job.available;
-    e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RELEASED;
     e->copy_released = body;
-    return events_publish(saga->connection, "library.events.copy.released", e, st);
+    return events_publish(saga->connection, e, st);
 }
 
 static status_code on_loan_event(void *arg, const event *e, uint64_t sequence, status *st) {
@@ -228,7 +229,7 @@ status_code catalog_saga_start(nats_connection *connection, book_store *store, i
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     saga->connection = connection;
     saga->store = store;
-    event_consumer_options options = {.durable = "catalog", .filter_subject = "library.events.loan.>",
+    event_consumer_options options = {.durable = "catalog", .filter_subject = EVENTS_LOAN_SUBJECTS,
                                       .handler = on_loan_event, .arg = saga,
                                       .ack_wait_ms = ack_wait_ms, .workers = workers};
     status_code code = event_consumer_start(connection, &options, &saga->consumer, st);

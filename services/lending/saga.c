@@ -38,13 +38,13 @@ struct lending_saga {
 
 /* --- publishing -------------------------------------------------------------------------- */
 
-/* Publishes e, whose body the caller has set, in the loan's envelope: the event id of the
- * kind, loan and attempt (the same on every retry of one attempt, so JetStream drops
+/* Publishes e, whose body the caller has set, in the loan's envelope: the event id of its
+ * type, loan and attempt (the same on every retry of one attempt, so JetStream drops
  * duplicates), the loan as correlation id, its traceparent, and the time now. */
-static status_code publish_attempt(nats_connection *connection, const loan_record *record, const char *kind,
-                                   uint32_t attempt, const char *subject, event *e, status *st) {
+static status_code publish_attempt(nats_connection *connection, const loan_record *record, uint32_t attempt,
+                                   event *e, status *st) {
     char event_id[EVENT_ID_MAX];
-    if (!events_format_id(event_id, sizeof event_id, kind, record->loan->loan_id, attempt))
+    if (!events_format_id(event_id, sizeof event_id, e->body_case, record->loan->loan_id, attempt))
         return status_set(st, STATUS_INTERNAL, "EVENT_ID_TOO_LONG", "the event id of loan %.64s is too long",
                           record->loan->loan_id);
     e->attempt = attempt;
@@ -56,13 +56,13 @@ static status_code publish_attempt(nats_connection *connection, const loan_recor
     e->occur_time = &now;
     e->correlation_id = record->loan->loan_id;
     e->traceparent = record->traceparent;
-    return events_publish(connection, subject, e, st);
+    return events_publish(connection, e, st);
 }
 
 /* The first (and only) announcement of a step nobody answers. */
-static status_code publish_loan_event(nats_connection *connection, const loan_record *record,
-                                      const char *kind, const char *subject, event *e, status *st) {
-    return publish_attempt(connection, record, kind, 0, subject, e, st);
+static status_code publish_loan_event(nats_connection *connection, const loan_record *record, event *e,
+                                      status *st) {
+    return publish_attempt(connection, record, 0, e, st);
 }
 
 status_code saga_publish_requested(nats_connection *connection, const loan_record *record, uint32_t attempt,
@@ -78,7 +78,7 @@ status_code saga_publish_requested(nats_connection *connection, const loan_recor
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
     e.loan_requested = &body;
-    return publish_attempt(connection, record, "loan-requested", attempt, "library.events.loan.requested", &e, st);
+    return publish_attempt(connection, record, attempt, &e, st);
 }
 
 status_code saga_publish_returned(nats_connection *connection, const loan_record *record, uint32_t attempt,
@@ -92,7 +92,7 @@ status_code saga_publish_returned(nats_connection *connection, const loan_record
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
     e.loan_returned = &body;
-    return publish_attempt(connection, record, "loan-returned", attempt, "library.events.loan.returned", &e, st);
+    return publish_attempt(connection, record, attempt, &e, st);
 }
 
 /* LoanActivated or LoanCanceled, as the loan now is; nothing for a loan in another state. */
@@ -108,8 +108,7 @@ static status_code publish_outcome(nats_connection *connection, const loan_recor
         body.due_time = loan->due_time;
         e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED;
         e.loan_activated = &body;
-        return publish_loan_event(connection, record, "loan-activated", "library.events.loan.activated", &e,
-                                  st);
+        return publish_loan_event(connection, record, &e, st);
     }
     if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED) {
         Library__Events__V1__LoanCanceled body = LIBRARY__EVENTS__V1__LOAN_CANCELED__INIT;
@@ -120,8 +119,7 @@ static status_code publish_outcome(nats_connection *connection, const loan_recor
         body.reason = loan->cancel_reason;
         e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED;
         e.loan_canceled = &body;
-        return publish_loan_event(connection, record, "loan-canceled", "library.events.loan.canceled", &e,
-                                  st);
+        return publish_loan_event(connection, record, &e, st);
     }
     return STATUS_OK;
 }
@@ -136,7 +134,7 @@ static status_code publish_overdue(nats_connection *connection, const loan_recor
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE;
     e.loan_overdue = &body;
-    return publish_loan_event(connection, record, "loan-overdue", "library.events.loan.overdue", &e, st);
+    return publish_loan_event(connection, record, &e, st);
 }
 
 /* --- metrics -------------------------------------------------------------------------------- */
@@ -602,10 +600,10 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
     pthread_cond_init(&saga->changed, NULL);
     atomic_init(&saga->stopping, false);
     natsStatus s = natsConnection_Subscribe(&saga->outcomes, nats_connection_core(connection),
-                                            "library.events.loan.*", on_outcome, saga);
+                                            EVENTS_LOAN_SUBJECTS, on_outcome, saga);
     status_code code = nats_status_to_status(s, "subscribing to loan outcomes", st);
     if (code == STATUS_OK) {
-        event_consumer_options consumer = {.durable = "lending", .filter_subject = "library.events.copy.>",
+        event_consumer_options consumer = {.durable = "lending", .filter_subject = EVENTS_COPY_SUBJECTS,
                                            .handler = on_catalog_event, .arg = saga,
                                            .ack_wait_ms = options->ack_wait_ms,
                                            .workers = options->event_workers};

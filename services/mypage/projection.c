@@ -9,7 +9,6 @@
 #include "metrics.h"
 #include "timestamp.h"
 
-#define LOAN_EVENTS "library.events.loan.>"
 
 struct projection {
     nats_connection *connection;
@@ -57,7 +56,7 @@ status_code projection_start(nats_connection *connection, page_store *store, int
                           "Time from a loan event happening to its change being in Redis.", NULL,
                           metrics_duration_buckets, metrics_duration_bucket_count),
         NULL);
-    event_consumer_options options = {.durable = "mypage", .filter_subject = LOAN_EVENTS,
+    event_consumer_options options = {.durable = "mypage", .filter_subject = EVENTS_LOAN_SUBJECTS,
                                       .handler = on_loan_event, .arg = p,
                                       .ack_wait_ms = ack_wait_ms, .workers = workers};
     status_code code = event_consumer_start(connection, &options, &p->consumer, st);
@@ -100,7 +99,7 @@ status_code projection_rebuild(nats_connection *connection, page_store *store, u
         return code;
     LOG_INFO("rebuilding mypage into generation %llu", (unsigned long long)r.generation);
     uint64_t count = 0;
-    code = events_replay(connection, LOAN_EVENTS, on_replayed_event, &r, &count, st);
+    code = events_replay(connection, EVENTS_LOAN_SUBJECTS, on_replayed_event, &r, &count, st);
     if (code == STATUS_OK)
         code = page_store_rebuild_switch(store, r.generation, st);
     if (code != STATUS_OK) {

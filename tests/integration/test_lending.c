@@ -389,7 +389,7 @@ Test(lending, an_overdue_loan_blocks_borrowing_until_it_is_returned) {
     cr_assert_eq(nats_connection_open(&watch_options, &watcher, &st), STATUS_OK, "%s", st.message);
     natsSubscription *overdue_events = NULL;
     cr_assert_eq(natsConnection_SubscribeSync(&overdue_events, nats_connection_core(watcher),
-                                              "library.events.loan.overdue"), NATS_OK);
+                                              events_subject(LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE)), NATS_OK);
     Loan *loan = NULL;
     cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st), STATUS_OK, "%s", st.message);
     cr_assert_eq(loan->status, ACTIVE);
@@ -871,7 +871,7 @@ Test(lending, an_event_delivered_twice_changes_nothing) {
         e.correlation_id = loan->loan_id;
         e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
         e.loan_requested = &body;
-        cr_assert_eq(events_publish(nats, "library.events.loan.requested", &e, &st), STATUS_OK, "%s", st.message);
+        cr_assert_eq(events_publish(nats, &e, &st), STATUS_OK, "%s", st.message);
     }
     nats_connection_close(nats);
     /* catalog has handled every replay, and lending whatever catalog answered */

@@ -725,17 +725,6 @@ static status_code collect(void *arg, const event *e, uint64_t sequence, status 
     return STATUS_OK;
 }
 
-/* The subject lending publishes each kind of loan event on. */
-static const char *subject_of(const event *e) {
-    switch (e->body_case) {
-    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED: return "library.events.loan.requested";
-    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED: return "library.events.loan.activated";
-    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED: return "library.events.loan.canceled";
-    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED: return "library.events.loan.returned";
-    default: return "library.events.loan.overdue";
-    }
-}
-
 static nats_connection *connect_nats(const char *url) {
     nats_connection *connection = NULL;
     nats_connection_options options = {.url = url, .client_name = "test", .connect_timeout_ms = 5000};
@@ -760,13 +749,13 @@ Test(mypage, every_loan_event_published_again_changes_no_page) {
     nats_connection *connection = connect_nats(s.nats.url);
     collected c = {0};
     status st;
-    cr_assert_eq(events_replay(connection, "library.events.loan.>", collect, &c, NULL, &st), STATUS_OK,
+    cr_assert_eq(events_replay(connection, EVENTS_LOAN_SUBJECTS, collect, &c, NULL, &st), STATUS_OK,
                  "%s", st.message);
     cr_assert_gt(c.count, 20);
     for (size_t i = 0; i < c.count; i++) {
         char *original = c.events[i]->event_id;
         c.events[i]->event_id = arena_sprintf(mem, "%s-again", original);
-        cr_assert_eq(events_publish(connection, subject_of(c.events[i]), c.events[i], &st), STATUS_OK,
+        cr_assert_eq(events_publish(connection, c.events[i], &st), STATUS_OK,
                      "%s", st.message);
         c.events[i]->event_id = original;
     }
@@ -1359,7 +1348,7 @@ Test(mypage, events_between_a_rebuilds_replay_and_its_switch_reach_the_new_pages
     cr_assert_eq(page_store_rebuild_begin(store, &fill.generation, &st), STATUS_OK, "%s", st.message);
     nats_connection *connection = connect_nats(s.nats.url);
     uint64_t replayed = 0;
-    cr_assert_eq(events_replay(connection, "library.events.loan.>", fill_generation, &fill, &replayed, &st),
+    cr_assert_eq(events_replay(connection, EVENTS_LOAN_SUBJECTS, fill_generation, &fill, &replayed, &st),
                  STATUS_OK, "%s", st.message);
     nats_connection_close(connection);
 
@@ -1433,7 +1422,7 @@ static void tell(loan_story *story, const char *loan_id, Library__Events__V1__Ev
         break;
     }
     status st;
-    cr_assert_eq(events_publish(story->connection, subject_of(e), e, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(events_publish(story->connection, e, &st), STATUS_OK, "%s", st.message);
 }
 
 static void expect_loan(const Mypage *page, size_t index, const char *loan_id, int want, const loan_story *story) {
