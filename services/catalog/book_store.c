@@ -7,10 +7,11 @@
 #include <string.h>
 
 #include "kv.h"
+#include "kv_record.h"
 #include "log.h"
 #include "timestamp.h"
 
-enum { UPDATE_ATTEMPTS = 32, KEY_MAX = 80 };
+enum { KEY_MAX = 80 };
 
 struct book_store {
     kv_bucket *bucket;
@@ -154,93 +155,53 @@ book_index *book_store_index(book_store *store) {
     return store->index;
 }
 
-static status_code decode(arena *a, const kv_value *value, book_record **out, status *st) {
-    book_record *record = (void *)arena_unpack(a, &library__catalog__internal__book_record__descriptor,
-                                               value->data, value->size);
-    if (record == NULL || record->book == NULL)
-        return status_set(st, STATUS_DATA_LOSS, "CORRUPT_RECORD", "a stored book does not parse");
-    *out = record;
-    return STATUS_OK;
+static bool book_whole(const ProtobufCMessage *record) {
+    return ((const book_record *)record)->book != NULL;
 }
 
-static uint8_t *encode(arena *a, const book_record *record, size_t *size) {
-    return arena_pack(a, &record->base, size);
-}
+static const kv_record_type book_type = {.descriptor = &library__catalog__internal__book_record__descriptor,
+                                         .name = "book", .whole = book_whole,
+                                         .not_found_reason = "BOOK_NOT_FOUND"};
 
 status_code book_store_get(book_store *store, const char *book_id, arena *a, book_record **out,
                            status *st) {
     char key[KEY_MAX];
     book_key(book_id, key);
-    kv_value value;
-    status_code code = kv_get(store->bucket, key, a, &value, st);
-    if (code == STATUS_NOT_FOUND)
-        return status_set(st, STATUS_NOT_FOUND, "BOOK_NOT_FOUND", "no book with id %s", book_id);
-    if (code != STATUS_OK)
-        return code;
-    return decode(a, &value, out, st);
+    return kv_record_get(store->bucket, &book_type, key, book_id, a, (ProtobufCMessage **)out, st);
 }
 
 status_code book_store_create(book_store *store, const book_record *record, arena *a, status *st) {
     char key[KEY_MAX];
     book_key(record->book->book_id, key);
-    size_t size = 0;
-    uint8_t *bytes = encode(a, record, &size);
-    if (bytes == NULL)
-        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    uint64_t revision = 0;
-    status_code code = kv_create(store->bucket, key, bytes, size, &revision, st);
+    kv_record_written written;
+    status_code code = kv_record_create(store->bucket, key, &record->base, a, &written, st);
     if (code == STATUS_OK)
-        index_record(store, bytes, size, revision);
+        index_record(store, written.bytes, written.size, written.revision);
     return code;
 }
 
-typedef struct update_job {
+typedef struct typed_change {
     book_change change;
     void *arg;
-    book_record *result;
-    uint8_t *written;
-    size_t written_size;
-} update_job;
+} typed_change;
 
-static status_code update_mutation(void *arg, arena *a, const kv_value *current, uint8_t **next,
-                                   size_t *next_size, status *st) {
-    update_job *job = arg;
-    job->written = NULL;
-    if (current == NULL)
-        return status_set(st, STATUS_NOT_FOUND, "BOOK_NOT_FOUND", "no such book");
-    book_record *record = NULL;
-    status_code code = decode(a, current, &record, st);
-    if (code != STATUS_OK)
-        return code;
-    bool changed = true;
-    code = job->change(job->arg, a, record, &changed, st);
-    if (code != STATUS_OK)
-        return code;
-    job->result = record;
-    if (!changed)
-        return STATUS_OK;
-    *next = encode(a, record, next_size);
-    if (*next == NULL)
-        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    job->written = *next;
-    job->written_size = *next_size;
-    return STATUS_OK;
+static status_code change_book(void *arg, arena *a, ProtobufCMessage *record, bool *changed, status *st) {
+    typed_change *typed = arg;
+    return typed->change(typed->arg, a, (book_record *)record, changed, st);
 }
 
 status_code book_store_update(book_store *store, const char *book_id, arena *a, book_change change,
                               void *arg, book_record **out, status *st) {
     char key[KEY_MAX];
     book_key(book_id, key);
-    update_job job = {.change = change, .arg = arg};
-    uint64_t revision = 0;
-    status_code code = kv_mutate(store->bucket, key, a, update_mutation, &job, UPDATE_ATTEMPTS,
-                                 &revision, st);
-    if (code == STATUS_NOT_FOUND)
-        return status_set(st, STATUS_NOT_FOUND, "BOOK_NOT_FOUND", "no book with id %s", book_id);
+    typed_change typed = {change, arg};
+    kv_record_written written;
+    status_code code = kv_record_update(store->bucket, &book_type, key, book_id, false, change_book, &typed, a,
+                                        &written, st);
     if (code != STATUS_OK)
         return code;
-    if (job.written)
-        index_record(store, job.written, job.written_size, revision);
-    *out = job.result;
+    if (written.bytes)
+        index_record(store, written.bytes, written.size, written.revision);
+    *out = (book_record *)written.record;
     return STATUS_OK;
 }

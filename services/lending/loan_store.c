@@ -5,9 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kv_record.h"
 #include "text.h"
 
-enum { UPDATE_ATTEMPTS = 32, KEY_MAX = 256 };
+enum { KEY_MAX = 256 };
 
 struct loan_store {
     kv_bucket *bucket;
@@ -51,80 +52,52 @@ static void loan_key(const char *loan_id, char key[KEY_MAX]) {
     snprintf(key, KEY_MAX, "loan.%s", loan_id);
 }
 
+static bool loan_whole(const ProtobufCMessage *record) {
+    return ((const loan_record *)record)->loan != NULL;
+}
+
+static const kv_record_type loan_type = {.descriptor = &library__lending__internal__loan_record__descriptor,
+                                         .name = "loan", .whole = loan_whole,
+                                         .not_found_reason = "LOAN_NOT_FOUND"};
+static const kv_record_type user_type = {.descriptor = &library__lending__internal__user_record__descriptor,
+                                         .name = "user record", .not_found_reason = "USER_NOT_FOUND"};
+
 status_code loan_store_get(loan_store *store, const char *loan_id, arena *a, loan_record **out,
                            status *st) {
     char key[KEY_MAX];
     loan_key(loan_id, key);
-    kv_value value;
-    status_code code = kv_get(store->bucket, key, a, &value, st);
-    if (code == STATUS_NOT_FOUND)
-        return status_set(st, STATUS_NOT_FOUND, "LOAN_NOT_FOUND", "no loan with id %s", loan_id);
-    if (code != STATUS_OK)
-        return code;
-    loan_record *record = (void *)arena_unpack(a, &library__lending__internal__loan_record__descriptor, value.data, value.size);
-    if (record == NULL || record->loan == NULL)
-        return status_set(st, STATUS_DATA_LOSS, "CORRUPT_RECORD", "a stored loan does not parse");
-    *out = record;
-    return STATUS_OK;
+    return kv_record_get(store->bucket, &loan_type, key, loan_id, a, (ProtobufCMessage **)out, st);
 }
 
 status_code loan_store_create(loan_store *store, const loan_record *record, arena *a, status *st) {
     char key[KEY_MAX];
     loan_key(record->loan->loan_id, key);
-    size_t size = 0;
-    uint8_t *bytes = arena_pack(a, &record->base, &size);
-    if (bytes == NULL)
-        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    return kv_create(store->bucket, key, bytes, size, NULL, st);
+    return kv_record_create(store->bucket, key, &record->base, a, NULL, st);
 }
 
-/* One read-modify-write job for either record type. */
-typedef struct record_job {
-    const ProtobufCMessageDescriptor *type;
-    loan_change change_loan; /* exactly one of the two is set */
-    user_change change_user;
+/* A store's typed change as kv_record_update calls it: exactly one of the two is set. */
+typedef struct typed_change {
+    loan_change loan;
+    user_change user;
     void *arg;
-    bool create_if_missing;
-    ProtobufCMessage *result;
-} record_job;
+} typed_change;
 
-static status_code record_mutation(void *arg, arena *a, const kv_value *current, uint8_t **next,
-                                   size_t *next_size, status *st) {
-    record_job *job = arg;
-    ProtobufCMessage *record = NULL;
-    if (current != NULL) {
-        record = arena_unpack(a, job->type, current->data, current->size);
-        if (record == NULL)
-            return status_set(st, STATUS_DATA_LOSS, "CORRUPT_RECORD", "a stored record does not parse");
-    } else if (job->create_if_missing) {
-        record = arena_new_message(a, job->type);
-        if (record == NULL)
-            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    } else {
-        return status_set(st, STATUS_NOT_FOUND, "LOAN_NOT_FOUND", "no such loan");
-    }
-    bool changed = true;
-    status_code code = job->change_loan
-                           ? job->change_loan(job->arg, a, (loan_record *)record, &changed, st)
-                           : job->change_user(job->arg, a, (user_record *)record, &changed, st);
-    if (code != STATUS_OK)
-        return code;
-    job->result = record;
-    if (!changed)
-        return STATUS_OK;
-    *next = arena_pack(a, record, next_size);
-    return *next ? STATUS_OK : status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+static status_code change_record(void *arg, arena *a, ProtobufCMessage *record, bool *changed, status *st) {
+    typed_change *typed = arg;
+    return typed->loan ? typed->loan(typed->arg, a, (loan_record *)record, changed, st)
+                       : typed->user(typed->arg, a, (user_record *)record, changed, st);
 }
 
 status_code loan_store_update(loan_store *store, const char *loan_id, arena *a, loan_change change,
                               void *arg, loan_record **out, status *st) {
     char key[KEY_MAX];
     loan_key(loan_id, key);
-    record_job job = {.type = &library__lending__internal__loan_record__descriptor,
-                      .change_loan = change, .arg = arg};
-    status_code code = kv_mutate(store->bucket, key, a, record_mutation, &job, UPDATE_ATTEMPTS, NULL, st);
+    typed_change typed = {.loan = change, .arg = arg};
+    kv_record_written written;
+    status_code code = kv_record_update(store->bucket, &loan_type, key, loan_id, false, change_record, &typed, a,
+                                        &written, st);
     if (code == STATUS_OK && out)
-        *out = (loan_record *)job.result;
+        *out = (loan_record *)written.record;
     return code;
 }
 
@@ -133,16 +106,11 @@ status_code loan_store_get_user(loan_store *store, const char *user_id, arena *a
     char key[KEY_MAX];
     if (!user_key(a, user_id, key))
         return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED", "user_id is too long");
-    kv_value value;
-    status_code code = kv_get(store->bucket, key, a, &value, st);
-    if (code == STATUS_NOT_FOUND) {
-        *out = (void *)arena_new_message(a, &library__lending__internal__user_record__descriptor);
-        return *out ? STATUS_OK : status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    }
-    if (code != STATUS_OK)
+    status_code code = kv_record_get(store->bucket, &user_type, key, user_id, a, (ProtobufCMessage **)out, st);
+    if (code != STATUS_NOT_FOUND)
         return code;
-    *out = (void *)arena_unpack(a, &library__lending__internal__user_record__descriptor, value.data, value.size);
-    return *out ? STATUS_OK : status_set(st, STATUS_DATA_LOSS, "CORRUPT_RECORD", "a user record does not parse");
+    *out = (void *)arena_new_message(a, user_type.descriptor); /* a user who never borrowed */
+    return *out ? STATUS_OK : status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
 }
 
 status_code loan_store_update_user(loan_store *store, const char *user_id, arena *a,
@@ -150,10 +118,11 @@ status_code loan_store_update_user(loan_store *store, const char *user_id, arena
     char key[KEY_MAX];
     if (!user_key(a, user_id, key))
         return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED", "user_id is too long");
-    record_job job = {.type = &library__lending__internal__user_record__descriptor,
-                      .change_user = change, .arg = arg, .create_if_missing = true};
-    status_code code = kv_mutate(store->bucket, key, a, record_mutation, &job, UPDATE_ATTEMPTS, NULL, st);
+    typed_change typed = {.user = change, .arg = arg};
+    kv_record_written written;
+    status_code code = kv_record_update(store->bucket, &user_type, key, user_id, true, change_record, &typed, a,
+                                        &written, st);
     if (code == STATUS_OK && out)
-        *out = (user_record *)job.result;
+        *out = (user_record *)written.record;
     return code;
 }

@@ -10,6 +10,8 @@
 
 #include "harness.h"
 #include "kv.h"
+#include "kv_record.h"
+#include "library/catalog/v1/catalog.pb-c.h"
 
 static char dir[512];
 static harness_process nats;
@@ -305,4 +307,121 @@ Test(kv, a_follow_starts_over_after_nats_comes_back) {
     cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_ENTRY);
     cr_assert_str_eq(key, "f.after");
     kv_follow_close(follow);
+}
+
+/* --- protobuf records (kv_record) ------------------------------------------------------ */
+
+typedef Library__Catalog__V1__Book Book;
+
+static bool titled(const ProtobufCMessage *record) {
+    const Book *book = (const Book *)record;
+    return book->title != NULL && book->title[0] != '\0';
+}
+
+static const kv_record_type book_type = {.descriptor = &library__catalog__v1__book__descriptor, .name = "book",
+                                         .whole = titled, .not_found_reason = "BOOK_NOT_FOUND"};
+
+static status_code add_copy(void *arg, arena *a, ProtobufCMessage *record, bool *changed, status *st) {
+    (void)arg;
+    (void)a;
+    (void)st;
+    Book *book = (Book *)record;
+    if (book->title == NULL || book->title[0] == '\0')
+        book->title = "Made by the change";
+    book->total_copies++;
+    *changed = true;
+    return STATUS_OK;
+}
+
+static status_code keep(void *arg, arena *a, ProtobufCMessage *record, bool *changed, status *st) {
+    (void)arg;
+    (void)a;
+    (void)record;
+    (void)st;
+    *changed = false;
+    return STATUS_OK;
+}
+
+Test(kv, a_record_is_created_once_read_back_and_missing_ones_are_named) {
+    arena *a = arena_create(0);
+    Book book = LIBRARY__CATALOG__V1__BOOK__INIT;
+    book.book_id = "b1";
+    book.title = "Dune";
+    book.total_copies = 3;
+    status st;
+    kv_record_written written;
+    cr_assert_eq(kv_record_create(buckets[0], "rec.b1", &book.base, a, &written, &st), STATUS_OK, "%s", st.message);
+    cr_assert_gt(written.revision, 0);
+    cr_assert_eq(kv_record_create(buckets[1], "rec.b1", &book.base, a, NULL, &st), STATUS_ALREADY_EXISTS);
+    ProtobufCMessage *read = NULL;
+    cr_assert_eq(kv_record_get(buckets[1], &book_type, "rec.b1", "b1", a, &read, &st), STATUS_OK, "%s", st.message);
+    cr_assert_str_eq(((Book *)read)->title, "Dune");
+    cr_assert_eq(((Book *)read)->total_copies, 3);
+    cr_assert_eq(kv_record_get(buckets[0], &book_type, "rec.none", "none", a, &read, &st), STATUS_NOT_FOUND);
+    cr_assert_str_eq(st.reason, "BOOK_NOT_FOUND");
+    cr_assert_str_eq(st.message, "no book with id none");
+    arena_destroy(a);
+}
+
+typedef struct record_adder {
+    kv_bucket *bucket;
+    int times;
+    int failures;
+} record_adder;
+
+static void *add_copies(void *arg) {
+    record_adder *adder = arg;
+    for (int i = 0; i < adder->times; i++) {
+        arena *a = arena_create(0);
+        status st;
+        if (kv_record_update(adder->bucket, &book_type, "rec.raced", "raced", true, add_copy, NULL, a, NULL, &st) !=
+            STATUS_OK)
+            adder->failures++;
+        arena_destroy(a);
+    }
+    return NULL;
+}
+
+Test(kv, two_replicas_updating_one_record_lose_no_change) {
+    record_adder adders[2] = {{buckets[0], 100, 0}, {buckets[1], 100, 0}};
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&threads[i], NULL, add_copies, &adders[i]);
+    for (int i = 0; i < 2; i++)
+        pthread_join(threads[i], NULL);
+    cr_assert_eq(adders[0].failures + adders[1].failures, 0);
+    arena *a = arena_create(0);
+    status st;
+    ProtobufCMessage *read = NULL;
+    cr_assert_eq(kv_record_get(buckets[0], &book_type, "rec.raced", "raced", a, &read, &st), STATUS_OK, "%s",
+                 st.message);
+    cr_assert_eq(((Book *)read)->total_copies, 200, "the first change created it, every one counted");
+    kv_record_written written;
+    cr_assert_eq(kv_record_update(buckets[1], &book_type, "rec.raced", "raced", false, keep, NULL, a, &written, &st),
+                 STATUS_OK);
+    cr_assert_null(written.bytes, "a change that changed nothing writes nothing");
+    cr_assert_eq(((Book *)written.record)->total_copies, 200, "and answers the record as it is");
+    arena_destroy(a);
+}
+
+Test(kv, a_record_that_does_not_parse_or_is_not_whole_is_data_loss) {
+    arena *a = arena_create(0);
+    status st;
+    const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff};
+    cr_assert_eq(kv_create(buckets[0], "rec.garbage", garbage, sizeof garbage, NULL, &st), STATUS_OK);
+    ProtobufCMessage *read = NULL;
+    cr_assert_eq(kv_record_get(buckets[0], &book_type, "rec.garbage", "garbage", a, &read, &st), STATUS_DATA_LOSS);
+    cr_assert_str_eq(st.reason, "CORRUPT_RECORD");
+    cr_assert_eq(kv_record_update(buckets[1], &book_type, "rec.garbage", "garbage", true, add_copy, NULL, a, NULL,
+                                  &st),
+                 STATUS_DATA_LOSS, "a corrupt record is never overwritten by a change");
+    Book untitled = LIBRARY__CATALOG__V1__BOOK__INIT;
+    untitled.book_id = "u";
+    cr_assert_eq(kv_record_create(buckets[0], "rec.untitled", &untitled.base, a, NULL, &st), STATUS_OK);
+    cr_assert_eq(kv_record_get(buckets[0], &book_type, "rec.untitled", "u", a, &read, &st), STATUS_DATA_LOSS,
+                 "a record without what every stored one has");
+    cr_assert_eq(kv_record_update(buckets[0], &book_type, "rec.missing", "missing", false, add_copy, NULL, a, NULL,
+                                  &st),
+                 STATUS_NOT_FOUND, "no record and no create_if_missing");
+    arena_destroy(a);
 }
