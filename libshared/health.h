@@ -17,6 +17,8 @@
 #define HEALTH_LIVENESS "liveness"
 #include "status.h"
 
+typedef struct health health;
+
 status_code health_create(health **out, status *st);
 void health_destroy(health *h); /* NULL is a no-op */
 const rpc_service *health_service(health *h);

@@ -1357,21 +1357,6 @@ status_code rpc_server_create(const rpc_server_options *options, rpc_server **ou
     };
     grpc_channel_args channel_args = {.num_args = sizeof args / sizeof args[0], .args = args};
     server->core = grpc_server_create(&channel_args, NULL);
-
-    status_code code = health_create(&server->health, st);
-    if (code == STATUS_OK)
-        code = rpc_server_add_service(server, health_service(server->health), st);
-    if (code == STATUS_OK && o->descriptor_set != NULL) {
-        code = reflection_create(o->descriptor_set, o->descriptor_set_size, &server->reflection, st);
-        if (code == STATUS_OK)
-            code = rpc_server_add_service(server, reflection_service_v1(server->reflection), st);
-        if (code == STATUS_OK)
-            code = rpc_server_add_service(server, reflection_service_v1alpha(server->reflection), st);
-    }
-    if (code != STATUS_OK) {
-        rpc_server_destroy(server);
-        return code;
-    }
     *out = server;
     return STATUS_OK;
 }
@@ -1507,9 +1492,6 @@ status_code rpc_server_start(rpc_server *server, status *st) {
     server->expiry_running = pthread_create(&server->expiry_thread, NULL, expiry_main, server) == 0;
     if (!server->expiry_running)
         LOG_WARN("no thread to end streams whose token expires: they end at their deadline only");
-    health_set(server->health, "", true);
-    for (size_t i = 0; i < server->service_count; i++)
-        health_set(server->health, server->services[i]->name, true);
     return STATUS_OK;
 }
 
@@ -1523,8 +1505,10 @@ int rpc_server_port(const rpc_server *server) {
     return server->port;
 }
 
-health *rpc_server_health(rpc_server *server) {
-    return server->health;
+size_t rpc_server_services(const rpc_server *server, const rpc_service **out, size_t capacity) {
+    for (size_t i = 0; i < server->service_count && i < capacity; i++)
+        out[i] = server->services[i];
+    return server->service_count;
 }
 
 static void finish_open_streams(rpc_server *server) {
@@ -1565,7 +1549,6 @@ void rpc_server_shutdown(rpc_server *server) {
     expiry_stop(server); /* the drain ends every stream; none may be ended once queues close */
     int64_t started = now_ms();
     atomic_store(&server->draining, true);
-    health_shutdown(server->health); /* NOT_SERVING to every watcher */
     /* Stop listening first, so nothing new arrives while open streams are ended. */
     server->shutdown_tag = (cq_tag){on_shutdown_done, server};
     grpc_server_shutdown_and_notify(server->core, server->pollers[0].cq, &server->shutdown_tag);
@@ -1591,9 +1574,7 @@ void rpc_server_destroy(rpc_server *server) {
             grpc_completion_queue_destroy(server->pollers[i].cq);
     for (size_t i = 0; i < server->method_count; i++)
         free(server->methods[i].path);
-    health_destroy(server->health);
     rate_limiter_destroy(server->writes);
-    reflection_destroy(server->reflection);
     free(server->pollers);
     free(server->workers);
     pthread_mutex_destroy(&server->jobs_lock);

@@ -30,7 +30,6 @@
 typedef struct rpc_server rpc_server;
 typedef struct rpc_context rpc_context;
 typedef struct rpc_stream rpc_stream;
-typedef struct health health;
 
 typedef enum rpc_access {
     /* The zero value, so a table entry that forgets .access is refused by
@@ -148,18 +147,14 @@ typedef struct rpc_server_options {
      * connection (a host gone, a network cut). 0: 60000 and 20000. */
     int keepalive_ms;
     int keepalive_timeout_ms;
-    /* Serialized google.protobuf.FileDescriptorSet for reflection (NULL: no reflection). */
-    const uint8_t *descriptor_set;
-    size_t descriptor_set_size;
 } rpc_server_options;
 
-/* Creates a server (not yet listening). *out is owned by the caller (rpc_server_destroy).
- * Health (grpc.health.v1) and, when a descriptor set is given, reflection (v1 and v1alpha)
- * are always added. */
+/* Creates a server (not yet listening) with no service. *out is owned by the caller
+ * (rpc_server_destroy). Health and reflection are services like any other (builtins.h). */
 status_code rpc_server_create(const rpc_server_options *options, rpc_server **out, status *st);
 /* Adds a service; before rpc_server_start only. The table must outlive the server. */
 status_code rpc_server_add_service(rpc_server *server, const rpc_service *service, status *st);
-/* Binds and starts serving; health reports SERVING for the server and each service. */
+/* Binds and starts serving. */
 status_code rpc_server_start(rpc_server *server, status *st);
 /* One method a server serves, as rpc_server_methods lists it. */
 typedef struct rpc_method_entry {
@@ -172,8 +167,9 @@ typedef struct rpc_method_entry {
 size_t rpc_server_methods(const rpc_server *server, rpc_method_entry *out, size_t capacity);
 /* The port actually bound (useful with port 0 in tests). */
 int rpc_server_port(const rpc_server *server);
-health *rpc_server_health(rpc_server *server);
-/* Graceful drain: health NOT_SERVING, open streams end with UNAVAILABLE, new calls are refused,
+/* The services added, in order: fills out[0..capacity) and returns how many there are. */
+size_t rpc_server_services(const rpc_server *server, const rpc_service **out, size_t capacity);
+/* Graceful drain: open streams end with UNAVAILABLE, new calls are refused,
  * calls in flight get drain_grace_ms to finish, then are cancelled. Idempotent. */
 void rpc_server_shutdown(rpc_server *server);
 void rpc_server_destroy(rpc_server *server); /* shuts down first if needed; NULL is a no-op */

@@ -10,6 +10,7 @@
 
 #include "api_descriptor.h"
 #include "auth.h"
+#include "builtins.h"
 #include "metrics.h"
 
 static service_settings settings;
@@ -186,6 +187,7 @@ static int run(const service_definition *definition) {
     auth_verifier *verifier = NULL;
     metrics_server *metrics = NULL;
     rpc_server *server = NULL;
+    rpc_builtins builtins = {0};
     pthread_t level_thread;
     bool level_thread_running = false;
     nats_connection *nats = NULL;
@@ -210,8 +212,6 @@ static int run(const service_definition *definition) {
         .retry_pushback_ms = (int)settings.retry_pushback_ms,
         .keepalive_ms = (int)settings.grpc_keepalive_ms,
         .keepalive_timeout_ms = (int)settings.grpc_keepalive_timeout_ms,
-        .descriptor_set = library_api_descriptor_set,
-        .descriptor_set_size = library_api_descriptor_set_size,
     };
     if (settings.log_level_file[0] != '\0') {
         log_level_file_apply();
@@ -225,24 +225,27 @@ static int run(const service_definition *definition) {
                              &st) != STATUS_OK)
         goto done;
     options.verifier = verifier;
-    if (rpc_server_create(&options, &server, &st) != STATUS_OK)
+    if (rpc_server_create(&options, &server, &st) != STATUS_OK ||
+        rpc_builtins_add(server, library_api_descriptor_set, library_api_descriptor_set_size, &builtins, &st) !=
+            STATUS_OK)
         goto done;
     nats_connection_options nats_options = {
         .url = settings.nats_url,
         .client_name = definition->name,
-        .health = rpc_server_health(server),
+        .health = builtins.health,
         .connect_timeout_ms = settings.nats_connect_timeout_ms,
         .request_timeout_ms = settings.nats_timeout_ms,
     };
     if (nats_connection_open(&nats_options, &nats, &st) != STATUS_OK)
         goto done;
     service_context context = {.settings = &settings, .server = server, .nats = nats,
-                               .health = rpc_server_health(server)};
+                               .health = builtins.health};
     if (definition->start(&context, &state, &st) != STATUS_OK)
         goto done;
     started = true;
     if (rpc_server_start(server, &st) != STATUS_OK)
         goto done;
+    rpc_builtins_serving(&builtins, server);
     if (metrics)
         LOG_INFO("%s serving gRPC on port %d, metrics on http://0.0.0.0:%d/metrics", definition->name,
                  rpc_server_port(server), metrics_server_port(metrics));
@@ -251,6 +254,7 @@ static int run(const service_definition *definition) {
 
     int signal_number = rpc_wait_for_signal(on_hangup, verifier);
     LOG_INFO("received %s; draining", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+    rpc_builtins_draining(&builtins); /* NOT_SERVING first: probes see it while calls drain */
     rpc_server_shutdown(server);
     exit_status = 0;
 
@@ -265,6 +269,7 @@ done:
         definition->stop(state);
     nats_connection_close(nats);
     rpc_server_destroy(server);
+    rpc_builtins_destroy(&builtins);
     auth_verifier_destroy(verifier);
     metrics_server_stop(metrics);
     if (level_thread_running) {

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "api_descriptor.h"
+#include "builtins.h"
 #include "catalog/catalog_service.h"
 #include "lending/lending_service.h"
 #include "library/lending/v1/lending.pb-c.h"
@@ -184,22 +185,24 @@ static status_code expected_status(rpc_access access, caller who, design_rule ru
 
 typedef struct method_table {
     rpc_server *server; /* never started: it only holds the tables */
+    rpc_builtins builtins;
     auth_verifier *verifier;
     rpc_method_entry entries[64];
     size_t count;
 } method_table;
 
 /* A server with exactly what the three services serve (each binary serves one of them plus
- * health and reflection, added by rpc_server_create). */
+ * health and reflection, the builtins service.c adds). */
 static void method_table_load(method_table *t) {
     status st;
     const char *key = arena_sprintf(mem, "%s/jwt-public.pem", fixture_dir());
     cr_assert_eq(auth_verifier_create(key, "library", "library-api", 0, &t->verifier, &st), STATUS_OK,
                  "%s", st.message);
-    rpc_server_options options = {.listen_address = "127.0.0.1:0", .verifier = t->verifier,
-                                  .descriptor_set = library_api_descriptor_set,
-                                  .descriptor_set_size = library_api_descriptor_set_size};
+    rpc_server_options options = {.listen_address = "127.0.0.1:0", .verifier = t->verifier};
     cr_assert_eq(rpc_server_create(&options, &t->server, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(rpc_builtins_add(t->server, library_api_descriptor_set, library_api_descriptor_set_size,
+                                  &t->builtins, &st),
+                 STATUS_OK, "%s", st.message);
     const rpc_service *services[] = {&catalog_rpc_service, &lending_rpc_service, &mypage_rpc_service};
     for (size_t i = 0; i < 3; i++)
         cr_assert_eq(rpc_server_add_service(t->server, services[i], &st), STATUS_OK, "%s", st.message);
@@ -209,6 +212,7 @@ static void method_table_load(method_table *t) {
 
 static void method_table_free(method_table *t) {
     rpc_server_destroy(t->server);
+    rpc_builtins_destroy(&t->builtins);
     auth_verifier_destroy(t->verifier);
 }
 
