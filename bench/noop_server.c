@@ -20,6 +20,7 @@
 #include "log.h"
 #include "noop.pb-c.h"
 #include "rpc_server.h"
+#include "service.h"
 
 enum {
     RAW_POLLER_THREADS = 2,   /* as many as rpc_server's default */
@@ -141,7 +142,7 @@ static int run_raw(int port) {
     printf("listening on %d\n", bound);
     fflush(stdout);
 
-    rpc_wait_for_signal(NULL, NULL);
+    service_wait_for_signal(NULL, NULL);
 
     grpc_completion_queue *shutdown_cq = grpc_completion_queue_create_for_pluck(NULL);
     int shutdown_tag = 0;
@@ -210,7 +211,7 @@ static int run_framework(int port, const char *key_file) {
         rpc_server_start(server, &st) == STATUS_OK) {
         printf("listening on %d\n", rpc_server_port(server));
         fflush(stdout);
-        rpc_wait_for_signal(NULL, NULL);
+        service_wait_for_signal(NULL, NULL);
         exit_status = 0;
     } else {
         fprintf(stderr, "bench_noop_server: %s\n", st.message);
@@ -226,7 +227,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s raw PORT | framework PORT JWT_PUBLIC_KEY_FILE\n", argv[0]);
         return 2;
     }
-    rpc_block_signals();
+    service_block_signals();
     int port = atoi(argv[2]);
     return strcmp(argv[1], "raw") == 0 ? run_raw(port) : run_framework(port, argv[3]);
 }

@@ -17,7 +17,6 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1588,38 +1587,6 @@ void rpc_server_destroy(rpc_server *server) {
     pthread_cond_destroy(&server->expiry_wake);
     free(server);
     grpc_shutdown();
-}
-
-/* --- signals ---------------------------------------------------------------------- */
-
-static void signal_set(sigset_t *set) {
-    sigemptyset(set);
-    sigaddset(set, SIGTERM);
-    sigaddset(set, SIGINT);
-    sigaddset(set, SIGHUP);
-}
-
-void rpc_block_signals(void) {
-    sigset_t set;
-    signal_set(&set);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
-}
-
-int rpc_wait_for_signal(void (*on_hangup)(void *arg), void *arg) {
-    sigset_t set;
-    signal_set(&set);
-    for (;;) {
-        int signal_number = 0;
-        if (sigwait(&set, &signal_number) != 0)
-            continue;
-        if (signal_number == SIGHUP) {
-            if (on_hangup)
-                on_hangup(arg);
-            continue;
-        }
-        return signal_number;
-    }
 }
 
 /* --- context accessors ------------------------------------------------------------- */

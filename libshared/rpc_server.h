@@ -174,11 +174,6 @@ size_t rpc_server_services(const rpc_server *server, const rpc_service **out, si
 void rpc_server_shutdown(rpc_server *server);
 void rpc_server_destroy(rpc_server *server); /* shuts down first if needed; NULL is a no-op */
 
-/* Blocks SIGTERM, SIGINT and SIGHUP in the calling thread; call first in main, before any
- * thread exists, so every thread inherits the mask and rpc_wait_for_signal sees them. */
-void rpc_block_signals(void);
-/* Waits for SIGTERM or SIGINT (returns it). SIGHUP calls on_hangup(arg) and keeps waiting. */
-int rpc_wait_for_signal(void (*on_hangup)(void *arg), void *arg);
 
 /* --- inside a handler --------------------------------------------------------------- */
 

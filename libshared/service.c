@@ -107,6 +107,38 @@ static void load_config(const service_definition *definition) {
         config_load_or_exit(definition->name, definition->config, definition->config_count);
 }
 
+/* --- signals ---------------------------------------------------------------------- */
+
+static void signal_set(sigset_t *set) {
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
+void service_block_signals(void) {
+    sigset_t set;
+    signal_set(&set);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+int service_wait_for_signal(void (*on_hangup)(void *arg), void *arg) {
+    sigset_t set;
+    signal_set(&set);
+    for (;;) {
+        int signal_number = 0;
+        if (sigwait(&set, &signal_number) != 0)
+            continue;
+        if (signal_number == SIGHUP) {
+            if (on_hangup)
+                on_hangup(arg);
+            continue;
+        }
+        return signal_number;
+    }
+}
+
 /* --- the log level from a file ------------------------------------------------------------- */
 
 static struct {
@@ -252,7 +284,7 @@ static int run(const service_definition *definition) {
     else
         LOG_INFO("%s serving gRPC on port %d", definition->name, rpc_server_port(server));
 
-    int signal_number = rpc_wait_for_signal(on_hangup, verifier);
+    int signal_number = service_wait_for_signal(on_hangup, verifier);
     LOG_INFO("received %s; draining", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
     rpc_builtins_draining(&builtins); /* NOT_SERVING first: probes see it while calls drain */
     rpc_server_shutdown(server);
@@ -321,7 +353,7 @@ int service_main(const service_definition *definition, int argc, char **argv) {
         }
     }
     if (command == NULL) /* the server waits for signals; a command just dies of them */
-        rpc_block_signals();
+        service_block_signals();
     load_config(definition);
     log_init(definition->name, settings.log_level);
     return command ? run_command(definition, command) : run(definition);

@@ -81,4 +81,10 @@ typedef struct service_definition {
  * configuration or an unknown argument). */
 int service_main(const service_definition *definition, int argc, char **argv);
 
+/* Blocks SIGTERM, SIGINT and SIGHUP in the calling thread; call first in main, before any
+ * thread exists, so every thread inherits the mask and service_wait_for_signal sees them. */
+void service_block_signals(void);
+/* Waits for SIGTERM or SIGINT (returns it). SIGHUP calls on_hangup(arg) and keeps waiting. */
+int service_wait_for_signal(void (*on_hangup)(void *arg), void *arg);
+
 #endif
