@@ -31,6 +31,7 @@
 #include "rpc_internal.h"
 #include "status_details.h"
 #include "text.h"
+#include "timestamp.h"
 
 enum {
     MAX_METHODS = 64,
@@ -204,17 +205,6 @@ static status_code call_check_size(rpc_context *call, grpc_byte_buffer *buffer, 
 
 /* --- helpers ---------------------------------------------------------------------- */
 
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-static int64_t now_ms(void) {
-    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
-    return now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
-
 static bool slice_equals(grpc_slice slice, const char *text) {
     size_t length = strlen(text);
     return GRPC_SLICE_LENGTH(slice) == length &&
@@ -359,7 +349,7 @@ static method_metrics *call_metrics(rpc_context *call);
 /* A call is over: count it, time it, and log it at debug with its trace id. */
 static void call_record(rpc_context *call) {
     method_metrics *m = call_metrics(call);
-    double seconds = (double)(now_ns() - call->started_ns) / 1e9;
+    double seconds = (double)(timestamp_monotonic_ns() - call->started_ns) / 1e9;
     metric_add(method_handled(m, call->final_code), 1);
     metric_observe(m->seconds, seconds);
     rpc_server *server = call->server;
@@ -427,7 +417,7 @@ static rpc_context *call_create(call_request *request) {
     call->deadline = request->deadline;
     call->metadata = request->metadata;
     call->payload = request->payload;
-    call->started_ns = now_ns();
+    call->started_ns = timestamp_monotonic_ns();
     call->final_code = STATUS_CANCELLED;
     metric_add(call_metrics(call)->started, 1);
     atomic_init(&call->refs, 1);
@@ -1118,7 +1108,7 @@ static status_code call_rate_check(rpc_context *call, status *st) {
     if (!call->method->method->write || !call->has_caller || call->caller.admin)
         return STATUS_OK;
     int64_t retry_after_ms = 0;
-    if (rate_limiter_take(call->server->writes, call->caller.subject, now_ms(), &retry_after_ms))
+    if (rate_limiter_take(call->server->writes, call->caller.subject, timestamp_monotonic_ms(), &retry_after_ms))
         return STATUS_OK;
     call->retry_pushback_ms = retry_after_ms > INT32_MAX ? INT32_MAX : (int)retry_after_ms;
     return status_set(st, STATUS_RESOURCE_EXHAUSTED, "RATE_LIMITED",
@@ -1546,7 +1536,7 @@ void rpc_server_shutdown(rpc_server *server) {
     if (!first || !server->started)
         return;
     expiry_stop(server); /* the drain ends every stream; none may be ended once queues close */
-    int64_t started = now_ms();
+    int64_t started = timestamp_monotonic_ms();
     atomic_store(&server->draining, true);
     /* Stop listening first, so nothing new arrives while open streams are ended. */
     server->shutdown_tag = (cq_tag){on_shutdown_done, server};
@@ -1559,7 +1549,7 @@ void rpc_server_shutdown(rpc_server *server) {
         wait_shutdown_done(server, 60000);
     }
     threads_stop(server);
-    LOG_INFO("server drained in %lld ms", (long long)(now_ms() - started));
+    LOG_INFO("server drained in %lld ms", (long long)(timestamp_monotonic_ms() - started));
 }
 
 void rpc_server_destroy(rpc_server *server) {

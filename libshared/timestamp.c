@@ -29,10 +29,14 @@ Google__Protobuf__Timestamp *timestamp_now(arena *a) {
     return t;
 }
 
-int64_t timestamp_monotonic_ms(void) {
+int64_t timestamp_monotonic_ns(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+int64_t timestamp_monotonic_ms(void) {
+    return timestamp_monotonic_ns() / 1000000;
 }
 
 void timestamp_sleep_ms(int64_t ms) {

@@ -14,8 +14,9 @@ int64_t timestamp_now_ms(void);
 Google__Protobuf__Timestamp *timestamp_from_ms(arena *a, int64_t ms);
 Google__Protobuf__Timestamp *timestamp_now(arena *a);
 
-/* CLOCK_MONOTONIC in milliseconds: only differences mean anything. */
+/* CLOCK_MONOTONIC in milliseconds and nanoseconds: only differences mean anything. */
 int64_t timestamp_monotonic_ms(void);
+int64_t timestamp_monotonic_ns(void);
 /* Sleeps ms milliseconds (a signal may end it early). */
 void timestamp_sleep_ms(int64_t ms);
 
