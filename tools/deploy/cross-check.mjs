@@ -451,7 +451,8 @@ for (const [name, objects] of Object.entries(meshSets)) {
       const destination = route.route[0].destination;
       if (!row || !destination.host.startsWith(`library-${row.backend}.`) || destination.port.number !== row.port)
         fail(`${m.path} goes to ${destination.host}:${destination.port.number}, routes.tsv says ${row && row.backend}:${row && row.port}`);
-      if (m.streaming && (route.timeout !== "0s" || (route.retries && route.retries.attempts !== 0))) fail(`${m.path} streams but its route has timeout ${route.timeout} / retries`);
+      // A stream's route has no timeout at all: Istio's default is none, and `0s` is refused at admission.
+      if (m.streaming && ("timeout" in route || (route.retries && route.retries.attempts !== 0))) fail(`${m.path} streams but its route has timeout ${route.timeout} / retries`);
       if (!m.streaming && (!route.timeout || route.timeout === "0s")) fail(`${m.path}: unary route without a timeout`);
       if (!m.streaming && !route.retries) fail(`${m.path}: unary route without a retry policy`);
     }
