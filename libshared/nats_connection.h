@@ -16,11 +16,15 @@ typedef struct nats_connection nats_connection;
 typedef struct nats_connection_options {
     const char *url;            /* "nats://127.0.0.1:4222" */
     const char *client_name;    /* shown in NATS monitoring */
+    const char *user;           /* NULL or "": no credentials */
+    const char *password;
     health *health;             /* may be NULL; dependency "nats" is reported to it */
     int64_t connect_timeout_ms; /* total time to keep trying at start; 0: 30000 */
     int64_t request_timeout_ms; /* JetStream API and KV calls; 0: 2000 */
 } nats_connection_options;
 
+/* Credentials NATS refuses end the attempt at once with STATUS_UNAUTHENTICATED, reason
+ * NATS_AUTH: no retry can fix them. */
 status_code nats_connection_open(const nats_connection_options *options, nats_connection **out,
                                  status *st);
 void nats_connection_close(nats_connection *connection); /* NULL is a no-op */
