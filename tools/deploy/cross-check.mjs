@@ -381,6 +381,11 @@ for (const [renderName, objects] of Object.entries(renders)) {
           else if (e.valueFrom && e.valueFrom.configMapKeyRef) {
             const ref = e.valueFrom.configMapKeyRef;
             env[e.name] = String(find(objects, "ConfigMap", ref.name).data[ref.key]);
+          } else if (e.valueFrom && e.valueFrom.secretKeyRef) {
+            // the rendered Secret's value, or a stand-in for a Secret made outside the chart
+            const ref = e.valueFrom.secretKeyRef;
+            const secret = objects.find((o) => o.kind === "Secret" && o.metadata.name === ref.name);
+            env[e.name] = secret && secret.data && secret.data[ref.key] ? Buffer.from(secret.data[ref.key], "base64").toString() : "from-a-secret";
           }
         }
         const levelFile = join(scratch, "LOG_LEVEL");
