@@ -258,6 +258,12 @@ static natsStatus set_servers(natsOptions *opts, const char *urls) {
     return natsOptions_SetServers(opts, servers, count);
 }
 
+/* What waiting cannot fix: wrong credentials, or TLS on one side only or not trusted. */
+static bool refused(natsStatus s) {
+    return s == NATS_CONNECTION_AUTH_FAILED || s == NATS_SSL_ERROR ||
+           s == NATS_SECURE_CONNECTION_REQUIRED || s == NATS_SECURE_CONNECTION_WANTED;
+}
+
 static status_code connect_failed(natsStatus s, const nats_connection_options *options, status *st) {
     bool anonymous = options->user == NULL || options->user[0] == '\0';
     if (s == NATS_CONNECTION_AUTH_FAILED)
@@ -266,6 +272,13 @@ static status_code connect_failed(natsStatus s, const nats_connection_options *o
                           "NATS_PASSWORD_FILE against the server's users",
                           options->url, anonymous ? "a client without credentials" : "user '",
                           anonymous ? "" : options->user, anonymous ? "" : "'", natsStatus_GetText(s));
+    if (refused(s)) {
+        const char *text = nats_GetLastError(NULL);
+        return status_set(st, STATUS_UNAUTHENTICATED, "NATS_TLS",
+                          "TLS with NATS at %s failed (%s: %s): check NATS_TLS_CA_FILE against the "
+                          "server's certificate and tls block",
+                          options->url, natsStatus_GetText(s), text != NULL ? text : "");
+    }
     return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE", "cannot connect to NATS at %s: %s",
                       options->url, natsStatus_GetText(s));
 }
@@ -305,6 +318,15 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
         s = natsOptions_SetErrorHandler(opts, on_async_error, c);
     if (s == NATS_OK && options->user != NULL && options->user[0] != '\0')
         s = natsOptions_SetUserInfo(opts, options->user, options->password);
+    bool tls = options->tls_ca_file != NULL && options->tls_ca_file[0] != '\0';
+    if (s == NATS_OK && tls)
+        s = natsOptions_SetSecure(opts, true);
+    if (s == NATS_OK && tls && natsOptions_LoadCATrustedCertificates(opts, options->tls_ca_file) != NATS_OK) {
+        natsOptions_Destroy(opts);
+        connection_free(c);
+        return status_set(st, STATUS_INVALID_ARGUMENT, "CONFIG_INVALID",
+                          "NATS_TLS_CA_FILE %s is not a readable PEM certificate", options->tls_ca_file);
+    }
     if (s != NATS_OK) {
         natsOptions_Destroy(opts);
         connection_free(c);
@@ -316,7 +338,7 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
     int64_t give_up = timestamp_monotonic_ms() + budget;
     for (;;) {
         s = natsConnection_Connect(&c->core, opts);
-        if (s == NATS_OK || s == NATS_CONNECTION_AUTH_FAILED || timestamp_monotonic_ms() >= give_up)
+        if (s == NATS_OK || refused(s) || timestamp_monotonic_ms() >= give_up)
             break;
         LOG_WARN("cannot connect to NATS at %s (%s); retrying", options->url, natsStatus_GetText(s));
         timestamp_sleep_ms(500);

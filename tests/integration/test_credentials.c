@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "harness.h"
 
@@ -237,4 +238,55 @@ Test(credentials, mypage_may_touch_only_its_own_keys) {
 Test(credentials, wrong_redis_password_stops_mypage_at_once) {
     const char *env[] = {nats_env, redis_env, "REDIS_PASSWORD=not-the-password", NULL};
     expect_refused_start("mypage", env, "Redis refused the password of user 'mypage'");
+}
+
+/* --- TLS --------------------------------------------------------------------------------------- */
+
+/* A CA and a server certificate for 127.0.0.1 signed by it, as <prefix>-ca.pem, <prefix>.pem and
+ * <prefix>.key in dir (openssl, as an operator would make them). */
+static void make_certificates(const char *prefix) {
+    char command[2400];
+    snprintf(command, sizeof command,
+             "cd '%s' && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > %s.ext && "
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+             "-subj /CN=%s-ca -keyout %s-ca.key -out %s-ca.pem && "
+             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=nats "
+             "-keyout %s.key -out %s.csr && "
+             "openssl x509 -req -in %s.csr -CA %s-ca.pem -CAkey %s-ca.key -CAcreateserial -days 1 "
+             "-extfile %s.ext -out %s.pem",
+             dir, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix);
+    arena *a = arena_create(0);
+    int code = -1;
+    char *output = harness_command_output(a, command, &code);
+    cr_assert_eq(code, 0, "openssl failed: %s", output ? output : "");
+    arena_destroy(a);
+}
+
+Test(credentials, nats_over_tls_with_the_servers_ca_and_refused_without_it) {
+    make_certificates("server");
+    make_certificates("other"); /* a CA that did not sign the server's certificate */
+    char tls_dir[600], tls_config[1600];
+    snprintf(tls_dir, sizeof tls_dir, "%s/tls", dir);
+    mkdir(tls_dir, 0755);
+    snprintf(tls_config, sizeof tls_config, "tls { cert_file: \"%s/server.pem\", key_file: \"%s/server.key\" }",
+             dir, dir);
+    harness_process secure;
+    cr_assert(harness_nats_start_with(tls_dir, 0, tls_config, &secure), "nats-server with TLS did not start: %s",
+              secure.log_path);
+    char url[160], ca[700], wrong_ca[700];
+    snprintf(url, sizeof url, "NATS_URL=tls://127.0.0.1:%d", secure.port);
+    snprintf(ca, sizeof ca, "NATS_TLS_CA_FILE=%s/server-ca.pem", dir);
+    snprintf(wrong_ca, sizeof wrong_ca, "NATS_TLS_CA_FILE=%s/other-ca.pem", dir);
+
+    const char *trusted[] = {url, ca, NULL};
+    harness_process catalog;
+    cr_assert(harness_service_start("catalog", dir, trusted, &catalog), "catalog did not serve over TLS: %s",
+              catalog.log_path);
+    cr_assert_eq(harness_process_stop(&catalog, SIGTERM, 10000), 0);
+
+    const char *untrusted[] = {url, wrong_ca, "NATS_CONNECT_TIMEOUT=60s", NULL};
+    expect_refused_start("catalog", untrusted, "TLS with NATS at tls://127.0.0.1");
+    const char *plain[] = {url, "NATS_CONNECT_TIMEOUT=60s", NULL};
+    expect_refused_start("catalog", plain, "TLS with NATS at tls://127.0.0.1");
+    harness_process_stop(&secure, SIGTERM, 5000);
 }

@@ -451,15 +451,20 @@ int harness_nats_violations(const char *log_path) {
 /* --- servers ---------------------------------------------------------------------------------- */
 
 bool harness_nats_start(const char *dir, int port_number, harness_process *out) {
+    return harness_nats_start_with(dir, port_number, NULL, out);
+}
+
+bool harness_nats_start_with(const char *dir, int port_number, const char *extra_config,
+                             harness_process *out) {
     memset(out, 0, sizeof *out);
     out->port = port_number > 0 ? port_number : harness_free_port();
-    char config[512], text[1200];
+    char config[512], text[2400];
     snprintf(config, sizeof config, "%s/nats.conf", dir);
     snprintf(text, sizeof text,
              "listen: 127.0.0.1:%d\n"
              "jetstream { store_dir: \"%s/nats\" }\n"
-             "include nats-users.conf\n",
-             out->port, dir);
+             "include nats-users.conf\n%s\n",
+             out->port, dir, extra_config ? extra_config : "");
     if (!harness_nats_users_file(dir) || !write_text(config, text))
         return false;
     snprintf(out->log_path, sizeof out->log_path, "%s/nats.log", dir);

@@ -67,6 +67,8 @@ int harness_nats_violations(const char *log_path);
 /* Starts nats-server with JetStream, its store under dir on port (0: a free one), with
  * credentials; waits until it accepts connections. */
 bool harness_nats_start(const char *dir, int port, harness_process *out);
+/* The same with more configuration (e.g. a tls { } block) appended to its nats.conf. */
+bool harness_nats_start_with(const char *dir, int port, const char *extra_config, harness_process *out);
 /* Starts redis-server with AOF, its data under dir/redis, on port (0: a free one), with ACL
  * users and protected mode. */
 bool harness_redis_start(const char *dir, int port, harness_process *out);
