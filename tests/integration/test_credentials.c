@@ -249,16 +249,16 @@ static void make_certificates(const char *prefix) {
     snprintf(command, sizeof command,
              "cd '%s' && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > %s.ext && "
              "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
-             "-subj /CN=%s-ca -keyout %s-ca.key -out %s-ca.pem && "
+             "-subj /CN=%s-ca -keyout %s-ca.key -out %s-ca.pem 2>>openssl.log && "
              "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=nats "
-             "-keyout %s.key -out %s.csr && "
+             "-keyout %s.key -out %s.csr 2>>openssl.log && "
              "openssl x509 -req -in %s.csr -CA %s-ca.pem -CAkey %s-ca.key -CAcreateserial -days 1 "
-             "-extfile %s.ext -out %s.pem",
+             "-extfile %s.ext -out %s.pem 2>>openssl.log",
              dir, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix);
     arena *a = arena_create(0);
     int code = -1;
     char *output = harness_command_output(a, command, &code);
-    cr_assert_eq(code, 0, "openssl failed: %s", output ? output : "");
+    cr_assert_eq(code, 0, "openssl failed (%s/openssl.log): %s", dir, output ? output : "");
     arena_destroy(a);
 }
 
