@@ -42,3 +42,27 @@ lib_redis_users() {
   printf 'user default on >%s ~* &* +@all\n' "$(<"$dir/redis-admin")"
   printf 'user mypage on >%s %s\n' "$(<"$dir/redis-mypage")" "$rules"
 }
+
+# lib_dev_tls <dir>: a dev CA (ca.pem) and a certificate for NATS on loopback (nats.pem,
+# nats.key: 127.0.0.1 and localhost) signed by it, made once; the services trust ca.pem.
+lib_dev_tls() {
+  local dir=$1
+  [[ -s $dir/ca.pem && -s $dir/nats.pem && -s $dir/nats.key ]] && return 0
+  mkdir -p "$dir" && chmod 700 "$dir" || return 1
+  (
+    cd "$dir" || exit 1
+    umask 077
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >nats.ext
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
+      -subj /CN=library-dev-ca -keyout ca.key -out ca.pem &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=nats \
+        -keyout nats.key -out nats.csr &&
+      openssl x509 -req -in nats.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+        -extfile nats.ext -out nats.pem
+  ) >"$dir/openssl.log" 2>&1
+}
+
+# lib_nats_tls_block <dir>: the tls { } block of a nats.conf serving lib_dev_tls's certificate.
+lib_nats_tls_block() {
+  printf 'tls { cert_file: "%s/nats.pem", key_file: "%s/nats.key" }\n' "$1" "$1"
+}
