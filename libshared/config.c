@@ -305,6 +305,12 @@ void config_print_help(const config_entry *entries, size_t count, void *file) {
     }
 }
 
+void config_exit(const char *program, const status *st) {
+    fprintf(stderr, "%s: configuration error: %s\n", program != NULL ? program : "service",
+            st->message);
+    exit(2);
+}
+
 void config_load_or_exit(const char *program, const config_entry *entries, size_t count) {
     status st;
     if (config_load(entries, count, &st) == STATUS_OK)
@@ -314,4 +320,49 @@ void config_load_or_exit(const char *program, const config_entry *entries, size_
     fprintf(stderr, "environment variables:\n");
     config_print_help(entries, count, stderr);
     exit(2);
+}
+
+/* Reads a password file whole; the newline an editor or `echo` adds is not part of it. */
+static status_code read_password_file(const char *prefix, const char *path, char *out, size_t size,
+                                      status *st) {
+    FILE *file = fopen(path, "r");
+    if (file == NULL)
+        return status_set(st, STATUS_INVALID_ARGUMENT, CONFIG_REASON_INVALID,
+                          "%s_PASSWORD_FILE %s cannot be read", prefix, path);
+    size_t n = fread(out, 1, size, file);
+    fclose(file);
+    if (n == size)
+        return status_set(st, STATUS_INVALID_ARGUMENT, CONFIG_REASON_INVALID,
+                          "%s_PASSWORD_FILE %s is longer than %zu bytes", prefix, path, size - 1);
+    while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == '\r'))
+        n--;
+    out[n] = '\0';
+    if (n == 0)
+        return status_set(st, STATUS_INVALID_ARGUMENT, CONFIG_REASON_INVALID,
+                          "%s_PASSWORD_FILE %s is empty", prefix, path);
+    return STATUS_OK;
+}
+
+status_code config_password(const char *prefix, const char *user, const char *password,
+                            const char *password_file, char *out, size_t size, status *st) {
+    bool has_user = user != NULL && user[0] != '\0';
+    bool has_password = password != NULL && password[0] != '\0';
+    bool has_file = password_file != NULL && password_file[0] != '\0';
+    out[0] = '\0';
+    if (has_password && has_file)
+        return status_set(st, STATUS_INVALID_ARGUMENT, CONFIG_REASON_INVALID,
+                          "set %s_PASSWORD or %s_PASSWORD_FILE, not both", prefix, prefix);
+    if (!has_user && (has_password || has_file))
+        return status_set(st, STATUS_INVALID_ARGUMENT, CONFIG_REASON_MISSING,
+                          "a %s password is set but %s_USER is not", prefix, prefix);
+    if (has_user && !has_password && !has_file)
+        return status_set(st, STATUS_INVALID_ARGUMENT, CONFIG_REASON_MISSING,
+                          "%s_USER is %s but neither %s_PASSWORD nor %s_PASSWORD_FILE is set",
+                          prefix, user, prefix, prefix);
+    if (has_file)
+        return read_password_file(prefix, password_file, out, size, st);
+    if (has_password && snprintf(out, size, "%s", password) >= (int)size)
+        return status_set(st, STATUS_INVALID_ARGUMENT, CONFIG_REASON_INVALID,
+                          "%s_PASSWORD is longer than %zu bytes", prefix, size - 1);
+    return STATUS_OK;
 }

@@ -49,6 +49,17 @@ void config_load_or_exit(const char *program, const config_entry *entries, size_
  * as unset. */
 void config_print_help(const config_entry *entries, size_t count, void *file /* FILE * */);
 
+/* A client's credentials: a user and its password, given in the environment (<prefix>_PASSWORD)
+ * or in a file (<prefix>_PASSWORD_FILE, e.g. a mounted Secret; trailing newlines are dropped),
+ * never on the command line. No user and no password: no credentials (*password is "").
+ * A user without a password, a password without a user, both password settings, or a file
+ * that cannot be read or is empty: STATUS_INVALID_ARGUMENT naming the settings. */
+status_code config_password(const char *prefix, const char *user, const char *password,
+                            const char *password_file, char *out, size_t size, status *st);
+
+/* Prints "<program>: configuration error: <message>" to stderr and exits with status 2. */
+void config_exit(const char *program, const status *st);
+
 /* Parsers, exposed for tests and other callers. Return 1 on success, 0 on malformed input. */
 int config_parse_duration_ms(const char *text, int64_t *out_ms); /* 1 ok, 0 bad */
 int config_parse_int(const char *text, int64_t *out);             /* 1 ok, 0 bad */

@@ -128,6 +128,19 @@ static void on_reconnected(natsConnection *nc, void *closure) {
     pthread_mutex_unlock(&c->listeners_lock);
 }
 
+/* What NATS refuses after connecting arrives here, not at the call: a publish or subscribe the
+ * user's permissions do not allow ("Permissions Violation for Publish to ..."), or a
+ * reconnect refused after the credentials changed on the server. */
+static void on_async_error(natsConnection *nc, natsSubscription *subscription, natsStatus error,
+                           void *closure) {
+    (void)subscription;
+    (void)closure;
+    const char *text = NULL;
+    natsConnection_GetLastError(nc, &text);
+    LOG_ERROR("NATS refused: %s (%s)", text != NULL && text[0] ? text : natsStatus_GetText(error),
+              natsStatus_GetText(error));
+}
+
 bool nats_connection_listen_reconnects(nats_connection *c, nats_reconnected callback, void *closure) {
     bool added = false;
     pthread_mutex_lock(&c->listeners_lock);
@@ -245,6 +258,31 @@ static natsStatus set_servers(natsOptions *opts, const char *urls) {
     return natsOptions_SetServers(opts, servers, count);
 }
 
+/* What waiting cannot fix: wrong credentials, or TLS on one side only or not trusted. */
+static bool refused(natsStatus s) {
+    return s == NATS_CONNECTION_AUTH_FAILED || s == NATS_SSL_ERROR ||
+           s == NATS_SECURE_CONNECTION_REQUIRED || s == NATS_SECURE_CONNECTION_WANTED;
+}
+
+static status_code connect_failed(natsStatus s, const nats_connection_options *options, status *st) {
+    bool anonymous = options->user == NULL || options->user[0] == '\0';
+    if (s == NATS_CONNECTION_AUTH_FAILED)
+        return status_set(st, STATUS_UNAUTHENTICATED, "NATS_AUTH",
+                          "NATS at %s refused %s%s%s (%s): check NATS_USER and NATS_PASSWORD or "
+                          "NATS_PASSWORD_FILE against the server's users",
+                          options->url, anonymous ? "a client without credentials" : "user '",
+                          anonymous ? "" : options->user, anonymous ? "" : "'", natsStatus_GetText(s));
+    if (refused(s)) {
+        const char *text = nats_GetLastError(NULL);
+        return status_set(st, STATUS_UNAUTHENTICATED, "NATS_TLS",
+                          "TLS with NATS at %s failed (%s: %s): check NATS_TLS_CA_FILE against the "
+                          "server's certificate and tls block",
+                          options->url, natsStatus_GetText(s), text != NULL ? text : "");
+    }
+    return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE", "cannot connect to NATS at %s: %s",
+                      options->url, natsStatus_GetText(s));
+}
+
 status_code nats_connection_open(const nats_connection_options *options, nats_connection **out,
                                  status *st) {
     static pthread_once_t opened = PTHREAD_ONCE_INIT;
@@ -276,6 +314,19 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
         s = natsOptions_SetReconnectedCB(opts, on_reconnected, c);
     if (s == NATS_OK)
         s = natsOptions_SetClosedCB(opts, on_closed, c);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(opts, on_async_error, c);
+    if (s == NATS_OK && options->user != NULL && options->user[0] != '\0')
+        s = natsOptions_SetUserInfo(opts, options->user, options->password);
+    bool tls = options->tls_ca_file != NULL && options->tls_ca_file[0] != '\0';
+    if (s == NATS_OK && tls)
+        s = natsOptions_SetSecure(opts, true);
+    if (s == NATS_OK && tls && natsOptions_LoadCATrustedCertificates(opts, options->tls_ca_file) != NATS_OK) {
+        natsOptions_Destroy(opts);
+        connection_free(c);
+        return status_set(st, STATUS_INVALID_ARGUMENT, "CONFIG_INVALID",
+                          "NATS_TLS_CA_FILE %s is not a readable PEM certificate", options->tls_ca_file);
+    }
     if (s != NATS_OK) {
         natsOptions_Destroy(opts);
         connection_free(c);
@@ -287,7 +338,7 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
     int64_t give_up = timestamp_monotonic_ms() + budget;
     for (;;) {
         s = natsConnection_Connect(&c->core, opts);
-        if (s == NATS_OK || timestamp_monotonic_ms() >= give_up)
+        if (s == NATS_OK || refused(s) || timestamp_monotonic_ms() >= give_up)
             break;
         LOG_WARN("cannot connect to NATS at %s (%s); retrying", options->url, natsStatus_GetText(s));
         timestamp_sleep_ms(500);
@@ -295,8 +346,7 @@ status_code nats_connection_open(const nats_connection_options *options, nats_co
     natsOptions_Destroy(opts);
     if (s != NATS_OK) {
         connection_free(c);
-        return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE",
-                          "cannot connect to NATS at %s: %s", options->url, natsStatus_GetText(s));
+        return connect_failed(s, options, st);
     }
     jsOptions js_options;
     jsOptions_Init(&js_options);

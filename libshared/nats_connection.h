@@ -16,11 +16,19 @@ typedef struct nats_connection nats_connection;
 typedef struct nats_connection_options {
     const char *url;            /* "nats://127.0.0.1:4222" */
     const char *client_name;    /* shown in NATS monitoring */
+    const char *user;           /* NULL or "": no credentials */
+    const char *password;
+    const char *tls_ca_file;    /* NULL or "": plain TCP; else TLS, the server's certificate
+                                   checked against this CA (and its name against the URL's) */
     health *health;             /* may be NULL; dependency "nats" is reported to it */
     int64_t connect_timeout_ms; /* total time to keep trying at start; 0: 30000 */
     int64_t request_timeout_ms; /* JetStream API and KV calls; 0: 2000 */
 } nats_connection_options;
 
+/* Credentials NATS refuses end the attempt at once with STATUS_UNAUTHENTICATED, reason
+ * NATS_AUTH, and so does a TLS mismatch (a certificate the CA does not vouch for, a server
+ * that wants TLS from a client without NATS_TLS_CA_FILE, or the reverse): reason NATS_TLS.
+ * No retry can fix them. */
 status_code nats_connection_open(const nats_connection_options *options, nats_connection **out,
                                  status *st);
 void nats_connection_close(nats_connection *connection); /* NULL is a no-op */

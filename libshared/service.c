@@ -14,6 +14,8 @@
 #include "metrics.h"
 
 static service_settings settings;
+/* NATS_PASSWORD, or the content of NATS_PASSWORD_FILE */
+static char nats_password[512];
 
 static const config_entry common_config[] = {
     {"GRPC_PORT", CONFIG_PORT, NULL, "gRPC listen port", &settings.grpc_port, 0, 0},
@@ -37,6 +39,15 @@ static const config_entry common_config[] = {
     {"NATS_URL", CONFIG_STRING, NULL,
      "NATS server URL, or a cluster's URLs separated by commas, e.g. nats://nats:4222",
      &settings.nats_url, 0, 0},
+    {"NATS_USER", CONFIG_STRING, "", "user to authenticate to NATS as (\"\": none)",
+     &settings.nats_user, 0, 0},
+    {"NATS_PASSWORD", CONFIG_STRING, "", "NATS_USER's password (or NATS_PASSWORD_FILE)",
+     &settings.nats_password, 0, 0},
+    {"NATS_PASSWORD_FILE", CONFIG_STRING, "",
+     "file holding NATS_USER's password, e.g. a mounted Secret", &settings.nats_password_file, 0, 0},
+    {"NATS_TLS_CA_FILE", CONFIG_STRING, "",
+     "CA certificate (PEM) that signed NATS's; set: TLS to NATS, \"\": plain TCP",
+     &settings.nats_tls_ca_file, 0, 0},
     {"NATS_TIMEOUT", CONFIG_DURATION, "2s", "timeout of one JetStream request",
      &settings.nats_timeout_ms, 10, 60000},
     {"NATS_CONNECT_TIMEOUT", CONFIG_DURATION, "30s", "how long to keep trying NATS at start",
@@ -105,6 +116,11 @@ static void load_config(const service_definition *definition) {
     config_load_or_exit(definition->name, common, COMMON_CONFIG_COUNT);
     if (definition->config_count)
         config_load_or_exit(definition->name, definition->config, definition->config_count);
+    status st;
+    if (config_password("NATS", settings.nats_user, settings.nats_password,
+                        settings.nats_password_file, nats_password, sizeof nats_password,
+                        &st) != STATUS_OK)
+        config_exit(definition->name, &st);
 }
 
 /* --- signals ---------------------------------------------------------------------- */
@@ -213,6 +229,14 @@ static void on_hangup(void *arg) {
         LOG_ERROR("SIGHUP: %s", st.message);
 }
 
+/* Refused credentials (NATS_AUTH, REDIS_AUTH) and settings a service checks itself are bad
+ * settings too: retrying them only hides the mistake. */
+static bool bad_setting(const status *st) {
+    return (st->code == STATUS_FAILED_PRECONDITION && strcmp(st->reason, "NATS_REPLICAS") == 0) ||
+           st->code == STATUS_UNAUTHENTICATED ||
+           (st->code == STATUS_INVALID_ARGUMENT && strncmp(st->reason, "CONFIG_", 7) == 0);
+}
+
 static int run(const service_definition *definition) {
     status st;
     status_clear(&st);
@@ -264,6 +288,9 @@ static int run(const service_definition *definition) {
     nats_connection_options nats_options = {
         .url = settings.nats_url,
         .client_name = definition->name,
+        .user = settings.nats_user,
+        .password = nats_password,
+        .tls_ca_file = settings.nats_tls_ca_file,
         .health = builtins.health,
         .connect_timeout_ms = settings.nats_connect_timeout_ms,
         .request_timeout_ms = settings.nats_timeout_ms,
@@ -294,8 +321,7 @@ done:
     if (exit_status != 0)
         LOG_ERROR("%s could not start: %s", definition->name, st.message);
     /* a setting the environment cannot satisfy is a bad setting: no restart will help */
-    if (exit_status != 0 && st.code == STATUS_FAILED_PRECONDITION &&
-        strcmp(st.reason, "NATS_REPLICAS") == 0)
+    if (exit_status != 0 && bad_setting(&st))
         exit_status = 2;
     if (started && definition->stop)
         definition->stop(state);
@@ -324,12 +350,15 @@ static int run_command(const service_definition *definition, const service_comma
     nats_connection_options nats_options = {
         .url = settings.nats_url,
         .client_name = definition->name,
+        .user = settings.nats_user,
+        .password = nats_password,
+        .tls_ca_file = settings.nats_tls_ca_file,
         .connect_timeout_ms = settings.nats_connect_timeout_ms,
         .request_timeout_ms = settings.nats_timeout_ms,
     };
     if (nats_connection_open(&nats_options, &nats, &st) != STATUS_OK) {
         LOG_ERROR("%s %s: %s", definition->name, command->option, st.message);
-        return 1;
+        return bad_setting(&st) ? 2 : 1;
     }
     service_context context = {.settings = &settings, .nats = nats};
     int exit_status = command->run(&context);

@@ -29,6 +29,7 @@ typedef struct service_settings {
     const char *jwt_audience;
     int64_t jwt_leeway_ms;
     const char *nats_url;
+    const char *nats_user, *nats_password, *nats_password_file, *nats_tls_ca_file;
     int64_t nats_timeout_ms;
     int64_t nats_connect_timeout_ms;
     int64_t nats_replicas;

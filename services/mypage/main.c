@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "handlers.h"
@@ -9,13 +10,20 @@
 #include "service.h"
 
 static struct {
-    const char *redis_url;
+    const char *redis_url, *redis_user, *redis_password, *redis_password_file;
     int64_t redis_timeout_ms, redis_check_interval_ms, max_watchers, max_watchers_per_user;
 } settings;
 
 static const config_entry mypage_config[] = {
     {"REDIS_URL", CONFIG_STRING, NULL, "Redis URL, redis://host:port[/db] (standalone, not Cluster)",
      &settings.redis_url, 0, 0},
+    {"REDIS_USER", CONFIG_STRING, "",
+     "Redis ACL user (\"\": the default user, with REDIS_PASSWORD as requirepass, or none)",
+     &settings.redis_user, 0, 0},
+    {"REDIS_PASSWORD", CONFIG_STRING, "", "the Redis password (or REDIS_PASSWORD_FILE)",
+     &settings.redis_password, 0, 0},
+    {"REDIS_PASSWORD_FILE", CONFIG_STRING, "", "file holding the Redis password, e.g. a mounted Secret",
+     &settings.redis_password_file, 0, 0},
     {"REDIS_TIMEOUT", CONFIG_DURATION, "500ms", "connect and command timeout for Redis",
      &settings.redis_timeout_ms, 10, 60000},
     {"REDIS_CHECK_INTERVAL", CONFIG_DURATION, "1s", "how often Redis is pinged for health",
@@ -26,6 +34,28 @@ static const config_entry mypage_config[] = {
      "WatchMypage streams on one user's page that one server keeps open (a reader's devices)",
      &settings.max_watchers_per_user, 1, 1000000},
 };
+
+/* The Redis login from the settings; a bad combination is a configuration error. */
+static status_code redis_login_load(redis_login *login, status *st) {
+    static char password[512];
+    /* requirepass has no user: a password alone is allowed, for Redis's "default" user */
+    bool has_password = settings.redis_password[0] || settings.redis_password_file[0];
+    const char *user = settings.redis_user[0] || !has_password ? settings.redis_user : "default";
+    status_code code = config_password("REDIS", user, settings.redis_password,
+                                       settings.redis_password_file, password, sizeof password, st);
+    *login = (redis_login){.user = settings.redis_user, .password = password};
+    return code;
+}
+
+/* Credentials Redis refuses stop the start (a bad setting, exit 2); Redis merely down does
+ * not: the service starts NOT_SERVING and keeps trying. */
+static status_code redis_check_login(page_store *store, status *st) {
+    status ping;
+    status_clear(&ping);
+    if (page_store_ping(store, &ping) != STATUS_OK && strcmp(ping.reason, "REDIS_AUTH") == 0)
+        return status_set(st, STATUS_UNAUTHENTICATED, "REDIS_AUTH", "%s", ping.message);
+    return STATUS_OK;
+}
 
 typedef struct mypage_service {
     page_store *store;
@@ -72,10 +102,15 @@ static status_code mypage_start(const service_context *context, void **state, st
     if (m == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     atomic_init(&m->stopping, false);
-    status_code code = events_ensure_stream(context->nats, (int)context->settings->nats_replicas, st);
+    redis_login login;
+    status_code code = redis_login_load(&login, st);
     if (code == STATUS_OK)
-        code = page_store_open(settings.redis_url, settings.redis_timeout_ms, context->health,
+        code = events_ensure_stream(context->nats, (int)context->settings->nats_replicas, st);
+    if (code == STATUS_OK)
+        code = page_store_open(settings.redis_url, &login, settings.redis_timeout_ms, context->health,
                                &m->store, st);
+    if (code == STATUS_OK)
+        code = redis_check_login(m->store, st);
     if (code == STATUS_OK) {
         m->handlers.store = m->store;
         m->handlers.max_watchers = (int)settings.max_watchers;
@@ -108,13 +143,16 @@ static int mypage_rebuild(const service_context *context) {
     status_clear(&st);
     page_store *store = NULL;
     uint64_t events = 0;
-    status_code code = page_store_open(settings.redis_url, settings.redis_timeout_ms, NULL, &store, &st);
+    redis_login login;
+    status_code code = redis_login_load(&login, &st);
+    if (code == STATUS_OK)
+        code = page_store_open(settings.redis_url, &login, settings.redis_timeout_ms, NULL, &store, &st);
     if (code == STATUS_OK)
         code = projection_rebuild(context->nats, store, &events, &st);
     page_store_close(store);
     if (code != STATUS_OK) {
         LOG_ERROR("rebuild failed: %s", st.message);
-        return 1;
+        return st.code == STATUS_INVALID_ARGUMENT ? 2 : 1;
     }
     printf("mypage rebuilt from %llu events\n", (unsigned long long)events);
     return 0;

@@ -4,6 +4,7 @@
 #include <hiredis.h>
 #include <openssl/sha.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +113,8 @@ struct page_store {
     char host[256];
     int port;
     int database;
+    char user[128], password[512];
+    atomic_bool refusal_logged; /* one log line per refusal, not one per retry */
     struct timeval timeout;
     health *health;
     script apply, load, begin, switch_over, abort;
@@ -162,8 +165,8 @@ static status_code parse_url(const char *url, page_store *store, status *st) {
     return STATUS_OK;
 }
 
-status_code page_store_open(const char *url, int64_t timeout_ms, health *health_report, page_store **out,
-                            status *st) {
+status_code page_store_open(const char *url, const redis_login *login, int64_t timeout_ms,
+                            health *health_report, page_store **out, status *st) {
     page_store *store = calloc(1, sizeof *store);
     if (store == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
@@ -171,6 +174,8 @@ status_code page_store_open(const char *url, int64_t timeout_ms, health *health_
         free(store);
         return st->code;
     }
+    snprintf(store->user, sizeof store->user, "%s", login && login->user ? login->user : "");
+    snprintf(store->password, sizeof store->password, "%s", login && login->password ? login->password : "");
     store->timeout = (struct timeval){.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
     store->health = health_report;
     script_init(&store->apply, apply_source);
@@ -200,21 +205,30 @@ static void report_health(page_store *store, bool up) {
         health_set_dependency(store->health, "redis", up);
 }
 
+static redis_login login_of(const page_store *store) {
+    return (redis_login){.user = store->user, .password = store->password};
+}
+
+/* A refusal (wrong password, unknown user) is REDIS_AUTH, and logged: health alone would
+ * only say Redis is down. */
 static redisContext *connect_redis(page_store *store, status *st) {
-    redisContext *c = redisConnectWithTimeout(store->host, store->port, store->timeout);
-    if (c != NULL && c->err == 0) {
-        redisSetTimeout(c, store->timeout);
-        if (store->database == 0)
-            return c;
-        redisReply *reply = redisCommand(c, "SELECT %d", store->database);
-        bool selected = reply != NULL && reply->type != REDIS_REPLY_ERROR;
-        freeReplyObject(reply);
-        if (selected)
-            return c;
+    char error[256];
+    redis_login login = login_of(store);
+    redisContext *c = redis_session_open(store->host, store->port, store->database, &login,
+                                         store->timeout, error, sizeof error);
+    if (c != NULL) {
+        atomic_store(&store->refusal_logged, false);
+        return c;
     }
-    status_set(st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis at %s:%d is unavailable: %s",
-               store->host, store->port, c ? c->errstr : "out of memory");
-    redisFree(c);
+    if (strncmp(error, "Redis refused", 13) == 0) {
+        if (!atomic_exchange(&store->refusal_logged, true))
+                LOG_ERROR("%s:%d: %s (check REDIS_USER and REDIS_PASSWORD or REDIS_PASSWORD_FILE)",
+                      store->host, store->port, error);
+        status_set(st, STATUS_UNAVAILABLE, "REDIS_AUTH", "Redis at %s:%d: %s", store->host, store->port, error);
+    } else {
+        status_set(st, STATUS_UNAVAILABLE, "REDIS_UNAVAILABLE", "Redis at %s:%d is unavailable: %s",
+                   store->host, store->port, error);
+    }
     return NULL;
 }
 
@@ -472,7 +486,8 @@ static bool load_send(load_job *job) {
 bool page_store_load_async(page_store *store, arena *a, const char *user_id, page_loaded done, void *arg) {
     pthread_mutex_lock(&store->lock);
     if (store->pipe == NULL && !store->pipe_failed) {
-        store->pipe = redis_pipe_open(store->host, store->port, store->database,
+        redis_login login = login_of(store);
+        store->pipe = redis_pipe_open(store->host, store->port, store->database, &login,
                                       (int64_t)store->timeout.tv_sec * 1000 + store->timeout.tv_usec / 1000,
                                       PIPE_MAX_PENDING);
         store->pipe_failed = store->pipe == NULL;

@@ -17,14 +17,16 @@
 #include "arena.h"
 #include "health.h"
 #include "page.h"
+#include "redis_pipe.h"
 #include "status.h"
 
 typedef struct page_store page_store;
 
-/* url: redis://host[:port][/db]. Connects lazily. health_report (may be NULL) hears "redis" up or
- * down. *out is the caller's (page_store_close). */
-status_code page_store_open(const char *url, int64_t timeout_ms, health *health_report, page_store **out,
-                            status *st);
+/* url: redis://host[:port][/db]; login (may be NULL) is copied. Connects lazily. health_report
+ * (may be NULL) hears "redis" up or down. *out is the caller's (page_store_close). A call
+ * whose connection Redis refuses (credentials) fails UNAVAILABLE with reason REDIS_AUTH. */
+status_code page_store_open(const char *url, const redis_login *login, int64_t timeout_ms,
+                            health *health_report, page_store **out, status *st);
 void page_store_close(page_store *store); /* NULL is a no-op */
 
 /* Applies the change of the event at stream sequence `sequence` to the pages in use, and to

@@ -29,6 +29,7 @@ typedef struct pending {
 struct redis_pipe {
     char host[256];
     int port, database;
+    char user[128], password[512];
     int64_t timeout_ms;
     int capacity;
     pthread_mutex_t lock; /* fd and the queue; held while a command is written */
@@ -45,25 +46,57 @@ static void pause_ms(int64_t ms) {
     nanosleep(&pause, NULL);
 }
 
-/* Connects with hiredis (timeouts on connect, reads and writes; SELECT), keeps the socket. */
-static int connect_fd(redis_pipe *p) {
-    struct timeval timeout = {.tv_sec = p->timeout_ms / 1000, .tv_usec = (p->timeout_ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(p->host, p->port, timeout);
+/* Runs one setup command; false (and why in error) when it is refused. */
+static bool setup_command(redisContext *c, const char *what, int argc, const char **argv, char *error,
+                          size_t error_size) {
+    redisReply *reply = redisCommandArgv(c, argc, argv, NULL);
+    bool ok = reply != NULL && reply->type != REDIS_REPLY_ERROR;
+    if (!ok)
+        snprintf(error, error_size, "Redis refused %s: %s", what,
+                 reply != NULL ? reply->str : c->errstr);
+    freeReplyObject(reply);
+    return ok;
+}
+
+redisContext *redis_session_open(const char *host, int port, int database, const redis_login *login,
+                                 struct timeval timeout, char *error, size_t error_size) {
+    redisContext *c = redisConnectWithTimeout(host, port, timeout);
     if (c == NULL || c->err) {
+        snprintf(error, error_size, "%s", c != NULL ? c->errstr : "out of memory");
         redisFree(c);
-        return -1;
+        return NULL;
     }
     redisSetTimeout(c, timeout);
-    if (p->database != 0) {
-        redisReply *reply = redisCommand(c, "SELECT %d", p->database);
-        bool selected = reply != NULL && reply->type != REDIS_REPLY_ERROR;
-        freeReplyObject(reply);
-        if (!selected) {
-            redisFree(c);
-            return -1;
-        }
+    bool has_user = login != NULL && login->user != NULL && login->user[0] != '\0';
+    bool has_password = login != NULL && login->password != NULL && login->password[0] != '\0';
+    char what[160], number[16];
+    snprintf(what, sizeof what, "the password of user '%s'", has_user ? login->user : "default");
+    snprintf(number, sizeof number, "%d", database);
+    /* AUTH user password for an ACL user; AUTH password for requirepass */
+    const char *auth[3] = {"AUTH"};
+    int auth_count = 1;
+    if (has_user)
+        auth[auth_count++] = login->user;
+    if (has_password)
+        auth[auth_count++] = login->password;
+    const char *select[] = {"SELECT", number};
+    bool ok = !has_password || setup_command(c, what, auth_count, auth, error, error_size);
+    if (ok && database != 0)
+        ok = setup_command(c, "SELECT", 2, select, error, error_size);
+    if (!ok) {
+        redisFree(c);
+        return NULL;
     }
-    return redisFreeKeepFd(c);
+    return c;
+}
+
+/* A session's socket, kept when hiredis lets go of the rest. */
+static int connect_fd(redis_pipe *p) {
+    struct timeval timeout = {.tv_sec = p->timeout_ms / 1000, .tv_usec = (p->timeout_ms % 1000) * 1000};
+    char error[256];
+    redis_login login = {.user = p->user, .password = p->password};
+    redisContext *c = redis_session_open(p->host, p->port, p->database, &login, timeout, error, sizeof error);
+    return c != NULL ? redisFreeKeepFd(c) : -1;
 }
 
 /* Drops the connection and fails every command waiting on it (callbacks outside the lock). */
@@ -167,12 +200,14 @@ static void *reader_main(void *arg) {
     return NULL;
 }
 
-redis_pipe *redis_pipe_open(const char *host, int port, int database, int64_t timeout_ms,
-                            int max_pending) {
+redis_pipe *redis_pipe_open(const char *host, int port, int database, const redis_login *login,
+                            int64_t timeout_ms, int max_pending) {
     redis_pipe *p = calloc(1, sizeof *p);
     if (p == NULL)
         return NULL;
     snprintf(p->host, sizeof p->host, "%s", host);
+    snprintf(p->user, sizeof p->user, "%s", login && login->user ? login->user : "");
+    snprintf(p->password, sizeof p->password, "%s", login && login->password ? login->password : "");
     p->port = port;
     p->database = database;
     p->timeout_ms = timeout_ms > 0 ? timeout_ms : 500;

@@ -108,6 +108,11 @@ ReportHook(POST_ALL)(struct criterion_global_stats *stats) {
             code = codes[i];
     harness_process_stop(&redis_process, SIGTERM, 5000);
     harness_process_stop(&nats_process, SIGTERM, 5000);
+    if (harness_nats_violations(nats_process.log_path) > 0) {
+        fprintf(stderr, "fixture: NATS refused the services a subject (permissions); log: %s\n",
+                nats_process.log_path);
+        code = 3;
+    }
     if (stats->tests_failed == 0 && stats->tests_crashed == 0 && code == 0) {
         char command[400];
         snprintf(command, sizeof command, "rm -rf '%s'", getenv("TEST_DIR"));
@@ -264,6 +269,9 @@ void test_stack_stop(test_stack *s) {
     if (s->redis.pid > 0)
         harness_process_stop(&s->redis, SIGTERM, 5000);
     harness_process_stop(&s->nats, SIGTERM, 5000);
+    int violations = harness_nats_violations(s->nats.log_path);
+    cr_assert_eq(violations, 0, "NATS refused the services %d times (permissions, see above); log: %s",
+                 violations, s->nats.log_path);
     cr_assert_eq(mypage_exit, 0, "mypage exited with %d; log: %s", mypage_exit, s->mypage.log_path);
     cr_assert_eq(lending_exit, 0, "lending exited with %d; log: %s", lending_exit, s->lending.log_path);
     cr_assert_eq(catalog_exit, 0, "catalog exited with %d; log: %s", catalog_exit, s->catalog.log_path);
@@ -324,10 +332,10 @@ int fixture_health(rpc_client *service, const char *name) {
 
 void wait_serving(rpc_client *service, const char *what, int64_t timeout_ms) {
     int64_t until = harness_now_ms() + timeout_ms;
-    int health;
-    while ((health = fixture_health(service, "")) != SERVING) {
+    int serving;
+    while ((serving = fixture_health(service, "")) != SERVING) {
         cr_assert_lt(harness_now_ms(), until, "%s is not SERVING after %lld ms (health %d)", what,
-                     (long long)timeout_ms, health);
+                     (long long)timeout_ms, serving);
         harness_sleep_ms(50);
     }
 }

@@ -31,7 +31,7 @@ static int replicas_of_stream(const char *urls, const char *stream) {
     jsCtx *js = NULL;
     jsStreamInfo *info = NULL;
     int replicas = -1;
-    if (natsConnection_ConnectTo(&connection, urls) == NATS_OK &&
+    if (harness_nats_connect(&connection, urls) == NATS_OK &&
         natsConnection_JetStream(&js, connection, NULL) == NATS_OK &&
         js_GetStreamInfo(&info, js, stream, NULL, NULL) == NATS_OK)
         replicas = (int)info->Config->Replicas;

@@ -22,7 +22,7 @@ static void setup(void) {
     cr_assert(harness_temp_dir(dir, sizeof dir) != NULL);
     cr_assert(harness_nats_start(dir, 0, &nats), "nats-server did not start");
     for (int i = 0; i < 2; i++) {
-        nats_connection_options options = {.url = nats.url, .client_name = "test_kv"};
+        nats_connection_options options = harness_nats_options(nats.url, "test_kv");
         status st;
         cr_assert_eq(nats_connection_open(&options, &connections[i], &st), STATUS_OK, "%s", st.message);
         cr_assert_eq(kv_bucket_open(connections[i], "kv_test", 1, &buckets[i], &st), STATUS_OK, "%s",

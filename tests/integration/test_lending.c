@@ -384,7 +384,7 @@ Test(lending, an_overdue_loan_blocks_borrowing_until_it_is_returned) {
     Book *book = test_stack_register(&s, "Late", 5);
     const char *bearer = harness_bearer(mem, s.dir, "late-reader", false);
     nats_connection *watcher = NULL;
-    nats_connection_options watch_options = {.url = s.nats.url, .client_name = "test"};
+    nats_connection_options watch_options = harness_nats_options(s.nats.url, "test");
     status st;
     cr_assert_eq(nats_connection_open(&watch_options, &watcher, &st), STATUS_OK, "%s", st.message);
     natsSubscription *overdue_events = NULL;
@@ -726,7 +726,7 @@ Test(lending, a_slot_held_by_a_loan_never_stored_is_freed_after_the_grace) {
     nats_connection *connection = NULL;
     kv_bucket *loans = NULL;
     status st;
-    nats_connection_options options = {.url = s.nats.url, .client_name = "test"};
+    nats_connection_options options = harness_nats_options(s.nats.url, "test");
     cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
     cr_assert_eq(kv_bucket_open(connection, "loans", 1, &loans, &st), STATUS_OK, "%s", st.message);
     char ghost_id[21];
@@ -857,7 +857,7 @@ Test(lending, an_event_delivered_twice_changes_nothing) {
     /* Replay LoanRequested under new message ids (so JetStream's dedup cannot drop them):
      * only the consumers' own idempotency stands between them and a second copy. */
     nats_connection *nats = NULL;
-    nats_connection_options options = {.url = fixture_nats_url(), .client_name = "test"};
+    nats_connection_options options = harness_nats_options(fixture_nats_url(), "test");
     status st;
     cr_assert_eq(nats_connection_open(&options, &nats, &st), STATUS_OK, "%s", st.message);
     for (int i = 0; i < 3; i++) {

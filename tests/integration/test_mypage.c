@@ -43,6 +43,9 @@ typedef struct target {
     rpc_client *catalog, *lending, *mypage;
 } target;
 
+/* The login the harness gives mypage (its Redis ACL user). */
+static const redis_login mypage_login = {.user = "mypage", .password = "test-mypage-secret"};
+
 static target shared_target(void) {
     return (target){.dir = fixture_dir(), .catalog = client, .lending = lending, .mypage = mypage};
 }
@@ -727,7 +730,8 @@ static status_code collect(void *arg, const event *e, uint64_t sequence, status 
 
 static nats_connection *connect_nats(const char *url) {
     nats_connection *connection = NULL;
-    nats_connection_options options = {.url = url, .client_name = "test", .connect_timeout_ms = 5000};
+    nats_connection_options options = harness_nats_options(url, "test");
+    options.connect_timeout_ms = 5000;
     status st;
     cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
     return connection;
@@ -794,7 +798,7 @@ Test(mypage, a_projection_killed_mid_stream_catches_up_exactly) {
 }
 
 static void redis_command(const harness_process *redis, const char *command) {
-    redisContext *c = redisConnect("127.0.0.1", redis->port);
+    redisContext *c = harness_redis_connect(redis->port);
     cr_assert(c != NULL && c->err == 0, "cannot reach redis");
     redisReply *reply = redisCommand(c, command);
     cr_assert(reply != NULL && reply->type != REDIS_REPLY_ERROR, "%s failed", command);
@@ -884,7 +888,7 @@ Test(mypage, flushall_then_rebuild_gives_the_same_pages_and_reads_never_stop) {
     long long pages = 0;
     for (int i = 0; i < USERS; i++)
         pages += page_of(t, users[i])->n_loans > 0;
-    redisContext *c = redisConnect("127.0.0.1", s.redis.port);
+    redisContext *c = harness_redis_connect(s.redis.port);
     redisReply *reply = redisCommand(c, "DBSIZE");
     cr_assert_eq(reply->integer, pages + 2, "Redis holds %lld keys for %lld pages", reply->integer, pages);
     freeReplyObject(reply);
@@ -895,7 +899,7 @@ Test(mypage, flushall_then_rebuild_gives_the_same_pages_and_reads_never_stop) {
 
 /* The generation in use as Redis holds it ("0" before the first rebuild). */
 static uint64_t generation_in_use(const harness_process *redis) {
-    redisContext *c = redisConnect("127.0.0.1", redis->port);
+    redisContext *c = harness_redis_connect(redis->port);
     cr_assert(c != NULL && c->err == 0, "cannot reach redis");
     redisReply *reply = redisCommand(c, "GET mypage:generation");
     cr_assert_not_null(reply);
@@ -921,7 +925,7 @@ Test(mypage, abandoning_the_generation_in_use_deletes_no_page) {
 
     page_store *store = NULL;
     status st;
-    cr_assert_eq(page_store_open(s.redis.url, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(page_store_open(s.redis.url, &mypage_login, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
     for (int round = 0; round < 2; round++) {
         uint64_t generation = generation_in_use(&s.redis);
         page_store_rebuild_abort(store, generation);
@@ -1343,7 +1347,7 @@ Test(mypage, events_between_a_rebuilds_replay_and_its_switch_reach_the_new_pages
 
     page_store *store = NULL;
     status st;
-    cr_assert_eq(page_store_open(s.redis.url, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(page_store_open(s.redis.url, &mypage_login, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
     generation_fill fill = {.store = store};
     cr_assert_eq(page_store_rebuild_begin(store, &fill.generation, &st), STATUS_OK, "%s", st.message);
     nats_connection *connection = connect_nats(s.nats.url);

@@ -881,8 +881,8 @@ Test(wire, a_watch_client_that_never_reads_is_ended_and_memory_stays_bounded) {
     cr_assert_eq(rpc_client_stream_open(c, MYPAGE "WatchMypage", &watch.base, &options, &slow, &st), STATUS_OK);
 
     nats_connection *connection = NULL;
-    nats_connection_options nats_options = {.url = fixture_nats_url(), .client_name = "test_wire",
-                                            .connect_timeout_ms = 5000};
+    nats_connection_options nats_options = harness_nats_options(fixture_nats_url(), "test_wire");
+    nats_options.connect_timeout_ms = 5000;
     cr_assert_eq(nats_connection_open(&nats_options, &connection, &st), STATUS_OK, "%s", st.message);
 
     long rss_start = harness_process_rss_kib(own.pid), rss_max = rss_start;

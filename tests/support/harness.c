@@ -67,7 +67,7 @@ static bool consumer_idle_once(jsCtx *js, const char *durable, uint64_t *last_se
 bool harness_wait_consumer_idle(const char *nats_url, const char *durable, int64_t timeout_ms) {
     natsConnection *connection = NULL;
     jsCtx *js = NULL;
-    if (natsConnection_ConnectTo(&connection, nats_url) != NATS_OK ||
+    if (harness_nats_connect(&connection, nats_url) != NATS_OK ||
         natsConnection_JetStream(&js, connection, NULL) != NATS_OK) {
         natsConnection_Destroy(connection);
         return false;
@@ -333,32 +333,185 @@ int harness_process_stop(harness_process *process, int signal_number, int64_t ti
     return 128 + WTERMSIG(wait_status);
 }
 
+/* --- credentials ------------------------------------------------------------------------------ */
+
+static const struct {
+    const char *user, *password;
+} test_passwords[] = {
+    {"admin", "test-admin-secret"},
+    {"catalog", "test-catalog-secret"},
+    {"lending", "test-lending-secret"},
+    {"mypage", "test-mypage-secret"},
+};
+
+const char *harness_password(const char *user) {
+    for (size_t i = 0; i < sizeof test_passwords / sizeof test_passwords[0]; i++)
+        if (strcmp(user, test_passwords[i].user) == 0)
+            return test_passwords[i].password;
+    return "no-such-user";
+}
+
+const char *const *harness_nats_server_env(void) {
+    static const char *const env[] = {
+        "NATS_ADMIN_PASSWORD=test-admin-secret", "NATS_CATALOG_PASSWORD=test-catalog-secret",
+        "NATS_LENDING_PASSWORD=test-lending-secret", "NATS_MYPAGE_PASSWORD=test-mypage-secret", NULL};
+    return env;
+}
+
+/* The text of a file of the source tree (charts/library/files/...), from a; NULL if unreadable. */
+static char *source_file(arena *a, const char *relative) {
+    const char *root = getenv("LIBRARY_SOURCE_ROOT");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", root ? root : ".", relative);
+    FILE *file = fopen(path, "r");
+    if (file == NULL) {
+        fprintf(stderr, "harness: cannot read %s (LIBRARY_SOURCE_ROOT?)\n", path);
+        return NULL;
+    }
+    char *text = arena_alloc(a, 65536);
+    size_t n = text ? fread(text, 1, 65535, file) : 0;
+    fclose(file);
+    if (text)
+        text[n] = '\0';
+    return text;
+}
+
+static bool write_text(const char *path, const char *text) {
+    FILE *file = fopen(path, "w");
+    if (file == NULL)
+        return false;
+    fputs(text, file);
+    return fclose(file) == 0;
+}
+
+bool harness_nats_users_file(const char *dir) {
+    arena *a = arena_create(0);
+    char *users = source_file(a, "charts/library/files/nats-users.conf");
+    char path[600];
+    snprintf(path, sizeof path, "%s/nats-users.conf", dir);
+    bool ok = users != NULL && write_text(path, users);
+    arena_destroy(a);
+    return ok;
+}
+
+/* "nats://host:port,..." with admin's credentials in each URL. */
+natsStatus harness_nats_connect(natsConnection **out, const char *urls) {
+    char with_login[1024] = "";
+    size_t used = 0;
+    const char *cursor = urls;
+    while (*cursor != '\0' && used < sizeof with_login) {
+        const char *end = strchr(cursor, ',');
+        size_t length = end ? (size_t)(end - cursor) : strlen(cursor);
+        const char *host = strncmp(cursor, "nats://", 7) == 0 ? cursor + 7 : cursor;
+        used += (size_t)snprintf(with_login + used, sizeof with_login - used, "%snats://admin:%s@%.*s",
+                                 used ? "," : "", harness_password("admin"),
+                                 (int)(length - (size_t)(host - cursor)), host);
+        cursor += length + (end ? 1 : 0);
+    }
+    return natsConnection_ConnectTo(out, with_login);
+}
+
+nats_connection_options harness_nats_options(const char *url, const char *client_name) {
+    return (nats_connection_options){.url = url, .client_name = client_name, .user = "admin",
+                                     .password = harness_password("admin")};
+}
+
+redisContext *harness_redis_connect(int port) {
+    redisContext *c = redisConnect("127.0.0.1", port);
+    if (c == NULL || c->err != 0) {
+        redisFree(c);
+        return NULL;
+    }
+    redisReply *reply = redisCommand(c, "AUTH %s", harness_password("admin"));
+    bool ok = reply != NULL && reply->type != REDIS_REPLY_ERROR;
+    freeReplyObject(reply);
+    if (!ok) {
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+int harness_nats_violations(const char *log_path) {
+    FILE *log = fopen(log_path, "r");
+    if (log == NULL)
+        return 0;
+    char line[1024];
+    int count = 0;
+    while (fgets(line, sizeof line, log) != NULL) {
+        if (strstr(line, " Violation") != NULL) {
+            fprintf(stderr, "nats refused: %s", line);
+            count++;
+        }
+    }
+    fclose(log);
+    return count;
+}
+
+/* --- servers ---------------------------------------------------------------------------------- */
+
 bool harness_nats_start(const char *dir, int port_number, harness_process *out) {
+    return harness_nats_start_with(dir, port_number, NULL, out);
+}
+
+bool harness_nats_start_with(const char *dir, int port_number, const char *extra_config,
+                             harness_process *out) {
     memset(out, 0, sizeof *out);
     out->port = port_number > 0 ? port_number : harness_free_port();
-    char port[16], store[512];
-    snprintf(port, sizeof port, "%d", out->port);
-    snprintf(store, sizeof store, "%s/nats", dir);
+    char config[512], text[2400];
+    snprintf(config, sizeof config, "%s/nats.conf", dir);
+    snprintf(text, sizeof text,
+             "listen: 127.0.0.1:%d\n"
+             "jetstream { store_dir: \"%s/nats\" }\n"
+             "include nats-users.conf\n%s\n",
+             out->port, dir, extra_config ? extra_config : "");
+    if (!harness_nats_users_file(dir) || !write_text(config, text))
+        return false;
     snprintf(out->log_path, sizeof out->log_path, "%s/nats.log", dir);
     snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
     snprintf(out->url, sizeof out->url, "nats://127.0.0.1:%d", out->port);
-    char *argv[] = {"nats-server", "-js", "-a", "127.0.0.1", "-p", port, "-sd", store, NULL};
-    out->pid = harness_spawn(argv, NULL, out->log_path);
+    char *argv[] = {"nats-server", "-c", config, NULL};
+    out->pid = harness_spawn(argv, harness_nats_server_env(), out->log_path);
     return out->pid > 0 && harness_wait_port(out->port, 10000);
+}
+
+/* redis.conf with the ACL users: passwords in a file, not on the command line. */
+static bool write_redis_config(const char *path, int port, const char *data) {
+    arena *a = arena_create(0);
+    char *rules = source_file(a, "charts/library/files/redis-mypage.acl");
+    char *line = rules;
+    while (line != NULL && *line == '#') /* the file's comment lines */
+        line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL;
+    char text[4096];
+    bool ok = line != NULL;
+    if (ok) {
+        line[strcspn(line, "\n")] = '\0';
+        snprintf(text, sizeof text,
+                 "port %d\nbind 127.0.0.1\nprotected-mode yes\ndir %s\nappendonly yes\nsave \"\"\n"
+                 /* the default user keeps every right: Redis 7.0 loads the AOF's MULTI/EXEC
+                  * (scripts' effects) as the default user, and refuses them when it may not */
+                 "user default on >%s ~* &* +@all\n"
+                 "user mypage on >%s %s\n",
+                 port, data, harness_password("admin"), harness_password("mypage"), line);
+        ok = write_text(path, text);
+    }
+    arena_destroy(a);
+    return ok;
 }
 
 bool harness_redis_start(const char *dir, int port_number, harness_process *out) {
     memset(out, 0, sizeof *out);
     out->port = port_number > 0 ? port_number : harness_free_port();
-    char port[16], data[512];
-    snprintf(port, sizeof port, "%d", out->port);
+    char data[512], config[600];
     snprintf(data, sizeof data, "%s/redis", dir);
     mkdir(data, 0755);
+    snprintf(config, sizeof config, "%s/redis.conf", data);
+    if (!write_redis_config(config, out->port, data))
+        return false;
     snprintf(out->log_path, sizeof out->log_path, "%s/redis.log", dir);
     snprintf(out->address, sizeof out->address, "127.0.0.1:%d", out->port);
     snprintf(out->url, sizeof out->url, "redis://127.0.0.1:%d", out->port);
-    char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", data,
-                    "--appendonly", "yes", "--save", "", NULL};
+    char *argv[] = {"redis-server", config, NULL};
     out->pid = harness_spawn(argv, NULL, out->log_path);
     return out->pid > 0 && harness_wait_port(out->port, 10000);
 }
@@ -410,16 +563,25 @@ static void service_command(const char *name, const char *dir, int port, int met
                             const char *const *env, char binary[512], const char *all[40]) {
     const char *build = getenv("LIBRARY_BUILD_ROOT");
     snprintf(binary, 512, "%s/services/%s/%s", build ? build : "build", name, name);
-    static char settings[5][600];
-    snprintf(settings[0], sizeof settings[0], "JWT_PUBLIC_KEY_FILE=%s/jwt-public.pem", dir);
-    snprintf(settings[1], sizeof settings[1], "LOG_LEVEL=debug");
+    static char settings[9][600];
+    int count = 0;
+    snprintf(settings[count++], sizeof settings[0], "JWT_PUBLIC_KEY_FILE=%s/jwt-public.pem", dir);
+    snprintf(settings[count++], sizeof settings[0], "LOG_LEVEL=debug");
     /* The suites' loads make hundreds of writes a second as one user; the per-user write
      * limit has tests of its own, which set WRITE_RATE (the test's env comes later and wins). */
-    snprintf(settings[2], sizeof settings[2], "WRITE_RATE=0");
-    snprintf(settings[3], sizeof settings[3], "METRICS_PORT=%d", metrics_port);
-    snprintf(settings[4], sizeof settings[4], "GRPC_PORT=%d", port);
+    snprintf(settings[count++], sizeof settings[0], "WRITE_RATE=0");
+    snprintf(settings[count++], sizeof settings[0], "NATS_USER=%s", name);
+    snprintf(settings[count++], sizeof settings[0], "NATS_PASSWORD=%s", harness_password(name));
+    if (strcmp(name, "mypage") == 0) {
+        snprintf(settings[count++], sizeof settings[0], "REDIS_USER=mypage");
+        snprintf(settings[count++], sizeof settings[0], "REDIS_PASSWORD=%s", harness_password("mypage"));
+    }
+    if (port > 0) { /* no ports for one-shot commands */
+        snprintf(settings[count++], sizeof settings[0], "METRICS_PORT=%d", metrics_port);
+        snprintf(settings[count++], sizeof settings[0], "GRPC_PORT=%d", port);
+    }
     size_t n = 0;
-    for (int i = 0; i < (port > 0 ? 5 : 3); i++) /* no ports for one-shot commands */
+    for (int i = 0; i < count; i++)
         all[n++] = settings[i];
     for (const char *const *e = env; e && *e && n < 39; e++)
         all[n++] = *e;
@@ -567,7 +729,7 @@ bool harness_publish_with_id(const char *nats_url, const char *subject, const ch
     jsPubOptions options;
     jsPubOptions_Init(&options);
     options.MsgId = msg_id;
-    bool ok = natsConnection_ConnectTo(&connection, nats_url) == NATS_OK &&
+    bool ok = harness_nats_connect(&connection, nats_url) == NATS_OK &&
               natsConnection_JetStream(&js, connection, NULL) == NATS_OK &&
               natsMsg_Create(&message, subject, NULL, "", 0) == NATS_OK &&
               js_PublishMsg(&ack, js, message, &options, NULL) == NATS_OK;

@@ -8,7 +8,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <hiredis.h>
+#include <nats/nats.h>
+
 #include "arena.h"
+#include "nats_connection.h"
 #include "rpc_client.h"
 #include "status.h"
 #include "token.h"
@@ -35,10 +39,38 @@ void harness_free_ports(int *ports, int count);
  * own, killed when the test process dies. The pid, or -1. */
 pid_t harness_spawn(char *const argv[], const char *const *env, const char *log_path);
 
-/* Starts nats-server -js with its store under dir on port (0: a free one); waits until it
- * accepts connections. */
+/* Every server the harness starts wants credentials, as in production. NATS has the users and
+ * permissions of charts/library/files/nats-users.conf: one per service, limited to what it
+ * needs, and "admin" with every permission, for the tests' own connections. Redis has the
+ * ACL user "mypage" (rules from charts/library/files/redis-mypage.acl), and its default user
+ * wants admin's password. Services started here get their own user's settings (NATS_USER,
+ * NATS_PASSWORD, and for mypage REDIS_USER, REDIS_PASSWORD); a caller's env overrides them.
+ * The password of a user (test values, the same for NATS and Redis): */
+const char *harness_password(const char *user);
+/* nats-server's configuration in dir: nats-users.conf copied there (a nats.conf includes it),
+ * and the environment that gives its passwords (NULL-terminated, static). */
+bool harness_nats_users_file(const char *dir);
+const char *const *harness_nats_server_env(void);
+/* A connection as admin to a server or a comma-separated list (a cluster). */
+natsStatus harness_nats_connect(natsConnection **out, const char *urls);
+/* nats_connection options for url as admin. */
+nats_connection_options harness_nats_options(const char *url, const char *client_name);
+/* A Redis connection on loopback port authenticated as the default user (admin's password); the test fails when it cannot. */
+redisContext *harness_redis_connect(int port);
+
+/* Lines of a nats-server log where it refused a user a subject ("Publish Violation",
+ * "Subscription Violation"), printed to stderr; their count. The services run as their own
+ * users, so a permission charts/library/files/nats-users.conf lacks shows here even when no
+ * test noticed the failure. */
+int harness_nats_violations(const char *log_path);
+
+/* Starts nats-server with JetStream, its store under dir on port (0: a free one), with
+ * credentials; waits until it accepts connections. */
 bool harness_nats_start(const char *dir, int port, harness_process *out);
-/* Starts redis-server with AOF, its data under dir/redis, on port (0: a free one). */
+/* The same with more configuration (e.g. a tls { } block) appended to its nats.conf. */
+bool harness_nats_start_with(const char *dir, int port, const char *extra_config, harness_process *out);
+/* Starts redis-server with AOF, its data under dir/redis, on port (0: a free one), with ACL
+ * users and protected mode. */
 bool harness_redis_start(const char *dir, int port, harness_process *out);
 
 /* Creates an RSA key pair under dir (jwt-private.pem, jwt-public.pem). */

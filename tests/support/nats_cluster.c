@@ -31,7 +31,8 @@ static bool write_config(const nats_cluster *c, int i, char *path, size_t size) 
             "  routes: [\n",
             i + 1, c->node[i].port, c->monitor_port[i], c->dir, i + 1, c->route_port[i]);
     fprintf(f, "    nats://127.0.0.1:%d\n  ]\n}\n", test_proxy_port(c->link[i]));
-    return fclose(f) == 0;
+    fprintf(f, "include nats-users.conf\n");
+    return fclose(f) == 0 && harness_nats_users_file(c->dir);
 }
 
 bool nats_cluster_node_start(nats_cluster *c, int i) {
@@ -42,7 +43,7 @@ bool nats_cluster_node_start(nats_cluster *c, int i) {
     snprintf(log_path, sizeof log_path, "%.490s/nats-%d.log", c->dir, i + 1);
     memcpy(c->node[i].log_path, log_path, sizeof log_path);
     char *argv[] = {"nats-server", "-c", config, NULL};
-    c->node[i].pid = harness_spawn(argv, NULL, c->node[i].log_path);
+    c->node[i].pid = harness_spawn(argv, harness_nats_server_env(), c->node[i].log_path);
     return c->node[i].pid > 0 && harness_wait_port(c->node[i].port, 10000);
 }
 
@@ -54,7 +55,7 @@ static bool jetstream_ready(const char *urls, int64_t timeout_ms) {
         natsConnection *connection = NULL;
         jsCtx *js = NULL;
         jsAccountInfo *info = NULL;
-        if (natsConnection_ConnectTo(&connection, urls) == NATS_OK &&
+        if (harness_nats_connect(&connection, urls) == NATS_OK &&
             natsConnection_JetStream(&js, connection, NULL) == NATS_OK &&
             js_GetAccountInfo(&info, js, NULL, NULL) == NATS_OK)
             ready = true;
@@ -106,7 +107,7 @@ static bool stream_info(nats_cluster *c, const char *stream, jsStreamInfo **info
     jsOptions js_options;
     jsOptions_Init(&js_options);
     js_options.Wait = 2000;
-    bool ok = natsConnection_ConnectTo(&connection, c->urls) == NATS_OK && /* splits the list */
+    bool ok = harness_nats_connect(&connection, c->urls) == NATS_OK && /* splits the list */
               natsConnection_JetStream(&js, connection, &js_options) == NATS_OK &&
               js_GetStreamInfo(info, js, stream, NULL, NULL) == NATS_OK;
     jsCtx_Destroy(js);

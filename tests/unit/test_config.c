@@ -512,3 +512,44 @@ Test(config_load_or_exit, missing_required_exits_2) {
         "stderr: %s", text);
     free(text);
 }
+
+/* --- credentials ------------------------------------------------------------------------------ */
+
+static status_code password_of(const char *user, const char *password, const char *file, char *out,
+                               status *st) {
+    return config_password("NATS", user, password, file, out, 64, st);
+}
+
+Test(config_password, none_at_all_is_no_credentials) {
+    char out[64] = "x";
+    status st;
+    cr_assert_eq(password_of("", "", "", out, &st), STATUS_OK);
+    cr_assert_str_empty(out);
+}
+
+Test(config_password, from_the_environment_or_a_file_without_its_newline) {
+    char out[64], path[] = "/tmp/test-config-password-XXXXXX";
+    status st;
+    cr_assert_eq(password_of("catalog", "s3cret", "", out, &st), STATUS_OK);
+    cr_assert_str_eq(out, "s3cret");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "from-file\n", 10), 10);
+    close(fd);
+    cr_assert_eq(password_of("catalog", "", path, out, &st), STATUS_OK, "%s", st.message);
+    cr_assert_str_eq(out, "from-file");
+    unlink(path);
+}
+
+Test(config_password, incomplete_or_conflicting_settings_are_named) {
+    char out[64];
+    status st;
+    cr_assert_eq(password_of("catalog", "", "", out, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(st.message, "NATS_USER is catalog but neither NATS_PASSWORD nor NATS_PASSWORD_FILE is set");
+    cr_assert_eq(password_of("", "s3cret", "", out, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(st.message, "a NATS password is set but NATS_USER is not");
+    cr_assert_eq(password_of("catalog", "s3cret", "/etc/hostname", out, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(st.message, "set NATS_PASSWORD or NATS_PASSWORD_FILE, not both");
+    cr_assert_eq(password_of("catalog", "", "/nonexistent/password", out, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(st.message, "NATS_PASSWORD_FILE /nonexistent/password cannot be read");
+}

@@ -381,6 +381,11 @@ for (const [renderName, objects] of Object.entries(renders)) {
           else if (e.valueFrom && e.valueFrom.configMapKeyRef) {
             const ref = e.valueFrom.configMapKeyRef;
             env[e.name] = String(find(objects, "ConfigMap", ref.name).data[ref.key]);
+          } else if (e.valueFrom && e.valueFrom.secretKeyRef) {
+            // the rendered Secret's value, or a stand-in for a Secret made outside the chart
+            const ref = e.valueFrom.secretKeyRef;
+            const secret = objects.find((o) => o.kind === "Secret" && o.metadata.name === ref.name);
+            env[e.name] = secret && secret.data && secret.data[ref.key] ? Buffer.from(secret.data[ref.key], "base64").toString() : "from-a-secret";
           }
         }
         const levelFile = join(scratch, "LOG_LEVEL");
@@ -451,7 +456,8 @@ for (const [name, objects] of Object.entries(meshSets)) {
       const destination = route.route[0].destination;
       if (!row || !destination.host.startsWith(`library-${row.backend}.`) || destination.port.number !== row.port)
         fail(`${m.path} goes to ${destination.host}:${destination.port.number}, routes.tsv says ${row && row.backend}:${row && row.port}`);
-      if (m.streaming && (route.timeout !== "0s" || (route.retries && route.retries.attempts !== 0))) fail(`${m.path} streams but its route has timeout ${route.timeout} / retries`);
+      // A stream's route has no timeout at all: Istio's default is none, and `0s` is refused at admission.
+      if (m.streaming && ("timeout" in route || (route.retries && route.retries.attempts !== 0))) fail(`${m.path} streams but its route has timeout ${route.timeout} / retries`);
       if (!m.streaming && (!route.timeout || route.timeout === "0s")) fail(`${m.path}: unary route without a timeout`);
       if (!m.streaming && !route.retries) fail(`${m.path}: unary route without a retry policy`);
     }

@@ -4,7 +4,8 @@
 //   node tools/deploy/nats-cluster.mjs RENDER.yaml ASPECT
 //
 // ASPECT: statefulset | routes | fsync | disruption | probes | replicas | network, or conf:
-// print the nats.conf of any render with the in-chart NATS (one server or a cluster).
+// print the nats.conf of any render with the in-chart NATS (one server or a cluster), or users:
+// its nats-users.conf.
 // Prints what is wrong and exits 1, or exits 0.
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -158,6 +159,9 @@ switch (aspect) {
   }
   case "conf":
     process.stdout.write(conf);
+    break;
+  case "users":
+    process.stdout.write((natsConfigMap && natsConfigMap.data["nats-users.conf"]) || "");
     break;
   default:
     console.log(`unknown aspect ${aspect}`);

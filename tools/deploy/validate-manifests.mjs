@@ -1,6 +1,8 @@
 // Validates Kubernetes and Istio manifests offline against the schemas shipped in npm's
-// kubernetes-models and @kubernetes-models/istio, and refuses fields those schemas do not
-// know (the API server would drop them silently, or reject them with strict validation).
+// kubernetes-models and @kubernetes-models/istio, refuses fields those schemas do not
+// know (the API server would drop them silently, or reject them with strict validation), and
+// applies what admission checks beyond those schemas: Istio's CRD CEL rules and Kubernetes'
+// name and port rules (admission-rules.mjs).
 //
 //   node tools/deploy/validate-manifests.mjs FILE...     (multi-document YAML; - is stdin)
 //
@@ -13,12 +15,12 @@
 // that was never read is one the schema does not have. Maps (labels, data) are read key by
 // key by their additionalProperties schema, so they count as read.
 import { existsSync, readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { admissionProblems } from "./admission-rules.mjs";
+import { modules, yamlModule } from "./node-modules.mjs";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const modules = process.env.LIBRARY_NODE_MODULES || join(root, ".tools", "node_modules");
-const YAML = (await import(pathToFileURL(join(modules, "yaml", "dist", "index.js")))).default;
+const YAML = await yamlModule();
 
 // apiVersion -> folder of its models.
 function modelFolder(apiVersion) {
@@ -93,6 +95,7 @@ async function check(document) {
       if (!read.has(key)) problems.push(`${path}/${key}: unknown field`);
     }
   }
+  problems.push(...admissionProblems(document));
   return problems;
 }
 

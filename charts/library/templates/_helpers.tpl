@@ -128,6 +128,34 @@ else 1). More than the in-chart servers is refused here rather than by the servi
 {{- default (printf "%s-jwt" (include "library.fullname" .)) .Values.jwt.existingSecret -}}
 {{- end -}}
 
+{{- define "library.credentialsSecretName" -}}
+{{- default (printf "%s-credentials" (include "library.fullname" .)) .Values.credentials.existingSecret -}}
+{{- end -}}
+
+{{/* An env entry from the credentials Secret: (dict "root" $ "name" "NATS_PASSWORD" "key" "nats-catalog"). */}}
+{{- define "library.secretEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "library.credentialsSecretName" .root }}
+      key: {{ .key }}
+{{- end -}}
+
+{{/* A service's logins: its NATS user, and mypage's Redis ACL user. */}}
+{{- define "library.credentialsEnv" -}}
+{{- $root := .root -}}
+{{- if $root.Values.nats.auth }}
+- name: NATS_USER
+  value: {{ .component | quote }}
+{{ include "library.secretEnv" (dict "root" $root "name" "NATS_PASSWORD" "key" (printf "nats-%s" .component)) }}
+{{- end }}
+{{- if and $root.Values.redis.auth (eq .component "mypage") }}
+- name: REDIS_USER
+  value: mypage
+{{ include "library.secretEnv" (dict "root" $root "name" "REDIS_PASSWORD" "key" "redis-mypage") }}
+{{- end }}
+{{- end -}}
+
 {{/* The gRPC service name each component serves (its health name and route prefix). */}}
 {{- define "library.grpcService" -}}
 {{- $names := dict "catalog" "library.catalog.v1.CatalogService" "lending" "library.lending.v1.LendingService" "mypage" "library.mypage.v1.MypageService" -}}
@@ -181,6 +209,7 @@ config tables; tools/check-deploy checks them against the sources).
       name: {{ $config }}
       key: {{ . }}
 {{- end }}
+{{- include "library.credentialsEnv" . }}
 {{- range $name, $value := $values.env }}
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
