@@ -6,14 +6,13 @@
 # stop, restarts on liveness failure. Sourced, never run; needs deploy_images.sh first.
 #
 # Networks (all --internal: nothing leaves them): KUBE_NET, where every pod is known by its
-# own name, and one per Service, "<net>-<service>". A pod joins every Service network but
-# its own at creation (so it can call any Service), and its own Services' networks, with the
-# Service's name as alias, only while it is ready: the alias then resolves to exactly the
-# ready pods, and a pod leaving readiness is no longer called (its own calls go out on the
-# other networks, so they are not cut).
+# own name, and one per Service, "<net>-<service>", which every pod joins (so any pod can
+# call any Service). A Service's name is an alias, on its network, of exactly its ready pods
+# (kube_endpoints), or of all of them with publishNotReadyAddresses.
 #
 # State: $KUBE_DIR/pods/<pod>/ (workload, ready, restarts, events; "terminating" stops the
-# kubelet loop), $KUBE_DIR/created (every pod, volume and network made, for cleanup).
+# kubelet loop; a deleted pod's goes to $KUBE_DIR/gone/), $KUBE_DIR/created (every pod,
+# volume and network made, for cleanup).
 
 KUBE_NET=library-smoke
 KUBE_DIR=""
@@ -88,12 +87,12 @@ kube_run_pod() {
   for claim in $(kube_workload_jq "$workload" '.template.spec.volumes[]? | .persistentVolumeClaim.claimName // empty'); do
     kube_volume "$claim" "$group"
   done
-  while read -r service gated; do
-    [[ $gated == true ]] || networks+=(--network "$KUBE_NET-$service:alias=$service")
-  done < <(kube_workload_jq "$workload" '.services[] | "\(.name) \(.gated)"')
   for service in $(kube_services); do
-    kube_workload_jq "$workload" '.services[].name' | grep -qxF "$service" ||
+    if kube_workload_jq "$workload" '.services[] | select(.gated | not) | .name' | grep -qxF "$service"; then
+      networks+=(--network "$KUBE_NET-$service:alias=$service")
+    else
       networks+=(--network "$KUBE_NET-$service")
+    fi
   done
   node "$LIB_ROOT/tools/deploy/smoke-pods.mjs" pod "$KUBE_PLAN" "$workload" "$pod" >"$dir/pod.yaml" ||
     lib_die "cannot make the pod $pod"
@@ -150,16 +149,37 @@ kube_probe() {
 }
 
 # --- endpoints (kube-proxy) ----------------------------------------------------------------
+# A Service's name resolves (aardvark-dns, podman's DNS) to the pods that carry it as an alias
+# on the Service's network. Readiness adds and removes that alias in aardvark's table, under
+# the lock netavark takes, and has aardvark reload it: the pod stays on the network, so the
+# connections it already has go on, as with kube-proxy; only new ones go elsewhere.
+KUBE_DNS_DIR=/run/containers/networks/aardvark-dns
+
+# kube_dns_alias <network> <container id> <alias> <1 add | 0 remove>
+kube_dns_alias() {
+  local file=$KUBE_DNS_DIR/$1
+  [[ -f $file ]] || lib_die "no DNS table for network $1 ($file)"
+  flock "$file" bash -c '
+    table=$(awk -v id="$2" -v alias="$3" -v add="$4" '\''
+      $1 == id {
+        count = split($NF, names, ","); kept = ""
+        for (i = 1; i <= count; i++) if (names[i] != alias) kept = kept (kept == "" ? "" : ",") names[i]
+        if (add) kept = alias "," kept
+        # (the fields are "id ipv4 ipv6 names" and ipv6 may be empty: keep the spacing)
+        print substr($0, 1, length($0) - length($NF)) kept
+        next
+      }
+      { print }'\'' "$1")
+    printf "%s\n" "$table" >"$1"' _ "$file" "$2" "$3" "$4"
+  kill -HUP "$(cat "$KUBE_DNS_DIR/aardvark.pid")"
+}
+
 kube_endpoints() {
   local pod=$1 state=$2 workload infra service
   workload=$(kube_pod_workload "$pod")
   infra=$(kube_infra "$pod")
   for service in $(kube_workload_jq "$workload" '.services[] | select(.gated) | .name'); do
-    if ((state)); then
-      podman network connect --alias "$service" "$KUBE_NET-$service" "$infra" 2>/dev/null || true
-    else
-      podman network disconnect "$KUBE_NET-$service" "$infra" 2>/dev/null || true
-    fi
+    kube_dns_alias "$KUBE_NET-$service" "$infra" "$service" "$state"
   done
 }
 
@@ -203,6 +223,9 @@ kube_delete_pod() {
     kube_event "$pod" "stopped $container in ${took}s (grace ${grace}s), exit $(kube_exit_code "$pod-$container")"
   done
   podman pod rm --force "$pod" >/dev/null 2>&1 || true
+  # Its record moves aside, so that a StatefulSet's next pod can take the name again.
+  mkdir -p "$KUBE_DIR/gone"
+  mv "$dir" "$KUBE_DIR/gone/$pod.$(date +%s%N)"
 }
 
 kube_exit_code() { podman inspect --format '{{.State.ExitCode}}' "$1" 2>/dev/null || echo gone; }
@@ -348,18 +371,25 @@ kube_rollout() {
 # Everything this run made, even after a failure: kubelet loops, pods, volumes, networks.
 kube_cleanup() {
   [[ -n $KUBE_DIR && -f $KUBE_DIR/created ]] || return 0
-  local pid_file kind name
-  for pid_file in "$KUBE_DIR"/pods/*/kubelet.pid; do
-    [[ -f $pid_file ]] && kill "$(cat "$pid_file")" 2>/dev/null
+  local pid_file kind
+  for pid_file in "$KUBE_DIR"/pods/*/kubelet.pid "$KUBE_DIR"/gone/*/kubelet.pid; do
+    if [[ -f $pid_file ]]; then kill "$(cat "$pid_file")" 2>/dev/null || true; fi
   done
-  while read -r kind name; do
-    [[ $kind == pod ]] && podman pod rm --force --time 0 "$name" >/dev/null 2>&1
-  done <"$KUBE_DIR/created"
-  while read -r kind name; do
-    [[ $kind == volume ]] && podman volume rm --force "$name" >/dev/null 2>&1
-  done <"$KUBE_DIR/created"
-  while read -r kind name; do
-    [[ $kind == network ]] && podman network rm --force "$name" >/dev/null 2>&1
-  done <"$KUBE_DIR/created"
+  # Pods first (they hold the volumes and networks), then volumes, then networks.
+  for kind in pod volume network; do
+    kube_cleanup_kind "$kind"
+  done
   return 0
+}
+
+kube_cleanup_kind() {
+  local kind name
+  while read -r kind name; do
+    [[ $kind == "$1" ]] || continue
+    case $kind in
+      pod) podman pod rm --force --time 0 "$name" >/dev/null 2>&1 || true ;;
+      volume) podman volume rm --force "$name" >/dev/null 2>&1 || true ;;
+      network) podman network rm --force "$name" >/dev/null 2>&1 || true ;;
+    esac
+  done < <(grep "^$1 " "$KUBE_DIR/created")
 }
