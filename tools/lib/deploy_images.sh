@@ -92,12 +92,13 @@ deploy_images() {
   deploy_image nats tools/deploy/images/nats.Containerfile
   deploy_image redis tools/deploy/images/redis.Containerfile
   deploy_image gateway tools/deploy/images/gateway.Containerfile
+  deploy_image toolbox tools/deploy/images/toolbox.Containerfile
 }
 
 # Everything deploy_images made, and the build stages' layers, for a build from nothing.
 deploy_images_remove() {
   local name
-  for name in "${DEPLOY_SERVICES[@]}" nats redis gateway; do
+  for name in "${DEPLOY_SERVICES[@]}" nats redis gateway toolbox; do
     podman rmi --force "localhost/library-$name:$DEPLOY_TAG" >/dev/null 2>&1 || true
   done
   podman rmi --force docker.io/library/debian:12 docker.io/library/debian:12-slim \
