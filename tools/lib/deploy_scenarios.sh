@@ -49,7 +49,9 @@ smoke_seed_demo() {
   local output
   if ! output=$(smoke_in_pod "$(smoke_gateway_pod)" ./tools/demo --check \
     --endpoint http://127.0.0.1:8080 2>&1); then
-    printf 'tools/demo --check failed: %s' "$(tail -n 3 <<<"$output" | tr '\n' ' ')"
+    printf '%s\n' "$output" >&2
+    printf 'tools/demo --check failed: %s' \
+      "$(grep -m1 -A4 'error:' <<<"$output" | tr -s ' \n' ' ' | cut -c1-300)"
     return 1
   fi
   printf '%s\n' "$output" >&2
