@@ -242,24 +242,14 @@ Test(credentials, wrong_redis_password_stops_mypage_at_once) {
 
 /* --- TLS --------------------------------------------------------------------------------------- */
 
-/* A CA and a server certificate for 127.0.0.1 signed by it, as <prefix>-ca.pem, <prefix>.pem and
- * <prefix>.key in dir (openssl, as an operator would make them). */
-static void make_certificates(const char *prefix) {
-    char command[2400];
+/* A dev CA and a certificate for 127.0.0.1 it signed, in dir/<name> (ca.pem, nats.pem, nats.key):
+ * tools/lib/credentials.sh's lib_dev_tls, as ./tools/run makes them. */
+static void make_certificates(const char *name) {
+    char command[1600];
     snprintf(command, sizeof command,
-             "cd '%s' && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > %s.ext && "
-             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
-             "-subj /CN=%s-ca -keyout %s-ca.key -out %s-ca.pem 2>>openssl.log && "
-             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=nats "
-             "-keyout %s.key -out %s.csr 2>>openssl.log && "
-             "openssl x509 -req -in %s.csr -CA %s-ca.pem -CAkey %s-ca.key -CAcreateserial -days 1 "
-             "-extfile %s.ext -out %s.pem 2>>openssl.log",
-             dir, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix, prefix);
-    arena *a = arena_create(0);
-    int code = -1;
-    char *output = harness_command_output(a, command, &code);
-    cr_assert_eq(code, 0, "openssl failed (%s/openssl.log): %s", dir, output ? output : "");
-    arena_destroy(a);
+             "bash -c 'LIB_ROOT=\"$1\"; source \"$1/tools/lib/credentials.sh\" && lib_dev_tls \"$2\"' _ '%s' '%s/%s'",
+             getenv("LIBRARY_SOURCE_ROOT") ? getenv("LIBRARY_SOURCE_ROOT") : ".", dir, name);
+    cr_assert_eq(system(command), 0, "no dev CA in %s/%s (openssl.log there)", dir, name);
 }
 
 Test(credentials, nats_over_tls_with_the_servers_ca_and_refused_without_it) {
@@ -268,15 +258,15 @@ Test(credentials, nats_over_tls_with_the_servers_ca_and_refused_without_it) {
     char tls_dir[600], tls_config[1600];
     snprintf(tls_dir, sizeof tls_dir, "%s/tls", dir);
     mkdir(tls_dir, 0755);
-    snprintf(tls_config, sizeof tls_config, "tls { cert_file: \"%s/server.pem\", key_file: \"%s/server.key\" }",
-             dir, dir);
+    snprintf(tls_config, sizeof tls_config,
+             "tls { cert_file: \"%s/server/nats.pem\", key_file: \"%s/server/nats.key\" }", dir, dir);
     harness_process secure;
     cr_assert(harness_nats_start_with(tls_dir, 0, tls_config, &secure), "nats-server with TLS did not start: %s",
               secure.log_path);
     char url[160], ca[700], wrong_ca[700];
     snprintf(url, sizeof url, "NATS_URL=tls://127.0.0.1:%d", secure.port);
-    snprintf(ca, sizeof ca, "NATS_TLS_CA_FILE=%s/server-ca.pem", dir);
-    snprintf(wrong_ca, sizeof wrong_ca, "NATS_TLS_CA_FILE=%s/other-ca.pem", dir);
+    snprintf(ca, sizeof ca, "NATS_TLS_CA_FILE=%s/server/ca.pem", dir);
+    snprintf(wrong_ca, sizeof wrong_ca, "NATS_TLS_CA_FILE=%s/other/ca.pem", dir);
 
     const char *trusted[] = {url, ca, NULL};
     harness_process catalog;
