@@ -45,7 +45,14 @@ status_code events_ensure_stream(nats_connection *connection, int replicas, stat
     config.Storage = js_FileStorage;
     config.Replicas = replicas > 0 ? replicas : 1;
     config.Duplicates = (int64_t)10 * 60 * 1000000000; /* 10 minutes of Nats-Msg-Id dedup */
-    s = js_AddStream(&info, js, &config, NULL, &error);
+    for (int64_t until = timestamp_monotonic_ms() + NATS_PLACEMENT_WAIT_MS;; timestamp_sleep_ms(1000)) {
+        s = js_AddStream(&info, js, &config, NULL, &error);
+        if (!nats_jetstream_placement_pending(s) || timestamp_monotonic_ms() >= until)
+            break;
+        LOG_WARN("creating the event stream: the JetStream cluster cannot place %lld replicas yet (still "
+                 "forming, or a server restarting); trying again",
+                 (long long)config.Replicas);
+    }
     if (s == NATS_OK) {
         jsStreamInfo_Destroy(info);
         return STATUS_OK;

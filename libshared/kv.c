@@ -123,7 +123,14 @@ status_code kv_bucket_open(nats_connection *connection, const char *name, int re
         config.History = 1;
         config.StorageType = js_FileStorage;
         config.Replicas = replicas > 0 ? replicas : 1;
-        s = js_CreateKeyValue(&bucket->store, js, &config);
+        for (int64_t until = timestamp_monotonic_ms() + NATS_PLACEMENT_WAIT_MS;; timestamp_sleep_ms(1000)) {
+            s = js_CreateKeyValue(&bucket->store, js, &config);
+            if (!nats_jetstream_placement_pending(s) || timestamp_monotonic_ms() >= until)
+                break;
+            LOG_WARN("opening bucket %s: the JetStream cluster cannot place %lld replicas yet (still "
+                     "forming, or a server restarting); trying again",
+                     name, (long long)config.Replicas);
+        }
     }
     if (s != NATS_OK) {
         pthread_mutex_destroy(&bucket->cache_lock);

@@ -209,6 +209,11 @@ void nats_warn_on_other_replicas(const char *name, int64_t has, int wanted) {
                  name, (long long)has, wanted, name, wanted);
 }
 
+bool nats_jetstream_placement_pending(natsStatus s) {
+    const char *text = s != NATS_OK ? nats_GetLastError(NULL) : NULL;
+    return text != NULL && strstr(text, "no suitable peers") != NULL;
+}
+
 status_code nats_jetstream_create_status(natsStatus s, const char *what, int replicas, status *st) {
     const char *text = nats_GetLastError(NULL);
     if (s != NATS_OK && text != NULL) {

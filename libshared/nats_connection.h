@@ -82,6 +82,15 @@ void nats_warn_on_other_replicas(const char *name, int64_t has, int wanted);
  * start as it does for a bad setting (exit 2). Anything else as nats_status_to_status. Call it
  * right after the failed call: it reads NATS.c's last error text. */
 status_code nats_jetstream_create_status(natsStatus s, const char *what, int replicas, status *st);
+/* True when the last JetStream create failed for want of peers to place its replicas right
+ * now ("no suitable peers for placement": a cluster still forming at start, or a server
+ * restarting), which passes; false for anything else, "insufficient resources" (more replicas
+ * than servers) included. Read right after the failed call (NATS.c's last error is per thread). */
+bool nats_jetstream_placement_pending(natsStatus s);
+
+/* How long a service keeps creating its stream and buckets while placement is pending, before
+ * it gives up as nats_jetstream_create_status says. */
+enum { NATS_PLACEMENT_WAIT_MS = 20000 };
 
 /* Maps a NATS.c status (and its last error text) onto ours: timeouts and lost connections
  * become UNAVAILABLE, "wrong last sequence" becomes ABORTED with reason REVISION_MISMATCH. */

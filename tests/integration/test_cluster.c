@@ -54,8 +54,9 @@ Test(cluster, the_stream_and_every_bucket_have_three_replicas) {
     cluster_stack_stop(&c);
 }
 
-/* A service whose NATS_REPLICAS the cluster cannot place: exit 2 at once, with a log line that
- * says what to change (not an endless retry). */
+/* A service whose NATS_REPLICAS the cluster cannot place: exit 2 with a log line that says what
+ * to change, not an endless retry. A cluster that lacks peers only for now (still forming) gets
+ * NATS_PLACEMENT_WAIT_MS (20 s) first: nats-server says "no suitable peers" for both. */
 static void expect_replicas_refused(const char *dir, const char *urls, const char *replicas) {
     char nats_url[400], replicas_setting[32];
     snprintf(nats_url, sizeof nats_url, "NATS_URL=%s", urls);
