@@ -27,7 +27,14 @@ status_code events_ensure_stream(nats_connection *connection, int replicas, stat
     jsCtx *js = nats_connection_jetstream(connection);
     jsStreamInfo *info = NULL;
     jsErrCode error = 0;
-    natsStatus s = js_GetStreamInfo(&info, js, EVENTS_STREAM, NULL, &error);
+    natsStatus s;
+    /* A JetStream cluster that has just formed may not answer within NATS_TIMEOUT yet. */
+    for (int64_t until = timestamp_monotonic_ms() + NATS_PLACEMENT_WAIT_MS;; timestamp_sleep_ms(500)) {
+        s = js_GetStreamInfo(&info, js, EVENTS_STREAM, NULL, &error);
+        if (s != NATS_TIMEOUT || timestamp_monotonic_ms() >= until)
+            break;
+        LOG_WARN("looking up the event stream: NATS did not answer in time; trying again");
+    }
     if (s == NATS_OK) {
         nats_warn_on_other_replicas(EVENTS_STREAM, info->Config->Replicas, replicas);
         jsStreamInfo_Destroy(info);

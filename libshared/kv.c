@@ -115,7 +115,14 @@ status_code kv_bucket_open(nats_connection *connection, const char *name, int re
     pthread_mutex_init(&bucket->cache_lock, NULL);
     pthread_mutex_init(&bucket->fence_lock, NULL);
     jsCtx *js = nats_connection_jetstream(connection);
-    natsStatus s = js_KeyValue(&bucket->store, js, name);
+    natsStatus s;
+    /* A JetStream cluster that has just formed may not answer within NATS_TIMEOUT yet. */
+    for (int64_t until = timestamp_monotonic_ms() + NATS_PLACEMENT_WAIT_MS;; timestamp_sleep_ms(500)) {
+        s = js_KeyValue(&bucket->store, js, name);
+        if (s != NATS_TIMEOUT || timestamp_monotonic_ms() >= until)
+            break;
+        LOG_WARN("opening bucket %s: NATS did not answer in time; trying again", name);
+    }
     if (s == NATS_NOT_FOUND) {
         kvConfig config;
         kvConfig_Init(&config);

@@ -439,8 +439,10 @@ static void expect_settled(load *l, const char *fault, int min_answers) {
             fault, fault_ok, fault_calls, fault_calls ? 100 * fault_ok / fault_calls : 0, (double)longest / 1000,
             acknowledged, held ? "" : "; NOT SETTLED: ", held ? "" : why);
     cr_assert(held, "%s: not settled after %d s: %s", fault, SETTLE_MS / 1000, why);
-    /* the load really ran, and mostly went through even while the fault lasted */
-    cr_assert_geq(acknowledged, min_answers, "%s: only %d answers recorded", fault, acknowledged);
+    /* the load really ran, and mostly went through even while the fault lasted (the sanitizer
+     * build runs about three times slower: half the answers) */
+    int floor = harness_sanitized() ? min_answers / 2 : min_answers;
+    cr_assert_geq(acknowledged, floor, "%s: only %d answers recorded", fault, acknowledged);
 }
 
 typedef void (*fault_fn)(cluster_stack *c, load *l);
