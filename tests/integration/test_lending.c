@@ -1256,11 +1256,17 @@ typedef struct write_flood {
 
 static void *flood_borrows(void *arg) {
     write_flood *f = arg;
+    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    request.book_id = (char *)f->book_id;
     for (int i = 0; i < f->calls; i++) {
+        arena *a = arena_create(0); /* the test's arena is not for several threads */
+        ProtobufCMessage *response = NULL;
         status st;
-        status_code code = borrow_on(f->stack->lending_client, f->bearer, f->book_id, NULL, NULL, &st);
+        status_code code = harness_call(f->stack->lending_client, LENDING "BorrowBook", &request.base,
+                                        &library__lending__v1__loan__descriptor, a, f->bearer, &response, &st);
         bool limited = code == STATUS_RESOURCE_EXHAUSTED && strcmp(st.reason, "RATE_LIMITED") == 0;
         atomic_fetch_add(limited ? f->limited : f->other, 1);
+        arena_destroy(a);
     }
     return NULL;
 }
