@@ -100,18 +100,22 @@ static const struct {
     {LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE, "library.events.loan.overdue", "loan-overdue"},
 };
 
-const char *events_subject(event_type type) {
+/* The table's row of type, or -1. */
+static int row_of(event_type type) {
     for (size_t i = 0; i < sizeof event_table / sizeof *event_table; i++)
         if (event_table[i].type == type)
-            return event_table[i].subject;
-    return NULL;
+            return (int)i;
+    return -1;
+}
+
+const char *events_subject(event_type type) {
+    int row = row_of(type);
+    return row < 0 ? NULL : event_table[row].subject;
 }
 
 const char *events_kind(event_type type) {
-    for (size_t i = 0; i < sizeof event_table / sizeof *event_table; i++)
-        if (event_table[i].type == type)
-            return event_table[i].kind;
-    return NULL;
+    int row = row_of(type);
+    return row < 0 ? NULL : event_table[row].kind;
 }
 
 bool events_format_id(char *out, size_t size, event_type type, const char *subject_id, uint32_t attempt) {
