@@ -98,6 +98,14 @@ static const struct {
     {LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED, "library.events.loan.returned", "loan-returned"},
     {LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RELEASED, "library.events.copy.released", "copy-released"},
     {LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE, "library.events.loan.overdue", "loan-overdue"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED, "library.events.loan.renewed", "loan-renewed"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED, "library.events.loan.hold_placed", "hold-placed"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_FULFILLED, "library.events.loan.hold_fulfilled", "hold-fulfilled"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED, "library.events.loan.hold_canceled", "hold-canceled"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_QUEUED, "library.events.copy.hold_queued", "hold-queued"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_READY, "library.events.copy.hold_ready", "hold-ready"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_EXPIRED, "library.events.copy.hold_expired", "hold-expired"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_RELEASED, "library.events.copy.hold_released", "hold-released"},
 };
 
 /* The table's row of type, or -1. */
