@@ -186,6 +186,13 @@ void book_index_remove(book_index *index, const char *book_id, uint64_t revision
     pthread_rwlock_unlock(&index->lock);
 }
 
+void book_index_each(book_index *index, void (*visit)(void *arg, const book_entry *book), void *arg) {
+    pthread_rwlock_rdlock(&index->lock);
+    for (size_t i = 0; i < index->count; i++)
+        visit(arg, &index->sorted[i]->book);
+    pthread_rwlock_unlock(&index->lock);
+}
+
 size_t book_index_count(book_index *index) {
     pthread_rwlock_rdlock(&index->lock);
     size_t count = index->count;

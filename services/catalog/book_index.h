@@ -13,7 +13,9 @@
 
 typedef struct book_entry {
     const char *book_id, *isbn, *title, *author;
-    int32_t total_copies, available_copies;
+    int32_t total_copies, available_copies, on_hold_copies;
+    int32_t outbox_count;   /* hold events the record still has to publish */
+    int64_t next_expiry_ms; /* the earliest expire time of its READY holds, 0: none */
     int64_t create_seconds, update_seconds;
     int32_t create_nanos, update_nanos;
     uint64_t revision;
@@ -34,6 +36,9 @@ size_t book_index_count(book_index *index);
  * returns false when the index does not hold it. */
 bool book_index_get(book_index *index, const char *book_id,
                     void (*visit)(void *arg, const book_entry *book), void *arg);
+
+/* Calls visit for every book, in order, under the read lock (copy what you need and return). */
+void book_index_each(book_index *index, void (*visit)(void *arg, const book_entry *book), void *arg);
 
 /* Calls visit for up to limit books matching query_folded that come after cursor (NULL: from
  * the start), in order. *more tells whether further matches exist. visit runs under the read

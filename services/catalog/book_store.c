@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "holds.h"
 #include "kv.h"
 #include "kv_record.h"
 #include "log.h"
@@ -25,11 +26,13 @@ static void book_key(const char *book_id, char key[KEY_MAX]) {
     snprintf(key, KEY_MAX, "book.%s", book_id);
 }
 
-static book_entry entry_of(const Library__Catalog__V1__Book *book, uint64_t revision) {
+static book_entry entry_of(const book_record *record, uint64_t revision) {
+    const Library__Catalog__V1__Book *book = record->book;
     book_entry entry = {
         .book_id = book->book_id, .isbn = book->isbn, .title = book->title, .author = book->author,
         .total_copies = book->total_copies, .available_copies = book->available_copies,
-        .revision = revision,
+        .on_hold_copies = book->on_hold_copies, .outbox_count = (int32_t)record->n_outbox,
+        .next_expiry_ms = holds_next_expiry(record), .revision = revision,
     };
     if (book->create_time) {
         entry.create_seconds = book->create_time->seconds;
@@ -48,7 +51,7 @@ static void index_record(book_store *store, const uint8_t *data, size_t size, ui
         LOG_ERROR("a stored book record at revision %llu does not parse; skipping it",
                   (unsigned long long)revision);
     } else {
-        book_entry entry = entry_of(record->book, revision);
+        book_entry entry = entry_of(record, revision);
         status st;
         if (book_index_put(store->index, &entry, &st) != STATUS_OK)
             LOG_ERROR("cannot index book %s: %s", entry.book_id, st.message);
@@ -101,10 +104,10 @@ static void *watch_main(void *arg) {
     book_store *store = arg;
     for (;;) {
         kvEntry *entry = NULL;
-        kv_follow_event event = kv_follow_next(store->follow, 500, &entry);
-        if (event == KV_FOLLOW_STOPPED)
+        kv_follow_event what = kv_follow_next(store->follow, 500, &entry);
+        if (what == KV_FOLLOW_STOPPED)
             return NULL;
-        if (event == KV_FOLLOW_ENTRY) {
+        if (what == KV_FOLLOW_ENTRY) {
             apply_watch_entry(store, entry);
             kvEntry_Destroy(entry);
         }
@@ -202,6 +205,7 @@ status_code book_store_update(book_store *store, const char *book_id, arena *a, 
         return code;
     if (written.bytes)
         index_record(store, written.bytes, written.size, written.revision);
-    *out = (book_record *)written.record;
+    if (out)
+        *out = (book_record *)written.record;
     return STATUS_OK;
 }

@@ -130,8 +130,8 @@ status_code catalog_adjust_stock(int32_t total, int32_t available, int32_t delta
                           CATALOG_MAX_COPIES, (long long)next_total);
     if (next_available < 0)
         return status_set(st, STATUS_FAILED_PRECONDITION, "COPIES_ON_LOAN",
-                          "cannot withdraw %d copies: %d are on the shelf and %d on loan", -delta,
-                          available, total - available);
+                          "cannot withdraw %d copies: %d are on the shelf and %d on loan or set aside "
+                          "for holds", -delta, available, total - available);
     *new_total = (int32_t)next_total;
     *new_available = (int32_t)next_available;
     return STATUS_OK;

@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "catalog.h"
+#include "holds.h"
+#include "log.h"
 #include "library/catalog/v1/catalog.pb-c.h"
 #include "timestamp.h"
 
@@ -96,6 +98,7 @@ static status_code update_book(void *state, rpc_context *ctx, const ProtobufCMes
 
 typedef struct adjust_job {
     int32_t delta;
+    hold_times times;
     const char *request_key; /* NULL: not idempotent */
     const Library__Catalog__Internal__AppliedRequest *replayed;
 } adjust_job;
@@ -145,6 +148,11 @@ static status_code apply_adjust(void *arg, arena *a, book_record *record, bool *
     book->total_copies = total;
     book->available_copies = available;
     book->update_time = timestamp_now(a);
+    /* Added copies go to the holds waiting first. */
+    size_t outbox_before = record->n_outbox;
+    if (holds_serve(a, record, &job->times, NULL, changed, st) != STATUS_OK ||
+        holds_finish(a, record, outbox_before, st) != STATUS_OK)
+        return st->code;
     if (job->request_key && remember_applied(a, record, job->request_key) != STATUS_OK)
         return out_of_memory(st);
     *changed = true;
@@ -158,7 +166,8 @@ static status_code adjust_stock(void *state, rpc_context *ctx, const ProtobufCMe
     if (catalog_check_adjust(req->book_id, req->request_id, st))
         return st->code;
     char key[65];
-    adjust_job job = {.delta = req->delta};
+    adjust_job job = {.delta = req->delta,
+                      .times = {.now_ms = timestamp_now_ms(), .pickup_ms = h->hold_pickup_ms}};
     if (req->request_id[0] != '\0') {
         catalog_request_key("AdjustStock", caller_id(ctx), req->request_id, key);
         job.request_key = key;
@@ -168,6 +177,9 @@ static status_code adjust_stock(void *state, rpc_context *ctx, const ProtobufCMe
                                          apply_adjust, &job, &record, st);
     if (code != STATUS_OK)
         return code;
+    status ignored;
+    if (catalog_saga_publish_outbox(h->connection, h->store, rpc_context_arena(ctx), record, &ignored) != STATUS_OK)
+        LOG_WARN("hold events of book %s wait for the sweeper: %s", req->book_id, ignored.message);
     if (job.replayed) { /* answer as the first call did */
         record->book->total_copies = job.replayed->total_copies;
         record->book->available_copies = job.replayed->available_copies;
@@ -211,6 +223,7 @@ static void collect_book(void *arg, const book_entry *entry) {
     book->author = arena_strdup(a, entry->author);
     book->total_copies = entry->total_copies;
     book->available_copies = entry->available_copies;
+    book->on_hold_copies = entry->on_hold_copies;
     book->create_time = make_time(a, entry->create_seconds, entry->create_nanos);
     book->update_time = make_time(a, entry->update_seconds, entry->update_nanos);
     if (!book->book_id || !book->isbn || !book->title || !book->author || !book->create_time ||

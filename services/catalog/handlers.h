@@ -9,6 +9,8 @@
 
 typedef struct catalog_handlers {
     book_store *store;
+    nats_connection *connection; /* for the hold events a stock change announces */
+    int64_t hold_pickup_ms;
     catalog_saga *saga; /* owned here so stop can end it; handlers do not use it */
     rpc_service service;
 } catalog_handlers;

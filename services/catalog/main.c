@@ -7,6 +7,17 @@
 #include "saga.h"
 #include "service.h"
 
+static struct {
+    int64_t hold_pickup_ms, hold_sweep_ms;
+} settings;
+
+static const config_entry catalog_config[] = {
+    {"HOLD_PICKUP", CONFIG_DURATION, "72h", "how long a copy set aside for a READY hold waits for its holder",
+     &settings.hold_pickup_ms, 1000, 0},
+    {"HOLD_SWEEP", CONFIG_DURATION, "1s", "how often expired holds and unpublished hold events are looked for",
+     &settings.hold_sweep_ms, 50, 3600000},
+};
+
 static status_code catalog_start(const service_context *context, void **state, status *st) {
     catalog_handlers *handlers = calloc(1, sizeof *handlers);
     if (handlers == NULL)
@@ -18,10 +29,16 @@ static status_code catalog_start(const service_context *context, void **state, s
     if (code == STATUS_OK)
         code = book_store_open(context->nats, replicas, &store, st);
     if (code == STATUS_OK)
-        code = catalog_saga_start(context->nats, store, context->settings->event_ack_wait_ms,
-                                  (int)context->settings->event_workers, &saga, st);
+        code = catalog_saga_start(context->nats, store,
+                                  &(catalog_saga_options){.ack_wait_ms = context->settings->event_ack_wait_ms,
+                                                          .workers = (int)context->settings->event_workers,
+                                                          .hold_pickup_ms = settings.hold_pickup_ms,
+                                                          .hold_sweep_ms = settings.hold_sweep_ms},
+                                  &saga, st);
     if (code == STATUS_OK) {
         catalog_handlers_init(handlers, store);
+        handlers->connection = context->nats;
+        handlers->hold_pickup_ms = settings.hold_pickup_ms;
         handlers->saga = saga;
         code = rpc_server_add_service(context->server, &handlers->service, st);
     }
@@ -46,6 +63,8 @@ static const service_definition catalog_definition = {
     .name = "catalog",
     .default_grpc_port = "50051",
     .default_metrics_port = "9464",
+    .config = catalog_config,
+    .config_count = sizeof catalog_config / sizeof catalog_config[0],
     .start = catalog_start,
     .stop = catalog_stop,
 };

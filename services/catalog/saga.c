@@ -1,6 +1,8 @@
 /* saga.c - reserving and releasing copies for loans. */
 #include "saga.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <sys/types.h>
 #include <stdlib.h>
@@ -11,13 +13,18 @@
 #include "field.h"
 #include "log.h"
 #include "timestamp.h"
+#include <time.h>
 
 enum { DECISIONS_KEPT = 1024 };
 
 struct catalog_saga {
     nats_connection *connection;
     book_store *store;
+    catalog_saga_options options;
     event_consumer *consumer;
+    pthread_t sweeper;
+    bool sweeper_running;
+    atomic_bool stopping;
 };
 
 static ssize_t find_string(char **list, size_t count, const char *value) {
@@ -27,7 +34,8 @@ static ssize_t find_string(char **list, size_t count, const char *value) {
     return -1;
 }
 
-static status_code remember_decision(arena *a, book_record *record, const char *loan_id, bool reserved) {
+static status_code remember_decision(arena *a, book_record *record, const char *loan_id, bool reserved,
+                                     const char *hold_id) {
     size_t kept = record->n_recent_decisions;
     size_t start = kept >= DECISIONS_KEPT ? kept - DECISIONS_KEPT + 1 : 0;
     size_t count = kept - start + 1;
@@ -40,6 +48,7 @@ static status_code remember_decision(arena *a, book_record *record, const char *
         memcpy(list, record->recent_decisions + start, (count - 1) * sizeof *list);
     entry->loan_id = arena_strdup(a, loan_id);
     entry->reserved = reserved;
+    entry->hold_id = hold_id ? arena_strdup(a, hold_id) : (char *)"";
     list[count - 1] = entry;
     record->recent_decisions = list;
     record->n_recent_decisions = count;
@@ -51,49 +60,76 @@ static status_code touch(arena *a, book_record *record) {
     return record->book->update_time ? STATUS_OK : STATUS_RESOURCE_EXHAUSTED;
 }
 
+static status_code add_loan_on_hand(arena *a, book_record *record, const char *loan_id) {
+    char **loans = arena_alloc(a, (record->n_loans_on_hand + 1) * sizeof *loans);
+    if (loans == NULL)
+        return STATUS_RESOURCE_EXHAUSTED;
+    if (record->n_loans_on_hand)
+        memcpy(loans, record->loans_on_hand, record->n_loans_on_hand * sizeof *loans);
+    loans[record->n_loans_on_hand] = arena_strdup(a, loan_id);
+    record->loans_on_hand = loans;
+    record->n_loans_on_hand++;
+    return STATUS_OK;
+}
+
+/* A return gives the loan's copy back once: to the first WAITING hold, or to the shelf. */
+static status_code decide_return(catalog_decision *job, arena *a, book_record *record, bool *changed,
+                                 status *st) {
+    ssize_t on_hand = find_string(record->loans_on_hand, record->n_loans_on_hand, job->loan_id);
+    size_t outbox_before = record->n_outbox;
+    if (on_hand >= 0) {
+        record->loans_on_hand[on_hand] = record->loans_on_hand[record->n_loans_on_hand - 1];
+        record->n_loans_on_hand--;
+        record->book->available_copies++;
+        *changed = true;
+        if (holds_serve(a, record, &job->times, &job->hold_id, changed, st) != STATUS_OK ||
+            holds_finish(a, record, outbox_before, st) != STATUS_OK)
+            return st->code;
+    }
+    job->available = record->book->available_copies;
+    return *changed && touch(a, record) != STATUS_OK
+               ? status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory")
+               : STATUS_OK;
+}
+
 status_code catalog_saga_decide(void *arg, arena *a, book_record *record, bool *changed,
                                 status *st) {
     catalog_decision *job = arg;
     Library__Catalog__V1__Book *book = record->book;
     *changed = false;
-    ssize_t on_hand = find_string(record->loans_on_hand, record->n_loans_on_hand, job->loan_id);
-    if (!job->reserve) { /* a return: give the copy back once */
-        if (on_hand >= 0) {
-            record->loans_on_hand[on_hand] = record->loans_on_hand[record->n_loans_on_hand - 1];
-            record->n_loans_on_hand--;
-            book->available_copies++;
-            *changed = true;
-        }
-        job->available = book->available_copies;
-        return *changed && touch(a, record) != STATUS_OK
-                   ? status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory")
-                   : STATUS_OK;
-    }
+    job->hold_id = NULL;
+    if (!job->reserve)
+        return decide_return(job, a, record, changed, st);
     for (size_t i = record->n_recent_decisions; i-- > 0;) {
-        if (strcmp(record->recent_decisions[i]->loan_id, job->loan_id) == 0) {
-            job->reserved = record->recent_decisions[i]->reserved; /* asked before: same answer */
+        const Library__Catalog__Internal__LoanDecision *decision = record->recent_decisions[i];
+        if (strcmp(decision->loan_id, job->loan_id) == 0) {
+            job->reserved = decision->reserved; /* asked before: same answer */
+            job->hold_id = decision->hold_id[0] ? decision->hold_id : NULL;
             job->available = book->available_copies;
             return STATUS_OK;
         }
     }
-    if (on_hand >= 0) {
+    if (find_string(record->loans_on_hand, record->n_loans_on_hand, job->loan_id) >= 0) {
         job->reserved = true;
         job->available = book->available_copies;
         return STATUS_OK;
     }
-    job->reserved = book->available_copies > 0;
-    if (job->reserved) {
-        char **loans = arena_alloc(a, (record->n_loans_on_hand + 1) * sizeof *loans);
-        if (loans == NULL)
-            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-        if (record->n_loans_on_hand)
-            memcpy(loans, record->loans_on_hand, record->n_loans_on_hand * sizeof *loans);
-        loans[record->n_loans_on_hand] = arena_strdup(a, job->loan_id);
-        record->loans_on_hand = loans;
-        record->n_loans_on_hand++;
-        book->available_copies--;
+    /* The borrower's own set-aside copy first: nobody else may take it. */
+    status taken = {.code = STATUS_OK};
+    job->hold_id = job->user_id ? holds_take_for_loan(a, record, job->user_id, &taken) : NULL;
+    if (taken.code != STATUS_OK) {
+        *st = taken;
+        return st->code;
     }
-    if (remember_decision(a, record, job->loan_id, job->reserved) != STATUS_OK || touch(a, record) != STATUS_OK)
+    job->reserved = job->hold_id != NULL || book->available_copies > 0;
+    if (job->reserved) {
+        if (add_loan_on_hand(a, record, job->loan_id) != STATUS_OK)
+            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+        if (job->hold_id == NULL)
+            book->available_copies--;
+    }
+    if (remember_decision(a, record, job->loan_id, job->reserved, job->hold_id) != STATUS_OK ||
+        touch(a, record) != STATUS_OK || holds_finish(a, record, record->n_outbox, st) != STATUS_OK)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     job->available = book->available_copies;
     *changed = true;
@@ -121,6 +157,16 @@ status_code catalog_saga_check_event(const event *e, status *st) {
     } else if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED) {
         loan_id = e->loan_returned->loan_id;
         book_id = e->loan_returned->book_id;
+    } else if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED) {
+        return field_check_id(e->hold_placed->hold_id, "hold_id", st) ||
+                       field_check_id(e->hold_placed->book_id, "book_id", st)
+                   ? st->code
+                   : STATUS_OK;
+    } else if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED) {
+        return field_check_id(e->hold_canceled->hold_id, "hold_id", st) ||
+                       field_check_id(e->hold_canceled->book_id, "book_id", st)
+                   ? st->code
+                   : STATUS_OK;
     } else {
         return STATUS_OK;
     }
@@ -149,9 +195,94 @@ static event *answer_new(arena *a, const event *cause, event_type type, const ch
     return e->event_id ? e : NULL;
 }
 
+static hold_times hold_times_now(const catalog_saga *saga) {
+    return (hold_times){.now_ms = timestamp_now_ms(), .pickup_ms = saga->options.hold_pickup_ms};
+}
+
+/* --- the outbox of hold events ------------------------------------------------------------ */
+
+typedef struct published {
+    char *const *event_ids;
+    size_t count;
+} published;
+
+static status_code remove_published(void *arg, arena *a, book_record *record, bool *changed, status *st) {
+    published *done = arg;
+    (void)a;
+    (void)st;
+    *changed = holds_outbox_remove(record, done->event_ids, done->count);
+    return STATUS_OK;
+}
+
+status_code catalog_saga_publish_outbox(nats_connection *connection, book_store *store, arena *a,
+                                        const book_record *record, status *st) {
+    if (record == NULL || record->n_outbox == 0)
+        return STATUS_OK;
+    char **ids = arena_alloc(a, record->n_outbox * sizeof *ids);
+    if (ids == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    size_t count = 0;
+    status_code code = STATUS_OK;
+    for (size_t i = 0; i < record->n_outbox && code == STATUS_OK; i++) {
+        code = events_publish(connection, record->outbox[i], st);
+        if (code == STATUS_OK)
+            ids[count++] = record->outbox[i]->event_id;
+    }
+    if (count == 0)
+        return code;
+    published done = {.event_ids = ids, .count = count};
+    status ignored;
+    /* Published is published: a failure to take them out only means publishing them again
+     * later, which the stream deduplicates. */
+    if (book_store_update(store, record->book->book_id, a, remove_published, &done, NULL, &ignored) != STATUS_OK)
+        LOG_WARN("published hold events of book %s stay in its outbox for now: %s", record->book->book_id,
+                 ignored.message);
+    return code;
+}
+
+/* --- holds -------------------------------------------------------------------------------- */
+
+typedef struct hold_job {
+    const event *cause;
+    hold_times times;
+} hold_job;
+
+static status_code apply_hold_event(void *arg, arena *a, book_record *record, bool *changed, status *st) {
+    hold_job *job = arg;
+    size_t outbox_before = record->n_outbox;
+    status_code code = job->cause->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED
+        ? holds_place(a, record, job->cause->hold_placed, job->cause->attempt, &job->times, changed, st)
+        : holds_release(a, record, job->cause->hold_canceled, job->cause->attempt, &job->times, changed, st);
+    if (code != STATUS_OK)
+        return code;
+    if (*changed && (holds_finish(a, record, outbox_before, st) != STATUS_OK || touch(a, record) != STATUS_OK))
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    return STATUS_OK;
+}
+
+static status_code on_hold_event(catalog_saga *saga, arena *a, const event *cause, status *st) {
+    const char *book_id = cause->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED
+                              ? cause->hold_placed->book_id
+                              : cause->hold_canceled->book_id;
+    hold_job job = {.cause = cause, .times = hold_times_now(saga)};
+    book_record *record = NULL;
+    status_code code = book_store_update(saga->store, book_id, a, apply_hold_event, &job, &record, st);
+    if (code == STATUS_NOT_FOUND) {
+        LOG_WARN("event %.64s names book %s, which does not exist; dropping it", cause->event_id, book_id);
+        return STATUS_OK;
+    }
+    if (code == STATUS_RESOURCE_EXHAUSTED && strcmp(st->reason, "QUEUE_FULL") == 0) {
+        LOG_WARN("%s", st->message); /* lending's reconciler cancels the hold it never saw queued */
+        return STATUS_OK;
+    }
+    if (code != STATUS_OK)
+        return code;
+    return catalog_saga_publish_outbox(saga->connection, saga->store, a, record, st);
+}
+
 static status_code on_loan_requested(catalog_saga *saga, arena *a, const event *cause, status *st) {
     const Library__Events__V1__LoanRequested *request = cause->loan_requested;
-    catalog_decision job = {.loan_id = request->loan_id, .reserve = true};
+    catalog_decision job = {.loan_id = request->loan_id, .reserve = true, .user_id = request->user_id};
     book_record *record = NULL;
     status_code code = book_store_update(saga->store, request->book_id, a, catalog_saga_decide, &job, &record, st);
     if (code == STATUS_NOT_FOUND)
@@ -171,6 +302,7 @@ static status_code on_loan_requested(catalog_saga *saga, arena *a, const event *
         body->loan_id = request->loan_id;
         body->book_id = request->book_id;
         body->available_copies = job.available;
+        body->hold_id = job.hold_id ? (char *)job.hold_id : (char *)"";
         e->copy_reserved = body;
         return events_publish(saga->connection, e, st);
     }
@@ -185,11 +317,13 @@ static status_code on_loan_requested(catalog_saga *saga, arena *a, const event *
 
 static status_code on_loan_returned(catalog_saga *saga, arena *a, const event *cause, status *st) {
     const Library__Events__V1__LoanReturned *returned = cause->loan_returned;
-    catalog_decision job = {.loan_id = returned->loan_id, .reserve = false};
+    catalog_decision job = {.loan_id = returned->loan_id, .reserve = false, .times = hold_times_now(saga)};
     book_record *record = NULL;
     status_code code = book_store_update(saga->store, returned->book_id, a, catalog_saga_decide, &job, &record, st);
     if (code != STATUS_OK && code != STATUS_NOT_FOUND)
         return code;
+    if (code == STATUS_OK && catalog_saga_publish_outbox(saga->connection, saga->store, a, record, st) != STATUS_OK)
+        return st->code; /* redelivered, or the sweeper publishes it */
     event *e = answer_new(a, cause, LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RELEASED, returned->loan_id);
     Library__Events__V1__CopyReleased *body = (void *)arena_new_message(a, &library__events__v1__copy_released__descriptor);
     if (e == NULL || body == NULL)
@@ -197,6 +331,7 @@ static status_code on_loan_returned(catalog_saga *saga, arena *a, const event *c
     body->loan_id = returned->loan_id;
     body->book_id = returned->book_id;
     body->available_copies = job.available;
+    body->hold_id = job.hold_id ? (char *)job.hold_id : (char *)"";
     e->copy_released = body;
     return events_publish(saga->connection, e, st);
 }
@@ -205,7 +340,9 @@ static status_code on_loan_event(void *arg, const event *e, uint64_t sequence, s
     (void)sequence;
     catalog_saga *saga = arg;
     if (e->body_case != LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED &&
-        e->body_case != LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED)
+        e->body_case != LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED &&
+        e->body_case != LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED &&
+        e->body_case != LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED)
         return STATUS_OK; /* the other loan events are for the projection */
     if (catalog_saga_check_event(e, st) != STATUS_OK) {
         LOG_WARN("event %.64s names a malformed id (%s); refusing it", e->event_id, st->message);
@@ -214,27 +351,115 @@ static status_code on_loan_event(void *arg, const event *e, uint64_t sequence, s
     arena *a = arena_create(0);
     if (a == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    status_code code = e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED
-                           ? on_loan_requested(saga, a, e, st)
-                           : on_loan_returned(saga, a, e, st);
+    status_code code;
+    switch (e->body_case) {
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED: code = on_loan_requested(saga, a, e, st); break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED: code = on_loan_returned(saga, a, e, st); break;
+    default: code = on_hold_event(saga, a, e, st); break;
+    }
     arena_destroy(a);
     return code;
 }
 
-status_code catalog_saga_start(nats_connection *connection, book_store *store, int64_t ack_wait_ms,
-                               int workers,
-                               catalog_saga **out, status *st) {
+/* --- the hold sweeper ---------------------------------------------------------------------- */
+
+typedef struct sweep_list {
+    arena *a;
+    int64_t now_ms;
+    char **book_ids;
+    size_t count, capacity;
+} sweep_list;
+
+static void collect_due(void *arg, const book_entry *book) {
+    sweep_list *list = arg;
+    bool due = book->outbox_count > 0 || (book->next_expiry_ms != 0 && book->next_expiry_ms <= list->now_ms);
+    if (!due)
+        return;
+    if (list->count == list->capacity) {
+        size_t capacity = list->capacity ? list->capacity * 2 : 16;
+        char **grown = arena_alloc(list->a, capacity * sizeof *grown);
+        if (grown == NULL)
+            return; /* the next round gets the rest */
+        if (list->count)
+            memcpy(grown, list->book_ids, list->count * sizeof *grown);
+        list->book_ids = grown;
+        list->capacity = capacity;
+    }
+    char *id = arena_strdup(list->a, book->book_id);
+    if (id)
+        list->book_ids[list->count++] = id;
+}
+
+static status_code apply_expiry(void *arg, arena *a, book_record *record, bool *changed, status *st) {
+    const hold_times *times = arg;
+    size_t outbox_before = record->n_outbox;
+    *changed = false;
+    if (holds_expire(a, record, times, changed, st) != STATUS_OK)
+        return st->code;
+    if (*changed && (holds_finish(a, record, outbox_before, st) != STATUS_OK || touch(a, record) != STATUS_OK))
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    return STATUS_OK;
+}
+
+/* Every replica sweeps: the compare-and-set lets one expiry through, and the stream
+ * deduplicates the events two replicas publish. */
+static void sweep(catalog_saga *saga, arena *a) {
+    sweep_list list = {.a = a, .now_ms = timestamp_now_ms()};
+    book_index_each(book_store_index(saga->store), collect_due, &list);
+    for (size_t i = 0; i < list.count && !atomic_load(&saga->stopping); i++) {
+        hold_times times = hold_times_now(saga);
+        book_record *record = NULL;
+        status st;
+        status_code code = book_store_update(saga->store, list.book_ids[i], a, apply_expiry, &times, &record, &st);
+        if (code == STATUS_OK)
+            code = catalog_saga_publish_outbox(saga->connection, saga->store, a, record, &st);
+        if (code != STATUS_OK && code != STATUS_NOT_FOUND)
+            LOG_WARN("sweeping the holds of book %s: %s", list.book_ids[i], st.message);
+    }
+}
+
+static void *sweeper_main(void *arg) {
+    catalog_saga *saga = arg;
+    arena *a = arena_create(0);
+    int64_t next = timestamp_monotonic_ms() + saga->options.hold_sweep_ms;
+    while (a && !atomic_load(&saga->stopping)) {
+        struct timespec pause = {.tv_nsec = 50 * 1000000};
+        nanosleep(&pause, NULL);
+        if (timestamp_monotonic_ms() < next || !nats_connection_is_up(saga->connection))
+            continue;
+        sweep(saga, a);
+        arena_reset(a);
+        next = timestamp_monotonic_ms() + saga->options.hold_sweep_ms;
+    }
+    if (a == NULL)
+        LOG_ERROR("out of memory: the hold sweeper does not run");
+    arena_destroy(a);
+    return NULL;
+}
+
+status_code catalog_saga_start(nats_connection *connection, book_store *store,
+                               const catalog_saga_options *options, catalog_saga **out, status *st) {
     catalog_saga *saga = calloc(1, sizeof *saga);
     if (saga == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     saga->connection = connection;
     saga->store = store;
-    event_consumer_options options = {.durable = "catalog", .filter_subject = EVENTS_LOAN_SUBJECTS,
-                                      .handler = on_loan_event, .arg = saga,
-                                      .ack_wait_ms = ack_wait_ms, .workers = workers};
-    status_code code = event_consumer_start(connection, &options, &saga->consumer, st);
+    saga->options = *options;
+    if (saga->options.hold_sweep_ms <= 0)
+        saga->options.hold_sweep_ms = 1000;
+    atomic_init(&saga->stopping, false);
+    event_consumer_options consumer = {.durable = "catalog", .filter_subject = EVENTS_LOAN_SUBJECTS,
+                                       .handler = on_loan_event, .arg = saga,
+                                       .ack_wait_ms = options->ack_wait_ms, .workers = options->workers};
+    status_code code = event_consumer_start(connection, &consumer, &saga->consumer, st);
+    if (code == STATUS_OK) {
+        if (pthread_create(&saga->sweeper, NULL, sweeper_main, saga) == 0)
+            saga->sweeper_running = true;
+        else
+            code = status_set(st, STATUS_INTERNAL, "THREAD", "cannot start the hold sweeper");
+    }
     if (code != STATUS_OK) {
-        free(saga);
+        catalog_saga_stop(saga);
         return code;
     }
     *out = saga;
@@ -244,6 +469,9 @@ status_code catalog_saga_start(nats_connection *connection, book_store *store, i
 void catalog_saga_stop(catalog_saga *saga) {
     if (saga == NULL)
         return;
+    atomic_store(&saga->stopping, true);
+    if (saga->sweeper_running)
+        pthread_join(saga->sweeper, NULL);
     event_consumer_stop(saga->consumer);
     free(saga);
 }

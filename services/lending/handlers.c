@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "field.h"
+#include "holds.h"
 #include "lending.h"
 #include "library/catalog/v1/catalog.pb-c.h"
 #include "library/lending/v1/lending.pb-c.h"
@@ -33,8 +34,8 @@ static status_code check_owner(rpc_context *ctx, const loan_message *loan, statu
 
 /* --- the catalog, behind a circuit breaker ---------------------------------------------- */
 
-static status_code fetch_book(lending_handlers *h, rpc_context *ctx, const char *book_id,
-                              Library__Catalog__V1__Book **out, status *st) {
+status_code lending_fetch_book(lending_handlers *h, rpc_context *ctx, const char *book_id,
+                               Library__Catalog__V1__Book **out, status *st) {
     if (!circuit_breaker_allow(&h->catalog_breaker, timestamp_now_ms()))
         return status_set(st, STATUS_UNAVAILABLE, "CATALOG_UNAVAILABLE",
                           "the catalog is unavailable; try again shortly");
@@ -88,7 +89,7 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
     lending_new_loan_id(user, req->request_id, loan_id);
 
     Library__Catalog__V1__Book *book = NULL;
-    status_code code = fetch_book(h, ctx, req->book_id, &book, st);
+    status_code code = lending_fetch_book(h, ctx, req->book_id, &book, st);
     if (code != STATUS_OK)
         return code;
 
@@ -285,6 +286,14 @@ static const rpc_method lending_methods[] = {
               get_loan, RPC_ACCESS_USER),
     RPC_UNARY("ListLoans", library__lending__v1__list_loans_request,
               library__lending__v1__list_loans_response, list_loans, RPC_ACCESS_USER),
+    RPC_UNARY_WRITE("PlaceHold", library__lending__v1__place_hold_request, library__lending__v1__hold,
+                    holds_place_hold, RPC_ACCESS_USER),
+    RPC_UNARY_WRITE("CancelHold", library__lending__v1__cancel_hold_request, library__lending__v1__hold,
+                    holds_cancel_hold, RPC_ACCESS_USER),
+    RPC_UNARY("GetHold", library__lending__v1__get_hold_request, library__lending__v1__hold, holds_get_hold,
+              RPC_ACCESS_USER),
+    RPC_UNARY("ListHolds", library__lending__v1__list_holds_request, library__lending__v1__list_holds_response,
+              holds_list_holds, RPC_ACCESS_USER),
 };
 
 const rpc_service lending_rpc_service = {

@@ -6,6 +6,7 @@
 #include "lending_service.h"
 #include "loan_store.h"
 #include "rpc_client.h"
+#include "library/catalog/v1/catalog.pb-c.h"
 #include "rpc_server.h"
 #include "saga.h"
 
@@ -19,8 +20,14 @@ typedef struct lending_handlers {
     int64_t borrow_wait_ms;
     int64_t catalog_timeout_ms;
     int max_active_loans;
+    int max_holds;
     rpc_service service;
 } lending_handlers;
+
+/* CatalogService.GetBook behind the circuit breaker, with the caller's token and deadline:
+ * NOT_FOUND as the catalog says, UNAVAILABLE (CATALOG_UNAVAILABLE) when it does not answer. */
+status_code lending_fetch_book(lending_handlers *h, rpc_context *ctx, const char *book_id,
+                               Library__Catalog__V1__Book **out, status *st);
 
 /* Fills handlers->service (state = handlers); the other fields must be set first. */
 void lending_handlers_init(lending_handlers *handlers);

@@ -75,17 +75,21 @@ status_code loan_store_create(loan_store *store, const loan_record *record, aren
     return kv_record_create(store->bucket, key, &record->base, a, NULL, st);
 }
 
-/* A store's typed change as kv_record_update calls it: exactly one of the two is set. */
+/* A store's typed change as kv_record_update calls it: exactly one is set. */
 typedef struct typed_change {
     loan_change loan;
     user_change user;
+    hold_change hold;
     void *arg;
 } typed_change;
 
 static status_code change_record(void *arg, arena *a, ProtobufCMessage *record, bool *changed, status *st) {
     typed_change *typed = arg;
-    return typed->loan ? typed->loan(typed->arg, a, (loan_record *)record, changed, st)
-                       : typed->user(typed->arg, a, (user_record *)record, changed, st);
+    if (typed->loan)
+        return typed->loan(typed->arg, a, (loan_record *)record, changed, st);
+    if (typed->hold)
+        return typed->hold(typed->arg, a, (hold_record *)record, changed, st);
+    return typed->user(typed->arg, a, (user_record *)record, changed, st);
 }
 
 status_code loan_store_update(loan_store *store, const char *loan_id, arena *a, loan_change change,
@@ -125,4 +129,76 @@ status_code loan_store_update_user(loan_store *store, const char *user_id, arena
     if (code == STATUS_OK && out)
         *out = (user_record *)written.record;
     return code;
+}
+
+/* --- holds and the queues they wait in ------------------------------------------------------ */
+
+static bool hold_whole(const ProtobufCMessage *record) {
+    return ((const hold_record *)record)->hold != NULL;
+}
+
+static const kv_record_type hold_type = {.descriptor = &library__lending__internal__hold_record__descriptor,
+                                         .name = "hold", .whole = hold_whole,
+                                         .not_found_reason = "HOLD_NOT_FOUND"};
+static const kv_record_type queue_type = {.descriptor = &library__lending__internal__book_queue__descriptor,
+                                          .name = "hold queue", .not_found_reason = "BOOK_NOT_FOUND"};
+
+status_code loan_store_get_hold(loan_store *store, const char *hold_id, arena *a, hold_record **out,
+                                status *st) {
+    char key[KEY_MAX];
+    snprintf(key, KEY_MAX, "hold.%s", hold_id);
+    return kv_record_get(store->bucket, &hold_type, key, hold_id, a, (ProtobufCMessage **)out, st);
+}
+
+status_code loan_store_create_hold(loan_store *store, const hold_record *record, arena *a, status *st) {
+    char key[KEY_MAX];
+    snprintf(key, KEY_MAX, "hold.%s", record->hold->hold_id);
+    return kv_record_create(store->bucket, key, &record->base, a, NULL, st);
+}
+
+status_code loan_store_update_hold(loan_store *store, const char *hold_id, arena *a, hold_change change,
+                                   void *arg, hold_record **out, status *st) {
+    char key[KEY_MAX];
+    snprintf(key, KEY_MAX, "hold.%s", hold_id);
+    typed_change typed = {.hold = change, .arg = arg};
+    kv_record_written written;
+    status_code code = kv_record_update(store->bucket, &hold_type, key, hold_id, false, change_record, &typed, a,
+                                        &written, st);
+    if (code == STATUS_OK && out)
+        *out = (hold_record *)written.record;
+    return code;
+}
+
+status_code loan_store_get_queue(loan_store *store, const char *book_id, arena *a, book_queue **out,
+                                 status *st) {
+    char key[KEY_MAX];
+    snprintf(key, KEY_MAX, "queue.%s", book_id);
+    status_code code = kv_record_get(store->bucket, &queue_type, key, book_id, a, (ProtobufCMessage **)out, st);
+    if (code != STATUS_NOT_FOUND)
+        return code;
+    *out = (void *)arena_new_message(a, queue_type.descriptor); /* nobody ever waited */
+    return *out ? STATUS_OK : status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+}
+
+static status_code keep_newer(void *arg, arena *a, ProtobufCMessage *message, bool *changed, status *st) {
+    const Library__Events__V1__HoldQueue *seen = arg;
+    book_queue *queue = (book_queue *)message;
+    (void)a;
+    (void)st;
+    *changed = seen->version > queue->version;
+    if (*changed) {
+        queue->version = seen->version;
+        queue->hold_ids = seen->hold_ids;
+        queue->n_hold_ids = seen->n_hold_ids;
+    }
+    return STATUS_OK;
+}
+
+status_code loan_store_follow_queue(loan_store *store, const Library__Events__V1__HoldQueue *seen, arena *a,
+                                    status *st) {
+    char key[KEY_MAX];
+    snprintf(key, KEY_MAX, "queue.%s", seen->book_id);
+    kv_record_written written;
+    return kv_record_update(store->bucket, &queue_type, key, seen->book_id, true, keep_newer, (void *)seen, a,
+                            &written, st);
 }

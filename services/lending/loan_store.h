@@ -8,6 +8,7 @@
 
 #include "arena.h"
 #include "kv.h"
+#include "library/events/v1/events.pb-c.h"
 #include "loan_record.pb-c.h"
 #include "status.h"
 #include "timestamp.h"
@@ -15,6 +16,9 @@
 typedef Library__Lending__Internal__LoanRecord loan_record;
 typedef Library__Lending__Internal__UserRecord user_record;
 typedef Library__Lending__V1__Loan loan_message;
+typedef Library__Lending__Internal__HoldRecord hold_record;
+typedef Library__Lending__Internal__BookQueue book_queue;
+typedef Library__Lending__V1__Hold hold_message;
 
 typedef struct loan_store loan_store;
 
@@ -42,5 +46,22 @@ typedef status_code (*user_change)(void *arg, arena *a, user_record *record, boo
                                    status *st);
 status_code loan_store_update_user(loan_store *store, const char *user_id, arena *a,
                                    user_change change, void *arg, user_record **out, status *st);
+
+/* Holds: "hold.<id>". NOT_FOUND (reason HOLD_NOT_FOUND) when missing; ALREADY_EXISTS on a
+ * second create. */
+status_code loan_store_get_hold(loan_store *store, const char *hold_id, arena *a, hold_record **out,
+                                status *st);
+status_code loan_store_create_hold(loan_store *store, const hold_record *record, arena *a, status *st);
+typedef status_code (*hold_change)(void *arg, arena *a, hold_record *record, bool *changed, status *st);
+status_code loan_store_update_hold(loan_store *store, const char *hold_id, arena *a, hold_change change,
+                                   void *arg, hold_record **out, status *st);
+
+/* The newest copy of the catalog's queue of WAITING holds of a book ("queue.<book_id>"; an
+ * empty one when nobody ever waited), and keeping it: a copy with a higher version replaces
+ * it, an older one is ignored. */
+status_code loan_store_get_queue(loan_store *store, const char *book_id, arena *a, book_queue **out,
+                                 status *st);
+status_code loan_store_follow_queue(loan_store *store, const Library__Events__V1__HoldQueue *seen, arena *a,
+                                    status *st);
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "holds.h"
 #include "lending.h"
 #include "log.h"
 #include "metrics.h"
@@ -33,6 +34,7 @@ struct lending_saga {
     pthread_t reconciler;
     bool reconciler_running;
     open_loans *open;  /* the reconciler thread's alone */
+    open_loans *open_holds; /* holds that may need a step, as "loans" PENDING or RETURNED */
     atomic_bool stopping;
 };
 
@@ -238,7 +240,7 @@ static status_code confirm_release(void *arg, arena *a, loan_record *record, boo
 }
 
 static status_code handle_reservation(lending_saga *saga, arena *a, const char *loan_id, bool reserved,
-                                      status *st) {
+                                      const char *hold_id, status *st) {
     outcome_job job = {.reserved = reserved};
     loan_record *record = NULL;
     status_code code = loan_store_update(saga->store, loan_id, a, apply_outcome, &job, &record, st);
@@ -256,6 +258,8 @@ static status_code handle_reservation(lending_saga *saga, arena *a, const char *
     code = sync_user(saga, a, record, st);
     if (code == STATUS_OK)
         code = publish_outcome(saga->connection, record, st);
+    if (code == STATUS_OK && hold_id != NULL && hold_id[0] != '\0')
+        code = holds_fulfil(saga->store, saga->connection, a, hold_id, loan_id, st);
     return code;
 }
 
@@ -281,13 +285,19 @@ static status_code on_catalog_event(void *arg, const event *e, uint64_t sequence
     status_code code = STATUS_OK;
     switch (e->body_case) {
     case LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RESERVED:
-        code = handle_reservation(saga, a, e->copy_reserved->loan_id, true, st);
+        code = handle_reservation(saga, a, e->copy_reserved->loan_id, true, e->copy_reserved->hold_id, st);
         break;
     case LIBRARY__EVENTS__V1__EVENT__BODY_OUT_OF_STOCK:
-        code = handle_reservation(saga, a, e->out_of_stock->loan_id, false, st);
+        code = handle_reservation(saga, a, e->out_of_stock->loan_id, false, NULL, st);
         break;
     case LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RELEASED:
         code = handle_release(saga, a, e->copy_released->loan_id, st);
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_QUEUED:
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_READY:
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_EXPIRED:
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_RELEASED:
+        code = holds_follow_catalog(saga->store, saga->connection, a, e, st);
         break;
     default:
         break;
@@ -499,6 +509,19 @@ static bool index_entry(lending_saga *saga, arena *a, kvEntry *entry) {
             };
             stored = open_loans_set_loan(saga->open, key + 5, &facts);
         }
+    } else if (strncmp(key, "hold.", 5) == 0) {
+        const hold_record *record = deleted ? NULL
+            : (const hold_record *)arena_unpack(a, &library__lending__internal__hold_record__descriptor, data, size);
+        if (record == NULL || record->hold == NULL || !holds_needs_step(record)) {
+            stored = open_loans_set_loan(saga->open_holds, key + 5, NULL);
+        } else { /* in the loans' terms: PENDING is "not queued yet", RETURNED "release not confirmed" */
+            open_loan_facts facts = {
+                .state = record->hold->status == LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING
+                             ? LOAN_PENDING : LOAN_RETURNED,
+                .update_time_ms = record->update_time_ms,
+            };
+            stored = open_loans_set_loan(saga->open_holds, key + 5, &facts);
+        }
     } else if (strncmp(key, "user.", 5) == 0) {
         const user_record *user = deleted ? NULL
             : (const user_record *)arena_unpack(a, &library__lending__internal__user_record__descriptor, data, size);
@@ -533,9 +556,17 @@ static void visit_user(void *arg, const char *user_key, const char *const *loan_
     arena_reset(r->a);
 }
 
+static void visit_hold(void *arg, const char *hold_id) {
+    round *r = arg;
+    if (!atomic_load(&r->saga->stopping))
+        holds_reconcile(r->saga->store, r->saga->connection, r->a, hold_id, r->now, r->saga->options.reconcile_after_ms);
+    arena_reset(r->a);
+}
+
 static void reconcile_open(lending_saga *saga, arena *a) {
     round r = {.saga = saga, .a = a, .now = timestamp_now_ms()};
     open_loans_due(saga->open, r.now, saga->options.reconcile_after_ms, visit_loan, &r);
+    open_loans_due(saga->open_holds, r.now, saga->options.reconcile_after_ms, visit_hold, &r);
     open_loans_users_due(saga->open, r.now, saga->options.reconcile_after_ms, visit_user, &r);
     metric_set(open_loans_gauge, (double)open_loans_loan_count(saga->open));
 }
@@ -557,6 +588,7 @@ static void *reconciler_main(void *arg) {
         switch (kv_follow_next(follow, 100, &entry)) {
         case KV_FOLLOW_RESTART:
             open_loans_clear(saga->open);
+            open_loans_clear(saga->open_holds);
             ready = false;
             break;
         case KV_FOLLOW_CAUGHT_UP:
@@ -609,7 +641,8 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
                                            .workers = options->event_workers};
         code = event_consumer_start(connection, &consumer, &saga->consumer, st);
     }
-    if (code == STATUS_OK && (saga->open = open_loans_create()) == NULL)
+    if (code == STATUS_OK &&
+        ((saga->open = open_loans_create()) == NULL || (saga->open_holds = open_loans_create()) == NULL))
         code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     if (code == STATUS_OK) {
         if (pthread_create(&saga->reconciler, NULL, reconciler_main, saga) == 0)
@@ -634,6 +667,7 @@ void lending_saga_stop(lending_saga *saga) {
     event_consumer_stop(saga->consumer);
     nats_subscription_close(saga->connection, saga->outcomes);
     open_loans_destroy(saga->open);
+    open_loans_destroy(saga->open_holds);
     pthread_mutex_destroy(&saga->lock);
     pthread_cond_destroy(&saga->changed);
     free(saga);

@@ -99,3 +99,75 @@ bool user_record_follow(user_record *record, const char *loan_id, loan_state sta
 const char *user_record_history_from_newest(const user_record *record, size_t position) {
     return position < record->n_history ? record->history[record->n_history - 1 - position] : NULL;
 }
+
+/* --- holds --------------------------------------------------------------------------------- */
+
+static bool holds_in_history(const user_record *record, const char *hold_id) {
+    for (size_t i = 0; i < record->n_hold_history; i++)
+        if (strcmp(record->hold_history[i], hold_id) == 0)
+            return true;
+    return false;
+}
+
+status_code user_record_add_hold(arena *a, user_record *record, const user_hold *hold, bool *replay,
+                                 bool *changed, status *st) {
+    *changed = false;
+    *replay = holds_in_history(record, hold->hold_id);
+    if (*replay)
+        return STATUS_OK;
+    for (size_t i = 0; i < record->n_open_holds; i++)
+        if (strcmp(record->open_holds[i]->book_id, hold->book_id) == 0)
+            return status_set(st, STATUS_FAILED_PRECONDITION, "ALREADY_HELD",
+                              "you already have an open hold on book %s (%s)", hold->book_id,
+                              record->open_holds[i]->hold_id);
+    for (size_t i = 0; i < record->n_open_loans; i++)
+        if (strcmp(record->open_loans[i]->book_id, hold->book_id) == 0)
+            return status_set(st, STATUS_FAILED_PRECONDITION, "ALREADY_BORROWED",
+                              "you already borrow book %s (loan %s)", hold->book_id,
+                              record->open_loans[i]->loan_id);
+    if (record->n_open_holds >= (size_t)hold->max_holds)
+        return status_set(st, STATUS_FAILED_PRECONDITION, "HOLD_LIMIT",
+                          "you have %zu open holds, the most allowed; cancel one first", record->n_open_holds);
+    for (size_t i = 0; i < record->n_open_loans; i++)
+        if (lending_is_overdue((loan_state)record->open_loans[i]->status, record->open_loans[i]->due_time,
+                               hold->now_seconds))
+            return status_set(st, STATUS_FAILED_PRECONDITION, "OVERDUE_LOANS",
+                              "loan %s is overdue; return it before placing holds",
+                              record->open_loans[i]->loan_id);
+    Library__Lending__Internal__OpenHold **open = arena_alloc(a, (record->n_open_holds + 1) * sizeof *open);
+    Library__Lending__Internal__OpenHold *entry =
+        (void *)arena_new_message(a, &library__lending__internal__open_hold__descriptor);
+    size_t start = record->n_hold_history >= USER_HISTORY_KEPT ? record->n_hold_history - USER_HISTORY_KEPT + 1 : 0;
+    size_t count = record->n_hold_history - start + 1;
+    char **history = arena_alloc(a, count * sizeof *history);
+    if (open == NULL || entry == NULL || history == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    if (record->n_open_holds)
+        memcpy(open, record->open_holds, record->n_open_holds * sizeof *open);
+    entry->hold_id = (char *)hold->hold_id;
+    entry->book_id = (char *)hold->book_id;
+    open[record->n_open_holds++] = entry;
+    record->open_holds = open;
+    if (count > 1)
+        memcpy(history, record->hold_history + start, (count - 1) * sizeof *history);
+    history[count - 1] = (char *)hold->hold_id;
+    record->hold_history = history;
+    record->n_hold_history = count;
+    *changed = true;
+    return STATUS_OK;
+}
+
+bool user_record_close_hold(user_record *record, const char *hold_id) {
+    size_t kept = 0;
+    for (size_t i = 0; i < record->n_open_holds; i++)
+        if (strcmp(record->open_holds[i]->hold_id, hold_id) != 0)
+            record->open_holds[kept++] = record->open_holds[i];
+    bool changed = kept != record->n_open_holds;
+    record->n_open_holds = kept;
+    return changed;
+}
+
+const char *user_record_hold_from_newest(const user_record *record, size_t position) {
+    return position < record->n_hold_history ? record->hold_history[record->n_hold_history - 1 - position]
+                                             : NULL;
+}

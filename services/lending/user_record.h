@@ -42,6 +42,27 @@ bool user_record_follow(user_record *record, const char *loan_id, loan_state sta
 /* The open entry of loan_id, or NULL. */
 const user_open_loan *user_record_open_entry(const user_record *record, const char *loan_id);
 
+typedef struct user_hold {
+    const char *hold_id;
+    const char *book_id;
+    int64_t now_seconds;
+    int max_holds;
+} user_hold;
+
+/* Adds the hold to the user's open holds and hold history when the user may place it:
+ * FAILED_PRECONDITION with ALREADY_HELD (an open hold on the book), ALREADY_BORROWED (a
+ * PENDING or ACTIVE loan of it), HOLD_LIMIT (max_holds open holds) or OVERDUE_LOANS.
+ * *replay: the record already names the hold (a retried request): nothing checked or changed. */
+status_code user_record_add_hold(arena *a, user_record *record, const user_hold *hold, bool *replay,
+                                 bool *changed, status *st);
+
+/* The hold is no longer open (fulfilled, canceled, expired): it leaves the open holds. True
+ * when the record changed. */
+bool user_record_close_hold(user_record *record, const char *hold_id);
+
+/* The hold id `position` places back from the newest in the hold history, or NULL. */
+const char *user_record_hold_from_newest(const user_record *record, size_t position);
+
 /* The loan id `position` places back from the newest in the history (0: the newest), or NULL
  * past the oldest kept. */
 const char *user_record_history_from_newest(const user_record *record, size_t position);

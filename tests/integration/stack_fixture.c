@@ -66,7 +66,8 @@ ReportHook(PRE_ALL)(struct criterion_test_set *set) {
         fixture_abort("redis-server did not start", redis_process.log_path);
     char nats_env[160];
     snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", nats_process.url);
-    const char *env[] = {nats_env, NULL};
+    /* holds set aside for 4 s, so the holds suite can watch them expire */
+    const char *env[] = {nats_env, "HOLD_PICKUP=4s", "HOLD_SWEEP=200ms", NULL};
     if (!harness_service_start("catalog", dir, env, &catalog_process))
         fixture_abort("the catalog did not become healthy", catalog_process.log_path);
     const char *lending_env[] = {FIXTURE_LENDING_ENV, NULL};

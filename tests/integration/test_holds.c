@@ -1,0 +1,405 @@
+/* test_holds.c - holds over gRPC against real nats-server, catalog and lending processes: the
+ * story (a reader waits, a return makes the hold READY, the reader collects it), every
+ * refusal, cancels, expiry passing the copy on, restocking serving the queue, and thirty
+ * readers holding one book at once. The shared catalog runs with HOLD_PICKUP=4s. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "library/lending/v1/lending.pb-c.h"
+#include "stack_fixture.h"
+#include "text.h"
+
+typedef Library__Lending__V1__Loan Loan;
+typedef Library__Lending__V1__Hold Hold;
+
+#define LENDING "/library.lending.v1.LendingService/"
+#define ACTIVE LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE
+#define PENDING LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING
+#define CANCELED LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED
+#define WAITING LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING
+#define READY LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY
+#define FULFILLED LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_FULFILLED
+#define HOLD_CANCELED LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED
+#define EXPIRED LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_EXPIRED
+
+TestSuite(holds, .init = fixture_setup, .fini = fixture_teardown, .timeout = 120);
+
+static const char *unique(const char *prefix) {
+    char id[13];
+    text_random_hex(id, 6);
+    return arena_sprintf(mem, "%s-%s", prefix, id);
+}
+
+static status_code place_hold(const char *bearer, const char *book_id, const char *request_id, Hold **out,
+                              status *st) {
+    Library__Lending__V1__PlaceHoldRequest request = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    request.request_id = (char *)(request_id ? request_id : "");
+    ProtobufCMessage *response = NULL;
+    status_code code = harness_call(lending, LENDING "PlaceHold", &request.base, &library__lending__v1__hold__descriptor,
+                                    mem, bearer, &response, st);
+    *out = (Hold *)response;
+    return code;
+}
+
+static Hold *hold(const char *user, const char *book_id) {
+    Hold *h = NULL;
+    status st;
+    status_code code = place_hold(user_bearer(user), book_id, NULL, &h, &st);
+    cr_assert_eq(code, STATUS_OK, "PlaceHold by %s: %s %s", user, status_code_name(code), st.message);
+    return h;
+}
+
+static void refused(const char *user, const char *book_id, status_code expected, const char *reason) {
+    Hold *h = NULL;
+    status st;
+    status_code code = place_hold(user_bearer(user), book_id, NULL, &h, &st);
+    cr_assert_eq(code, expected, "PlaceHold by %s: %s %s, expected %s", user, status_code_name(code), st.message,
+                 status_code_name(expected));
+    if (reason)
+        cr_assert_str_eq(st.reason, reason, "reason %s (%s), expected %s", st.reason, st.message, reason);
+}
+
+static status_code hold_call(const char *method, const char *bearer, const char *hold_id, Hold **out, status *st) {
+    Library__Lending__V1__GetHoldRequest get = LIBRARY__LENDING__V1__GET_HOLD_REQUEST__INIT;
+    Library__Lending__V1__CancelHoldRequest cancel = LIBRARY__LENDING__V1__CANCEL_HOLD_REQUEST__INIT;
+    get.hold_id = cancel.hold_id = (char *)hold_id;
+    bool is_get = strcmp(method, "GetHold") == 0;
+    char path[96];
+    snprintf(path, sizeof path, LENDING "%s", method);
+    ProtobufCMessage *response = NULL;
+    status_code code = harness_call(lending, path, is_get ? &get.base : &cancel.base,
+                                    &library__lending__v1__hold__descriptor, mem, bearer, &response, st);
+    *out = (Hold *)response;
+    return code;
+}
+
+static Hold *get_hold(const char *user, const char *hold_id) {
+    Hold *h = NULL;
+    status st;
+    cr_assert_eq(hold_call("GetHold", user_bearer(user), hold_id, &h, &st), STATUS_OK, "GetHold: %s", st.message);
+    return h;
+}
+
+/* Polls a hold until it has the status (the catalog answers asynchronously). */
+static Hold *hold_becomes(const char *user, const char *hold_id, int status_wanted, int64_t within_ms) {
+    int64_t until = harness_now_ms() + harness_latency_bound_ms(within_ms);
+    Hold *h = get_hold(user, hold_id);
+    while ((int)h->status != status_wanted && harness_now_ms() < until) {
+        harness_sleep_ms(50);
+        h = get_hold(user, hold_id);
+    }
+    cr_assert_eq((int)h->status, status_wanted, "hold %s is %d, expected %d", hold_id, h->status, status_wanted);
+    return h;
+}
+
+static Loan *borrow(const char *user, const char *book_id) {
+    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = harness_call(lending, LENDING "BorrowBook", &request.base,
+                                    &library__lending__v1__loan__descriptor, mem, user_bearer(user), &response, &st);
+    cr_assert_eq(code, STATUS_OK, "BorrowBook by %s: %s %s", user, status_code_name(code), st.message);
+    Loan *loan = (Loan *)response;
+    int64_t until = harness_now_ms() + harness_latency_bound_ms(8000);
+    while (loan->status == PENDING && harness_now_ms() < until) {
+        harness_sleep_ms(50);
+        Library__Lending__V1__GetLoanRequest get = LIBRARY__LENDING__V1__GET_LOAN_REQUEST__INIT;
+        get.loan_id = loan->loan_id;
+        cr_assert_eq(harness_call(lending, LENDING "GetLoan", &get.base, &library__lending__v1__loan__descriptor, mem,
+                                  user_bearer(user), &response, &st),
+                     STATUS_OK);
+        loan = (Loan *)response;
+    }
+    return loan;
+}
+
+static void give_back(const char *user, const char *loan_id) {
+    Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
+    request.loan_id = (char *)loan_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(lending, LENDING "ReturnBook", &request.base, &library__lending__v1__loan__descriptor,
+                              mem, user_bearer(user), &response, &st),
+                 STATUS_OK, "ReturnBook: %s", st.message);
+}
+
+static Book *get_book(const char *book_id) {
+    Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(call_catalog("GetBook", &request.base, &library__catalog__v1__book__descriptor,
+                              user_bearer("reader"), &response, &st),
+                 STATUS_OK);
+    return (Book *)response;
+}
+
+/* Polls until the book shows these counts. */
+static void expect_copies(const char *book_id, int available, int on_hold) {
+    int64_t until = harness_now_ms() + harness_latency_bound_ms(8000);
+    Book *b = get_book(book_id);
+    while ((b->available_copies != available || b->on_hold_copies != on_hold) && harness_now_ms() < until) {
+        harness_sleep_ms(50);
+        b = get_book(book_id);
+    }
+    cr_assert_eq(b->available_copies, available, "available_copies is %d, expected %d", b->available_copies,
+                 available);
+    cr_assert_eq(b->on_hold_copies, on_hold, "on_hold_copies is %d, expected %d", b->on_hold_copies, on_hold);
+}
+
+static void adjust(const char *book_id, int delta) {
+    Library__Catalog__V1__AdjustStockRequest request = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    request.delta = delta;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(call_catalog("AdjustStock", &request.base, &library__catalog__v1__book__descriptor, admin_bearer(),
+                              &response, &st),
+                 STATUS_OK, "AdjustStock: %s", st.message);
+}
+
+Test(holds, a_returned_copy_goes_to_the_first_reader_waiting_who_collects_it) {
+    Book *book = register_book("Holds and the Queue", "Koha", "978-17", 1);
+    const char *first = unique("reader"), *second = unique("reader"), *third = unique("reader");
+    Loan *loan = borrow(first, book->book_id);
+    cr_assert_eq(loan->status, ACTIVE);
+
+    Hold *waiting = hold(second, book->book_id);
+    cr_assert_eq(waiting->status, WAITING);
+    cr_assert_eq(waiting->position, 1, "the first hold is position %d", waiting->position);
+    cr_assert_str_eq(waiting->book_title, "Holds and the Queue");
+    cr_assert_not_null(waiting->place_time);
+    Hold *behind = hold(third, book->book_id);
+    cr_assert_eq(behind->status, WAITING);
+    cr_assert_eq(behind->position, 2);
+    expect_copies(book->book_id, 0, 0);
+
+    give_back(first, loan->loan_id);
+    Hold *ready = hold_becomes(second, waiting->hold_id, READY, 5000);
+    cr_assert_eq(ready->position, 0);
+    cr_assert_not_null(ready->expire_time);
+    cr_assert_gt(ready->expire_time->seconds, ready->ready_time->seconds);
+    expect_copies(book->book_id, 0, 1);
+    cr_assert_eq(get_hold(third, behind->hold_id)->position, 1, "the second in line moves up");
+
+    /* the set-aside copy is nobody else's */
+    const char *other = unique("reader");
+    Loan *refused_loan = borrow(other, book->book_id);
+    cr_assert_eq(refused_loan->status, CANCELED);
+    cr_assert_str_eq(refused_loan->cancel_reason, "OUT_OF_STOCK");
+
+    Loan *collected = borrow(second, book->book_id);
+    cr_assert_eq(collected->status, ACTIVE, "the holder's borrow is %d", collected->status);
+    hold_becomes(second, waiting->hold_id, FULFILLED, 5000);
+    expect_copies(book->book_id, 0, 0);
+}
+
+Test(holds, every_refusal_has_its_reason) {
+    Book *book = register_book("Refusals", "Koha", "978-18", 1);
+    const char *reader = unique("reader");
+    hold(reader, book->book_id);
+    refused(reader, book->book_id, STATUS_FAILED_PRECONDITION, "ALREADY_HELD");
+
+    const char *borrower = unique("reader");
+    Book *other = register_book("Borrowed", "Koha", "978-19", 2);
+    cr_assert_eq(borrow(borrower, other->book_id)->status, ACTIVE);
+    refused(borrower, other->book_id, STATUS_FAILED_PRECONDITION, "ALREADY_BORROWED");
+
+    const char *collector = unique("reader");
+    for (int i = 0; i < 5; i++)
+        hold(collector, register_book(arena_sprintf(mem, "Limit %d", i), "Koha", "978-20", 0)->book_id);
+    Book *sixth = register_book("Limit 6", "Koha", "978-21", 0);
+    refused(collector, sixth->book_id, STATUS_FAILED_PRECONDITION, "HOLD_LIMIT");
+
+    refused(reader, "0123456789abcdef0123", STATUS_NOT_FOUND, NULL);
+    refused(reader, "", STATUS_INVALID_ARGUMENT, NULL);
+    refused(reader, "no/such*id", STATUS_INVALID_ARGUMENT, NULL);
+
+    /* another user's hold is not there for you; a canceled one is not open */
+    Hold *mine = hold(unique("reader"), sixth->book_id);
+    Hold *h = NULL;
+    status st;
+    cr_assert_eq(hold_call("GetHold", user_bearer(reader), mine->hold_id, &h, &st), STATUS_NOT_FOUND);
+    cr_assert_eq(hold_call("CancelHold", user_bearer(reader), mine->hold_id, &h, &st), STATUS_NOT_FOUND);
+    cr_assert_eq(hold_call("CancelHold", admin_bearer(), mine->hold_id, &h, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(h->status, HOLD_CANCELED);
+    cr_assert_eq(hold_call("CancelHold", admin_bearer(), mine->hold_id, &h, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "HOLD_NOT_OPEN");
+
+    /* a book's queue is for administrators */
+    Library__Lending__V1__ListHoldsRequest list = LIBRARY__LENDING__V1__LIST_HOLDS_REQUEST__INIT;
+    list.book_id = book->book_id;
+    ProtobufCMessage *response = NULL;
+    cr_assert_eq(harness_call(lending, LENDING "ListHolds", &list.base,
+                              &library__lending__v1__list_holds_response__descriptor, mem, user_bearer(reader),
+                              &response, &st),
+                 STATUS_PERMISSION_DENIED);
+}
+
+Test(holds, a_free_copy_is_ready_at_once_and_a_cancel_puts_it_back) {
+    Book *book = register_book("Ready at Once", "Koha", "978-22", 1);
+    const char *reader = unique("reader");
+    Hold *h = hold(reader, book->book_id);
+    cr_assert_eq(h->status, READY, "a hold on a free copy with nobody waiting is %d", h->status);
+    expect_copies(book->book_id, 0, 1);
+    Hold *canceled = NULL;
+    status st;
+    cr_assert_eq(hold_call("CancelHold", user_bearer(reader), h->hold_id, &canceled, &st), STATUS_OK, "%s",
+                 st.message);
+    cr_assert_eq(canceled->status, HOLD_CANCELED);
+    expect_copies(book->book_id, 1, 0);
+
+    /* a request id makes it idempotent */
+    Hold *again = NULL, *repeat = NULL;
+    cr_assert_eq(place_hold(user_bearer(reader), book->book_id, "hold-1", &again, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(place_hold(user_bearer(reader), book->book_id, "hold-1", &repeat, &st), STATUS_OK, "%s", st.message);
+    cr_assert_str_eq(again->hold_id, repeat->hold_id);
+    expect_copies(book->book_id, 0, 1);
+}
+
+Test(holds, an_uncollected_copy_expires_to_the_next_hold_then_the_shelf) {
+    Book *book = register_book("Expiry", "Koha", "978-23", 1);
+    const char *first = unique("reader"), *second = unique("reader");
+    Hold *a = hold(first, book->book_id);
+    cr_assert_eq(a->status, READY);
+    Hold *b = hold(second, book->book_id);
+    cr_assert_eq(b->status, WAITING);
+    hold_becomes(first, a->hold_id, EXPIRED, 10000); /* HOLD_PICKUP=4s */
+    hold_becomes(second, b->hold_id, READY, 5000);
+    expect_copies(book->book_id, 0, 1);
+    hold_becomes(second, b->hold_id, EXPIRED, 10000);
+    expect_copies(book->book_id, 1, 0);
+    /* an expired hold frees its slot: the reader may hold the book again */
+    cr_assert_eq(hold(first, book->book_id)->status, READY);
+}
+
+Test(holds, added_stock_serves_the_holds_waiting_first) {
+    Book *book = register_book("Restock", "Koha", "978-24", 0);
+    const char *readers[3];
+    Hold *holds[3];
+    for (int i = 0; i < 3; i++) {
+        readers[i] = unique("reader");
+        holds[i] = hold(readers[i], book->book_id);
+        cr_assert_eq(holds[i]->status, WAITING);
+        cr_assert_eq(holds[i]->position, i + 1);
+    }
+    adjust(book->book_id, 2);
+    hold_becomes(readers[0], holds[0]->hold_id, READY, 5000);
+    hold_becomes(readers[1], holds[1]->hold_id, READY, 5000);
+    cr_assert_eq(get_hold(readers[2], holds[2]->hold_id)->position, 1);
+    expect_copies(book->book_id, 0, 2);
+    /* AdjustStock never withdraws a set-aside copy */
+    Library__Catalog__V1__AdjustStockRequest request = LIBRARY__CATALOG__V1__ADJUST_STOCK_REQUEST__INIT;
+    request.book_id = book->book_id;
+    request.delta = -1;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(call_catalog("AdjustStock", &request.base, &library__catalog__v1__book__descriptor, admin_bearer(),
+                              &response, &st),
+                 STATUS_FAILED_PRECONDITION);
+}
+
+typedef struct hold_job {
+    const char *address, *bearer, *book_id;
+    status_code code;
+    char hold_id[32];
+    char message[200];
+} hold_job;
+
+static void *hold_thread(void *arg) {
+    hold_job *job = arg;
+    rpc_client *own = NULL;
+    rpc_client_create(job->address, 15000, &own, NULL);
+    arena *a = arena_create(0);
+    Library__Lending__V1__PlaceHoldRequest request = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    request.book_id = (char *)job->book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    job->code = harness_call(own, LENDING "PlaceHold", &request.base, &library__lending__v1__hold__descriptor, a,
+                             job->bearer, &response, &st);
+    if (job->code == STATUS_OK)
+        snprintf(job->hold_id, sizeof job->hold_id, "%s", ((Hold *)response)->hold_id);
+    snprintf(job->message, sizeof job->message, "%.199s", st.message);
+    arena_destroy(a);
+    rpc_client_destroy(own);
+    return NULL;
+}
+
+Test(holds, thirty_readers_hold_one_book_and_each_copy_goes_to_exactly_one) {
+    enum { READERS = 30, COPIES = 3 };
+    Book *book = register_book("Thirty Readers", "Koha", "978-25", COPIES);
+    const char *borrowers[COPIES];
+    Loan *loans[COPIES];
+    for (int i = 0; i < COPIES; i++) {
+        borrowers[i] = unique("borrower");
+        loans[i] = borrow(borrowers[i], book->book_id);
+        cr_assert_eq(loans[i]->status, ACTIVE);
+    }
+    hold_job jobs[READERS];
+    pthread_t threads[READERS];
+    const char *readers[READERS];
+    for (int i = 0; i < READERS; i++) {
+        readers[i] = unique("reader");
+        jobs[i] = (hold_job){.address = fixture_lending_address(), .bearer = user_bearer(readers[i]),
+                             .book_id = book->book_id};
+    }
+    for (int i = 0; i < READERS; i++)
+        pthread_create(&threads[i], NULL, hold_thread, &jobs[i]);
+    for (int i = 0; i < READERS; i++)
+        pthread_join(threads[i], NULL);
+    for (int i = 0; i < READERS; i++)
+        cr_assert_eq(jobs[i].code, STATUS_OK, "PlaceHold %d: %s %s", i, status_code_name(jobs[i].code),
+                     jobs[i].message);
+
+    /* the queue as an administrator sees it: every hold once, positions 1..30 */
+    Library__Lending__V1__ListHoldsRequest list = LIBRARY__LENDING__V1__LIST_HOLDS_REQUEST__INIT;
+    list.book_id = book->book_id;
+    list.page_size = 100;
+    ProtobufCMessage *response = NULL;
+    status st;
+    int64_t until = harness_now_ms() + harness_latency_bound_ms(8000);
+    Library__Lending__V1__ListHoldsResponse *queue = NULL;
+    do {
+        cr_assert_eq(harness_call(lending, LENDING "ListHolds", &list.base,
+                                  &library__lending__v1__list_holds_response__descriptor, mem, admin_bearer(),
+                                  &response, &st),
+                     STATUS_OK, "%s", st.message);
+        queue = (void *)response;
+    } while (queue->n_holds < READERS && harness_now_ms() < until && (harness_sleep_ms(50), true));
+    cr_assert_eq(queue->n_holds, READERS, "the queue lists %zu holds", queue->n_holds);
+    for (size_t i = 0; i < queue->n_holds; i++) {
+        cr_assert_eq(queue->holds[i]->position, (int)i + 1, "hold %zu has position %d", i, queue->holds[i]->position);
+        if (i > 0) {
+            const Google__Protobuf__Timestamp *x = queue->holds[i - 1]->place_time, *y = queue->holds[i]->place_time;
+            cr_assert(x->seconds < y->seconds || (x->seconds == y->seconds && x->nanos <= y->nanos),
+                      "the queue is in place-time order");
+        }
+    }
+    const char *first_three[COPIES];
+    for (int i = 0; i < COPIES; i++)
+        first_three[i] = queue->holds[i]->hold_id;
+
+    for (int i = 0; i < COPIES; i++)
+        give_back(borrowers[i], loans[i]->loan_id);
+    expect_copies(book->book_id, 0, COPIES);
+    int ready = 0;
+    for (int i = 0; i < READERS; i++) {
+        Hold *h = get_hold(readers[i], jobs[i].hold_id);
+        if (h->status != READY)
+            continue;
+        ready++;
+        bool among_first = false;
+        for (int j = 0; j < COPIES; j++)
+            among_first |= strcmp(first_three[j], h->hold_id) == 0;
+        cr_assert(among_first, "hold %s became READY out of queue order", h->hold_id);
+    }
+    cr_assert_eq(ready, COPIES, "%d holds are READY for %d copies", ready, COPIES);
+    Book *b = get_book(book->book_id);
+    cr_assert_eq(b->available_copies + b->on_hold_copies, b->total_copies,
+                 "available %d + on hold %d != total %d with no loan", b->available_copies, b->on_hold_copies,
+                 b->total_copies);
+}
