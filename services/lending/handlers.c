@@ -10,6 +10,7 @@
 #include "library/catalog/v1/catalog.pb-c.h"
 #include "library/lending/v1/lending.pb-c.h"
 #include "log.h"
+#include "renewals.h"
 #include "user_record.h"
 
 static status_code out_of_memory(status *st) {
@@ -285,6 +286,8 @@ static const rpc_method lending_methods[] = {
               get_loan, RPC_ACCESS_USER),
     RPC_UNARY("ListLoans", library__lending__v1__list_loans_request,
               library__lending__v1__list_loans_response, list_loans, RPC_ACCESS_USER),
+    RPC_UNARY_WRITE("RenewLoan", library__lending__v1__renew_loan_request, library__lending__v1__loan,
+                    renewals_renew_loan, RPC_ACCESS_USER),
 };
 
 const rpc_service lending_rpc_service = {

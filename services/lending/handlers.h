@@ -19,6 +19,7 @@ typedef struct lending_handlers {
     int64_t borrow_wait_ms;
     int64_t catalog_timeout_ms;
     int max_active_loans;
+    int max_renewals;
     rpc_service service;
 } lending_handlers;
 

@@ -46,4 +46,9 @@ const user_open_loan *user_record_open_entry(const user_record *record, const ch
  * past the oldest kept. */
 const char *user_record_history_from_newest(const user_record *record, size_t position);
 
+/* A renewal moved the loan's due time to due_seconds: its open entry follows, so the overdue
+ * block reads the new one. Only ever later (a stale sync does not undo a newer renewal).
+ * True when the record changed. */
+bool user_record_extend_due(user_record *record, const char *loan_id, int64_t due_seconds);
+
 #endif
