@@ -74,8 +74,10 @@ def main():
         b"\x01" + message((1, "0123456789abcdef0123")),
         b"\x02" + message((1, "0123456789abcdef0123")),
         b"\x03" + message((1, ""), (2, 2), (3, 10), (4, "o20")),
-        b"\x07" + message((1, "someone-else"), (2, 4), (3, 1000)),
+        b"\x08" + message((1, "someone-else"), (2, 4), (3, 1000)),
         b"\x03" + message((1, "someone-else")),
+        b"\x04" + message((1, "0123456789abcdef0123"), (2, "renew-1")),
+        b"\x09" + message((1, "3f2a9c0b1d4e5f607182")),
     ])
     write("mypage_requests", [
         b"\x00" + message((1, "ann")),
