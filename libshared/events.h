@@ -71,9 +71,10 @@ typedef struct event_consumer_options {
      * tolerate any order within a batch; ours do (compare-and-set, idempotent merges). */
     int workers;
     /* A durable that exists with another filter subject (made by an older release) is
-     * deleted and made anew, delivering from the start of the stream: nats-server 2.9 does
-     * not update a filter, and an update would anyway skip the newly wanted events below the
-     * old ack floor. Only for idempotent handlers, which then see every event again. */
+     * deleted and made anew, delivering from the start of the stream: updating its filter
+     * (nats-server 2.9.10 accepts that) would go on from where it was, and skip every newly
+     * wanted event the old filter passed over. Only for idempotent handlers, which then see
+     * every event again. */
     bool restart_on_new_filter;
 } event_consumer_options;
 
