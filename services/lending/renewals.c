@@ -119,6 +119,8 @@ status_code renewals_renew_loan(void *state, rpc_context *ctx, const ProtobufCMe
         return status_set(st, STATUS_NOT_FOUND, "LOAN_NOT_FOUND", "no loan with id %s", req->loan_id);
     if (code != STATUS_OK)
         return code;
+    if (!job.replay)
+        saga_count_loan("renewed");
     if (record->renewal_unpublished) {
         /* This renewal, or a retried request's whose announcement failed: the reconciler
          * does it too, so the renewal stands either way. */

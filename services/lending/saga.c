@@ -172,7 +172,8 @@ status_code saga_publish_renewed(nats_connection *connection, const loan_record 
 
 /* --- metrics -------------------------------------------------------------------------------- */
 
-static const char *const loan_outcomes[] = {"requested", "activated", "canceled", "returned", "overdue"};
+static const char *const loan_outcomes[] = {"requested", "activated", "canceled", "returned", "overdue",
+                                            "renewed"};
 enum { OUTCOME_COUNT = sizeof loan_outcomes / sizeof loan_outcomes[0] };
 static metric_series *loans_by_outcome[OUTCOME_COUNT];
 static metric_series *saga_seconds[2]; /* activated, canceled */

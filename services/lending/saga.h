@@ -36,7 +36,7 @@ void lending_saga_unwatch(lending_saga *saga, saga_waiter *waiter);
 status_code lending_saga_sync_user(lending_saga *saga, arena *a, const loan_record *record, status *st);
 
 /* Counts a loan reaching a step ("requested", "activated", "canceled", "returned",
- * "overdue") in library_loans_total{outcome}. */
+ * "overdue", "renewed") in library_loans_total{outcome}. */
 void saga_count_loan(const char *outcome);
 
 /* Announce a step of the loan with its deterministic id (events_format_id): attempt 0 from the
