@@ -14,7 +14,8 @@
  * Beside the pages, each book's newest queue snapshot (HoldQueue: its WAITING holds in
  * order) is a string "version|hold id|hold id|..." that only a higher version replaces;
  * reading a page adds "q:<book id>" pairs with the snapshots of the books it waits for, from
- * which the positions are counted.
+ * which the positions are counted. Which user holds each open hold is kept too, so the users
+ * a newer snapshot moves are told their page changed (page_store.c).
  *
  * Applying an event is a merge that is idempotent and does not depend on order: a loan only
  * moves forward in rank (PENDING 1 < ACTIVE 2 < CANCELED, RETURNED 3); an event of the

@@ -95,11 +95,14 @@ static const char apply_source[] =
 
 /* KEYS: generation, building. ARGV: user (base64url), hold id, seq, rank, status, place,
  * expire, book id, title, event time (ms), generation to write ("" = in use and being built),
- * queue book id ("" = no snapshot), queue version, queued hold ids joined by '|'. Returns 1
- * when the page (in use, or the given generation) changed, or the book's snapshot did (the
- * holder's position may have). Idempotent and order-free, as the loans' merge: a hold only
- * moves forward in rank, fields the page lacks are filled in, the earliest seq is kept; a
- * snapshot replaces only an older version of the book's. */
+ * queue book id ("" = no snapshot), queue version, queued hold ids joined by '|'. Returns
+ * {1 when the page (in use, or the given generation) changed, or the book's snapshot did (the
+ * holder's position may have), else 0; then, for the pages in use, the other users (base64url)
+ * whose holds the new snapshot moved}. Idempotent and order-free, as the loans' merge: a hold
+ * only moves forward in rank, fields the page lacks are filled in, the earliest seq is kept;
+ * a snapshot replaces only an older version of the book's. "mypage:<generation>:h:users" maps
+ * each open hold to its user, so the users a snapshot moves can be told (the event names only
+ * its own holder). */
 static const char apply_hold_source[] =
     "local function newer(a, b)\n"
     "  if #a ~= #b then return #a > #b end\n"
@@ -135,6 +138,13 @@ static const char apply_hold_source[] =
     "    redis.call('HSET', key, 't', ARGV[10])\n"
     "    changed = 1\n"
     "  end\n"
+    "  local holders = 'mypage:' .. generation .. ':h:users'\n"
+    "  if tonumber(rank) < 3 then\n"
+    "    redis.call('HSET', holders, ARGV[2], ARGV[1])\n"
+    "  else\n"
+    "    redis.call('HDEL', holders, ARGV[2])\n"
+    "  end\n"
+    "  local moved = {}\n"
     "  if ARGV[12] ~= '' then\n"
     "    local qkey = 'mypage:' .. generation .. ':q:' .. ARGV[12]\n"
     "    local snapshot = redis.call('GET', qkey)\n"
@@ -142,16 +152,31 @@ static const char apply_hold_source[] =
     "    if not version or newer(ARGV[13], version) then\n"
     "      redis.call('SET', qkey, ARGV[13] .. '|' .. ARGV[14])\n"
     "      changed = 1\n"
+    "      local before, position = {}, 0\n"
+    "      for id in string.gmatch(snapshot and string.sub(snapshot, #version + 2) or '', '[^|]+') do\n"
+    "        position = position + 1\n"
+    "        before[id] = position\n"
+    "      end\n"
+    "      position = 0\n"
+    "      for id in string.gmatch(ARGV[14], '[^|]+') do\n"
+    "        position = position + 1\n"
+    "        if before[id] ~= position and id ~= ARGV[2] then\n"
+    "          local user = redis.call('HGET', holders, id)\n"
+    "          if user and user ~= ARGV[1] then moved[user] = true end\n"
+    "        end\n"
+    "      end\n"
     "    end\n"
     "  end\n"
-    "  return changed\n"
+    "  return changed, moved\n"
     "end\n"
-    "if ARGV[11] ~= '' then return apply(ARGV[11]) end\n"
+    "if ARGV[11] ~= '' then return {(apply(ARGV[11]))} end\n"
     "local current = redis.call('GET', KEYS[1]) or '0'\n"
-    "local changed = apply(current)\n"
+    "local changed, moved = apply(current)\n"
     "local building = redis.call('GET', KEYS[2])\n"
     "if building and building ~= current then apply(building) end\n"
-    "return changed\n";
+    "local reply = {changed}\n"
+    "for user in pairs(moved) do reply[#reply + 1] = user end\n"
+    "return reply\n";
 
 /* KEYS: generation. ARGV: user. The page in use, as HGETALL pairs, then a pair
  * "q:<book id>", snapshot for each book a WAITING hold of the page waits for. */
@@ -485,8 +510,25 @@ static status_code apply(page_store *store, const char *generation, const loan_c
     return code;
 }
 
+/* Calls moved for each user (decoded) the reply names after its first element. */
+static void tell_moved(const redisReply *reply, page_user_moved moved, void *arg) {
+    arena *a = arena_create(0);
+    for (size_t i = 1; a != NULL && moved != NULL && i < reply->elements; i++) {
+        const redisReply *user = reply->element[i];
+        uint8_t *decoded = NULL;
+        size_t size = 0;
+        if (user->type == REDIS_REPLY_STRING && text_base64url_decode(a, user->str, &decoded, &size)) {
+            char *user_id = arena_strndup(a, (const char *)decoded, size);
+            if (user_id)
+                moved(arg, user_id);
+        }
+    }
+    arena_destroy(a);
+}
+
 static status_code apply_hold(page_store *store, const char *generation, const hold_change *change,
-                              uint64_t sequence, bool *changed, status *st) {
+                              uint64_t sequence, bool *changed, page_user_moved moved, void *moved_arg,
+                              status *st) {
     arena *a = arena_create(0);
     if (a == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
@@ -510,8 +552,12 @@ static status_code apply_hold(page_store *store, const char *generation, const h
     redisReply *reply = NULL;
     status_code code = run_script(store, &store->apply_hold, sizeof argv / sizeof argv[0], argv, &reply, st);
     if (code == STATUS_OK) {
+        bool well_formed = reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+                           reply->element[0]->type == REDIS_REPLY_INTEGER;
         if (changed)
-            *changed = reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+            *changed = well_formed && reply->element[0]->integer == 1;
+        if (well_formed)
+            tell_moved(reply, moved, moved_arg);
         freeReplyObject(reply);
     }
     arena_destroy(a);
@@ -519,15 +565,15 @@ static status_code apply_hold(page_store *store, const char *generation, const h
 }
 
 status_code page_store_apply_hold(page_store *store, const hold_change *change, uint64_t sequence,
-                                  bool *changed, status *st) {
-    return apply_hold(store, "", change, sequence, changed, st);
+                                  bool *changed, page_user_moved moved, void *moved_arg, status *st) {
+    return apply_hold(store, "", change, sequence, changed, moved, moved_arg, st);
 }
 
 status_code page_store_apply_hold_to(page_store *store, uint64_t generation, const hold_change *change,
                                      uint64_t sequence, status *st) {
     char text[24];
     snprintf(text, sizeof text, "%llu", (unsigned long long)generation);
-    return apply_hold(store, text, change, sequence, NULL, st);
+    return apply_hold(store, text, change, sequence, NULL, NULL, NULL, st);
 }
 
 status_code page_store_apply(page_store *store, const loan_change *change, uint64_t sequence,

@@ -34,9 +34,11 @@ void page_store_close(page_store *store); /* NULL is a no-op */
 status_code page_store_apply(page_store *store, const loan_change *change, uint64_t sequence,
                              bool *changed, status *st);
 /* The same for a hold event: the user's hold, and the book's queue snapshot when the event
- * carries a newer one. *changed: the page in use or the snapshot changed. */
+ * carries a newer one. *changed: the page in use or the snapshot changed. moved (may be NULL)
+ * is called with each other user whose hold the new snapshot moved to another position. */
+typedef void (*page_user_moved)(void *arg, const char *user_id);
 status_code page_store_apply_hold(page_store *store, const hold_change *change, uint64_t sequence,
-                                  bool *changed, status *st);
+                                  bool *changed, page_user_moved moved, void *moved_arg, status *st);
 /* Reads a user's page (an empty page when the user has none). */
 status_code page_store_load(page_store *store, arena *a, const char *user_id,
                             Library__Mypage__V1__Mypage **out, status *st);

@@ -27,10 +27,18 @@ static void announce(nats_connection *connection, const char *user_id) {
         LOG_DEBUG("could not announce a mypage change: %s", natsStatus_GetText(s));
 }
 
+/* A hold the event moved in its book's queue belongs to another user: their page changed
+ * too (its position), though no event names them. */
+static void announce_moved(void *arg, const char *user_id) {
+    announce(arg, user_id);
+}
+
 /* Applies e to the pages in use (generation 0) or to a rebuild's generation. *user is the
- * user whose page it is about, NULL for an event no page shows (the catalog's copy events). */
-static status_code apply_event(page_store *store, uint64_t generation, const event *e, uint64_t sequence,
-                               bool *changed, const char **user, int64_t *event_time_ms, status *st) {
+ * user whose page it is about, NULL for an event no page shows (the catalog's copy events).
+ * connection (NULL in a rebuild) hears of the other users whose positions moved. */
+static status_code apply_event(page_store *store, nats_connection *connection, uint64_t generation,
+                               const event *e, uint64_t sequence, bool *changed, const char **user,
+                               int64_t *event_time_ms, status *st) {
     *user = NULL;
     loan_change loan;
     if (page_change_from_event(e, &loan)) {
@@ -48,7 +56,8 @@ static status_code apply_event(page_store *store, uint64_t generation, const eve
         *user = hold.user_id; /* points into e, not a */
         *event_time_ms = hold.event_time_ms;
         code = generation ? page_store_apply_hold_to(store, generation, &hold, sequence, st)
-                          : page_store_apply_hold(store, &hold, sequence, changed, st);
+                          : page_store_apply_hold(store, &hold, sequence, changed,
+                                                  connection ? announce_moved : NULL, connection, st);
     }
     arena_destroy(a);
     return code;
@@ -59,7 +68,7 @@ static status_code on_event(void *arg, const event *e, uint64_t sequence, status
     bool changed = false;
     const char *user = NULL;
     int64_t event_time_ms = 0;
-    status_code code = apply_event(p->store, 0, e, sequence, &changed, &user, &event_time_ms, st);
+    status_code code = apply_event(p->store, p->connection, 0, e, sequence, &changed, &user, &event_time_ms, st);
     if (user == NULL)
         return code; /* not about a user's loan or hold: nothing to project */
     if (code == STATUS_OK && changed)
@@ -118,7 +127,7 @@ static status_code on_replayed_event(void *arg, const event *e, uint64_t sequenc
     replay *r = arg;
     const char *user = NULL;
     int64_t event_time_ms = 0;
-    return apply_event(r->store, r->generation, e, sequence, NULL, &user, &event_time_ms, st);
+    return apply_event(r->store, NULL, r->generation, e, sequence, NULL, &user, &event_time_ms, st);
 }
 
 status_code projection_rebuild(nats_connection *connection, page_store *store, uint64_t *events,

@@ -1966,3 +1966,38 @@ Test(mypage, a_durable_left_on_the_loan_subjects_is_made_anew_and_misses_no_hold
     nats_connection_close(c);
     test_stack_stop(&s);
 }
+
+/* The queue moves when the reader ahead is served: that event names only the reader ahead,
+ * yet the page of the reader behind changed (their position), and their watch gets it. */
+Test(mypage, watch_pushes_a_new_position_when_the_reader_ahead_is_served) {
+    target t = shared_target();
+    nats_connection *c = connect_nats(fixture_nats_url());
+    const char *ahead_user = unique("ahead"), *behind_user = unique("behind");
+    const char *book = new_hold_id(), *ahead = new_hold_id(), *behind = new_hold_id();
+    int64_t now = timestamp_now_ms() / 1000;
+    hold_placed(c, ahead_user, ahead, book, "Queued", now - 5);
+    hold_queued(c, ahead_user, ahead, book, queue_of(book, 1, (const char *[]){ahead, NULL}));
+    hold_placed(c, behind_user, behind, book, "Queued", now);
+    hold_queued(c, behind_user, behind, book, queue_of(book, 2, (const char *[]){ahead, behind, NULL}));
+    expect_hold(t, behind_user, behind, "WAITING 2");
+
+    status st;
+    rpc_client_stream *stream = watch(t, user_bearer(behind_user), NULL, 30000, &st);
+    Mypage *page = NULL;
+    cr_assert_eq(next_page(stream, 5000, &page, &st), STATUS_OK, "%s", st.message);
+    cr_assert_not_null(page);
+    cr_assert_str_eq(hold_seen(page, behind), "WAITING 2");
+    int64_t sent = harness_now_ms();
+    hold_ready(c, ahead_user, ahead, book, now + 3600, queue_of(book, 3, (const char *[]){behind, NULL}));
+    while (strcmp(hold_seen(page, behind), "WAITING 1") != 0) {
+        cr_assert_eq(next_page(stream, 1000, &page, &st), STATUS_OK, "no page within a second: %s", st.message);
+        cr_assert_not_null(page);
+    }
+    int64_t latency = harness_now_ms() - sent;
+    cr_assert_lt(latency, harness_latency_bound_ms(1000), "the new position came %lld ms after HoldReady",
+                 (long long)latency);
+    cr_log_info("WatchMypage pushed position 1 to the reader behind %lld ms after the one ahead was served",
+                (long long)latency);
+    rpc_client_stream_close(stream);
+    nats_connection_close(c);
+}
