@@ -369,8 +369,36 @@ static void *consume_main(void *arg) {
 
 static void consumer_free(event_consumer *consumer);
 
+/* With restart_on_new_filter: deletes the durable when it exists with another filter. */
+static status_code consumer_refilter(nats_connection *connection, event_consumer *consumer, status *st) {
+    jsCtx *js = nats_connection_jetstream(connection);
+    jsConsumerInfo *info = NULL;
+    jsErrCode error = 0;
+    natsStatus s = js_GetConsumerInfo(&info, js, EVENTS_STREAM, consumer->durable, NULL, &error);
+    if (s == NATS_NOT_FOUND || error == JSConsumerNotFoundErr)
+        return STATUS_OK;
+    if (s != NATS_OK)
+        return nats_status_to_status(s, "looking up a durable consumer", st);
+    const char *filter = info->Config && info->Config->FilterSubject ? info->Config->FilterSubject : "";
+    bool other = strcmp(filter, consumer->filter) != 0;
+    if (other)
+        LOG_WARN("%s: the durable consumer filters %s, not %s: making it anew from the start of the stream "
+                 "(it had reached stream sequence %llu; the handler is idempotent)",
+                 consumer->durable, filter[0] ? filter : "nothing", consumer->filter,
+                 (unsigned long long)info->Delivered.Stream);
+    jsConsumerInfo_Destroy(info);
+    if (!other)
+        return STATUS_OK;
+    s = js_DeleteConsumer(js, EVENTS_STREAM, consumer->durable, NULL, &error);
+    if (s == NATS_NOT_FOUND || error == JSConsumerNotFoundErr) /* another replica did it first */
+        return STATUS_OK;
+    return nats_status_to_status(s, "deleting a durable consumer with an old filter", st);
+}
+
 /* Creates the durable consumer, or brings an existing one to these settings. */
 static status_code consumer_declare(nats_connection *connection, event_consumer *consumer, status *st) {
+    if (consumer->options.restart_on_new_filter && consumer_refilter(connection, consumer, st) != STATUS_OK)
+        return st->code;
     jsConsumerConfig config;
     jsConsumerConfig_Init(&config);
     config.Durable = consumer->durable;

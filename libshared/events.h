@@ -26,6 +26,7 @@ typedef Library__Events__V1__Event__BodyCase event_type;
  * under library.events.loan, the catalog's answers under library.events.copy. */
 #define EVENTS_LOAN_SUBJECTS "library.events.loan.>"
 #define EVENTS_COPY_SUBJECTS "library.events.copy.>"
+#define EVENTS_ALL_SUBJECTS "library.events.>"
 
 /* The subject events of this type are published on ("library.events.loan.requested"), and
  * the kind their ids start with ("loan-requested"); NULL for a type the table lacks. */
@@ -69,6 +70,12 @@ typedef struct event_consumer_options {
     /* Threads that handle the events of one fetched batch at once (0: 1). Handlers must then
      * tolerate any order within a batch; ours do (compare-and-set, idempotent merges). */
     int workers;
+    /* A durable that exists with another filter subject (made by an older release) is
+     * deleted and made anew, delivering from the start of the stream: updating its filter
+     * (nats-server 2.9.10 accepts that) would go on from where it was, and skip every newly
+     * wanted event the old filter passed over. Only for idempotent handlers, which then see
+     * every event again. */
+    bool restart_on_new_filter;
 } event_consumer_options;
 
 /* Creates (or binds to) the durable consumer and starts a thread that fetches and handles. */

@@ -11,6 +11,7 @@
 #include "library/catalog/v1/catalog.pb-c.h"
 #include "library/lending/v1/lending.pb-c.h"
 #include "log.h"
+#include "renewals.h"
 #include "user_record.h"
 
 static status_code out_of_memory(status *st) {
@@ -294,6 +295,8 @@ static const rpc_method lending_methods[] = {
               RPC_ACCESS_USER),
     RPC_UNARY("ListHolds", library__lending__v1__list_holds_request, library__lending__v1__list_holds_response,
               holds_list_holds, RPC_ACCESS_USER),
+    RPC_UNARY_WRITE("RenewLoan", library__lending__v1__renew_loan_request, library__lending__v1__loan,
+                    renewals_renew_loan, RPC_ACCESS_USER),
 };
 
 const rpc_service lending_rpc_service = {

@@ -21,6 +21,7 @@ typedef struct lending_handlers {
     int64_t catalog_timeout_ms;
     int max_active_loans;
     int max_holds;
+    int max_renewals;
     rpc_service service;
 } lending_handlers;
 

@@ -7,7 +7,7 @@
 
 static struct {
     const char *catalog_address;
-    int64_t loan_period_ms, max_active_loans, max_holds, borrow_wait_ms, catalog_timeout_ms;
+    int64_t loan_period_ms, max_active_loans, max_holds, max_renewals, borrow_wait_ms, catalog_timeout_ms;
     int64_t reconcile_interval_ms, reconcile_after_ms, breaker_failures, breaker_open_ms;
 } settings;
 
@@ -17,6 +17,8 @@ static const config_entry lending_config[] = {
     {"MAX_ACTIVE_LOANS", CONFIG_INT, "5", "PENDING + ACTIVE loans a user may hold",
      &settings.max_active_loans, 1, 1000},
     {"MAX_HOLDS", CONFIG_INT, "5", "WAITING + READY holds a user may have", &settings.max_holds, 1, 1000},
+    {"MAX_RENEWALS", CONFIG_INT, "2", "how many times RenewLoan may extend one loan",
+     &settings.max_renewals, 0, 1000},
     {"BORROW_WAIT", CONFIG_DURATION, "2s", "how long BorrowBook waits for the saga's outcome",
      &settings.borrow_wait_ms, 0, 60000},
     {"CATALOG_TIMEOUT", CONFIG_DURATION, "1s", "deadline of a call to the catalog",
@@ -40,6 +42,7 @@ static status_code lending_start(const service_context *context, void **state, s
     h->loan_period_ms = settings.loan_period_ms;
     h->max_active_loans = (int)settings.max_active_loans;
     h->max_holds = (int)settings.max_holds;
+    h->max_renewals = (int)settings.max_renewals;
     h->borrow_wait_ms = settings.borrow_wait_ms;
     h->catalog_timeout_ms = settings.catalog_timeout_ms;
     circuit_breaker_init(&h->catalog_breaker, "catalog", (int)settings.breaker_failures, settings.breaker_open_ms);

@@ -205,8 +205,9 @@ static bool loan_due(const open_loan_facts *facts, int64_t now_ms, int64_t after
     case LOAN_RETURNED: /* not settled, so the release is not confirmed yet */
         return stale;
     case LOAN_ACTIVE:
-        return !facts->overdue_published && facts->due_seconds != 0 &&
-               lending_is_overdue(LOAN_ACTIVE, facts->due_seconds, now_ms / 1000);
+        return (facts->renewal_unpublished && stale) ||
+               (!facts->overdue_published && facts->due_seconds != 0 &&
+                lending_is_overdue(LOAN_ACTIVE, facts->due_seconds, now_ms / 1000));
     case LOAN_CANCELED:
         break;
     }

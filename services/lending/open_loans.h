@@ -22,6 +22,7 @@ typedef struct open_loan_facts {
     int64_t due_seconds;     /* 0: none */
     bool overdue_published;  /* LoanOverdue was published */
     bool release_confirmed;  /* the catalog put the copy back after the return */
+    bool renewal_unpublished; /* the newest renewal's LoanRenewed may not be out yet */
 } open_loan_facts;
 
 open_loans *open_loans_create(void); /* NULL when out of memory */
@@ -45,7 +46,7 @@ typedef void (*open_loans_visit)(void *arg, const char *id);
 
 /* Visits each loan that needs a step at now_ms, and returns how many: PENDING, or RETURNED
  * without the release confirmed, unchanged for after_ms; ACTIVE, past due, and no LoanOverdue
- * published yet. */
+ * published yet; ACTIVE with a renewal not known to be announced, unchanged for after_ms. */
 size_t open_loans_due(const open_loans *index, int64_t now_ms, int64_t after_ms,
                       open_loans_visit visit, void *arg);
 

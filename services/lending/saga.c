@@ -43,10 +43,10 @@ struct lending_saga {
 /* Publishes e, whose body the caller has set, in the loan's envelope: the event id of its
  * type, loan and attempt (the same on every retry of one attempt, so JetStream drops
  * duplicates), the loan as correlation id, its traceparent, and the time now. */
-static status_code publish_attempt(nats_connection *connection, const loan_record *record, uint32_t attempt,
-                                   event *e, status *st) {
+static status_code publish_step(nats_connection *connection, const loan_record *record, const char *subject_id,
+                                uint32_t attempt, event *e, status *st) {
     char event_id[EVENT_ID_MAX];
-    if (!events_format_id(event_id, sizeof event_id, e->body_case, record->loan->loan_id, attempt))
+    if (!events_format_id(event_id, sizeof event_id, e->body_case, subject_id, attempt))
         return status_set(st, STATUS_INTERNAL, "EVENT_ID_TOO_LONG", "the event id of loan %.64s is too long",
                           record->loan->loan_id);
     e->attempt = attempt;
@@ -59,6 +59,24 @@ static status_code publish_attempt(nats_connection *connection, const loan_recor
     e->correlation_id = record->loan->loan_id;
     e->traceparent = record->traceparent;
     return events_publish(connection, e, st);
+}
+
+static status_code publish_attempt(nats_connection *connection, const loan_record *record, uint32_t attempt,
+                                   event *e, status *st) {
+    return publish_step(connection, record, record->loan->loan_id, attempt, e, st);
+}
+
+/* A step that happens once per renewal (LoanRenewed, and LoanOverdue, which a renewal makes
+ * possible again) is named by "<loan id>-n<renewal count>", so each renewal's event has an
+ * id of its own that JetStream does not take for a duplicate of the previous one's. */
+static status_code publish_renewal_step(nats_connection *connection, const loan_record *record,
+                                        uint32_t attempt, event *e, status *st) {
+    int32_t renewals = record->loan->renewal_count;
+    if (renewals <= 0)
+        return publish_attempt(connection, record, attempt, e, st);
+    char subject_id[EVENT_ID_MAX];
+    snprintf(subject_id, sizeof subject_id, "%.64s-n%d", record->loan->loan_id, (int)renewals);
+    return publish_step(connection, record, subject_id, attempt, e, st);
 }
 
 /* The first (and only) announcement of a step nobody answers. */
@@ -136,12 +154,28 @@ static status_code publish_overdue(nats_connection *connection, const loan_recor
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE;
     e.loan_overdue = &body;
-    return publish_loan_event(connection, record, &e, st);
+    return publish_renewal_step(connection, record, 0, &e, st);
+}
+
+status_code saga_publish_renewed(nats_connection *connection, const loan_record *record, uint32_t attempt,
+                                 status *st) {
+    const loan_message *loan = record->loan;
+    Library__Events__V1__LoanRenewed body = LIBRARY__EVENTS__V1__LOAN_RENEWED__INIT;
+    body.loan_id = loan->loan_id;
+    body.user_id = loan->user_id;
+    body.book_id = loan->book_id;
+    body.due_time = loan->due_time;
+    body.renewal_count = loan->renewal_count;
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED;
+    e.loan_renewed = &body;
+    return publish_renewal_step(connection, record, attempt, &e, st);
 }
 
 /* --- metrics -------------------------------------------------------------------------------- */
 
-static const char *const loan_outcomes[] = {"requested", "activated", "canceled", "returned", "overdue"};
+static const char *const loan_outcomes[] = {"requested", "activated", "canceled", "returned", "overdue",
+                                            "renewed"};
 enum { OUTCOME_COUNT = sizeof loan_outcomes / sizeof loan_outcomes[0] };
 static metric_series *loans_by_outcome[OUTCOME_COUNT];
 static metric_series *saga_seconds[2]; /* activated, canceled */
@@ -228,6 +262,41 @@ static status_code sync_user(lending_saga *saga, arena *a, const loan_record *re
 
 status_code lending_saga_sync_user(lending_saga *saga, arena *a, const loan_record *record, status *st) {
     return sync_user(saga, a, record, st);
+}
+
+static status_code apply_due(void *arg, arena *a, user_record *record, bool *changed, status *st) {
+    const loan_message *loan = arg;
+    (void)a;
+    (void)st;
+    *changed = loan->due_time != NULL && user_record_extend_due(record, loan->loan_id, loan->due_time->seconds);
+    return STATUS_OK;
+}
+
+static status_code clear_renewal_unpublished(void *arg, arena *a, loan_record *record, bool *changed,
+                                             status *st) {
+    const int32_t *published = arg;
+    (void)a;
+    (void)st;
+    /* a newer renewal since is announced by whoever made it */
+    *changed = record->renewal_unpublished && record->loan->renewal_count == *published;
+    if (*changed)
+        record->renewal_unpublished = false;
+    return STATUS_OK;
+}
+
+status_code lending_saga_announce_renewal(lending_saga *saga, arena *a, const loan_record *record,
+                                          uint32_t attempt, status *st) {
+    /* The user record first: its due time is what the overdue block reads, and a reader who
+     * renewed must not stay blocked by the old one. */
+    status_code code = loan_store_update_user(saga->store, record->loan->user_id, a, apply_due,
+                                              record->loan, NULL, st);
+    if (code == STATUS_OK)
+        code = saga_publish_renewed(saga->connection, record, attempt, st);
+    int32_t published = record->loan->renewal_count;
+    if (code == STATUS_OK && record->renewal_unpublished)
+        code = loan_store_update(saga->store, record->loan->loan_id, a, clear_renewal_unpublished,
+                                 &published, NULL, st);
+    return code;
 }
 
 static status_code confirm_release(void *arg, arena *a, loan_record *record, bool *changed, status *st) {
@@ -376,13 +445,21 @@ void lending_saga_unwatch(lending_saga *saga, saga_waiter *w) {
 
 /* --- the reconciler and the overdue sweeper ----------------------------------------------- */
 
+typedef struct overdue_mark {
+    int32_t renewal_count; /* of the record whose due time LoanOverdue announced */
+    bool marked;
+} overdue_mark;
+
 static status_code mark_overdue(void *arg, arena *a, loan_record *record, bool *changed, status *st) {
-    bool *marked = arg;
+    overdue_mark *mark = arg;
     (void)a;
     (void)st;
-    *changed = !record->overdue_published;
-    *marked = *changed; /* the last attempt's answer is the one stored */
-    record->overdue_published = true;
+    /* A renewal since the announcement moved the due time: the flag stays down, so the new
+     * due time is announced when it passes. */
+    *changed = !record->overdue_published && record->loan->renewal_count == mark->renewal_count;
+    mark->marked = *changed; /* the last attempt's answer is the one stored */
+    if (*changed)
+        record->overdue_published = true;
     return STATUS_OK;
 }
 
@@ -413,12 +490,17 @@ static void reconcile_loan(lending_saga *saga, arena *a, const char *loan_id, in
     } else if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE &&
                !record->overdue_published && loan->due_time &&
                lending_is_overdue(LOAN_ACTIVE, loan->due_time->seconds, now / 1000)) {
-        bool marked = false;
+        overdue_mark mark = {.renewal_count = loan->renewal_count};
         code = publish_overdue(saga->connection, record, &st);
         if (code == STATUS_OK)
-            code = loan_store_update(saga->store, loan_id, a, mark_overdue, &marked, NULL, &st);
-        if (code == STATUS_OK && marked)
+            code = loan_store_update(saga->store, loan_id, a, mark_overdue, &mark, NULL, &st);
+        if (code == STATUS_OK && mark.marked)
             saga_count_loan("overdue");
+    }
+    if (code == STATUS_OK && record->renewal_unpublished && stale) {
+        LOG_INFO("loan %s was renewed but LoanRenewed may not be out; announcing it again (attempt %u)",
+                 loan_id, attempt);
+        code = lending_saga_announce_renewal(saga, a, record, attempt, &st);
     }
     if (code != STATUS_OK)
         LOG_WARN("reconciling loan %s: %s", loan_id, st.message);
@@ -506,6 +588,7 @@ static bool index_entry(lending_saga *saga, arena *a, kvEntry *entry) {
                 .due_seconds = record->loan->due_time ? record->loan->due_time->seconds : 0,
                 .overdue_published = record->overdue_published,
                 .release_confirmed = record->release_confirmed,
+                .renewal_unpublished = record->renewal_unpublished,
             };
             stored = open_loans_set_loan(saga->open, key + 5, &facts);
         }

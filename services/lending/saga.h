@@ -36,7 +36,7 @@ void lending_saga_unwatch(lending_saga *saga, saga_waiter *waiter);
 status_code lending_saga_sync_user(lending_saga *saga, arena *a, const loan_record *record, status *st);
 
 /* Counts a loan reaching a step ("requested", "activated", "canceled", "returned",
- * "overdue") in library_loans_total{outcome}. */
+ * "overdue", "renewed") in library_loans_total{outcome}. */
 void saga_count_loan(const char *outcome);
 
 /* Announce a step of the loan with its deterministic id (events_format_id): attempt 0 from the
@@ -45,5 +45,15 @@ status_code saga_publish_requested(nats_connection *connection, const loan_recor
                                    status *st);
 status_code saga_publish_returned(nats_connection *connection, const loan_record *record, uint32_t attempt,
                                   status *st);
+/* LoanRenewed of the loan's newest renewal, id "loan-renewed-<loan id>-n<renewal count>". */
+status_code saga_publish_renewed(nats_connection *connection, const loan_record *record, uint32_t attempt,
+                                 status *st);
+
+/* Carries a stored renewal out: the user record's due time for the loan (the overdue block),
+ * LoanRenewed, then the record's renewal_unpublished flag down. RenewLoan calls it after the
+ * renewal, the reconciler for a renewal whose flag stayed up (a crash or a failed publish in
+ * between); each step is idempotent, so doing it twice is harmless. */
+status_code lending_saga_announce_renewal(lending_saga *saga, arena *a, const loan_record *record,
+                                          uint32_t attempt, status *st);
 
 #endif

@@ -171,3 +171,14 @@ const char *user_record_hold_from_newest(const user_record *record, size_t posit
     return position < record->n_hold_history ? record->hold_history[record->n_hold_history - 1 - position]
                                              : NULL;
 }
+
+bool user_record_extend_due(user_record *record, const char *loan_id, int64_t due_seconds) {
+    for (size_t i = 0; i < record->n_open_loans; i++) {
+        user_open_loan *open = record->open_loans[i];
+        if (strcmp(open->loan_id, loan_id) == 0 && open->due_time < due_seconds) {
+            open->due_time = due_seconds;
+            return true;
+        }
+    }
+    return false;
+}

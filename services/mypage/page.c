@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "field.h"
+
 /* google.protobuf.Timestamp's valid range: 0001-01-01 to 9999-12-31. */
 static const int64_t TIMESTAMP_SECONDS_MIN = -62135596800LL, TIMESTAMP_SECONDS_MAX = 253402300799LL;
 
@@ -19,6 +21,11 @@ static int64_t time_ms(const Google__Protobuf__Timestamp *t) {
 
 static int64_t seconds(const Google__Protobuf__Timestamp *t) {
     return t ? t->seconds : 0;
+}
+
+/* A time that goes into the page: 0 (none) when absent or outside the Timestamp range. */
+static int64_t page_seconds(const Google__Protobuf__Timestamp *t) {
+    return time_ms(t) > 0 ? t->seconds : 0;
 }
 
 bool page_change_from_event(const event *e, loan_change *out) {
@@ -67,7 +74,21 @@ bool page_change_from_event(const event *e, loan_change *out) {
         out->rank = PAGE_RANK_ACTIVE;
         out->overdue = true;
         out->due_seconds = seconds(e->loan_overdue->due_time);
+        out->overdue_for_seconds = page_seconds(e->loan_overdue->due_time);
         out->book_id = e->loan_overdue->book_id;
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED:
+        /* a renewal says the loan is ACTIVE; its due time goes to "r:", not to the loan's own
+         * (the one it was borrowed with, which a LoanOverdue without renewals refers to) */
+        out->user_id = e->loan_renewed->user_id;
+        out->loan_id = e->loan_renewed->loan_id;
+        out->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE;
+        out->rank = PAGE_RANK_ACTIVE;
+        out->book_id = e->loan_renewed->book_id;
+        out->due_seconds = page_seconds(e->loan_renewed->due_time);
+        out->renewal_count = e->loan_renewed->renewal_count > 0 ? e->loan_renewed->renewal_count : 0;
+        if (out->renewal_count == 0 || out->due_seconds == 0)
+            return false; /* says nothing a page could show */
         break;
     default:
         return false;
@@ -80,11 +101,237 @@ bool page_change_from_event(const event *e, loan_change *out) {
            out->loan_id[0] != '\0';
 }
 
+static bool is_id(const char *id) {
+    status ignored;
+    return id != NULL && field_check_id(id, "id", &ignored) == STATUS_OK;
+}
+
+/* The snapshot's ids joined by '|' into out; false (nothing set) when one is not an id. */
+static bool queue_from_event(arena *a, const Library__Events__V1__HoldQueue *queue, hold_change *out) {
+    if (queue == NULL || !is_id(queue->book_id))
+        return false;
+    size_t length = 1;
+    for (size_t i = 0; i < queue->n_hold_ids; i++) {
+        if (!is_id(queue->hold_ids[i]))
+            return false;
+        length += strlen(queue->hold_ids[i]) + 1;
+    }
+    char *joined = arena_alloc(a, length);
+    if (joined == NULL)
+        return false;
+    size_t used = 0;
+    for (size_t i = 0; i < queue->n_hold_ids; i++) {
+        size_t n = strlen(queue->hold_ids[i]);
+        if (i > 0)
+            joined[used++] = '|';
+        memcpy(joined + used, queue->hold_ids[i], n);
+        used += n;
+    }
+    joined[used] = '\0';
+    out->queue_book_id = queue->book_id;
+    out->queue_version = queue->version;
+    out->queue_hold_ids = joined;
+    return true;
+}
+
+/* The user, hold and book ids every hold event has, and the status its kind means. */
+static void hold_basics(hold_change *out, const char *user_id, const char *hold_id, const char *book_id,
+                        int hold_status, int rank) {
+    out->user_id = user_id;
+    out->hold_id = hold_id;
+    out->book_id = book_id;
+    out->status = hold_status;
+    out->rank = rank;
+}
+
+bool page_hold_change_from_event(arena *a, const event *e, hold_change *out) {
+    memset(out, 0, sizeof *out);
+    out->event_time_ms = time_ms(e->occur_time);
+    const Library__Events__V1__HoldQueue *queue = NULL;
+    switch (e->body_case) {
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED: {
+        const Library__Events__V1__HoldPlaced *b = e->hold_placed;
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING,
+                    PAGE_HOLD_RANK_WAITING);
+        out->book_title = b->book_title;
+        out->place_seconds = page_seconds(b->place_time);
+        break;
+    }
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_QUEUED: {
+        const Library__Events__V1__HoldQueued *b = e->hold_queued;
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING,
+                    PAGE_HOLD_RANK_WAITING);
+        queue = b->queue;
+        break;
+    }
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_READY: {
+        const Library__Events__V1__HoldReady *b = e->hold_ready;
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY,
+                    PAGE_HOLD_RANK_READY);
+        out->expire_seconds = page_seconds(b->expire_time);
+        queue = b->queue;
+        break;
+    }
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_FULFILLED: {
+        const Library__Events__V1__HoldFulfilled *b = e->hold_fulfilled;
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_FULFILLED,
+                    PAGE_HOLD_RANK_FINAL);
+        break;
+    }
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED: {
+        const Library__Events__V1__HoldCanceled *b = e->hold_canceled;
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED,
+                    PAGE_HOLD_RANK_FINAL);
+        break;
+    }
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_EXPIRED: {
+        const Library__Events__V1__HoldExpired *b = e->hold_expired;
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_EXPIRED,
+                    PAGE_HOLD_RANK_FINAL);
+        queue = b->queue;
+        break;
+    }
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_RELEASED: {
+        /* the catalog's confirmation of a HoldCanceled */
+        const Library__Events__V1__HoldReleased *b = e->hold_released;
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED,
+                    PAGE_HOLD_RANK_FINAL);
+        queue = b->queue;
+        break;
+    }
+    default:
+        return false;
+    }
+    if (out->book_title == NULL)
+        out->book_title = "";
+    if (out->book_id == NULL || (out->book_id[0] != '\0' && !is_id(out->book_id)))
+        out->book_id = "";
+    out->queue_book_id = "";
+    if (queue != NULL)
+        queue_from_event(a, queue, out);
+    return out->user_id != NULL && out->user_id[0] != '\0' && is_id(out->hold_id);
+}
+
 typedef struct parsed_loan {
     Library__Mypage__V1__MypageLoan *loan;
     unsigned long long seq;
     bool overdue;
 } parsed_loan;
+
+static Google__Protobuf__Timestamp *page_time(arena *a, long long seconds) {
+    if (seconds <= 0)
+        return NULL;
+    Google__Protobuf__Timestamp *t = (void *)arena_new_message(a, &google__protobuf__timestamp__descriptor);
+    if (t)
+        t->seconds = seconds;
+    return t;
+}
+
+/* An "r:" field: a loan's renewals and the due time last announced overdue. */
+typedef struct renewal_facts {
+    const char *loan_id;
+    int32_t count;
+    int64_t due;
+    int64_t overdue_due;
+} renewal_facts;
+
+static bool parse_renewal(const char *loan_id, const char *value, renewal_facts *out) {
+    int count = 0;
+    long long due = 0, overdue_due = 0;
+    char extra;
+    if (sscanf(value, "%d|%lld|%lld%c", &count, &due, &overdue_due, &extra) != 3 || count < 0 || due < 0 ||
+        overdue_due < 0)
+        return false;
+    *out = (renewal_facts){.loan_id = loan_id, .count = count, .due = due, .overdue_due = overdue_due};
+    return true;
+}
+
+static int by_loan_id(const void *a, const void *b) {
+    return strcmp(((const renewal_facts *)a)->loan_id, ((const renewal_facts *)b)->loan_id);
+}
+
+/* The loan as its renewals leave it: the newest renewal's due time, and the overdue flag only
+ * when it was announced for that due time (or, never renewed, as the loan's own field says). */
+static void apply_renewal(arena *a, parsed_loan *loan, const renewal_facts *facts) {
+    loan->loan->renewal_count = facts->count;
+    if (facts->count > 0) {
+        if (loan->loan->due_time)
+            loan->loan->due_time->seconds = facts->due;
+        else
+            loan->loan->due_time = page_time(a, facts->due);
+        loan->overdue = facts->overdue_due > 0 && facts->overdue_due >= facts->due;
+    } else if (facts->overdue_due > 0) {
+        loan->overdue = true;
+    }
+}
+
+typedef struct parsed_hold {
+    Library__Mypage__V1__MypageHold *hold;
+    unsigned long long seq;
+} parsed_hold;
+
+/* Parses "seq|rank|status|place|expire|book_id|title" of an open (WAITING or READY) hold. */
+static bool parse_hold(arena *a, const char *hold_id, const char *value, parsed_hold *out) {
+    unsigned long long seq = 0;
+    int rank = 0, status_value = 0, consumed = 0;
+    long long place = 0, expire = 0;
+    if (sscanf(value, "%llu|%d|%d|%lld|%lld|%n", &seq, &rank, &status_value, &place, &expire, &consumed) != 5 ||
+        consumed == 0)
+        return false;
+    if (rank != PAGE_HOLD_RANK_WAITING && rank != PAGE_HOLD_RANK_READY)
+        return false; /* over: the hold left the page */
+    const char *book = value + consumed;
+    const char *bar = strchr(book, '|');
+    if (bar == NULL)
+        return false;
+    Library__Mypage__V1__MypageHold *hold = (void *)arena_new_message(a, &library__mypage__v1__mypage_hold__descriptor);
+    if (hold == NULL)
+        return false;
+    hold->hold_id = arena_strdup(a, hold_id);
+    hold->book_id = arena_strndup(a, book, (size_t)(bar - book));
+    hold->book_title = arena_strdup(a, bar + 1);
+    hold->status = rank == PAGE_HOLD_RANK_READY ? LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY
+                                                 : LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING;
+    hold->place_time = page_time(a, place);
+    if (rank == PAGE_HOLD_RANK_READY)
+        hold->expire_time = page_time(a, expire);
+    out->hold = hold;
+    out->seq = seq;
+    (void)status_value;
+    return hold->hold_id && hold->book_id && hold->book_title;
+}
+
+static int oldest_first(const void *a, const void *b) {
+    const parsed_hold *x = a, *y = b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq ? 1 : 0;
+}
+
+/* 1 + the index of hold_id in a snapshot "version|id|id|...", or 0 when it is not there. */
+static int32_t queue_position(const char *snapshot, const char *hold_id) {
+    const char *at = strchr(snapshot, '|');
+    size_t length = strlen(hold_id);
+    for (int32_t position = 1; at != NULL && position < INT32_MAX; position++) {
+        const char *id = at + 1;
+        at = strchr(id, '|');
+        size_t n = at ? (size_t)(at - id) : strlen(id);
+        if (n == length && length > 0 && memcmp(id, hold_id, n) == 0)
+            return position;
+    }
+    return 0;
+}
+
+/* The positions of the WAITING holds, from the "q:<book id>" snapshots among the fields. */
+static void hold_positions(parsed_hold *holds, size_t count, const char *const *fields,
+                           const char *const *values, size_t field_count) {
+    for (size_t i = 0; i < count; i++) {
+        Library__Mypage__V1__MypageHold *hold = holds[i].hold;
+        if (hold->status != LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING)
+            continue;
+        for (size_t f = 0; f < field_count; f++)
+            if (strncmp(fields[f], "q:", 2) == 0 && strcmp(fields[f] + 2, hold->book_id) == 0)
+                hold->position = queue_position(values[f], hold->hold_id);
+    }
+}
 
 /* Parses "seq|rank|status|due|overdue|book_id|title" into a MypageLoan in the arena. */
 static bool parse_loan(arena *a, const char *loan_id, const char *value, parsed_loan *out) {
@@ -127,10 +374,12 @@ Library__Mypage__V1__Mypage *page_build(arena *a, const char *user_id, const cha
                                         int64_t now_seconds) {
     Library__Mypage__V1__Mypage *page = (void *)arena_new_message(a, &library__mypage__v1__mypage__descriptor);
     parsed_loan *loans = arena_alloc(a, (count + 1) * sizeof *loans);
-    if (page == NULL || loans == NULL)
+    parsed_hold *holds = arena_alloc(a, (count + 1) * sizeof *holds);
+    renewal_facts *renewals = arena_alloc(a, (count + 1) * sizeof *renewals);
+    if (page == NULL || loans == NULL || holds == NULL || renewals == NULL)
         return NULL;
     page->user_id = arena_strdup(a, user_id);
-    size_t n = 0;
+    size_t n = 0, n_holds = 0, n_renewals = 0;
     for (size_t i = 0; i < count; i++) {
         if (strcmp(fields[i], "t") == 0) {
             long long ms = atoll(values[i]);
@@ -143,7 +392,18 @@ Library__Mypage__V1__Mypage *page_build(arena *a, const char *user_id, const cha
             }
         } else if (strncmp(fields[i], "l:", 2) == 0 && parse_loan(a, fields[i] + 2, values[i], &loans[n])) {
             n++;
+        } else if (strncmp(fields[i], "r:", 2) == 0 && parse_renewal(fields[i] + 2, values[i], &renewals[n_renewals])) {
+            n_renewals++;
+        } else if (strncmp(fields[i], "h:", 2) == 0 && parse_hold(a, fields[i] + 2, values[i], &holds[n_holds])) {
+            n_holds++;
         }
+    }
+    qsort(renewals, n_renewals, sizeof *renewals, by_loan_id);
+    for (size_t i = 0; i < n && n_renewals > 0; i++) {
+        renewal_facts key = {.loan_id = loans[i].loan->loan_id};
+        const renewal_facts *facts = bsearch(&key, renewals, n_renewals, sizeof *renewals, by_loan_id);
+        if (facts)
+            apply_renewal(a, &loans[i], facts);
     }
     qsort(loans, n, sizeof *loans, newest_first);
     page->loans = arena_alloc(a, (n + 1) * sizeof *page->loans);
@@ -159,5 +419,13 @@ Library__Mypage__V1__Mypage *page_build(arena *a, const char *user_id, const cha
         }
     }
     page->n_loans = n;
+    qsort(holds, n_holds, sizeof *holds, oldest_first);
+    hold_positions(holds, n_holds, fields, values, count);
+    page->holds = arena_alloc(a, (n_holds + 1) * sizeof *page->holds);
+    if (page->holds == NULL)
+        return NULL;
+    for (size_t i = 0; i < n_holds; i++)
+        page->holds[i] = holds[i].hold;
+    page->n_holds = n_holds;
     return page;
 }

@@ -1,10 +1,21 @@
-/* page.h - the mypage read model as plain functions: what a loan event means for a user's
- * page, and how a page is built from its Redis hash. No I/O here, so unit tests call these
- * directly; page_store.c holds the Redis side (the Lua scripts that apply a change).
+/* page.h - the mypage read model as plain functions: what a loan or hold event means for a
+ * user's page, and how a page is built from its Redis hash. No I/O here, so unit tests call
+ * these directly; page_store.c holds the Redis side (the Lua scripts that apply a change).
  *
  * A user's page is one Redis hash. Field "t" is the occur time of the newest event applied
  * (Unix ms); each loan is a field "l:<loan id>" whose value is
- * "seq|rank|status|due|overdue|book_id|title" (the title last: it may contain '|').
+ * "seq|rank|status|due|overdue|book_id|title" (the title last: it may contain '|'). A loan
+ * that was renewed or announced overdue also has "r:<loan id>" = "renewals|due|overdue_due":
+ * the highest renewal count seen with its due time, and the latest due time a LoanOverdue
+ * was announced for (so an announcement about a due time a renewal has since moved on says
+ * nothing). Each hold is "h:<hold id>" = "seq|rank|status|place|expire|book_id|title"
+ * (WAITING 1 < READY 2 < FULFILLED, CANCELED, EXPIRED 3; the page shows ranks 1 and 2).
+ *
+ * Beside the pages, each book's newest queue snapshot (HoldQueue: its WAITING holds in
+ * order) is a string "version|hold id|hold id|..." that only a higher version replaces;
+ * reading a page adds "q:<book id>" pairs with the snapshots of the books it waits for, from
+ * which the positions are counted. Which user holds each open hold is kept too, so the users
+ * a newer snapshot moves are told their page changed (page_store.c).
  *
  * Applying an event is a merge that is idempotent and does not depend on order: a loan only
  * moves forward in rank (PENDING 1 < ACTIVE 2 < CANCELED, RETURNED 3); an event of the
@@ -36,15 +47,45 @@ typedef struct loan_change {
     const char *book_id;
     const char *book_title;
     int64_t event_time_ms;
+    int32_t renewal_count;     /* LoanRenewed: the count, due_seconds the new due time */
+    int64_t overdue_for_seconds; /* LoanOverdue: the due time it announces as passed */
 } loan_change;
 
-/* false for events that do not concern a user's loans (the catalog's) and for loan events
- * without a user or loan id. The strings point into e. */
+/* false for events that do not concern a user's loans (the catalog's, the holds') and for
+ * loan events without a user or loan id. The strings point into e. */
 bool page_change_from_event(const event *e, loan_change *out);
 
-/* Builds the Mypage from the hash's field/value pairs (HGETALL order), newest loan first;
- * overdue_count counts ACTIVE loans flagged overdue or past due at now_seconds. Values that
- * do not parse are skipped. NULL when out of memory. */
+enum { PAGE_HOLD_RANK_WAITING = 1, PAGE_HOLD_RANK_READY = 2, PAGE_HOLD_RANK_FINAL = 3 };
+
+/* What one hold event says about one hold, and the book's queue snapshot it carries (if any).
+ * Empty strings and 0 mean "not in this event". */
+typedef struct hold_change {
+    const char *user_id;
+    const char *hold_id;
+    int status; /* Library__Lending__V1__HoldStatus */
+    int rank;
+    const char *book_id;
+    const char *book_title;
+    int64_t place_seconds;
+    int64_t expire_seconds;
+    int64_t event_time_ms;
+    const char *queue_book_id; /* "" when the event has no snapshot */
+    uint64_t queue_version;
+    char *queue_hold_ids;      /* the ids joined by '|' (from the arena) */
+} hold_change;
+
+/* false for events that are not about a user's hold, and for hold events without a user,
+ * with a hold id, book id or queued id that is not a server-made id (field_check_id: they
+ * become parts of Redis keys and values). A snapshot with a bad book id is left out. The
+ * strings point into e or come from a. */
+bool page_hold_change_from_event(arena *a, const event *e, hold_change *out);
+
+/* Builds the Mypage from the hash's field/value pairs (HGETALL order, then "q:<book id>"
+ * snapshots), newest loan first, open holds oldest first; a loan's renewal moves its due time
+ * and clears an overdue flag announced for an earlier one; overdue_count counts ACTIVE loans
+ * flagged overdue or past due at now_seconds. A WAITING hold's position is its place in its
+ * book's snapshot (0 when the snapshot does not list it yet). Values that do not parse are
+ * skipped. NULL when out of memory. */
 Library__Mypage__V1__Mypage *page_build(arena *a, const char *user_id, const char *const *fields,
                                         const char *const *values, size_t count,
                                         int64_t now_seconds);

@@ -23,9 +23,11 @@ enum { POOL_SIZE = 16, CLEANUP_BATCH = 500, MAX_ARGS = CLEANUP_BATCH + 16, PIPE_
 
 /* KEYS: generation, building. ARGV: user (base64url), loan id, seq, rank, status, due,
  * overdue, book id, title, event time (ms), generation to write ("" = the one in use and the
- * one being built). Returns 1 when the page (in use, or the given generation) changed.
+ * one being built), renewal count, renewed due, overdue-for due. Returns 1 when the page (in
+ * use, or the given generation) changed.
  * The merge is idempotent and order-free (page.h), so the result depends only on the set of
- * events applied: the seq kept is the loan's earliest, which orders the page. */
+ * events applied: the seq kept is the loan's earliest, which orders the page; "r:" keeps the
+ * highest renewal count with its due time, and the latest due time announced overdue. */
 static const char apply_source[] =
     "local function apply(key)\n"
     "  local field = 'l:' .. ARGV[2]\n"
@@ -59,6 +61,23 @@ static const char apply_source[] =
     "    redis.call('HSET', key, field, value)\n"
     "    changed = 1\n"
     "  end\n"
+    "  local count, renewed, overdue_for = tonumber(ARGV[12]), ARGV[13], tonumber(ARGV[14])\n"
+    "  if count > 0 or overdue_for > 0 then\n"
+    "    local rfield = 'r:' .. ARGV[2]\n"
+    "    local rcurrent = redis.call('HGET', key, rfield)\n"
+    "    local ccount, cdue, cfor = 0, '0', 0\n"
+    "    if rcurrent then\n"
+    "      local a, b, c = string.match(rcurrent, '^(%d+)|(%d+)|(%d+)$')\n"
+    "      if a then ccount, cdue, cfor = tonumber(a), b, tonumber(c) end\n"
+    "    end\n"
+    "    if count > ccount then ccount, cdue = count, renewed end\n"
+    "    if overdue_for > cfor then cfor = overdue_for end\n"
+    "    local rvalue = string.format('%d|%s|%d', ccount, cdue, cfor)\n"
+    "    if rvalue ~= rcurrent then\n"
+    "      redis.call('HSET', key, rfield, rvalue)\n"
+    "      changed = 1\n"
+    "    end\n"
+    "  end\n"
     "  local t = tonumber(redis.call('HGET', key, 't') or '0')\n"
     "  if tonumber(ARGV[10]) > t then\n"
     "    redis.call('HSET', key, 't', ARGV[10])\n"
@@ -74,10 +93,111 @@ static const char apply_source[] =
     "if building and building ~= current then apply(page(building)) end\n"
     "return changed\n";
 
-/* KEYS: generation. ARGV: user. The page in use, as HGETALL pairs. */
+/* KEYS: generation, building. ARGV: user (base64url), hold id, seq, rank, status, place,
+ * expire, book id, title, event time (ms), generation to write ("" = in use and being built),
+ * queue book id ("" = no snapshot), queue version, queued hold ids joined by '|'. Returns
+ * {1 when the page (in use, or the given generation) changed, or the book's snapshot did (the
+ * holder's position may have), else 0; then, for the pages in use, the other users (base64url)
+ * whose holds the new snapshot moved}. Idempotent and order-free, as the loans' merge: a hold
+ * only moves forward in rank, fields the page lacks are filled in, the earliest seq is kept;
+ * a snapshot replaces only an older version of the book's. "mypage:<generation>:h:users" maps
+ * each open hold to its user, so the users a snapshot moves can be told (the event names only
+ * its own holder). */
+static const char apply_hold_source[] =
+    "local function newer(a, b)\n"
+    "  if #a ~= #b then return #a > #b end\n"
+    "  return a > b\n"
+    "end\n"
+    "local function apply(generation)\n"
+    "  local key = 'mypage:' .. generation .. ':' .. ARGV[1]\n"
+    "  local field = 'h:' .. ARGV[2]\n"
+    "  local seq, rank, status = ARGV[3], ARGV[4], ARGV[5]\n"
+    "  local place, expire, book, title = ARGV[6], ARGV[7], ARGV[8], ARGV[9]\n"
+    "  local current = redis.call('HGET', key, field)\n"
+    "  if current then\n"
+    "    local cseq, crank, cstatus, cplace, cexpire, cbook, ctitle =\n"
+    "      string.match(current, '^(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')\n"
+    "    if cseq then\n"
+    "      if tonumber(cseq) < tonumber(seq) then seq = cseq end\n"
+    "      if tonumber(rank) <= tonumber(crank) then rank, status = crank, cstatus end\n"
+    "      if cplace ~= '0' then place = cplace end\n"
+    "      if cexpire ~= '0' then expire = cexpire end\n"
+    "      if cbook ~= '' then book = cbook end\n"
+    "      if ctitle ~= '' then title = ctitle end\n"
+    "    end\n"
+    "  end\n"
+    "  local changed = 0\n"
+    "  local value = seq .. '|' .. rank .. '|' .. status .. '|' .. place .. '|' .. expire ..\n"
+    "    '|' .. book .. '|' .. title\n"
+    "  if value ~= current then\n"
+    "    redis.call('HSET', key, field, value)\n"
+    "    changed = 1\n"
+    "  end\n"
+    "  local t = tonumber(redis.call('HGET', key, 't') or '0')\n"
+    "  if tonumber(ARGV[10]) > t then\n"
+    "    redis.call('HSET', key, 't', ARGV[10])\n"
+    "    changed = 1\n"
+    "  end\n"
+    "  local holders = 'mypage:' .. generation .. ':h:users'\n"
+    "  if tonumber(rank) < 3 then\n"
+    "    redis.call('HSET', holders, ARGV[2], ARGV[1])\n"
+    "  else\n"
+    "    redis.call('HDEL', holders, ARGV[2])\n"
+    "  end\n"
+    "  local moved = {}\n"
+    "  if ARGV[12] ~= '' then\n"
+    "    local qkey = 'mypage:' .. generation .. ':q:' .. ARGV[12]\n"
+    "    local snapshot = redis.call('GET', qkey)\n"
+    "    local version = snapshot and string.match(snapshot, '^(%d+)|')\n"
+    "    if not version or newer(ARGV[13], version) then\n"
+    "      redis.call('SET', qkey, ARGV[13] .. '|' .. ARGV[14])\n"
+    "      changed = 1\n"
+    "      local before, position = {}, 0\n"
+    "      for id in string.gmatch(snapshot and string.sub(snapshot, #version + 2) or '', '[^|]+') do\n"
+    "        position = position + 1\n"
+    "        before[id] = position\n"
+    "      end\n"
+    "      position = 0\n"
+    "      for id in string.gmatch(ARGV[14], '[^|]+') do\n"
+    "        position = position + 1\n"
+    "        if before[id] ~= position and id ~= ARGV[2] then\n"
+    "          local user = redis.call('HGET', holders, id)\n"
+    "          if user and user ~= ARGV[1] then moved[user] = true end\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  return changed, moved\n"
+    "end\n"
+    "if ARGV[11] ~= '' then return {(apply(ARGV[11]))} end\n"
+    "local current = redis.call('GET', KEYS[1]) or '0'\n"
+    "local changed, moved = apply(current)\n"
+    "local building = redis.call('GET', KEYS[2])\n"
+    "if building and building ~= current then apply(building) end\n"
+    "local reply = {changed}\n"
+    "for user in pairs(moved) do reply[#reply + 1] = user end\n"
+    "return reply\n";
+
+/* KEYS: generation. ARGV: user. The page in use, as HGETALL pairs, then a pair
+ * "q:<book id>", snapshot for each book a WAITING hold of the page waits for. */
 static const char load_source[] =
     "local current = redis.call('GET', KEYS[1]) or '0'\n"
-    "return redis.call('HGETALL', 'mypage:' .. current .. ':' .. ARGV[1])\n";
+    "local page = redis.call('HGETALL', 'mypage:' .. current .. ':' .. ARGV[1])\n"
+    "local seen = {}\n"
+    "for i = 1, #page - 1, 2 do\n"
+    "  if string.sub(page[i], 1, 2) == 'h:' then\n"
+    "    local rank, book = string.match(page[i + 1], '^%d+|(%d+)|%d+|%d+|%d+|([^|]*)|')\n"
+    "    if rank == '1' and book ~= '' and not seen[book] then\n"
+    "      seen[book] = true\n"
+    "      local snapshot = redis.call('GET', 'mypage:' .. current .. ':q:' .. book)\n"
+    "      if snapshot then\n"
+    "        page[#page + 1] = 'q:' .. book\n"
+    "        page[#page + 1] = snapshot\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return page\n";
 
 /* KEYS: generation, building, next. A generation newer than any used before. */
 static const char begin_source[] =
@@ -117,7 +237,7 @@ struct page_store {
     atomic_bool refusal_logged; /* one log line per refusal, not one per retry */
     struct timeval timeout;
     health *health;
-    script apply, load, begin, switch_over, abort;
+    script apply, apply_hold, load, begin, switch_over, abort;
     pthread_mutex_t lock;
     pthread_cond_t returned;
     redisContext *idle[POOL_SIZE];
@@ -179,6 +299,7 @@ status_code page_store_open(const char *url, const redis_login *login, int64_t t
     store->timeout = (struct timeval){.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
     store->health = health_report;
     script_init(&store->apply, apply_source);
+    script_init(&store->apply_hold, apply_hold_source);
     script_init(&store->load, load_source);
     script_init(&store->begin, begin_source);
     script_init(&store->switch_over, switch_source);
@@ -374,6 +495,9 @@ static status_code apply(page_store *store, const char *generation, const loan_c
         change->book_title,
         arena_sprintf(a, "%lld", (long long)(change->event_time_ms > 0 ? change->event_time_ms : 0)),
         generation,
+        arena_sprintf(a, "%d", (int)(change->renewal_count > 0 ? change->renewal_count : 0)),
+        arena_sprintf(a, "%lld", (long long)(change->renewal_count > 0 && change->due_seconds > 0 ? change->due_seconds : 0)),
+        arena_sprintf(a, "%lld", (long long)(change->overdue_for_seconds > 0 ? change->overdue_for_seconds : 0)),
     };
     redisReply *reply = NULL;
     status_code code = run_script(store, &store->apply, sizeof argv / sizeof argv[0], argv, &reply, st);
@@ -384,6 +508,72 @@ static status_code apply(page_store *store, const char *generation, const loan_c
     }
     arena_destroy(a);
     return code;
+}
+
+/* Calls moved for each user (decoded) the reply names after its first element. */
+static void tell_moved(const redisReply *reply, page_user_moved moved, void *arg) {
+    arena *a = arena_create(0);
+    for (size_t i = 1; a != NULL && moved != NULL && i < reply->elements; i++) {
+        const redisReply *user = reply->element[i];
+        uint8_t *decoded = NULL;
+        size_t size = 0;
+        if (user->type == REDIS_REPLY_STRING && text_base64url_decode(a, user->str, &decoded, &size)) {
+            char *user_id = arena_strndup(a, (const char *)decoded, size);
+            if (user_id)
+                moved(arg, user_id);
+        }
+    }
+    arena_destroy(a);
+}
+
+static status_code apply_hold(page_store *store, const char *generation, const hold_change *change,
+                              uint64_t sequence, bool *changed, page_user_moved moved, void *moved_arg,
+                              status *st) {
+    arena *a = arena_create(0);
+    if (a == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    const char *argv[] = {
+        "2", KEY_GENERATION, KEY_BUILDING,
+        text_base64url_encode(a, (const uint8_t *)change->user_id, strlen(change->user_id)),
+        change->hold_id,
+        arena_sprintf(a, "%llu", (unsigned long long)sequence),
+        arena_sprintf(a, "%d", change->rank),
+        arena_sprintf(a, "%d", change->status),
+        arena_sprintf(a, "%lld", (long long)(change->place_seconds > 0 ? change->place_seconds : 0)),
+        arena_sprintf(a, "%lld", (long long)(change->expire_seconds > 0 ? change->expire_seconds : 0)),
+        change->book_id,
+        change->book_title,
+        arena_sprintf(a, "%lld", (long long)(change->event_time_ms > 0 ? change->event_time_ms : 0)),
+        generation,
+        change->queue_book_id ? change->queue_book_id : "",
+        arena_sprintf(a, "%llu", (unsigned long long)change->queue_version),
+        change->queue_hold_ids ? change->queue_hold_ids : "",
+    };
+    redisReply *reply = NULL;
+    status_code code = run_script(store, &store->apply_hold, sizeof argv / sizeof argv[0], argv, &reply, st);
+    if (code == STATUS_OK) {
+        bool well_formed = reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+                           reply->element[0]->type == REDIS_REPLY_INTEGER;
+        if (changed)
+            *changed = well_formed && reply->element[0]->integer == 1;
+        if (well_formed)
+            tell_moved(reply, moved, moved_arg);
+        freeReplyObject(reply);
+    }
+    arena_destroy(a);
+    return code;
+}
+
+status_code page_store_apply_hold(page_store *store, const hold_change *change, uint64_t sequence,
+                                  bool *changed, page_user_moved moved, void *moved_arg, status *st) {
+    return apply_hold(store, "", change, sequence, changed, moved, moved_arg, st);
+}
+
+status_code page_store_apply_hold_to(page_store *store, uint64_t generation, const hold_change *change,
+                                     uint64_t sequence, status *st) {
+    char text[24];
+    snprintf(text, sizeof text, "%llu", (unsigned long long)generation);
+    return apply_hold(store, text, change, sequence, NULL, NULL, NULL, st);
 }
 
 status_code page_store_apply(page_store *store, const loan_change *change, uint64_t sequence,

@@ -33,6 +33,12 @@ void page_store_close(page_store *store); /* NULL is a no-op */
  * the generation a rebuild is filling. *changed tells whether the page in use changed. */
 status_code page_store_apply(page_store *store, const loan_change *change, uint64_t sequence,
                              bool *changed, status *st);
+/* The same for a hold event: the user's hold, and the book's queue snapshot when the event
+ * carries a newer one. *changed: the page in use or the snapshot changed. moved (may be NULL)
+ * is called with each other user whose hold the new snapshot moved to another position. */
+typedef void (*page_user_moved)(void *arg, const char *user_id);
+status_code page_store_apply_hold(page_store *store, const hold_change *change, uint64_t sequence,
+                                  bool *changed, page_user_moved moved, void *moved_arg, status *st);
 /* Reads a user's page (an empty page when the user has none). */
 status_code page_store_load(page_store *store, arena *a, const char *user_id,
                             Library__Mypage__V1__Mypage **out, status *st);
@@ -57,6 +63,8 @@ bool page_store_load_async(page_store *store, arena *a, const char *user_id, pag
 status_code page_store_rebuild_begin(page_store *store, uint64_t *generation, status *st);
 status_code page_store_apply_to(page_store *store, uint64_t generation, const loan_change *change,
                                 uint64_t sequence, status *st);
+status_code page_store_apply_hold_to(page_store *store, uint64_t generation, const hold_change *change,
+                                     uint64_t sequence, status *st);
 status_code page_store_rebuild_switch(page_store *store, uint64_t generation, status *st);
 void page_store_rebuild_abort(page_store *store, uint64_t generation);
 

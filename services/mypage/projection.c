@@ -1,4 +1,4 @@
-/* projection.c - loan events into Redis pages, live and by replay. */
+/* projection.c - loan and hold events into Redis pages, live and by replay. */
 #include "projection.h"
 
 #include <stdlib.h>
@@ -27,17 +27,54 @@ static void announce(nats_connection *connection, const char *user_id) {
         LOG_DEBUG("could not announce a mypage change: %s", natsStatus_GetText(s));
 }
 
-static status_code on_loan_event(void *arg, const event *e, uint64_t sequence, status *st) {
+/* A hold the event moved in its book's queue belongs to another user: their page changed
+ * too (its position), though no event names them. */
+static void announce_moved(void *arg, const char *user_id) {
+    announce(arg, user_id);
+}
+
+/* Applies e to the pages in use (generation 0) or to a rebuild's generation. *user is the
+ * user whose page it is about, NULL for an event no page shows (the catalog's copy events).
+ * connection (NULL in a rebuild) hears of the other users whose positions moved. */
+static status_code apply_event(page_store *store, nats_connection *connection, uint64_t generation,
+                               const event *e, uint64_t sequence, bool *changed, const char **user,
+                               int64_t *event_time_ms, status *st) {
+    *user = NULL;
+    loan_change loan;
+    if (page_change_from_event(e, &loan)) {
+        *user = loan.user_id;
+        *event_time_ms = loan.event_time_ms;
+        return generation ? page_store_apply_to(store, generation, &loan, sequence, st)
+                          : page_store_apply(store, &loan, sequence, changed, st);
+    }
+    arena *a = arena_create(0);
+    if (a == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    hold_change hold;
+    status_code code = STATUS_OK;
+    if (page_hold_change_from_event(a, e, &hold)) {
+        *user = hold.user_id; /* points into e, not a */
+        *event_time_ms = hold.event_time_ms;
+        code = generation ? page_store_apply_hold_to(store, generation, &hold, sequence, st)
+                          : page_store_apply_hold(store, &hold, sequence, changed,
+                                                  connection ? announce_moved : NULL, connection, st);
+    }
+    arena_destroy(a);
+    return code;
+}
+
+static status_code on_event(void *arg, const event *e, uint64_t sequence, status *st) {
     projection *p = arg;
-    loan_change change;
-    if (!page_change_from_event(e, &change))
-        return STATUS_OK; /* not about a user's loan: nothing to project */
     bool changed = false;
-    status_code code = page_store_apply(p->store, &change, sequence, &changed, st);
+    const char *user = NULL;
+    int64_t event_time_ms = 0;
+    status_code code = apply_event(p->store, p->connection, 0, e, sequence, &changed, &user, &event_time_ms, st);
+    if (user == NULL)
+        return code; /* not about a user's loan or hold: nothing to project */
     if (code == STATUS_OK && changed)
-        announce(p->connection, change.user_id);
-    if (code == STATUS_OK && change.event_time_ms > 0) {
-        int64_t lag_ms = timestamp_now_ms() - change.event_time_ms;
+        announce(p->connection, user);
+    if (code == STATUS_OK && event_time_ms > 0) {
+        int64_t lag_ms = timestamp_now_ms() - event_time_ms;
         metric_observe(p->lag, lag_ms > 0 ? (double)lag_ms / 1000 : 0);
     }
     return code;
@@ -56,9 +93,15 @@ status_code projection_start(nats_connection *connection, page_store *store, int
                           "Time from a loan event happening to its change being in Redis.", NULL,
                           metrics_duration_buckets, metrics_duration_bucket_count),
         NULL);
-    event_consumer_options options = {.durable = "mypage", .filter_subject = EVENTS_LOAN_SUBJECTS,
-                                      .handler = on_loan_event, .arg = p,
-                                      .ack_wait_ms = ack_wait_ms, .workers = workers};
+    /* Every event: lending's loan and hold events and the catalog's hold answers (copy.hold_*)
+     * both make pages, and one consumer keeps them in one order per user. A durable left by
+     * an older mypage with the loan subjects only is made anew from the start of the stream
+     * (event_consumer_options.restart_on_new_filter): nothing the catalog said is skipped,
+     * and the idempotent merge makes the replay of the loan events a no-op. */
+    event_consumer_options options = {.durable = "mypage", .filter_subject = EVENTS_ALL_SUBJECTS,
+                                      .handler = on_event, .arg = p,
+                                      .ack_wait_ms = ack_wait_ms, .workers = workers,
+                                      .restart_on_new_filter = true};
     status_code code = event_consumer_start(connection, &options, &p->consumer, st);
     if (code != STATUS_OK) {
         free(p);
@@ -82,10 +125,9 @@ typedef struct replay {
 
 static status_code on_replayed_event(void *arg, const event *e, uint64_t sequence, status *st) {
     replay *r = arg;
-    loan_change change;
-    if (!page_change_from_event(e, &change))
-        return STATUS_OK;
-    return page_store_apply_to(r->store, r->generation, &change, sequence, st);
+    const char *user = NULL;
+    int64_t event_time_ms = 0;
+    return apply_event(r->store, NULL, r->generation, e, sequence, NULL, &user, &event_time_ms, st);
 }
 
 status_code projection_rebuild(nats_connection *connection, page_store *store, uint64_t *events,
@@ -99,7 +141,7 @@ status_code projection_rebuild(nats_connection *connection, page_store *store, u
         return code;
     LOG_INFO("rebuilding mypage into generation %llu", (unsigned long long)r.generation);
     uint64_t count = 0;
-    code = events_replay(connection, EVENTS_LOAN_SUBJECTS, on_replayed_event, &r, &count, st);
+    code = events_replay(connection, EVENTS_ALL_SUBJECTS, on_replayed_event, &r, &count, st);
     if (code == STATUS_OK)
         code = page_store_rebuild_switch(store, r.generation, st);
     if (code != STATUS_OK) {

@@ -1,7 +1,8 @@
-/* projection.h - keeps the mypage read model up to date from the loan events (CQRS).
+/* projection.h - keeps the mypage read model up to date from the loan and hold events (CQRS).
  *
- * A durable consumer "mypage" on library.events.loan.> applies each event to Redis
- * (page_store_apply: atomic and idempotent) and acks it only once Redis has it, so a Redis
+ * A durable consumer "mypage" on library.events.> (lending's loan and hold events, the
+ * catalog's hold answers; the other copy events are acked unread) applies each event to
+ * Redis (page_store_apply: atomic and idempotent) and acks it only once Redis has it, so a Redis
  * outage pauses the projection and nothing is lost. After a change it announces the user on
  * the plain NATS subject MYPAGE_CHANGED_SUBJECT, where every replica's WatchMypage streams
  * listen. The rebuild replays the whole stream into a fresh generation and switches to it. */

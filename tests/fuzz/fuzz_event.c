@@ -2,10 +2,11 @@
  * stream: unpacked as events.c does, then what each consumer does with it that needs no NATS
  * or Redis: the catalog saga's id checks and its decision on a book record (run twice, as a
  * redelivery would), lending's loan state change on a reservation outcome, and mypage's page
- * change.
+ * change (a loan's, a renewal's, or a hold's with its queue snapshot).
  *
  * Input: the serialized Event. */
 #include <stdbool.h>
+#include <string.h>
 
 #include "arena.h"
 #include "book_record.pb-c.h"
@@ -101,14 +102,46 @@ static void lending_consumer(bool reserved) {
     }
 }
 
+/* Only what field_check_id lets through, joined by '|': nothing that could reach outside the
+ * snapshot's value. */
+static bool queue_ids_clean(const char *ids) {
+    for (const char *c = ids; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-' || *c == '|'))
+            return false;
+    return true;
+}
+
+static void mypage_hold(const event *e, bool loan_too) {
+    arena *a = arena_create(0);
+    FUZZ_CHECK(a != NULL);
+    hold_change hold;
+    if (page_hold_change_from_event(a, e, &hold)) {
+        FUZZ_CHECK(!loan_too);
+        FUZZ_CHECK(hold.user_id != NULL && hold.user_id[0] != '\0');
+        FUZZ_CHECK(hold.hold_id != NULL && hold.hold_id[0] != '\0' && queue_ids_clean(hold.hold_id));
+        FUZZ_CHECK(hold.book_id != NULL && hold.book_title != NULL && hold.queue_book_id != NULL);
+        FUZZ_CHECK(queue_ids_clean(hold.book_id) && strchr(hold.book_id, '|') == NULL);
+        FUZZ_CHECK(hold.rank >= PAGE_HOLD_RANK_WAITING && hold.rank <= PAGE_HOLD_RANK_FINAL);
+        FUZZ_CHECK(hold.place_seconds >= 0 && hold.expire_seconds >= 0);
+        if (hold.queue_book_id[0] != '\0')
+            FUZZ_CHECK(hold.queue_hold_ids != NULL && queue_ids_clean(hold.queue_hold_ids) &&
+                       strchr(hold.queue_book_id, '|') == NULL);
+    }
+    arena_destroy(a);
+}
+
 static void mypage_consumer(const event *e) {
     loan_change change;
-    if (!page_change_from_event(e, &change))
+    bool loan = page_change_from_event(e, &change);
+    mypage_hold(e, loan);
+    if (!loan)
         return;
     FUZZ_CHECK(change.user_id != NULL && change.user_id[0] != '\0');
     FUZZ_CHECK(change.loan_id != NULL && change.loan_id[0] != '\0');
     FUZZ_CHECK(change.book_id != NULL && change.book_title != NULL);
     FUZZ_CHECK(change.rank >= PAGE_RANK_PENDING && change.rank <= PAGE_RANK_FINAL);
+    FUZZ_CHECK(change.renewal_count >= 0 && change.overdue_for_seconds >= 0);
+    FUZZ_CHECK(change.renewal_count == 0 || change.due_seconds > 0);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

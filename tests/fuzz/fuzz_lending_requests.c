@@ -1,10 +1,10 @@
 /* fuzz_lending_requests.c - every LendingService request through what the service does with
  * it, without the network: protobuf-c decoding into an arena, the handlers' checks (ids,
  * request ids, ListLoans' owner, page size, status filter and page token) and the loan rules
- * behind them.
+ * behind them, RenewLoan's over a loan record made from the request's bytes.
  *
- * Input: one byte choosing the method (and, for ListLoans, whether the caller is an
- * administrator), then the serialized request. */
+ * Input: one byte choosing the method (and, for ListLoans and RenewLoan, whether the caller
+ * is an administrator), then the serialized request. */
 #include <stdbool.h>
 #include <string.h>
 
@@ -14,6 +14,7 @@
 #include "fuzz.h"
 #include "lending.h"
 #include "library/lending/v1/lending.pb-c.h"
+#include "renewals.h"
 #include "status.h"
 
 static const ProtobufCMessageDescriptor *const request_types[] = {
@@ -21,6 +22,7 @@ static const ProtobufCMessageDescriptor *const request_types[] = {
     &library__lending__v1__return_book_request__descriptor,
     &library__lending__v1__get_loan_request__descriptor,
     &library__lending__v1__list_loans_request__descriptor,
+    &library__lending__v1__renew_loan_request__descriptor,
 };
 enum { METHOD_COUNT = sizeof request_types / sizeof request_types[0] };
 
@@ -91,6 +93,55 @@ static void list_loans(const Library__Lending__V1__ListLoansRequest *req, bool a
     FUZZ_CHECK(strcmp(start_at, loan_id) == 0);
 }
 
+/* The renewal rule over a loan whose owner, state, due time and renewals come from the
+ * request's bytes: a renewal counts up by one, never moves the due time back, remembers its
+ * request, and a retry of it changes nothing. */
+static void renew_loan(arena *a, const Library__Lending__V1__RenewLoanRequest *req, bool admin) {
+    status st;
+    status_code code = field_check_id(req->loan_id, "loan_id", &st);
+    if (code == STATUS_OK)
+        code = field_check_request_id(req->request_id, &st);
+    if (code != STATUS_OK) {
+        check_failure(code, &st);
+        return;
+    }
+    unsigned char seed = (unsigned char)req->loan_id[0];
+    Google__Protobuf__Timestamp due = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    due.seconds = (int64_t)seed * 1000;
+    loan_message loan = LIBRARY__LENDING__V1__LOAN__INIT;
+    loan.loan_id = req->loan_id;
+    loan.user_id = seed % 3 == 0 ? "someone-else" : "fuzz-user";
+    loan.status = (Library__Lending__V1__LoanStatus)(seed % 5);
+    loan.renewal_count = (int32_t)(seed % 4);
+    loan.due_time = seed % 7 == 0 ? NULL : &due;
+    loan_record record = LIBRARY__LENDING__INTERNAL__LOAN_RECORD__INIT;
+    record.loan = &loan;
+    char key[RENEWAL_REQUEST_KEY_LENGTH + 1];
+    renewal_request_key("fuzz-user", req->request_id, key);
+    renewal rule = {.caller = "fuzz-user", .caller_admin = admin, .request_key = key, .now_ms = 100000000,
+                    .loan_period_ms = 86400000, .max_renewals = 2};
+    int32_t count_before = loan.renewal_count;
+    int64_t due_before = loan.due_time ? loan.due_time->seconds : 0;
+    bool replay = false, changed = false;
+    code = renewal_apply(&rule, a, &record, &replay, &changed, &st);
+    if (code != STATUS_OK) {
+        FUZZ_CHECK(code == STATUS_NOT_FOUND || code == STATUS_FAILED_PRECONDITION);
+        FUZZ_CHECK(st.reason[0] != '\0' && st.message[0] != '\0' && !changed);
+        FUZZ_CHECK(loan.renewal_count == count_before);
+        return;
+    }
+    FUZZ_CHECK(changed && !replay);
+    FUZZ_CHECK(loan.status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE);
+    FUZZ_CHECK(loan.renewal_count == count_before + 1 && loan.renewal_count <= rule.max_renewals);
+    FUZZ_CHECK(loan.due_time != NULL && loan.due_time->seconds >= due_before + 86400 &&
+               loan.due_time->seconds >= rule.now_ms / 1000 + 86400);
+    FUZZ_CHECK(record.renewal_unpublished && !record.overdue_published);
+    FUZZ_CHECK((key[0] != '\0') == (record.n_renewal_requests == 1));
+    code = renewal_apply(&rule, a, &record, &replay, &changed, &st);
+    if (key[0] != '\0')
+        FUZZ_CHECK(code == STATUS_OK && replay && !changed && loan.renewal_count == count_before + 1);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1)
         return 0;
@@ -104,7 +155,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 0: borrow_book((const void *)request); break;
         case 1: one_loan(((const Library__Lending__V1__ReturnBookRequest *)(const void *)request)->loan_id); break;
         case 2: one_loan(((const Library__Lending__V1__GetLoanRequest *)(const void *)request)->loan_id); break;
-        default: list_loans((const void *)request, admin); break;
+        case 3: list_loans((const void *)request, admin); break;
+        default: renew_loan(a, (const void *)request, admin); break;
         }
     }
     arena_destroy(a);

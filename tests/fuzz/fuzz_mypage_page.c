@@ -1,6 +1,7 @@
 /* fuzz_mypage_page.c - building a Mypage from a user's Redis hash (page_build): the hash is
  * written by our Lua scripts, but a page must never crash the service whatever the hash holds
- * (an old format, a hand edit, a bug elsewhere).
+ * (an old format, a hand edit, a bug elsewhere): loans, their renewals ("r:"), holds ("h:")
+ * and the queue snapshots the load script adds ("q:").
  *
  * Input: lines; the first is the user id, then field and value lines alternate (HGETALL
  * order). */
@@ -37,6 +38,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK((size_t)page->borrowed_count <= page->n_loans);
     for (size_t i = 0; i < page->n_loans; i++)
         FUZZ_CHECK(page->loans[i] != NULL && page->loans[i]->loan_id != NULL);
+    FUZZ_CHECK(page->n_holds <= pairs);
+    for (size_t i = 0; i < page->n_holds; i++) {
+        const Library__Mypage__V1__MypageHold *hold = page->holds[i];
+        FUZZ_CHECK(hold != NULL && hold->hold_id != NULL && hold->book_id != NULL && hold->book_title != NULL);
+        FUZZ_CHECK(hold->status == LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING ||
+                   hold->status == LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY);
+        FUZZ_CHECK(hold->position >= 0 && (size_t)hold->position <= size);
+        FUZZ_CHECK(hold->status == LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING || hold->position == 0);
+    }
     /* What GetMypage sends: the page must serialize. */
     size_t packed_size = 0;
     FUZZ_CHECK(arena_pack(a, &page->base, &packed_size) != NULL || packed_size == 0);

@@ -74,8 +74,10 @@ def main():
         b"\x01" + message((1, "0123456789abcdef0123")),
         b"\x02" + message((1, "0123456789abcdef0123")),
         b"\x03" + message((1, ""), (2, 2), (3, 10), (4, "o20")),
-        b"\x07" + message((1, "someone-else"), (2, 4), (3, 1000)),
+        b"\x08" + message((1, "someone-else"), (2, 4), (3, 1000)),
         b"\x03" + message((1, "someone-else")),
+        b"\x04" + message((1, "0123456789abcdef0123"), (2, "renew-1")),
+        b"\x09" + message((1, "3f2a9c0b1d4e5f607182")),
     ])
     write("mypage_requests", [
         b"\x00" + message((1, "ann")),
@@ -87,6 +89,11 @@ def main():
         b"l:aaaaaaaaaaaaaaaaaaaa\n3|3|4|0|0|b-002|Foundation | a title with a bar",
         b"bob\nl:x\n1|1|1|1600000000|1|b-1|",
         b"carol\nt\n-5\nl:\n18446744073709551615|2|2|9223372036854775807|1|b|t",
+        b"dan\nl:0123456789abcdef0123\n7|2|2|1700100000|1|b-001|Dune\nr:0123456789abcdef0123\n"
+        b"2|1702000000|1700100000\nh:aaaaaaaaaaaaaaaaaaaa\n9|1|1|1700000000|0|b-002|Foundation\n"
+        b"h:bbbbbbbbbbbbbbbbbbbb\n8|2|2|1700000000|1700300000|b-001|Dune\nq:b-002\n"
+        b"12|cccccccccccccccccccc|aaaaaaaaaaaaaaaaaaaa",
+        b"eve\nr:x\n-1|5|5\nh:y\n1|3|4|0|0||\nh:z\n1|1|1|0|0|b|\nq:b\n1||z||z",
     ])
     loan = [(1, "0123456789abcdef0123"), (2, "ann"), (3, "b-001")]
     envelope = [(1, "loan-requested-0123456789abcdef0123"), (2, timestamp(1700000000, 5)),
@@ -103,6 +110,22 @@ def main():
         message(*envelope, (15, message((1, "loan-1"), (2, "ann"), (3, "b-001")))),
         message(*envelope, (16, message((1, "0123456789abcdef0123"), (2, "b-001"), (3, 2)))),
         message(*envelope, (17, message(*loan, (4, timestamp(1701209600))))),
+        message(*envelope, (20, message(*loan, (4, timestamp(1702419200)), (5, 1)))),
+        message(*envelope, (21, message((1, "aaaaaaaaaaaaaaaaaaaa"), (2, "ann"), (3, "b-001"), (4, "Dune"),
+                                        (5, timestamp(1700000000))))),
+        message(*envelope, (22, message((1, "aaaaaaaaaaaaaaaaaaaa"), (2, "ann"), (3, "b-001"),
+                                        (4, message((1, "b-001"), (2, 3), (3, "cccccccccccccccccccc"),
+                                                    (3, "aaaaaaaaaaaaaaaaaaaa")))))),
+        message(*envelope, (23, message((1, "aaaaaaaaaaaaaaaaaaaa"), (2, "ann"), (3, "b-001"),
+                                        (4, timestamp(1700000000)), (5, timestamp(1700259200)),
+                                        (6, message((1, "b-001"), (2, 4)))))),
+        message(*envelope, (24, message((1, "aaaaaaaaaaaaaaaaaaaa"), (2, "ann"), (3, "b-001"),
+                                        (4, "0123456789abcdef0123")))),
+        message(*envelope, (25, message((1, "aaaaaaaaaaaaaaaaaaaa"), (2, "ann"), (3, "b-001")))),
+        message(*envelope, (26, message((1, "aaaaaaaaaaaaaaaaaaaa"), (2, "ann"), (3, "b-001"),
+                                        (4, message((1, "b-001"), (2, 5), (3, "bad|id")))))),
+        message(*envelope, (27, message((1, "aaaaaaaaaaaaaaaaaaaa"), (2, "ann"), (3, "b-001"),
+                                        (4, message((1, "b-001"), (2, 6)))))),
     ])
     claims = ('{"sub":"ann","iss":"fuzz-issuer","aud":"fuzz-audience","exp":4102444800,'
               '"nbf":1600000000,"role":"admin"}')

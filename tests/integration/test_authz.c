@@ -69,6 +69,7 @@ typedef struct world {
     const char *owner, *other;
     const char *book_id;
     const char *loan_id; /* the owner's ACTIVE loan */
+    const char *renewable_loan_id; /* another, for RenewLoan (ReturnBook may end the first) */
     const char *bearer[CALLER_COUNT];
 } world;
 
@@ -95,6 +96,7 @@ static const method_row rows[] = {
     {"/library.lending.v1.LendingService/ReturnBook", {{"loan_id", "$loan"}}},
     {"/library.lending.v1.LendingService/GetLoan", {{"loan_id", "$loan"}}},
     {"/library.lending.v1.LendingService/ListLoans", {{"user_id", "$owner"}}},
+    {"/library.lending.v1.LendingService/RenewLoan", {{"loan_id", "$renewable"}}},
     {"/library.mypage.v1.MypageService/GetMypage", {{"user_id", "$owner"}}},
     {"/library.mypage.v1.MypageService/WatchMypage", {{"user_id", "$owner"}}},
     {"/grpc.health.v1.Health/Check", {{"service", ""}}},
@@ -139,6 +141,7 @@ static const design_entry design[] = {
     {"/library.lending.v1.LendingService/ReturnBook", DESIGN_OWNER_HIDDEN},
     {"/library.lending.v1.LendingService/GetLoan", DESIGN_OWNER_HIDDEN},
     {"/library.lending.v1.LendingService/ListLoans", DESIGN_OWNER_OR_ADMIN},
+    {"/library.lending.v1.LendingService/RenewLoan", DESIGN_OWNER_HIDDEN},
     {"/library.mypage.v1.MypageService/GetMypage", DESIGN_OWNER_OR_ADMIN},
     {"/library.mypage.v1.MypageService/WatchMypage", DESIGN_OWNER_OR_ADMIN},
     {"/grpc.health.v1.Health/Check", DESIGN_PUBLIC},
@@ -252,6 +255,8 @@ static const char *resolve(const world *w, const char *value) {
         return w->owner;
     if (strcmp(value, "$loan") == 0)
         return w->loan_id;
+    if (strcmp(value, "$renewable") == 0)
+        return w->renewable_loan_id;
     return value;
 }
 
@@ -312,6 +317,25 @@ static Library__Lending__V1__Loan *get_loan(const char *loan_id, const char *bea
     return (Library__Lending__V1__Loan *)response;
 }
 
+/* A loan of book_id by bearer, ACTIVE (ReturnBook and RenewLoan must find it so: the saga's
+ * outcome is waited out if BorrowBook answered PENDING). */
+static const char *borrow_active(const char *book_id, const char *bearer) {
+    Library__Lending__V1__BorrowBookRequest borrow = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    borrow.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = harness_call(lending, "/library.lending.v1.LendingService/BorrowBook", &borrow.base,
+                                    &library__lending__v1__loan__descriptor, mem, bearer, &response, &st);
+    cr_assert_eq(code, STATUS_OK, "BorrowBook: %s %s", status_code_name(code), st.message);
+    const char *loan_id = ((Library__Lending__V1__Loan *)response)->loan_id;
+    int64_t deadline = harness_now_ms() + 10000;
+    while (get_loan(loan_id, bearer)->status != LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE) {
+        cr_assert_lt(harness_now_ms(), deadline, "the owner's loan did not become ACTIVE");
+        harness_sleep_ms(50);
+    }
+    return loan_id;
+}
+
 static void world_make(world *w) {
     char id[13];
     text_random_hex(id, 6);
@@ -327,22 +351,9 @@ static void world_make(world *w) {
     w->bearer[CALLER_OWNER] = user_bearer(w->owner);
     w->bearer[CALLER_ADMIN] = admin_bearer();
 
-    Library__Lending__V1__BorrowBookRequest borrow = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
-    borrow.book_id = (char *)w->book_id;
-    ProtobufCMessage *response = NULL;
-    status st;
-    status_code code = harness_call(lending, "/library.lending.v1.LendingService/BorrowBook", &borrow.base,
-                                    &library__lending__v1__loan__descriptor, mem,
-                                    w->bearer[CALLER_OWNER], &response, &st);
-    cr_assert_eq(code, STATUS_OK, "BorrowBook: %s %s", status_code_name(code), st.message);
-    w->loan_id = ((Library__Lending__V1__Loan *)response)->loan_id;
-    /* ReturnBook must find it ACTIVE: wait out the saga if BorrowBook answered PENDING */
-    int64_t deadline = harness_now_ms() + 10000;
-    while (get_loan(w->loan_id, w->bearer[CALLER_OWNER])->status !=
-           LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE) {
-        cr_assert_lt(harness_now_ms(), deadline, "the owner's loan did not become ACTIVE");
-        harness_sleep_ms(50);
-    }
+    w->loan_id = borrow_active(w->book_id, w->bearer[CALLER_OWNER]);
+    /* the owner and the administrator each renew it once: within the default MAX_RENEWALS 2 */
+    w->renewable_loan_id = borrow_active(w->book_id, w->bearer[CALLER_OWNER]);
 }
 
 /* --- the tests -------------------------------------------------------------------------------- */

@@ -403,3 +403,35 @@ Test(holds, thirty_readers_hold_one_book_and_each_copy_goes_to_exactly_one) {
                  "available %d + on hold %d != total %d with no loan", b->available_copies, b->on_hold_copies,
                  b->total_copies);
 }
+
+Test(holds, a_renewal_is_refused_while_a_reader_waits) {
+    Book *book = register_book("Renew or Not", "Koha", "978-26", 1);
+    const char *borrower = unique("borrower"), *waiter = unique("reader");
+    Loan *loan = borrow(borrower, book->book_id);
+    cr_assert_eq(loan->status, ACTIVE);
+    Library__Lending__V1__RenewLoanRequest renew = LIBRARY__LENDING__V1__RENEW_LOAN_REQUEST__INIT;
+    renew.loan_id = loan->loan_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(lending, LENDING "RenewLoan", &renew.base, &library__lending__v1__loan__descriptor, mem,
+                              user_bearer(borrower), &response, &st),
+                 STATUS_OK, "nobody waits yet: %s", st.message);
+    cr_assert_eq(((Loan *)response)->renewal_count, 1);
+    Hold *h = hold(waiter, book->book_id);
+    cr_assert_eq(h->status, WAITING);
+    cr_assert_eq(h->position, 1);
+    cr_assert_eq(harness_call(lending, LENDING "RenewLoan", &renew.base, &library__lending__v1__loan__descriptor, mem,
+                              user_bearer(borrower), &response, &st),
+                 STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "HOLDS_WAITING", "reason %s: %s", st.reason, st.message);
+    Hold *canceled = NULL;
+    cr_assert_eq(hold_call("CancelHold", user_bearer(waiter), h->hold_id, &canceled, &st), STATUS_OK);
+    int64_t until = harness_now_ms() + harness_latency_bound_ms(5000);
+    status_code code;
+    while ((code = harness_call(lending, LENDING "RenewLoan", &renew.base, &library__lending__v1__loan__descriptor,
+                                mem, user_bearer(borrower), &response, &st)) != STATUS_OK &&
+           harness_now_ms() < until)
+        harness_sleep_ms(50);
+    cr_assert_eq(code, STATUS_OK, "after the cancel the renewal goes through: %s", st.message);
+    cr_assert_eq(((Loan *)response)->renewal_count, 2);
+}

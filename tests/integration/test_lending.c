@@ -18,6 +18,7 @@
 #include "loan_record.pb-c.h"
 #include "stack_fixture.h"
 #include "text.h"
+#include "timestamp.h"
 
 typedef Library__Lending__V1__Loan Loan;
 
@@ -1336,4 +1337,269 @@ Test(lending, one_users_flood_of_writes_is_limited_and_nobody_elses) {
         cr_assert_eq(code, STATUS_NOT_FOUND, "an administrator's write %d: %s %s", i + 1, st.reason, st.message);
     }
     test_stack_stop(&s);
+}
+
+/* --- RenewLoan ----------------------------------------------------------------------------- */
+
+static status_code renew_on(rpc_client *c, const char *bearer, const char *loan_id, const char *request_id,
+                            Loan **out, status *st) {
+    Library__Lending__V1__RenewLoanRequest request = LIBRARY__LENDING__V1__RENEW_LOAN_REQUEST__INIT;
+    request.loan_id = (char *)loan_id;
+    request.request_id = (char *)(request_id ? request_id : "");
+    ProtobufCMessage *response = NULL;
+    status_code code = harness_call(c, LENDING "RenewLoan", &request.base, &library__lending__v1__loan__descriptor,
+                                    mem, bearer, &response, st);
+    if (out)
+        *out = (Loan *)response;
+    return code;
+}
+
+static int64_t due_of(const Loan *loan) {
+    cr_assert_not_null(loan->due_time, "loan %s has no due time", loan->loan_id);
+    return loan->due_time->seconds;
+}
+
+/* The shared stack lends for the default 14 days and allows the default 2 renewals. */
+Test(lending, renew_moves_the_due_time_on_by_the_loan_period_up_to_the_limit) {
+    const int64_t period = 14 * 86400;
+    Book *book = register_book("Renewable", "A", "", 2);
+    const char *reader = unique("renewer");
+    Loan *loan = settled(reader, borrow(reader, book->book_id)->loan_id);
+    cr_assert_eq(loan->status, ACTIVE);
+    cr_assert_eq(loan->renewal_count, 0);
+    int64_t due = due_of(loan);
+
+    Loan *renewed = NULL;
+    status st;
+    cr_assert_eq(renew_on(lending, user_bearer(reader), loan->loan_id, NULL, &renewed, &st), STATUS_OK, "%s",
+                 st.message);
+    cr_assert_eq(renewed->status, ACTIVE);
+    cr_assert_eq(renewed->renewal_count, 1);
+    /* the due time was ahead of now, so the period counts from it */
+    cr_assert_eq(due_of(renewed), due + period, "due %lld, expected %lld", (long long)due_of(renewed),
+                 (long long)(due + period));
+    cr_assert_not(renewed->overdue);
+    Loan *read = get_loan(user_bearer(reader), loan->loan_id, STATUS_OK);
+    cr_assert_eq(read->renewal_count, 1);
+    cr_assert_eq(due_of(read), due + period);
+
+    /* an administrator (the librarian at the desk) may renew it too */
+    cr_assert_eq(renew_on(lending, admin_bearer(), loan->loan_id, NULL, &renewed, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(renewed->renewal_count, 2);
+    cr_assert_eq(due_of(renewed), due + 2 * period);
+
+    cr_assert_eq(renew_on(lending, user_bearer(reader), loan->loan_id, NULL, &renewed, &st),
+                 STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "RENEWAL_LIMIT");
+    read = get_loan(user_bearer(reader), loan->loan_id, STATUS_OK);
+    cr_assert_eq(read->renewal_count, 2, "a refused renewal changed the loan");
+    cr_assert_eq(due_of(read), due + 2 * period);
+}
+
+Test(lending, renew_is_for_the_borrower_or_an_admin_and_only_for_active_loans) {
+    Book *book = register_book("Renew rules", "A", "", 2);
+    const char *reader = unique("owner");
+    Loan *loan = settled(reader, borrow(reader, book->book_id)->loan_id);
+    status st;
+    Loan *renewed = NULL;
+    cr_assert_eq(renew_on(lending, user_bearer("stranger"), loan->loan_id, NULL, &renewed, &st), STATUS_NOT_FOUND);
+    cr_assert_str_eq(st.reason, "LOAN_NOT_FOUND");
+    cr_assert_eq(get_loan(user_bearer(reader), loan->loan_id, STATUS_OK)->renewal_count, 0);
+    cr_assert_eq(renew_on(lending, user_bearer(reader), "ffffffffffffffffffff", NULL, &renewed, &st),
+                 STATUS_NOT_FOUND);
+    cr_assert_eq(renew_on(lending, user_bearer(reader), "bad id!", NULL, &renewed, &st), STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(st.message, "loan_id") != NULL, "%s", st.message);
+    cr_assert_eq(renew_on(lending, NULL, loan->loan_id, NULL, &renewed, &st), STATUS_UNAUTHENTICATED);
+
+    cr_assert_eq(return_loan(user_bearer(reader), loan->loan_id, NULL, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(renew_on(lending, user_bearer(reader), loan->loan_id, NULL, &renewed, &st),
+                 STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "LOAN_NOT_ACTIVE");
+
+    Book *none = register_book("Nothing to renew", "A", "", 0);
+    Loan *canceled = settled(reader, borrow(reader, none->book_id)->loan_id);
+    cr_assert_eq(canceled->status, CANCELED);
+    cr_assert_eq(renew_on(lending, admin_bearer(), canceled->loan_id, NULL, &renewed, &st),
+                 STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "LOAN_NOT_ACTIVE");
+}
+
+Test(lending, a_request_id_makes_renew_idempotent) {
+    Book *book = register_book("Renew once", "A", "", 1);
+    const char *reader = unique("retrier");
+    Loan *loan = settled(reader, borrow(reader, book->book_id)->loan_id);
+    int64_t due = due_of(loan);
+    Loan *first = NULL, *again = NULL;
+    status st;
+    cr_assert_eq(renew_on(lending, user_bearer(reader), loan->loan_id, "renew-1", &first, &st), STATUS_OK, "%s",
+                 st.message);
+    cr_assert_eq(renew_on(lending, user_bearer(reader), loan->loan_id, "renew-1", &again, &st), STATUS_OK, "%s",
+                 st.message);
+    cr_assert_eq(first->renewal_count, 1);
+    cr_assert_eq(again->renewal_count, 1, "a retried request renewed again");
+    cr_assert_eq(due_of(again), due_of(first));
+    cr_assert_gt(due_of(first), due);
+    /* another request renews; the first, retried after it, still renews nothing */
+    cr_assert_eq(renew_on(lending, user_bearer(reader), loan->loan_id, "renew-2", &again, &st), STATUS_OK);
+    cr_assert_eq(again->renewal_count, 2);
+    cr_assert_eq(renew_on(lending, user_bearer(reader), loan->loan_id, "renew-1", &again, &st), STATUS_OK,
+                 "a retry at the limit is answered, not refused: %s", st.message);
+    cr_assert_eq(again->renewal_count, 2);
+    /* the same id from another caller is another request (here: refused at the limit) */
+    cr_assert_eq(renew_on(lending, admin_bearer(), loan->loan_id, "renew-1", &again, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "RENEWAL_LIMIT");
+}
+
+/* The next LoanRenewed or LoanOverdue on sub, unpacked (the test frees it); its Nats-Msg-Id
+ * into msg_id. */
+static Library__Events__V1__Event *next_event(natsSubscription *sub, int64_t timeout_ms, char *msg_id, size_t size) {
+    natsMsg *message = NULL;
+    if (natsSubscription_NextMsg(&message, sub, timeout_ms) != NATS_OK)
+        return NULL;
+    const char *id = NULL;
+    natsMsgHeader_Get(message, "Nats-Msg-Id", &id);
+    snprintf(msg_id, size, "%s", id ? id : "");
+    Library__Events__V1__Event *e = library__events__v1__event__unpack(
+        NULL, (size_t)natsMsg_GetDataLength(message), (const uint8_t *)natsMsg_GetData(message));
+    natsMsg_Destroy(message);
+    return e;
+}
+
+Test(lending, an_overdue_reader_who_renews_may_borrow_again_and_the_new_due_time_is_watched) {
+    const char *env[] = {"LOAN_PERIOD=2s", "RECONCILE_INTERVAL=300ms", NULL};
+    test_stack s;
+    test_stack_start(&s, "renew-overdue", env, false, NULL);
+    Book *book = test_stack_register(&s, "Late but renewed", 5);
+    const char *bearer = harness_bearer(mem, s.dir, "renewing-reader", false);
+    nats_connection *watcher = NULL;
+    nats_connection_options watch_options = harness_nats_options(s.nats.url, "test");
+    status st;
+    cr_assert_eq(nats_connection_open(&watch_options, &watcher, &st), STATUS_OK, "%s", st.message);
+    natsSubscription *events = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&events, nats_connection_core(watcher), "library.events.loan.*"),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_Flush(nats_connection_core(watcher)), NATS_OK);
+
+    Loan *loan = NULL;
+    cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &loan, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(loan->status, ACTIVE);
+    harness_sleep_ms(3000);
+    Loan *second = NULL;
+    cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &second, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "OVERDUE_LOANS");
+
+    Loan *renewed = NULL;
+    int64_t before = timestamp_now_ms() / 1000;
+    cr_assert_eq(renew_on(s.lending_client, bearer, loan->loan_id, "late-renewal", &renewed, &st), STATUS_OK, "%s",
+                 st.message);
+    /* the due time was past: the period counts from now */
+    cr_assert_geq(due_of(renewed), before + 2);
+    cr_assert_leq(due_of(renewed), timestamp_now_ms() / 1000 + 2);
+    cr_assert_not(renewed->overdue, "a renewed loan is not overdue");
+    cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &second, &st), STATUS_OK,
+                 "the renewal did not lift the overdue block: %s %s", st.reason, st.message);
+
+    /* the events: LoanOverdue for the first due time, LoanRenewed with an id of its own, and
+     * LoanOverdue again once the new due time has passed */
+    bool overdue_old = false, renewal = false, overdue_new = false;
+    int64_t until = harness_now_ms() + 8000;
+    while (!(overdue_old && renewal && overdue_new) && harness_now_ms() < until) {
+        char msg_id[EVENT_ID_MAX];
+        Library__Events__V1__Event *e = next_event(events, 500, msg_id, sizeof msg_id);
+        if (e == NULL)
+            continue;
+        if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE &&
+            strcmp(e->loan_overdue->loan_id, loan->loan_id) == 0) {
+            if (e->loan_overdue->due_time->seconds == due_of(loan)) {
+                cr_assert_str_eq(msg_id, arena_sprintf(mem, "loan-overdue-%s", loan->loan_id));
+                overdue_old = true;
+            } else {
+                cr_assert_eq(e->loan_overdue->due_time->seconds, due_of(renewed));
+                cr_assert_str_eq(msg_id, arena_sprintf(mem, "loan-overdue-%s-n1", loan->loan_id));
+                overdue_new = true;
+            }
+        } else if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED) {
+            cr_assert_str_eq(e->loan_renewed->loan_id, loan->loan_id);
+            cr_assert_str_eq(e->loan_renewed->user_id, "renewing-reader");
+            cr_assert_eq(e->loan_renewed->renewal_count, 1);
+            cr_assert_eq(e->loan_renewed->due_time->seconds, due_of(renewed));
+            cr_assert_str_eq(msg_id, arena_sprintf(mem, "loan-renewed-%s-n1", loan->loan_id));
+            cr_assert_not(renewal, "LoanRenewed was published twice");
+            renewal = true;
+        }
+        library__events__v1__event__free_unpacked(e, NULL);
+    }
+    cr_assert(overdue_old, "no LoanOverdue for the first due time");
+    cr_assert(renewal, "no LoanRenewed");
+    cr_assert(overdue_new, "no LoanOverdue for the renewed due time");
+    natsSubscription_Unsubscribe(events);
+    nats_connection_retire_subscription(watcher, events);
+    nats_connection_close(watcher);
+    /* overdue again: the block is back */
+    cr_assert_eq(borrow_on(s.lending_client, bearer, book->book_id, NULL, &second, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "OVERDUE_LOANS");
+    test_stack_stop(&s);
+}
+
+/* A renewal stored whose LoanRenewed never went out (lending died in between): the reconciler
+ * announces it, with the renewal's own id, and lowers the flag. */
+Test(lending, the_reconciler_announces_a_renewal_left_unannounced) {
+    Book *book = register_book("Renewed in a crash", "A", "", 1);
+    const char *reader = unique("crashed");
+    Loan *loan = settled(reader, borrow(reader, book->book_id)->loan_id);
+    cr_assert_eq(loan->status, ACTIVE);
+
+    nats_connection *connection = NULL;
+    kv_bucket *loans = NULL;
+    status st;
+    nats_connection_options options = harness_nats_options(fixture_nats_url(), "test");
+    cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(kv_bucket_open(connection, "loans", 1, &loans, &st), STATUS_OK, "%s", st.message);
+    natsSubscription *events = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&events, nats_connection_core(connection),
+                                              events_subject(LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED)),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_Flush(nats_connection_core(connection)), NATS_OK);
+
+    /* the record as a RenewLoan that died after storing it left it */
+    const char *key = arena_sprintf(mem, "loan.%s", loan->loan_id);
+    kv_value value;
+    cr_assert_eq(kv_get(loans, key, mem, &value, &st), STATUS_OK, "%s", st.message);
+    Library__Lending__Internal__LoanRecord *record =
+        library__lending__internal__loan_record__unpack(NULL, value.size, value.data);
+    cr_assert_not_null(record);
+    int64_t due = record->loan->due_time->seconds + 3600;
+    record->loan->due_time->seconds = due;
+    record->loan->renewal_count = 1;
+    record->renewal_unpublished = true;
+    record->update_time_ms = timestamp_now_ms();
+    size_t size = library__lending__internal__loan_record__get_packed_size(record);
+    uint8_t *packed = arena_alloc(mem, size);
+    library__lending__internal__loan_record__pack(record, packed);
+    library__lending__internal__loan_record__free_unpacked(record, NULL);
+    cr_assert_eq(kv_update(loans, key, packed, size, value.revision, NULL, &st), STATUS_OK, "%s", st.message);
+
+    char msg_id[EVENT_ID_MAX];
+    Library__Events__V1__Event *e = next_event(events, 10000, msg_id, sizeof msg_id);
+    cr_assert_not_null(e, "the reconciler did not announce the renewal");
+    cr_assert_eq(e->body_case, LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED);
+    cr_assert_str_eq(e->loan_renewed->loan_id, loan->loan_id);
+    cr_assert_eq(e->loan_renewed->renewal_count, 1);
+    cr_assert_eq(e->loan_renewed->due_time->seconds, due);
+    cr_assert_str_eq(msg_id, arena_sprintf(mem, "loan-renewed-%s-n1", loan->loan_id));
+    library__events__v1__event__free_unpacked(e, NULL);
+
+    bool lowered = false;
+    for (int64_t until = harness_now_ms() + 5000; !lowered && harness_now_ms() < until; harness_sleep_ms(100)) {
+        cr_assert_eq(kv_get(loans, key, mem, &value, &st), STATUS_OK, "%s", st.message);
+        record = library__lending__internal__loan_record__unpack(NULL, value.size, value.data);
+        cr_assert_not_null(record);
+        lowered = !record->renewal_unpublished;
+        library__lending__internal__loan_record__free_unpacked(record, NULL);
+    }
+    cr_assert(lowered, "the flag stayed up after the announcement");
+    natsSubscription_Unsubscribe(events);
+    nats_connection_retire_subscription(connection, events);
+    kv_bucket_close(loans);
+    nats_connection_close(connection);
 }

@@ -96,3 +96,188 @@ Test(page, an_empty_hash_is_an_empty_page) {
     cr_assert_eq(page->n_loans, 0);
     cr_assert_null(page->last_event_time);
 }
+
+#define WAITING LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING
+#define READY LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY
+
+Test(page, a_renewal_becomes_a_change_with_its_count_and_due_time) {
+    Google__Protobuf__Timestamp due = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    due.seconds = 5000;
+    Library__Events__V1__LoanRenewed renewed = LIBRARY__EVENTS__V1__LOAN_RENEWED__INIT;
+    renewed.loan_id = "L1";
+    renewed.user_id = "alice";
+    renewed.book_id = "B1";
+    renewed.due_time = &due;
+    renewed.renewal_count = 2;
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED;
+    e.loan_renewed = &renewed;
+    loan_change change;
+    cr_assert(page_change_from_event(&e, &change));
+    cr_assert_eq(change.status, ACTIVE);
+    cr_assert_eq(change.rank, PAGE_RANK_ACTIVE);
+    cr_assert_eq(change.renewal_count, 2);
+    cr_assert_eq(change.due_seconds, 5000);
+    cr_assert_not(change.overdue);
+    renewed.renewal_count = 0;
+    cr_assert_not(page_change_from_event(&e, &change), "a renewal without a count says nothing");
+
+    Library__Events__V1__LoanOverdue overdue = LIBRARY__EVENTS__V1__LOAN_OVERDUE__INIT;
+    overdue.loan_id = "L1";
+    overdue.user_id = "alice";
+    overdue.due_time = &due;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE;
+    e.loan_overdue = &overdue;
+    cr_assert(page_change_from_event(&e, &change));
+    cr_assert_eq(change.overdue_for_seconds, 5000, "the due time the announcement is about");
+    due.seconds = INT64_MAX;
+    cr_assert(page_change_from_event(&e, &change));
+    cr_assert_eq(change.overdue_for_seconds, 0, "a time outside the Timestamp range is none");
+}
+
+Test(page, a_renewed_loan_shows_the_newest_due_time_and_is_overdue_only_for_it) {
+    const char *fields[] = {"l:renewed", "r:renewed", "l:late-again", "r:late-again", "l:never", "r:never",
+                            "l:legacy", "r:broken", "l:broken"};
+    const char *values[] = {
+        /* announced overdue for its first due time (100), then renewed to 5000 */
+        "1|2|2|100|1|B1|Renewed", "1|5000|100",
+        /* renewed to 800, and that due time was announced as passed too */
+        "2|2|2|100|1|B2|Late again", "1|800|800",
+        /* never renewed, announced overdue */
+        "3|2|2|100|1|B3|Never", "0|0|100",
+        /* overdue from an older release: no "r:" field */
+        "4|2|2|100|1|B4|Legacy",
+        "garbage", "5|2|2|3000|0|B5|Broken renewal field",
+    };
+    Library__Mypage__V1__Mypage *page = page_build(a, "alice", fields, values, 9, 1000);
+    cr_assert_not_null(page);
+    cr_assert_eq(page->n_loans, 5);
+    Library__Mypage__V1__MypageLoan *renewed = page->loans[4], *late = page->loans[3], *never = page->loans[2];
+    cr_assert_str_eq(renewed->loan_id, "renewed");
+    cr_assert_eq(renewed->renewal_count, 1);
+    cr_assert_eq(renewed->due_time->seconds, 5000);
+    cr_assert_str_eq(late->loan_id, "late-again");
+    cr_assert_eq(late->due_time->seconds, 800);
+    cr_assert_eq(never->renewal_count, 0);
+    cr_assert_eq(never->due_time->seconds, 100);
+    cr_assert_eq(page->loans[0]->renewal_count, 0, "an unparsable renewal field is skipped");
+    cr_assert_eq(page->borrowed_count, 5);
+    /* late-again (800 < now and announced), never, legacy: not the renewed one */
+    cr_assert_eq(page->overdue_count, 3);
+}
+
+static event hold_event(Library__Events__V1__Event__BodyCase type) {
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    e.body_case = type;
+    return e;
+}
+
+Test(page, hold_events_become_changes_with_their_queue_snapshots) {
+    Google__Protobuf__Timestamp placed = GOOGLE__PROTOBUF__TIMESTAMP__INIT, expires = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    placed.seconds = 1000;
+    expires.seconds = 9000;
+    hold_change change;
+
+    Library__Events__V1__HoldPlaced place = LIBRARY__EVENTS__V1__HOLD_PLACED__INIT;
+    place.hold_id = "h1";
+    place.user_id = "alice";
+    place.book_id = "b1";
+    place.book_title = "Dune";
+    place.place_time = &placed;
+    event e = hold_event(LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED);
+    e.hold_placed = &place;
+    cr_assert(page_hold_change_from_event(a, &e, &change));
+    cr_assert_eq(change.status, WAITING);
+    cr_assert_eq(change.rank, PAGE_HOLD_RANK_WAITING);
+    cr_assert_eq(change.place_seconds, 1000);
+    cr_assert_str_eq(change.book_title, "Dune");
+    cr_assert_str_eq(change.queue_book_id, "", "HoldPlaced has no snapshot");
+
+    char *ids[] = {"h0", "h1", "h2"};
+    Library__Events__V1__HoldQueue queue = LIBRARY__EVENTS__V1__HOLD_QUEUE__INIT;
+    queue.book_id = "b1";
+    queue.version = 7;
+    queue.hold_ids = ids;
+    queue.n_hold_ids = 3;
+    Library__Events__V1__HoldQueued queued = LIBRARY__EVENTS__V1__HOLD_QUEUED__INIT;
+    queued.hold_id = "h1";
+    queued.user_id = "alice";
+    queued.book_id = "b1";
+    queued.queue = &queue;
+    e = hold_event(LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_QUEUED);
+    e.hold_queued = &queued;
+    cr_assert(page_hold_change_from_event(a, &e, &change));
+    cr_assert_eq(change.status, WAITING);
+    cr_assert_str_eq(change.queue_book_id, "b1");
+    cr_assert_eq(change.queue_version, 7);
+    cr_assert_str_eq(change.queue_hold_ids, "h0|h1|h2");
+
+    ids[2] = "h2|h9"; /* not an id: it would forge a place in the snapshot */
+    cr_assert(page_hold_change_from_event(a, &e, &change));
+    cr_assert_str_eq(change.queue_book_id, "", "a snapshot with a bad id is left out");
+    queued.hold_id = "bad:id";
+    cr_assert_not(page_hold_change_from_event(a, &e, &change), "a bad hold id is ignored");
+
+    Library__Events__V1__HoldReady ready = LIBRARY__EVENTS__V1__HOLD_READY__INIT;
+    ready.hold_id = "h1";
+    ready.user_id = "alice";
+    ready.book_id = "b1";
+    ready.expire_time = &expires;
+    e = hold_event(LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_READY);
+    e.hold_ready = &ready;
+    cr_assert(page_hold_change_from_event(a, &e, &change));
+    cr_assert_eq(change.status, READY);
+    cr_assert_eq(change.rank, PAGE_HOLD_RANK_READY);
+    cr_assert_eq(change.expire_seconds, 9000);
+
+    Library__Events__V1__HoldReleased released = LIBRARY__EVENTS__V1__HOLD_RELEASED__INIT;
+    released.hold_id = "h1";
+    released.user_id = "alice";
+    e = hold_event(LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_RELEASED);
+    e.hold_released = &released;
+    cr_assert(page_hold_change_from_event(a, &e, &change));
+    cr_assert_eq(change.rank, PAGE_HOLD_RANK_FINAL);
+    cr_assert_str_eq(change.book_id, "", "missing fields are empty, never NULL");
+
+    Library__Events__V1__HoldFulfilled fulfilled = LIBRARY__EVENTS__V1__HOLD_FULFILLED__INIT;
+    fulfilled.hold_id = "h1";
+    e = hold_event(LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_FULFILLED);
+    e.hold_fulfilled = &fulfilled;
+    cr_assert_not(page_hold_change_from_event(a, &e, &change), "a hold event without a user is ignored");
+
+    Library__Events__V1__LoanRenewed renewed = LIBRARY__EVENTS__V1__LOAN_RENEWED__INIT;
+    e = hold_event(LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED);
+    e.loan_renewed = &renewed;
+    cr_assert_not(page_hold_change_from_event(a, &e, &change));
+}
+
+Test(page, open_holds_show_oldest_first_with_positions_from_the_snapshot) {
+    const char *fields[] = {"h:late", "h:first", "h:ready", "h:gone", "h:unqueued", "q:b1", "q:b2"};
+    const char *values[] = {
+        "9|1|1|1500|0|b1|Dune",
+        "4|1|1|1000|0|b2|Foundation | the first",
+        "6|2|2|1200|9000|b1|Dune",
+        "5|3|4|1100|0|b1|Dune",   /* canceled: not on the page */
+        "8|1|1|1400|0|b3|Nobody queued it yet",
+        "12|x0|late",             /* late is second in b1's queue */
+        "3|first",
+    };
+    Library__Mypage__V1__Mypage *page = page_build(a, "alice", fields, values, 7, 1000);
+    cr_assert_not_null(page);
+    cr_assert_eq(page->n_holds, 4);
+    cr_assert_str_eq(page->holds[0]->hold_id, "first");
+    cr_assert_eq(page->holds[0]->position, 1);
+    cr_assert_str_eq(page->holds[0]->book_title, "Foundation | the first");
+    cr_assert_eq(page->holds[0]->place_time->seconds, 1000);
+    cr_assert_null(page->holds[0]->expire_time);
+    cr_assert_str_eq(page->holds[1]->hold_id, "ready");
+    cr_assert_eq(page->holds[1]->status, READY);
+    cr_assert_eq(page->holds[1]->position, 0, "a READY hold has no place in the queue");
+    cr_assert_eq(page->holds[1]->expire_time->seconds, 9000);
+    cr_assert_str_eq(page->holds[2]->hold_id, "unqueued");
+    cr_assert_eq(page->holds[2]->position, 0, "no snapshot lists it yet");
+    cr_assert_str_eq(page->holds[3]->hold_id, "late");
+    cr_assert_eq(page->holds[3]->status, WAITING);
+    cr_assert_eq(page->holds[3]->position, 2);
+    cr_assert_eq(page->n_loans, 0);
+}

@@ -1,0 +1,146 @@
+/* renewals.c - RenewLoan: the rule, and the handler that stores and announces a renewal. */
+#include "renewals.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "field.h"
+#include "handlers.h"
+#include "holds.h"
+#include "lending.h"
+#include "log.h"
+#include "text.h"
+
+void renewal_request_key(const char *caller, const char *request_id, char *out) {
+    if (request_id == NULL || request_id[0] == '\0') {
+        out[0] = '\0';
+        return;
+    }
+    char digest[65];
+    const char *parts[] = {"RenewLoan", caller, request_id, NULL};
+    text_sha256_hex(parts, digest);
+    snprintf(out, RENEWAL_REQUEST_KEY_LENGTH + 1, "%.20s", digest);
+}
+
+static const Library__Lending__Internal__RenewalRequest *find_request(const loan_record *record,
+                                                                      const char *key) {
+    for (size_t i = 0; key[0] != '\0' && i < record->n_renewal_requests; i++)
+        if (strcmp(record->renewal_requests[i]->key, key) == 0)
+            return record->renewal_requests[i];
+    return NULL;
+}
+
+/* The requests with this one appended, the newest RENEWAL_REQUESTS_KEPT kept. */
+static bool remember_request(arena *a, loan_record *record, const char *key, int32_t renewal_count) {
+    size_t start = record->n_renewal_requests >= RENEWAL_REQUESTS_KEPT
+                       ? record->n_renewal_requests - RENEWAL_REQUESTS_KEPT + 1
+                       : 0;
+    size_t count = record->n_renewal_requests - start + 1;
+    Library__Lending__Internal__RenewalRequest **kept = arena_alloc(a, count * sizeof *kept);
+    Library__Lending__Internal__RenewalRequest *entry =
+        (void *)arena_new_message(a, &library__lending__internal__renewal_request__descriptor);
+    char *copy = arena_strdup(a, key);
+    if (kept == NULL || entry == NULL || copy == NULL)
+        return false;
+    if (count > 1)
+        memcpy(kept, record->renewal_requests + start, (count - 1) * sizeof *kept);
+    entry->key = copy;
+    entry->renewal_count = renewal_count;
+    kept[count - 1] = entry;
+    record->renewal_requests = kept;
+    record->n_renewal_requests = count;
+    return true;
+}
+
+status_code renewal_apply(const renewal *r, arena *a, loan_record *record, bool *replay, bool *changed,
+                          status *st) {
+    loan_message *loan = record->loan;
+    *changed = false;
+    if (!r->caller_admin && strcmp(r->caller, loan->user_id) != 0)
+        return status_set(st, STATUS_NOT_FOUND, "LOAN_NOT_FOUND", "no loan with id %s", loan->loan_id);
+    *replay = find_request(record, r->request_key) != NULL;
+    if (*replay)
+        return STATUS_OK;
+    if (loan->status != LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE)
+        return status_set(st, STATUS_FAILED_PRECONDITION, "LOAN_NOT_ACTIVE",
+                          "only an active loan can be renewed; this one is %s",
+                          loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING ? "still pending"
+                          : loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED ? "returned"
+                                                                                                     : "canceled");
+    if (loan->renewal_count >= r->max_renewals)
+        return status_set(st, STATUS_FAILED_PRECONDITION, "RENEWAL_LIMIT",
+                          "this loan was renewed %d time%s already; the limit is %d", (int)loan->renewal_count,
+                          loan->renewal_count == 1 ? "" : "s", r->max_renewals);
+    if (r->holds_waiting)
+        return status_set(st, STATUS_FAILED_PRECONDITION, "HOLDS_WAITING",
+                          "other readers are waiting for this book; return it by its due time");
+    int64_t due_ms = loan->due_time ? loan->due_time->seconds * 1000 : 0;
+    int64_t from_ms = due_ms > r->now_ms ? due_ms : r->now_ms;
+    /* whole seconds, as BorrowBook's due times: the user record keeps seconds */
+    int64_t new_due_seconds = (from_ms + r->loan_period_ms) / 1000;
+    Google__Protobuf__Timestamp *due = timestamp_from_ms(a, new_due_seconds * 1000);
+    if (due == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    if (r->request_key[0] != '\0' && !remember_request(a, record, r->request_key, loan->renewal_count + 1))
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    loan->due_time = due;
+    loan->renewal_count++;
+    record->overdue_published = false;
+    record->renewal_unpublished = true;
+    record->update_time_ms = r->now_ms;
+    *changed = true;
+    return STATUS_OK;
+}
+
+/* --- the handler ------------------------------------------------------------------------- */
+
+typedef struct renew_job {
+    renewal rule;
+    bool replay;
+} renew_job;
+
+static status_code apply_renewal(void *arg, arena *a, loan_record *record, bool *changed, status *st) {
+    renew_job *job = arg;
+    return renewal_apply(&job->rule, a, record, &job->replay, changed, st);
+}
+
+status_code renewals_renew_loan(void *state, rpc_context *ctx, const ProtobufCMessage *request,
+                                ProtobufCMessage **response, status *st) {
+    lending_handlers *h = state;
+    const Library__Lending__V1__RenewLoanRequest *req = (const void *)request;
+    arena *a = rpc_context_arena(ctx);
+    const auth_identity *caller = rpc_context_caller(ctx);
+    if (field_check_id(req->loan_id, "loan_id", st) || field_check_request_id(req->request_id, st))
+        return st->code;
+    char key[RENEWAL_REQUEST_KEY_LENGTH + 1];
+    renewal_request_key(caller->subject, req->request_id, key);
+    renew_job job = {.rule = {.caller = caller->subject, .caller_admin = caller->admin, .request_key = key,
+                              .now_ms = timestamp_now_ms(), .loan_period_ms = h->loan_period_ms,
+                              .max_renewals = h->max_renewals}};
+    /* Holds waiting for the book refuse a renewal: the queue as lending last heard it from the
+     * catalog (a hold placed at this very moment may slip by, as at any desk). */
+    loan_record *record = NULL;
+    status_code code = loan_store_get(h->store, req->loan_id, a, &record, st);
+    if (code == STATUS_OK && record->loan->book_id != NULL && record->loan->book_id[0] != '\0')
+        code = holds_waiting(h->store, record->loan->book_id, a, &job.rule.holds_waiting, st);
+    if (code == STATUS_OK)
+        code = loan_store_update(h->store, req->loan_id, a, apply_renewal, &job, &record, st);
+    if (code == STATUS_NOT_FOUND)
+        return status_set(st, STATUS_NOT_FOUND, "LOAN_NOT_FOUND", "no loan with id %s", req->loan_id);
+    if (code != STATUS_OK)
+        return code;
+    if (!job.replay)
+        saga_count_loan("renewed");
+    if (record->renewal_unpublished) {
+        /* This renewal, or a retried request's whose announcement failed: the reconciler
+         * does it too, so the renewal stands either way. */
+        status ignored;
+        if (lending_saga_announce_renewal(h->saga, a, record, 0, &ignored) != STATUS_OK)
+            LOG_WARN("renewal of %s not fully announced yet: %s", req->loan_id, ignored.message);
+    }
+    int64_t due = record->loan->due_time ? record->loan->due_time->seconds : 0;
+    record->loan->overdue =
+        lending_is_overdue((loan_state)record->loan->status, due, timestamp_now_ms() / 1000);
+    *response = &record->loan->base;
+    return STATUS_OK;
+}
