@@ -70,6 +70,9 @@ typedef struct world {
     const char *book_id;
     const char *loan_id; /* the owner's ACTIVE loan */
     const char *renewable_loan_id; /* another, for RenewLoan (ReturnBook may end the first) */
+    const char *hold_book_id;      /* a book nobody holds or borrows yet, for PlaceHold */
+    const char *hold_ids[CALLER_COUNT]; /* "$hold": an open hold of the owner for each caller, as
+                                           a cancel ends one */
     const char *bearer[CALLER_COUNT];
 } world;
 
@@ -97,6 +100,10 @@ static const method_row rows[] = {
     {"/library.lending.v1.LendingService/GetLoan", {{"loan_id", "$loan"}}},
     {"/library.lending.v1.LendingService/ListLoans", {{"user_id", "$owner"}}},
     {"/library.lending.v1.LendingService/RenewLoan", {{"loan_id", "$renewable"}}},
+    {"/library.lending.v1.LendingService/PlaceHold", {{"book_id", "$holdbook"}}},
+    {"/library.lending.v1.LendingService/CancelHold", {{"hold_id", "$hold"}}},
+    {"/library.lending.v1.LendingService/GetHold", {{"hold_id", "$hold"}}},
+    {"/library.lending.v1.LendingService/ListHolds", {{"user_id", "$owner"}}},
     {"/library.mypage.v1.MypageService/GetMypage", {{"user_id", "$owner"}}},
     {"/library.mypage.v1.MypageService/WatchMypage", {{"user_id", "$owner"}}},
     {"/grpc.health.v1.Health/Check", {{"service", ""}}},
@@ -142,6 +149,10 @@ static const design_entry design[] = {
     {"/library.lending.v1.LendingService/GetLoan", DESIGN_OWNER_HIDDEN},
     {"/library.lending.v1.LendingService/ListLoans", DESIGN_OWNER_OR_ADMIN},
     {"/library.lending.v1.LendingService/RenewLoan", DESIGN_OWNER_HIDDEN},
+    {"/library.lending.v1.LendingService/PlaceHold", DESIGN_ANY_USER},
+    {"/library.lending.v1.LendingService/CancelHold", DESIGN_OWNER_HIDDEN},
+    {"/library.lending.v1.LendingService/GetHold", DESIGN_OWNER_HIDDEN},
+    {"/library.lending.v1.LendingService/ListHolds", DESIGN_OWNER_OR_ADMIN},
     {"/library.mypage.v1.MypageService/GetMypage", DESIGN_OWNER_OR_ADMIN},
     {"/library.mypage.v1.MypageService/WatchMypage", DESIGN_OWNER_OR_ADMIN},
     {"/grpc.health.v1.Health/Check", DESIGN_PUBLIC},
@@ -248,7 +259,11 @@ static const char **reflected_methods(size_t *count) {
 
 /* --- building and sending requests ---------------------------------------------------------- */
 
-static const char *resolve(const world *w, const char *value) {
+static const char *resolve(const world *w, const char *value, int who) {
+    if (strcmp(value, "$holdbook") == 0)
+        return w->hold_book_id;
+    if (strcmp(value, "$hold") == 0)
+        return w->hold_ids[who];
     if (strcmp(value, "$book") == 0)
         return w->book_id;
     if (strcmp(value, "$owner") == 0)
@@ -261,7 +276,8 @@ static const char *resolve(const world *w, const char *value) {
 }
 
 /* A request of the method's own type (from the code's table), with the row's fields set. */
-static ProtobufCMessage *request_build(const rpc_method *method, const method_row *row, const world *w) {
+static ProtobufCMessage *request_build(const rpc_method *method, const method_row *row, const world *w,
+                                       int who) {
     const ProtobufCMessageDescriptor *type = method->request_type;
     ProtobufCMessage *message = arena_alloc(mem, type->sizeof_message);
     protobuf_c_message_init(type, message);
@@ -270,7 +286,7 @@ static ProtobufCMessage *request_build(const rpc_method *method, const method_ro
             protobuf_c_message_descriptor_get_field_by_name(type, row->request[i].field);
         cr_assert_not_null(field, "%s has no field %s", type->name, row->request[i].field);
         char *slot = (char *)message + field->offset;
-        const char *value = resolve(w, row->request[i].value);
+        const char *value = resolve(w, row->request[i].value, who);
         if (field->type == PROTOBUF_C_TYPE_STRING)
             *(char **)slot = arena_strndup(mem, value, strlen(value));
         else if (field->type == PROTOBUF_C_TYPE_INT32 || field->type == PROTOBUF_C_TYPE_ENUM)
@@ -354,6 +370,25 @@ static void world_make(world *w) {
     w->loan_id = borrow_active(w->book_id, w->bearer[CALLER_OWNER]);
     /* the owner and the administrator each renew it once: within the default MAX_RENEWALS 2 */
     w->renewable_loan_id = borrow_active(w->book_id, w->bearer[CALLER_OWNER]);
+    /* holds of the owner on books of their own: three open ones (other user, owner, admin each
+     * cancel one), and a fourth book PlaceHold uses; MAX_HOLDS is 5 */
+    w->hold_book_id = register_book("Authz holds", "A", "", 1)->book_id;
+    for (int who = 0; who < CALLER_COUNT; who++) {
+        if (who < CALLER_OTHER) {
+            w->hold_ids[who] = NULL;
+            continue;
+        }
+        Library__Lending__V1__PlaceHoldRequest place = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+        place.book_id = register_book("Authz hold", "A", "", 0)->book_id;
+        ProtobufCMessage *response = NULL;
+        status st;
+        cr_assert_eq(harness_call(lending, "/library.lending.v1.LendingService/PlaceHold", &place.base,
+                                  &library__lending__v1__hold__descriptor, mem, w->bearer[CALLER_OWNER], &response, &st),
+                     STATUS_OK, "PlaceHold: %s", st.message);
+        w->hold_ids[who] = ((Library__Lending__V1__Hold *)response)->hold_id;
+    }
+    for (int who = 0; who < CALLER_OTHER; who++)
+        w->hold_ids[who] = w->hold_ids[CALLER_OWNER];
 }
 
 /* --- the tests -------------------------------------------------------------------------------- */
@@ -413,11 +448,11 @@ static void matrix_line(const rpc_method_entry *entry, const method_row *row, rp
     static const char *const access_names[] = {[RPC_ACCESS_PUBLIC] = "public",
                                                [RPC_ACCESS_USER] = "user",
                                                [RPC_ACCESS_ADMIN] = "admin"};
-    ProtobufCMessage *request = request_build(entry->method, row, w);
     char line[512];
     int used = snprintf(line, sizeof line, "%-62s %-6s |", entry->path + 1, access_names[access]);
     for (int who = 0; who < CALLER_COUNT; who++) {
         status st;
+        ProtobufCMessage *request = request_build(entry->method, row, w, who);
         status_code got = call_as(entry, request, w->bearer[who], &st);
         status_code expected = expected_status(access, (caller)who, rule);
         result->cells++;
