@@ -504,16 +504,70 @@ status_code holds_fulfil(loan_store *store, nats_connection *connection, arena *
 
 /* --- the reconciler's part -------------------------------------------------------------------- */
 
-bool holds_needs_step(const hold_record *record) {
+static bool needs_step(const hold_record *record) {
     return (record->hold->status == HOLD_WAITING && !record->queued) ||
            (record->hold->status == HOLD_CANCELED && !record->release_confirmed);
+}
+
+bool holds_index_facts(const hold_record *record, open_loan_facts *facts) {
+    *facts = (open_loan_facts){.update_time_ms = record->update_time_ms, .release_confirmed = true};
+    if (record->hold->status == HOLD_WAITING && !record->queued)
+        facts->state = LOAN_PENDING;
+    else if (is_open(record->hold->status))
+        facts->state = LOAN_ACTIVE;
+    else if (record->hold->status == HOLD_CANCELED && !record->release_confirmed)
+        facts->state = LOAN_RETURNED, facts->release_confirmed = false;
+    else
+        return false;
+    return true;
+}
+
+void holds_reconcile_user(loan_store *store, nats_connection *connection, arena *a, const char *user_id,
+                          const char *const *hold_ids, size_t count) {
+    user_record *user = NULL;
+    status st;
+    if (loan_store_get_user(store, user_id, a, &user, &st) != STATUS_OK)
+        return;
+    for (size_t i = 0; i < count; i++) {
+        hold_record *record = NULL;
+        status_code code = loan_store_get_hold(store, hold_ids[i], a, &record, &st);
+        if (code == STATUS_NOT_FOUND) {
+            const char *book_id = NULL;
+            for (size_t j = 0; j < user->n_open_holds; j++)
+                if (strcmp(user->open_holds[j]->hold_id, hold_ids[i]) == 0)
+                    book_id = user->open_holds[j]->book_id;
+            record = (void *)arena_new_message(a, &library__lending__internal__hold_record__descriptor);
+            hold_message *hold = (void *)arena_new_message(a, &library__lending__v1__hold__descriptor);
+            if (record == NULL || hold == NULL || book_id == NULL)
+                continue;
+            hold->hold_id = (char *)hold_ids[i];
+            hold->user_id = (char *)user_id;
+            hold->book_id = (char *)book_id;
+            hold->status = HOLD_CANCELED;
+            record->hold = hold;
+            record->update_time_ms = timestamp_now_ms();
+            code = loan_store_create_hold(store, record, a, &st);
+            if (code == STATUS_ALREADY_EXISTS) /* PlaceHold stored it after all */
+                code = loan_store_get_hold(store, hold_ids[i], a, &record, &st);
+            else if (code == STATUS_OK) {
+                LOG_WARN("hold %s of a user record was never stored; recorded as CANCELED", hold_ids[i]);
+                /* the catalog never saw it; its HoldReleased keeps a late HoldPlaced out too */
+                if (publish_canceled(connection, record, 0, &st) != STATUS_OK)
+                    LOG_WARN("HoldCanceled for claimed hold %s not published yet: %s", hold_ids[i], st.message);
+            }
+        }
+        if (code == STATUS_OK && !is_open(record->hold->status))
+            code = loan_store_update_user(store, user_id, a, close_user_hold, (void *)hold_ids[i], NULL, &st);
+        if (code != STATUS_OK)
+            LOG_WARN("reconciling the user record of hold %s: %s", hold_ids[i], st.message);
+    }
 }
 
 void holds_reconcile(loan_store *store, nats_connection *connection, arena *a, const char *hold_id,
                      int64_t now_ms, int64_t after_ms) {
     hold_record *record = NULL;
     status st;
-    if (loan_store_get_hold(store, hold_id, a, &record, &st) != STATUS_OK || !holds_needs_step(record))
+    if (loan_store_get_hold(store, hold_id, a, &record, &st) != STATUS_OK || !needs_step(record))
         return;
     int64_t age = now_ms - record->update_time_ms;
     if (age < after_ms)

@@ -11,6 +11,7 @@
 
 #include "events.h"
 #include "loan_store.h"
+#include "open_loans.h"
 #include "rpc_server.h"
 
 typedef struct lending_handlers lending_handlers;
@@ -41,8 +42,19 @@ status_code holds_fulfil(loan_store *store, nats_connection *connection, arena *
 void holds_reconcile(loan_store *store, nats_connection *connection, arena *a, const char *hold_id,
                      int64_t now_ms, int64_t after_ms);
 
-/* True when the hold needs the reconciler now or later (see holds_reconcile). */
-bool holds_needs_step(const hold_record *record);
+/* The hold in the terms of the reconciler's index of loans (open_loans.h): a WAITING hold the
+ * catalog has not answered is PENDING, an open one it has is ACTIVE (no step, but open, so the
+ * user record listing it is in order), a canceled one it has not confirmed is RETURNED without
+ * the release confirmed. False for a settled hold, which the index forgets. */
+bool holds_index_facts(const hold_record *record, open_loan_facts *facts);
+
+/* A user record lists holds as open that the index has not seen open for RECONCILE_AFTER:
+ * PlaceHold died between writing the user record and storing the hold, or the hold was
+ * settled without the record hearing of it. A hold never stored is claimed as CANCELED (by
+ * create, so a PlaceHold storing it later finds the claim); each settled one leaves the
+ * record's open holds, so its slot is free again. */
+void holds_reconcile_user(loan_store *store, nats_connection *connection, arena *a, const char *user_id,
+                          const char *const *hold_ids, size_t count);
 
 /* True when holds wait for the book (RenewLoan's HOLDS_WAITING). */
 status_code holds_waiting(loan_store *store, const char *book_id, arena *a, bool *waiting, status *st);

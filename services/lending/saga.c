@@ -595,16 +595,10 @@ static bool index_entry(lending_saga *saga, arena *a, kvEntry *entry) {
     } else if (strncmp(key, "hold.", 5) == 0) {
         const hold_record *record = deleted ? NULL
             : (const hold_record *)arena_unpack(a, &library__lending__internal__hold_record__descriptor, data, size);
-        if (record == NULL || record->hold == NULL || !holds_needs_step(record)) {
-            stored = open_loans_set_loan(saga->open_holds, key + 5, NULL);
-        } else { /* in the loans' terms: PENDING is "not queued yet", RETURNED "release not confirmed" */
-            open_loan_facts facts = {
-                .state = record->hold->status == LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING
-                             ? LOAN_PENDING : LOAN_RETURNED,
-                .update_time_ms = record->update_time_ms,
-            };
-            stored = open_loans_set_loan(saga->open_holds, key + 5, &facts);
-        }
+        open_loan_facts facts = {0};
+        stored = record == NULL || record->hold == NULL || !holds_index_facts(record, &facts)
+                     ? open_loans_set_loan(saga->open_holds, key + 5, NULL)
+                     : open_loans_set_loan(saga->open_holds, key + 5, &facts);
     } else if (strncmp(key, "user.", 5) == 0) {
         const user_record *user = deleted ? NULL
             : (const user_record *)arena_unpack(a, &library__lending__internal__user_record__descriptor, data, size);
@@ -615,6 +609,13 @@ static bool index_entry(lending_saga *saga, arena *a, kvEntry *entry) {
         for (size_t i = 0; i < count; i++)
             ids[i] = user->open_loans[i]->loan_id;
         stored = open_loans_set_user(saga->open, key + 5, ids, count);
+        size_t holds = user ? user->n_open_holds : 0;
+        const char **hold_ids = holds ? arena_alloc(a, holds * sizeof *hold_ids) : NULL;
+        if (holds && hold_ids == NULL)
+            return false;
+        for (size_t i = 0; i < holds; i++)
+            hold_ids[i] = user->open_holds[i]->hold_id;
+        stored = stored && open_loans_set_user(saga->open_holds, key + 5, hold_ids, holds);
     }
     return stored;
 }
@@ -639,6 +640,18 @@ static void visit_user(void *arg, const char *user_key, const char *const *loan_
     arena_reset(r->a);
 }
 
+static void visit_hold_user(void *arg, const char *user_key, const char *const *hold_ids, size_t count) {
+    round *r = arg;
+    uint8_t *decoded = NULL;
+    size_t size = 0;
+    if (!atomic_load(&r->saga->stopping) && text_base64url_decode(r->a, user_key, &decoded, &size)) {
+        char *user_id = arena_strndup(r->a, (const char *)decoded, size);
+        if (user_id)
+            holds_reconcile_user(r->saga->store, r->saga->connection, r->a, user_id, hold_ids, count);
+    }
+    arena_reset(r->a);
+}
+
 static void visit_hold(void *arg, const char *hold_id) {
     round *r = arg;
     if (!atomic_load(&r->saga->stopping))
@@ -650,6 +663,7 @@ static void reconcile_open(lending_saga *saga, arena *a) {
     round r = {.saga = saga, .a = a, .now = timestamp_now_ms()};
     open_loans_due(saga->open, r.now, saga->options.reconcile_after_ms, visit_loan, &r);
     open_loans_due(saga->open_holds, r.now, saga->options.reconcile_after_ms, visit_hold, &r);
+    open_loans_users_due(saga->open_holds, r.now, saga->options.reconcile_after_ms, visit_hold_user, &r);
     open_loans_users_due(saga->open, r.now, saga->options.reconcile_after_ms, visit_user, &r);
     metric_set(open_loans_gauge, (double)open_loans_loan_count(saga->open));
 }

@@ -7,7 +7,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kv.h"
+#include "lending.h"
 #include "library/lending/v1/lending.pb-c.h"
+#include "loan_record.pb-c.h"
 #include "stack_fixture.h"
 #include "text.h"
 
@@ -434,4 +437,75 @@ Test(holds, a_renewal_is_refused_while_a_reader_waits) {
         harness_sleep_ms(50);
     cr_assert_eq(code, STATUS_OK, "after the cancel the renewal goes through: %s", st.message);
     cr_assert_eq(((Loan *)response)->renewal_count, 2);
+}
+
+/* PlaceHold died between taking the user's slot and storing the hold: after RECONCILE_AFTER
+ * the reconciler claims the hold as CANCELED and frees the slot. */
+Test(holds, a_slot_held_by_a_hold_never_stored_is_freed_after_the_grace) {
+    const char *env[] = {"MAX_HOLDS=1", "RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=2s", NULL};
+    test_stack s;
+    test_stack_start(&s, "ghost-hold", env, false, NULL);
+    Book *book = test_stack_register(&s, "Ghost Hold", 0);
+    Book *other = test_stack_register(&s, "Another", 0);
+    const char *user = "ghost-holder";
+
+    nats_connection *connection = NULL;
+    kv_bucket *loans = NULL;
+    status st;
+    nats_connection_options options = harness_nats_options(s.nats.url, "test");
+    cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(kv_bucket_open(connection, "loans", 1, &loans, &st), STATUS_OK, "%s", st.message);
+    char ghost_id[21];
+    lending_new_loan_id(user, "hold:ghost-request", ghost_id);
+    Library__Lending__Internal__OpenHold ghost = LIBRARY__LENDING__INTERNAL__OPEN_HOLD__INIT;
+    ghost.hold_id = ghost_id;
+    ghost.book_id = book->book_id;
+    Library__Lending__Internal__OpenHold *open[] = {&ghost};
+    char *history[] = {ghost_id};
+    Library__Lending__Internal__UserRecord record = LIBRARY__LENDING__INTERNAL__USER_RECORD__INIT;
+    record.n_open_holds = 1;
+    record.open_holds = open;
+    record.n_hold_history = 1;
+    record.hold_history = history;
+    uint8_t packed[256];
+    size_t size = library__lending__internal__user_record__pack(&record, packed);
+    const char *key = arena_sprintf(mem, "user.%s", text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
+    cr_assert_eq(kv_create(loans, key, packed, size, NULL, &st), STATUS_OK, "%s", st.message);
+    int64_t planted = harness_now_ms();
+    kv_bucket_close(loans);
+    nats_connection_close(connection);
+
+    const char *bearer = harness_bearer(mem, s.dir, user, false);
+    Library__Lending__V1__PlaceHoldRequest place = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    place.book_id = other->book_id;
+    ProtobufCMessage *response = NULL;
+    status_code code = harness_call(s.lending_client, LENDING "PlaceHold", &place.base,
+                                    &library__lending__v1__hold__descriptor, mem, bearer, &response, &st);
+    cr_assert_eq(code, STATUS_FAILED_PRECONDITION, "the entry holds the only slot: %s", status_code_name(code));
+    cr_assert_str_eq(st.reason, "HOLD_LIMIT");
+    while (code == STATUS_FAILED_PRECONDITION && harness_now_ms() - planted < harness_latency_bound_ms(10000)) {
+        harness_sleep_ms(200);
+        code = harness_call(s.lending_client, LENDING "PlaceHold", &place.base, &library__lending__v1__hold__descriptor,
+                            mem, bearer, &response, &st);
+    }
+    int64_t freed_after = harness_now_ms() - planted;
+    cr_assert_eq(code, STATUS_OK, "the slot was not freed: %s", st.message);
+    cr_assert_geq(freed_after, 1800, "the entry was dropped after %lld ms, inside the grace", (long long)freed_after);
+    cr_log_info("the hold slot was freed %lld ms after the crash", (long long)freed_after);
+
+    Library__Lending__V1__GetHoldRequest get = LIBRARY__LENDING__V1__GET_HOLD_REQUEST__INIT;
+    get.hold_id = ghost_id;
+    cr_assert_eq(harness_call(s.lending_client, LENDING "GetHold", &get.base, &library__lending__v1__hold__descriptor,
+                              mem, bearer, &response, &st),
+                 STATUS_OK, "%s", st.message);
+    cr_assert_eq(((Hold *)response)->status, HOLD_CANCELED);
+    /* the client retries the request that died: it gets the claimed hold, no second one */
+    place.book_id = book->book_id;
+    place.request_id = "ghost-request";
+    cr_assert_eq(harness_call(s.lending_client, LENDING "PlaceHold", &place.base, &library__lending__v1__hold__descriptor,
+                              mem, bearer, &response, &st),
+                 STATUS_OK, "%s", st.message);
+    cr_assert_str_eq(((Hold *)response)->hold_id, ghost_id);
+    cr_assert_eq(((Hold *)response)->status, HOLD_CANCELED);
+    test_stack_stop(&s);
 }
