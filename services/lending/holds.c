@@ -1,6 +1,7 @@
 /* holds.c - holds as a reader sees them, and lending following the catalog's queue. */
 #include "holds.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -9,6 +10,7 @@
 #include "handlers.h"
 #include "lending.h"
 #include "log.h"
+#include "metrics.h"
 #include "user_record.h"
 
 typedef Library__Lending__V1__HoldStatus hold_status;
@@ -24,6 +26,36 @@ static status_code out_of_memory(status *st) {
 
 static bool is_open(hold_status state) {
     return state == HOLD_WAITING || state == HOLD_READY;
+}
+
+/* --- metrics ----------------------------------------------------------------------------------- */
+
+static const char *const hold_outcomes[] = {"placed", "ready", "fulfilled", "canceled", "expired"};
+enum { HOLD_OUTCOMES = sizeof hold_outcomes / sizeof hold_outcomes[0] };
+static metric_series *holds_by_outcome[HOLD_OUTCOMES];
+static metric_series *hold_wait_seconds;
+static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
+
+static void metrics_register(void) {
+    metric_family *holds = metrics_counter("library_holds_total", "Holds reaching each status.",
+                                           (const char *[]){"outcome", NULL});
+    for (int i = 0; i < HOLD_OUTCOMES; i++)
+        holds_by_outcome[i] = metrics_series(holds, (const char *[]){hold_outcomes[i], NULL});
+    hold_wait_seconds = metrics_series(
+        metrics_histogram("library_hold_wait_seconds", "Time from PlaceHold to the hold's copy set aside (READY).",
+                          (const char *[]){NULL}, metrics_duration_buckets, metrics_duration_bucket_count),
+        (const char *[]){NULL});
+}
+
+static void count_hold(const char *outcome) {
+    pthread_once(&metrics_once, metrics_register);
+    for (int i = 0; i < HOLD_OUTCOMES; i++)
+        if (strcmp(hold_outcomes[i], outcome) == 0)
+            metric_add(holds_by_outcome[i], 1);
+}
+
+void holds_metrics_register(void) {
+    pthread_once(&metrics_once, metrics_register);
 }
 
 /* --- publishing ---------------------------------------------------------------------------- */
@@ -186,6 +218,8 @@ status_code holds_place_hold(void *state, rpc_context *ctx, const ProtobufCMessa
     record->traceparent = (char *)rpc_context_traceparent(ctx);
     record->update_time_ms = now;
     code = loan_store_create_hold(h->store, record, a, st);
+    if (code == STATUS_OK)
+        count_hold("placed");
     if (code == STATUS_ALREADY_EXISTS) /* the same request again */
         code = loan_store_get_hold(h->store, hold_id, a, &record, st);
     if (code != STATUS_OK)
@@ -243,6 +277,7 @@ status_code holds_cancel_hold(void *state, rpc_context *ctx, const ProtobufCMess
     status_code code = loan_store_update_hold(h->store, req->hold_id, a, apply_cancel, &job, &record, st);
     if (code != STATUS_OK)
         return code;
+    count_hold("canceled");
     /* Free the slot and tell the catalog; the reconciler redoes the announcement until the
      * catalog confirms it (HoldReleased), so the cancel has happened either way. */
     status failed;
@@ -379,6 +414,7 @@ status_code holds_list_holds(void *state, rpc_context *ctx, const ProtobufCMessa
 
 typedef struct follow_job {
     const event *e;
+    bool became_ready; /* WAITING -> READY now */
     bool closed;      /* the hold left the open states now */
     bool needs_cancel; /* READY for a hold canceled meanwhile: say the cancel again */
 } follow_job;
@@ -401,7 +437,7 @@ static status_code apply_catalog(void *arg, arena *a, hold_record *record, bool 
             hold->status = HOLD_READY;
             hold->ready_time = ready->ready_time;
             hold->expire_time = ready->expire_time;
-            *changed = true;
+            job->became_ready = *changed = true;
         } else if (hold->status == HOLD_CANCELED) {
             job->needs_cancel = !record->release_confirmed;
         }
@@ -457,6 +493,16 @@ status_code holds_follow_catalog(loan_store *store, nats_connection *connection,
         return STATUS_OK; /* not a hold of ours */
     if (code != STATUS_OK)
         return code;
+    if (job.became_ready) {
+        count_hold("ready");
+        const Google__Protobuf__Timestamp *placed = record->hold->place_time;
+        if (placed) {
+            double seconds = (double)timestamp_now_ms() / 1000 - ((double)placed->seconds + placed->nanos / 1e9);
+            metric_observe(hold_wait_seconds, seconds > 0 ? seconds : 0);
+        }
+    }
+    if (job.closed)
+        count_hold("expired");
     if (job.closed &&
         loan_store_update_user(store, record->hold->user_id, a, close_user_hold, record->hold->hold_id, NULL, st) !=
             STATUS_OK)
@@ -496,6 +542,8 @@ status_code holds_fulfil(loan_store *store, nats_connection *connection, arena *
         return code;
     if (record->hold->status != HOLD_FULFILLED)
         return STATUS_OK; /* canceled meanwhile: the loan has the copy all the same */
+    if (job.fulfilled_now)
+        count_hold("fulfilled");
     code = loan_store_update_user(store, record->hold->user_id, a, close_user_hold, record->hold->hold_id, NULL, st);
     if (code == STATUS_OK)
         code = publish_fulfilled(connection, record, loan_id, st);

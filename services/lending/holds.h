@@ -56,6 +56,9 @@ bool holds_index_facts(const hold_record *record, open_loan_facts *facts);
 void holds_reconcile_user(loan_store *store, nats_connection *connection, arena *a, const char *user_id,
                           const char *const *hold_ids, size_t count);
 
+/* Registers library_holds_total and library_hold_wait_seconds, so they show from the start. */
+void holds_metrics_register(void);
+
 /* True when holds wait for the book (RenewLoan's HOLDS_WAITING). */
 status_code holds_waiting(loan_store *store, const char *book_id, arena *a, bool *waiting, status *st);
 

@@ -725,6 +725,7 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
     saga->store = store;
     saga->options = *options;
     pthread_once(&metrics_once, metrics_register); /* the series show from the start */
+    holds_metrics_register();
     pthread_mutex_init(&saga->lock, NULL);
     pthread_cond_init(&saga->changed, NULL);
     atomic_init(&saga->stopping, false);

@@ -199,6 +199,12 @@ Test(holds, a_returned_copy_goes_to_the_first_reader_waiting_who_collects_it) {
     cr_assert_eq(collected->status, ACTIVE, "the holder's borrow is %d", collected->status);
     hold_becomes(second, waiting->hold_id, FULFILLED, 5000);
     expect_copies(book->book_id, 0, 0);
+
+    char *metrics = harness_scrape(mem, fixture_metrics_port("lending"));
+    cr_assert_not_null(metrics);
+    cr_assert_geq(harness_sample(metrics, "library_holds_total{outcome=\"ready\"}"), 1);
+    cr_assert_geq(harness_sample(metrics, "library_holds_total{outcome=\"fulfilled\"}"), 1);
+    cr_assert_geq(harness_sample(metrics, "library_hold_wait_seconds_count"), 1);
 }
 
 Test(holds, every_refusal_has_its_reason) {
