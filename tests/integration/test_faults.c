@@ -5,7 +5,11 @@
  * the load the system must settle: no acknowledged loan lost (a borrow answered PENDING
  * included), no loan PENDING, for every book available + ACTIVE == the copies registered,
  * every mypage equal to ListLoans; and the clients must have seen only the statuses a fault
- * may cause, each within its deadline + 1 s, and mostly OK.
+ * may cause, each within its deadline + 1 s, and mostly OK. The users also place, collect and
+ * cancel holds: at rest every acknowledged hold is in a state its history allows, every
+ * WAITING hold is in its book's queue, no copy is on the shelf while a reader waits for it,
+ * available + on hold + ACTIVE == the copies registered, a book's copies on hold are its
+ * READY holds, and mypage lists the open holds lending has.
  *
  * faults/each_fault_once_under_load runs every fault once (tools/test);
  * faults/random_faults_for_minutes repeats rounds of random faults for FAULTS_MINUTES
@@ -25,6 +29,7 @@
 #include "text.h"
 
 typedef Library__Lending__V1__Loan Loan;
+typedef Library__Lending__V1__Hold Hold;
 typedef Library__Mypage__V1__Mypage Mypage;
 
 #define LENDING "/library.lending.v1.LendingService/"
@@ -33,6 +38,9 @@ typedef Library__Mypage__V1__Mypage Mypage;
 #define PENDING LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING
 #define RETURNED LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED
 #define CANCELED LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED
+#define HOLD_WAITING LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING
+#define HOLD_READY LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY
+#define HOLD_CANCELED LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED
 
 enum {
     CALL_DEADLINE_MS = 3000, /* every client call */
@@ -43,6 +51,7 @@ enum {
     PAUSE_MS = 40,           /* between one user's calls: ~20 calls/s each, so a user stays
                                 under the 1000 loans ListLoans keeps */
     HELD_MAX = 16,
+    HOLDS_MAX = 5,           /* MAX_HOLDS */
     SETTLE_MS = 30000,       /* after the load: time for the system to settle */
     STATUS_CODES = 17,
     /* Calls that must end OK, in percent. A healthy run answers OK to 85-88% of its calls
@@ -209,6 +218,13 @@ typedef struct acknowledged {
     int answered;
 } acknowledged;
 
+/* A hold a client was told of: PlaceHold answered OK (WAITING or READY), or CancelHold. */
+typedef struct hold_ack {
+    char *hold_id;
+    int book;
+    int answered;
+} hold_ack;
+
 typedef struct worker {
     pthread_t thread;
     const char *user, *bearer;
@@ -224,6 +240,10 @@ typedef struct worker {
     int held_count;
     char retry_request_id[80]; /* a borrow that failed is retried with its request id */
     const char *retry_book;
+    hold_ack *hold_acks;
+    size_t hold_count, hold_capacity;
+    char hold_request_id[80]; /* a PlaceHold that failed is retried with its request id */
+    int hold_book;
 } worker;
 
 /* Statuses a client may see while a fault is under way, besides the business answers. */
@@ -233,7 +253,10 @@ static bool expected_status(status_code code, const status *st) {
     case STATUS_UNAVAILABLE:
     case STATUS_RESOURCE_EXHAUSTED:
     case STATUS_DEADLINE_EXCEEDED: return true;
-    case STATUS_FAILED_PRECONDITION: return strcmp(st->reason, "LOAN_LIMIT") == 0;
+    case STATUS_FAILED_PRECONDITION:
+        return strcmp(st->reason, "LOAN_LIMIT") == 0 || strcmp(st->reason, "ALREADY_HELD") == 0 ||
+               strcmp(st->reason, "ALREADY_BORROWED") == 0 || strcmp(st->reason, "HOLD_LIMIT") == 0 ||
+               strcmp(st->reason, "HOLD_NOT_OPEN") == 0;
     default: return false;
     }
 }
@@ -347,6 +370,69 @@ static void give_back(worker *w, int k) {
     w->held[k] = w->held[--w->held_count];
 }
 
+static void acknowledge_hold(worker *w, const char *hold_id, int book, int answered) {
+    for (size_t i = 0; i < w->hold_count; i++)
+        if (strcmp(w->hold_acks[i].hold_id, hold_id) == 0) {
+            if (answered == HOLD_CANCELED || answered == HOLD_READY)
+                w->hold_acks[i].answered = answered;
+            return;
+        }
+    if (w->hold_count == w->hold_capacity) {
+        w->hold_capacity = w->hold_capacity ? w->hold_capacity * 2 : 32;
+        w->hold_acks = realloc(w->hold_acks, w->hold_capacity * sizeof *w->hold_acks);
+        if (w->hold_acks == NULL)
+            abort();
+    }
+    w->hold_acks[w->hold_count++] = (hold_ack){.hold_id = strdup(hold_id), .book = book, .answered = answered};
+}
+
+static void place_hold(worker *w) {
+    if (w->hold_request_id[0] == '\0') {
+        char id[17];
+        text_random_hex(id, 8);
+        snprintf(w->hold_request_id, sizeof w->hold_request_id, "%s-h%s", w->user, id);
+        w->hold_book = (int)(rand_r(&w->seed) % BOOKS);
+    }
+    Library__Lending__V1__PlaceHoldRequest request = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    request.book_id = (char *)w->books[w->hold_book];
+    request.request_id = w->hold_request_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    status_code code = timed_call(w, LENDING "PlaceHold", &request.base, &library__lending__v1__hold__descriptor,
+                                  &response, &st);
+    if (code == STATUS_UNAVAILABLE || code == STATUS_DEADLINE_EXCEEDED || code == STATUS_RESOURCE_EXHAUSTED)
+        return; /* the next hold is the same request again */
+    w->hold_request_id[0] = '\0';
+    if (code == STATUS_OK)
+        acknowledge_hold(w, ((Hold *)response)->hold_id, w->hold_book, (int)((Hold *)response)->status);
+}
+
+/* Collects a hold (BorrowBook of its book takes the set-aside copy when it is READY) or
+ * withdraws it. */
+static void collect_or_cancel(worker *w) {
+    if (w->hold_count == 0)
+        return;
+    hold_ack *h = &w->hold_acks[rand_r(&w->seed) % w->hold_count];
+    if (h->answered == HOLD_CANCELED)
+        return;
+    if (rand_r(&w->seed) % 2) {
+        w->retry_request_id[0] = '\0';
+        char id[17];
+        text_random_hex(id, 8);
+        snprintf(w->retry_request_id, sizeof w->retry_request_id, "%s-c%s", w->user, id);
+        w->retry_book = w->books[h->book];
+        borrow(w);
+        return;
+    }
+    Library__Lending__V1__CancelHoldRequest request = LIBRARY__LENDING__V1__CANCEL_HOLD_REQUEST__INIT;
+    request.hold_id = h->hold_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    if (timed_call(w, LENDING "CancelHold", &request.base, &library__lending__v1__hold__descriptor, &response,
+                   &st) == STATUS_OK)
+        h->answered = HOLD_CANCELED;
+}
+
 static void read_page(worker *w) {
     Library__Mypage__V1__GetMypageRequest request = LIBRARY__MYPAGE__V1__GET_MYPAGE_REQUEST__INIT;
     ProtobufCMessage *response = NULL;
@@ -355,7 +441,8 @@ static void read_page(worker *w) {
                &response, &st);
 }
 
-/* Borrows (60%), returns (30%, and whenever four loans are held) and reads the page (10%). */
+/* Borrows (40%), returns (30%, and whenever four loans are held), places holds (10%),
+ * collects or cancels them (10%) and reads the page (10%). */
 static void *worker_main(void *arg) {
     worker *w = arg;
     while (!atomic_load(w->stop)) {
@@ -365,6 +452,10 @@ static void *worker_main(void *arg) {
             give_back(w, (int)(rand_r(&w->seed) % (unsigned)w->held_count));
         else if (dice == 9)
             read_page(w);
+        else if (dice == 8)
+            place_hold(w);
+        else if (dice == 7)
+            collect_or_cancel(w);
         else
             borrow(w);
         harness_sleep_ms(PAUSE_MS);
@@ -376,6 +467,9 @@ static void worker_free(worker *w) {
     for (size_t i = 0; i < w->ack_count; i++)
         free(w->acks[i].loan_id);
     free(w->acks);
+    for (size_t i = 0; i < w->hold_count; i++)
+        free(w->hold_acks[i].hold_id);
+    free(w->hold_acks);
     for (int i = 0; i < w->held_count; i++)
         free(w->held[i]);
     arena_destroy(w->scratch);
@@ -466,13 +560,97 @@ static void compare_page(test_stack *s, arena *a, const char *bearer, const char
     }
 }
 
+/* Every hold of the user (admin ListHolds, all pages); false when lending did not answer. */
+static bool list_holds(test_stack *s, arena *a, const char *admin, const char *user, Hold ***out, size_t *count) {
+    Hold **all = NULL;
+    size_t n = 0;
+    char *token = "";
+    do {
+        Library__Lending__V1__ListHoldsRequest request = LIBRARY__LENDING__V1__LIST_HOLDS_REQUEST__INIT;
+        request.user_id = (char *)user;
+        request.page_size = 100;
+        request.page_token = token;
+        ProtobufCMessage *response = NULL;
+        status st;
+        if (harness_call(s->lending_client, LENDING "ListHolds", &request.base,
+                         &library__lending__v1__list_holds_response__descriptor, a, admin, &response, &st) != STATUS_OK)
+            return false;
+        Library__Lending__V1__ListHoldsResponse *page = (void *)response;
+        Hold **grown = arena_alloc(a, (n + page->n_holds + 1) * sizeof *grown);
+        if (n)
+            memcpy(grown, all, n * sizeof *grown);
+        memcpy(grown + n, page->holds, page->n_holds * sizeof *grown);
+        all = grown;
+        n += page->n_holds;
+        token = page->next_page_token;
+    } while (token && token[0]);
+    *out = all;
+    *count = n;
+    return true;
+}
+
+static const char *hold_status_name(int value) {
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value(&library__lending__v1__hold_status__descriptor, value);
+    return v ? v->name : "missing";
+}
+
+/* Whether a hold at rest is what its client was told: CANCELED is final; READY can only have
+ * moved on (FULFILLED, CANCELED, EXPIRED), never back to WAITING. */
+static bool hold_kept(int answered, const Hold *now) {
+    if (now == NULL)
+        return false;
+    if (answered == HOLD_CANCELED)
+        return now->status == HOLD_CANCELED;
+    if (answered == HOLD_READY)
+        return now->status != HOLD_WAITING;
+    return true;
+}
+
 /* Checks every invariant once; f->violations == 0 means the system is settled and right. */
 static void check_round(test_stack *s, arena *a, const char *admin, worker *workers,
                         const char *const *books, findings *f) {
     memset(f, 0, sizeof *f);
-    int active_by_book[BOOKS] = {0};
+    int active_by_book[BOOKS] = {0}, ready_by_book[BOOKS] = {0}, waiting_by_book[BOOKS] = {0};
     for (int u = 0; u < WORKERS; u++) {
         worker *w = &workers[u];
+        Hold **holds_now = NULL;
+        size_t hold_count = 0;
+        if (!list_holds(s, a, admin, w->user, &holds_now, &hold_count)) {
+            found(f, "ListHolds(%s) failed", w->user);
+            continue;
+        }
+        size_t open_holds = 0;
+        for (size_t i = 0; i < hold_count; i++) {
+            const Hold *h = holds_now[i];
+            open_holds += h->status == HOLD_WAITING || h->status == HOLD_READY;
+            if (h->status == HOLD_WAITING && h->position == 0)
+                found(f, "%s: hold %s is WAITING but in no queue", w->user, h->hold_id);
+            for (int b = 0; b < BOOKS; b++) {
+                if (strcmp(h->book_id, books[b]) != 0)
+                    continue;
+                ready_by_book[b] += h->status == HOLD_READY;
+                waiting_by_book[b] += h->status == HOLD_WAITING;
+            }
+        }
+        for (size_t k = 0; k < w->hold_count; k++) {
+            const hold_ack *ack = &w->hold_acks[k];
+            const Hold *now = NULL;
+            for (size_t i = 0; i < hold_count && now == NULL; i++)
+                if (strcmp(holds_now[i]->hold_id, ack->hold_id) == 0)
+                    now = holds_now[i];
+            if (!hold_kept(ack->answered, now))
+                found(f, "%s: hold %s was answered %s but is %s now", w->user, ack->hold_id,
+                      hold_status_name(ack->answered), now ? hold_status_name((int)now->status) : "missing");
+        }
+        Library__Mypage__V1__GetMypageRequest page_request = LIBRARY__MYPAGE__V1__GET_MYPAGE_REQUEST__INIT;
+        page_request.user_id = (char *)w->user;
+        ProtobufCMessage *page = NULL;
+        status page_st;
+        if (harness_call(s->mypage_client, MYPAGE "GetMypage", &page_request.base,
+                         &library__mypage__v1__mypage__descriptor, a, admin, &page, &page_st) == STATUS_OK &&
+            ((Mypage *)page)->n_holds != open_holds)
+            found(f, "%s: mypage lists %zu holds, lending %zu open", w->user, ((Mypage *)page)->n_holds, open_holds);
         Loan **loans = NULL;
         size_t count = 0;
         if (!fixture_list_loans(s->lending_client, a, admin, w->user, &loans, &count)) {
@@ -508,9 +686,16 @@ static void check_round(test_stack *s, arena *a, const char *admin, worker *work
         /* against the copies registered: total_copies is the catalog's own word, which a
          * copy lost or made twice would change along with available_copies */
         Book *book = (Book *)response;
-        if (book->total_copies != COPIES || book->available_copies + active_by_book[b] != COPIES)
-            found(f, "book %s: available %d + ACTIVE %d != %d copies registered (total_copies %d)",
-                  books[b], book->available_copies, active_by_book[b], COPIES, book->total_copies);
+        if (book->total_copies != COPIES ||
+            book->available_copies + book->on_hold_copies + active_by_book[b] != COPIES)
+            found(f, "book %s: available %d + on hold %d + ACTIVE %d != %d copies registered (total_copies %d)",
+                  books[b], book->available_copies, book->on_hold_copies, active_by_book[b], COPIES,
+                  book->total_copies);
+        if (book->on_hold_copies != ready_by_book[b])
+            found(f, "book %s: %d copies on hold for %d READY holds", books[b], book->on_hold_copies, ready_by_book[b]);
+        if (book->available_copies > 0 && waiting_by_book[b] > 0)
+            found(f, "book %s: %d copies on the shelf while %d holds wait", books[b], book->available_copies,
+                  waiting_by_book[b]);
     }
 }
 
@@ -577,7 +762,13 @@ static void run_round(fault_stack *f, const fault *faults, int fault_count, int6
         harness_sleep_ms(500);
     }
     arena_destroy(a);
-    long active = 0, canceled = 0, pending = 0;
+    long active = 0, canceled = 0, pending = 0, holds_placed = 0, holds_ready = 0, holds_canceled = 0;
+    for (int u = 0; u < WORKERS; u++)
+        for (size_t k = 0; k < workers[u].hold_count; k++) {
+            holds_placed++;
+            holds_ready += workers[u].hold_acks[k].answered == HOLD_READY;
+            holds_canceled += workers[u].hold_acks[k].answered == HOLD_CANCELED;
+        }
     for (int u = 0; u < WORKERS; u++)
         for (size_t k = 0; k < workers[u].ack_count; k++) {
             int answered = workers[u].acks[k].answered;
@@ -587,9 +778,11 @@ static void run_round(fault_stack *f, const fault *faults, int fault_count, int6
         }
     fprintf(stderr,
             "faults: round %d: %ld calls, settled in %lld ms, %ld loans checked (%ld answered ACTIVE or "
-            "RETURNED, %ld CANCELED, %ld PENDING), %ld violations\n",
+            "RETURNED, %ld CANCELED, %ld PENDING), %ld holds acknowledged (%ld last answered READY, %ld "
+            "CANCELED), %ld violations\n",
             t->rounds + 1, round_calls.calls, (long long)(harness_now_ms() - settle_start),
-            result.loans_checked, active, canceled, pending, result.violations);
+            result.loans_checked, active, canceled, pending, holds_placed, holds_ready, holds_canceled,
+            result.violations);
     for (long i = 0; i < result.violations && i < 4; i++) {
         cr_log_warn("violation: %s", result.first[i]);
         fprintf(stderr, "faults: violation: %s\n", result.first[i]);
