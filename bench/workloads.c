@@ -23,6 +23,7 @@ enum {
     METHOD_RETURN_BOOK,
     METHOD_GET_LOAN,
     METHOD_GET_MYPAGE,
+    METHOD_PLACE_HOLD,
     METHOD_COUNT,
 };
 enum { TARGET_CATALOG, TARGET_LENDING, TARGET_MYPAGE };
@@ -35,10 +36,11 @@ static const char *const methods[METHOD_COUNT] = {
     "/library.lending.v1.LendingService/ReturnBook",
     "/library.lending.v1.LendingService/GetLoan",
     "/library.mypage.v1.MypageService/GetMypage",
+    "/library.lending.v1.LendingService/PlaceHold",
 };
 static const int method_targets[METHOD_COUNT] = {
     TARGET_CATALOG, TARGET_CATALOG, TARGET_CATALOG, TARGET_LENDING,
-    TARGET_LENDING, TARGET_LENDING, TARGET_MYPAGE,
+    TARGET_LENDING, TARGET_LENDING, TARGET_MYPAGE, TARGET_LENDING,
 };
 
 /* Titles are three words of this list, so a one-word query matches about 1 book in 20. */
@@ -229,6 +231,21 @@ static void borrow_begin(void *state, int slot, load_request *request) {
     request->authorization = &f->readers[slot];
 }
 
+/* A hold on the slot's own book, which has a free copy: READY at once; the reply collects it
+ * with BorrowBook and gives it back. */
+static void hold_begin(void *state, int slot, load_request *request) {
+    fixture *f = state;
+    char request_id[64];
+    snprintf(request_id, sizeof request_id, "%s-h%d-%llu", f->run_tag, slot,
+             (unsigned long long)f->cycles[slot]++);
+    Library__Lending__V1__PlaceHoldRequest message = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    message.book_id = f->saga_books[slot];
+    message.request_id = request_id;
+    request->method = METHOD_PLACE_HOLD;
+    request->message = pack(&message.base);
+    request->authorization = &f->readers[slot];
+}
+
 static void get_loan_begin(void *state, int slot, load_request *request) {
     fixture *f = state;
     int loan = slot % f->get_loan_count;
@@ -261,6 +278,24 @@ static load_step reply(void *state, int slot, int method, const uint8_t *bytes, 
         snprintf(f->seed_into[f->seed_index[slot]], FIXTURE_ID_MAX, "%s", book->book_id);
         library__catalog__v1__book__free_unpacked(book, NULL);
         return LOAD_DONE;
+    }
+    case METHOD_PLACE_HOLD: {
+        Library__Lending__V1__Hold *hold = library__lending__v1__hold__unpack(NULL, size, bytes);
+        bool ready = hold != NULL && hold->status == LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY;
+        if (hold)
+            library__lending__v1__hold__free_unpacked(hold, NULL);
+        if (!ready)
+            return LOAD_FAILED;
+        char request_id[64];
+        snprintf(request_id, sizeof request_id, "%s-hc%d-%llu", f->run_tag, slot,
+                 (unsigned long long)f->cycles[slot]);
+        Library__Lending__V1__BorrowBookRequest message = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+        message.book_id = f->saga_books[slot];
+        message.request_id = request_id;
+        next->method = METHOD_BORROW_BOOK;
+        next->message = pack(&message.base);
+        next->authorization = &f->readers[slot];
+        return LOAD_CONTINUE;
     }
     case METHOD_BORROW_BOOK: {
         Library__Lending__V1__Loan *loan = library__lending__v1__loan__unpack(NULL, size, bytes);
@@ -303,6 +338,7 @@ const char *workload_name(workload_kind kind) {
     case WORKLOAD_BORROW_RETURN: return "BorrowBook+ReturnBook";
     case WORKLOAD_MIXED: return "Mixed 90/10";
     case WORKLOAD_GET_LOAN: return "GetLoan";
+    case WORKLOAD_HOLD_CYCLE: return "PlaceHold+BorrowBook+ReturnBook";
     }
     return "?";
 }
@@ -327,6 +363,7 @@ void workload_plan(fixture *f, workload_kind kind, load_plan *plan, const char *
     case WORKLOAD_BORROW_RETURN: plan->begin = borrow_begin; break;
     case WORKLOAD_MIXED: plan->begin = mixed_begin; break;
     case WORKLOAD_GET_LOAN: plan->begin = get_loan_begin; break;
+    case WORKLOAD_HOLD_CYCLE: plan->begin = hold_begin; break;
     }
 }
 

@@ -78,6 +78,7 @@ typedef enum workload_kind {
     WORKLOAD_BORROW_RETURN,
     WORKLOAD_MIXED,
     WORKLOAD_GET_LOAN,
+    WORKLOAD_HOLD_CYCLE, /* PlaceHold on a free copy (READY), BorrowBook collects it, ReturnBook */
 } workload_kind;
 
 /* The plan and the targets of a workload; targets has room for 3. */
