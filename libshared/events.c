@@ -144,6 +144,26 @@ uint32_t events_attempt_for_age(int64_t age_ms, int64_t after_ms) {
     return attempt;
 }
 
+status_code events_publish_step(nats_connection *connection, event *e, const char *subject_id, uint32_t attempt,
+                                const char *correlation_id, const char *traceparent, status *st) {
+    char event_id[EVENT_ID_MAX];
+    if (!events_format_id(event_id, sizeof event_id, e->body_case, subject_id, attempt))
+        return status_set(st, STATUS_INTERNAL, "EVENT_ID_TOO_LONG", "the event id of %.64s is too long", subject_id);
+    int64_t now_ms = timestamp_now_ms();
+    Google__Protobuf__Timestamp now = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    now.seconds = now_ms / 1000;
+    now.nanos = (int32_t)(now_ms % 1000) * 1000000;
+    e->event_id = event_id;
+    e->attempt = attempt;
+    e->occur_time = &now;
+    e->correlation_id = (char *)correlation_id;
+    e->traceparent = (char *)(traceparent ? traceparent : "");
+    status_code code = events_publish(connection, e, st);
+    e->event_id = NULL; /* they pointed into this frame */
+    e->occur_time = NULL;
+    return code;
+}
+
 status_code events_publish(nats_connection *connection, const event *e, status *st) {
     const char *subject = events_subject(e->body_case);
     if (subject == NULL)

@@ -52,6 +52,12 @@ status_code events_ensure_stream(nats_connection *connection, int replicas, stat
  * message id is event->event_id; traceparent travels in the envelope and as a header. */
 status_code events_publish(nats_connection *connection, const event *e, status *st);
 
+/* Publishes e, whose body the caller has set, in a saga step's envelope: the event id of its
+ * type for subject_id and attempt (the same on every retry of one attempt, so JetStream drops
+ * duplicates), the attempt, correlation_id, traceparent (may be NULL) and the time now. */
+status_code events_publish_step(nats_connection *connection, event *e, const char *subject_id, uint32_t attempt,
+                                const char *correlation_id, const char *traceparent, status *st);
+
 /* The handler's answer decides the message's fate: STATUS_OK acks it; UNAVAILABLE, ABORTED,
  * DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED ask for redelivery after a pause; anything else is
  * a message that can never succeed: it is logged and terminated. */

@@ -62,20 +62,8 @@ void holds_metrics_register(void) {
 
 static status_code publish(nats_connection *connection, const hold_record *record, uint32_t attempt, event *e,
                            status *st) {
-    char event_id[EVENT_ID_MAX];
-    if (!events_format_id(event_id, sizeof event_id, e->body_case, record->hold->hold_id, attempt))
-        return status_set(st, STATUS_INTERNAL, "EVENT_ID_TOO_LONG", "the event id of hold %.64s is too long",
-                          record->hold->hold_id);
-    int64_t now_ms = timestamp_now_ms();
-    Google__Protobuf__Timestamp now = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-    now.seconds = now_ms / 1000;
-    now.nanos = (int32_t)(now_ms % 1000) * 1000000;
-    e->event_id = event_id;
-    e->attempt = attempt;
-    e->occur_time = &now;
-    e->correlation_id = record->hold->hold_id;
-    e->traceparent = record->traceparent;
-    return events_publish(connection, e, st);
+    const char *hold_id = record->hold->hold_id;
+    return events_publish_step(connection, e, hold_id, attempt, hold_id, record->traceparent, st);
 }
 
 static status_code publish_placed(nats_connection *connection, const hold_record *record, uint32_t attempt,

@@ -40,25 +40,11 @@ struct lending_saga {
 
 /* --- publishing -------------------------------------------------------------------------- */
 
-/* Publishes e, whose body the caller has set, in the loan's envelope: the event id of its
- * type, loan and attempt (the same on every retry of one attempt, so JetStream drops
- * duplicates), the loan as correlation id, its traceparent, and the time now. */
+/* Publishes e, whose body the caller has set, in the loan's envelope (events_publish_step),
+ * with the loan as correlation id and its traceparent. */
 static status_code publish_step(nats_connection *connection, const loan_record *record, const char *subject_id,
                                 uint32_t attempt, event *e, status *st) {
-    char event_id[EVENT_ID_MAX];
-    if (!events_format_id(event_id, sizeof event_id, e->body_case, subject_id, attempt))
-        return status_set(st, STATUS_INTERNAL, "EVENT_ID_TOO_LONG", "the event id of loan %.64s is too long",
-                          record->loan->loan_id);
-    e->attempt = attempt;
-    int64_t now_ms = timestamp_now_ms();
-    Google__Protobuf__Timestamp now = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-    now.seconds = now_ms / 1000;
-    now.nanos = (int32_t)(now_ms % 1000) * 1000000;
-    e->event_id = event_id;
-    e->occur_time = &now;
-    e->correlation_id = record->loan->loan_id;
-    e->traceparent = record->traceparent;
-    return events_publish(connection, e, st);
+    return events_publish_step(connection, e, subject_id, attempt, record->loan->loan_id, record->traceparent, st);
 }
 
 static status_code publish_attempt(nats_connection *connection, const loan_record *record, uint32_t attempt,
