@@ -620,3 +620,28 @@ Test(holds, a_slot_held_by_a_hold_never_stored_is_freed_after_the_grace) {
     cr_assert_eq(((Hold *)response)->status, HOLD_CANCELED);
     test_stack_stop(&s);
 }
+
+Test(holds, a_reader_with_an_overdue_loan_may_place_no_hold) {
+    const char *env[] = {"LOAN_PERIOD=1s", "RECONCILE_INTERVAL=300ms", NULL};
+    test_stack s;
+    test_stack_start(&s, "overdue-hold", env, false, NULL);
+    Book *lent = test_stack_register(&s, "Kept Too Long", 1);
+    Book *wanted = test_stack_register(&s, "Wanted", 0);
+    const char *bearer = harness_bearer(mem, s.dir, "late-reader", false);
+    Library__Lending__V1__BorrowBookRequest take = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    take.book_id = lent->book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(s.lending_client, LENDING "BorrowBook", &take.base, &library__lending__v1__loan__descriptor,
+                              mem, bearer, &response, &st),
+                 STATUS_OK, "%s", st.message);
+    cr_assert_eq(((Loan *)response)->status, ACTIVE);
+    harness_sleep_ms(2100); /* past the 1 s period, whole seconds */
+    Library__Lending__V1__PlaceHoldRequest place = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    place.book_id = wanted->book_id;
+    cr_assert_eq(harness_call(s.lending_client, LENDING "PlaceHold", &place.base, &library__lending__v1__hold__descriptor,
+                              mem, bearer, &response, &st),
+                 STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "OVERDUE_LOANS", "reason %s: %s", st.reason, st.message);
+    test_stack_stop(&s);
+}
