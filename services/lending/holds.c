@@ -538,6 +538,32 @@ status_code holds_fulfil(loan_store *store, nats_connection *connection, arena *
     return code;
 }
 
+static status_code apply_lost(void *arg, arena *a, hold_record *record, bool *changed, status *st) {
+    (void)arg;
+    (void)a;
+    (void)st;
+    *changed = is_open(record->hold->status);
+    if (*changed) {
+        record->hold->status = HOLD_CANCELED;
+        record->release_confirmed = true; /* the catalog let go of it when the loan took the copy */
+        record->update_time_ms = timestamp_now_ms();
+    }
+    return STATUS_OK;
+}
+
+status_code holds_lost(loan_store *store, arena *a, const char *hold_id, status *st) {
+    if (field_check_id(hold_id, "hold_id", st) != STATUS_OK)
+        return st->code;
+    hold_record *record = NULL;
+    status_code code = loan_store_update_hold(store, hold_id, a, apply_lost, NULL, &record, st);
+    if (code == STATUS_NOT_FOUND)
+        return STATUS_OK;
+    if (code != STATUS_OK)
+        return code;
+    LOG_WARN("hold %s lost its copy to a canceled loan; recorded as CANCELED", hold_id);
+    return loan_store_update_user(store, record->hold->user_id, a, close_user_hold, record->hold->hold_id, NULL, st);
+}
+
 /* --- the reconciler's part -------------------------------------------------------------------- */
 
 static bool needs_step(const hold_record *record) {

@@ -36,6 +36,11 @@ status_code holds_follow_catalog(loan_store *store, nats_connection *connection,
 status_code holds_fulfil(loan_store *store, nats_connection *connection, arena *a, const char *hold_id,
                          const char *loan_id, status *st);
 
+/* The copy of hold_id went to a loan that was canceled meanwhile (BorrowBook interrupted): the
+ * catalog settled the hold when the loan took it, so it is CANCELED here too and leaves the
+ * user's open holds. Idempotent. */
+status_code holds_lost(loan_store *store, arena *a, const char *hold_id, status *st);
+
 /* The reconciler's step for one hold: a WAITING hold the catalog never answered is announced
  * again (HoldPlaced), a canceled one it never confirmed too (HoldCanceled), with the attempt
  * its age gives. */

@@ -304,8 +304,11 @@ static status_code handle_reservation(lending_saga *saga, arena *a, const char *
     if (code != STATUS_OK)
         return code;
     if (reserved && record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED) {
-        /* A late reservation for a loan already canceled: give the copy straight back. */
+        /* A late reservation for a loan already canceled: give the copy straight back. A hold
+         * whose set-aside copy it took is over too (the copy goes to the next reader). */
         LOG_WARN("loan %s was canceled but the catalog reserved a copy; releasing it", loan_id);
+        if (hold_id != NULL && hold_id[0] != '\0' && holds_lost(saga->store, a, hold_id, st) != STATUS_OK)
+            return st->code;
         return saga_publish_returned(saga->connection, record, 0, st);
     }
     if (job.changed_state)
