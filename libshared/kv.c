@@ -483,6 +483,7 @@ struct kv_follow {
     bool stopped;
     uint64_t reconnects; /* the connection's count when the watch started */
     int64_t started_ms;
+    kvEntry *current; /* the change the last kv_follow_next handed out */
 };
 
 kv_follow *kv_follow_start(kv_bucket *bucket, int64_t renew_ms) {
@@ -512,9 +513,12 @@ static bool follow_keep(kv_follow *follow) {
     return false;
 }
 
-kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kvEntry **entry) {
+kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kv_change *change) {
     nats_connection *connection = follow->bucket->connection;
-    *entry = NULL;
+    *change = (kv_change){0};
+    kvEntry_Destroy(follow->current); /* only this thread reads and sets it */
+    follow->current = NULL;
+    kvEntry **entry = &follow->current;
     pthread_mutex_lock(&follow->lock);
     bool stopped = follow->stopped;
     kvWatcher *watcher = !stopped && follow_keep(follow) ? follow->watcher : NULL;
@@ -544,8 +548,17 @@ kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kvEntry **
     /* A watcher retired meanwhile (stop, restart) stays allocated until the connection closes
      * or a minute passes, and answers at once once stopped. */
     natsStatus s = kvWatcher_Next(entry, watcher, timeout_ms);
+    if (s == NATS_OK && *entry != NULL) {
+        bool put = kvEntry_Operation(*entry) == kvOp_Put;
+        *change = (kv_change){.key = kvEntry_Key(*entry),
+                              .value = put ? kvEntry_Value(*entry) : NULL,
+                              .size = put ? (size_t)kvEntry_ValueLen(*entry) : 0,
+                              .revision = kvEntry_Revision(*entry),
+                              .deleted = !put};
+        return KV_FOLLOW_ENTRY;
+    }
     if (s == NATS_OK)
-        return *entry ? KV_FOLLOW_ENTRY : KV_FOLLOW_CAUGHT_UP;
+        return KV_FOLLOW_CAUGHT_UP;
     if (s == NATS_TIMEOUT)
         return KV_FOLLOW_IDLE;
     pthread_mutex_lock(&follow->lock);
@@ -584,6 +597,7 @@ void kv_follow_close(kv_follow *follow) {
     if (follow == NULL)
         return;
     kv_follow_stop(follow);
+    kvEntry_Destroy(follow->current);
     pthread_mutex_destroy(&follow->lock);
     free(follow);
 }

@@ -66,7 +66,17 @@ typedef enum kv_follow_event {
 } kv_follow_event;
 
 kv_follow *kv_follow_start(kv_bucket *bucket, int64_t renew_ms); /* NULL when out of memory */
-kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kvEntry **entry);
+/* One change of a key as kv_follow_next hands it out, valid until the next call on the same
+ * follow (or its close). */
+typedef struct kv_change {
+    const char *key;
+    const uint8_t *value; /* the new value; NULL for a delete or a purge */
+    size_t size;
+    uint64_t revision;
+    bool deleted;
+} kv_change;
+
+kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kv_change *change);
 /* Drops the current watch: the next kv_follow_next starts a fresh one (the caller's view
  * missed something, e.g. it ran out of memory). */
 void kv_follow_restart(kv_follow *follow);

@@ -427,14 +427,63 @@ static void on_subscription_complete(void *closure) {
     pthread_mutex_unlock(&d->lock);
 }
 
-void nats_subscription_close(nats_connection *connection, natsSubscription *subscription) {
+struct nats_subscription {
+    natsSubscription *core;
+    nats_message_handler handler;
+    void *closure;
+};
+
+static void on_message(natsConnection *nc, natsSubscription *sub, natsMsg *message, void *closure) {
+    (void)nc;
+    (void)sub;
+    nats_subscription *s = closure;
+    s->handler(s->closure, (const uint8_t *)natsMsg_GetData(message), (size_t)natsMsg_GetDataLength(message));
+    natsMsg_Destroy(message);
+}
+
+status_code nats_subscribe(nats_connection *connection, const char *subject, nats_message_handler handler,
+                           void *closure, nats_subscription **out, status *st) {
+    nats_subscription *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    s->handler = handler;
+    s->closure = closure;
+    natsStatus result = natsConnection_Subscribe(&s->core, connection->core, subject, on_message, s);
+    if (result != NATS_OK) {
+        free(s);
+        return nats_status_to_status(result, "subscribing", st);
+    }
+    *out = s;
+    return STATUS_OK;
+}
+
+status_code nats_publish(nats_connection *connection, const char *subject, const void *data, size_t size,
+                         status *st) {
+    return nats_status_to_status(natsConnection_Publish(connection->core, subject, data, (int)size), "publishing", st);
+}
+
+void nats_flush(nats_connection *connection, int64_t timeout_ms) {
+    natsConnection_FlushTimeout(connection->core, timeout_ms);
+}
+
+bool nats_new_inbox(char *out, size_t size) {
+    natsInbox *inbox = NULL;
+    if (natsInbox_Create(&inbox) != NATS_OK)
+        return false;
+    bool fits = (size_t)snprintf(out, size, "%s", inbox) < size;
+    natsInbox_Destroy(inbox);
+    return fits;
+}
+
+/* Unsubscribes and waits for the last handler; true when it finished (the wait may time out). */
+static bool close_core(nats_connection *connection, natsSubscription *subscription) {
     if (subscription == NULL)
-        return;
+        return true;
     subscription_done *d = calloc(1, sizeof *d);
     if (d == NULL) { /* cannot wait: unsubscribe and hope no handler is running */
         natsSubscription_Unsubscribe(subscription);
         nats_connection_retire_subscription(connection, subscription);
-        return;
+        return false;
     }
     pthread_mutex_init(&d->lock, NULL);
     pthread_cond_init(&d->cond, NULL);
@@ -455,9 +504,17 @@ void nats_subscription_close(nats_connection *connection, natsSubscription *subs
     nats_connection_retire_subscription(connection, subscription);
     if (!done) { /* the callback may still come and use d: leave it allocated */
         LOG_WARN("a NATS subscription did not finish closing in 5 s");
-        return;
+        return false;
     }
     pthread_mutex_destroy(&d->lock);
     pthread_cond_destroy(&d->cond);
     free(d);
+    return true;
+}
+
+void nats_subscription_close(nats_connection *connection, nats_subscription *subscription) {
+    if (subscription == NULL)
+        return;
+    if (close_core(connection, subscription->core))
+        free(subscription); /* else a handler may still come and use it: leave it allocated */
 }

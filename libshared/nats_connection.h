@@ -70,7 +70,30 @@ void nats_connection_retire_watcher(nats_connection *connection, kvWatcher *watc
 /* Unsubscribes a plain (core NATS) asynchronous subscription and waits, a few seconds at
  * most, until its handler can no longer be running; then retires it. Use this before
  * freeing what the handler's closure points to. NULL is a no-op. */
-void nats_subscription_close(nats_connection *connection, natsSubscription *subscription);
+typedef struct nats_subscription nats_subscription;
+
+/* A message on a plain (core NATS) subscription: its payload, valid during the call. Runs on
+ * the subscription's NATS.c thread, one message at a time. */
+typedef void (*nats_message_handler)(void *closure, const uint8_t *data, size_t size);
+
+/* Subscribes to subject (wildcards allowed) with a handler; *out is closed with
+ * nats_subscription_close. */
+status_code nats_subscribe(nats_connection *connection, const char *subject, nats_message_handler handler,
+                           void *closure, nats_subscription **out, status *st);
+
+/* Publishes on a plain subject (no JetStream acknowledgement). */
+status_code nats_publish(nats_connection *connection, const char *subject, const void *data, size_t size,
+                         status *st);
+
+/* Waits up to timeout_ms until the server has every message published so far. */
+void nats_flush(nats_connection *connection, int64_t timeout_ms);
+
+/* A subject no other subscriber shares (an inbox): out has at least 64 bytes. */
+bool nats_new_inbox(char *out, size_t size);
+
+/* Unsubscribes and waits (up to 5 s) until no handler runs any more, then frees it. NULL is a
+ * no-op. */
+void nats_subscription_close(nats_connection *connection, nats_subscription *subscription);
 
 /* Logs a warning when a stream or bucket that exists has another replica count than wanted
  * (NATS_REPLICAS); it is used as it is. */

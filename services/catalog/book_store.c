@@ -60,27 +60,24 @@ static void index_record(book_store *store, const uint8_t *data, size_t size, ui
         library__catalog__internal__book_record__free_unpacked(record, NULL);
 }
 
-static void apply_watch_entry(book_store *store, kvEntry *entry) {
-    const char *key = kvEntry_Key(entry);
-    if (strncmp(key, "book.", 5) != 0)
+static void apply_watch_entry(book_store *store, const kv_change *change) {
+    if (strncmp(change->key, "book.", 5) != 0)
         return;
-    if (kvEntry_Operation(entry) == kvOp_Put)
-        index_record(store, kvEntry_Value(entry), (size_t)kvEntry_ValueLen(entry),
-                     kvEntry_Revision(entry));
+    if (!change->deleted)
+        index_record(store, change->value, change->size, change->revision);
     else
-        book_index_remove(store->index, key + 5, kvEntry_Revision(entry));
+        book_index_remove(store->index, change->key + 5, change->revision);
 }
 
 /* Loads the current books: the watch delivers every one, then says it caught up. */
 static status_code load_initial(book_store *store, status *st) {
     enum { LOAD_TIMEOUT_MS = 10000 };
     for (int64_t waited_ms = 0;;) {
-        kvEntry *entry = NULL;
+        kv_change change;
         int64_t before = timestamp_monotonic_ms();
-        switch (kv_follow_next(store->follow, LOAD_TIMEOUT_MS - waited_ms, &entry)) {
+        switch (kv_follow_next(store->follow, LOAD_TIMEOUT_MS - waited_ms, &change)) {
         case KV_FOLLOW_ENTRY:
-            apply_watch_entry(store, entry);
-            kvEntry_Destroy(entry);
+            apply_watch_entry(store, &change);
             break;
         case KV_FOLLOW_CAUGHT_UP:
             return STATUS_OK;
@@ -103,14 +100,12 @@ static status_code load_initial(book_store *store, status *st) {
 static void *watch_main(void *arg) {
     book_store *store = arg;
     for (;;) {
-        kvEntry *entry = NULL;
-        kv_follow_event what = kv_follow_next(store->follow, 500, &entry);
+        kv_change change;
+        kv_follow_event what = kv_follow_next(store->follow, 500, &change);
         if (what == KV_FOLLOW_STOPPED)
             return NULL;
-        if (what == KV_FOLLOW_ENTRY) {
-            apply_watch_entry(store, entry);
-            kvEntry_Destroy(entry);
-        }
+        if (what == KV_FOLLOW_ENTRY)
+            apply_watch_entry(store, &change);
     }
 }
 

@@ -27,7 +27,7 @@ struct lending_saga {
     loan_store *store;
     saga_options options;
     event_consumer *consumer;
-    natsSubscription *outcomes;
+    nats_subscription *outcomes;
     pthread_mutex_t lock;
     pthread_cond_t changed;
     saga_waiter *waiters;
@@ -366,12 +366,9 @@ static status_code on_catalog_event(void *arg, const event *e, uint64_t sequence
 
 /* --- waiting for outcomes ----------------------------------------------------------------- */
 
-static void on_outcome(natsConnection *nc, natsSubscription *sub, natsMsg *message, void *closure) {
-    (void)nc;
-    (void)sub;
+static void on_outcome(void *closure, const uint8_t *data, size_t size) {
     lending_saga *saga = closure;
-    event *e = library__events__v1__event__unpack(NULL, (size_t)natsMsg_GetDataLength(message),
-                                                  (const uint8_t *)natsMsg_GetData(message));
+    event *e = library__events__v1__event__unpack(NULL, size, data);
     bool outcome = e != NULL && (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED ||
                                  e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED);
     if (outcome && e->correlation_id != NULL) {
@@ -384,7 +381,6 @@ static void on_outcome(natsConnection *nc, natsSubscription *sub, natsMsg *messa
     }
     if (e != NULL)
         library__events__v1__event__free_unpacked(e, NULL);
-    natsMsg_Destroy(message);
 }
 
 saga_waiter *lending_saga_watch(lending_saga *saga, const char *loan_id) {
@@ -559,11 +555,11 @@ static void reconcile_user(lending_saga *saga, arena *a, const char *user_key, c
 /* The index of what is open is fed by a watch on the whole bucket: at start it delivers the
  * newest value of every key, then each change. Keys are "loan.<id>" and "user.<key>". False
  * when out of memory: the index missed the change. */
-static bool index_entry(lending_saga *saga, arena *a, kvEntry *entry) {
-    const char *key = kvEntry_Key(entry);
-    bool deleted = kvEntry_Operation(entry) != kvOp_Put;
-    const void *data = kvEntry_Value(entry);
-    size_t size = (size_t)kvEntry_ValueLen(entry);
+static bool index_entry(lending_saga *saga, arena *a, const kv_change *change) {
+    const char *key = change->key;
+    bool deleted = change->deleted;
+    const void *data = change->value;
+    size_t size = change->size;
     bool stored = true;
     if (strncmp(key, "loan.", 5) == 0) {
         const loan_record *record = deleted ? NULL
@@ -670,8 +666,8 @@ static void *reconciler_main(void *arg) {
     bool ready = false; /* the index holds every key's newest value */
     int64_t next_round = timestamp_monotonic_ms() + saga->options.reconcile_interval_ms;
     while (a && follow && !atomic_load(&saga->stopping)) {
-        kvEntry *entry = NULL;
-        switch (kv_follow_next(follow, 100, &entry)) {
+        kv_change change;
+        switch (kv_follow_next(follow, 100, &change)) {
         case KV_FOLLOW_RESTART:
             open_loans_clear(saga->open);
             open_loans_clear(saga->open_holds);
@@ -681,9 +677,8 @@ static void *reconciler_main(void *arg) {
             ready = true;
             break;
         case KV_FOLLOW_ENTRY:
-            if (!index_entry(saga, a, entry))
+            if (!index_entry(saga, a, &change))
                 kv_follow_restart(follow); /* out of memory: the index missed a change */
-            kvEntry_Destroy(entry);
             arena_reset(a);
             break;
         case KV_FOLLOW_IDLE:
@@ -718,9 +713,7 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
     pthread_mutex_init(&saga->lock, NULL);
     pthread_cond_init(&saga->changed, NULL);
     atomic_init(&saga->stopping, false);
-    natsStatus s = natsConnection_Subscribe(&saga->outcomes, nats_connection_core(connection),
-                                            EVENTS_LOAN_SUBJECTS, on_outcome, saga);
-    status_code code = nats_status_to_status(s, "subscribing to loan outcomes", st);
+    status_code code = nats_subscribe(connection, EVENTS_LOAN_SUBJECTS, on_outcome, saga, &saga->outcomes, st);
     if (code == STATUS_OK) {
         event_consumer_options consumer = {.durable = "lending", .filter_subject = EVENTS_COPY_SUBJECTS,
                                            .handler = on_catalog_event, .arg = saga,

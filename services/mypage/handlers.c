@@ -182,20 +182,15 @@ static status_code watch_mypage(void *state, rpc_context *ctx, const ProtobufCMe
 }
 
 /* A projection announced a change: send the page again to the user's watchers. */
-static void on_page_changed(natsConnection *nc, natsSubscription *sub, natsMsg *message, void *closure) {
-    (void)nc;
-    (void)sub;
+static void on_page_changed(void *closure, const uint8_t *data, size_t length) {
     mypage_handlers *h = closure;
     char user[AUTH_SUBJECT_MAX];
-    int length = natsMsg_GetDataLength(message);
     bool everyone = length == 0;
-    if (length >= (int)sizeof user) {
-        natsMsg_Destroy(message);
+    if (length >= sizeof user)
         return;
-    }
-    memcpy(user, natsMsg_GetData(message), (size_t)length);
+    if (length)
+        memcpy(user, data, length);
     user[length] = '\0';
-    natsMsg_Destroy(message);
 
     pthread_mutex_lock(&h->lock);
     page_watcher **targets = calloc((size_t)h->watcher_count + 1, sizeof *targets);
@@ -239,9 +234,9 @@ const rpc_service mypage_rpc_service = {
  * thread like any change. */
 static void on_nats_reconnected(void *closure) {
     mypage_handlers *h = closure;
-    natsStatus s = natsConnection_Publish(nats_connection_core(h->connection), h->resend_subject, "", 0);
-    if (s != NATS_OK)
-        LOG_WARN("could not refresh the watchers after a NATS reconnect: %s", natsStatus_GetText(s));
+    status st;
+    if (nats_publish(h->connection, h->resend_subject, "", 0, &st) != STATUS_OK)
+        LOG_WARN("could not refresh the watchers after a NATS reconnect: %s", st.message);
 }
 
 status_code mypage_handlers_init(mypage_handlers *h, nats_connection *connection, status *st) {
@@ -249,21 +244,16 @@ status_code mypage_handlers_init(mypage_handlers *h, nats_connection *connection
     h->service = mypage_rpc_service;
     h->service.state = h;
     h->connection = connection;
-    natsConnection *core = nats_connection_core(connection);
-    natsInbox *inbox = NULL;
-    natsStatus s = natsConnection_Subscribe(&h->changes, core, MYPAGE_CHANGED_SUBJECT, on_page_changed, h);
-    if (s == NATS_OK)
-        s = natsInbox_Create(&inbox);
-    if (s == NATS_OK) {
-        snprintf(h->resend_subject, sizeof h->resend_subject, "%s", inbox);
-        natsInbox_Destroy(inbox);
-        s = natsConnection_Subscribe(&h->resends, core, h->resend_subject, on_page_changed, h);
-    }
-    if (s != NATS_OK) {
+    status_code code = nats_subscribe(connection, MYPAGE_CHANGED_SUBJECT, on_page_changed, h, &h->changes, st);
+    if (code == STATUS_OK && !nats_new_inbox(h->resend_subject, sizeof h->resend_subject))
+        code = status_set(st, STATUS_INTERNAL, "NATS_INBOX", "cannot make an inbox for watcher refreshes");
+    if (code == STATUS_OK)
+        code = nats_subscribe(connection, h->resend_subject, on_page_changed, h, &h->resends, st);
+    if (code != STATUS_OK) {
         nats_subscription_close(connection, h->changes);
         h->changes = NULL;
         pthread_mutex_destroy(&h->lock);
-        return nats_status_to_status(s, "subscribing to mypage changes", st);
+        return code;
     }
     if (!nats_connection_listen_reconnects(connection, on_nats_reconnected, h))
         LOG_WARN("too many reconnect listeners: watchers are not refreshed after a NATS reconnect");

@@ -22,10 +22,10 @@ typedef struct mypage_handlers {
     pthread_mutex_t lock;
     page_watcher *watchers;
     int watcher_count;
-    natsSubscription *changes;
+    nats_subscription *changes;
     /* This replica's own subject for "send every watcher its page again": after a NATS
      * reconnect, the changes announced meanwhile were never heard here. */
-    natsSubscription *resends;
+    nats_subscription *resends;
     char resend_subject[64];
 } mypage_handlers;
 

@@ -21,10 +21,9 @@ static void announce(nats_connection *connection, const char *user_id) {
     /* Best effort: a replica that was away from NATS sends its watchers their pages again
      * when it is back (handlers.c), and a lost announcement only delays a WatchMypage update,
      * never the projection itself. */
-    natsStatus s = natsConnection_Publish(nats_connection_core(connection), MYPAGE_CHANGED_SUBJECT,
-                                          user_id, (int)strlen(user_id));
-    if (s != NATS_OK)
-        LOG_DEBUG("could not announce a mypage change: %s", natsStatus_GetText(s));
+    status st;
+    if (nats_publish(connection, MYPAGE_CHANGED_SUBJECT, user_id, strlen(user_id), &st) != STATUS_OK)
+        LOG_DEBUG("could not announce a mypage change: %s", st.message);
 }
 
 /* A hold the event moved in its book's queue belongs to another user: their page changed
@@ -149,7 +148,7 @@ status_code projection_rebuild(nats_connection *connection, page_store *store, u
         return code;
     }
     announce(connection, "");
-    natsConnection_Flush(nats_connection_core(connection));
+    nats_flush(connection, 5000);
     LOG_INFO("mypage rebuilt from %llu events; generation %llu is in use",
              (unsigned long long)count, (unsigned long long)r.generation);
     if (events)

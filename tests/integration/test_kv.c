@@ -238,14 +238,12 @@ Test(kv, large_values_are_updated_by_both_replicas) {
 /* The next event other than IDLE (IDLE itself after 5 s); *key gets an entry's key. */
 static kv_follow_event next_event(kv_follow *follow, char *key, size_t size) {
     for (int i = 0; i < 50; i++) {
-        kvEntry *entry = NULL;
-        kv_follow_event event = kv_follow_next(follow, 100, &entry);
+        kv_change change;
+        kv_follow_event event = kv_follow_next(follow, 100, &change);
         if (event == KV_FOLLOW_IDLE)
             continue;
-        if (event == KV_FOLLOW_ENTRY) {
-            snprintf(key, size, "%s", kvEntry_Key(entry));
-            kvEntry_Destroy(entry);
-        }
+        if (event == KV_FOLLOW_ENTRY)
+            snprintf(key, size, "%s", change.key);
         return event;
     }
     return KV_FOLLOW_IDLE;
@@ -281,7 +279,7 @@ Test(kv, a_follow_delivers_every_key_then_changes_and_starts_over_when_asked) {
     /* a stop from another thread ends a wait at once, and every later call */
     pthread_t stopper;
     pthread_create(&stopper, NULL, stop_later, follow);
-    kvEntry *entry = NULL;
+    kv_change entry;
     int64_t start = harness_now_ms();
     cr_assert_eq(kv_follow_next(follow, 5000, &entry), KV_FOLLOW_STOPPED);
     cr_assert_lt(harness_now_ms() - start, harness_latency_bound_ms(2000), "the wait was not ended by the stop");
