@@ -341,8 +341,11 @@ smoke_prometheus_run() {
   smoke_prometheus_targets >"$dir/targets.json"
   expected=$(jq '[.[] | select(.labels.__meta_kubernetes_pod_annotation_prometheus_io_scrape == "true")] | length' \
     "$dir/targets.json")
-  smoke_in_pod "$(kube_pods_of smoke-toolbox | head -n 1)" prometheus --config.file="$dir/prometheus.yml" \
-    --storage.tsdb.path="$dir/data" --web.listen-address=127.0.0.1:9090 >"$dir/log" 2>&1 &
+  # (nsenter itself, not smoke_in_pod: a function in the background is a subshell, and its
+  # pid is not prometheus's; nsenter -n execs prometheus in its own process)
+  nsenter -t "$(kube_pod_pid "$(kube_pods_of smoke-toolbox | head -n 1)")" -n \
+    prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+    --web.listen-address=127.0.0.1:9090 >"$dir/log" 2>&1 &
   SMOKE_PROMETHEUS_PID=$!
   # every annotated pod scraped and up
   deadline=$((SECONDS + 60))
