@@ -75,14 +75,27 @@ status_code rpc_client_create(const char *target, int64_t default_timeout_ms, rp
     /* round_robin: a target that resolves to several replicas ("ipv4:10.0.0.1:50051,
      * 10.0.0.2:50051", a headless Service's DNS name) gets every call spread over the ones
      * that are up, instead of pick_first's one replica until it fails. Behind one address
-     * (a ClusterIP, the mesh's sidecar) it changes nothing. */
-    grpc_arg args[2] = {{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+     * (a ClusterIP, the mesh's sidecar) it changes nothing.
+     *
+     * The channel's defaults suit a server that is always there; here the server may start
+     * after its caller, or change replicas, and the first calls have short deadlines (lending
+     * gives catalog 1 s): a reconnection backoff that grows to 120 s, a DNS name looked up
+     * again at most every 30 s, and a first call that must resolve and connect within its own
+     * deadline made a lending started next to a new catalog answer "the catalog did not answer"
+     * for a while. So: reconnect at most 5 s apart, look the name up again after 1 s, and
+     * start resolving and connecting now, not at the first call. */
+    grpc_arg args[4] = {{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
                          .value.integer = 16 << 20},
                         {.type = GRPC_ARG_STRING, .key = GRPC_ARG_LB_POLICY_NAME,
-                         .value.string = "round_robin"}};
-    grpc_channel_args channel_args = {.num_args = 2, .args = args};
+                         .value.string = "round_robin"},
+                        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+                         .value.integer = 5000},
+                        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS,
+                         .value.integer = 1000}};
+    grpc_channel_args channel_args = {.num_args = 4, .args = args};
     client->channel = grpc_channel_create(target, credentials, &channel_args);
     grpc_channel_credentials_release(credentials);
+    grpc_channel_check_connectivity_state(client->channel, 1);
     client->default_timeout_ms = default_timeout_ms > 0 ? default_timeout_ms : 5000;
     *out = client;
     return STATUS_OK;

@@ -144,6 +144,13 @@ function pod(dir, workloadName, podName) {
       const hostPath = path.resolve(dir, "volumes", workloadName, volume.name);
       return { name: volume.name, hostPath: { path: hostPath, type: "Directory" } };
     }
+    // podman 4.3 mounts a memory emptyDir as a tmpfs owned by root, where a pod running as
+    // its own uid cannot write (Redis's users.conf); the kubelet gives it the pod's fsGroup.
+    // Here it is a volume of the pod's own (tools/lib/deploy_kube.sh makes it, group-owned
+    // by fsGroup), on disk instead of memory.
+    if (volume.emptyDir && volume.emptyDir.medium === "Memory") {
+      return { name: volume.name, persistentVolumeClaim: { claimName: `${volume.name}-${podName}` } };
+    }
     return volume;
   });
   for (const claim of workload.claimTemplates) {

@@ -81,7 +81,8 @@ kube_run_pod() {
   echo 0 >"$dir/ready"
   echo 0 >"$dir/restarts"
   group=$(kube_workload_jq "$workload" .fsGroup)
-  for claim in $(kube_workload_jq "$workload" '.claimTemplates[]'); do
+  # (and the memory emptyDirs, which smoke-pods.mjs turns into volumes of the pod's own)
+  for claim in $(kube_workload_jq "$workload" '.claimTemplates[], (.template.spec.volumes[]? | select(.emptyDir.medium == "Memory") | .name)'); do
     kube_volume "$claim-$pod" "$group"
   done
   for claim in $(kube_workload_jq "$workload" '.template.spec.volumes[]? | .persistentVolumeClaim.claimName // empty'); do

@@ -2,7 +2,7 @@
 # tools/deploy-smoke's scenarios: each prints one line "PASS <name>: ..." or
 # "FAIL <name>: ..." and is counted. Sourced after deploy_kube.sh, with the release running.
 
-SMOKE_SCENARIOS=(seed-demo nats-down redeploy rolling-update scale log-level shared-volume rebuild-job)
+SMOKE_SCENARIOS=(seed-demo nats-down redeploy rolling-update scale log-level shared-volume rebuild-job prometheus)
 smoke_passed=0
 smoke_failed=0
 
@@ -272,4 +272,114 @@ smoke_rebuild_job() {
   code=$(kube_exit_code "$container")
   [[ $code == 0 ]] || { printf 'the job exited %s: %s' "$code" "$(smoke_pod_story "$pod")"; return 1; }
   printf 'job %s completed, exit 0: %s' "$pod" "$(podman logs "$container" 2>&1 | grep -i rebuil | tail -n 1 | cut -c1-160)"
+}
+
+# --- Prometheus: the chart's scrape annotations and alert rules, a load seen in the metrics --
+# Debian's prometheus runs in the toolbox pod's network namespace (as a Prometheus pod would),
+# with tools/deploy/smoke-prometheus.yml: the Kubernetes pod job, its targets written here as
+# kubernetes_sd_configs would give them (pod address, annotations, labels), and the rules from
+# the rendered alerts ConfigMap.
+SMOKE_PROMETHEUS_PID=""
+
+# Every running pod as a kubernetes_sd target (role: pod), in file_sd's JSON.
+smoke_prometheus_targets() {
+  local workload pod ip
+  for workload in $(kube_jq '.workloads[].name'); do
+    for pod in $(kube_pods_of "$workload"); do
+      ip=$(podman inspect --format "{{(index .NetworkSettings.Networks \"$KUBE_NET\").IPAddress}}" \
+        "$(kube_infra "$pod")") || continue
+      kube_workload_jq "$workload" '.template.metadata' |
+        jq -c --arg ip "$ip" --arg pod "$pod" '
+          def meta(prefix; object): object // {} | with_entries(.key |= prefix + gsub("[^a-zA-Z0-9_]"; "_"));
+          {targets: [$ip],
+           labels: ({__meta_kubernetes_pod_name: $pod, __meta_kubernetes_namespace: "default"}
+             + meta("__meta_kubernetes_pod_annotation_"; .annotations)
+             + meta("__meta_kubernetes_pod_label_"; .labels))}'
+    done
+  done | jq -s .
+}
+
+smoke_prometheus_query() {
+  smoke_in_pod "$(kube_pods_of smoke-toolbox | head -n 1)" curl -fsS --max-time 5 \
+    "http://127.0.0.1:9090/api/v1/$1" "${@:2}"
+}
+
+# The sum of a PromQL expression's values now (0 when it has none).
+smoke_prometheus_value() {
+  smoke_prometheus_query query --data-urlencode "query=$1" |
+    jq -r '[.data.result[].value[1] | tonumber] | add // 0 | floor'
+}
+
+smoke_prometheus_stop() {
+  [[ -n $SMOKE_PROMETHEUS_PID ]] || return 0
+  kill "$SMOKE_PROMETHEUS_PID" 2>/dev/null || true
+  kube_wait_pid "$SMOKE_PROMETHEUS_PID"
+  SMOKE_PROMETHEUS_PID=""
+}
+
+smoke_prometheus() {
+  local status=0
+  smoke_prometheus_run || status=$?
+  smoke_prometheus_stop
+  return "$status"
+}
+
+smoke_prometheus_run() {
+  local dir=$KUBE_DIR/prometheus deadline expected targets up rules bad before after acked
+  command -v prometheus >/dev/null || { printf 'no prometheus (tools/install installs it)'; return 1; }
+  rm -rf "$dir"
+  mkdir -p "$dir/data"
+  cp "$LIB_ROOT/tools/deploy/smoke-prometheus.yml" "$dir/prometheus.yml"
+  node -e '
+    const YAML = require(process.argv[1]);
+    const objects = YAML.parseAllDocuments(require("fs").readFileSync(process.argv[2], "utf8")).map((d) => d.toJS());
+    const alerts = objects.find((o) => o && o.kind === "ConfigMap" && /-alerts$/.test(o.metadata.name));
+    if (!alerts) { console.error("no alerts ConfigMap in the render"); process.exit(1); }
+    process.stdout.write(alerts.data["alerts.yml"]);' \
+    "$LIB_ROOT/.tools/node_modules/yaml" "$KUBE_DIR/rendered.yaml" >"$dir/alerts.yml" ||
+    { printf 'no alert rules in the render (monitoring.enabled)'; return 1; }
+  smoke_prometheus_targets >"$dir/targets.json"
+  expected=$(jq '[.[] | select(.labels.__meta_kubernetes_pod_annotation_prometheus_io_scrape == "true")] | length' \
+    "$dir/targets.json")
+  # (nsenter itself, not smoke_in_pod: a function in the background is a subshell, and its
+  # pid is not prometheus's; nsenter -n execs prometheus in its own process)
+  nsenter -t "$(kube_pod_pid "$(kube_pods_of smoke-toolbox | head -n 1)")" -n \
+    prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+    --web.listen-address=127.0.0.1:9090 >"$dir/log" 2>&1 &
+  SMOKE_PROMETHEUS_PID=$!
+  # every annotated pod scraped and up
+  deadline=$((SECONDS + 60))
+  until targets=$(smoke_prometheus_query targets 2>/dev/null) &&
+    up=$(jq '[.data.activeTargets[] | select(.health == "up")] | length' <<<"$targets") &&
+    ((up == expected)); do
+    ((SECONDS < deadline)) || {
+      printf '%s of %d annotated pods up after 60 s: %s' "${up:-none}" "$expected" \
+        "$(jq -c '[.data.activeTargets[]? | {pod: .labels.pod, health, lastError}]' <<<"${targets:-{\}}" | cut -c1-300)"
+      tail -n 5 "$dir/log" >&2
+      return 1
+    }
+    sleep 1
+  done
+  # the rules loaded, and every one evaluated without error
+  deadline=$((SECONDS + 30))
+  until rules=$(smoke_prometheus_query rules) &&
+    bad=$(jq -c '[.data.groups[].rules[] | select(.health != "ok") | {name, health, lastError}]' <<<"$rules") &&
+    [[ $bad == '[]' ]] && (($(jq '[.data.groups[].rules[]] | length' <<<"$rules") > 0)); do
+    ((SECONDS < deadline)) || { printf 'alert rules not all loaded and healthy in 30 s: %s' "$(cut -c1-300 <<<"${bad:-$rules}")"; return 1; }
+    sleep 1
+  done
+  # a load on lending shows in grpc_server_handled_total
+  before=$(smoke_prometheus_value 'sum(grpc_server_handled_total{app_kubernetes_io_component="lending"})')
+  smoke_writer_start prometheus || return 1
+  sleep 10
+  smoke_writer_stop prometheus >/dev/null || { printf 'the load failed: %s' "$(cat "$KUBE_DIR/writer-prometheus/result")"; return 1; }
+  acked=$(wc -l <"$KUBE_DIR/writer-prometheus/acked")
+  deadline=$((SECONDS + 20))
+  until after=$(smoke_prometheus_value 'sum(grpc_server_handled_total{app_kubernetes_io_component="lending"})') &&
+    ((after - before >= acked)); do
+    ((SECONDS < deadline)) || { printf "lending's grpc_server_handled_total rose by %d, fewer than the %d borrows" $((after - before)) "$acked"; return 1; }
+    sleep 1
+  done
+  printf "%d of %d annotated pods scraped up, %d alert rules loaded and healthy; %d borrows raised lending's grpc_server_handled_total by %d" \
+    "$up" "$expected" "$(jq '[.data.groups[].rules[]] | length' <<<"$rules")" "$acked" $((after - before))
 }
