@@ -188,16 +188,26 @@ Test(holds, queue_in_place_time_order_ties_by_hold_id) {
     cr_assert_eq(place(a, record, "h-b", "bob", 2000, 9003, &changed, &st), STATUS_OK);
     cr_assert_eq(place(a, record, "h-d", "dan", 3000, 9004, &changed, &st), STATUS_OK);
     cr_assert_str_eq(queue_of(record), "h-a,h-b,h-z,h-c,h-d");
+    /* a place time outside the Timestamp range (its ms would overflow) counts as now */
+    hold_times times = {.now_ms = 9005, .pickup_ms = PICKUP_MS};
+    Library__Events__V1__HoldPlaced *far = placed(a, "h-far", "far", 0);
+    far->place_time->seconds = INT64_MAX / 2;
+    cr_assert_eq(holds_place(a, record, far, 1, &times, &changed, &st), STATUS_OK);
+    cr_assert_eq(record->hold_queue[record->n_hold_queue - 1]->place_time_ms, 9005);
+    release(a, record, "h-far", "far", 9006);
+    cr_assert_str_eq(queue_of(record), "h-a,h-b,h-z,h-c,h-d");
     cr_assert_eq(record->book->available_copies, 0);
     cr_assert_eq(record->book->on_hold_copies, 0);
-    cr_assert_eq(record->n_outbox, 5);
-    const event *e = last_event(record);
+    cr_assert_eq(record->n_outbox, 7);
+    const event *e = record->outbox[4];
     cr_assert_eq(e->body_case, LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_QUEUED);
     cr_assert_str_eq(e->hold_queued->hold_id, "h-d");
     cr_assert_str_eq(e->hold_queued->user_id, "dan");
     uint64_t version = 0;
     cr_assert_str_eq(snapshot_of(e, &version), "h-a,h-b,h-z,h-c,h-d");
     cr_assert_eq(version, 5);
+    cr_assert_str_eq(snapshot_of(last_event(record), &version), "h-a,h-b,h-z,h-c,h-d");
+    cr_assert_eq(version, 7);
     /* each event carries the queue as it was when it was decided */
     cr_assert_str_eq(snapshot_of(record->outbox[0], &version), "h-c");
     cr_assert_eq(version, 1);
