@@ -28,15 +28,17 @@ static book_index *shelf(void) {
     static book_index *index;
     if (index != NULL)
         return index;
+    /* id, isbn, title, author, total, available, on hold, outbox, next expiry, created,
+     * updated (seconds, then nanos), revision */
     static const book_entry books[] = {
-        {"b-001", "978-0-441-17271-9", "Dune", "Frank Herbert", 4, 2, 1, 1, 0, 0, 1},
-        {"b-002", "978-0-553-29335-7", "Foundation", "Isaac Asimov", 1, 0, 2, 2, 0, 0, 1},
-        {"b-003", "", "Dune Messiah", "Frank Herbert", 2, 2, 3, 3, 0, 0, 1},
-        {"b-004", "0-306-40615-2", "The Left Hand of Darkness", "Ursula K. Le Guin", 3, 3, 4, 4, 0, 0, 1},
-        {"b-005", "", "dune", "someone else", 1, 1, 5, 5, 0, 0, 1},
-        {"b-006", "978 3 16 148410 0", "Neuromancer", "William Gibson", 5, 1, 6, 6, 0, 0, 1},
-        {"b-007", "", "\xc3\x89tudes", "Chopin", 1, 1, 7, 7, 0, 0, 1},
-        {"b-008", "", "Dune", "Frank Herbert", 1, 1, 8, 8, 0, 0, 1},
+        {"b-001", "978-0-441-17271-9", "Dune", "Frank Herbert", 4, 2, 0, 0, 0, 1, 1, 0, 0, 1},
+        {"b-002", "978-0-553-29335-7", "Foundation", "Isaac Asimov", 1, 0, 0, 0, 0, 2, 2, 0, 0, 1},
+        {"b-003", "", "Dune Messiah", "Frank Herbert", 2, 2, 0, 0, 0, 3, 3, 0, 0, 1},
+        {"b-004", "0-306-40615-2", "The Left Hand of Darkness", "Ursula K. Le Guin", 3, 3, 0, 0, 0, 4, 4, 0, 0, 1},
+        {"b-005", "", "dune", "someone else", 1, 1, 0, 0, 0, 5, 5, 0, 0, 1},
+        {"b-006", "978 3 16 148410 0", "Neuromancer", "William Gibson", 5, 1, 0, 0, 0, 6, 6, 0, 0, 1},
+        {"b-007", "", "\xc3\x89tudes", "Chopin", 1, 1, 0, 0, 0, 7, 7, 0, 0, 1},
+        {"b-008", "", "Dune", "Frank Herbert", 1, 1, 0, 0, 0, 8, 8, 0, 0, 1},
     };
     index = book_index_create();
     FUZZ_CHECK(index != NULL);

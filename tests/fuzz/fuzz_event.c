@@ -1,8 +1,10 @@
 /* fuzz_event.c - the library.events.v1.Event envelope as the consumers get it from the
  * stream: unpacked as events.c does, then what each consumer does with it that needs no NATS
  * or Redis: the catalog saga's id checks and its decision on a book record (run twice, as a
- * redelivery would), lending's loan state change on a reservation outcome, and mypage's page
- * change (a loan's, a renewal's, or a hold's with its queue snapshot).
+ * redelivery would), the catalog's hold rules (holds.c) on a book record with a queue (the
+ * event's own snapshot when it carries one), lending's loan state change on a reservation
+ * outcome, and mypage's page change (a loan's, a renewal's, or a hold's with its queue
+ * snapshot).
  *
  * Input: the serialized Event. */
 #include <stdbool.h>
@@ -14,8 +16,11 @@
 #include "fuzz.h"
 #include "../../services/lending/lending.h"
 #include "../../services/mypage/page.h"
+#include "../../services/catalog/holds.h"
 #include "../../services/catalog/saga.h"
+#include "field.h"
 #include "status.h"
+#include "timestamp.h"
 
 /* A consistent book: 3 copies, one on loan ("loan-1"), one earlier refusal ("loan-2"). */
 static book_record *book_on_shelf(arena *a) {
@@ -91,6 +96,214 @@ static void catalog_consumer(const event *e) {
     arena_destroy(a);
 }
 
+/* --- the catalog's hold rules ------------------------------------------------------------ */
+
+enum { PICKUP_MS = 4000, QUEUE_FROM_EVENT_MAX = 64 };
+
+static hold_entry *new_hold(arena *a, const char *hold_id, const char *user_id, int64_t place_ms) {
+    hold_entry *hold = (void *)arena_new_message(a, &library__catalog__internal__hold_entry__descriptor);
+    FUZZ_CHECK(hold != NULL);
+    hold->hold_id = (char *)hold_id;
+    hold->user_id = (char *)user_id;
+    hold->place_time_ms = place_ms;
+    return hold;
+}
+
+/* A consistent book with holds: every copy out but the one set aside for a READY hold
+ * ("r-ready", expiring at 5 s), a queue (the snapshot's well-formed, distinct ids in its
+ * order, or two holds), and one settled hold ("s-done"); stored and decoded as the store
+ * does, so the rules run on a decoded BookRecord. */
+static book_record *book_with_holds(arena *a, const Library__Events__V1__HoldQueue *snapshot) {
+    book_record *record = (void *)arena_new_message(a, &library__catalog__internal__book_record__descriptor);
+    Library__Catalog__V1__Book *book = (void *)arena_new_message(a, &library__catalog__v1__book__descriptor);
+    FUZZ_CHECK(record && book);
+    int32_t total = 2 + (int32_t)((snapshot ? snapshot->version : 0) % 3);
+    book->book_id = "b-001";
+    book->total_copies = total;
+    book->on_hold_copies = 1;
+    record->book = book;
+    record->loans_on_hand = arena_alloc(a, (size_t)total * sizeof *record->loans_on_hand);
+    for (int32_t i = 0; i + 1 < total; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "loan-%d", i);
+        record->loans_on_hand[record->n_loans_on_hand++] = arena_strdup(a, id);
+    }
+    record->holds_ready = arena_alloc(a, sizeof *record->holds_ready);
+    record->holds_ready[0] = new_hold(a, "r-ready", "ready-user", 500);
+    record->holds_ready[0]->ready_time_ms = 1000;
+    record->holds_ready[0]->expire_time_ms = 5000;
+    record->n_holds_ready = 1;
+    record->holds_settled = arena_alloc(a, sizeof *record->holds_settled);
+    record->holds_settled[0] = "s-done";
+    record->n_holds_settled = 1;
+    record->hold_queue = arena_alloc(a, (QUEUE_FROM_EVENT_MAX + 2) * sizeof *record->hold_queue);
+    size_t from_snapshot = snapshot ? snapshot->n_hold_ids : 0;
+    for (size_t i = 0; i < from_snapshot && record->n_hold_queue < QUEUE_FROM_EVENT_MAX; i++) {
+        const char *id = snapshot->hold_ids[i];
+        status ignored;
+        bool known = field_check_id(id, "hold_id", &ignored) != STATUS_OK || strcmp(id, "r-ready") == 0 ||
+                     strcmp(id, "s-done") == 0;
+        for (size_t j = 0; j < record->n_hold_queue && !known; j++)
+            known = strcmp(record->hold_queue[j]->hold_id, id) == 0;
+        if (!known)
+            record->hold_queue[record->n_hold_queue++] = new_hold(a, id, "queued-user", 1000 + (int64_t)i);
+    }
+    if (snapshot == NULL) {
+        record->hold_queue[0] = new_hold(a, "w-first", "first-user", 1000);
+        record->hold_queue[1] = new_hold(a, "w-second", "second-user", 2000);
+        record->n_hold_queue = 2;
+    }
+    record->queue_version = snapshot ? snapshot->version : 7;
+    size_t size = 0;
+    uint8_t *packed = arena_pack(a, &record->base, &size);
+    FUZZ_CHECK(packed != NULL);
+    book_record *decoded = (void *)arena_unpack(a, &library__catalog__internal__book_record__descriptor, packed, size);
+    FUZZ_CHECK(decoded != NULL);
+    return decoded;
+}
+
+/* After any change and holds_finish: the copy count, each set-aside copy with one READY
+ * hold, nobody waiting while a copy is free, the queue in order, and every event the change
+ * announced carrying the queue as it now is. */
+static void check_holds(const book_record *record, size_t outbox_before) {
+    const Library__Catalog__V1__Book *book = record->book;
+    FUZZ_CHECK(book->available_copies >= 0);
+    FUZZ_CHECK((size_t)book->on_hold_copies == record->n_holds_ready);
+    FUZZ_CHECK((size_t)book->available_copies + record->n_holds_ready + record->n_loans_on_hand ==
+               (size_t)book->total_copies);
+    FUZZ_CHECK(book->available_copies == 0 || record->n_hold_queue == 0);
+    for (size_t i = 0; i < record->n_hold_queue; i++) {
+        const hold_entry *x = record->hold_queue[i];
+        if (i) {
+            const hold_entry *before = record->hold_queue[i - 1];
+            FUZZ_CHECK(before->place_time_ms < x->place_time_ms ||
+                       (before->place_time_ms == x->place_time_ms && strcmp(before->hold_id, x->hold_id) < 0));
+        }
+        for (size_t j = 0; j < record->n_holds_ready; j++)
+            FUZZ_CHECK(strcmp(x->hold_id, record->holds_ready[j]->hold_id) != 0);
+    }
+    for (size_t i = outbox_before; i < record->n_outbox; i++) {
+        const event *e = record->outbox[i];
+        const Library__Events__V1__HoldQueue *queue =
+            e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_QUEUED     ? e->hold_queued->queue
+            : e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_READY    ? e->hold_ready->queue
+            : e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_EXPIRED  ? e->hold_expired->queue
+            : e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_RELEASED ? e->hold_released->queue
+                                                                             : NULL;
+        FUZZ_CHECK(queue != NULL && queue->n_hold_ids == record->n_hold_queue);
+        FUZZ_CHECK(queue->version == record->queue_version);
+    }
+}
+
+static size_t queued_count(const book_record *record, const char *hold_id) {
+    size_t count = 0;
+    for (size_t i = 0; i < record->n_hold_queue; i++)
+        count += strcmp(record->hold_queue[i]->hold_id, hold_id) == 0;
+    for (size_t i = 0; i < record->n_holds_ready; i++)
+        count += strcmp(record->holds_ready[i]->hold_id, hold_id) == 0;
+    return count;
+}
+
+/* One hold rule and holds_finish, as the saga runs them; the rule's status. */
+static status_code hold_step(arena *a, book_record *record, const event *e, const hold_times *times) {
+    size_t before = record->n_outbox;
+    bool changed = false;
+    status st;
+    status_code code;
+    if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED)
+        code = holds_place(a, record, e->hold_placed, e->attempt, times, &changed, &st);
+    else if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED)
+        code = holds_release(a, record, e->hold_canceled, e->attempt, times, &changed, &st);
+    else
+        code = holds_expire(a, record, times, &changed, &st);
+    if (code != STATUS_OK) {
+        FUZZ_CHECK(code == STATUS_RESOURCE_EXHAUSTED && strcmp(st.reason, "QUEUE_FULL") == 0);
+        return code;
+    }
+    FUZZ_CHECK(changed || record->n_outbox == before);
+    if (changed)
+        FUZZ_CHECK(holds_finish(a, record, before, &st) == STATUS_OK);
+    check_holds(record, before);
+    return code;
+}
+
+/* HoldPlaced and HoldCanceled as the catalog consumes them (twice, as a redelivery would),
+ * then the sweeper's expiry; any other hold event's queue snapshot becomes the book's queue,
+ * and its hold is canceled, placed again (which then queues nothing) and expired. */
+static void catalog_hold_rules(const event *e) {
+    const char *hold_id = NULL, *user_id = NULL;
+    const Library__Events__V1__HoldQueue *snapshot = NULL;
+    switch (e->body_case) {
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED:
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED: {
+        status checked;
+        if (catalog_saga_check_event(e, &checked) != STATUS_OK) {
+            FUZZ_CHECK(checked.code == STATUS_INVALID_ARGUMENT);
+            return;
+        }
+        break;
+    }
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_QUEUED:
+        hold_id = e->hold_queued->hold_id, user_id = e->hold_queued->user_id, snapshot = e->hold_queued->queue;
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_READY:
+        hold_id = e->hold_ready->hold_id, user_id = e->hold_ready->user_id, snapshot = e->hold_ready->queue;
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_EXPIRED:
+        hold_id = e->hold_expired->hold_id, user_id = e->hold_expired->user_id, snapshot = e->hold_expired->queue;
+        break;
+    case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_RELEASED:
+        hold_id = e->hold_released->hold_id, user_id = e->hold_released->user_id, snapshot = e->hold_released->queue;
+        break;
+    default: return;
+    }
+    status ignored;
+    if (hold_id && field_check_id(hold_id, "hold_id", &ignored) != STATUS_OK)
+        return;
+    arena *a = arena_create(0);
+    FUZZ_CHECK(a != NULL);
+    book_record *record = book_with_holds(a, snapshot);
+    hold_times times = {.now_ms = 3000, .pickup_ms = PICKUP_MS};
+    if (hold_id == NULL) { /* the catalog's own consumer */
+        hold_step(a, record, e, &times);
+        const char *id = e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED ? e->hold_placed->hold_id
+                                                                                    : e->hold_canceled->hold_id;
+        size_t queued = queued_count(record, id), queue_length = record->n_hold_queue;
+        FUZZ_CHECK(queued <= 1);
+        hold_step(a, record, e, &times);
+        FUZZ_CHECK(queued_count(record, id) == queued && record->n_hold_queue == queue_length); /* same answer */
+        if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED)
+            FUZZ_CHECK(queued == 0);
+    } else {
+        Library__Events__V1__HoldCanceled canceled = LIBRARY__EVENTS__V1__HOLD_CANCELED__INIT;
+        canceled.hold_id = (char *)hold_id, canceled.user_id = (char *)user_id, canceled.book_id = "b-001";
+        event cancel = LIBRARY__EVENTS__V1__EVENT__INIT;
+        cancel.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED, cancel.hold_canceled = &canceled;
+        hold_step(a, record, &cancel, &times);
+        FUZZ_CHECK(queued_count(record, hold_id) == 0);
+        Library__Events__V1__HoldPlaced placed = LIBRARY__EVENTS__V1__HOLD_PLACED__INIT;
+        placed.hold_id = (char *)hold_id, placed.user_id = (char *)user_id, placed.book_id = "b-001";
+        placed.place_time = e->occur_time;
+        event place = LIBRARY__EVENTS__V1__EVENT__INIT;
+        place.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED, place.hold_placed = &placed;
+        size_t outbox = record->n_outbox;
+        hold_step(a, record, &place, &times);
+        FUZZ_CHECK(queued_count(record, hold_id) == 0 && record->n_outbox == outbox); /* settled */
+    }
+    event sweep = LIBRARY__EVENTS__V1__EVENT__INIT;
+    times.now_ms = 5000; /* r-ready's copy goes on */
+    hold_step(a, record, &sweep, &times);
+    FUZZ_CHECK(queued_count(record, "r-ready") == 0);
+    times.now_ms = 1000000; /* and every other READY hold's */
+    hold_step(a, record, &sweep, &times);
+    FUZZ_CHECK(record->n_holds_ready <= (size_t)record->book->total_copies);
+    size_t size = 0;
+    uint8_t *packed = arena_pack(a, &record->base, &size);
+    FUZZ_CHECK(packed != NULL);
+    FUZZ_CHECK(arena_unpack(a, &library__catalog__internal__book_record__descriptor, packed, size) != NULL);
+    arena_destroy(a);
+}
+
 /* Lending's consumer of the catalog's answer: only a PENDING loan moves. */
 static void lending_consumer(bool reserved) {
     for (int state = LOAN_PENDING; state <= LOAN_CANCELED; state++) {
@@ -153,7 +366,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED: catalog_consumer(e); break;
     case LIBRARY__EVENTS__V1__EVENT__BODY_COPY_RESERVED: lending_consumer(true); break;
     case LIBRARY__EVENTS__V1__EVENT__BODY_OUT_OF_STOCK: lending_consumer(false); break;
-    default: break;
+    default: catalog_hold_rules(e); break;
     }
     mypage_consumer(e);
     /* Re-encoding what was decoded writes what it measured. (Decoding that again is not

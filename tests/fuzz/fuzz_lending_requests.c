@@ -1,10 +1,11 @@
 /* fuzz_lending_requests.c - every LendingService request through what the service does with
  * it, without the network: protobuf-c decoding into an arena, the handlers' checks (ids,
- * request ids, ListLoans' owner, page size, status filter and page token) and the loan rules
- * behind them, RenewLoan's over a loan record made from the request's bytes.
+ * request ids, ListLoans' and ListHolds' owner, page size, status filter and page token) and
+ * the rules behind them: RenewLoan's over a loan record made from the request's bytes,
+ * PlaceHold's limits over a user record made from them.
  *
- * Input: one byte choosing the method (and, for ListLoans and RenewLoan, whether the caller
- * is an administrator), then the serialized request. */
+ * Input: one byte choosing the method (and, for ListLoans, RenewLoan and ListHolds, whether
+ * the caller is an administrator), then the serialized request. */
 #include <stdbool.h>
 #include <string.h>
 
@@ -16,6 +17,7 @@
 #include "library/lending/v1/lending.pb-c.h"
 #include "renewals.h"
 #include "status.h"
+#include "user_record.h"
 
 static const ProtobufCMessageDescriptor *const request_types[] = {
     &library__lending__v1__borrow_book_request__descriptor,
@@ -23,6 +25,10 @@ static const ProtobufCMessageDescriptor *const request_types[] = {
     &library__lending__v1__get_loan_request__descriptor,
     &library__lending__v1__list_loans_request__descriptor,
     &library__lending__v1__renew_loan_request__descriptor,
+    &library__lending__v1__place_hold_request__descriptor,
+    &library__lending__v1__cancel_hold_request__descriptor,
+    &library__lending__v1__get_hold_request__descriptor,
+    &library__lending__v1__list_holds_request__descriptor,
 };
 enum { METHOD_COUNT = sizeof request_types / sizeof request_types[0] };
 
@@ -142,6 +148,120 @@ static void renew_loan(arena *a, const Library__Lending__V1__RenewLoanRequest *r
         FUZZ_CHECK(code == STATUS_OK && replay && !changed && loan.renewal_count == count_before + 1);
 }
 
+/* PlaceHold: the ids it checks and makes, then the per-user rules over a user record whose
+ * open loans and holds come from the request's bytes. A hold that is placed is open and last
+ * in the history; placing it again is a replay that changes nothing; a refusal changes
+ * nothing; closing it frees the slot once. */
+static void place_hold(arena *a, const Library__Lending__V1__PlaceHoldRequest *req) {
+    status st;
+    status_code code = field_check_id(req->book_id, "book_id", &st);
+    if (code == STATUS_OK)
+        code = field_check_request_id(req->request_id, &st);
+    if (code != STATUS_OK) {
+        check_failure(code, &st);
+        return;
+    }
+    /* The hold id, as the handler makes it: one GetHold and CancelHold accept, and never the
+     * id of a loan made with the same request id. */
+    char scoped[160], hold_id[LENDING_LOAN_ID_LENGTH + 1], loan_id[LENDING_LOAN_ID_LENGTH + 1];
+    if (req->request_id[0])
+        snprintf(scoped, sizeof scoped, "hold:%s", req->request_id);
+    else
+        scoped[0] = '\0';
+    lending_new_loan_id("fuzz-user", scoped, hold_id);
+    FUZZ_CHECK(field_check_id(hold_id, "hold_id", &st) == STATUS_OK);
+    if (req->request_id[0]) {
+        lending_new_loan_id("fuzz-user", req->request_id, loan_id);
+        FUZZ_CHECK(strcmp(hold_id, loan_id) != 0);
+    }
+
+    /* Open loans and holds from the book id's bytes: byte i picks the entry's book (this one
+     * or another), kind, state and due time. */
+    size_t n = strlen(req->book_id);
+    unsigned char seed = (unsigned char)req->book_id[0];
+    user_record user = LIBRARY__LENDING__INTERNAL__USER_RECORD__INIT;
+    user_open_loan *loans[8];
+    Library__Lending__Internal__OpenHold *holds[8];
+    char *history[8];
+    Library__Lending__Internal__OpenLoan loan_rows[8];
+    Library__Lending__Internal__OpenHold hold_rows[8];
+    char ids[8][24];
+    for (size_t i = 0; i < n % 8; i++) {
+        unsigned char b = (unsigned char)req->book_id[i];
+        snprintf(ids[i], sizeof ids[i], "entry-%zu", i);
+        char *book = b % 3 == 0 ? req->book_id : "another-book";
+        if (b % 2) {
+            loan_rows[i] = (Library__Lending__Internal__OpenLoan)LIBRARY__LENDING__INTERNAL__OPEN_LOAN__INIT;
+            loan_rows[i].loan_id = ids[i];
+            loan_rows[i].book_id = book;
+            loan_rows[i].status = 1 + (b / 2) % 2; /* PENDING or ACTIVE */
+            loan_rows[i].due_time = (int64_t)b * 1000;
+            loans[user.n_open_loans++] = &loan_rows[i];
+        } else {
+            hold_rows[i] = (Library__Lending__Internal__OpenHold)LIBRARY__LENDING__INTERNAL__OPEN_HOLD__INIT;
+            hold_rows[i].hold_id = ids[i];
+            hold_rows[i].book_id = book;
+            holds[user.n_open_holds++] = &hold_rows[i];
+            history[user.n_hold_history++] = ids[i];
+        }
+    }
+    user.open_loans = loans;
+    user.open_holds = holds;
+    user.hold_history = history;
+    user_hold hold = {.hold_id = hold_id, .book_id = req->book_id, .now_seconds = 100000,
+                      .max_holds = 1 + seed % 5};
+    size_t open_before = user.n_open_holds, history_before = user.n_hold_history;
+    bool replay = false, changed = false;
+    code = user_record_add_hold(a, &user, &hold, &replay, &changed, &st);
+    if (code != STATUS_OK) {
+        FUZZ_CHECK(code == STATUS_FAILED_PRECONDITION && st.reason[0] != '\0' && st.message[0] != '\0');
+        FUZZ_CHECK(!changed && user.n_open_holds == open_before && user.n_hold_history == history_before);
+        return;
+    }
+    FUZZ_CHECK(changed && !replay);
+    FUZZ_CHECK(user.n_open_holds == open_before + 1 && user.n_open_holds <= (size_t)hold.max_holds);
+    FUZZ_CHECK(strcmp(user_record_hold_from_newest(&user, 0), hold_id) == 0);
+    for (size_t i = 0; i + 1 < user.n_open_holds; i++) /* one open hold per book */
+        FUZZ_CHECK(strcmp(user.open_holds[i]->book_id, req->book_id) != 0);
+    FUZZ_CHECK(user_record_add_hold(a, &user, &hold, &replay, &changed, &st) == STATUS_OK);
+    FUZZ_CHECK(replay && !changed && user.n_open_holds == open_before + 1);
+    FUZZ_CHECK(user_record_close_hold(&user, hold_id) && user.n_open_holds == open_before);
+    FUZZ_CHECK(!user_record_close_hold(&user, hold_id));
+}
+
+/* CancelHold and GetHold: the hold id is checked before anything is looked up. */
+static void one_hold(const char *hold_id) {
+    status st;
+    status_code code = field_check_id(hold_id, "hold_id", &st);
+    if (code != STATUS_OK)
+        check_failure(code, &st);
+}
+
+/* ListHolds, with the handler's checks in its order: the status filter, the book id, a
+ * book's queue only for administrators, then the owner, page size and page token. */
+static void list_holds(const Library__Lending__V1__ListHoldsRequest *req, bool admin) {
+    status st;
+    if (req->status < 0 || req->status > LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_EXPIRED)
+        return;
+    if (req->book_id[0] && field_check_id(req->book_id, "book_id", &st)) {
+        check_failure(st.code, &st);
+        return;
+    }
+    bool book_queue = req->user_id[0] == '\0' && req->book_id[0] != '\0';
+    if (book_queue && !admin)
+        return;
+    lending_list_query query;
+    status_code code = lending_check_list("fuzz-user", admin, req->user_id, req->page_size, 0, req->page_token,
+                                          &query, &st);
+    if (code != STATUS_OK) {
+        check_failure(code, &st);
+        return;
+    }
+    FUZZ_CHECK(query.page_size >= 1 && query.page_size <= LENDING_PAGE_SIZE_MAX);
+    FUZZ_CHECK(admin || strcmp(query.user_id, "fuzz-user") == 0);
+    FUZZ_CHECK(query.start_at[0] == '\0' || strlen(query.start_at) == LENDING_LOAN_ID_LENGTH);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1)
         return 0;
@@ -156,7 +276,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 1: one_loan(((const Library__Lending__V1__ReturnBookRequest *)(const void *)request)->loan_id); break;
         case 2: one_loan(((const Library__Lending__V1__GetLoanRequest *)(const void *)request)->loan_id); break;
         case 3: list_loans((const void *)request, admin); break;
-        default: renew_loan(a, (const void *)request, admin); break;
+        case 4: renew_loan(a, (const void *)request, admin); break;
+        case 5: place_hold(a, (const void *)request); break;
+        case 6: one_hold(((const Library__Lending__V1__CancelHoldRequest *)(const void *)request)->hold_id); break;
+        case 7: one_hold(((const Library__Lending__V1__GetHoldRequest *)(const void *)request)->hold_id); break;
+        default: list_holds((const void *)request, admin); break;
         }
     }
     arena_destroy(a);

@@ -74,10 +74,18 @@ def main():
         b"\x01" + message((1, "0123456789abcdef0123")),
         b"\x02" + message((1, "0123456789abcdef0123")),
         b"\x03" + message((1, ""), (2, 2), (3, 10), (4, "o20")),
-        b"\x08" + message((1, "someone-else"), (2, 4), (3, 1000)),
+        b"\x0c" + message((1, "someone-else"), (2, 4), (3, 1000)),
         b"\x03" + message((1, "someone-else")),
         b"\x04" + message((1, "0123456789abcdef0123"), (2, "renew-1")),
-        b"\x09" + message((1, "3f2a9c0b1d4e5f607182")),
+        b"\x0d" + message((1, "3f2a9c0b1d4e5f607182")),
+        # the hold methods: 5 PlaceHold, 6 CancelHold, 7 GetHold, 8 ListHolds (+9: as an admin)
+        b"\x05" + message((1, "b-001"), (2, "hold-1")),
+        b"\x05" + message((1, "0a1b2c3d4e5f6")),
+        b"\x06" + message((1, "aaaaaaaaaaaaaaaaaaaa")),
+        b"\x07" + message((1, "aaaaaaaaaaaaaaaaaaaa")),
+        b"\x08" + message((3, 1), (4, 10)),
+        b"\x11" + message((2, "b-001"), (4, 100)),
+        b"\x11" + message((1, "ann"), (2, "b-001"), (3, 2), (5, "o20")),
     ])
     write("mypage_requests", [
         b"\x00" + message((1, "ann")),
@@ -126,6 +134,18 @@ def main():
                                         (4, message((1, "b-001"), (2, 5), (3, "bad|id")))))),
         message(*envelope, (27, message((1, "aaaaaaaaaaaaaaaaaaaa"), (2, "ann"), (3, "b-001"),
                                         (4, message((1, "b-001"), (2, 6)))))),
+        # the catalog's hold rules run on a book whose queue is w-first, w-second, with
+        # r-ready READY and s-done settled (fuzz_event.c, book_with_holds)
+        message(*envelope, (21, message((1, "w-first"), (2, "first-user"), (3, "b-001"),
+                                        (5, timestamp(0, 1000000))))),
+        message(*envelope, (21, message((1, "r-ready"), (2, "ready-user"), (3, "b-001")))),
+        message(*envelope, (21, message((1, "s-done"), (2, "bob"), (3, "b-001"), (5, timestamp(1))))),
+        message(*envelope, (21, message((1, "w-between"), (2, "cho"), (3, "b-001"), (5, timestamp(1, 500000000))))),
+        message(*envelope, (25, message((1, "r-ready"), (2, "ready-user"), (3, "b-001")))),
+        message(*envelope, (25, message((1, "w-first"), (2, "first-user"), (3, "b-001")))),
+        message(*envelope, (22, message((1, "w-late"), (2, "dan"), (3, "b-001"),
+                                        (4, message((1, "b-001"), (2, 8), (3, "x-1"), (3, "w-late"), (3, "x-1"),
+                                                    (3, "r-ready")))))),
     ])
     claims = ('{"sub":"ann","iss":"fuzz-issuer","aud":"fuzz-audience","exp":4102444800,'
               '"nbf":1600000000,"role":"admin"}')

@@ -354,6 +354,80 @@ Test(mypage, watch_sends_the_page_then_each_change_within_a_second) {
     rpc_client_stream_close(stream);
 }
 
+static status_code place_hold_as(target t, const char *user, const char *book_id,
+                                 Library__Lending__V1__Hold **out, status *st) {
+    Library__Lending__V1__PlaceHoldRequest request = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status_code code = harness_call(t.lending, LENDING "PlaceHold", &request.base,
+                                    &library__lending__v1__hold__descriptor, mem, user_bearer(user), &response, st);
+    *out = (Library__Lending__V1__Hold *)response;
+    return code;
+}
+
+/* Reads the watch until the page shows the hold in this status (and position), for at most
+ * wait_ms; the page, or NULL. */
+static Mypage *watch_until_hold(rpc_client_stream *stream, const char *hold_id,
+                                Library__Lending__V1__HoldStatus wanted, int32_t position, int64_t wait_ms) {
+    int64_t until = harness_now_ms() + wait_ms;
+    Mypage *page = NULL;
+    status st;
+    while (harness_now_ms() < until) {
+        status_code code = next_page(stream, until - harness_now_ms(), &page, &st);
+        if (code != STATUS_OK || page == NULL)
+            return NULL;
+        for (size_t i = 0; i < page->n_holds; i++)
+            if (strcmp(page->holds[i]->hold_id, hold_id) == 0 && page->holds[i]->status == wanted &&
+                page->holds[i]->position == position)
+                return page;
+    }
+    return NULL;
+}
+
+/* DESIGN.md section 10: WatchMypage pushes a hold turning READY within a second. A reader
+ * holds a book whose only copy is out; the watch shows the hold WAITING first in the queue,
+ * then READY once the borrower returns the copy (the catalog's HoldReady, through lending's
+ * hold record and mypage's projection), measured from the return's answer. The shared
+ * stack's catalog sets copies aside for HOLD_PICKUP=4s. */
+Test(mypage, watch_pushes_a_hold_turning_ready_within_a_second_of_the_return) {
+    target t = shared_target();
+    Book *book = register_book("Held", "Seed", "978-93", 1);
+    const char *borrower = unique("borrower"), *holder = unique("holder");
+    status st;
+    Loan *loan = NULL;
+    cr_assert_eq(borrow_as(t, mem, borrower, book->book_id, &loan, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(loan->status, ACTIVE, "the only copy is lent");
+
+    rpc_client_stream *stream = watch(t, user_bearer(holder), NULL, 30000, &st);
+    Mypage *page = NULL;
+    cr_assert_eq(next_page(stream, 5000, &page, &st), STATUS_OK, "%s", st.message);
+    cr_assert_not_null(page, "the stream ended before the first page");
+    cr_assert_eq(page->n_holds, 0);
+
+    Library__Lending__V1__Hold *hold = NULL;
+    cr_assert_eq(place_hold_as(t, holder, book->book_id, &hold, &st), STATUS_OK, "PlaceHold: %s", st.message);
+    page = watch_until_hold(stream, hold->hold_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING, 1,
+                            harness_latency_bound_ms(5000));
+    cr_assert_not_null(page, "the watch never showed the hold WAITING at position 1");
+    cr_assert_eq(page->n_holds, 1);
+    cr_assert_str_eq(page->holds[0]->book_id, book->book_id);
+
+    cr_assert_eq(return_as(t, mem, borrower, loan->loan_id, &st), STATUS_OK, "ReturnBook: %s", st.message);
+    int64_t returned_at = harness_now_ms();
+    page = watch_until_hold(stream, hold->hold_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY, 0,
+                            harness_latency_bound_ms(5000));
+    int64_t latency = harness_now_ms() - returned_at;
+    cr_assert_not_null(page, "the watch never showed the hold READY after the return");
+    cr_assert_lt(latency, harness_latency_bound_ms(1000), "the READY hold came %lld ms after the return's answer",
+                 (long long)latency);
+    cr_log_info("WatchMypage showed the hold READY %lld ms after ReturnBook answered", (long long)latency);
+    const Google__Protobuf__Timestamp *expire = page->holds[0]->expire_time;
+    cr_assert_not_null(expire, "a READY hold shows until when its copy waits");
+    int64_t waits_ms = expire->seconds * 1000 + expire->nanos / 1000000 - timestamp_now_ms();
+    cr_assert(waits_ms > 0 && waits_ms <= 4000, "the copy waits %lld ms more, HOLD_PICKUP is 4s", (long long)waits_ms);
+    rpc_client_stream_close(stream);
+}
+
 Test(mypage, watch_ends_cleanly_at_its_deadline_and_checks_access) {
     target t = shared_target();
     const char *user = unique("watcher");

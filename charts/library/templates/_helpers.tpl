@@ -171,6 +171,8 @@ LOG_LEVEL: {{ .Values.config.logLevel | quote }}
 LOAN_PERIOD: {{ .Values.config.loanPeriod | quote }}
 MAX_ACTIVE_LOANS: {{ .Values.config.maxActiveLoans | toString | quote }}
 MAX_RENEWALS: {{ .Values.config.maxRenewals | toString | quote }}
+MAX_HOLDS: {{ .Values.config.maxHolds | toString | quote }}
+HOLD_PICKUP: {{ .Values.config.holdPickup | quote }}
 JWT_ISSUER: {{ .Values.config.jwtIssuer | quote }}
 JWT_AUDIENCE: {{ .Values.config.jwtAudience | quote }}
 NATS_URL: {{ include "library.natsUrl" . | quote }}
@@ -186,7 +188,7 @@ config tables; tools/check-deploy checks them against the sources).
 */}}
 {{- define "library.configKeys" -}}
 {{- $common := list "LOG_LEVEL" "JWT_ISSUER" "JWT_AUDIENCE" "NATS_URL" "NATS_REPLICAS" "DRAIN_GRACE" -}}
-{{- $extra := dict "catalog" (list) "lending" (list "LOAN_PERIOD" "MAX_ACTIVE_LOANS" "MAX_RENEWALS" "CATALOG_ADDR") "mypage" (list "REDIS_URL") -}}
+{{- $extra := dict "catalog" (list "HOLD_PICKUP") "lending" (list "LOAN_PERIOD" "MAX_ACTIVE_LOANS" "MAX_RENEWALS" "MAX_HOLDS" "CATALOG_ADDR") "mypage" (list "REDIS_URL") -}}
 {{- concat $common (index $extra .) | toJson -}}
 {{- end -}}
 
