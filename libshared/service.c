@@ -3,10 +3,12 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "api_descriptor.h"
 #include "auth.h"
@@ -342,6 +344,24 @@ done:
     return exit_status;
 }
 
+/* A one-shot command whose work is done must end: if closing NATS (NATS.c joins its threads)
+ * has not let it exit within COMMAND_EXIT_GRACE_S, the process ends with the command's status.
+ * A `mypage --rebuild` that had printed its result hung there once under the sanitizers, and a
+ * Kubernetes Job would then never complete. */
+enum { COMMAND_EXIT_GRACE_S = 10 };
+
+static void *exit_watchdog(void *arg) {
+    int exit_status = (int)(intptr_t)arg;
+    struct timespec pause = {.tv_sec = COMMAND_EXIT_GRACE_S};
+    while (nanosleep(&pause, &pause) != 0) {
+    }
+    LOG_WARN("closing the NATS connection took more than %d s; exiting with status %d", COMMAND_EXIT_GRACE_S,
+             exit_status);
+    fflush(NULL);
+    _exit(exit_status);
+    return NULL;
+}
+
 /* Runs a one-shot command with the configuration and a NATS connection. */
 static int run_command(const service_definition *definition, const service_command *command) {
     status st;
@@ -362,6 +382,9 @@ static int run_command(const service_definition *definition, const service_comma
     }
     service_context context = {.settings = &settings, .nats = nats};
     int exit_status = command->run(&context);
+    pthread_t watchdog;
+    if (pthread_create(&watchdog, NULL, exit_watchdog, (void *)(intptr_t)exit_status) == 0)
+        pthread_detach(watchdog);
     nats_connection_close(nats);
     return exit_status;
 }

@@ -648,8 +648,26 @@ int harness_service_run(const char *name, const char *argument, const char *dir,
     process.pid = harness_spawn(argv, all, process.log_path);
     if (process.pid <= 0)
         return -1;
-    /* signal 0 only waits: the command ends by itself or is killed at the timeout */
-    return harness_process_stop(&process, 0, timeout_ms);
+    /* the command ends by itself; one that overstays has its threads' stacks written beside
+     * its log (gdb) before it is killed, so a hang leaves evidence */
+    int64_t until = harness_now_ms() + timeout_ms;
+    int wait_status = 0;
+    while (waitpid(process.pid, &wait_status, WNOHANG) != process.pid) {
+        if (harness_now_ms() > until) {
+            char command[1200];
+            snprintf(command, sizeof command,
+                     "gdb -p %d -batch -ex 'thread apply all bt' > '%s.stacks' 2>&1", (int)process.pid,
+                     process.log_path);
+            if (system(command) != 0)
+                fprintf(stderr, "harness: could not take the stacks of %s %s\n", name, argument);
+            fprintf(stderr, "harness: %s %s did not end in %lld ms; stacks in %s.stacks\n", name, argument,
+                    (long long)timeout_ms, process.log_path);
+            harness_process_stop(&process, SIGKILL, 5000);
+            return -1;
+        }
+        harness_sleep_ms(10);
+    }
+    return WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : 128 + WTERMSIG(wait_status);
 }
 
 char *harness_token(arena *a, const char *dir, const harness_token_options *options) {
