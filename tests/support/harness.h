@@ -87,8 +87,10 @@ bool harness_replica_start(const char *name, const char *replica, const char *di
                            const char *const *env, harness_process *out);
 
 /* Runs a service's one-shot command (`mypage --rebuild`; "" runs the service itself, for a
- * start that must fail) with the same settings as harness_service_start and waits for it; returns its exit status (-1: not done in time).
- * Its output goes to dir/<name><argument>.log. */
+ * start that must fail) with the same settings as harness_service_start and waits for it;
+ * returns its exit status, or -1 when it did not end within timeout_ms: then its threads'
+ * stacks (gdb) are in dir/<name><argument>.log.stacks and it is killed. Its output goes to
+ * dir/<name><argument>.log. */
 int harness_service_run(const char *name, const char *argument, const char *dir,
                         const char *const *env, int64_t timeout_ms);
 
