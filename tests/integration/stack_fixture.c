@@ -3,6 +3,8 @@
 #include "stack_fixture.h"
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "kv.h"
+#include "text.h"
 
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
@@ -379,4 +381,20 @@ bool fixture_list_loans(rpc_client *lending_client, arena *a, const char *bearer
     }
     *out = all;
     return true;
+}
+
+void test_stack_plant_user_record(test_stack *s, const char *user, const ProtobufCMessage *record) {
+    nats_connection *connection = NULL;
+    kv_bucket *loans = NULL;
+    status st;
+    nats_connection_options options = harness_nats_options(s->nats.url, "test");
+    cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(kv_bucket_open(connection, "loans", 1, &loans, &st), STATUS_OK, "%s", st.message);
+    size_t size = protobuf_c_message_get_packed_size(record);
+    uint8_t *packed = arena_alloc(mem, size + 1);
+    protobuf_c_message_pack(record, packed);
+    const char *key = arena_sprintf(mem, "user.%s", text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
+    cr_assert_eq(kv_create(loans, key, packed, size, NULL, &st), STATUS_OK, "%s", st.message);
+    kv_bucket_close(loans);
+    nats_connection_close(connection);
 }

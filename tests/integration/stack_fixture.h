@@ -76,6 +76,10 @@ bool fixture_list_loans(rpc_client *lending_client, arena *a, const char *bearer
                         Library__Lending__V1__Loan ***out, size_t *count);
 /* Registers a book (author "A") with `copies` copies through catalog, as the admin bearer. */
 Book *fixture_register_on(rpc_client *catalog, const char *admin, const char *title, int copies);
+/* Writes a user's record into lending's "loans" bucket of the stack's NATS, as lending would
+ * store it (created: the user must have none yet); for tests that plant what a crash leaves. */
+void test_stack_plant_user_record(test_stack *s, const char *user, const ProtobufCMessage *record);
+
 /* Registers a book with `copies` copies in the stack's catalog. */
 Book *test_stack_register(test_stack *s, const char *title, int copies);
 

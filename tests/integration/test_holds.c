@@ -560,12 +560,7 @@ Test(holds, a_slot_held_by_a_hold_never_stored_is_freed_after_the_grace) {
     Book *other = test_stack_register(&s, "Another", 0);
     const char *user = "ghost-holder";
 
-    nats_connection *connection = NULL;
-    kv_bucket *loans = NULL;
     status st;
-    nats_connection_options options = harness_nats_options(s.nats.url, "test");
-    cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
-    cr_assert_eq(kv_bucket_open(connection, "loans", 1, &loans, &st), STATUS_OK, "%s", st.message);
     char ghost_id[21];
     lending_new_loan_id(user, "hold:ghost-request", ghost_id);
     Library__Lending__Internal__OpenHold ghost = LIBRARY__LENDING__INTERNAL__OPEN_HOLD__INIT;
@@ -578,13 +573,8 @@ Test(holds, a_slot_held_by_a_hold_never_stored_is_freed_after_the_grace) {
     record.open_holds = open;
     record.n_hold_history = 1;
     record.hold_history = history;
-    uint8_t packed[256];
-    size_t size = library__lending__internal__user_record__pack(&record, packed);
-    const char *key = arena_sprintf(mem, "user.%s", text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
-    cr_assert_eq(kv_create(loans, key, packed, size, NULL, &st), STATUS_OK, "%s", st.message);
+    test_stack_plant_user_record(&s, user, &record.base);
     int64_t planted = harness_now_ms();
-    kv_bucket_close(loans);
-    nats_connection_close(connection);
 
     const char *bearer = harness_bearer(mem, s.dir, user, false);
     Library__Lending__V1__PlaceHoldRequest place = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;

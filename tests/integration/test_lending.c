@@ -723,13 +723,8 @@ Test(lending, a_slot_held_by_a_loan_never_stored_is_freed_after_the_grace) {
     Book *book = test_stack_register(&s, "Ghostly", 2);
     const char *user = "ghost-user";
 
-    /* the user record as BorrowBook left it when it died */
-    nats_connection *connection = NULL;
-    kv_bucket *loans = NULL;
+    /* the user record as the request left it when it died */
     status st;
-    nats_connection_options options = harness_nats_options(s.nats.url, "test");
-    cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
-    cr_assert_eq(kv_bucket_open(connection, "loans", 1, &loans, &st), STATUS_OK, "%s", st.message);
     char ghost_id[21];
     lending_new_loan_id(user, "ghost-request", ghost_id);
     Library__Lending__Internal__OpenLoan ghost = LIBRARY__LENDING__INTERNAL__OPEN_LOAN__INIT;
@@ -742,13 +737,8 @@ Test(lending, a_slot_held_by_a_loan_never_stored_is_freed_after_the_grace) {
     record.open_loans = open;
     record.n_history = 1;
     record.history = history;
-    uint8_t packed[256];
-    size_t size = library__lending__internal__user_record__pack(&record, packed);
-    const char *key = arena_sprintf(mem, "user.%s", text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
-    cr_assert_eq(kv_create(loans, key, packed, size, NULL, &st), STATUS_OK, "%s", st.message);
+    test_stack_plant_user_record(&s, user, &record.base);
     int64_t planted = harness_now_ms();
-    kv_bucket_close(loans);
-    nats_connection_close(connection);
 
     const char *bearer = harness_bearer(mem, s.dir, user, false);
     Loan *loan = NULL;
