@@ -314,10 +314,12 @@ static status_code handle_reservation(lending_saga *saga, arena *a, const char *
     if (job.changed_state)
         record_outcome(record);
     code = sync_user(saga, a, record, st);
-    if (code == STATUS_OK)
-        code = publish_outcome(saga->connection, record, st);
+    /* The hold is FULFILLED (and the reader's hold slot free) before LoanActivated wakes the
+     * BorrowBook waiting for it, so the reader who sees the loan sees the hold done too. */
     if (code == STATUS_OK && hold_id != NULL && hold_id[0] != '\0')
         code = holds_fulfil(saga->store, saga->connection, a, hold_id, loan_id, st);
+    if (code == STATUS_OK)
+        code = publish_outcome(saga->connection, record, st);
     return code;
 }
 
