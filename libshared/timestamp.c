@@ -43,3 +43,12 @@ void timestamp_sleep_ms(int64_t ms) {
     struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
     nanosleep(&pause, NULL);
 }
+
+/* google.protobuf.Timestamp's valid range: 0001-01-01 to 9999-12-31. */
+static const int64_t TIMESTAMP_SECONDS_MIN = -62135596800LL, TIMESTAMP_SECONDS_MAX = 253402300799LL;
+
+int64_t timestamp_to_ms(const Google__Protobuf__Timestamp *t, int64_t otherwise) {
+    if (t == NULL || t->seconds < TIMESTAMP_SECONDS_MIN || t->seconds > TIMESTAMP_SECONDS_MAX)
+        return otherwise;
+    return t->seconds * 1000 + t->nanos / 1000000;
+}

@@ -13,6 +13,10 @@ int64_t timestamp_now_ms(void);
 /* NULL when out of memory. */
 Google__Protobuf__Timestamp *timestamp_from_ms(arena *a, int64_t ms);
 Google__Protobuf__Timestamp *timestamp_now(arena *a);
+/* t in Unix milliseconds, or `otherwise` when t is NULL or its seconds lie outside
+ * google.protobuf.Timestamp's range (0001-01-01 to 9999-12-31): a timestamp read off the wire
+ * can hold any int64, and seconds * 1000 would overflow (found by tests/fuzz/fuzz_event). */
+int64_t timestamp_to_ms(const Google__Protobuf__Timestamp *t, int64_t otherwise);
 
 /* CLOCK_MONOTONIC in milliseconds and nanoseconds: only differences mean anything. */
 int64_t timestamp_monotonic_ms(void);

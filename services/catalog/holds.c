@@ -162,18 +162,6 @@ status_code holds_serve(arena *a, book_record *record, const hold_times *times, 
     return STATUS_OK;
 }
 
-/* google.protobuf.Timestamp's valid range, 0001-01-01 to 9999-12-31. */
-static const int64_t TIMESTAMP_SECONDS_MIN = -62135596800LL, TIMESTAMP_SECONDS_MAX = 253402300799LL;
-
-/* A HoldPlaced's place time in ms. Its seconds come off the stream as any int64: outside the
- * Timestamp range (where seconds * 1000 would overflow, found by tests/fuzz/fuzz_event), or
- * missing, the hold is placed now. */
-static int64_t place_time_ms(const Google__Protobuf__Timestamp *t, int64_t now_ms) {
-    if (t == NULL || t->seconds < TIMESTAMP_SECONDS_MIN || t->seconds > TIMESTAMP_SECONDS_MAX)
-        return now_ms;
-    return t->seconds * 1000 + t->nanos / 1000000;
-}
-
 /* Queue order: place time, then hold id (so every replica and reader agrees). */
 static bool queued_before(const hold_entry *x, int64_t place_ms, const char *hold_id) {
     return x->place_time_ms < place_ms || (x->place_time_ms == place_ms && strcmp(x->hold_id, hold_id) < 0);
@@ -203,7 +191,7 @@ status_code holds_place(arena *a, book_record *record, const Library__Events__V1
         return out_of_memory(st);
     hold->hold_id = placed->hold_id;
     hold->user_id = placed->user_id;
-    hold->place_time_ms = place_time_ms(placed->place_time, times->now_ms);
+    hold->place_time_ms = timestamp_to_ms(placed->place_time, times->now_ms); /* missing or out of range: now */
     size_t position = record->n_hold_queue;
     while (position > 0 && !queued_before(record->hold_queue[position - 1], hold->place_time_ms, hold->hold_id))
         position--;

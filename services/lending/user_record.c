@@ -25,18 +25,18 @@ static open_loan *open_states(arena *a, const user_record *record) {
     return open;
 }
 
-/* The history with loan_id appended, keeping the newest USER_HISTORY_KEPT. */
-static bool append_history(arena *a, user_record *record, const char *loan_id) {
-    size_t start = record->n_history >= USER_HISTORY_KEPT ? record->n_history - USER_HISTORY_KEPT + 1 : 0;
-    size_t count = record->n_history - start + 1;
+/* A history (of loans or of holds) with id appended, keeping the newest USER_HISTORY_KEPT. */
+static bool append_kept(arena *a, char ***list, size_t *n, const char *id) {
+    size_t start = *n >= USER_HISTORY_KEPT ? *n - USER_HISTORY_KEPT + 1 : 0;
+    size_t count = *n - start + 1;
     char **history = arena_alloc(a, count * sizeof *history);
     if (history == NULL)
         return false;
     if (count > 1)
-        memcpy(history, record->history + start, (count - 1) * sizeof *history);
-    history[count - 1] = (char *)loan_id;
-    record->history = history;
-    record->n_history = count;
+        memcpy(history, *list + start, (count - 1) * sizeof *history);
+    history[count - 1] = (char *)id;
+    *list = history;
+    *n = count;
     return true;
 }
 
@@ -68,7 +68,7 @@ status_code user_record_add_borrow(arena *a, user_record *record, const user_bor
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     if (lending_may_borrow(open, record->n_open_loans, borrow->now_seconds, borrow->max_active, st) != STATUS_OK)
         return st->code;
-    if (!append_open(a, record, borrow) || !append_history(a, record, borrow->loan_id))
+    if (!append_open(a, record, borrow) || !append_kept(a, &record->history, &record->n_history, borrow->loan_id))
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     *changed = true;
     return STATUS_OK;
@@ -137,10 +137,8 @@ status_code user_record_add_hold(arena *a, user_record *record, const user_hold 
     Library__Lending__Internal__OpenHold **open = arena_alloc(a, (record->n_open_holds + 1) * sizeof *open);
     Library__Lending__Internal__OpenHold *entry =
         (void *)arena_new_message(a, &library__lending__internal__open_hold__descriptor);
-    size_t start = record->n_hold_history >= USER_HISTORY_KEPT ? record->n_hold_history - USER_HISTORY_KEPT + 1 : 0;
-    size_t count = record->n_hold_history - start + 1;
-    char **history = arena_alloc(a, count * sizeof *history);
-    if (open == NULL || entry == NULL || history == NULL)
+    if (open == NULL || entry == NULL ||
+        !append_kept(a, &record->hold_history, &record->n_hold_history, hold->hold_id))
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     if (record->n_open_holds)
         memcpy(open, record->open_holds, record->n_open_holds * sizeof *open);
@@ -148,11 +146,6 @@ status_code user_record_add_hold(arena *a, user_record *record, const user_hold 
     entry->book_id = (char *)hold->book_id;
     open[record->n_open_holds++] = entry;
     record->open_holds = open;
-    if (count > 1)
-        memcpy(history, record->hold_history + start, (count - 1) * sizeof *history);
-    history[count - 1] = (char *)hold->hold_id;
-    record->hold_history = history;
-    record->n_hold_history = count;
     *changed = true;
     return STATUS_OK;
 }

@@ -6,17 +6,11 @@
 #include <string.h>
 
 #include "field.h"
+#include "timestamp.h"
 
-/* google.protobuf.Timestamp's valid range: 0001-01-01 to 9999-12-31. */
-static const int64_t TIMESTAMP_SECONDS_MIN = -62135596800LL, TIMESTAMP_SECONDS_MAX = 253402300799LL;
-
-/* An event's seconds come off the stream as any int64: outside the Timestamp range they
- * mean "no time" (0), since seconds * 1000 would overflow (undefined behaviour, found by
- * tests/fuzz/fuzz_event). */
+/* An event's time in ms; outside the Timestamp range it means "no time" (0). */
 static int64_t time_ms(const Google__Protobuf__Timestamp *t) {
-    if (t == NULL || t->seconds < TIMESTAMP_SECONDS_MIN || t->seconds > TIMESTAMP_SECONDS_MAX)
-        return 0;
-    return t->seconds * 1000 + t->nanos / 1000000;
+    return timestamp_to_ms(t, 0);
 }
 
 static int64_t seconds(const Google__Protobuf__Timestamp *t) {

@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "kv.h"
+#include "timestamp.h"
 #include "lending.h"
 #include "library/lending/v1/lending.pb-c.h"
 #include "loan_record.pb-c.h"
@@ -339,10 +339,6 @@ static void *hold_thread(void *arg) {
     return NULL;
 }
 
-static int64_t ms_of(const Google__Protobuf__Timestamp *t) {
-    return t ? t->seconds * 1000 + t->nanos / 1000000 : 0;
-}
-
 /* A borrower's loop: give the copy back, borrow again (a copy that went to a hold is not
  * theirs: CANCELED OUT_OF_STOCK ends the loop), for as long as the readers place holds. */
 typedef struct churn_job {
@@ -483,13 +479,13 @@ Test(holds, thirty_readers_hold_one_book_and_each_copy_goes_to_exactly_one) {
         for (int j = 0; j < READERS; j++) {
             if (all[i]->status != READY || all[j]->status != WAITING)
                 continue;
-            int64_t placed_ready = ms_of(all[i]->place_time), placed_waiting = ms_of(all[j]->place_time);
+            int64_t placed_ready = timestamp_to_ms(all[i]->place_time, 0), placed_waiting = timestamp_to_ms(all[j]->place_time, 0);
             if (placed_waiting >= placed_ready)
                 continue;
-            bool at_once = ms_of(all[i]->ready_time) - placed_ready < same_instant_ms;
+            bool at_once = timestamp_to_ms(all[i]->ready_time, 0) - placed_ready < same_instant_ms;
             cr_assert(at_once && placed_ready - placed_waiting < same_instant_ms,
                       "hold %s is READY (placed %lld, ready %lld) but %s, placed %lld ms earlier, still waits",
-                      all[i]->hold_id, (long long)placed_ready, (long long)ms_of(all[i]->ready_time),
+                      all[i]->hold_id, (long long)placed_ready, (long long)timestamp_to_ms(all[i]->ready_time, 0),
                       all[j]->hold_id, (long long)(placed_ready - placed_waiting));
             inversions++;
         }
