@@ -106,6 +106,9 @@ static const struct {
     {LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_READY, "library.events.copy.hold_ready", "hold-ready"},
     {LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_EXPIRED, "library.events.copy.hold_expired", "hold-expired"},
     {LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_RELEASED, "library.events.copy.hold_released", "hold-released"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED, "library.events.loan.fine_assessed", "fine-assessed"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_FINE_PAID, "library.events.loan.fine_paid", "fine-paid"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_FINE_WAIVED, "library.events.loan.fine_waived", "fine-waived"},
 };
 
 /* The table's row of type, or -1. */
