@@ -532,6 +532,33 @@ static bool audience_matches(jwt_t *jwt, const char *audience) {
     return found;
 }
 
+bool auth_group_valid(const char *group) {
+    size_t length = strlen(group);
+    if (length == 0 || length >= AUTH_GROUP_MAX)
+        return false;
+    for (size_t i = 0; i < length; i++)
+        if (!isalnum((unsigned char)group[i]) && !strchr("._-", group[i]))
+            return false;
+    return true;
+}
+
+/* The patron group: absent is the default group; anything but a valid name refuses the token. */
+static status_code check_group(jwt_t *jwt, auth_identity *out, status *st) {
+    char *json = jwt_get_grants_json(jwt, "group"); /* any type, as JSON text; NULL: absent */
+    if (json == NULL) {
+        snprintf(out->group, sizeof out->group, "%s", AUTH_DEFAULT_GROUP);
+        return STATUS_OK;
+    }
+    bool is_string = json[0] == '"';
+    free(json);
+    const char *group = is_string ? jwt_get_grant(jwt, "group") : NULL;
+    if (group == NULL || !auth_group_valid(group))
+        return invalid(st, "the token's group claim is not a patron group name (1 to 63 letters, "
+                           "digits and ._-)");
+    snprintf(out->group, sizeof out->group, "%s", group);
+    return STATUS_OK;
+}
+
 static status_code check_claims(const auth_verifier *v, jwt_t *jwt, auth_identity *out,
                                 status *st) {
     time_t now = time(NULL);
@@ -556,7 +583,7 @@ static status_code check_claims(const auth_verifier *v, jwt_t *jwt, auth_identit
     const char *role = jwt_get_grant(jwt, "role");
     snprintf(out->subject, sizeof out->subject, "%s", subject);
     out->admin = role != NULL && strcmp(role, "admin") == 0;
-    return STATUS_OK;
+    return check_group(jwt, out, st);
 }
 
 /* Verifies the JWS signature over "header.payload" with the key, for its algorithm. */

@@ -22,6 +22,8 @@ char *token_sign(const char *private_key_file, const token_claims *claims) {
     jwt_add_grant(token, "iss", claims->issuer ? claims->issuer : "library");
     jwt_add_grant(token, "aud", claims->audience ? claims->audience : "library-api");
     jwt_add_grant(token, "role", claims->admin ? "admin" : "user");
+    if (claims->group != NULL)
+        jwt_add_grant(token, "group", claims->group);
     jwt_add_grant_int(token, "iat", now);
     jwt_add_grant_int(token, "nbf", now);
     jwt_add_grant_int(token, "exp", now + claims->ttl_seconds);
@@ -37,7 +39,11 @@ char *token_sign(const char *private_key_file, const token_claims *claims) {
 }
 
 char *token_bearer(const char *private_key_file, const char *subject, bool admin) {
-    token_claims claims = {.subject = subject, .admin = admin, .ttl_seconds = 7200};
+    return token_bearer_in_group(private_key_file, subject, admin, NULL);
+}
+
+char *token_bearer_in_group(const char *private_key_file, const char *subject, bool admin, const char *group) {
+    token_claims claims = {.subject = subject, .admin = admin, .ttl_seconds = 7200, .group = group};
     char *encoded = token_sign(private_key_file, &claims);
     if (encoded == NULL)
         return NULL;

@@ -83,6 +83,7 @@ typedef struct claims {
     long exp_offset, nbf_offset; /* relative to now; 0 leaves the claim out */
     bool audience_array;
     const char *kid; /* the header's key id; NULL: none */
+    const char *group_json; /* the group claim as JSON ("\"child\"", "5"); NULL: none */
 } claims;
 
 static claims valid_claims(void) {
@@ -111,6 +112,8 @@ static char *sign(jwt_alg_t alg, const char *key_name, claims c) {
         jwt_add_grant_int(jwt, "nbf", now + c.nbf_offset);
     if (c.kid)
         cr_assert_eq(jwt_add_header(jwt, "kid", c.kid), 0);
+    if (c.group_json)
+        cr_assert_eq(jwt_add_grants_json(jwt, arena_sprintf(mem, "{\"group\":%s}", c.group_json)), 0);
     size_t size = 0;
     char *key = key_name ? file_text(key_name, &size) : NULL;
     cr_assert_eq(jwt_set_alg(jwt, alg, (unsigned char *)key, (int)size), 0);
@@ -525,6 +528,70 @@ Test(auth, the_identity_says_when_the_token_expires) {
                   "expires_at %lld is not exp + leeway", (long long)who.expires_at);
     }
     auth_verifier_destroy(v);
+}
+
+Test(auth, the_group_claim_names_the_patron_group_and_defaults_to_patron) {
+    auth_verifier *v = verifier_for("rsa.pub");
+    auth_identity who;
+    status st;
+    cr_assert_eq(verify(v, sign(JWT_ALG_RS256, "rsa.pem", valid_claims()), &who, &st), STATUS_OK);
+    cr_assert_str_eq(who.group, "patron");
+    const char *good[] = {"\"child\"", "\"staff.ft-2_B\"",
+                          "\"g23456789012345678901234567890123456789012345678901234567890123\""};
+    const char *expected[] = {"child", "staff.ft-2_B",
+                              "g23456789012345678901234567890123456789012345678901234567890123"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        claims c = valid_claims();
+        c.group_json = good[i];
+        for (int pass = 0; pass < 2; pass++) { /* verified, then remembered */
+            cr_assert_eq(verify(v, sign(JWT_ALG_RS256, "rsa.pem", c), &who, &st), STATUS_OK,
+                         "%s: %s", good[i], st.message);
+            cr_assert_str_eq(who.group, expected[i]);
+        }
+    }
+    auth_verifier_destroy(v);
+}
+
+Test(auth, a_group_that_is_no_group_name_refuses_the_token) {
+    auth_verifier *v = verifier_for("rsa.pub");
+    const char *bad[] = {"5", "true", "null", "[\"child\"]", "{\"name\":\"child\"}", "\"\"",
+                         "\"child care\"", "\"kind/child\"", "\"chïld\"", "\"child\\\"x\"",
+                         "\"g234567890123456789012345678901234567890123456789012345678901234\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        claims c = valid_claims();
+        c.group_json = bad[i];
+        auth_identity who;
+        status st;
+        cr_assert_eq(verify(v, sign(JWT_ALG_RS256, "rsa.pem", c), &who, &st), STATUS_UNAUTHENTICATED,
+                     "group %s was accepted", bad[i]);
+        cr_assert_str_eq(st.reason, "INVALID_TOKEN");
+        cr_assert_not_null(strstr(st.message, "group"), "%s: %s", bad[i], st.message);
+    }
+    auth_verifier_destroy(v);
+}
+
+Test(auth, tools_token_sets_the_group_claim) {
+    const char *root = getenv("LIBRARY_SOURCE_ROOT");
+    cr_assert_not_null(root, "LIBRARY_SOURCE_ROOT is not set");
+    char command[1024], token[4096] = "";
+    snprintf(command, sizeof command, "cd '%s' && RUN_DIR='%s/run' ./tools/token dora --group child", root,
+             dir);
+    FILE *pipe = popen(command, "r");
+    cr_assert_not_null(fgets(token, sizeof token, pipe));
+    cr_assert_eq(pclose(pipe), 0);
+    token[strcspn(token, "\n")] = '\0';
+    char key[512];
+    snprintf(key, sizeof key, "%s/run/keys/jwt-public.pem", dir);
+    auth_verifier *v = NULL;
+    status st;
+    cr_assert_eq(auth_verifier_create(key, "library", "library-api", 0, &v, &st), STATUS_OK, "%s", st.message);
+    auth_identity who;
+    cr_assert_eq(verify(v, token, &who, &st), STATUS_OK, "%s", st.message);
+    cr_assert_str_eq(who.group, "child");
+    auth_verifier_destroy(v);
+    snprintf(command, sizeof command, "cd '%s' && RUN_DIR='%s/run' ./tools/token dora --group 'a b' 2>/dev/null",
+             root, dir);
+    cr_assert_neq(system(command), 0, "tools/token must refuse a group the services refuse");
 }
 
 Test(auth, tools_token_signs_with_the_key_and_kid_it_is_given) {
