@@ -123,6 +123,8 @@ static void load_config(const service_definition *definition) {
                         settings.nats_password_file, nats_password, sizeof nats_password,
                         &st) != STATUS_OK)
         config_exit(definition->name, &st);
+    if (definition->configure != NULL && definition->configure(&st) != STATUS_OK)
+        config_exit(definition->name, &st);
 }
 
 /* --- signals ---------------------------------------------------------------------- */

@@ -68,6 +68,10 @@ typedef struct service_definition {
     const char *default_metrics_port; /* "9464" */
     const config_entry *config;    /* the service's own settings (may be NULL) */
     size_t config_count;
+    /* May be NULL. Called once the settings are read, before anything is opened or logged
+     * to: checks what the table cannot (a file the settings name). An error stops the process
+     * with its message and exit 2, as a bad setting does. */
+    status_code (*configure)(status *st);
     /* Opens what the service needs and adds its gRPC services to context->server.
      * *state is passed back to stop. */
     status_code (*start)(const service_context *context, void **state, status *st);

@@ -148,7 +148,8 @@ status_code holds_serve(arena *a, book_record *record, const hold_times *times, 
         hold_entry *hold = remove_entry(record->hold_queue, &record->n_hold_queue, 0);
         record->queue_version++;
         hold->ready_time_ms = times->now_ms;
-        hold->expire_time_ms = times->now_ms + times->pickup_ms;
+        hold->expire_time_ms = times->now_ms + (hold->pickup_seconds > 0 ? hold->pickup_seconds * 1000
+                                                                          : times->pickup_ms);
         hold_entry **ready = insert_entry(a, record->holds_ready, &record->n_holds_ready,
                                           record->n_holds_ready, hold);
         if (ready == NULL || !announce_ready(a, record, hold, 0, times->now_ms))
@@ -191,6 +192,7 @@ status_code holds_place(arena *a, book_record *record, const Library__Events__V1
         return out_of_memory(st);
     hold->hold_id = placed->hold_id;
     hold->user_id = placed->user_id;
+    hold->pickup_seconds = placed->pickup_seconds; /* checked: 0 .. HOLDS_PICKUP_MAX_SECONDS */
     hold->place_time_ms = timestamp_to_ms(placed->place_time, times->now_ms); /* missing or out of range: now */
     size_t position = record->n_hold_queue;
     while (position > 0 && !queued_before(record->hold_queue[position - 1], hold->place_time_ms, hold->hold_id))

@@ -24,15 +24,19 @@ enum { HOLDS_SETTLED_KEPT = 1024 };
 /* The longest queue one book takes: a record must fit in one NATS message. */
 enum { HOLDS_QUEUE_MAX = 2000 };
 
+/* The longest a HoldPlaced may ask a set-aside copy to wait: ten years (no overflow). */
+#define HOLDS_PICKUP_MAX_SECONDS (3650LL * 24 * 3600)
+
 typedef struct hold_times {
     int64_t now_ms;
-    int64_t pickup_ms; /* HOLD_PICKUP: how long a set-aside copy waits */
+    int64_t pickup_ms; /* HOLD_PICKUP: how long a set-aside copy waits, unless its hold says */
 } hold_times;
 
 typedef Library__Catalog__Internal__HoldEntry hold_entry;
 
 /* HoldPlaced: queues the hold (in place-time order) and serves the queue, so a hold on a book
- * with a free copy and nobody before it is READY at once. A hold the record already knows is
+ * with a free copy and nobody before it is READY at once. The copy set aside for it waits the
+ * HoldPlaced's pickup_seconds (the holder's policy), or HOLD_PICKUP when that is 0. A hold the record already knows is
  * announced again as it stands (HoldQueued or HoldReady, with the cause's attempt); a settled
  * one is left alone. RESOURCE_EXHAUSTED (QUEUE_FULL) past HOLDS_QUEUE_MAX. */
 status_code holds_place(arena *a, book_record *record, const Library__Events__V1__HoldPlaced *placed,

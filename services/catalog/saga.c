@@ -158,10 +158,13 @@ status_code catalog_saga_check_event(const event *e, status *st) {
         loan_id = e->loan_returned->loan_id;
         book_id = e->loan_returned->book_id;
     } else if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED) {
-        return field_check_id(e->hold_placed->hold_id, "hold_id", st) ||
-                       field_check_id(e->hold_placed->book_id, "book_id", st)
-                   ? st->code
-                   : STATUS_OK;
+        if (field_check_id(e->hold_placed->hold_id, "hold_id", st) ||
+            field_check_id(e->hold_placed->book_id, "book_id", st))
+            return st->code;
+        if (e->hold_placed->pickup_seconds < 0 || e->hold_placed->pickup_seconds > HOLDS_PICKUP_MAX_SECONDS)
+            return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PICKUP",
+                              "pickup_seconds must be from 0 to %lld", (long long)HOLDS_PICKUP_MAX_SECONDS);
+        return STATUS_OK;
     } else if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED) {
         return field_check_id(e->hold_canceled->hold_id, "hold_id", st) ||
                        field_check_id(e->hold_canceled->book_id, "book_id", st)
@@ -345,7 +348,7 @@ static status_code on_loan_event(void *arg, const event *e, uint64_t sequence, s
         e->body_case != LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED)
         return STATUS_OK; /* the other loan events are for the projection */
     if (catalog_saga_check_event(e, st) != STATUS_OK) {
-        LOG_WARN("event %.64s names a malformed id (%s); refusing it", e->event_id, st->message);
+        LOG_WARN("event %.64s is malformed (%s); refusing it", e->event_id, st->message);
         return st->code;
     }
     arena *a = arena_create(0);

@@ -65,6 +65,17 @@ status_code lending_fetch_book(lending_handlers *h, rpc_context *ctx, const char
 
 /* --- BorrowBook ------------------------------------------------------------------------- */
 
+Library__Lending__Internal__FineTerms *lending_fine_terms(arena *a, const loan_policy *policy) {
+    Library__Lending__Internal__FineTerms *terms =
+        (void *)arena_new_message(a, &library__lending__internal__fine_terms__descriptor);
+    if (terms != NULL) {
+        terms->per_interval = policy->fine_per_interval;
+        terms->interval_seconds = policy->fine_interval_ms / 1000;
+        terms->max_per_loan = policy->fine_max_per_loan;
+    }
+    return terms;
+}
+
 typedef struct reserve_job {
     user_borrow borrow;
     bool replay; /* the user record already holds this loan: a retried request */
@@ -80,9 +91,11 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
     lending_handlers *h = state;
     const Library__Lending__V1__BorrowBookRequest *req = (const void *)request;
     arena *a = rpc_context_arena(ctx);
-    const char *user = rpc_context_caller(ctx)->subject;
+    const auth_identity *caller = rpc_context_caller(ctx);
+    const char *user = caller->subject;
     if (field_check_id(req->book_id, "book_id", st) || field_check_request_id(req->request_id, st))
         return st->code;
+    const loan_policy *policy = policy_for(h->policies, caller->group);
 
     char *loan_id = arena_alloc(a, 21);
     if (loan_id == NULL)
@@ -95,9 +108,14 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
         return code;
 
     int64_t now = timestamp_now_ms();
-    reserve_job job = {.borrow = {.loan_id = loan_id, .book_id = req->book_id,
-                                  .due_seconds = (now + h->loan_period_ms) / 1000,
-                                  .now_seconds = now / 1000, .max_active = h->max_active_loans}};
+    Library__Lending__Internal__FineTerms *fine_terms = lending_fine_terms(a, policy);
+    char *group = arena_strdup(a, caller->group);
+    if (fine_terms == NULL || group == NULL)
+        return out_of_memory(st);
+    reserve_job job = {.borrow = {.loan_id = loan_id, .book_id = req->book_id, .book_title = book->title,
+                                  .fine_terms = fine_terms,
+                                  .due_seconds = (now + policy->loan_period_ms) / 1000,
+                                  .now_seconds = now / 1000, .max_active = policy->max_active_loans}};
     code = loan_store_update_user(h->store, user, a, reserve_slot, &job, NULL, st);
     if (code != STATUS_OK)
         return code;
@@ -116,6 +134,8 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
     record->loan = loan;
     record->traceparent = (char *)rpc_context_traceparent(ctx);
     record->update_time_ms = now;
+    record->patron_group = group;
+    record->fine_terms = fine_terms;
     code = loan_store_create(h->store, record, a, st);
     if (code == STATUS_OK)
         saga_count_loan("requested");

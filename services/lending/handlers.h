@@ -7,6 +7,7 @@
 #include "loan_store.h"
 #include "rpc_client.h"
 #include "library/catalog/v1/catalog.pb-c.h"
+#include "policy.h"
 #include "rpc_server.h"
 #include "saga.h"
 
@@ -16,12 +17,11 @@ typedef struct lending_handlers {
     nats_connection *connection;
     rpc_client *catalog;
     circuit_breaker catalog_breaker;
-    int64_t loan_period_ms;
+    /* The loan rules of each patron group (the caller's token's group claim); the env
+     * settings for groups the policy file does not name. */
+    const policy_table *policies;
     int64_t borrow_wait_ms;
     int64_t catalog_timeout_ms;
-    int max_active_loans;
-    int max_holds;
-    int max_renewals;
     rpc_service service;
 } lending_handlers;
 
@@ -29,6 +29,10 @@ typedef struct lending_handlers {
  * NOT_FOUND as the catalog says, UNAVAILABLE (CATALOG_UNAVAILABLE) when it does not answer. */
 status_code lending_fetch_book(lending_handlers *h, rpc_context *ctx, const char *book_id,
                                Library__Catalog__V1__Book **out, status *st);
+
+/* A loan's fine terms under the policy, from a: the interval in whole seconds. NULL when out
+ * of memory. */
+Library__Lending__Internal__FineTerms *lending_fine_terms(arena *a, const loan_policy *policy);
 
 /* Fills handlers->service (state = handlers); the other fields must be set first. */
 void lending_handlers_init(lending_handlers *handlers);

@@ -75,6 +75,7 @@ static status_code publish_placed(nats_connection *connection, const hold_record
     body.book_id = hold->book_id;
     body.book_title = hold->book_title;
     body.place_time = hold->place_time;
+    body.pickup_seconds = record->pickup_seconds;
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED;
     e.hold_placed = &body;
@@ -167,9 +168,11 @@ status_code holds_place_hold(void *state, rpc_context *ctx, const ProtobufCMessa
     lending_handlers *h = state;
     const Library__Lending__V1__PlaceHoldRequest *req = (const void *)request;
     arena *a = rpc_context_arena(ctx);
-    const char *user = rpc_context_caller(ctx)->subject;
+    const auth_identity *caller = rpc_context_caller(ctx);
+    const char *user = caller->subject;
     if (field_check_id(req->book_id, "book_id", st) || field_check_request_id(req->request_id, st))
         return st->code;
+    const loan_policy *policy = policy_for(h->policies, caller->group);
     char *hold_id = arena_alloc(a, LENDING_LOAN_ID_LENGTH + 1);
     size_t scoped_size = strlen(req->request_id) + 6;
     char *scoped = arena_alloc(a, scoped_size);
@@ -187,7 +190,7 @@ status_code holds_place_hold(void *state, rpc_context *ctx, const ProtobufCMessa
         return code;
     int64_t now = timestamp_now_ms();
     place_job job = {.hold = {.hold_id = hold_id, .book_id = req->book_id, .now_seconds = now / 1000,
-                              .max_holds = h->max_holds}};
+                              .max_holds = policy->max_holds}};
     code = loan_store_update_user(h->store, user, a, reserve_hold_slot, &job, NULL, st);
     if (code != STATUS_OK)
         return code;
@@ -205,6 +208,7 @@ status_code holds_place_hold(void *state, rpc_context *ctx, const ProtobufCMessa
     record->hold = hold;
     record->traceparent = (char *)rpc_context_traceparent(ctx);
     record->update_time_ms = now;
+    record->pickup_seconds = policy->hold_pickup_ms / 1000;
     code = loan_store_create_hold(h->store, record, a, st);
     if (code == STATUS_OK)
         count_hold("placed");

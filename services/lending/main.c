@@ -1,15 +1,22 @@
 /* main.c - the lending service: loans, the borrow saga with the catalog, overdue and limits. */
 #include <stdlib.h>
 
+#include "log.h"
+#include "policy.h"
+
 #include "events.h"
 #include "handlers.h"
 #include "service.h"
 
 static struct {
-    const char *catalog_address;
+    const char *catalog_address, *policy_file;
     int64_t loan_period_ms, max_active_loans, max_holds, max_renewals, borrow_wait_ms, catalog_timeout_ms;
+    int64_t fine_per_interval, fine_interval_ms, fine_max_per_loan, fine_block_at;
     int64_t reconcile_interval_ms, reconcile_after_ms, breaker_failures, breaker_open_ms;
 } settings;
+
+/* Read at start (lending_configure), before anything is opened: a bad file exits 2. */
+static policy_table *policies;
 
 static const config_entry lending_config[] = {
     {"CATALOG_ADDR", CONFIG_STRING, NULL, "catalog gRPC target: host:port, or several replicas as ipv4:host:port,host:port (calls go round-robin)", &settings.catalog_address, 0, 0},
@@ -19,6 +26,19 @@ static const config_entry lending_config[] = {
     {"MAX_HOLDS", CONFIG_INT, "5", "WAITING + READY holds a user may have", &settings.max_holds, 1, 1000},
     {"MAX_RENEWALS", CONFIG_INT, "2", "how many times RenewLoan may extend one loan",
      &settings.max_renewals, 0, 1000},
+    {"FINE_PER_INTERVAL", CONFIG_INT, "25", "fine, in minor currency units, for each started FINE_INTERVAL overdue",
+     &settings.fine_per_interval, 0, 1000000000},
+    {"FINE_INTERVAL", CONFIG_DURATION, "24h", "the fine's interval (whole seconds)", &settings.fine_interval_ms,
+     1000, 315360000000},
+    {"FINE_MAX_PER_LOAN", CONFIG_INT, "1000", "the most one loan is fined, in minor currency units",
+     &settings.fine_max_per_loan, 0, 1000000000},
+    {"FINE_BLOCK_AT", CONFIG_INT, "500",
+     "a balance of at least this blocks BorrowBook, RenewLoan and PlaceHold (FINES_OWED)",
+     &settings.fine_block_at, 1, 1000000000},
+    {"POLICY_FILE", CONFIG_STRING, "",
+     "JSON file of the patron groups' loan policies (docs/deployment.md); the settings above are "
+     "what a group or field it leaves out gets. Empty: every group gets them",
+     &settings.policy_file, 0, 0},
     {"BORROW_WAIT", CONFIG_DURATION, "2s", "how long BorrowBook waits for the saga's outcome",
      &settings.borrow_wait_ms, 0, 60000},
     {"CATALOG_TIMEOUT", CONFIG_DURATION, "1s", "deadline of a call to the catalog",
@@ -33,16 +53,38 @@ static const config_entry lending_config[] = {
      &settings.breaker_open_ms, 10, 600000},
 };
 
+/* The settings above as the policy of every group the file does not name. A set-aside copy
+ * waits the catalog's HOLD_PICKUP unless the group's row says otherwise (hold_pickup 0). */
+static loan_policy default_policy(void) {
+    return (loan_policy){.loan_period_ms = settings.loan_period_ms,
+                         .max_active_loans = (int)settings.max_active_loans,
+                         .max_renewals = (int)settings.max_renewals,
+                         .max_holds = (int)settings.max_holds,
+                         .hold_pickup_ms = 0,
+                         .fine_per_interval = settings.fine_per_interval,
+                         .fine_interval_ms = settings.fine_interval_ms,
+                         .fine_max_per_loan = settings.fine_max_per_loan,
+                         .fine_block_at = settings.fine_block_at};
+}
+
+static status_code lending_configure(status *st) {
+    if (settings.fine_interval_ms % 1000 != 0)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_CONFIG",
+                          "FINE_INTERVAL must be whole seconds (got %lld ms)", (long long)settings.fine_interval_ms);
+    loan_policy defaults = default_policy();
+    return policy_table_load(settings.policy_file, &defaults, &policies, st);
+}
+
 static status_code lending_start(const service_context *context, void **state, status *st) {
     lending_handlers *h = calloc(1, sizeof *h);
     if (h == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     int replicas = (int)context->settings->nats_replicas;
     h->connection = context->nats;
-    h->loan_period_ms = settings.loan_period_ms;
-    h->max_active_loans = (int)settings.max_active_loans;
-    h->max_holds = (int)settings.max_holds;
-    h->max_renewals = (int)settings.max_renewals;
+    h->policies = policies;
+    if (settings.policy_file[0] != '\0')
+        LOG_INFO("loan policies of %d patron groups from %s; the settings for the others",
+                 policy_table_group_count(policies), settings.policy_file);
     h->borrow_wait_ms = settings.borrow_wait_ms;
     h->catalog_timeout_ms = settings.catalog_timeout_ms;
     circuit_breaker_init(&h->catalog_breaker, "catalog", (int)settings.breaker_failures, settings.breaker_open_ms);
@@ -88,10 +130,13 @@ static const service_definition lending_definition = {
     .default_metrics_port = "9465",
     .config = lending_config,
     .config_count = sizeof lending_config / sizeof lending_config[0],
+    .configure = lending_configure,
     .start = lending_start,
     .stop = lending_stop,
 };
 
 int main(int argc, char **argv) {
-    return service_main(&lending_definition, argc, argv);
+    int exit_status = service_main(&lending_definition, argc, argv);
+    policy_table_destroy(policies);
+    return exit_status;
 }

@@ -9,7 +9,8 @@
  *
  * Durations are strings ("500ms", "30s", "5m", "2h", "14d"), counts and money (minor currency
  * units) JSON integers. A field a row leaves out, and every field of a group with no row, is
- * the service's setting (LOAN_PERIOD, MAX_ACTIVE_LOANS, ... FINE_BLOCK_AT). Unknown keys are
+ * the service's setting (LOAN_PERIOD, MAX_ACTIVE_LOANS, ... FINE_BLOCK_AT; hold_pickup: the
+ * catalog's HOLD_PICKUP, which a hold placed without one waits). Unknown keys are
  * errors, so a misspelt field cannot silently lend by the defaults. The token's `group` claim
  * picks the row (auth.h); group names follow the claim's rule (auth_group_valid).
  *
@@ -28,7 +29,7 @@ typedef struct loan_policy {
     int max_active_loans;
     int max_renewals;
     int max_holds;
-    int64_t hold_pickup_ms;
+    int64_t hold_pickup_ms;    /* 0 (only as a default): the catalog's HOLD_PICKUP */
     int64_t fine_per_interval; /* minor currency units */
     int64_t fine_interval_ms;  /* whole seconds, >= 1 s */
     int64_t fine_max_per_loan;

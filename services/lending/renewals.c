@@ -83,6 +83,8 @@ status_code renewal_apply(const renewal *r, arena *a, loan_record *record, bool 
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     if (r->request_key[0] != '\0' && !remember_request(a, record, r->request_key, loan->renewal_count + 1))
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    if (r->fine_terms != NULL)
+        record->fine_terms = (Library__Lending__Internal__FineTerms *)r->fine_terms;
     loan->due_time = due;
     loan->renewal_count++;
     record->overdue_published = false;
@@ -96,11 +98,21 @@ status_code renewal_apply(const renewal *r, arena *a, loan_record *record, bool 
 
 typedef struct renew_job {
     renewal rule;
+    const policy_table *policies;
     bool replay;
 } renew_job;
 
+/* The renewal under the policy of the group the loan was made in, as the table has it now
+ * (a loan from before groups was a patron's). */
 static status_code apply_renewal(void *arg, arena *a, loan_record *record, bool *changed, status *st) {
     renew_job *job = arg;
+    const char *group = record->patron_group && record->patron_group[0] ? record->patron_group : AUTH_DEFAULT_GROUP;
+    const loan_policy *policy = policy_for(job->policies, group);
+    job->rule.loan_period_ms = policy->loan_period_ms;
+    job->rule.max_renewals = policy->max_renewals;
+    job->rule.fine_terms = lending_fine_terms(a, policy);
+    if (job->rule.fine_terms == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     return renewal_apply(&job->rule, a, record, &job->replay, changed, st);
 }
 
@@ -115,8 +127,8 @@ status_code renewals_renew_loan(void *state, rpc_context *ctx, const ProtobufCMe
     char key[RENEWAL_REQUEST_KEY_LENGTH + 1];
     renewal_request_key(caller->subject, req->request_id, key);
     renew_job job = {.rule = {.caller = caller->subject, .caller_admin = caller->admin, .request_key = key,
-                              .now_ms = timestamp_now_ms(), .loan_period_ms = h->loan_period_ms,
-                              .max_renewals = h->max_renewals}};
+                              .now_ms = timestamp_now_ms()},
+                     .policies = h->policies};
     /* Holds waiting for the book refuse a renewal: the queue as lending last heard it from the
      * catalog (a hold placed at this very moment may slip by, as at any desk). */
     loan_record *record = NULL;

@@ -1,5 +1,6 @@
 /* renewals.h - RenewLoan (DESIGN.md section 10, "Renewals"): an ACTIVE loan's due time moves
- * to max(due_time, now) + LOAN_PERIOD, at most MAX_RENEWALS times, idempotent by request_id.
+ * to max(due_time, now) + the loan period, at most max_renewals times, idempotent by
+ * request_id; both from the policy of the group the loan was made in, as it is now (policy.h).
  * The rule is a plain function over the loan record, so unit tests call it directly; the
  * handler stores its result by compare-and-set and announces it (saga.h). */
 #ifndef LENDING_RENEWALS_H
@@ -23,6 +24,8 @@ typedef struct renewal {
     int64_t now_ms;
     int64_t loan_period_ms;
     int max_renewals;
+    /* The loan's fine terms from this renewal on (its group's policy now); NULL: kept. */
+    const Library__Lending__Internal__FineTerms *fine_terms;
     bool holds_waiting; /* WAITING holds on the loan's book (lending's copy of the catalog's queue) */
 } renewal;
 
@@ -36,8 +39,8 @@ void renewal_request_key(const char *caller, const char *request_id, char *out);
  * wait for the book, FAILED_PRECONDITION, HOLDS_WAITING. *replay: the
  * record already holds this request's renewal, and nothing is checked or changed. A renewal
  * counts up renewal_count, sets the new due time, remembers the request, lowers
- * overdue_published (the new due time will be announced when it passes) and raises
- * renewal_unpublished. New strings and lists come from a. */
+ * overdue_published (the new due time will be announced when it passes), raises
+ * renewal_unpublished and takes on r->fine_terms. New strings and lists come from a. */
 status_code renewal_apply(const renewal *r, arena *a, loan_record *record, bool *replay, bool *changed,
                           status *st);
 

@@ -51,6 +51,9 @@ static bool append_open(arena *a, user_record *record, const user_borrow *borrow
     entry->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING;
     entry->due_time = borrow->due_seconds;
     entry->book_id = (char *)borrow->book_id;
+    if (borrow->book_title != NULL)
+        entry->book_title = (char *)borrow->book_title;
+    entry->fine_terms = (Library__Lending__Internal__FineTerms *)borrow->fine_terms;
     loans[record->n_open_loans] = entry;
     record->open_loans = loans;
     record->n_open_loans++;

@@ -23,6 +23,8 @@ typedef Library__Lending__Internal__OpenLoan user_open_loan;
 typedef struct user_borrow {
     const char *loan_id;
     const char *book_id;
+    const char *book_title;                                  /* NULL: none */
+    const Library__Lending__Internal__FineTerms *fine_terms; /* the loan's (NULL: never fined) */
     int64_t due_seconds;
     int64_t now_seconds;
     int max_active;

@@ -526,3 +526,40 @@ Test(holds, invariant_through_a_mixed_run) {
     }
     arena_destroy(a);
 }
+
+Test(holds, a_set_aside_copy_waits_the_holders_pickup_when_the_hold_names_one) {
+    arena *a = arena_create(0);
+    book_record *record = new_book(a, 1, 1);
+    hold_times times = {.now_ms = 2000, .pickup_ms = PICKUP_MS};
+    bool changed = false;
+    status st;
+    Library__Events__V1__HoldPlaced *child = placed(a, "h-1", "dora", 1000);
+    child->pickup_seconds = 60;
+    cr_assert_eq(holds_place(a, record, child, 1, &times, &changed, &st), STATUS_OK);
+    cr_assert_eq(holds_place(a, record, placed(a, "h-2", "eve", 1500), 1, &times, &changed, &st), STATUS_OK);
+    cr_assert_str_eq(queue_of(record), "h-1,h-2");
+    cr_assert_eq(record->hold_queue[0]->pickup_seconds, 60, "the queue keeps the hold's pickup");
+    /* two copies come back: each READY hold waits its own pickup */
+    record->book->total_copies = 3;
+    record->book->available_copies = 2;
+    times.now_ms = 10000;
+    cr_assert_eq(holds_serve(a, record, &times, NULL, &changed, &st), STATUS_OK);
+    cr_assert_eq(record->n_holds_ready, 2);
+    cr_assert_eq(record->holds_ready[0]->expire_time_ms, 10000 + 60000, "the holder's policy: 60 s");
+    cr_assert_eq(record->holds_ready[1]->expire_time_ms, 10000 + PICKUP_MS, "no pickup named: HOLD_PICKUP");
+    arena_destroy(a);
+}
+
+Test(holds, a_hold_placed_with_an_impossible_pickup_is_refused) {
+    arena *a = arena_create(0);
+    event *e = (void *)arena_new_message(a, &library__events__v1__event__descriptor);
+    e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED;
+    e->hold_placed = placed(a, "h-1", "dora", 1000);
+    status st;
+    cr_assert_eq(catalog_saga_check_event(e, &st), STATUS_OK, "%s", st.message);
+    e->hold_placed->pickup_seconds = -1;
+    cr_assert_eq(catalog_saga_check_event(e, &st), STATUS_INVALID_ARGUMENT);
+    e->hold_placed->pickup_seconds = HOLDS_PICKUP_MAX_SECONDS + 1;
+    cr_assert_eq(catalog_saga_check_event(e, &st), STATUS_INVALID_ARGUMENT);
+    arena_destroy(a);
+}

@@ -183,3 +183,26 @@ Test(renewals, the_reconciler_visits_a_renewal_left_unannounced_once_it_is_stale
     cr_assert_eq(visited, 0, "announced: nothing to do until it is overdue");
     open_loans_destroy(index);
 }
+
+Test(renewals, a_renewal_takes_on_the_fine_terms_it_is_given) {
+    loan_record *record = loan_of(NOW_MS / 1000 + 100, 0);
+    Library__Lending__Internal__FineTerms old_terms = LIBRARY__LENDING__INTERNAL__FINE_TERMS__INIT;
+    old_terms.per_interval = 25, old_terms.interval_seconds = 86400, old_terms.max_per_loan = 1000;
+    record->fine_terms = &old_terms;
+    renewal rule = rule_for("alice", false, "");
+    bool replay = false, changed = false;
+    status st;
+    cr_assert_eq(renewal_apply(&rule, a, record, &replay, &changed, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(record->fine_terms, &old_terms, "no terms given: the loan keeps its own");
+    Library__Lending__Internal__FineTerms new_terms = LIBRARY__LENDING__INTERNAL__FINE_TERMS__INIT;
+    new_terms.per_interval = 10, new_terms.interval_seconds = 3600, new_terms.max_per_loan = 200;
+    rule.fine_terms = &new_terms;
+    rule.max_renewals = 0;
+    cr_assert_eq(renewal_apply(&rule, a, record, &replay, &changed, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_eq(record->fine_terms, &old_terms, "a refused renewal changes nothing");
+    rule.max_renewals = 2;
+    cr_assert_eq(renewal_apply(&rule, a, record, &replay, &changed, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(record->fine_terms->per_interval, 10);
+    cr_assert_eq(record->fine_terms->interval_seconds, 3600);
+    cr_assert_eq(record->fine_terms->max_per_loan, 200);
+}

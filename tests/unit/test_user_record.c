@@ -47,6 +47,31 @@ Test(user_record, a_borrow_takes_a_pending_slot_and_enters_the_history) {
     cr_assert_null(user_record_history_from_newest(record, 1));
 }
 
+Test(user_record, the_open_entry_carries_the_title_and_the_loans_fine_terms) {
+    user_record *record = empty_record();
+    Library__Lending__Internal__FineTerms terms = LIBRARY__LENDING__INTERNAL__FINE_TERMS__INIT;
+    terms.per_interval = 25, terms.interval_seconds = 86400, terms.max_per_loan = 1000;
+    user_borrow borrow = {.loan_id = "loan-a", .book_id = "book-1", .book_title = "Dune", .fine_terms = &terms,
+                          .due_seconds = 5000, .now_seconds = 1000, .max_active = 5};
+    bool replay = false, changed = false;
+    status st;
+    cr_assert_eq(user_record_add_borrow(a, record, &borrow, &replay, &changed, &st), STATUS_OK, "%s", st.message);
+    const user_open_loan *open = user_record_open_entry(record, "loan-a");
+    cr_assert_str_eq(open->book_title, "Dune");
+    cr_assert_eq(open->fine_terms->per_interval, 25);
+    cr_assert_eq(open->fine_terms->interval_seconds, 86400);
+    cr_assert_eq(open->fine_terms->max_per_loan, 1000);
+    /* as stored and read back */
+    size_t size = protobuf_c_message_get_packed_size(&record->base);
+    uint8_t *packed = arena_alloc(a, size);
+    protobuf_c_message_pack(&record->base, packed);
+    user_record *read = (user_record *)arena_unpack(a, &library__lending__internal__user_record__descriptor,
+                                                    packed, size);
+    cr_assert_not_null(read);
+    cr_assert_str_eq(read->open_loans[0]->book_title, "Dune");
+    cr_assert_eq(read->open_loans[0]->fine_terms->max_per_loan, 1000);
+}
+
 Test(user_record, a_retried_borrow_is_a_replay_whether_open_or_settled) {
     user_record *record = empty_record();
     bool replay = false;
