@@ -251,10 +251,12 @@ status_code lending_saga_sync_user(lending_saga *saga, arena *a, const loan_reco
 }
 
 static status_code apply_due(void *arg, arena *a, user_record *record, bool *changed, status *st) {
-    const loan_message *loan = arg;
+    const loan_record *renewed = arg;
+    const loan_message *loan = renewed->loan;
     (void)a;
     (void)st;
-    *changed = loan->due_time != NULL && user_record_extend_due(record, loan->loan_id, loan->due_time->seconds);
+    *changed = loan->due_time != NULL &&
+               user_record_extend_due(record, loan->loan_id, loan->due_time->seconds, renewed->fine_terms);
     return STATUS_OK;
 }
 
@@ -275,7 +277,7 @@ status_code lending_saga_announce_renewal(lending_saga *saga, arena *a, const lo
     /* The user record first: its due time is what the overdue block reads, and a reader who
      * renewed must not stay blocked by the old one. */
     status_code code = loan_store_update_user(saga->store, record->loan->user_id, a, apply_due,
-                                              record->loan, NULL, st);
+                                              (void *)record, NULL, st);
     if (code == STATUS_OK)
         code = saga_publish_renewed(saga->connection, record, attempt, st);
     int32_t published = record->loan->renewal_count;

@@ -168,13 +168,26 @@ const char *user_record_hold_from_newest(const user_record *record, size_t posit
                                              : NULL;
 }
 
-bool user_record_extend_due(user_record *record, const char *loan_id, int64_t due_seconds) {
+static bool same_terms(const Library__Lending__Internal__FineTerms *x, const Library__Lending__Internal__FineTerms *y) {
+    if (x == NULL || y == NULL)
+        return x == y;
+    return x->per_interval == y->per_interval && x->interval_seconds == y->interval_seconds &&
+           x->max_per_loan == y->max_per_loan;
+}
+
+bool user_record_extend_due(user_record *record, const char *loan_id, int64_t due_seconds,
+                            const Library__Lending__Internal__FineTerms *fine_terms) {
     for (size_t i = 0; i < record->n_open_loans; i++) {
         user_open_loan *open = record->open_loans[i];
-        if (strcmp(open->loan_id, loan_id) == 0 && open->due_time < due_seconds) {
-            open->due_time = due_seconds;
-            return true;
+        if (strcmp(open->loan_id, loan_id) != 0 || open->due_time > due_seconds)
+            continue;
+        bool changed = open->due_time < due_seconds;
+        open->due_time = due_seconds;
+        if (fine_terms != NULL && !same_terms(open->fine_terms, fine_terms)) {
+            open->fine_terms = (Library__Lending__Internal__FineTerms *)fine_terms;
+            changed = true;
         }
+        return changed;
     }
     return false;
 }

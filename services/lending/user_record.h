@@ -69,9 +69,10 @@ const char *user_record_hold_from_newest(const user_record *record, size_t posit
  * past the oldest kept. */
 const char *user_record_history_from_newest(const user_record *record, size_t position);
 
-/* A renewal moved the loan's due time to due_seconds: its open entry follows, so the overdue
- * block reads the new one. Only ever later (a stale sync does not undo a newer renewal).
- * True when the record changed. */
-bool user_record_extend_due(user_record *record, const char *loan_id, int64_t due_seconds);
+/* A renewal moved the loan's due time to due_seconds and gave it fine_terms (NULL: kept): its
+ * open entry follows, so the overdue block and the account read the new ones. Only ever later
+ * (a stale sync does not undo a newer renewal). True when the record changed. */
+bool user_record_extend_due(user_record *record, const char *loan_id, int64_t due_seconds,
+                            const Library__Lending__Internal__FineTerms *fine_terms);
 
 #endif
