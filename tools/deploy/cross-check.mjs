@@ -11,7 +11,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -390,6 +390,19 @@ for (const [renderName, objects] of Object.entries(renders)) {
         }
         const levelFile = join(scratch, "LOG_LEVEL");
         writeFileSync(levelFile, `${env.LOG_LEVEL || "info"}\n`);
+        if (env.POLICY_FILE) {
+          // the policy file as the pod sees it: the rendered ConfigMap key behind its mount
+          const mount = (container.volumeMounts || []).find((m) => m.mountPath === dirname(env.POLICY_FILE));
+          const volume = mount && (template.spec.volumes || []).find((v) => v.name === mount.name);
+          const item = volume && volume.configMap && (volume.configMap.items || []).find((i) => i.path === basename(env.POLICY_FILE));
+          const configMap = item && find(objects, "ConfigMap", volume.configMap.name);
+          if (!configMap || !(item.key in (configMap.data || {}))) {
+            fail(`${owner}: POLICY_FILE ${env.POLICY_FILE} is not a key of a mounted ConfigMap`);
+            continue;
+          }
+          env.POLICY_FILE = join(scratch, "policy.json");
+          writeFileSync(env.POLICY_FILE, configMap.data[item.key]);
+        }
         Object.assign(env, {
           JWT_PUBLIC_KEY_FILE: keyFile,
           LOG_LEVEL_FILE: levelFile,

@@ -173,6 +173,10 @@ MAX_ACTIVE_LOANS: {{ .Values.config.maxActiveLoans | toString | quote }}
 MAX_RENEWALS: {{ .Values.config.maxRenewals | toString | quote }}
 MAX_HOLDS: {{ .Values.config.maxHolds | toString | quote }}
 HOLD_PICKUP: {{ .Values.config.holdPickup | quote }}
+FINE_PER_INTERVAL: {{ .Values.config.finePerInterval | toString | quote }}
+FINE_INTERVAL: {{ .Values.config.fineInterval | quote }}
+FINE_MAX_PER_LOAN: {{ .Values.config.fineMaxPerLoan | toString | quote }}
+FINE_BLOCK_AT: {{ .Values.config.fineBlockAt | toString | quote }}
 JWT_ISSUER: {{ .Values.config.jwtIssuer | quote }}
 JWT_AUDIENCE: {{ .Values.config.jwtAudience | quote }}
 NATS_URL: {{ include "library.natsUrl" . | quote }}
@@ -188,7 +192,7 @@ config tables; tools/check-deploy checks them against the sources).
 */}}
 {{- define "library.configKeys" -}}
 {{- $common := list "LOG_LEVEL" "JWT_ISSUER" "JWT_AUDIENCE" "NATS_URL" "NATS_REPLICAS" "DRAIN_GRACE" -}}
-{{- $extra := dict "catalog" (list "HOLD_PICKUP") "lending" (list "LOAN_PERIOD" "MAX_ACTIVE_LOANS" "MAX_RENEWALS" "MAX_HOLDS" "CATALOG_ADDR") "mypage" (list "REDIS_URL") -}}
+{{- $extra := dict "catalog" (list "HOLD_PICKUP") "lending" (list "LOAN_PERIOD" "MAX_ACTIVE_LOANS" "MAX_RENEWALS" "MAX_HOLDS" "FINE_PER_INTERVAL" "FINE_INTERVAL" "FINE_MAX_PER_LOAN" "FINE_BLOCK_AT" "CATALOG_ADDR") "mypage" (list "REDIS_URL") -}}
 {{- concat $common (index $extra .) | toJson -}}
 {{- end -}}
 
@@ -205,6 +209,10 @@ config tables; tools/check-deploy checks them against the sources).
   value: /etc/library/jwt/{{ $root.Values.jwt.secretKey }}
 - name: LOG_LEVEL_FILE
   value: /etc/library/config/LOG_LEVEL
+{{- if eq .component "lending" }}
+- name: POLICY_FILE
+  value: /etc/library/policy/policy.json
+{{- end }}
 {{- range include "library.configKeys" .component | fromJsonArray }}
 - name: {{ . }}
   valueFrom:
@@ -249,11 +257,21 @@ config tables; tools/check-deploy checks them against the sources).
   mountPath: /tmp
 {{- end -}}
 
+{{/*
+The patron groups' loan policies as lending reads them (POLICY_FILE): {"groups": {...}}.
+*/}}
+{{- define "library.policyJson" -}}
+{{- dict "groups" (.Values.policies | default dict) | toPrettyJson -}}
+{{- end -}}
+
 {{/* Pod annotations: config checksum (rolls the pods on a change) and Prometheus scraping. */}}
 {{- define "library.podAnnotations" -}}
 {{- $root := .root -}}
 {{- $values := index $root.Values .component -}}
 checksum/config: {{ omit (include "library.configData" $root | fromYaml) "LOG_LEVEL" | toJson | sha256sum }}
+{{- if eq .component "lending" }}
+checksum/policy: {{ include "library.policyJson" $root | sha256sum }}
+{{- end }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ $values.ports.metrics | toString | quote }}
 prometheus.io/path: /metrics
