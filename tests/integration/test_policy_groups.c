@@ -388,7 +388,8 @@ Test(policy_groups, a_bad_policy_file_stops_lending_at_start_with_exit_2_naming_
         {"bad-field", "{\"groups\": {\"child\": {\"loan_period\": \"2s\", \"max_active_loans\": 0}}}",
          "groups.child.max_active_loans: must be an integer from 1 to 1000"},
         {"typo", "{\"groups\": {\"staff\": {\"loan_periods\": \"60s\"}}}", "groups.staff.loan_periods: unknown field"},
-        {"duration", "{\"groups\": {\"child\": {\"hold_pickup\": 72}}}", "groups.child.hold_pickup: must be a duration"},
+        {"duration", "{\"groups\": {\"child\": {\"hold_pickup\": 72}}}",
+         "groups.child.hold_pickup: must be a duration"},
         {"malformed", "{\"groups\": {\"child\": {\"max_holds\": 1,}}}", "line 1, column"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
