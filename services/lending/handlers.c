@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "account.h"
 #include "field.h"
 #include "holds.h"
 #include "lending.h"
@@ -95,9 +96,13 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
         return code;
 
     int64_t now = timestamp_now_ms();
-    reserve_job job = {.borrow = {.loan_id = loan_id, .book_id = req->book_id,
-                                  .due_seconds = (now + h->loan_period_ms) / 1000,
-                                  .now_seconds = now / 1000, .max_active = h->max_active_loans}};
+    Library__Lending__Internal__FineTerms *terms = lending_fine_terms(h, a);
+    if (terms == NULL)
+        return out_of_memory(st);
+    reserve_job job = {.borrow = {.loan_id = loan_id, .book_id = req->book_id, .book_title = book->title,
+                                  .fine_terms = terms, .due_seconds = (now + h->loan_period_ms) / 1000,
+                                  .now_seconds = now / 1000, .max_active = h->max_active_loans,
+                                  .fine_block_at = h->fine_block_at}};
     code = loan_store_update_user(h->store, user, a, reserve_slot, &job, NULL, st);
     if (code != STATUS_OK)
         return code;
@@ -116,6 +121,7 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
     record->loan = loan;
     record->traceparent = (char *)rpc_context_traceparent(ctx);
     record->update_time_ms = now;
+    record->fine_terms = terms;
     code = loan_store_create(h->store, record, a, st);
     if (code == STATUS_OK)
         saga_count_loan("requested");
@@ -278,6 +284,17 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
     return STATUS_OK;
 }
 
+Library__Lending__Internal__FineTerms *lending_fine_terms(const lending_handlers *h, arena *a) {
+    Library__Lending__Internal__FineTerms *terms =
+        (void *)arena_new_message(a, &library__lending__internal__fine_terms__descriptor);
+    if (terms != NULL) {
+        terms->per_interval = h->fine_per_interval;
+        terms->interval_seconds = h->fine_interval_ms / 1000;
+        terms->max_per_loan = h->fine_max_per_loan;
+    }
+    return terms;
+}
+
 static const rpc_method lending_methods[] = {
     RPC_UNARY_WRITE("BorrowBook", library__lending__v1__borrow_book_request, library__lending__v1__loan,
                     borrow_book, RPC_ACCESS_USER),
@@ -297,6 +314,12 @@ static const rpc_method lending_methods[] = {
               holds_list_holds, RPC_ACCESS_USER),
     RPC_UNARY_WRITE("RenewLoan", library__lending__v1__renew_loan_request, library__lending__v1__loan,
                     renewals_renew_loan, RPC_ACCESS_USER),
+    RPC_UNARY("GetAccount", library__lending__v1__get_account_request, library__lending__v1__account,
+              account_get_account, RPC_ACCESS_USER),
+    RPC_UNARY_WRITE("PayFines", library__lending__v1__pay_fines_request, library__lending__v1__account,
+                    account_pay_fines, RPC_ACCESS_ADMIN),
+    RPC_UNARY_WRITE("WaiveFine", library__lending__v1__waive_fine_request, library__lending__v1__account,
+                    account_waive_fine, RPC_ACCESS_ADMIN),
 };
 
 const rpc_service lending_rpc_service = {

@@ -22,6 +22,10 @@ typedef struct lending_handlers {
     int max_active_loans;
     int max_holds;
     int max_renewals;
+    int64_t fine_per_interval; /* minor currency units per started fine_interval_ms */
+    int64_t fine_interval_ms;
+    int64_t fine_max_per_loan;
+    int64_t fine_block_at; /* 0: fines never block */
     rpc_service service;
 } lending_handlers;
 
@@ -29,6 +33,9 @@ typedef struct lending_handlers {
  * NOT_FOUND as the catalog says, UNAVAILABLE (CATALOG_UNAVAILABLE) when it does not answer. */
 status_code lending_fetch_book(lending_handlers *h, rpc_context *ctx, const char *book_id,
                                Library__Catalog__V1__Book **out, status *st);
+
+/* The fine rule a loan made now is lent under, from a. */
+Library__Lending__Internal__FineTerms *lending_fine_terms(const lending_handlers *h, arena *a);
 
 /* Fills handlers->service (state = handlers); the other fields must be set first. */
 void lending_handlers_init(lending_handlers *handlers);

@@ -9,6 +9,7 @@ static struct {
     const char *catalog_address;
     int64_t loan_period_ms, max_active_loans, max_holds, max_renewals, borrow_wait_ms, catalog_timeout_ms;
     int64_t reconcile_interval_ms, reconcile_after_ms, breaker_failures, breaker_open_ms;
+    int64_t fine_per_interval, fine_interval_ms, fine_max_per_loan, fine_block_at;
 } settings;
 
 static const config_entry lending_config[] = {
@@ -19,6 +20,14 @@ static const config_entry lending_config[] = {
     {"MAX_HOLDS", CONFIG_INT, "5", "WAITING + READY holds a user may have", &settings.max_holds, 1, 1000},
     {"MAX_RENEWALS", CONFIG_INT, "2", "how many times RenewLoan may extend one loan",
      &settings.max_renewals, 0, 1000},
+    {"FINE_PER_INTERVAL", CONFIG_INT, "25", "fine for each started FINE_INTERVAL a loan is late (minor currency units)",
+     &settings.fine_per_interval, 0, 1000000000},
+    {"FINE_INTERVAL", CONFIG_DURATION, "24h", "the interval fines accrue by (whole seconds)",
+     &settings.fine_interval_ms, 1000, 0},
+    {"FINE_MAX_PER_LOAN", CONFIG_INT, "1000", "the most one loan is fined", &settings.fine_max_per_loan, 0,
+     1000000000000},
+    {"FINE_BLOCK_AT", CONFIG_INT, "500", "a balance from which borrowing, renewals and holds are refused (0: never)",
+     &settings.fine_block_at, 0, 1000000000000},
     {"BORROW_WAIT", CONFIG_DURATION, "2s", "how long BorrowBook waits for the saga's outcome",
      &settings.borrow_wait_ms, 0, 60000},
     {"CATALOG_TIMEOUT", CONFIG_DURATION, "1s", "deadline of a call to the catalog",
@@ -44,6 +53,10 @@ static status_code lending_start(const service_context *context, void **state, s
     h->max_holds = (int)settings.max_holds;
     h->max_renewals = (int)settings.max_renewals;
     h->borrow_wait_ms = settings.borrow_wait_ms;
+    h->fine_per_interval = settings.fine_per_interval;
+    h->fine_interval_ms = settings.fine_interval_ms;
+    h->fine_max_per_loan = settings.fine_max_per_loan;
+    h->fine_block_at = settings.fine_block_at;
     h->catalog_timeout_ms = settings.catalog_timeout_ms;
     circuit_breaker_init(&h->catalog_breaker, "catalog", (int)settings.breaker_failures, settings.breaker_open_ms);
     saga_options saga = {.reconcile_interval_ms = settings.reconcile_interval_ms,

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "field.h"
+#include "fines.h"
 #include "handlers.h"
 #include "holds.h"
 #include "lending.h"
@@ -74,6 +75,8 @@ status_code renewal_apply(const renewal *r, arena *a, loan_record *record, bool 
     if (r->holds_waiting)
         return status_set(st, STATUS_FAILED_PRECONDITION, "HOLDS_WAITING",
                           "other readers are waiting for this book; return it by its due time");
+    if (r->fines_owed != NULL)
+        return status_set(st, r->fines_owed->code, r->fines_owed->reason, "%s", r->fines_owed->message);
     int64_t due_ms = loan->due_time ? loan->due_time->seconds * 1000 : 0;
     int64_t from_ms = due_ms > r->now_ms ? due_ms : r->now_ms;
     /* whole seconds, as BorrowBook's due times: the user record keeps seconds */
@@ -85,6 +88,8 @@ status_code renewal_apply(const renewal *r, arena *a, loan_record *record, bool 
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     loan->due_time = due;
     loan->renewal_count++;
+    if (r->fine_terms != NULL)
+        record->fine_terms = r->fine_terms;
     record->overdue_published = false;
     record->renewal_unpublished = true;
     record->update_time_ms = r->now_ms;
@@ -123,6 +128,17 @@ status_code renewals_renew_loan(void *state, rpc_context *ctx, const ProtobufCMe
     status_code code = loan_store_get(h->store, req->loan_id, a, &record, st);
     if (code == STATUS_OK && record->loan->book_id != NULL && record->loan->book_id[0] != '\0')
         code = holds_waiting(h->store, record->loan->book_id, a, &job.rule.holds_waiting, st);
+    /* The borrower's fines, read beside the loan: a fine crossing the line at this very
+     * moment may let one renewal by, as holds above. */
+    user_record *borrower = NULL;
+    status owed;
+    if (code == STATUS_OK)
+        code = loan_store_get_user(h->store, record->loan->user_id, a, &borrower, st);
+    if (code == STATUS_OK &&
+        account_check_block(borrower, job.rule.now_ms / 1000, h->fine_block_at, &owed) != STATUS_OK)
+        job.rule.fines_owed = &owed;
+    if (code == STATUS_OK && (job.rule.fine_terms = lending_fine_terms(h, a)) == NULL)
+        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     if (code == STATUS_OK)
         code = loan_store_update(h->store, req->loan_id, a, apply_renewal, &job, &record, st);
     if (code == STATUS_NOT_FOUND)

@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+#include "fines.h"
+
 static bool in_history(const user_record *record, const char *loan_id) {
     for (size_t i = 0; i < record->n_history; i++)
         if (strcmp(record->history[i], loan_id) == 0)
@@ -51,6 +53,8 @@ static bool append_open(arena *a, user_record *record, const user_borrow *borrow
     entry->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING;
     entry->due_time = borrow->due_seconds;
     entry->book_id = (char *)borrow->book_id;
+    entry->book_title = (char *)(borrow->book_title ? borrow->book_title : "");
+    entry->fine_terms = borrow->fine_terms;
     loans[record->n_open_loans] = entry;
     record->open_loans = loans;
     record->n_open_loans++;
@@ -66,7 +70,8 @@ status_code user_record_add_borrow(arena *a, user_record *record, const user_bor
     open_loan *open = open_states(a, record);
     if (open == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    if (lending_may_borrow(open, record->n_open_loans, borrow->now_seconds, borrow->max_active, st) != STATUS_OK)
+    if (lending_may_borrow(open, record->n_open_loans, borrow->now_seconds, borrow->max_active, st) != STATUS_OK ||
+        account_check_block(record, borrow->now_seconds, borrow->fine_block_at, st) != STATUS_OK)
         return st->code;
     if (!append_open(a, record, borrow) || !append_kept(a, &record->history, &record->n_history, borrow->loan_id))
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
@@ -134,6 +139,8 @@ status_code user_record_add_hold(arena *a, user_record *record, const user_hold 
             return status_set(st, STATUS_FAILED_PRECONDITION, "OVERDUE_LOANS",
                               "loan %s is overdue; return it before placing holds",
                               record->open_loans[i]->loan_id);
+    if (account_check_block(record, hold->now_seconds, hold->fine_block_at, st) != STATUS_OK)
+        return st->code;
     Library__Lending__Internal__OpenHold **open = arena_alloc(a, (record->n_open_holds + 1) * sizeof *open);
     Library__Lending__Internal__OpenHold *entry =
         (void *)arena_new_message(a, &library__lending__internal__open_hold__descriptor);
@@ -165,11 +172,14 @@ const char *user_record_hold_from_newest(const user_record *record, size_t posit
                                              : NULL;
 }
 
-bool user_record_extend_due(user_record *record, const char *loan_id, int64_t due_seconds) {
+bool user_record_extend_due(user_record *record, const char *loan_id, int64_t due_seconds,
+                            Library__Lending__Internal__FineTerms *terms) {
     for (size_t i = 0; i < record->n_open_loans; i++) {
         user_open_loan *open = record->open_loans[i];
         if (strcmp(open->loan_id, loan_id) == 0 && open->due_time < due_seconds) {
             open->due_time = due_seconds;
+            if (terms != NULL)
+                open->fine_terms = terms;
             return true;
         }
     }

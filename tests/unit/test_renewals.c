@@ -147,11 +147,11 @@ Test(renewals, the_user_record_takes_a_later_due_time_only) {
     Library__Lending__Internal__OpenLoan *loans[] = {&open};
     record.open_loans = loans;
     record.n_open_loans = 1;
-    cr_assert(user_record_extend_due(&record, "L1", 5000));
+    cr_assert(user_record_extend_due(&record, "L1", 5000, NULL));
     cr_assert_eq(open.due_time, 5000);
-    cr_assert_not(user_record_extend_due(&record, "L1", 3000), "a stale sync does not undo a renewal");
+    cr_assert_not(user_record_extend_due(&record, "L1", 3000, NULL), "a stale sync does not undo a renewal");
     cr_assert_eq(open.due_time, 5000);
-    cr_assert_not(user_record_extend_due(&record, "L2", 9000));
+    cr_assert_not(user_record_extend_due(&record, "L2", 9000, NULL));
 
     /* the overdue block reads it: overdue at 2000 before, not after */
     open_loan before = {LOAN_ACTIVE, 1000}, after = {LOAN_ACTIVE, open.due_time};
