@@ -62,14 +62,19 @@ static bool is_active(const user_open_loan *open) {
     return open->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE;
 }
 
+/* x + y for amounts >= 0, at most INT64_MAX (fines capped near it would wrap a plain sum) */
+static int64_t add_amounts(int64_t x, int64_t y) {
+    return x > INT64_MAX - y ? INT64_MAX : x + y;
+}
+
 int64_t account_balance(const user_record *record, int64_t now_seconds) {
     int64_t balance = 0;
     for (size_t i = 0; i < record->n_fines; i++)
-        balance += fine_owed_at(record->fines[i], now_seconds);
+        balance = add_amounts(balance, fine_owed_at(record->fines[i], now_seconds));
     for (size_t i = 0; i < record->n_open_loans; i++) {
         const user_open_loan *open = record->open_loans[i];
         if (is_active(open) && find_fine(record, open->loan_id) == NULL)
-            balance += fine_accrued(open->fine_terms, open->due_time, now_seconds);
+            balance = add_amounts(balance, fine_accrued(open->fine_terms, open->due_time, now_seconds));
     }
     return balance;
 }
