@@ -114,19 +114,22 @@ static account_event *account_changed(arena *a, user_record *record, int kind, c
     return e;
 }
 
-static bool settled(const fine_entry *fine) {
-    return fine->fixed && fine_owed_at(fine, 0) == 0;
+/* Fixed, nothing owed, and its loan's open entry gone: were the entry dropped while the loan
+ * is still open, the next fix or sweep would fine the loan anew from its due time. */
+static bool settled(const user_record *record, const fine_entry *fine) {
+    return fine->fixed && fine_owed_at(fine, 0) == 0 && user_record_open_entry(record, fine->loan_id) == NULL;
 }
 
-/* Keeps every fine still owed or accruing and the newest FINES_SETTLED_KEPT settled ones. */
+/* Keeps every fine still owed, accruing or of an open loan, and the newest FINES_SETTLED_KEPT
+ * settled ones. */
 static void prune_settled(user_record *record) {
     size_t settled_count = 0;
     for (size_t i = 0; i < record->n_fines; i++)
-        settled_count += settled(record->fines[i]);
+        settled_count += settled(record, record->fines[i]);
     size_t drop = settled_count > FINES_SETTLED_KEPT ? settled_count - FINES_SETTLED_KEPT : 0;
     size_t kept = 0;
     for (size_t i = 0; i < record->n_fines; i++) {
-        if (drop > 0 && settled(record->fines[i])) {
+        if (drop > 0 && settled(record, record->fines[i])) {
             drop--;
             continue;
         }
