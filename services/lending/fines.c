@@ -354,6 +354,23 @@ status_code account_waive(arena *a, user_record *record, const char *loan_id, co
     return STATUS_OK;
 }
 
+static Library__Lending__V1__Fine *view_fine(arena *a, const fine_entry *entry, int64_t now) {
+    Library__Lending__V1__Fine *fine = (void *)arena_new_message(a, &library__lending__v1__fine__descriptor);
+    if (fine == NULL)
+        return NULL;
+    fine->loan_id = entry->loan_id;
+    fine->book_id = entry->book_id;
+    fine->book_title = entry->book_title;
+    fine->amount = fine_amount_at(entry, now);
+    fine->paid = entry->paid;
+    fine->waived = entry->waived;
+    fine->state = fine_state(entry);
+    fine->due_time = timestamp_from_ms(a, entry->due_time * 1000);
+    if (entry->fixed)
+        fine->return_time = timestamp_from_ms(a, entry->return_time * 1000);
+    return fine;
+}
+
 account_message *account_view(arena *a, const user_record *record, const char *user_id, int64_t block_at,
                               int64_t now_ms) {
     account_message *account = (void *)arena_new_message(a, &library__lending__v1__account__descriptor);
@@ -361,23 +378,19 @@ account_message *account_view(arena *a, const user_record *record, const char *u
     if (account == NULL || fines == NULL)
         return NULL;
     int64_t now = now_ms / 1000;
-    for (size_t i = 0; i < record->n_fines; i++) {
-        const fine_entry *entry = record->fines[i];
-        Library__Lending__V1__Fine *fine = (void *)arena_new_message(a, &library__lending__v1__fine__descriptor);
-        if (fine == NULL)
+    /* Account.fines: those still owed (or accruing), then the settled ones, each oldest first */
+    size_t n = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < record->n_fines; i++) {
+            Library__Lending__V1__FineState state = fine_state(record->fines[i]);
+            bool owing = state == LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_ACCRUING ||
+                         state == LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_OWED;
+            if (owing == (pass == 0))
+                fines[n++] = view_fine(a, record->fines[i], now);
+        }
+    for (size_t i = 0; i < n; i++)
+        if (fines[i] == NULL)
             return NULL;
-        fine->loan_id = entry->loan_id;
-        fine->book_id = entry->book_id;
-        fine->book_title = entry->book_title;
-        fine->amount = fine_amount_at(entry, now);
-        fine->paid = entry->paid;
-        fine->waived = entry->waived;
-        fine->state = fine_state(entry);
-        fine->due_time = timestamp_from_ms(a, entry->due_time * 1000);
-        if (entry->fixed)
-            fine->return_time = timestamp_from_ms(a, entry->return_time * 1000);
-        fines[i] = fine;
-    }
     account->user_id = (char *)user_id;
     account->balance = account_balance(record, now);
     account->fines = fines;
