@@ -828,6 +828,12 @@ Test(fines, the_next_visit_of_far_away_times_does_not_overflow) {
     account_outbox_done(record, record->account_version);
     int64_t next = account_next_visit_ms(record, 1000);
     cr_assert(next == 0 || next > ms(DUE), "the next step is out of reach: %lld", (long long)next);
+    user_record *quarter = empty_record();
+    lend(quarter, "a", ACTIVE, DUE, terms_of(1, INT64_MAX / 4, 10));
+    assess(quarter, DUE + 1, true);
+    account_outbox_done(quarter, quarter->account_version);
+    next = account_next_visit_ms(quarter, 1000);
+    cr_assert(next == 0 || next > ms(DUE), "a step beyond what unix ms can say: %lld", (long long)next);
     user_record *late = empty_record();
     lend(late, "a", ACTIVE, INT64_MAX - 10, daily());
     next = account_next_visit_ms(late, 1000);
