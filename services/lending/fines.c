@@ -417,7 +417,7 @@ int64_t account_next_visit_ms(const user_record *record, int64_t after_ms) {
     int64_t next = 0;
 #define SOONER(t) do { int64_t t_ = (t); if (t_ > 0 && (next == 0 || t_ < next)) next = t_; } while (0)
     for (size_t i = 0; i < record->n_account_outbox; i++)
-        SOONER(record->account_outbox[i]->time_ms + after_ms);
+        SOONER(add_amounts(record->account_outbox[i]->time_ms, after_ms));
     for (size_t i = 0; i < record->n_open_loans; i++) {
         const user_open_loan *open = record->open_loans[i];
         if (!is_active(open))
@@ -425,10 +425,10 @@ int64_t account_next_visit_ms(const user_record *record, int64_t after_ms) {
         const fine_entry *fine = find_fine(record, open->loan_id);
         if (fine == NULL) {
             int64_t at = next_growth(open->fine_terms, open->due_time, 0, 0);
-            SOONER(at > 0 ? at * 1000 : 0);
+            SOONER(at > 0 && at <= INT64_MAX / 1000 ? at * 1000 : 0);
         } else if (!fine->fixed && !fine->waived_all) {
             int64_t at = next_growth(fine->terms, fine->due_time, fine->carried, fine->amount);
-            SOONER(at > 0 ? at * 1000 : 0);
+            SOONER(at > 0 && at <= INT64_MAX / 1000 ? at * 1000 : 0);
         }
     }
 #undef SOONER
