@@ -400,6 +400,42 @@ Test(fines, a_late_renewal_keeps_what_it_accrued_and_runs_from_the_new_due_time)
     cr_assert_eq(fine->amount, 4 * PER, "fixed at the return: carried plus one step");
 }
 
+Test(fines, a_renewal_carries_what_accrued_by_the_renewal_not_by_a_later_sweep) {
+    /* the sweep ran after the renewal was made but before the user record followed it */
+    user_record *record = empty_record();
+    lend(record, "a", ACTIVE, DUE, daily());
+    int64_t renewed = DUE + 1, new_due = renewed + 14 * DAY;
+    assess(record, DUE + DAY + 1, true);
+    cr_assert_eq(fine_of(record, "a")->amount, 2 * PER);
+    bool changed;
+    status st;
+    cr_assert_eq(account_carry(a, record, "a", renewed, new_due, NULL, ms(DUE + DAY + 2), &changed, &st),
+                 STATUS_OK);
+    cr_assert(changed);
+    fine_entry *fine = fine_of(record, "a");
+    cr_assert_eq(fine->carried, PER, "one second late at the renewal: one step");
+    cr_assert_eq(fine->amount, PER);
+    cr_assert_eq(last_event(record)->kind, KIND_ASSESSED);
+    cr_assert_eq(last_event(record)->amount, PER, "the correction is announced");
+    user_record_extend_due(record, "a", new_due);
+    cr_assert_eq(account_balance(record, new_due), PER);
+}
+
+Test(fines, a_renewal_never_carries_less_than_was_paid) {
+    user_record *record = empty_record();
+    lend(record, "a", ACTIVE, DUE, daily());
+    bool replay, changed;
+    status st;
+    cr_assert_eq(pay(record, 2 * PER, "", DUE + DAY + 1, &replay, &st), STATUS_OK, "%s", st.message);
+    int64_t renewed = DUE + 1, new_due = renewed + 14 * DAY;
+    cr_assert_eq(account_carry(a, record, "a", renewed, new_due, NULL, ms(DUE + DAY + 2), &changed, &st),
+                 STATUS_OK);
+    user_record_extend_due(record, "a", new_due);
+    cr_assert_eq(fine_of(record, "a")->carried, 2 * PER);
+    cr_assert_eq(account_balance(record, new_due), 0);
+    cr_assert_eq(account_balance(record, new_due + 1), PER);
+}
+
 Test(fines, the_cap_holds_across_renewals) {
     user_record *record = empty_record();
     lend(record, "a", ACTIVE, DUE, terms_of(PER, DAY, 100));
