@@ -226,7 +226,12 @@ status_code account_carry(arena *a, user_record *record, const char *loan_id, in
     }
     if (fine->fixed || fine->waived_all || fine->due_time >= due_seconds)
         return STATUS_OK; /* carried for this due time already */
-    int64_t amount = fine_amount_at(fine, renew_seconds);
+    /* What it accrued by the renewal, as in account_fix: a sweep between the renewal and this
+     * carry may have assessed more under the old due time; never below what was paid or waived. */
+    int64_t amount = fine_amount_at(&(fine_entry){
+        .terms = fine->terms, .due_time = fine->due_time, .carried = fine->carried}, renew_seconds);
+    if (amount < fine->paid + fine->waived)
+        amount = fine->paid + fine->waived;
     fine->carried = amount;
     fine->due_time = due_seconds;
     if (terms != NULL)
