@@ -350,6 +350,20 @@ Test(fines, a_loan_returned_in_time_gets_no_fine) {
     cr_assert_eq(record->n_account_outbox, 0);
 }
 
+Test(fines, a_return_in_time_written_after_a_sweep_fixes_the_fine_at_zero) {
+    /* returned one second before the due time; a sweep fined it before the return was written */
+    user_record *record = empty_record();
+    lend(record, "a", ACTIVE, DUE, daily());
+    assess(record, DUE + 1, true);
+    cr_assert_eq(account_balance(record, DUE + 1), PER);
+    fix(record, "a", DUE - 1, DUE + 2, true);
+    fine_entry *fine = fine_of(record, "a");
+    cr_assert_eq(fine->amount, 0);
+    cr_assert(last_event(record)->fixed);
+    cr_assert_eq(last_event(record)->amount, 0, "the sweep's FineAssessed is corrected");
+    cr_assert_eq(account_balance(record, DUE + 10 * DAY), 0);
+}
+
 Test(fines, a_fix_never_goes_below_what_was_paid_or_waived) {
     user_record *record = empty_record();
     lend(record, "a", ACTIVE, DUE, daily());
@@ -1006,11 +1020,13 @@ Test(fines, the_books_balance_whatever_happens) {
             lend(record, ids[i], i == 3 ? PENDING : ACTIVE, DUE + rand() % 7200, terms);
         }
         int64_t now = DUE - 100;
+        int64_t since[4] = {0, 0, 0, 0}; /* each loan's last renewal: a return or renewal is later */
         for (int step = 0; step < 40; step++) {
             now += rand() % 2000;
             bool replay, changed;
             status st;
-            const char *loan = ids[rand() % loans];
+            int loan_index = rand() % loans;
+            const char *loan = ids[loan_index];
             char request[16];
             snprintf(request, sizeof request, "r%d", rand() % 20);
             switch (rand() % 6) {
@@ -1034,9 +1050,12 @@ Test(fines, the_books_balance_whatever_happens) {
                     cr_assert_eq(account_balance(record, now), balance - amount);
                 break;
             }
-            case 3:
+            case 3: /* a return made a little earlier than it is written (a sweep may be between) */
                 if (user_record_open_entry(record, loan) != NULL) {
-                    cr_assert_eq(account_fix(a, record, loan, now, ms(now), &changed, &st), STATUS_OK);
+                    int64_t returned = now - rand() % 3000;
+                    if (returned < since[loan_index])
+                        returned = since[loan_index];
+                    cr_assert_eq(account_fix(a, record, loan, returned, ms(now), &changed, &st), STATUS_OK);
                     user_record_follow(record, loan, LOAN_RETURNED);
                 }
                 break;
@@ -1045,11 +1064,17 @@ Test(fines, the_books_balance_whatever_happens) {
                 cr_assert(code == STATUS_OK || code == STATUS_FAILED_PRECONDITION || code == STATUS_INVALID_ARGUMENT);
                 break;
             }
-            case 5:
+            case 5: /* a renewal, also written a little after it was made */
                 if (user_record_open_entry(record, loan) != NULL && rand() % 2) {
-                    int64_t due = now + rand() % 5000;
-                    cr_assert_eq(account_carry(a, record, loan, now, due, NULL, ms(now), &changed, &st), STATUS_OK);
+                    const user_open_loan *open = user_record_open_entry(record, loan);
+                    int64_t renewed = now - rand() % 3000;
+                    if (renewed < since[loan_index])
+                        renewed = since[loan_index];
+                    int64_t due = (open->due_time > renewed ? open->due_time : renewed) + 1 + rand() % 5000;
+                    cr_assert_eq(account_carry(a, record, loan, renewed, due, NULL, ms(now), &changed, &st),
+                                 STATUS_OK);
                     user_record_extend_due(record, loan, due);
+                    since[loan_index] = renewed;
                 }
                 break;
             }
