@@ -291,9 +291,10 @@ Test(fines, assess_creates_entries_and_announces_each_fine_that_grew) {
 
 Test(fines, assess_is_steady_through_an_interval) {
     user_record *record = empty_record();
-    lend(record, "a", ACTIVE, DUE, terms_of(10, 60, 100));
+    fine_terms *terms = terms_of(10, 60, 100);
+    lend(record, "a", ACTIVE, DUE, terms);
     for (int64_t t = DUE - 5; t <= DUE + 20 * 60; t += 7)
-        assess(record, t, fine_accrued(terms_of(10, 60, 100), DUE, t) != fine_accrued(terms_of(10, 60, 100), DUE, t - 7));
+        assess(record, t, fine_accrued(terms, DUE, t) != fine_accrued(terms, DUE, t - 7));
     cr_assert_eq(fine_of(record, "a")->amount, 100);
     cr_assert_eq(record->n_account_outbox, 10, "one event for each step up to the cap");
 }
