@@ -62,14 +62,19 @@ static bool is_active(const user_open_loan *open) {
     return open->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE;
 }
 
+/* x + y for amounts >= 0, at most INT64_MAX (fines capped near it would wrap a plain sum) */
+static int64_t add_amounts(int64_t x, int64_t y) {
+    return x > INT64_MAX - y ? INT64_MAX : x + y;
+}
+
 int64_t account_balance(const user_record *record, int64_t now_seconds) {
     int64_t balance = 0;
     for (size_t i = 0; i < record->n_fines; i++)
-        balance += fine_owed_at(record->fines[i], now_seconds);
+        balance = add_amounts(balance, fine_owed_at(record->fines[i], now_seconds));
     for (size_t i = 0; i < record->n_open_loans; i++) {
         const user_open_loan *open = record->open_loans[i];
         if (is_active(open) && find_fine(record, open->loan_id) == NULL)
-            balance += fine_accrued(open->fine_terms, open->due_time, now_seconds);
+            balance = add_amounts(balance, fine_accrued(open->fine_terms, open->due_time, now_seconds));
     }
     return balance;
 }
@@ -109,19 +114,22 @@ static account_event *account_changed(arena *a, user_record *record, int kind, c
     return e;
 }
 
-static bool settled(const fine_entry *fine) {
-    return fine->fixed && fine_owed_at(fine, 0) == 0;
+/* Fixed, nothing owed, and its loan's open entry gone: were the entry dropped while the loan
+ * is still open, the next fix or sweep would fine the loan anew from its due time. */
+static bool settled(const user_record *record, const fine_entry *fine) {
+    return fine->fixed && fine_owed_at(fine, 0) == 0 && user_record_open_entry(record, fine->loan_id) == NULL;
 }
 
-/* Keeps every fine still owed or accruing and the newest FINES_SETTLED_KEPT settled ones. */
+/* Keeps every fine still owed, accruing or of an open loan, and the newest FINES_SETTLED_KEPT
+ * settled ones. */
 static void prune_settled(user_record *record) {
     size_t settled_count = 0;
     for (size_t i = 0; i < record->n_fines; i++)
-        settled_count += settled(record->fines[i]);
+        settled_count += settled(record, record->fines[i]);
     size_t drop = settled_count > FINES_SETTLED_KEPT ? settled_count - FINES_SETTLED_KEPT : 0;
     size_t kept = 0;
     for (size_t i = 0; i < record->n_fines; i++) {
-        if (drop > 0 && settled(record->fines[i])) {
+        if (drop > 0 && settled(record, record->fines[i])) {
             drop--;
             continue;
         }
@@ -218,7 +226,12 @@ status_code account_carry(arena *a, user_record *record, const char *loan_id, in
     }
     if (fine->fixed || fine->waived_all || fine->due_time >= due_seconds)
         return STATUS_OK; /* carried for this due time already */
-    int64_t amount = fine_amount_at(fine, renew_seconds);
+    /* What it accrued by the renewal, as in account_fix: a sweep between the renewal and this
+     * carry may have assessed more under the old due time; never below what was paid or waived. */
+    int64_t amount = fine_amount_at(&(fine_entry){
+        .terms = fine->terms, .due_time = fine->due_time, .carried = fine->carried}, renew_seconds);
+    if (amount < fine->paid + fine->waived)
+        amount = fine->paid + fine->waived;
     fine->carried = amount;
     fine->due_time = due_seconds;
     if (terms != NULL)
@@ -346,6 +359,23 @@ status_code account_waive(arena *a, user_record *record, const char *loan_id, co
     return STATUS_OK;
 }
 
+static Library__Lending__V1__Fine *view_fine(arena *a, const fine_entry *entry, int64_t now) {
+    Library__Lending__V1__Fine *fine = (void *)arena_new_message(a, &library__lending__v1__fine__descriptor);
+    if (fine == NULL)
+        return NULL;
+    fine->loan_id = entry->loan_id;
+    fine->book_id = entry->book_id;
+    fine->book_title = entry->book_title;
+    fine->amount = fine_amount_at(entry, now);
+    fine->paid = entry->paid;
+    fine->waived = entry->waived;
+    fine->state = fine_state(entry);
+    fine->due_time = timestamp_from_ms(a, entry->due_time * 1000);
+    if (entry->fixed)
+        fine->return_time = timestamp_from_ms(a, entry->return_time * 1000);
+    return fine;
+}
+
 account_message *account_view(arena *a, const user_record *record, const char *user_id, int64_t block_at,
                               int64_t now_ms) {
     account_message *account = (void *)arena_new_message(a, &library__lending__v1__account__descriptor);
@@ -353,23 +383,19 @@ account_message *account_view(arena *a, const user_record *record, const char *u
     if (account == NULL || fines == NULL)
         return NULL;
     int64_t now = now_ms / 1000;
-    for (size_t i = 0; i < record->n_fines; i++) {
-        const fine_entry *entry = record->fines[i];
-        Library__Lending__V1__Fine *fine = (void *)arena_new_message(a, &library__lending__v1__fine__descriptor);
-        if (fine == NULL)
+    /* Account.fines: those still owed (or accruing), then the settled ones, each oldest first */
+    size_t n = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < record->n_fines; i++) {
+            Library__Lending__V1__FineState state = fine_state(record->fines[i]);
+            bool owing = state == LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_ACCRUING ||
+                         state == LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_OWED;
+            if (owing == (pass == 0))
+                fines[n++] = view_fine(a, record->fines[i], now);
+        }
+    for (size_t i = 0; i < n; i++)
+        if (fines[i] == NULL)
             return NULL;
-        fine->loan_id = entry->loan_id;
-        fine->book_id = entry->book_id;
-        fine->book_title = entry->book_title;
-        fine->amount = fine_amount_at(entry, now);
-        fine->paid = entry->paid;
-        fine->waived = entry->waived;
-        fine->state = fine_state(entry);
-        fine->due_time = timestamp_from_ms(a, entry->due_time * 1000);
-        if (entry->fixed)
-            fine->return_time = timestamp_from_ms(a, entry->return_time * 1000);
-        fines[i] = fine;
-    }
     account->user_id = (char *)user_id;
     account->balance = account_balance(record, now);
     account->fines = fines;
@@ -396,7 +422,7 @@ int64_t account_next_visit_ms(const user_record *record, int64_t after_ms) {
     int64_t next = 0;
 #define SOONER(t) do { int64_t t_ = (t); if (t_ > 0 && (next == 0 || t_ < next)) next = t_; } while (0)
     for (size_t i = 0; i < record->n_account_outbox; i++)
-        SOONER(record->account_outbox[i]->time_ms + after_ms);
+        SOONER(add_amounts(record->account_outbox[i]->time_ms, after_ms));
     for (size_t i = 0; i < record->n_open_loans; i++) {
         const user_open_loan *open = record->open_loans[i];
         if (!is_active(open))
@@ -404,10 +430,10 @@ int64_t account_next_visit_ms(const user_record *record, int64_t after_ms) {
         const fine_entry *fine = find_fine(record, open->loan_id);
         if (fine == NULL) {
             int64_t at = next_growth(open->fine_terms, open->due_time, 0, 0);
-            SOONER(at > 0 ? at * 1000 : 0);
+            SOONER(at > 0 && at <= INT64_MAX / 1000 ? at * 1000 : 0);
         } else if (!fine->fixed && !fine->waived_all) {
             int64_t at = next_growth(fine->terms, fine->due_time, fine->carried, fine->amount);
-            SOONER(at > 0 ? at * 1000 : 0);
+            SOONER(at > 0 && at <= INT64_MAX / 1000 ? at * 1000 : 0);
         }
     }
 #undef SOONER
