@@ -271,11 +271,11 @@ Test(fines, a_late_loan_accrues_by_started_interval_up_to_the_cap_and_the_return
 
     /* late by 1.5 s: every GetAccount answers the fine at its own time */
     int64_t due = first->due_time->seconds;
-    while (harness_now_ms() < due * 1000 + 1500)
+    while (timestamp_now_ms() < due * 1000 + 1500)
         harness_sleep_ms(50);
-    int64_t before = harness_now_ms() / 1000;
+    int64_t before = timestamp_now_ms() / 1000;
     a = account(&s, user);
-    int64_t after = harness_now_ms() / 1000;
+    int64_t after = timestamp_now_ms() / 1000;
     const Fine *f = fine_of(a, first->loan_id);
     cr_assert_not_null(f, "a late loan has no fine in the account");
     cr_assert_eq(f->state, ACCRUING);
@@ -335,7 +335,7 @@ Test(fines, fines_block_borrowing_renewals_and_holds_until_paid_or_waived) {
     Book *wanted = test_stack_register(&s, "Wanted Next", 3);
     Loan *first = borrow(&s, bearer, test_stack_register(&s, "Late One", 1)->book_id);
     Loan *second = borrow(&s, bearer, test_stack_register(&s, "Late Two", 1)->book_id);
-    while (harness_now_ms() < (second->due_time->seconds + 4) * 1000) /* both at the cap of 30 */
+    while (timestamp_now_ms() < (second->due_time->seconds + 4) * 1000) /* both at the cap of 30 */
         harness_sleep_ms(100);
     status st;
     ProtobufCMessage *response = NULL;
@@ -516,7 +516,7 @@ Test(fines, a_kill_9_of_lending_in_the_middle_of_accrual_loses_and_doubles_nothi
     const char *bearer = user_of(&s, user);
     Loan *loan = borrow(&s, bearer, test_stack_register(&s, "Accruing Through A Crash", 1)->book_id);
     int64_t due = loan->due_time->seconds;
-    while (harness_now_ms() < (due + 2) * 1000 + 500) /* two steps assessed */
+    while (timestamp_now_ms() < (due + 2) * 1000 + 500) /* two steps assessed */
         harness_sleep_ms(50);
     status st;
     status_code code = pay(&s, user, 5, "before-crash", NULL, &st);

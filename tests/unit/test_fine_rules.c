@@ -397,7 +397,7 @@ Test(fines, a_late_renewal_keeps_what_it_accrued_and_runs_from_the_new_due_time)
     cr_assert_eq(fine->due_time, new_due);
     cr_assert_eq(last_event(record)->kind, KIND_ASSESSED);
     cr_assert_eq(last_event(record)->amount, 3 * PER);
-    cr_assert(user_record_extend_due(record, "a", new_due));
+    cr_assert(user_record_extend_due(record, "a", new_due, NULL));
     uint64_t version = record->account_version;
 
     cr_assert_eq(account_carry(a, record, "a", renewed, new_due, NULL, ms(renewed), &changed, &st), STATUS_OK);
@@ -432,7 +432,7 @@ Test(fines, a_renewal_carries_what_accrued_by_the_renewal_not_by_a_later_sweep) 
     cr_assert_eq(fine->amount, PER);
     cr_assert_eq(last_event(record)->kind, KIND_ASSESSED);
     cr_assert_eq(last_event(record)->amount, PER, "the correction is announced");
-    user_record_extend_due(record, "a", new_due);
+    user_record_extend_due(record, "a", new_due, NULL);
     cr_assert_eq(account_balance(record, new_due), PER);
 }
 
@@ -445,7 +445,7 @@ Test(fines, a_renewal_never_carries_less_than_was_paid) {
     int64_t renewed = DUE + 1, new_due = renewed + 14 * DAY;
     cr_assert_eq(account_carry(a, record, "a", renewed, new_due, NULL, ms(DUE + DAY + 2), &changed, &st),
                  STATUS_OK);
-    user_record_extend_due(record, "a", new_due);
+    user_record_extend_due(record, "a", new_due, NULL);
     cr_assert_eq(fine_of(record, "a")->carried, 2 * PER);
     cr_assert_eq(account_balance(record, new_due), 0);
     cr_assert_eq(account_balance(record, new_due + 1), PER);
@@ -458,12 +458,12 @@ Test(fines, the_cap_holds_across_renewals) {
     bool changed;
     status st;
     cr_assert_eq(account_carry(a, record, "a", renewed, new_due, NULL, ms(renewed), &changed, &st), STATUS_OK);
-    user_record_extend_due(record, "a", new_due);
+    user_record_extend_due(record, "a", new_due, NULL);
     cr_assert_eq(account_balance(record, new_due + 1), 100);
     cr_assert_eq(account_balance(record, new_due + 30 * DAY), 100, "75 carried + 25 reaches the cap");
     int64_t again = new_due + 5 * DAY, last_due = again + 14 * DAY;
     cr_assert_eq(account_carry(a, record, "a", again, last_due, NULL, ms(again), &changed, &st), STATUS_OK);
-    user_record_extend_due(record, "a", last_due);
+    user_record_extend_due(record, "a", last_due, NULL);
     cr_assert_eq(fine_of(record, "a")->carried, 100);
     cr_assert_eq(account_balance(record, last_due + 10 * DAY), 100);
     assess(record, last_due + 10 * DAY, false);
@@ -496,7 +496,7 @@ Test(fines, a_renewal_runs_under_its_own_terms) {
     cr_assert_eq(account_carry(a, record, "a", renewed, new_due, terms_of(100, 3600, 500), ms(renewed), &changed,
                                &st),
                  STATUS_OK);
-    user_record_extend_due(record, "a", new_due);
+    user_record_extend_due(record, "a", new_due, NULL);
     cr_assert_eq(account_balance(record, new_due + 1), PER + 100);
     cr_assert_eq(account_balance(record, new_due + 3600 + 1), PER + 200);
     cr_assert_eq(account_balance(record, new_due + DAY), 500);
@@ -1074,7 +1074,7 @@ Test(fines, the_books_balance_whatever_happens) {
                     int64_t due = (open->due_time > renewed ? open->due_time : renewed) + 1 + rand() % 5000;
                     cr_assert_eq(account_carry(a, record, loan, renewed, due, NULL, ms(now), &changed, &st),
                                  STATUS_OK);
-                    user_record_extend_due(record, loan, due);
+                    user_record_extend_due(record, loan, due, NULL);
                     since[loan_index] = renewed;
                 }
                 break;
