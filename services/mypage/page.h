@@ -98,7 +98,7 @@ typedef struct account_change {
 } account_change;
 
 /* false for events that are not account events, and for account events without a snapshot,
- * without a user, or whose snapshot is another user's. A fine whose loan id is not a
+ * without a user, whose snapshot is another user's, or whose account would not read back. A fine whose loan id is not a
  * server-made id (field_check_id) stays in the account but gets no "f:" field. */
 bool page_account_change_from_event(arena *a, const event *e, account_change *out);
 
