@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "account.h"
 #include "field.h"
 #include "holds.h"
 #include "lending.h"
@@ -115,7 +116,8 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
     reserve_job job = {.borrow = {.loan_id = loan_id, .book_id = req->book_id, .book_title = book->title,
                                   .fine_terms = fine_terms,
                                   .due_seconds = (now + policy->loan_period_ms) / 1000,
-                                  .now_seconds = now / 1000, .max_active = policy->max_active_loans}};
+                                  .now_seconds = now / 1000, .max_active = policy->max_active_loans,
+                                  .fine_block_at = policy->fine_block_at}};
     code = loan_store_update_user(h->store, user, a, reserve_slot, &job, NULL, st);
     if (code != STATUS_OK)
         return code;
@@ -317,6 +319,12 @@ static const rpc_method lending_methods[] = {
               holds_list_holds, RPC_ACCESS_USER),
     RPC_UNARY_WRITE("RenewLoan", library__lending__v1__renew_loan_request, library__lending__v1__loan,
                     renewals_renew_loan, RPC_ACCESS_USER),
+    RPC_UNARY("GetAccount", library__lending__v1__get_account_request, library__lending__v1__account,
+              account_get_account, RPC_ACCESS_USER),
+    RPC_UNARY_WRITE("PayFines", library__lending__v1__pay_fines_request, library__lending__v1__account,
+                    account_pay_fines, RPC_ACCESS_ADMIN),
+    RPC_UNARY_WRITE("WaiveFine", library__lending__v1__waive_fine_request, library__lending__v1__account,
+                    account_waive_fine, RPC_ACCESS_ADMIN),
 };
 
 const rpc_service lending_rpc_service = {

@@ -190,7 +190,7 @@ status_code holds_place_hold(void *state, rpc_context *ctx, const ProtobufCMessa
         return code;
     int64_t now = timestamp_now_ms();
     place_job job = {.hold = {.hold_id = hold_id, .book_id = req->book_id, .now_seconds = now / 1000,
-                              .max_holds = policy->max_holds}};
+                              .max_holds = policy->max_holds, .fine_block_at = policy->fine_block_at}};
     code = loan_store_update_user(h->store, user, a, reserve_hold_slot, &job, NULL, st);
     if (code != STATUS_OK)
         return code;

@@ -30,9 +30,15 @@ typedef struct user_node {
     int64_t *stray_since_ms; /* per loan id: first open_loans_users_due that found it stray; 0: not */
 } user_node;
 
+typedef struct account_node {
+    node base;
+    int64_t next_ms;
+} account_node;
+
 struct open_loans {
     table loans;
     table users;
+    table accounts; /* user keys whose account needs a visit, and from when */
 };
 
 static node **table_find(table *t, const char *key, uint64_t hash) {
@@ -129,12 +135,14 @@ void open_loans_destroy(open_loans *index) {
     open_loans_clear(index);
     free(index->loans.slots);
     free(index->users.slots);
+    free(index->accounts.slots);
     free(index);
 }
 
 void open_loans_clear(open_loans *index) {
     table_clear(&index->loans, false);
     table_clear(&index->users, true);
+    table_clear(&index->accounts, false);
 }
 
 static bool settled(const open_loan_facts *facts) {
@@ -256,6 +264,32 @@ size_t open_loans_users_due(open_loans *index, int64_t now_ms, int64_t after_ms,
             }
             if (count > 0) {
                 visit(arg, n->key, due, count);
+                visited++;
+            }
+        }
+    }
+    return visited;
+}
+
+bool open_loans_set_account(open_loans *index, const char *user_key, int64_t next_ms) {
+    if (next_ms <= 0) {
+        table_remove(&index->accounts, user_key, false);
+        return true;
+    }
+    account_node *n = (account_node *)table_upsert(&index->accounts, user_key, sizeof(account_node));
+    if (n == NULL)
+        return false;
+    n->next_ms = next_ms;
+    return true;
+}
+
+size_t open_loans_accounts_due(const open_loans *index, int64_t now_ms, open_loans_visit visit, void *arg) {
+    size_t visited = 0;
+    const table *t = &index->accounts;
+    for (size_t i = 0; t->slots && i <= t->mask; i++) {
+        for (const node *n = t->slots[i]; n; n = n->next) {
+            if (((const account_node *)n)->next_ms <= now_ms) {
+                visit(arg, n->key);
                 visited++;
             }
         }

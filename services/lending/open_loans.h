@@ -61,4 +61,12 @@ typedef void (*open_loans_user_visit)(void *arg, const char *user_key, const cha
 size_t open_loans_users_due(open_loans *index, int64_t now_ms, int64_t after_ms,
                             open_loans_user_visit visit, void *arg);
 
+/* The newest value of "user.<key>", for its account: when it next needs a visit (a fine to
+ * assess, an event to publish; account_next_visit_ms), 0 for never (forgotten). False when
+ * out of memory. */
+bool open_loans_set_account(open_loans *index, const char *user_key, int64_t next_ms);
+
+/* Visits each user key whose account needs a visit at now_ms, and returns how many. */
+size_t open_loans_accounts_due(const open_loans *index, int64_t now_ms, open_loans_visit visit, void *arg);
+
 #endif

@@ -14,8 +14,10 @@
 enum {
     GROUPS_MAX = 256,
     LIMIT_MAX = 1000,              /* counts: as MAX_ACTIVE_LOANS, MAX_HOLDS, MAX_RENEWALS */
-    MONEY_MAX = 1000000000,        /* minor units: far beyond any fine, far from overflow */
 };
+/* Minor units, as lending's settings bound them: far beyond any fine, far from overflow. */
+#define FINE_PER_INTERVAL_MAX 1000000000LL
+#define MONEY_MAX 1000000000000LL
 #define DURATION_MAX_MS (3650LL * 24 * 3600 * 1000) /* ten years */
 
 typedef struct policy_row {
@@ -50,10 +52,10 @@ static const policy_field fields[] = {
     {"max_renewals", FIELD_COUNT, offsetof(loan_policy, max_renewals), 0, LIMIT_MAX, false},
     {"max_holds", FIELD_COUNT, offsetof(loan_policy, max_holds), 0, LIMIT_MAX, false},
     {"hold_pickup", FIELD_DURATION, offsetof(loan_policy, hold_pickup_ms), 1000, DURATION_MAX_MS, false},
-    {"fine_per_interval", FIELD_MONEY, offsetof(loan_policy, fine_per_interval), 0, MONEY_MAX, false},
+    {"fine_per_interval", FIELD_MONEY, offsetof(loan_policy, fine_per_interval), 0, FINE_PER_INTERVAL_MAX, false},
     {"fine_interval", FIELD_DURATION, offsetof(loan_policy, fine_interval_ms), 1000, DURATION_MAX_MS, true},
     {"fine_max_per_loan", FIELD_MONEY, offsetof(loan_policy, fine_max_per_loan), 0, MONEY_MAX, false},
-    {"fine_block_at", FIELD_MONEY, offsetof(loan_policy, fine_block_at), 1, MONEY_MAX, false},
+    {"fine_block_at", FIELD_MONEY, offsetof(loan_policy, fine_block_at), 0, MONEY_MAX, false}, /* 0: never */
 };
 enum { FIELD_COUNT_ALL = sizeof fields / sizeof fields[0] };
 

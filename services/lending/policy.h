@@ -33,7 +33,7 @@ typedef struct loan_policy {
     int64_t fine_per_interval; /* minor currency units */
     int64_t fine_interval_ms;  /* whole seconds, >= 1 s */
     int64_t fine_max_per_loan;
-    int64_t fine_block_at;
+    int64_t fine_block_at;     /* 0: fines never block */
 } loan_policy;
 
 typedef struct policy_table policy_table;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "field.h"
+#include "fines.h"
 #include "handlers.h"
 #include "holds.h"
 #include "lending.h"
@@ -74,6 +75,8 @@ status_code renewal_apply(const renewal *r, arena *a, loan_record *record, bool 
     if (r->holds_waiting)
         return status_set(st, STATUS_FAILED_PRECONDITION, "HOLDS_WAITING",
                           "other readers are waiting for this book; return it by its due time");
+    if (r->fines_owed != NULL)
+        return status_set(st, r->fines_owed->code, r->fines_owed->reason, "%s", r->fines_owed->message);
     int64_t due_ms = loan->due_time ? loan->due_time->seconds * 1000 : 0;
     int64_t from_ms = due_ms > r->now_ms ? due_ms : r->now_ms;
     /* whole seconds, as BorrowBook's due times: the user record keeps seconds */
@@ -102,12 +105,17 @@ typedef struct renew_job {
     bool replay;
 } renew_job;
 
-/* The renewal under the policy of the group the loan was made in, as the table has it now
- * (a loan from before groups was a patron's). */
+/* The policy of the group the loan was made in, as the table has it now (a loan from before
+ * groups was a patron's). */
+static const loan_policy *policy_of_loan(const policy_table *policies, const loan_record *record) {
+    const char *group = record->patron_group && record->patron_group[0] ? record->patron_group : AUTH_DEFAULT_GROUP;
+    return policy_for(policies, group);
+}
+
+/* The renewal under that policy, read again with the record each compare-and-set sees. */
 static status_code apply_renewal(void *arg, arena *a, loan_record *record, bool *changed, status *st) {
     renew_job *job = arg;
-    const char *group = record->patron_group && record->patron_group[0] ? record->patron_group : AUTH_DEFAULT_GROUP;
-    const loan_policy *policy = policy_for(job->policies, group);
+    const loan_policy *policy = policy_of_loan(job->policies, record);
     job->rule.loan_period_ms = policy->loan_period_ms;
     job->rule.max_renewals = policy->max_renewals;
     job->rule.fine_terms = lending_fine_terms(a, policy);
@@ -135,6 +143,16 @@ status_code renewals_renew_loan(void *state, rpc_context *ctx, const ProtobufCMe
     status_code code = loan_store_get(h->store, req->loan_id, a, &record, st);
     if (code == STATUS_OK && record->loan->book_id != NULL && record->loan->book_id[0] != '\0')
         code = holds_waiting(h->store, record->loan->book_id, a, &job.rule.holds_waiting, st);
+    /* The borrower's fines, read beside the loan: a fine crossing the line at this very
+     * moment may let one renewal by, as holds above. */
+    user_record *borrower = NULL;
+    status owed;
+    if (code == STATUS_OK)
+        code = loan_store_get_user(h->store, record->loan->user_id, a, &borrower, st);
+    if (code == STATUS_OK && account_check_block(borrower, job.rule.now_ms / 1000,
+                                                  policy_of_loan(h->policies, record)->fine_block_at,
+                                                  &owed) != STATUS_OK)
+        job.rule.fines_owed = &owed;
     if (code == STATUS_OK)
         code = loan_store_update(h->store, req->loan_id, a, apply_renewal, &job, &record, st);
     if (code == STATUS_NOT_FOUND)

@@ -27,6 +27,7 @@ typedef struct renewal {
     /* The loan's fine terms from this renewal on (its group's policy now); NULL: kept. */
     const Library__Lending__Internal__FineTerms *fine_terms;
     bool holds_waiting; /* WAITING holds on the loan's book (lending's copy of the catalog's queue) */
+    const status *fines_owed; /* NULL, or the borrower's FINES_OWED refusal (account_check_block) */
 } renewal;
 
 /* The key under which a request is remembered: "" for an empty request_id, else 20 hex digits
@@ -36,7 +37,8 @@ void renewal_request_key(const char *caller, const char *request_id, char *out);
 /* Renews the loan in record, when it may be: another user's loan (not for an administrator) is
  * NOT_FOUND, reason LOAN_NOT_FOUND; a loan not ACTIVE is FAILED_PRECONDITION, LOAN_NOT_ACTIVE;
  * one renewed max_renewals times already is FAILED_PRECONDITION, RENEWAL_LIMIT; while holds
- * wait for the book, FAILED_PRECONDITION, HOLDS_WAITING. *replay: the
+ * wait for the book, FAILED_PRECONDITION, HOLDS_WAITING; while the borrower owes fines,
+ * r->fines_owed's refusal (FINES_OWED). *replay: the
  * record already holds this request's renewal, and nothing is checked or changed. A renewal
  * counts up renewal_count, sets the new due time, remembers the request, lowers
  * overdue_published (the new due time will be announced when it passes), raises

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "account.h"
+#include "fines.h"
 #include "holds.h"
 #include "lending.h"
 #include "log.h"
@@ -231,19 +233,30 @@ static status_code apply_outcome(void *arg, arena *a, loan_record *record, bool 
 typedef struct user_job {
     const char *loan_id;
     loan_state state; /* the loan's state now: open states are kept, others removed */
+    int64_t return_seconds; /* a RETURNED loan's return time, which fixes its fine */
 } user_job;
 
 static status_code apply_user(void *arg, arena *a, user_record *record, bool *changed, status *st) {
     user_job *job = arg;
-    (void)a;
-    (void)st;
-    *changed = user_record_follow(record, job->loan_id, job->state);
+    bool fixed = false;
+    if (job->state == LOAN_RETURNED &&
+        account_fix(a, record, job->loan_id, job->return_seconds, timestamp_now_ms(), &fixed, st) != STATUS_OK)
+        return st->code;
+    *changed = user_record_follow(record, job->loan_id, job->state) || fixed;
     return STATUS_OK;
 }
 
+/* The user record follows the loan (a settled loan frees its slot, a late return fixes its
+ * fine), and the account's events go out. */
 static status_code sync_user(lending_saga *saga, arena *a, const loan_record *record, status *st) {
-    user_job job = {.loan_id = record->loan->loan_id, .state = (loan_state)record->loan->status};
-    return loan_store_update_user(saga->store, record->loan->user_id, a, apply_user, &job, NULL, st);
+    const loan_message *loan = record->loan;
+    user_job job = {.loan_id = loan->loan_id, .state = (loan_state)loan->status,
+                    .return_seconds = loan->return_time ? loan->return_time->seconds : timestamp_now_ms() / 1000};
+    user_record *user = NULL;
+    status_code code = loan_store_update_user(saga->store, loan->user_id, a, apply_user, &job, &user, st);
+    if (code == STATUS_OK && user->n_account_outbox > 0)
+        code = account_publish(saga->store, saga->connection, a, loan->user_id, user, st);
+    return code;
 }
 
 status_code lending_saga_sync_user(lending_saga *saga, arena *a, const loan_record *record, status *st) {
@@ -253,10 +266,16 @@ status_code lending_saga_sync_user(lending_saga *saga, arena *a, const loan_reco
 static status_code apply_due(void *arg, arena *a, user_record *record, bool *changed, status *st) {
     const loan_record *renewed = arg;
     const loan_message *loan = renewed->loan;
-    (void)a;
-    (void)st;
-    *changed = loan->due_time != NULL &&
-               user_record_extend_due(record, loan->loan_id, loan->due_time->seconds, renewed->fine_terms);
+    *changed = false;
+    if (loan->due_time == NULL)
+        return STATUS_OK;
+    /* A late loan's fine so far is carried before its due time moves on. */
+    bool carried = false;
+    if (account_carry(a, record, loan->loan_id, renewed->update_time_ms / 1000, loan->due_time->seconds,
+                      renewed->fine_terms, timestamp_now_ms(), &carried, st) != STATUS_OK)
+        return st->code;
+    *changed = user_record_extend_due(record, loan->loan_id, loan->due_time->seconds, renewed->fine_terms) ||
+               carried;
     return STATUS_OK;
 }
 
@@ -276,8 +295,11 @@ status_code lending_saga_announce_renewal(lending_saga *saga, arena *a, const lo
                                           uint32_t attempt, status *st) {
     /* The user record first: its due time is what the overdue block reads, and a reader who
      * renewed must not stay blocked by the old one. */
+    user_record *user = NULL;
     status_code code = loan_store_update_user(saga->store, record->loan->user_id, a, apply_due,
-                                              (void *)record, NULL, st);
+                                              (void *)record, &user, st);
+    if (code == STATUS_OK && user->n_account_outbox > 0)
+        code = account_publish(saga->store, saga->connection, a, record->loan->user_id, user, st);
     if (code == STATUS_OK)
         code = saga_publish_renewed(saga->connection, record, attempt, st);
     int32_t published = record->loan->renewal_count;
@@ -605,6 +627,8 @@ static bool index_entry(lending_saga *saga, arena *a, const kv_change *change) {
         for (size_t i = 0; i < holds; i++)
             hold_ids[i] = user->open_holds[i]->hold_id;
         stored = stored && open_loans_set_user(saga->open_holds, key + 5, hold_ids, holds);
+        int64_t account_next = user ? account_next_visit_ms(user, saga->options.reconcile_after_ms) : 0;
+        stored = stored && open_loans_set_account(saga->open, key + 5, account_next);
     }
     return stored;
 }
@@ -648,12 +672,25 @@ static void visit_hold(void *arg, const char *hold_id) {
     arena_reset(r->a);
 }
 
+static void visit_account(void *arg, const char *user_key) {
+    round *r = arg;
+    uint8_t *decoded = NULL;
+    size_t size = 0;
+    if (!atomic_load(&r->saga->stopping) && text_base64url_decode(r->a, user_key, &decoded, &size)) {
+        char *user_id = arena_strndup(r->a, (const char *)decoded, size);
+        if (user_id)
+            account_reconcile(r->saga->store, r->saga->connection, r->a, user_id, r->now);
+    }
+    arena_reset(r->a);
+}
+
 static void reconcile_open(lending_saga *saga, arena *a) {
     round r = {.saga = saga, .a = a, .now = timestamp_now_ms()};
     open_loans_due(saga->open, r.now, saga->options.reconcile_after_ms, visit_loan, &r);
     open_loans_due(saga->open_holds, r.now, saga->options.reconcile_after_ms, visit_hold, &r);
     open_loans_users_due(saga->open_holds, r.now, saga->options.reconcile_after_ms, visit_hold_user, &r);
     open_loans_users_due(saga->open, r.now, saga->options.reconcile_after_ms, visit_user, &r);
+    open_loans_accounts_due(saga->open, r.now, visit_account, &r);
     metric_set(open_loans_gauge, (double)open_loans_loan_count(saga->open));
 }
 

@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+#include "fines.h"
+
 static bool in_history(const user_record *record, const char *loan_id) {
     for (size_t i = 0; i < record->n_history; i++)
         if (strcmp(record->history[i], loan_id) == 0)
@@ -51,8 +53,7 @@ static bool append_open(arena *a, user_record *record, const user_borrow *borrow
     entry->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING;
     entry->due_time = borrow->due_seconds;
     entry->book_id = (char *)borrow->book_id;
-    if (borrow->book_title != NULL)
-        entry->book_title = (char *)borrow->book_title;
+    entry->book_title = (char *)(borrow->book_title ? borrow->book_title : "");
     entry->fine_terms = (Library__Lending__Internal__FineTerms *)borrow->fine_terms;
     loans[record->n_open_loans] = entry;
     record->open_loans = loans;
@@ -69,7 +70,8 @@ status_code user_record_add_borrow(arena *a, user_record *record, const user_bor
     open_loan *open = open_states(a, record);
     if (open == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    if (lending_may_borrow(open, record->n_open_loans, borrow->now_seconds, borrow->max_active, st) != STATUS_OK)
+    if (lending_may_borrow(open, record->n_open_loans, borrow->now_seconds, borrow->max_active, st) != STATUS_OK ||
+        account_check_block(record, borrow->now_seconds, borrow->fine_block_at, st) != STATUS_OK)
         return st->code;
     if (!append_open(a, record, borrow) || !append_kept(a, &record->history, &record->n_history, borrow->loan_id))
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
@@ -137,6 +139,8 @@ status_code user_record_add_hold(arena *a, user_record *record, const user_hold 
             return status_set(st, STATUS_FAILED_PRECONDITION, "OVERDUE_LOANS",
                               "loan %s is overdue; return it before placing holds",
                               record->open_loans[i]->loan_id);
+    if (account_check_block(record, hold->now_seconds, hold->fine_block_at, st) != STATUS_OK)
+        return st->code;
     Library__Lending__Internal__OpenHold **open = arena_alloc(a, (record->n_open_holds + 1) * sizeof *open);
     Library__Lending__Internal__OpenHold *entry =
         (void *)arena_new_message(a, &library__lending__internal__open_hold__descriptor);
@@ -176,15 +180,15 @@ static bool same_terms(const Library__Lending__Internal__FineTerms *x, const Lib
 }
 
 bool user_record_extend_due(user_record *record, const char *loan_id, int64_t due_seconds,
-                            const Library__Lending__Internal__FineTerms *fine_terms) {
+                            const Library__Lending__Internal__FineTerms *terms) {
     for (size_t i = 0; i < record->n_open_loans; i++) {
         user_open_loan *open = record->open_loans[i];
         if (strcmp(open->loan_id, loan_id) != 0 || open->due_time > due_seconds)
             continue;
         bool changed = open->due_time < due_seconds;
         open->due_time = due_seconds;
-        if (fine_terms != NULL && !same_terms(open->fine_terms, fine_terms)) {
-            open->fine_terms = (Library__Lending__Internal__FineTerms *)fine_terms;
+        if (terms != NULL && !same_terms(open->fine_terms, terms)) {
+            open->fine_terms = (Library__Lending__Internal__FineTerms *)terms;
             changed = true;
         }
         return changed;

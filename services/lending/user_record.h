@@ -28,11 +28,12 @@ typedef struct user_borrow {
     int64_t due_seconds;
     int64_t now_seconds;
     int max_active;
+    int64_t fine_block_at; /* 0: fines never block */
 } user_borrow;
 
 /* Adds the borrow as a PENDING open loan and to the history, when the user may borrow
- * (lending_may_borrow over every open loan, however high max_active is set); otherwise st
- * says why. *replay: the record already names the loan in either list (a retried request):
+ * (lending_may_borrow over every open loan, however high max_active is set, then
+ * FINES_OWED: the balance reaches fine_block_at); otherwise st says why. *replay: the record already names the loan in either list (a retried request):
  * nothing is checked or changed. New entries and lists come from a. */
 status_code user_record_add_borrow(arena *a, user_record *record, const user_borrow *borrow, bool *replay,
                                    bool *changed, status *st);
@@ -49,11 +50,13 @@ typedef struct user_hold {
     const char *book_id;
     int64_t now_seconds;
     int max_holds;
+    int64_t fine_block_at; /* 0: fines never block */
 } user_hold;
 
 /* Adds the hold to the user's open holds and hold history when the user may place it:
  * FAILED_PRECONDITION with ALREADY_HELD (an open hold on the book), ALREADY_BORROWED (a
- * PENDING or ACTIVE loan of it), HOLD_LIMIT (max_holds open holds) or OVERDUE_LOANS.
+ * PENDING or ACTIVE loan of it), HOLD_LIMIT (max_holds open holds), OVERDUE_LOANS or
+ * FINES_OWED.
  * *replay: the record already names the hold (a retried request): nothing checked or changed. */
 status_code user_record_add_hold(arena *a, user_record *record, const user_hold *hold, bool *replay,
                                  bool *changed, status *st);
@@ -69,10 +72,10 @@ const char *user_record_hold_from_newest(const user_record *record, size_t posit
  * past the oldest kept. */
 const char *user_record_history_from_newest(const user_record *record, size_t position);
 
-/* A renewal moved the loan's due time to due_seconds and gave it fine_terms (NULL: kept): its
- * open entry follows, so the overdue block and the account read the new ones. Only ever later
+/* A renewal moved the loan's due time to due_seconds and gave it terms (NULL: kept): its
+ * open entry follows, so the overdue block and the fines read the new ones. Only ever later
  * (a stale sync does not undo a newer renewal). True when the record changed. */
 bool user_record_extend_due(user_record *record, const char *loan_id, int64_t due_seconds,
-                            const Library__Lending__Internal__FineTerms *fine_terms);
+                            const Library__Lending__Internal__FineTerms *terms);
 
 #endif

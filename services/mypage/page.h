@@ -17,6 +17,13 @@
  * which the positions are counted. Which user holds each open hold is kept too, so the users
  * a newer snapshot moves are told their page changed (page_store.c).
  *
+ * The user's account (lending's fines) is field "a" = "version|account", the account the
+ * newest AccountSnapshot carried (packed Library__Lending__V1__Account, base64url); a snapshot
+ * replaces it only when its version is higher (at an equal version, the greater value wins, so
+ * the order still does not matter). Each loan a snapshot lists a fine for also gets
+ * "f:<loan id>" = "version|amount", replaced the same way, so a loan keeps the fine last
+ * assessed for it after its fine has left the newest snapshot's list.
+ *
  * Applying an event is a merge that is idempotent and does not depend on order: a loan only
  * moves forward in rank (PENDING 1 < ACTIVE 2 < CANCELED, RETURNED 3); an event of the
  * loan's current rank only adds its overdue flag; any event fills in fields the page lacks;
@@ -80,12 +87,28 @@ typedef struct hold_change {
  * strings point into e or come from a. */
 bool page_hold_change_from_event(arena *a, const event *e, hold_change *out);
 
+/* What one account event (FineAssessed, FinePaid, FineWaived) says: the user's whole account
+ * at a version. Strings come from a or point into e. */
+typedef struct account_change {
+    const char *user_id;
+    uint64_t version;
+    const char *account;    /* the packed Account, base64url */
+    const char *loan_fines; /* "loan id|amount|loan id|amount..." of the fines listed, amounts >= 0 */
+    int64_t event_time_ms;
+} account_change;
+
+/* false for events that are not account events, and for account events without a snapshot,
+ * without a user, whose snapshot is another user's, or whose account would not read back. A fine whose loan id is not a
+ * server-made id (field_check_id) stays in the account but gets no "f:" field. */
+bool page_account_change_from_event(arena *a, const event *e, account_change *out);
+
 /* Builds the Mypage from the hash's field/value pairs (HGETALL order, then "q:<book id>"
  * snapshots), newest loan first, open holds oldest first; a loan's renewal moves its due time
  * and clears an overdue flag announced for an earlier one; overdue_count counts ACTIVE loans
  * flagged overdue or past due at now_seconds. A WAITING hold's position is its place in its
- * book's snapshot (0 when the snapshot does not list it yet). Values that do not parse are
- * skipped. NULL when out of memory. */
+ * book's snapshot (0 when the snapshot does not list it yet). balance and fines come from
+ * "a", each loan's fine from its "f:". Values that do not parse are skipped. NULL when out of
+ * memory. */
 Library__Mypage__V1__Mypage *page_build(arena *a, const char *user_id, const char *const *fields,
                                         const char *const *values, size_t count,
                                         int64_t now_seconds);

@@ -178,6 +178,51 @@ static const char apply_hold_source[] =
     "for user in pairs(moved) do reply[#reply + 1] = user end\n"
     "return reply\n";
 
+/* KEYS: generation, building. ARGV: user (base64url), snapshot version, account (base64url),
+ * event time (ms), generation to write ("" = in use and being built), "loan id|amount|..."
+ * of the loans' fines. Returns 1 when the page (in use, or the given generation) changed.
+ * Idempotent and order-free (page.h): "a" and each "f:" keep the highest version seen, at an
+ * equal version the greater value. */
+static const char apply_account_source[] =
+    "local function newer(a, b)\n"
+    "  if #a ~= #b then return #a > #b end\n"
+    "  return a > b\n"
+    "end\n"
+    "local function replaces(version, value, current, pattern)\n"
+    "  local cversion, cvalue\n"
+    "  if current then cversion, cvalue = string.match(current, pattern) end\n"
+    "  if not cversion then return true end\n"
+    "  if version ~= cversion then return newer(version, cversion) end\n"
+    "  return value ~= cvalue and newer(value, cvalue)\n"
+    "end\n"
+    "local function apply(generation)\n"
+    "  local key = 'mypage:' .. generation .. ':' .. ARGV[1]\n"
+    "  local version, changed = ARGV[2], 0\n"
+    "  if replaces(version, ARGV[3], redis.call('HGET', key, 'a'), '^(%d+)|(.*)$') then\n"
+    "    redis.call('HSET', key, 'a', version .. '|' .. ARGV[3])\n"
+    "    changed = 1\n"
+    "  end\n"
+    "  for loan, amount in string.gmatch(ARGV[6], '([^|]+)|(%d+)') do\n"
+    "    local field = 'f:' .. loan\n"
+    "    if replaces(version, amount, redis.call('HGET', key, field), '^(%d+)|(%d+)$') then\n"
+    "      redis.call('HSET', key, field, version .. '|' .. amount)\n"
+    "      changed = 1\n"
+    "    end\n"
+    "  end\n"
+    "  local t = tonumber(redis.call('HGET', key, 't') or '0')\n"
+    "  if tonumber(ARGV[4]) > t then\n"
+    "    redis.call('HSET', key, 't', ARGV[4])\n"
+    "    changed = 1\n"
+    "  end\n"
+    "  return changed\n"
+    "end\n"
+    "if ARGV[5] ~= '' then return apply(ARGV[5]) end\n"
+    "local current = redis.call('GET', KEYS[1]) or '0'\n"
+    "local changed = apply(current)\n"
+    "local building = redis.call('GET', KEYS[2])\n"
+    "if building and building ~= current then apply(building) end\n"
+    "return changed\n";
+
 /* KEYS: generation. ARGV: user. The page in use, as HGETALL pairs, then a pair
  * "q:<book id>", snapshot for each book a WAITING hold of the page waits for. */
 static const char load_source[] =
@@ -237,7 +282,7 @@ struct page_store {
     atomic_bool refusal_logged; /* one log line per refusal, not one per retry */
     struct timeval timeout;
     health *health;
-    script apply, apply_hold, load, begin, switch_over, abort;
+    script apply, apply_hold, apply_account, load, begin, switch_over, abort;
     pthread_mutex_t lock;
     pthread_cond_t returned;
     redisContext *idle[POOL_SIZE];
@@ -300,6 +345,7 @@ status_code page_store_open(const char *url, const redis_login *login, int64_t t
     store->health = health_report;
     script_init(&store->apply, apply_source);
     script_init(&store->apply_hold, apply_hold_source);
+    script_init(&store->apply_account, apply_account_source);
     script_init(&store->load, load_source);
     script_init(&store->begin, begin_source);
     script_init(&store->switch_over, switch_source);
@@ -586,6 +632,43 @@ status_code page_store_apply_to(page_store *store, uint64_t generation, const lo
     char text[24];
     snprintf(text, sizeof text, "%llu", (unsigned long long)generation);
     return apply(store, text, change, sequence, NULL, st);
+}
+
+static status_code apply_account(page_store *store, const char *generation, const account_change *change,
+                                 bool *changed, status *st) {
+    arena *a = arena_create(0);
+    if (a == NULL)
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    const char *argv[] = {
+        "2", KEY_GENERATION, KEY_BUILDING,
+        text_base64url_encode(a, (const uint8_t *)change->user_id, strlen(change->user_id)),
+        arena_sprintf(a, "%llu", (unsigned long long)change->version),
+        change->account,
+        arena_sprintf(a, "%lld", (long long)(change->event_time_ms > 0 ? change->event_time_ms : 0)),
+        generation,
+        change->loan_fines,
+    };
+    redisReply *reply = NULL;
+    status_code code = run_script(store, &store->apply_account, sizeof argv / sizeof argv[0], argv, &reply, st);
+    if (code == STATUS_OK) {
+        if (changed)
+            *changed = reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+        freeReplyObject(reply);
+    }
+    arena_destroy(a);
+    return code;
+}
+
+status_code page_store_apply_account(page_store *store, const account_change *change, bool *changed,
+                                     status *st) {
+    return apply_account(store, "", change, changed, st);
+}
+
+status_code page_store_apply_account_to(page_store *store, uint64_t generation, const account_change *change,
+                                        status *st) {
+    char text[24];
+    snprintf(text, sizeof text, "%llu", (unsigned long long)generation);
+    return apply_account(store, text, change, NULL, st);
 }
 
 /* The page from the load script's reply (HGETALL pairs); NULL when out of memory. */

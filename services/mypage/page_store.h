@@ -39,6 +39,10 @@ status_code page_store_apply(page_store *store, const loan_change *change, uint6
 typedef void (*page_user_moved)(void *arg, const char *user_id);
 status_code page_store_apply_hold(page_store *store, const hold_change *change, uint64_t sequence,
                                   bool *changed, page_user_moved moved, void *moved_arg, status *st);
+/* The same for an account event: the account, and the fines of the loans it lists, when its
+ * snapshot is newer than the page's. *changed: the page in use changed. */
+status_code page_store_apply_account(page_store *store, const account_change *change, bool *changed,
+                                     status *st);
 /* Reads a user's page (an empty page when the user has none). */
 status_code page_store_load(page_store *store, arena *a, const char *user_id,
                             Library__Mypage__V1__Mypage **out, status *st);
@@ -65,6 +69,8 @@ status_code page_store_apply_to(page_store *store, uint64_t generation, const lo
                                 uint64_t sequence, status *st);
 status_code page_store_apply_hold_to(page_store *store, uint64_t generation, const hold_change *change,
                                      uint64_t sequence, status *st);
+status_code page_store_apply_account_to(page_store *store, uint64_t generation, const account_change *change,
+                                        status *st);
 status_code page_store_rebuild_switch(page_store *store, uint64_t generation, status *st);
 void page_store_rebuild_abort(page_store *store, uint64_t generation);
 

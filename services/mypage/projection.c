@@ -1,4 +1,4 @@
-/* projection.c - loan and hold events into Redis pages, live and by replay. */
+/* projection.c - loan, hold and account events into Redis pages, live and by replay. */
 #include "projection.h"
 
 #include <stdlib.h>
@@ -50,6 +50,7 @@ static status_code apply_event(page_store *store, nats_connection *connection, u
     if (a == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     hold_change hold;
+    account_change account;
     status_code code = STATUS_OK;
     if (page_hold_change_from_event(a, e, &hold)) {
         *user = hold.user_id; /* points into e, not a */
@@ -57,6 +58,11 @@ static status_code apply_event(page_store *store, nats_connection *connection, u
         code = generation ? page_store_apply_hold_to(store, generation, &hold, sequence, st)
                           : page_store_apply_hold(store, &hold, sequence, changed,
                                                   connection ? announce_moved : NULL, connection, st);
+    } else if (page_account_change_from_event(a, e, &account)) {
+        *user = account.user_id; /* points into e, not a */
+        *event_time_ms = account.event_time_ms;
+        code = generation ? page_store_apply_account_to(store, generation, &account, st)
+                          : page_store_apply_account(store, &account, changed, st);
     }
     arena_destroy(a);
     return code;

@@ -1,6 +1,7 @@
-/* projection.h - keeps the mypage read model up to date from the loan and hold events (CQRS).
+/* projection.h - keeps the mypage read model up to date from the loan, hold and account events
+ * (CQRS).
  *
- * A durable consumer "mypage" on library.events.> (lending's loan and hold events, the
+ * A durable consumer "mypage" on library.events.> (lending's loan, hold and fine events, the
  * catalog's hold answers; the other copy events are acked unread) applies each event to
  * Redis (page_store_apply: atomic and idempotent) and acks it only once Redis has it, so a Redis
  * outage pauses the projection and nothing is lost. After a change it announces the user on

@@ -3,8 +3,8 @@
  * or Redis: the catalog saga's id checks and its decision on a book record (run twice, as a
  * redelivery would), the catalog's hold rules (holds.c) on a book record with a queue (the
  * event's own snapshot when it carries one), lending's loan state change on a reservation
- * outcome, and mypage's page change (a loan's, a renewal's, or a hold's with its queue
- * snapshot).
+ * outcome, and mypage's page change (a loan's, a renewal's, a hold's with its queue
+ * snapshot, or an account's with the page it makes).
  *
  * Input: the serialized Event. */
 #include <stdbool.h>
@@ -343,10 +343,57 @@ static void mypage_hold(const event *e, bool loan_too) {
     arena_destroy(a);
 }
 
+/* An account event's change, and the page built from what the apply script would store: the
+ * account ("a") and each listed loan's fine ("f:", one loan shown), whose amounts it gives back. */
+static void mypage_account(const event *e, bool other_too) {
+    arena *a = arena_create(0);
+    FUZZ_CHECK(a != NULL);
+    account_change change;
+    if (!page_account_change_from_event(a, e, &change)) {
+        arena_destroy(a);
+        return;
+    }
+    FUZZ_CHECK(!other_too);
+    FUZZ_CHECK(change.user_id != NULL && change.user_id[0] != '\0');
+    FUZZ_CHECK(change.account != NULL && change.loan_fines != NULL && queue_ids_clean(change.loan_fines));
+    const char *fields[3] = {"a", NULL, "l:"}, *values[3];
+    values[0] = arena_sprintf(a, "%llu|%s", (unsigned long long)change.version, change.account);
+    size_t count = 1;
+    long long amount = -1;
+    int consumed = 0;
+    const char *bar = strchr(change.loan_fines, '|');
+    if (bar != NULL) { /* the first listed loan, on the page with its fine */
+        FUZZ_CHECK(sscanf(bar + 1, "%lld%n", &amount, &consumed) == 1 && amount >= 0);
+        const char *loan_id = arena_strndup(a, change.loan_fines, (size_t)(bar - change.loan_fines));
+        fields[1] = arena_sprintf(a, "f:%s", loan_id);
+        values[1] = arena_sprintf(a, "%llu|%lld", (unsigned long long)change.version, amount);
+        fields[2] = arena_sprintf(a, "l:%s", loan_id);
+        values[2] = "1|2|2|0|0|b-001|Dune";
+        count = 3;
+    } else {
+        FUZZ_CHECK(change.loan_fines[0] == '\0');
+    }
+    Library__Mypage__V1__Mypage *page = page_build(a, change.user_id, fields, values, count, 1700000000);
+    FUZZ_CHECK(page != NULL && page->balance >= 0);
+    const Library__Lending__V1__Account *account = e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED
+                                                       ? e->fine_assessed->account->account
+                                                   : e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_FINE_PAID
+                                                       ? e->fine_paid->account->account
+                                                       : e->fine_waived->account->account;
+    FUZZ_CHECK(page->n_fines == account->n_fines); /* the account travels whole */
+    FUZZ_CHECK(page->balance == (account->balance > 0 ? account->balance : 0));
+    if (count == 3)
+        FUZZ_CHECK(page->n_loans == 1 && page->loans[0]->fine == amount);
+    size_t packed_size = 0;
+    FUZZ_CHECK(arena_pack(a, &page->base, &packed_size) != NULL);
+    arena_destroy(a);
+}
+
 static void mypage_consumer(const event *e) {
     loan_change change;
     bool loan = page_change_from_event(e, &change);
     mypage_hold(e, loan);
+    mypage_account(e, loan);
     if (!loan)
         return;
     FUZZ_CHECK(change.user_id != NULL && change.user_id[0] != '\0');

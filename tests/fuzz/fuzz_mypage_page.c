@@ -1,7 +1,8 @@
 /* fuzz_mypage_page.c - building a Mypage from a user's Redis hash (page_build): the hash is
  * written by our Lua scripts, but a page must never crash the service whatever the hash holds
- * (an old format, a hand edit, a bug elsewhere): loans, their renewals ("r:"), holds ("h:")
- * and the queue snapshots the load script adds ("q:").
+ * (an old format, a hand edit, a bug elsewhere): loans, their renewals ("r:"), holds ("h:"),
+ * the queue snapshots the load script adds ("q:"), the account ("a") and the loans' fines
+ * ("f:").
  *
  * Input: lines; the first is the user id, then field and value lines alternate (HGETALL
  * order). */
@@ -37,7 +38,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(page->overdue_count <= page->borrowed_count);
     FUZZ_CHECK((size_t)page->borrowed_count <= page->n_loans);
     for (size_t i = 0; i < page->n_loans; i++)
-        FUZZ_CHECK(page->loans[i] != NULL && page->loans[i]->loan_id != NULL);
+        FUZZ_CHECK(page->loans[i] != NULL && page->loans[i]->loan_id != NULL && page->loans[i]->fine >= 0);
+    FUZZ_CHECK(page->balance >= 0);
+    for (size_t i = 0; i < page->n_fines; i++)
+        FUZZ_CHECK(page->fines[i] != NULL);
     FUZZ_CHECK(page->n_holds <= pairs);
     for (size_t i = 0; i < page->n_holds; i++) {
         const Library__Mypage__V1__MypageHold *hold = page->holds[i];

@@ -38,6 +38,10 @@ def timestamp(seconds, nanos=0):
     return message((1, seconds), (2, nanos) if nanos else (2, None))
 
 
+def base64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
 def write(name, seeds):
     folder = os.path.join(ROOT, name)
     os.makedirs(folder, exist_ok=True)
@@ -92,6 +96,10 @@ def main():
         b"\x00",
         b"\x01" + message((1, "reader-\u00e9")),
     ])
+    fine = message((1, "0123456789abcdef0123"), (2, "b-001"), (3, "Dune | late"), (4, 75), (5, 25),
+                   (7, 2), (8, timestamp(1700000000)), (9, timestamp(1700300000)))
+    paid_fine = message((1, "aaaaaaaaaaaaaaaaaaaa"), (2, "b-002"), (3, "Foundation"), (4, 25), (5, 25), (7, 3))
+    account = message((1, "ann"), (2, 50), (3, fine), (3, paid_fine), (4, timestamp(1700400000)), (5, 500))
     write("mypage_page", [
         b"ann\nt\n1700000000123\nl:0123456789abcdef0123\n7|2|2|1700100000|0|b-001|Dune\n"
         b"l:aaaaaaaaaaaaaaaaaaaa\n3|3|4|0|0|b-002|Foundation | a title with a bar",
@@ -102,6 +110,10 @@ def main():
         b"h:bbbbbbbbbbbbbbbbbbbb\n8|2|2|1700000000|1700300000|b-001|Dune\nq:b-002\n"
         b"12|cccccccccccccccccccc|aaaaaaaaaaaaaaaaaaaa",
         b"eve\nr:x\n-1|5|5\nh:y\n1|3|4|0|0||\nh:z\n1|1|1|0|0|b|\nq:b\n1||z||z",
+        # the account (lending's fines) and each loan's fine
+        b"fay\nl:0123456789abcdef0123\n7|3|4|1700100000|0|b-001|Dune\na\n4|" + base64url(account) +
+        b"\nf:0123456789abcdef0123\n4|75\nf:aaaaaaaaaaaaaaaaaaaa\n2|25",
+        b"gus\na\n1|!!\na\n|\nf:x\n1|-5\nf:y\n18446744073709551616|1",
     ])
     loan = [(1, "0123456789abcdef0123"), (2, "ann"), (3, "b-001")]
     envelope = [(1, "loan-requested-0123456789abcdef0123"), (2, timestamp(1700000000, 5)),
@@ -146,6 +158,16 @@ def main():
         message(*envelope, (22, message((1, "w-late"), (2, "dan"), (3, "b-001"),
                                         (4, message((1, "b-001"), (2, 8), (3, "x-1"), (3, "w-late"), (3, "x-1"),
                                                     (3, "r-ready")))))),
+        # the account events: FineAssessed, FinePaid, FineWaived with their AccountSnapshot,
+        # one of a loan the snapshot does not list, one of another user's account
+        message(*envelope, (28, message((1, "ann"), (2, "0123456789abcdef0123"), (3, 75), (4, 1),
+                                        (5, message((1, 4), (2, account)))))),
+        message(*envelope, (29, message((1, "ann"), (2, 25), (3, message((1, 5), (2, account)))))),
+        message(*envelope, (30, message((1, "ann"), (2, "aaaaaaaaaaaaaaaaaaaa"), (3, 25), (4, "first time"),
+                                        (5, message((1, 6), (2, account)))))),
+        message(*envelope, (28, message((1, "ann"), (2, "bbbbbbbbbbbbbbbbbbbb"), (3, 25),
+                                        (5, message((1, 18446744073709551615), (2, account)))))),
+        message(*envelope, (29, message((1, "bob"), (2, 25), (3, message((1, 1), (2, account)))))),
     ])
     claims = ('{"sub":"ann","iss":"fuzz-issuer","aud":"fuzz-audience","exp":4102444800,'
               '"nbf":1600000000,"role":"admin"}')

@@ -2076,3 +2076,238 @@ Test(mypage, watch_pushes_a_new_position_when_the_reader_ahead_is_served) {
     rpc_client_stream_close(stream);
     nats_connection_close(c);
 }
+
+/* --- the account (lending's fines) ------------------------------------------------------------ */
+
+#define FINE_ACCRUING LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_ACCRUING
+#define FINE_OWED LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_OWED
+#define FINE_PAID LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_PAID
+
+/* An account event as lending publishes it: the user's account after the change, with one
+ * fine (loan_id's: amount, paid of it, state) at version, occur time occur_ms. */
+static event *account_event(Library__Events__V1__Event__BodyCase kind, const char *user, const char *loan_id,
+                            uint64_t version, int64_t amount, int64_t paid, int state, int64_t occur_ms) {
+    Library__Lending__V1__Fine *fine = (void *)arena_new_message(mem, &library__lending__v1__fine__descriptor);
+    fine->loan_id = (char *)loan_id;
+    fine->book_id = "fined-book";
+    fine->book_title = "Late | and fined";
+    fine->amount = amount;
+    fine->paid = paid;
+    fine->state = state;
+    Library__Lending__V1__Account *account = (void *)arena_new_message(mem, &library__lending__v1__account__descriptor);
+    account->user_id = (char *)user;
+    account->balance = amount - paid;
+    account->fines = arena_alloc(mem, sizeof *account->fines);
+    account->fines[0] = fine;
+    account->n_fines = 1;
+    account->update_time = timestamp_from_ms(mem, occur_ms);
+    account->block_at = 500;
+    Library__Events__V1__AccountSnapshot *snapshot =
+        (void *)arena_new_message(mem, &library__events__v1__account_snapshot__descriptor);
+    snapshot->version = version;
+    snapshot->account = account;
+    event *e = (event *)arena_new_message(mem, &library__events__v1__event__descriptor);
+    e->event_id = (char *)unique("account");
+    e->occur_time = timestamp_from_ms(mem, occur_ms);
+    e->correlation_id = (char *)loan_id;
+    e->body_case = kind;
+    if (kind == LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED) {
+        e->fine_assessed = (void *)arena_new_message(mem, &library__events__v1__fine_assessed__descriptor);
+        e->fine_assessed->user_id = (char *)user;
+        e->fine_assessed->loan_id = (char *)loan_id;
+        e->fine_assessed->amount = amount;
+        e->fine_assessed->fixed = state != FINE_ACCRUING;
+        e->fine_assessed->account = snapshot;
+    } else if (kind == LIBRARY__EVENTS__V1__EVENT__BODY_FINE_PAID) {
+        e->fine_paid = (void *)arena_new_message(mem, &library__events__v1__fine_paid__descriptor);
+        e->fine_paid->user_id = (char *)user;
+        e->fine_paid->amount = paid;
+        e->fine_paid->account = snapshot;
+    } else {
+        e->fine_waived = (void *)arena_new_message(mem, &library__events__v1__fine_waived__descriptor);
+        e->fine_waived->user_id = (char *)user;
+        e->fine_waived->loan_id = (char *)loan_id;
+        e->fine_waived->amount = amount - paid;
+        e->fine_waived->reason = "first time";
+        e->fine_waived->account = snapshot;
+    }
+    return e;
+}
+
+/* Publishes e (again: under a fresh message id, so JetStream stores it again). */
+static void publish_account_event(nats_connection *connection, event *e) {
+    e->event_id = (char *)unique("account");
+    status st;
+    cr_assert_eq(events_publish(connection, e, &st), STATUS_OK, "%s", st.message);
+}
+
+/* The page packed without its user id, so pages of different users compare. */
+static uint8_t *packed_page(Mypage *page, size_t *size) {
+    page->user_id = "";
+    return arena_pack(mem, &page->base, size);
+}
+
+/* The projection's merge itself, on the shared Redis: three snapshots of one account and the
+ * loan they fine, applied in each of the six orders and then all again, give one page, the
+ * newest snapshot's; applying an event again reports no change. */
+Test(mypage, account_snapshots_in_any_order_and_again_give_the_newest_page) {
+    page_store *store = NULL;
+    status st;
+    cr_assert_eq(page_store_open(fixture_redis_url(), &mypage_login, 2000, NULL, &store, &st), STATUS_OK, "%s",
+                 st.message);
+    const char *loan_id = new_hold_id(), *other_loan = new_hold_id();
+    int64_t now = timestamp_now_ms();
+    const int orders[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+    uint8_t *first = NULL;
+    size_t first_size = 0;
+    for (int o = 0; o < 6; o++) {
+        const char *user = unique("order");
+        event *events[3] = {
+            account_event(LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED, user, loan_id, 1, 25, 0, FINE_ACCRUING, now - 3000),
+            account_event(LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED, user, loan_id, 2, 75, 0, FINE_OWED, now - 2000),
+            account_event(LIBRARY__EVENTS__V1__EVENT__BODY_FINE_PAID, user, other_loan, 3, 10, 10, FINE_PAID, now - 1000),
+        };
+        loan_change loan = {.user_id = user, .loan_id = loan_id, .status = RETURNED, .rank = PAGE_RANK_FINAL,
+                            .book_id = "fined-book", .book_title = "Late", .event_time_ms = now - 4000};
+        cr_assert_eq(page_store_apply(store, &loan, 1, NULL, &st), STATUS_OK, "%s", st.message);
+        for (int pass = 0; pass < 2; pass++)
+            for (int i = 0; i < 3; i++) {
+                account_change change;
+                cr_assert(page_account_change_from_event(mem, events[orders[o][i]], &change));
+                bool changed = false;
+                cr_assert_eq(page_store_apply_account(store, &change, &changed, &st), STATUS_OK, "%s", st.message);
+                if (pass == 1)
+                    cr_assert_not(changed, "order %d: event %d applied again changed the page", o, orders[o][i]);
+            }
+        Mypage *page = NULL;
+        cr_assert_eq(page_store_load(store, mem, user, &page, &st), STATUS_OK, "%s", st.message);
+        cr_assert_eq(page->balance, 0, "order %d: the newest snapshot (paid) shows", o);
+        cr_assert_eq(page->n_fines, 1);
+        cr_assert_str_eq(page->fines[0]->loan_id, other_loan);
+        cr_assert_eq(page->n_loans, 1);
+        cr_assert_eq(page->loans[0]->fine, 75, "order %d: the loan keeps its fine from snapshot 2", o);
+        cr_assert_eq(page->last_event_time->seconds, (now - 1000) / 1000);
+        size_t size = 0;
+        uint8_t *packed = packed_page(page, &size);
+        if (o == 0) {
+            first = packed;
+            first_size = size;
+        }
+        cr_assert(size == first_size && memcmp(packed, first, size) == 0, "order %d gives another page", o);
+    }
+    page_store_close(store);
+}
+
+/* Polls (GetMypage) until the user's balance reads `balance`, then waits until the projection
+ * has nothing pending and returns the page. */
+static Mypage *expect_balance(target t, const char *nats_url, const char *user, int64_t balance) {
+    int64_t until = harness_now_ms() + harness_latency_bound_ms(5000);
+    Mypage *page = page_of(t, user);
+    while (page->balance != balance && harness_now_ms() < until) {
+        harness_sleep_ms(50);
+        page = page_of(t, user);
+    }
+    cr_assert_eq(page->balance, balance, "%s's balance", user);
+    cr_assert(harness_wait_consumer_idle(nats_url, "mypage", 10000));
+    return page_of(t, user);
+}
+
+/* Reads the watch until it pushes a page with `balance`; returns it and asserts it came within
+ * a second of sent_ms. */
+static Mypage *expect_pushed_balance(rpc_client_stream *stream, int64_t balance, int64_t sent_ms,
+                                     int64_t *latency_ms) {
+    Mypage *page = NULL;
+    status st;
+    do {
+        cr_assert_eq(next_page(stream, harness_latency_bound_ms(1000), &page, &st), STATUS_OK,
+                     "no page with balance %lld within a second: %s", (long long)balance, st.message);
+        cr_assert_not_null(page, "the watch ended");
+    } while (page->balance != balance);
+    *latency_ms = harness_now_ms() - sent_ms;
+    cr_assert_lt(*latency_ms, harness_latency_bound_ms(1000), "balance %lld came %lld ms after its event",
+                 (long long)balance, (long long)*latency_ms);
+    return page;
+}
+
+/* Lending's fine events through the real NATS to the real mypage: GetMypage and WatchMypage
+ * show the balance, the fines and the loan's fine; a newer snapshot wins, an older one
+ * arriving later and any event arriving again change nothing; the watch pushes each change
+ * within a second; mypage --rebuild gives the same page. */
+Test(mypage, fines_show_on_the_page_the_newest_snapshot_wins_and_watch_pushes_them) {
+    test_stack s;
+    test_stack_start(&s, "fines", lending_env, true, mypage_env);
+    target t = stack_target(&s);
+    nats_connection *c = connect_nats(s.nats.url);
+    const char *user = unique("fined");
+    const char *loan_id = new_hold_id();
+    loan_story story = {.connection = c, .user = user, .book_id = "fined-book", .title = "Late | and fined",
+                        .due_seconds = timestamp_now_ms() / 1000 - 3600};
+    tell(&story, loan_id, ACTIVATED_EVENT, timestamp_now_ms() - 5000);
+    status st;
+    rpc_client_stream *stream = watch(t, harness_bearer(mem, t.dir, user, false), NULL, 60000, &st);
+    Mypage *page = NULL;
+    do {
+        cr_assert_eq(next_page(stream, harness_latency_bound_ms(5000), &page, &st), STATUS_OK, "%s", st.message);
+        cr_assert_not_null(page);
+    } while (page->n_loans == 0);
+    cr_assert_eq(page->balance, 0);
+    cr_assert_eq(page->n_fines, 0);
+    cr_assert_eq(page->loans[0]->fine, 0);
+
+    /* a first interval overdue: 25 */
+    int64_t latency[2];
+    int64_t sent = harness_now_ms();
+    publish_account_event(c, account_event(LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED, user, loan_id, 1, 25, 0,
+                                           FINE_ACCRUING, timestamp_now_ms()));
+    page = expect_pushed_balance(stream, 25, sent, &latency[0]);
+    cr_assert_eq(page->n_fines, 1);
+    cr_assert_str_eq(page->fines[0]->loan_id, loan_id);
+    cr_assert_str_eq(page->fines[0]->book_title, "Late | and fined");
+    cr_assert_eq(page->fines[0]->state, FINE_ACCRUING);
+    cr_assert_eq(page->loans[0]->fine, 25);
+
+    /* returned and fixed at 75 (version 3), then a payment of 25 out of an older 50
+     * (version 2) arrives late: the page stays at version 3 */
+    event *fixed = account_event(LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED, user, loan_id, 3, 75, 0,
+                                 FINE_OWED, timestamp_now_ms());
+    event *late = account_event(LIBRARY__EVENTS__V1__EVENT__BODY_FINE_PAID, user, loan_id, 2, 50, 25,
+                                FINE_ACCRUING, timestamp_now_ms() - 500);
+    publish_account_event(c, fixed);
+    publish_account_event(c, late);
+    page = expect_balance(t, s.nats.url, user, 75);
+    cr_assert_eq(page->balance, 75, "the older snapshot, arriving later, changed the balance");
+    cr_assert_eq(page->fines[0]->state, FINE_OWED);
+    cr_assert_eq(page->fines[0]->paid, 0);
+    cr_assert_eq(page->loans[0]->fine, 75);
+
+    /* paid in full at the desk (version 4): pushed */
+    sent = harness_now_ms();
+    publish_account_event(c, account_event(LIBRARY__EVENTS__V1__EVENT__BODY_FINE_PAID, user, loan_id, 4, 75, 75,
+                                           FINE_PAID, timestamp_now_ms()));
+    page = expect_pushed_balance(stream, 0, sent, &latency[1]);
+    cr_assert_eq(page->n_fines, 1, "a settled fine stays listed");
+    cr_assert_eq(page->fines[0]->state, FINE_PAID);
+    cr_assert_eq(page->loans[0]->fine, 75, "the loan's fine as assessed, paid or not");
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000));
+    size_t size = 0;
+    uint8_t *settled = arena_pack(mem, &page_of(t, user)->base, &size);
+
+    /* every account event again, and the old ones once more: nothing changes */
+    publish_account_event(c, fixed);
+    publish_account_event(c, late);
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000));
+    size_t again_size = 0;
+    uint8_t *again = arena_pack(mem, &page_of(t, user)->base, &again_size);
+    cr_assert(again_size == size && memcmp(again, settled, size) == 0, "events arriving again changed the page");
+
+    /* the replay gives the same page */
+    cr_assert_eq(rebuild(&s), 0, "mypage --rebuild failed (see %s)", s.dir);
+    size_t rebuilt_size = 0;
+    uint8_t *rebuilt = arena_pack(mem, &page_of(t, user)->base, &rebuilt_size);
+    cr_assert(rebuilt_size == size && memcmp(rebuilt, settled, size) == 0, "the rebuilt page differs");
+    cr_log_info("WatchMypage pushed the fine %lld ms and the payment %lld ms after their events",
+                (long long)latency[0], (long long)latency[1]);
+    rpc_client_stream_close(stream);
+    nats_connection_close(c);
+    test_stack_stop(&s);
+}

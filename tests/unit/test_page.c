@@ -281,3 +281,170 @@ Test(page, open_holds_show_oldest_first_with_positions_from_the_snapshot) {
     cr_assert_eq(page->holds[3]->position, 2);
     cr_assert_eq(page->n_loans, 0);
 }
+
+/* --- the account (lending's fines) ----------------------------------------------------------- */
+
+#define ACCRUING LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_ACCRUING
+#define PAID LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_PAID
+
+/* An account of user with the given fines (loan id, amount, paid), balance = what is unpaid. */
+static Library__Lending__V1__Account *account_of(const char *user, size_t count, const char *const *loan_ids,
+                                                 const int64_t *amounts, const int64_t *paid) {
+    Library__Lending__V1__Account *account = (void *)arena_new_message(a, &library__lending__v1__account__descriptor);
+    account->user_id = (char *)user;
+    account->fines = arena_alloc(a, (count + 1) * sizeof *account->fines);
+    account->n_fines = count;
+    for (size_t i = 0; i < count; i++) {
+        Library__Lending__V1__Fine *fine = (void *)arena_new_message(a, &library__lending__v1__fine__descriptor);
+        fine->loan_id = (char *)loan_ids[i];
+        fine->book_id = "b1";
+        fine->book_title = "Dune";
+        fine->amount = amounts[i];
+        fine->paid = paid[i];
+        fine->state = paid[i] == amounts[i] ? PAID : ACCRUING;
+        account->balance += amounts[i] - paid[i];
+        account->fines[i] = fine;
+    }
+    account->block_at = 500;
+    return account;
+}
+
+static Library__Events__V1__AccountSnapshot *snapshot_of(uint64_t version, Library__Lending__V1__Account *account) {
+    Library__Events__V1__AccountSnapshot *snapshot =
+        (void *)arena_new_message(a, &library__events__v1__account_snapshot__descriptor);
+    snapshot->version = version;
+    snapshot->account = account;
+    return snapshot;
+}
+
+Test(page, account_events_become_changes_with_the_whole_account) {
+    Google__Protobuf__Timestamp when = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    when.seconds = 2000;
+    Library__Events__V1__FineAssessed assessed = LIBRARY__EVENTS__V1__FINE_ASSESSED__INIT;
+    assessed.user_id = "alice";
+    assessed.loan_id = "l3";
+    assessed.amount = 50;
+    assessed.account = snapshot_of(7, account_of("alice", 3, (const char *[]){"l1", "bad|id", "l2"},
+                                                 (int64_t[]){25, 40, 75}, (int64_t[]){25, 0, 0}));
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    e.occur_time = &when;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED;
+    e.fine_assessed = &assessed;
+    account_change change;
+    cr_assert(page_account_change_from_event(a, &e, &change));
+    cr_assert_str_eq(change.user_id, "alice");
+    cr_assert_eq(change.version, 7);
+    cr_assert_eq(change.event_time_ms, 2000000);
+    cr_assert_str_eq(change.loan_fines, "l1|25|l2|75|l3|50",
+                     "listed loans with server-made ids, then the assessed loan the list lacks");
+
+    /* the account travels whole: "a" built from it gives it back */
+    const char *fields[] = {"a"};
+    const char *values[] = {arena_sprintf(a, "7|%s", change.account)};
+    Library__Mypage__V1__Mypage *page = page_build(a, "alice", fields, values, 1, 1000);
+    cr_assert_eq(page->balance, 115);
+    cr_assert_eq(page->n_fines, 3, "the fine with a bad loan id is still the account's");
+    cr_assert_str_eq(page->fines[2]->loan_id, "l2");
+    cr_assert_str_eq(page->fines[2]->book_title, "Dune");
+    cr_assert_eq(page->fines[0]->state, PAID);
+
+    assessed.loan_id = "l2";
+    cr_assert(page_account_change_from_event(a, &e, &change));
+    cr_assert_str_eq(change.loan_fines, "l1|25|l2|75", "the snapshot's amount for a listed loan");
+
+    assessed.account->account->user_id = "bob";
+    cr_assert_not(page_account_change_from_event(a, &e, &change), "another user's account is not alice's");
+    assessed.user_id = "";
+    cr_assert(page_account_change_from_event(a, &e, &change));
+    cr_assert_str_eq(change.user_id, "bob", "without a user in the event, the account's");
+
+    Library__Events__V1__FinePaid paid = LIBRARY__EVENTS__V1__FINE_PAID__INIT;
+    paid.user_id = "alice";
+    paid.amount = 25;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_FINE_PAID;
+    e.fine_paid = &paid;
+    cr_assert_not(page_account_change_from_event(a, &e, &change), "without a snapshot there is no version");
+    paid.account = snapshot_of(8, account_of("alice", 0, NULL, NULL, NULL));
+    cr_assert(page_account_change_from_event(a, &e, &change));
+    cr_assert_eq(change.version, 8);
+    cr_assert_str_eq(change.loan_fines, "");
+
+    Library__Events__V1__FineWaived waived = LIBRARY__EVENTS__V1__FINE_WAIVED__INIT;
+    waived.user_id = "alice";
+    waived.loan_id = "l1";
+    waived.account = snapshot_of(9, account_of("", 1, (const char *[]){"l1"}, (int64_t[]){-5}, (int64_t[]){0}));
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_FINE_WAIVED;
+    e.fine_waived = &waived;
+    cr_assert(page_account_change_from_event(a, &e, &change));
+    cr_assert_str_eq(change.user_id, "alice");
+    cr_assert_str_eq(change.loan_fines, "l1|0", "a negative amount is none");
+
+    loan_change loan;
+    hold_change hold;
+    cr_assert_not(page_change_from_event(&e, &loan), "an account event is not a loan's");
+    cr_assert_not(page_hold_change_from_event(a, &e, &hold), "nor a hold's");
+    Library__Events__V1__LoanReturned returned = LIBRARY__EVENTS__V1__LOAN_RETURNED__INIT;
+    returned.loan_id = "l1";
+    returned.user_id = "alice";
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
+    e.loan_returned = &returned;
+    cr_assert_not(page_account_change_from_event(a, &e, &change), "a loan event is not an account's");
+}
+
+/* The "a" value of an account at a version, as the apply script stores it. */
+static const char *account_value(uint64_t version, Library__Lending__V1__Account *account) {
+    Library__Events__V1__FinePaid paid = LIBRARY__EVENTS__V1__FINE_PAID__INIT;
+    paid.user_id = account->user_id;
+    paid.account = snapshot_of(version, account);
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_FINE_PAID;
+    e.fine_paid = &paid;
+    account_change change;
+    cr_assert(page_account_change_from_event(a, &e, &change));
+    return arena_sprintf(a, "%llu|%s", (unsigned long long)version, change.account);
+}
+
+Test(page, a_page_shows_the_balance_the_fines_and_each_loans_fine) {
+    const char *fields[] = {"l:late", "l:paid", "l:clean", "a", "f:late", "f:paid", "f:gone", "f:broken", "l:broken"};
+    const char *values[] = {
+        "3|3|3|100|0|b1|Late",
+        "2|3|3|100|0|b2|Paid",
+        "1|2|2|99999999999|0|b3|Clean",
+        account_value(4, account_of("alice", 2, (const char *[]){"late", "paid"}, (int64_t[]){75, 25},
+                                    (int64_t[]){0, 25})),
+        "4|75",
+        "2|25",  /* an older snapshot listed it; the newest does not need to */
+        "3|500", /* a fine of a loan the page does not show */
+        "4|-5",
+        "4|2|2|99999999999|0|b4|Broken fine field",
+    };
+    Library__Mypage__V1__Mypage *page = page_build(a, "alice", fields, values, 9, 1000);
+    cr_assert_not_null(page);
+    cr_assert_eq(page->balance, 75);
+    cr_assert_eq(page->n_fines, 2);
+    cr_assert_str_eq(page->fines[0]->loan_id, "late");
+    cr_assert_eq(page->fines[0]->amount, 75);
+    cr_assert_eq(page->fines[1]->state, PAID);
+    cr_assert_eq(page->n_loans, 4);
+    cr_assert_str_eq(page->loans[0]->loan_id, "broken");
+    cr_assert_eq(page->loans[0]->fine, 0, "an unparsable fine field is skipped");
+    cr_assert_str_eq(page->loans[1]->loan_id, "late");
+    cr_assert_eq(page->loans[1]->fine, 75);
+    cr_assert_eq(page->loans[2]->fine, 25);
+    cr_assert_eq(page->loans[3]->fine, 0, "no fine: 0");
+
+    const char *broken_fields[] = {"a", "l:late", "f:late"};
+    const char *broken_values[] = {"4|not base64 !", "3|3|3|100|0|b1|Late", "1|30"};
+    page = page_build(a, "alice", broken_fields, broken_values, 3, 1000);
+    cr_assert_not_null(page);
+    cr_assert_eq(page->balance, 0, "an unparsable account is none");
+    cr_assert_eq(page->n_fines, 0);
+    cr_assert_eq(page->loans[0]->fine, 30, "the loan's own fine field still counts");
+
+    Library__Lending__V1__Account *negative = account_of("alice", 0, NULL, NULL, NULL);
+    negative->balance = -10;
+    const char *negative_fields[] = {"a"};
+    const char *negative_values[] = {account_value(1, negative)};
+    cr_assert_eq(page_build(a, "alice", negative_fields, negative_values, 1, 1000)->balance, 0,
+                 "a balance is never negative");
+}

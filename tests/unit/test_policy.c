@@ -79,7 +79,7 @@ Test(policy, a_good_file_gives_each_group_its_row) {
         "              \"fine_interval\": \"24h\", \"fine_max_per_loan\": 1000, \"fine_block_at\": 500},\n"
         "  \"child\": {\"loan_period\": \"21d\", \"max_active_loans\": 3, \"max_renewals\": 0,\n"
         "             \"max_holds\": 2, \"hold_pickup\": \"5d\", \"fine_per_interval\": 0,\n"
-        "             \"fine_interval\": \"1s\", \"fine_max_per_loan\": 0, \"fine_block_at\": 1},\n"
+        "             \"fine_interval\": \"1s\", \"fine_max_per_loan\": 0, \"fine_block_at\": 0},\n"
         "  \"staff.ft\": {\"loan_period\": \"90d\", \"max_active_loans\": 20}\n"
         "}}\n");
     cr_assert_eq(policy_table_group_count(t), 3);
@@ -94,7 +94,7 @@ Test(policy, a_good_file_gives_each_group_its_row) {
     cr_assert_eq(child->fine_per_interval, 0);
     cr_assert_eq(child->fine_interval_ms, 1000);
     cr_assert_eq(child->fine_max_per_loan, 0);
-    cr_assert_eq(child->fine_block_at, 1);
+    cr_assert_eq(child->fine_block_at, 0, "0: fines never block a child");
     const loan_policy *staff = policy_for(t, "staff.ft");
     cr_assert_eq(staff->loan_period_ms, 90 * DAY_MS);
     cr_assert_eq(staff->max_active_loans, 20);
@@ -158,8 +158,9 @@ Test(policy, each_bad_field_is_named) {
         {"{\"fine_per_interval\": -25}", "groups.child.fine_per_interval: must be an integer from 0"},
         {"{\"fine_interval\": \"0s\"}", "groups.child.fine_interval: must be from 1s"},
         {"{\"fine_interval\": \"1500ms\"}", "groups.child.fine_interval: must be whole seconds"},
-        {"{\"fine_max_per_loan\": 10000000000}", "groups.child.fine_max_per_loan: must be an integer from 0 to"},
-        {"{\"fine_block_at\": 0}", "groups.child.fine_block_at: must be an integer from 1"},
+        {"{\"fine_max_per_loan\": 1000000000001}", "groups.child.fine_max_per_loan: must be an integer from 0 to"},
+        {"{\"fine_block_at\": -1}", "groups.child.fine_block_at: must be an integer from 0 to 1000000000000"},
+        {"{\"fine_per_interval\": 1000000001}", "groups.child.fine_per_interval: must be an integer from 0 to 1000000000"},
         {"{\"loan_periods\": \"14d\"}", "groups.child.loan_periods: unknown field; the fields are loan_period,"},
         {"{\"max_active_loans\": 1, \"maxholds\": 2}", "groups.child.maxholds: unknown field"},
     };
