@@ -1,9 +1,10 @@
 /* test_policy_groups.c - patron groups and their loan policies against real nats-server,
  * catalog and lending processes: readers of different groups (the token's group claim)
  * borrowing the same book get their group's loan period, loan limit, renewals, hold limit and
- * pickup time, and their loans keep the group and its fine terms; a changed policy file
- * reaches renewals and new loans, not the loans already out; a token with a bad group is
- * UNAUTHENTICATED; a bad policy file stops lending at start with exit 2, naming the field. */
+ * pickup time, fines and fine block, and their loans keep the group and its fine terms; a
+ * changed policy file reaches renewals and new loans, not the loans already out; a token with
+ * a bad group is UNAUTHENTICATED; a bad policy file stops lending at start with exit 2, naming
+ * the field. */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
@@ -329,6 +330,78 @@ Test(policy_groups, holds_follow_the_holders_group) {
     waits = held->expire_time->seconds - held->ready_time->seconds;
     cr_assert(waits >= 72 * HOUR - 1 && waits <= 72 * HOUR + 1,
               "a patron's copy waits %lld s; without a row it is the catalog's HOLD_PICKUP, 72 h", (long long)waits);
+    test_stack_stop(&s);
+}
+
+static Library__Lending__V1__Account *get_account(test_stack *s, const char *bearer) {
+    Library__Lending__V1__GetAccountRequest request = LIBRARY__LENDING__V1__GET_ACCOUNT_REQUEST__INIT;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(s->lending_client, LENDING "GetAccount", &request.base,
+                              &library__lending__v1__account__descriptor, mem, bearer, &response, &st),
+                 STATUS_OK, "GetAccount: %s", st.message);
+    return (Library__Lending__V1__Account *)response;
+}
+
+static void give_back(test_stack *s, const char *bearer, const char *loan_id) {
+    Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
+    request.loan_id = (char *)loan_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(s->lending_client, LENDING "ReturnBook", &request.base,
+                              &library__lending__v1__loan__descriptor, mem, bearer, &response, &st),
+                 STATUS_OK, "ReturnBook: %s", st.message);
+}
+
+/* Both groups' loans of the same book are 2 s long and go late together: the child's fine runs
+ * at 10 a second up to 30 and blocks from 20; staff pay 1 a second and are never blocked. */
+Test(policy_groups, late_loans_are_fined_and_blocked_by_their_groups_terms) {
+    static const char fines_policy[] =
+        "{\"groups\": {\n"
+        "  \"child\": {\"loan_period\": \"2s\", \"fine_per_interval\": 10, \"fine_interval\": \"1s\",\n"
+        "             \"fine_max_per_loan\": 30, \"fine_block_at\": 20},\n"
+        "  \"staff\": {\"loan_period\": \"2s\", \"fine_per_interval\": 1, \"fine_interval\": \"1s\",\n"
+        "             \"fine_max_per_loan\": 1000, \"fine_block_at\": 0}\n"
+        "}}\n";
+    test_stack s;
+    start_with_policy(&s, "fines", write_policy("fines", fines_policy));
+    Book *dune = test_stack_register(&s, "Dune", 2);
+    Book *emma = test_stack_register(&s, "Emma", 2);
+    const char *child = bearer_of(&s, "dora", "child");
+    const char *staff = bearer_of(&s, "sam", "staff");
+    Loan *child_loan = borrow_active(&s, child, dune->book_id, 2);
+    Loan *staff_loan = borrow_active(&s, staff, dune->book_id, 2);
+
+    /* 4 s past due at least: the child's fine is at its cap, staff's 1 a second so far */
+    int64_t late_enough = (child_loan->due_time->seconds + 4) * 1000;
+    while (timestamp_now_ms() < late_enough)
+        harness_sleep_ms(100);
+    Library__Lending__V1__Account *account = get_account(&s, child);
+    cr_assert_eq(account->balance, 30, "the child's fine is capped at 30, not %lld", (long long)account->balance);
+    cr_assert_eq(account->block_at, 20, "the child's block is the child row's");
+    account = get_account(&s, staff);
+    cr_assert(account->balance >= 4 && account->balance <= 12,
+              "staff pay 1 a started second: %lld after about 4-6 s late", (long long)account->balance);
+    cr_assert_eq(account->block_at, 0);
+
+    /* returned, the fines are fixed; the child's blocks, staff's never does */
+    give_back(&s, child, child_loan->loan_id);
+    give_back(&s, staff, staff_loan->loan_id);
+    cr_assert_eq(get_account(&s, child)->balance, 30);
+    int64_t until = harness_now_ms() + 10000; /* the returns free the slots */
+    Loan *loan = NULL;
+    status st;
+    status_code code;
+    while ((code = borrow(s.lending_client, child, emma->book_id, &loan, &st)) == STATUS_FAILED_PRECONDITION &&
+           strcmp(st.reason, "FINES_OWED") != 0 && harness_now_ms() < until)
+        harness_sleep_ms(100);
+    cr_assert_eq(code, STATUS_FAILED_PRECONDITION, "the child owes 30 of a 20 block: %s %s", status_code_name(code),
+                 st.message);
+    cr_assert_str_eq(st.reason, "FINES_OWED", "%s", st.message);
+    while ((code = borrow(s.lending_client, staff, emma->book_id, &loan, &st)) == STATUS_FAILED_PRECONDITION &&
+           harness_now_ms() < until)
+        harness_sleep_ms(100);
+    cr_assert_eq(code, STATUS_OK, "staff are never blocked by fines: %s %s", status_code_name(code), st.message);
     test_stack_stop(&s);
 }
 
