@@ -381,7 +381,9 @@ account_message *account_view(arena *a, const user_record *record, const char *u
             Library__Lending__V1__FineState state = fine_state(record->fines[i]);
             bool owing = state == LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_ACCRUING ||
                          state == LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_OWED;
-            if (owing == (pass == 0))
+            /* a loan fined by a sweep but returned in time after all owes nothing: not shown */
+            bool nothing = record->fines[i]->fixed && record->fines[i]->amount == 0;
+            if (owing == (pass == 0) && !nothing)
                 fines[n++] = view_fine(a, record->fines[i], now);
         }
     for (size_t i = 0; i < n; i++)
@@ -390,7 +392,7 @@ account_message *account_view(arena *a, const user_record *record, const char *u
     account->user_id = (char *)user_id;
     account->balance = account_balance(record, now);
     account->fines = fines;
-    account->n_fines = record->n_fines;
+    account->n_fines = n;
     account->block_at = block_at;
     if (record->account_update_ms > 0)
         account->update_time = timestamp_from_ms(a, record->account_update_ms);
