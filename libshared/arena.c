@@ -134,6 +134,24 @@ ProtobufCAllocator arena_protobuf_allocator(arena *a) {
                                 .allocator_data = a};
 }
 
+bool arena_append_kept(arena *a, void *field, size_t *count, void *item, size_t kept) {
+    /* The array is copied as bytes: every object pointer has the same size and representation
+     * on the platforms this builds for, and memcpy keeps the compiler's aliasing rules. */
+    char *old;
+    memcpy(&old, field, sizeof old);
+    size_t start = *count >= kept ? *count - kept + 1 : 0;
+    size_t length = *count - start + 1;
+    char *grown = arena_alloc(a, length * sizeof item);
+    if (grown == NULL)
+        return false;
+    if (length > 1)
+        memcpy(grown, old + start * sizeof item, (length - 1) * sizeof item);
+    memcpy(grown + (length - 1) * sizeof item, &item, sizeof item);
+    memcpy(field, &grown, sizeof grown);
+    *count = length;
+    return true;
+}
+
 ProtobufCMessage *arena_new_message(arena *a, const ProtobufCMessageDescriptor *descriptor) {
     ProtobufCMessage *message = arena_alloc(a, descriptor->sizeof_message);
     if (message != NULL)

@@ -5,6 +5,7 @@
 #define LIBSHARED_ARENA_H
 
 #include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,6 +26,12 @@ char *arena_sprintf(arena *a, const char *format, ...) __attribute__((format(pri
 /* A protobuf-c allocator backed by the arena (free is a no-op), for unpacking messages
  * whose lifetime is the arena's. */
 ProtobufCAllocator arena_protobuf_allocator(arena *a);
+
+/* Appends item to a protobuf-c repeated field of pointers (a history, recent requests), keeping
+ * the newest `kept`: older ones fall off the front. field is the address of the field's array
+ * (a T ***, passed as void * so that one function serves every element type) and count its
+ * n_ member. The new array comes from a; on false (out of memory) nothing changed. */
+bool arena_append_kept(arena *a, void *field, size_t *count, void *item, size_t kept);
 
 /* Allocates and initializes an empty message of the given type. */
 ProtobufCMessage *arena_new_message(arena *a, const ProtobufCMessageDescriptor *descriptor);

@@ -113,23 +113,17 @@ static const Library__Catalog__Internal__AppliedRequest *find_applied(const book
 
 /* Appends an applied request, dropping the oldest beyond the number kept. */
 static status_code remember_applied(arena *a, book_record *record, const char *key) {
-    size_t kept = record->n_applied_requests;
-    size_t start = kept >= CATALOG_APPLIED_REQUESTS_KEPT ? kept - CATALOG_APPLIED_REQUESTS_KEPT + 1 : 0;
-    size_t count = kept - start + 1;
-    Library__Catalog__Internal__AppliedRequest **list = arena_alloc(a, count * sizeof *list);
     Library__Catalog__Internal__AppliedRequest *entry =
         (void *)arena_new_message(a, &library__catalog__internal__applied_request__descriptor);
-    if (list == NULL || entry == NULL)
+    if (entry == NULL)
         return STATUS_RESOURCE_EXHAUSTED;
-    if (count > 1)
-        memcpy(list, record->applied_requests + start, (count - 1) * sizeof *list);
     entry->key = arena_strdup(a, key);
     entry->total_copies = record->book->total_copies;
     entry->available_copies = record->book->available_copies;
     entry->update_time = record->book->update_time;
-    list[count - 1] = entry;
-    record->applied_requests = list;
-    record->n_applied_requests = count;
+    if (entry->key == NULL || !arena_append_kept(a, &record->applied_requests, &record->n_applied_requests, entry,
+                                                 CATALOG_APPLIED_REQUESTS_KEPT))
+        return STATUS_RESOURCE_EXHAUSTED;
     return STATUS_OK;
 }
 

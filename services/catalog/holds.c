@@ -46,18 +46,9 @@ static hold_entry **insert_entry(arena *a, hold_entry **list, size_t *count, siz
 }
 
 static bool settle(arena *a, book_record *record, const char *hold_id) {
-    size_t kept = record->n_holds_settled;
-    size_t start = kept >= HOLDS_SETTLED_KEPT ? kept - HOLDS_SETTLED_KEPT + 1 : 0;
-    size_t count = kept - start + 1;
-    char **list = arena_alloc(a, count * sizeof *list);
-    if (list == NULL)
-        return false;
-    if (count > 1)
-        memcpy(list, record->holds_settled + start, (count - 1) * sizeof *list);
-    list[count - 1] = arena_strdup(a, hold_id);
-    record->holds_settled = list;
-    record->n_holds_settled = count;
-    return list[count - 1] != NULL;
+    char *copy = arena_strdup(a, hold_id);
+    return copy != NULL &&
+           arena_append_kept(a, &record->holds_settled, &record->n_holds_settled, copy, HOLDS_SETTLED_KEPT);
 }
 
 /* Appends an event of this type about the hold to the outbox; its body is set by the caller

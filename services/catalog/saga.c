@@ -36,22 +36,16 @@ static ssize_t find_string(char **list, size_t count, const char *value) {
 
 static status_code remember_decision(arena *a, book_record *record, const char *loan_id, bool reserved,
                                      const char *hold_id) {
-    size_t kept = record->n_recent_decisions;
-    size_t start = kept >= DECISIONS_KEPT ? kept - DECISIONS_KEPT + 1 : 0;
-    size_t count = kept - start + 1;
-    Library__Catalog__Internal__LoanDecision **list = arena_alloc(a, count * sizeof *list);
     Library__Catalog__Internal__LoanDecision *entry =
         (void *)arena_new_message(a, &library__catalog__internal__loan_decision__descriptor);
-    if (list == NULL || entry == NULL)
+    if (entry == NULL)
         return STATUS_RESOURCE_EXHAUSTED;
-    if (count > 1)
-        memcpy(list, record->recent_decisions + start, (count - 1) * sizeof *list);
     entry->loan_id = arena_strdup(a, loan_id);
     entry->reserved = reserved;
     entry->hold_id = hold_id ? arena_strdup(a, hold_id) : (char *)"";
-    list[count - 1] = entry;
-    record->recent_decisions = list;
-    record->n_recent_decisions = count;
+    if (entry->loan_id == NULL || entry->hold_id == NULL ||
+        !arena_append_kept(a, &record->recent_decisions, &record->n_recent_decisions, entry, DECISIONS_KEPT))
+        return STATUS_RESOURCE_EXHAUSTED;
     return STATUS_OK;
 }
 

@@ -267,25 +267,16 @@ static const Library__Lending__Internal__AccountRequest *find_request(const user
 static bool remember_request(arena *a, user_record *record, const char *key, int64_t amount, const char *loan_id) {
     if (key[0] == '\0')
         return true;
-    size_t start = record->n_account_requests >= ACCOUNT_REQUESTS_KEPT
-                       ? record->n_account_requests - ACCOUNT_REQUESTS_KEPT + 1
-                       : 0;
-    size_t count = record->n_account_requests - start + 1;
-    Library__Lending__Internal__AccountRequest **kept = arena_alloc(a, count * sizeof *kept);
     Library__Lending__Internal__AccountRequest *entry =
         (void *)arena_new_message(a, &library__lending__internal__account_request__descriptor);
     char *copy = arena_strdup(a, key);
-    if (kept == NULL || entry == NULL || copy == NULL)
+    if (entry == NULL || copy == NULL)
         return false;
-    if (count > 1)
-        memcpy(kept, record->account_requests + start, (count - 1) * sizeof *kept);
     entry->key = copy;
     entry->amount = amount;
     entry->loan_id = (char *)(loan_id ? loan_id : "");
-    kept[count - 1] = entry;
-    record->account_requests = kept;
-    record->n_account_requests = count;
-    return true;
+    return arena_append_kept(a, &record->account_requests, &record->n_account_requests, entry,
+                             ACCOUNT_REQUESTS_KEPT);
 }
 
 status_code account_pay(arena *a, user_record *record, int64_t amount, const char *request_key, int64_t now_ms,
@@ -390,7 +381,9 @@ account_message *account_view(arena *a, const user_record *record, const char *u
             Library__Lending__V1__FineState state = fine_state(record->fines[i]);
             bool owing = state == LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_ACCRUING ||
                          state == LIBRARY__LENDING__V1__FINE_STATE__FINE_STATE_OWED;
-            if (owing == (pass == 0))
+            /* a loan fined by a sweep but returned in time after all owes nothing: not shown */
+            bool nothing = record->fines[i]->fixed && record->fines[i]->amount == 0;
+            if (owing == (pass == 0) && !nothing)
                 fines[n++] = view_fine(a, record->fines[i], now);
         }
     for (size_t i = 0; i < n; i++)
@@ -399,7 +392,7 @@ account_message *account_view(arena *a, const user_record *record, const char *u
     account->user_id = (char *)user_id;
     account->balance = account_balance(record, now);
     account->fines = fines;
-    account->n_fines = record->n_fines;
+    account->n_fines = n;
     account->block_at = block_at;
     if (record->account_update_ms > 0)
         account->update_time = timestamp_from_ms(a, record->account_update_ms);

@@ -33,24 +33,15 @@ static const Library__Lending__Internal__RenewalRequest *find_request(const loan
 
 /* The requests with this one appended, the newest RENEWAL_REQUESTS_KEPT kept. */
 static bool remember_request(arena *a, loan_record *record, const char *key, int32_t renewal_count) {
-    size_t start = record->n_renewal_requests >= RENEWAL_REQUESTS_KEPT
-                       ? record->n_renewal_requests - RENEWAL_REQUESTS_KEPT + 1
-                       : 0;
-    size_t count = record->n_renewal_requests - start + 1;
-    Library__Lending__Internal__RenewalRequest **kept = arena_alloc(a, count * sizeof *kept);
     Library__Lending__Internal__RenewalRequest *entry =
         (void *)arena_new_message(a, &library__lending__internal__renewal_request__descriptor);
     char *copy = arena_strdup(a, key);
-    if (kept == NULL || entry == NULL || copy == NULL)
+    if (entry == NULL || copy == NULL)
         return false;
-    if (count > 1)
-        memcpy(kept, record->renewal_requests + start, (count - 1) * sizeof *kept);
     entry->key = copy;
     entry->renewal_count = renewal_count;
-    kept[count - 1] = entry;
-    record->renewal_requests = kept;
-    record->n_renewal_requests = count;
-    return true;
+    return arena_append_kept(a, &record->renewal_requests, &record->n_renewal_requests, entry,
+                             RENEWAL_REQUESTS_KEPT);
 }
 
 status_code renewal_apply(const renewal *r, arena *a, loan_record *record, bool *replay, bool *changed,

@@ -557,14 +557,9 @@ static status_code claim_interrupted(lending_saga *saga, arena *a, const char *u
  * that was never stored (claim_interrupted): such an entry would hold a slot forever.
  * loan_ids are the entries the index has seen stray for RECONCILE_AFTER; each is read again
  * here and synced once settled. */
-static void reconcile_user(lending_saga *saga, arena *a, const char *user_key, const char *const *loan_ids,
+static void reconcile_user(lending_saga *saga, arena *a, const char *user_id, const char *const *loan_ids,
                            size_t count) {
-    uint8_t *decoded = NULL;
-    size_t size = 0;
-    if (!text_base64url_decode(a, user_key, &decoded, &size))
-        return;
-    char *user_id = arena_strndup(a, (const char *)decoded, size);
-    for (size_t i = 0; user_id && i < count; i++) {
+    for (size_t i = 0; i < count; i++) {
         loan_record *record = NULL;
         status st;
         status_code code = loan_store_get(saga->store, loan_ids[i], a, &record, &st);
@@ -646,22 +641,29 @@ static void visit_loan(void *arg, const char *loan_id) {
     arena_reset(r->a);
 }
 
+/* The user id a user record's key names (base64url), from the round's arena; NULL when the
+ * key does not decode or the saga is stopping. */
+static char *round_user(round *r, const char *user_key) {
+    uint8_t *decoded = NULL;
+    size_t size = 0;
+    if (atomic_load(&r->saga->stopping) || !text_base64url_decode(r->a, user_key, &decoded, &size))
+        return NULL;
+    return arena_strndup(r->a, (const char *)decoded, size);
+}
+
 static void visit_user(void *arg, const char *user_key, const char *const *loan_ids, size_t count) {
     round *r = arg;
-    if (!atomic_load(&r->saga->stopping))
-        reconcile_user(r->saga, r->a, user_key, loan_ids, count);
+    char *user_id = round_user(r, user_key);
+    if (user_id)
+        reconcile_user(r->saga, r->a, user_id, loan_ids, count);
     arena_reset(r->a);
 }
 
 static void visit_hold_user(void *arg, const char *user_key, const char *const *hold_ids, size_t count) {
     round *r = arg;
-    uint8_t *decoded = NULL;
-    size_t size = 0;
-    if (!atomic_load(&r->saga->stopping) && text_base64url_decode(r->a, user_key, &decoded, &size)) {
-        char *user_id = arena_strndup(r->a, (const char *)decoded, size);
-        if (user_id)
-            holds_reconcile_user(r->saga->store, r->saga->connection, r->a, user_id, hold_ids, count);
-    }
+    char *user_id = round_user(r, user_key);
+    if (user_id)
+        holds_reconcile_user(r->saga->store, r->saga->connection, r->a, user_id, hold_ids, count);
     arena_reset(r->a);
 }
 
@@ -674,13 +676,9 @@ static void visit_hold(void *arg, const char *hold_id) {
 
 static void visit_account(void *arg, const char *user_key) {
     round *r = arg;
-    uint8_t *decoded = NULL;
-    size_t size = 0;
-    if (!atomic_load(&r->saga->stopping) && text_base64url_decode(r->a, user_key, &decoded, &size)) {
-        char *user_id = arena_strndup(r->a, (const char *)decoded, size);
-        if (user_id)
-            account_reconcile(r->saga->store, r->saga->connection, r->a, user_id, r->now);
-    }
+    char *user_id = round_user(r, user_key);
+    if (user_id)
+        account_reconcile(r->saga->store, r->saga->connection, r->a, user_id, r->now);
     arena_reset(r->a);
 }
 

@@ -29,17 +29,7 @@ static open_loan *open_states(arena *a, const user_record *record) {
 
 /* A history (of loans or of holds) with id appended, keeping the newest USER_HISTORY_KEPT. */
 static bool append_kept(arena *a, char ***list, size_t *n, const char *id) {
-    size_t start = *n >= USER_HISTORY_KEPT ? *n - USER_HISTORY_KEPT + 1 : 0;
-    size_t count = *n - start + 1;
-    char **history = arena_alloc(a, count * sizeof *history);
-    if (history == NULL)
-        return false;
-    if (count > 1)
-        memcpy(history, *list + start, (count - 1) * sizeof *history);
-    history[count - 1] = (char *)id;
-    *list = history;
-    *n = count;
-    return true;
+    return arena_append_kept(a, list, n, (char *)id, USER_HISTORY_KEPT);
 }
 
 static bool append_open(arena *a, user_record *record, const user_borrow *borrow) {
