@@ -2,7 +2,8 @@
  * processes, with loans of seconds and fines by the second: accrual by started interval up to
  * the cap, the return fixing the amount, the FINES_OWED block on borrowing, renewals and holds
  * and its lifting by payment or waiver, bad payments, idempotent requests, payments racing
- * returns and accrual, and a kill -9 of lending in the middle of accrual. The account's events
+ * returns and accrual, a kill -9 of lending in the middle of accrual, and mypage following it
+ * all (a watch shown a payment at once). The account's events
  * are read back from the stream: at rest they add up to the balance. */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -13,6 +14,7 @@
 
 #include "events.h"
 #include "library/lending/v1/lending.pb-c.h"
+#include "library/mypage/v1/mypage.pb-c.h"
 #include "stack_fixture.h"
 #include "text.h"
 #include "timestamp.h"
@@ -553,5 +555,78 @@ Test(fines, a_kill_9_of_lending_in_the_middle_of_accrual_loses_and_doubles_nothi
     size_t i = ledger_loan(l, loan->loan_id);
     cr_assert(l->growing[i], "the FineAssessed amounts went down");
     cr_assert(l->fixed[i]);
+    test_stack_stop(&s);
+}
+
+/* --- mypage follows the account ---------------------------------------------------------------- */
+
+typedef Library__Mypage__V1__Mypage Mypage;
+
+static status_code next_page(rpc_client_stream *stream, int64_t wait_ms, Mypage **out, status *st) {
+    ProtobufCMessage *message = NULL;
+    status_code code = rpc_client_stream_next(stream, &library__mypage__v1__mypage__descriptor, mem, wait_ms,
+                                              &message, st);
+    *out = (Mypage *)message;
+    return code;
+}
+
+/* Reads pushed pages until one shows balance with its first fine in state (asserts it comes
+ * within wait_ms). */
+static Mypage *page_with(rpc_client_stream *stream, int64_t balance, Library__Lending__V1__FineState state,
+                         int64_t wait_ms) {
+    int64_t deadline = harness_now_ms() + wait_ms;
+    for (;;) {
+        int64_t left = deadline - harness_now_ms();
+        cr_assert_gt(left, 0, "no page with balance %lld was pushed within %lld ms", (long long)balance,
+                     (long long)wait_ms);
+        Mypage *page = NULL;
+        status st;
+        cr_assert_eq(next_page(stream, left, &page, &st), STATUS_OK, "WatchMypage: %s", st.message);
+        cr_assert_not_null(page, "the watch ended");
+        if (page->balance == balance && page->n_fines > 0 && page->fines[0]->state == state)
+            return page;
+    }
+}
+
+Test(fines, a_late_return_shows_on_mypage_and_a_payment_is_pushed_to_a_watch) {
+    const char *env[] = {"LOAN_PERIOD=1s", "FINE_INTERVAL=1s", "FINE_PER_INTERVAL=10", "FINE_MAX_PER_LOAN=1000",
+                         "FINE_BLOCK_AT=0", "RECONCILE_INTERVAL=300ms", "RECONCILE_AFTER=1s", NULL};
+    test_stack s;
+    test_stack_start(&s, "mypage", env, true, NULL);
+    const char *user = unique("page");
+    const char *bearer = user_of(&s, user);
+    Loan *loan = borrow(&s, bearer, test_stack_register(&s, "Shown Late", 1)->book_id);
+    Library__Mypage__V1__WatchMypageRequest request = LIBRARY__MYPAGE__V1__WATCH_MYPAGE_REQUEST__INIT;
+    rpc_call_options options = {.timeout_ms = 60000, .authorization = bearer};
+    rpc_client_stream *stream = NULL;
+    status st;
+    cr_assert_eq(rpc_client_stream_open(s.mypage_client, "/library.mypage.v1.MypageService/WatchMypage",
+                                        &request.base, &options, &stream, &st),
+                 STATUS_OK, "WatchMypage: %s", st.message);
+    while (timestamp_now_ms() < (loan->due_time->seconds + 2) * 1000 + 300)
+        harness_sleep_ms(50);
+
+    /* the sweeper's assessments reach the page while the loan is out; the return fixes it */
+    Loan *back = give_back(&s, bearer, loan->loan_id);
+    int64_t fixed = accrued(loan->due_time->seconds, back->return_time->seconds, 10, 1000);
+    Mypage *page = page_with(stream, fixed, OWED, harness_latency_bound_ms(3000));
+    cr_assert_eq(page->n_fines, 1);
+    cr_assert_eq(page->fines[0]->amount, fixed);
+    bool found = false;
+    for (size_t i = 0; i < page->n_loans; i++)
+        if (strcmp(page->loans[i]->loan_id, loan->loan_id) == 0) {
+            found = true;
+            cr_assert_eq(page->loans[i]->fine, fixed, "the loan's fine on the page: %lld",
+                         (long long)page->loans[i]->fine);
+        }
+    cr_assert(found, "the returned loan is not on the page");
+
+    /* the librarian takes the payment: the watch shows it at once */
+    int64_t paid_at = harness_now_ms();
+    cr_assert_eq(pay(&s, user, fixed, "desk", NULL, &st), STATUS_OK, "%s", st.message);
+    page = page_with(stream, 0, PAID, harness_latency_bound_ms(1000));
+    cr_log_info("the payment reached the watch %lld ms after PayFines was called",
+                (long long)(harness_now_ms() - paid_at));
+    rpc_client_stream_close(stream);
     test_stack_stop(&s);
 }
