@@ -3,8 +3,8 @@
  * the cap, the return fixing the amount, the FINES_OWED block on borrowing, renewals and holds
  * and its lifting by payment or waiver, bad payments, idempotent requests, payments racing
  * returns and accrual, a kill -9 of lending in the middle of accrual, and mypage following it
- * all (a watch shown a payment at once). The account's events
- * are read back from the stream: at rest they add up to the balance. */
+ * all (a watch shown a payment at once). The account's events are read back from the stream:
+ * at rest they add up to the balance. */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
