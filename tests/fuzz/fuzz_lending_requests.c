@@ -2,16 +2,19 @@
  * it, without the network: protobuf-c decoding into an arena, the handlers' checks (ids,
  * request ids, ListLoans' and ListHolds' owner, page size, status filter and page token) and
  * the rules behind them: RenewLoan's over a loan record made from the request's bytes,
- * PlaceHold's limits over a user record made from them.
+ * PlaceHold's limits over a user record made from them, PayFines' and WaiveFine's account rules
+ * over an account made from them (no balance below zero, a retry changes nothing).
  *
  * Input: one byte choosing the method (and, for ListLoans, RenewLoan and ListHolds, whether
  * the caller is an administrator), then the serialized request. */
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "arena.h"
 #include "auth.h"
 #include "field.h"
+#include "fines.h"
 #include "fuzz.h"
 #include "lending.h"
 #include "library/lending/v1/lending.pb-c.h"
@@ -29,6 +32,8 @@ static const ProtobufCMessageDescriptor *const request_types[] = {
     &library__lending__v1__cancel_hold_request__descriptor,
     &library__lending__v1__get_hold_request__descriptor,
     &library__lending__v1__list_holds_request__descriptor,
+    &library__lending__v1__pay_fines_request__descriptor,
+    &library__lending__v1__waive_fine_request__descriptor,
 };
 enum { METHOD_COUNT = sizeof request_types / sizeof request_types[0] };
 
@@ -262,6 +267,101 @@ static void list_holds(const Library__Lending__V1__ListHoldsRequest *req, bool a
     FUZZ_CHECK(query.start_at[0] == '\0' || strlen(query.start_at) == LENDING_LOAN_ID_LENGTH);
 }
 
+/* An account from the bytes of text: late ACTIVE loans with their fine terms, and fines
+ * assessed, fixed, paid or waived in part. Entries point into the arrays given. */
+enum { FUZZ_FINES = 6 };
+typedef struct fuzz_account {
+    user_record record;
+    user_open_loan *open[FUZZ_FINES], open_rows[FUZZ_FINES];
+    fine_entry *fines[FUZZ_FINES], fine_rows[FUZZ_FINES];
+    fine_terms terms[FUZZ_FINES];
+    char ids[FUZZ_FINES][24];
+} fuzz_account;
+
+static void account_from(fuzz_account *f, const char *text) {
+    size_t n = strlen(text);
+    f->record = (user_record)LIBRARY__LENDING__INTERNAL__USER_RECORD__INIT;
+    for (size_t i = 0; i < n % FUZZ_FINES; i++) {
+        unsigned char b = (unsigned char)text[i], c = (unsigned char)text[(i + 1) % n];
+        snprintf(f->ids[i], sizeof f->ids[i], "loan-%zu", i);
+        f->terms[i] = (fine_terms)LIBRARY__LENDING__INTERNAL__FINE_TERMS__INIT;
+        f->terms[i].per_interval = b % 50;
+        f->terms[i].interval_seconds = 1 + c % 100;
+        f->terms[i].max_per_loan = (int64_t)b * c;
+        if (b % 2) { /* a late loan still out, maybe already fined */
+            f->open_rows[i] = (user_open_loan)LIBRARY__LENDING__INTERNAL__OPEN_LOAN__INIT;
+            f->open_rows[i].loan_id = f->ids[i];
+            f->open_rows[i].book_id = "book";
+            f->open_rows[i].status = 1 + c % 2;
+            f->open_rows[i].due_time = 100000 - (int64_t)c * 10;
+            f->open_rows[i].fine_terms = &f->terms[i];
+            f->open[f->record.n_open_loans++] = &f->open_rows[i];
+        }
+        if (b % 3 == 0) {
+            fine_entry *e = &f->fine_rows[i];
+            *e = (fine_entry)LIBRARY__LENDING__INTERNAL__FINE_ENTRY__INIT;
+            e->loan_id = f->ids[i];
+            e->terms = &f->terms[i];
+            e->due_time = 100000 - (int64_t)c * 10;
+            e->amount = (int64_t)(b % 7) * f->terms[i].per_interval;
+            e->fixed = b % 2 == 0;
+            e->paid = e->amount / (1 + c % 4);
+            f->fines[f->record.n_fines++] = e;
+        }
+    }
+    f->record.open_loans = f->open;
+    f->record.fines = f->fines;
+}
+
+/* PayFines and WaiveFine over an account made from the request: a refusal changes nothing, a
+ * payment takes exactly its amount off the balance and never below zero, and the same
+ * request again is a replay. */
+static void account_request(arena *a, const ProtobufCMessage *request, bool pay) {
+    const Library__Lending__V1__PayFinesRequest *payment = pay ? (const void *)request : NULL;
+    const Library__Lending__V1__WaiveFineRequest *waiver = pay ? NULL : (const void *)request;
+    status st;
+    const char *request_id = pay ? payment->request_id : waiver->request_id;
+    status_code code = field_check_request_id(request_id, &st);
+    if (code == STATUS_OK && !pay)
+        code = field_check_id(waiver->loan_id, "loan_id", &st);
+    if (code != STATUS_OK) {
+        check_failure(code, &st);
+        return;
+    }
+    fuzz_account f;
+    account_from(&f, pay ? payment->user_id : waiver->loan_id);
+    int64_t now_ms = 100000 * 1000LL;
+    char key[ACCOUNT_REQUEST_KEY_LENGTH + 1];
+    account_request_key(pay ? "PayFines" : "WaiveFine", request_id, key);
+    bool replay = false;
+    uint64_t version = f.record.account_version;
+    int64_t before = account_balance(&f.record, now_ms / 1000);
+    FUZZ_CHECK(before >= 0);
+    code = pay ? account_pay(a, &f.record, payment->amount, key, now_ms, &replay, &st)
+               : account_waive(a, &f.record, f.record.n_fines ? f.record.fines[0]->loan_id : waiver->loan_id,
+                               waiver->reason, key, now_ms, &replay, &st);
+    int64_t after = account_balance(&f.record, now_ms / 1000);
+    FUZZ_CHECK(after >= 0);
+    if (code != STATUS_OK) {
+        FUZZ_CHECK(code == STATUS_INVALID_ARGUMENT || code == STATUS_FAILED_PRECONDITION);
+        FUZZ_CHECK(st.reason[0] != '\0' && st.message[0] != '\0');
+        FUZZ_CHECK(strcmp(st.reason, "OVERPAYMENT") != 0 || payment->amount > before);
+        FUZZ_CHECK(after == before);
+        return;
+    }
+    FUZZ_CHECK(!replay && f.record.account_version > version && f.record.n_account_outbox > 0);
+    if (pay)
+        FUZZ_CHECK(after == before - payment->amount);
+    else
+        FUZZ_CHECK(after <= before);
+    if (key[0] == '\0')
+        return;
+    uint64_t done = f.record.account_version;
+    code = pay ? account_pay(a, &f.record, payment->amount, key, now_ms, &replay, &st)
+               : account_waive(a, &f.record, f.record.fines[0]->loan_id, waiver->reason, key, now_ms, &replay, &st);
+    FUZZ_CHECK(code == STATUS_OK && replay && f.record.account_version == done);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1)
         return 0;
@@ -280,7 +380,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 5: place_hold(a, (const void *)request); break;
         case 6: one_hold(((const Library__Lending__V1__CancelHoldRequest *)(const void *)request)->hold_id); break;
         case 7: one_hold(((const Library__Lending__V1__GetHoldRequest *)(const void *)request)->hold_id); break;
-        default: list_holds((const void *)request, admin); break;
+        case 8: list_holds((const void *)request, admin); break;
+        case 9: account_request(a, request, true); break;
+        default: account_request(a, request, false); break;
         }
     }
     arena_destroy(a);
