@@ -523,6 +523,19 @@ static status_code run_script(page_store *store, const script *s, int argc, cons
     return code;
 }
 
+/* Runs a script that answers 1 when it changed the page and 0 when it did not. */
+static status_code run_change_script(page_store *store, const script *s, int argc, const char **argv, bool *changed,
+                                     status *st) {
+    redisReply *reply = NULL;
+    status_code code = run_script(store, s, argc, argv, &reply, st);
+    if (code == STATUS_OK) {
+        if (changed)
+            *changed = reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+        freeReplyObject(reply);
+    }
+    return code;
+}
+
 static status_code apply(page_store *store, const char *generation, const loan_change *change,
                          uint64_t sequence, bool *changed, status *st) {
     arena *a = arena_create(0);
@@ -545,13 +558,7 @@ static status_code apply(page_store *store, const char *generation, const loan_c
         arena_sprintf(a, "%lld", (long long)(change->renewal_count > 0 && change->due_seconds > 0 ? change->due_seconds : 0)),
         arena_sprintf(a, "%lld", (long long)(change->overdue_for_seconds > 0 ? change->overdue_for_seconds : 0)),
     };
-    redisReply *reply = NULL;
-    status_code code = run_script(store, &store->apply, sizeof argv / sizeof argv[0], argv, &reply, st);
-    if (code == STATUS_OK) {
-        if (changed)
-            *changed = reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
-        freeReplyObject(reply);
-    }
+    status_code code = run_change_script(store, &store->apply, sizeof argv / sizeof argv[0], argv, changed, st);
     arena_destroy(a);
     return code;
 }
@@ -648,13 +655,7 @@ static status_code apply_account(page_store *store, const char *generation, cons
         generation,
         change->loan_fines,
     };
-    redisReply *reply = NULL;
-    status_code code = run_script(store, &store->apply_account, sizeof argv / sizeof argv[0], argv, &reply, st);
-    if (code == STATUS_OK) {
-        if (changed)
-            *changed = reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
-        freeReplyObject(reply);
-    }
+    status_code code = run_change_script(store, &store->apply_account, sizeof argv / sizeof argv[0], argv, changed, st);
     arena_destroy(a);
     return code;
 }
