@@ -86,17 +86,18 @@ status_code account_publish(loan_store *store, nats_connection *connection, aren
         return out_of_memory(st);
     snapshot->version = record->account_version;
     uint64_t published = 0;
-    for (size_t i = 0; i < record->n_account_outbox; i++) {
-        if (publish_entry(connection, record->account_outbox[i], user_id, snapshot, st) != STATUS_OK)
-            break;
-        published = record->account_outbox[i]->version;
+    status_code code = STATUS_OK;
+    for (size_t i = 0; i < record->n_account_outbox && code == STATUS_OK; i++) {
+        code = publish_entry(connection, record->account_outbox[i], user_id, snapshot, st);
+        if (code == STATUS_OK)
+            published = record->account_outbox[i]->version;
     }
     if (published > 0) {
         status ignored;
         if (loan_store_update_user(store, user_id, a, clear_outbox, &published, NULL, &ignored) != STATUS_OK)
             LOG_WARN("account events of %s published but still in the outbox: %s", user_id, ignored.message);
     }
-    return published == record->account_outbox[record->n_account_outbox - 1]->version ? STATUS_OK : st->code;
+    return code;
 }
 
 static status_code assess_now(void *arg, arena *a, user_record *record, bool *changed, status *st) {
@@ -109,8 +110,6 @@ void account_reconcile(loan_store *store, nats_connection *connection, arena *a,
     user_record *record = NULL;
     status st;
     status_code code = loan_store_update_user(store, user_id, a, assess_now, &now_ms, &record, &st);
-    if (code == STATUS_OK && record == NULL)
-        code = loan_store_get_user(store, user_id, a, &record, &st);
     if (code == STATUS_OK)
         code = account_publish(store, connection, a, user_id, record, &st);
     if (code != STATUS_OK)
@@ -204,8 +203,6 @@ status_code account_pay_fines(void *state, rpc_context *ctx, const ProtobufCMess
     user_record *record = NULL;
     if (loan_store_update_user(h->store, req->user_id, a, apply_payment, &job, &record, st) != STATUS_OK)
         return st->code;
-    if (record == NULL && loan_store_get_user(h->store, req->user_id, a, &record, st) != STATUS_OK)
-        return st->code;
     return after_change(h, ctx, a, req->user_id, record, response, st);
 }
 
@@ -247,8 +244,6 @@ status_code account_waive_fine(void *state, rpc_context *ctx, const ProtobufCMes
     waive_job job = {.loan_id = req->loan_id, .reason = req->reason ? req->reason : "", .request_key = key};
     user_record *record = NULL;
     if (loan_store_update_user(h->store, user_id, a, apply_waiver, &job, &record, st) != STATUS_OK)
-        return st->code;
-    if (record == NULL && loan_store_get_user(h->store, user_id, a, &record, st) != STATUS_OK)
         return st->code;
     return after_change(h, ctx, a, user_id, record, response, st);
 }
