@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "library/lending/v1/lending.pb-c.h"
 #include "loan_index.h"
 
 static loan_index *index_;
@@ -167,4 +168,35 @@ Test(loan_index, readers_see_whole_entries_that_never_go_back) {
         pthread_join(readers[r].thread, NULL);
         cr_assert_eq(readers[r].failure[0], '\0', "%s", readers[r].failure);
     }
+}
+
+/* What a loan costs the index (docs/decisions.md): a Loan as BorrowBook stores it, with a
+ * 20-character loan id, a 36-character book id, a 20-character user id and title, and three
+ * timestamps. The bytes the index counts leave out malloc's own overhead (8-16 per entry). */
+Test(loan_index, a_loan_costs_about_250_bytes) {
+    enum { LOANS = 10000 };
+    Google__Protobuf__Timestamp borrowed = GOOGLE__PROTOBUF__TIMESTAMP__INIT, due = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
+                                returned = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    borrowed.seconds = 1796256000, borrowed.nanos = 123000000;
+    due.seconds = 1797465600;
+    returned.seconds = 1796356000, returned.nanos = 456000000;
+    for (int i = 0; i < LOANS; i++) {
+        char loan_id[32];
+        snprintf(loan_id, sizeof loan_id, "%020d", i);
+        Library__Lending__V1__Loan loan = LIBRARY__LENDING__V1__LOAN__INIT;
+        loan.loan_id = loan_id;
+        loan.user_id = "reader-0123456789abc";
+        loan.book_id = "0b6a1f3e-9c1d-4f8e-8a55-2f0c5d7e9b41";
+        loan.book_title = "The Name of the Rose";
+        loan.status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED;
+        loan.borrow_time = &borrowed, loan.due_time = &due, loan.return_time = &returned;
+        loan.renewal_count = 1;
+        size_t size = 0;
+        uint8_t *packed = arena_pack(arena_, &loan.base, &size);
+        cr_assert(packed && loan_index_put_loan(index_, loan_id, packed, size, (uint64_t)i + 1));
+        arena_reset(arena_);
+    }
+    size_t per_loan = loan_index_bytes(index_) / LOANS;
+    cr_log_info("the index holds %zu bytes per loan (before malloc's overhead)", per_loan);
+    cr_assert_lt(per_loan, 300);
 }
