@@ -77,6 +77,10 @@ static bool index_change(loan_store *store, arena *a, const kv_change *change) {
 static void *watch_main(void *arg) {
     loan_store *store = arg;
     arena *a = arena_create(0);
+    if (a == NULL) {
+        LOG_ERROR("out of memory: the loan index follows only this replica's own reads and writes");
+        return NULL;
+    }
     for (;;) {
         kv_change change;
         kv_follow_event what = kv_follow_next(store->follow, 500, &change);
@@ -85,7 +89,7 @@ static void *watch_main(void *arg) {
         if (what == KV_FOLLOW_CAUGHT_UP)
             LOG_INFO("loan index: %zu loans, %zu users, %zu bytes", loan_index_loan_count(store->index),
                      loan_index_user_count(store->index), loan_index_bytes(store->index));
-        if (what == KV_FOLLOW_ENTRY && (a == NULL || !index_change(store, a, &change)))
+        if (what == KV_FOLLOW_ENTRY && !index_change(store, a, &change))
             kv_follow_restart(store->follow); /* the index missed a change: have it again */
         arena_reset(a);
     }
