@@ -189,12 +189,17 @@ static long rss_kb(int pid) {
     return kb;
 }
 
+/* GetLoan has no measurement but its soak: --only GetLoan asks for that. */
+static bool soak_wanted(const bench_config *c, workload_kind kind) {
+    return wanted(c, "soak") || (kind == WORKLOAD_GET_LOAN && wanted(c, "GetLoan"));
+}
+
 /* Calls the service's cheapest read soak_calls/10 times (at most soak_seconds/2), notes RSS,
  * then up to soak_calls in all (at most soak_seconds more), notes RSS again. */
 static void soak(const bench_config *c, fixture *f, const service_target *service,
                  workload_kind kind, rss_sample *sample) {
     sample->workload = workload_name(kind);
-    if (!sample->measured || service->address == NULL || !wanted(c, "soak"))
+    if (!sample->measured || service->address == NULL || !soak_wanted(c, kind))
         return;
     load_plan plan;
     const char *targets[3];
@@ -470,7 +475,21 @@ int main(int argc, char **argv) {
             run_workload(&c, &f, WORKLOAD_MIXED, n, m, 0);
         }
         soak(&c, &f, &c.services[0], WORKLOAD_GET_BOOK, &samples[0]);
-        if (fixture_prepare_get_loan(&f, max_n * max_m))
+        bool loans = fixture_prepare_get_loan(&f, max_n * max_m);
+        if (!loans && soak_wanted(&c, WORKLOAD_GET_LOAN)) {
+            /* no borrow cycles ran (--only): one second of them leaves a loan per slot */
+            load_plan plan;
+            const char *targets[3];
+            size_t target_count = 0;
+            workload_plan(&f, WORKLOAD_BORROW_RETURN, &plan, targets, &target_count);
+            load_options options = {.targets = targets, .target_count = target_count,
+                                    .connections = max_n, .streams = max_m, .seconds = 1};
+            bench_result *r = result_new();
+            load_run("BorrowBook+ReturnBook (loans for GetLoan)", &options, &plan, r);
+            progress(r);
+            loans = fixture_prepare_get_loan(&f, max_n * max_m);
+        }
+        if (loans)
             soak(&c, &f, &c.services[1], WORKLOAD_GET_LOAN, &samples[1]);
         if (f.mypage)
             soak(&c, &f, &c.services[2], WORKLOAD_GET_MYPAGE, &samples[2]);

@@ -17,15 +17,24 @@ static status_code decode(const kv_record_type *type, arena *a, const uint8_t *d
     return STATUS_OK;
 }
 
-status_code kv_record_get(kv_bucket *bucket, const kv_record_type *type, const char *key, const char *id, arena *a,
-                          ProtobufCMessage **out, status *st) {
+status_code kv_record_get_revision(kv_bucket *bucket, const kv_record_type *type, const char *key, const char *id,
+                                   arena *a, ProtobufCMessage **out, uint64_t *revision, status *st) {
     kv_value value;
     status_code code = kv_get(bucket, key, a, &value, st);
     if (code == STATUS_NOT_FOUND)
         return not_found(type, id, st);
     if (code != STATUS_OK)
         return code;
-    return decode(type, a, value.data, value.size, out, st);
+    code = decode(type, a, value.data, value.size, out, st);
+    if (code == STATUS_OK)
+        *revision = value.revision;
+    return code;
+}
+
+status_code kv_record_get(kv_bucket *bucket, const kv_record_type *type, const char *key, const char *id, arena *a,
+                          ProtobufCMessage **out, status *st) {
+    uint64_t revision = 0;
+    return kv_record_get_revision(bucket, type, key, id, a, out, &revision, st);
 }
 
 status_code kv_record_create(kv_bucket *bucket, const char *key, const ProtobufCMessage *record, arena *a,

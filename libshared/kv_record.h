@@ -40,6 +40,9 @@ typedef status_code (*kv_record_change)(void *arg, arena *a, ProtobufCMessage *r
 /* The record at key. NOT_FOUND (reason type->not_found_reason, naming id) when absent. */
 status_code kv_record_get(kv_bucket *bucket, const kv_record_type *type, const char *key, const char *id, arena *a,
                           ProtobufCMessage **out, status *st);
+/* The same, and the revision read in *revision (for a cache that keeps the newest). */
+status_code kv_record_get_revision(kv_bucket *bucket, const kv_record_type *type, const char *key, const char *id,
+                                   arena *a, ProtobufCMessage **out, uint64_t *revision, status *st);
 
 /* Stores record at key if nothing is there (ALREADY_EXISTS otherwise). written may be NULL. */
 status_code kv_record_create(kv_bucket *bucket, const char *key, const ProtobufCMessage *record, arena *a,

@@ -226,23 +226,50 @@ static status_code return_book(void *state, rpc_context *ctx, const ProtobufCMes
 
 /* --- GetLoan and ListLoans ------------------------------------------------------------------ */
 
+/* GetLoan answers from the replica's loan index, which every loan this replica writes or
+ * reads from the bucket updates at once (so a caller answered by BorrowBook, ReturnBook or
+ * RenewLoan here never reads an older loan) and the bucket's watcher within milliseconds of
+ * another replica's write; a loan the index does not hold yet is read from the bucket, so
+ * NOT_FOUND is the truth. */
 static status_code get_loan(void *state, rpc_context *ctx, const ProtobufCMessage *request,
                             ProtobufCMessage **response, status *st) {
     lending_handlers *h = state;
     const Library__Lending__V1__GetLoanRequest *req = (const void *)request;
     if (field_check_id(req->loan_id, "loan_id", st))
         return st->code;
-    loan_record *record = NULL;
-    status_code code = loan_store_get(h->store, req->loan_id, rpc_context_arena(ctx), &record, st);
-    if (code != STATUS_OK)
-        return code;
-    if (check_owner(ctx, record->loan, st) != STATUS_OK)
+    arena *a = rpc_context_arena(ctx);
+    loan_message *loan = NULL;
+    if (!loan_store_find_loan(h->store, req->loan_id, a, &loan)) {
+        if (!rpc_context_may_block(ctx))
+            return RPC_WOULD_BLOCK; /* to the bucket, from a worker thread */
+        loan_record *record = NULL;
+        status_code code = loan_store_get(h->store, req->loan_id, a, &record, st);
+        if (code != STATUS_OK)
+            return code;
+        loan = record->loan;
+    }
+    if (check_owner(ctx, loan, st) != STATUS_OK)
         return st->code;
-    present(record->loan);
-    *response = &record->loan->base;
+    present(loan);
+    *response = &loan->base;
     return STATUS_OK;
 }
 
+/* A loan of a user's history: from the index, or from the bucket when the index lacks it.
+ * NOT_FOUND when the bucket does not hold it either. */
+static status_code history_loan(lending_handlers *h, arena *a, const char *loan_id, loan_message **out,
+                                status *st) {
+    if (loan_store_find_loan(h->store, loan_id, a, out))
+        return STATUS_OK;
+    loan_record *record = NULL;
+    status_code code = loan_store_get(h->store, loan_id, a, &record, st);
+    if (code == STATUS_OK)
+        *out = record->loan;
+    return code;
+}
+
+/* ListLoans pages through the user's history as the index holds it (the bucket's user record
+ * when the index has none), newest first, each loan from the index: no read per loan. */
 static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMessage *request,
                               ProtobufCMessage **response, status *st) {
     lending_handlers *h = state;
@@ -255,45 +282,49 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
         return st->code;
     size_t page_size = query.page_size;
 
-    user_record *record = NULL;
-    status_code code = loan_store_get_user(h->store, query.user_id, a, &record, st);
-    if (code != STATUS_OK)
-        return code;
+    char **history = NULL;
+    size_t history_count = 0;
+    if (!loan_store_find_history(h->store, query.user_id, a, &history, &history_count)) {
+        user_record *record = NULL;
+        status_code code = loan_store_get_user(h->store, query.user_id, a, &record, st);
+        if (code != STATUS_OK)
+            return code;
+        history = record->history;
+        history_count = record->n_history;
+    }
     Library__Lending__V1__ListLoansResponse *out =
         (void *)arena_new_message(a, &library__lending__v1__list_loans_response__descriptor);
     loan_message **loans = arena_alloc(a, page_size * sizeof *loans);
     if (out == NULL || loans == NULL)
         return out_of_memory(st);
+    /* position counts back from the newest, as user_record_history_from_newest does */
     size_t position = 0, count = 0;
     if (query.start_at[0] != '\0') { /* where the previous page stopped, however many came since */
-        while (position < record->n_history &&
-               strcmp(user_record_history_from_newest(record, position), query.start_at) != 0)
+        while (position < history_count && strcmp(history[history_count - 1 - position], query.start_at) != 0)
             position++;
-        if (position == record->n_history)
+        if (position == history_count)
             return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
                               "page_token points at a loan this user's history no longer holds "
                               "(it keeps the newest %d); list again from the start",
                               USER_HISTORY_KEPT);
     }
-    for (; position < record->n_history && count < page_size; position++) {
-        const char *loan_id = user_record_history_from_newest(record, position);
-        loan_record *loan = NULL;
-        code = loan_store_get(h->store, loan_id, a, &loan, st);
+    for (; position < history_count && count < page_size; position++) {
+        loan_message *loan = NULL;
+        status_code code = history_loan(h, a, history[history_count - 1 - position], &loan, st);
         if (code == STATUS_NOT_FOUND)
             continue;
         if (code != STATUS_OK)
             return code;
-        if (req->status != LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_UNSPECIFIED &&
-            loan->loan->status != req->status)
+        if (req->status != LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_UNSPECIFIED && loan->status != req->status)
             continue;
-        present(loan->loan);
-        loans[count++] = loan->loan;
+        present(loan);
+        loans[count++] = loan;
     }
     out->loans = loans;
     out->n_loans = count;
-    if (position < record->n_history) {
+    if (position < history_count) {
         char token[LENDING_PAGE_TOKEN_MAX];
-        lending_page_token_encode(user_record_history_from_newest(record, position), token);
+        lending_page_token_encode(history[history_count - 1 - position], token);
         out->next_page_token = arena_strdup(a, token);
     }
     *response = &out->base;
@@ -305,8 +336,8 @@ static const rpc_method lending_methods[] = {
                     borrow_book, RPC_ACCESS_USER),
     RPC_UNARY_WRITE("ReturnBook", library__lending__v1__return_book_request, library__lending__v1__loan,
                     return_book, RPC_ACCESS_USER),
-    RPC_UNARY("GetLoan", library__lending__v1__get_loan_request, library__lending__v1__loan,
-              get_loan, RPC_ACCESS_USER),
+    RPC_UNARY_NONBLOCKING("GetLoan", library__lending__v1__get_loan_request, library__lending__v1__loan,
+                          get_loan, RPC_ACCESS_USER),
     RPC_UNARY("ListLoans", library__lending__v1__list_loans_request,
               library__lending__v1__list_loans_response, list_loans, RPC_ACCESS_USER),
     RPC_UNARY_WRITE("PlaceHold", library__lending__v1__place_hold_request, library__lending__v1__hold,

@@ -1,27 +1,120 @@
-/* loan_store.c - the loans bucket. */
+/* loan_store.c - the loans bucket, and the read index beside it with its watcher. */
 #include "loan_store.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kv_record.h"
+#include "loan_index.h"
+#include "log.h"
 #include "text.h"
 
 enum { KEY_MAX = 256 };
 
 struct loan_store {
     kv_bucket *bucket;
+    loan_index *index;
+    kv_follow *follow;
+    pthread_t watch_thread;
+    bool watching;
 };
+
+/* --- the read index --------------------------------------------------------------------------- */
+
+/* Keeps the loan as read or written at revision; a failure only leaves the index behind (GetLoan
+ * then reads what it holds, or the bucket on a miss), so it is logged, not returned. */
+static bool index_loan(loan_store *store, arena *a, const loan_message *loan, uint64_t revision) {
+    size_t size = 0;
+    uint8_t *packed = arena_pack(a, &loan->base, &size);
+    if (packed != NULL && loan_index_put_loan(store->index, loan->loan_id, packed, size, revision))
+        return true;
+    LOG_WARN("out of memory: the loan index misses loan %s at revision %llu", loan->loan_id,
+             (unsigned long long)revision);
+    return false;
+}
+
+static bool index_user(loan_store *store, const char *key, const user_record *user, uint64_t revision) {
+    if (loan_index_put_user(store->index, key, (const char *const *)user->history, user->n_history, revision))
+        return true;
+    LOG_WARN("out of memory: the loan index misses user %s at revision %llu", key,
+             (unsigned long long)revision);
+    return false;
+}
+
+/* One change of the bucket: loans and user records are indexed, holds and queues are not.
+ * False when the index missed it. */
+static bool index_change(loan_store *store, arena *a, const kv_change *change) {
+    bool loan = strncmp(change->key, "loan.", 5) == 0, user = strncmp(change->key, "user.", 5) == 0;
+    const char *id = change->key + 5;
+    if (!loan && !user)
+        return true;
+    if (change->deleted) {
+        if (loan)
+            loan_index_remove_loan(store->index, id, change->revision);
+        else
+            loan_index_remove_user(store->index, id, change->revision);
+        return true;
+    }
+    const ProtobufCMessageDescriptor *type = loan ? &library__lending__internal__loan_record__descriptor
+                                                  : &library__lending__internal__user_record__descriptor;
+    ProtobufCMessage *record = arena_unpack(a, type, change->value, change->size);
+    if (record == NULL || (loan && ((loan_record *)record)->loan == NULL)) {
+        LOG_ERROR("a stored record %s at revision %llu does not parse; not indexed", change->key,
+                  (unsigned long long)change->revision);
+        return true;
+    }
+    if (loan)
+        return index_loan(store, a, ((loan_record *)record)->loan, change->revision);
+    return index_user(store, id, (user_record *)record, change->revision);
+}
+
+/* Follows the bucket for good, from its first key: the index fills in the background while
+ * GetLoan and ListLoans read the bucket for what it does not hold yet. A fresh watch (kv_follow
+ * renews one that failed or outlived a NATS reconnect) delivers every key again; the index keeps
+ * the newest revision of each, so nothing needs dropping. */
+static void *watch_main(void *arg) {
+    loan_store *store = arg;
+    arena *a = arena_create(0);
+    if (a == NULL) {
+        LOG_ERROR("out of memory: the loan index follows only this replica's own reads and writes");
+        return NULL;
+    }
+    for (;;) {
+        kv_change change;
+        kv_follow_event what = kv_follow_next(store->follow, 500, &change);
+        if (what == KV_FOLLOW_STOPPED)
+            break;
+        if (what == KV_FOLLOW_CAUGHT_UP)
+            LOG_INFO("loan index: %zu loans, %zu users, %zu bytes", loan_index_loan_count(store->index),
+                     loan_index_user_count(store->index), loan_index_bytes(store->index));
+        if (what == KV_FOLLOW_ENTRY && !index_change(store, a, &change))
+            kv_follow_restart(store->follow); /* the index missed a change: have it again */
+        arena_reset(a);
+    }
+    arena_destroy(a);
+    return NULL;
+}
 
 status_code loan_store_open(nats_connection *connection, int replicas, loan_store **out,
                             status *st) {
     loan_store *store = calloc(1, sizeof *store);
-    if (store == NULL)
-        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    status_code code = kv_bucket_open(connection, "loans", replicas, &store->bucket, st);
-    if (code != STATUS_OK) {
+    if (store == NULL || (store->index = loan_index_create()) == NULL) {
         free(store);
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    }
+    status_code code = kv_bucket_open(connection, "loans", replicas, &store->bucket, st);
+    if (code == STATUS_OK && (store->follow = kv_follow_start(store->bucket, 0)) == NULL)
+        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    if (code == STATUS_OK) {
+        if (pthread_create(&store->watch_thread, NULL, watch_main, store) == 0)
+            store->watching = true;
+        else
+            code = status_set(st, STATUS_INTERNAL, "THREAD", "cannot start the loan watcher");
+    }
+    if (code != STATUS_OK) {
+        loan_store_close(store);
         return code;
     }
     *out = store;
@@ -31,7 +124,13 @@ status_code loan_store_open(nats_connection *connection, int replicas, loan_stor
 void loan_store_close(loan_store *store) {
     if (store == NULL)
         return;
+    if (store->follow)
+        kv_follow_stop(store->follow); /* ends the watch thread's wait */
+    if (store->watching)
+        pthread_join(store->watch_thread, NULL);
+    kv_follow_close(store->follow);
     kv_bucket_close(store->bucket);
+    loan_index_destroy(store->index);
     free(store);
 }
 
@@ -66,13 +165,39 @@ status_code loan_store_get(loan_store *store, const char *loan_id, arena *a, loa
                            status *st) {
     char key[KEY_MAX];
     loan_key(loan_id, key);
-    return kv_record_get(store->bucket, &loan_type, key, loan_id, a, (ProtobufCMessage **)out, st);
+    uint64_t revision = 0;
+    status_code code = kv_record_get_revision(store->bucket, &loan_type, key, loan_id, a, (ProtobufCMessage **)out,
+                                              &revision, st);
+    if (code == STATUS_OK) /* what a caller answers with, the index must not show older */
+        index_loan(store, a, (*out)->loan, revision);
+    return code;
 }
 
 status_code loan_store_create(loan_store *store, const loan_record *record, arena *a, status *st) {
     char key[KEY_MAX];
     loan_key(record->loan->loan_id, key);
-    return kv_record_create(store->bucket, key, &record->base, a, NULL, st);
+    kv_record_written written;
+    status_code code = kv_record_create(store->bucket, key, &record->base, a, &written, st);
+    if (code == STATUS_OK)
+        index_loan(store, a, record->loan, written.revision);
+    return code;
+}
+
+bool loan_store_find_loan(loan_store *store, const char *loan_id, arena *a, loan_message **out) {
+    uint8_t *packed = NULL;
+    size_t size = 0;
+    if (!loan_index_get_loan(store->index, loan_id, a, &packed, &size))
+        return false;
+    loan_message *loan = (loan_message *)arena_unpack(a, &library__lending__v1__loan__descriptor, packed, size);
+    if (loan == NULL)
+        return false;
+    *out = loan;
+    return true;
+}
+
+bool loan_store_find_history(loan_store *store, const char *user_id, arena *a, char ***history, size_t *count) {
+    char key[KEY_MAX];
+    return user_key(a, user_id, key) && loan_index_get_user(store->index, key + 5, a, history, count);
 }
 
 /* A store's typed change as kv_record_update calls it: exactly one is set. */
@@ -100,6 +225,8 @@ status_code loan_store_update(loan_store *store, const char *loan_id, arena *a, 
     kv_record_written written;
     status_code code = kv_record_update(store->bucket, &loan_type, key, loan_id, false, change_record, &typed, a,
                                         &written, st);
+    if (code == STATUS_OK) /* written or not, the record is the bucket's at that revision */
+        index_loan(store, a, ((loan_record *)written.record)->loan, written.revision);
     if (code == STATUS_OK && out)
         *out = (loan_record *)written.record;
     return code;
@@ -126,6 +253,8 @@ status_code loan_store_update_user(loan_store *store, const char *user_id, arena
     kv_record_written written;
     status_code code = kv_record_update(store->bucket, &user_type, key, user_id, true, change_record, &typed, a,
                                         &written, st);
+    if (code == STATUS_OK && written.bytes) /* ListLoans on this replica reads its own borrows */
+        index_user(store, key + 5, (user_record *)written.record, written.revision);
     if (code == STATUS_OK && out)
         *out = (user_record *)written.record;
     return code;

@@ -1,6 +1,11 @@
 /* loan_store.h - loans and per-user records in the JetStream key-value bucket "loans", with
  * compare-and-set updates. The user record is what makes the borrow checks atomic: a borrow
- * adds its loan to the record only if the record did not change since it was checked. */
+ * adds its loan to the record only if the record did not change since it was checked.
+ *
+ * Beside the bucket, a read index (loan_index.h) of every loan and every user's history, kept
+ * by a watcher on the bucket and by every loan this process reads or writes here, so a caller
+ * answered with a loan never reads an older one from the index afterwards; another replica's
+ * writes reach it within the watch delay. */
 #ifndef LENDING_LOAN_STORE_H
 #define LENDING_LOAN_STORE_H
 
@@ -26,6 +31,13 @@ status_code loan_store_open(nats_connection *connection, int replicas, loan_stor
                             status *st);
 void loan_store_close(loan_store *store); /* NULL is a no-op */
 kv_bucket *loan_store_bucket(loan_store *store);
+
+/* From the index, no I/O: the loan (decoded into a), or false when the index does not hold
+ * it yet (then loan_store_get). */
+bool loan_store_find_loan(loan_store *store, const char *loan_id, arena *a, loan_message **out);
+/* From the index, no I/O: the user's history of loan ids, oldest first (in a), or false when
+ * the index does not hold the user (then loan_store_get_user). */
+bool loan_store_find_history(loan_store *store, const char *user_id, arena *a, char ***history, size_t *count);
 
 /* NOT_FOUND (reason LOAN_NOT_FOUND) when missing. */
 status_code loan_store_get(loan_store *store, const char *loan_id, arena *a, loan_record **out,
