@@ -97,6 +97,9 @@ status_code saga_publish_returned(nats_connection *connection, const loan_record
     body.user_id = loan->user_id;
     body.book_id = loan->book_id;
     body.return_time = loan->return_time;
+    body.book_title = loan->book_title;
+    body.due_time = loan->due_time;
+    body.renewal_count = loan->renewal_count;
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
     e.loan_returned = &body;
@@ -125,6 +128,7 @@ static status_code publish_outcome(nats_connection *connection, const loan_recor
         body.book_id = loan->book_id;
         body.book_title = loan->book_title;
         body.reason = loan->cancel_reason;
+        body.due_time = loan->due_time;
         e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED;
         e.loan_canceled = &body;
         return publish_loan_event(connection, record, &e, st);
