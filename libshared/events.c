@@ -84,6 +84,30 @@ static metric_series *published_series(const char *subject) {
                           values);
 }
 
+status_code events_keep_for(nats_connection *connection, int64_t max_age_ms, status *st) {
+    jsCtx *js = nats_connection_jetstream(connection);
+    jsStreamInfo *info = NULL;
+    jsErrCode error = 0;
+    natsStatus s = js_GetStreamInfo(&info, js, EVENTS_STREAM, NULL, &error);
+    if (s != NATS_OK)
+        return nats_status_to_status(s, "looking up the event stream", st);
+    int64_t max_age_ns = max_age_ms * 1000000;
+    if (info->Config->MaxAge == max_age_ns) {
+        jsStreamInfo_Destroy(info);
+        return STATUS_OK;
+    }
+    LOG_INFO("the event stream keeps events for %lld s from now on (it kept them %lld s)",
+             (long long)(max_age_ms / 1000), (long long)(info->Config->MaxAge / 1000000000));
+    info->Config->MaxAge = max_age_ns; /* the rest of the configuration as the server has it */
+    if (max_age_ns > 0 && info->Config->Duplicates > max_age_ns)
+        info->Config->Duplicates = max_age_ns; /* the server refuses a window longer than MaxAge */
+    jsStreamInfo *updated = NULL;
+    s = js_UpdateStream(&updated, js, info->Config, NULL, &error);
+    jsStreamInfo_Destroy(updated);
+    jsStreamInfo_Destroy(info);
+    return s == NATS_OK ? STATUS_OK : nats_status_to_status(s, "setting how long the event stream keeps events", st);
+}
+
 /* Every event type: where it is published and what its ids start with. */
 static const struct {
     event_type type;

@@ -48,6 +48,11 @@ uint32_t events_attempt_for_age(int64_t age_ms, int64_t after_ms);
 /* Creates the stream when it does not exist (file storage, limits retention, replayable). */
 status_code events_ensure_stream(nats_connection *connection, int replicas, status *st);
 
+/* Makes the stream keep each event for max_age_ms (0: for good), changing the stream's
+ * MaxAge when it says otherwise. Lending calls it with RETENTION (docs/decisions.md,
+ * "Retention"); the other services create the stream without a limit and leave it be. */
+status_code events_keep_for(nats_connection *connection, int64_t max_age_ms, status *st);
+
 /* Publishes the event on its type's subject and waits for the stream's acknowledgement. The
  * message id is event->event_id; traceparent travels in the envelope and as a header. */
 status_code events_publish(nats_connection *connection, const event *e, status *st);

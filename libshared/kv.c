@@ -355,6 +355,18 @@ status_code kv_get(kv_bucket *bucket, const char *key, arena *a, kv_value *out, 
     return STATUS_OK;
 }
 
+status_code kv_purge(kv_bucket *bucket, const char *key, status *st) {
+    if (require_connection(bucket, st) != STATUS_OK)
+        return st->code;
+    pthread_mutex_lock(&bucket->cache_lock);
+    cache_slot *slot = cache_slot_of(bucket, key);
+    if (slot->key != NULL && strcmp(slot->key, key) == 0)
+        cache_drop(slot);
+    pthread_mutex_unlock(&bucket->cache_lock);
+    natsStatus s = kvStore_Purge(bucket->store, key, NULL);
+    return s == NATS_OK ? STATUS_OK : nats_status_to_status(s, "purging a key of the store", st);
+}
+
 /* kvStore_Create, with its refusals told apart (kv_create on one server). */
 static status_code unreplicated_create(kv_bucket *bucket, const char *key, const void *data,
                                        size_t size, uint64_t *written, status *st) {

@@ -38,6 +38,10 @@ status_code kv_create(kv_bucket *bucket, const char *key, const void *data, size
 status_code kv_update(kv_bucket *bucket, const char *key, const void *data, size_t size,
                       uint64_t expected_revision, uint64_t *revision, status *st);
 
+/* Removes the key and every revision of it the bucket keeps (a purge: watchers see a delete).
+ * A key that is not there is removed already: STATUS_OK. */
+status_code kv_purge(kv_bucket *bucket, const char *key, status *st);
+
 /* Computes the next value from the current one (current is NULL when the key is missing).
  * Set *next to NULL to write nothing (the change is already there). Any error stops the loop. */
 typedef status_code (*kv_mutation)(void *arg, arena *a, const kv_value *current, uint8_t **next,

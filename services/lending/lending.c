@@ -8,6 +8,10 @@
 #include "auth.h"
 #include "text.h"
 
+bool lending_is_settled(loan_state state, bool release_confirmed) {
+    return state == LOAN_CANCELED || (state == LOAN_RETURNED && release_confirmed);
+}
+
 bool lending_is_overdue(loan_state state, int64_t due_seconds, int64_t now_seconds) {
     return state == LOAN_ACTIVE && due_seconds > 0 && now_seconds > due_seconds;
 }

@@ -29,6 +29,10 @@ status_code lending_may_borrow(const open_loan *loans, size_t count, int64_t now
 
 bool lending_is_overdue(loan_state state, int64_t due_seconds, int64_t now_seconds);
 
+/* Nothing more happens to the loan: CANCELED, or RETURNED with the copy back in the catalog.
+ * Its retention runs from then. */
+bool lending_is_settled(loan_state state, bool release_confirmed);
+
 /* The outcome of the catalog's reservation for a PENDING loan. Returns the new state, or the
  * current one when the loan is past PENDING already (a redelivered event changes nothing). */
 loan_state lending_after_reservation(loan_state current, bool reserved);

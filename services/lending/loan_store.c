@@ -279,6 +279,18 @@ status_code loan_store_get_hold(loan_store *store, const char *hold_id, arena *a
     return kv_record_get(store->bucket, &hold_type, key, hold_id, a, (ProtobufCMessage **)out, st);
 }
 
+status_code loan_store_forget_loan(loan_store *store, const char *loan_id, status *st) {
+    char key[KEY_MAX];
+    loan_key(loan_id, key);
+    return kv_purge(store->bucket, key, st);
+}
+
+status_code loan_store_forget_hold(loan_store *store, const char *hold_id, status *st) {
+    char key[KEY_MAX];
+    snprintf(key, KEY_MAX, "hold.%s", hold_id);
+    return kv_purge(store->bucket, key, st);
+}
+
 status_code loan_store_create_hold(loan_store *store, const hold_record *record, arena *a, status *st) {
     char key[KEY_MAX];
     snprintf(key, KEY_MAX, "hold.%s", record->hold->hold_id);

@@ -59,6 +59,11 @@ typedef status_code (*user_change)(void *arg, arena *a, user_record *record, boo
 status_code loan_store_update_user(loan_store *store, const char *user_id, arena *a,
                                    user_change change, void *arg, user_record **out, status *st);
 
+/* Removes "loan.<id>" or "hold.<id>" and every revision of it, once its retention is over
+ * (retention.h); one not there is removed already. */
+status_code loan_store_forget_loan(loan_store *store, const char *loan_id, status *st);
+status_code loan_store_forget_hold(loan_store *store, const char *hold_id, status *st);
+
 /* Holds: "hold.<id>". NOT_FOUND (reason HOLD_NOT_FOUND) when missing; ALREADY_EXISTS on a
  * second create. */
 status_code loan_store_get_hold(loan_store *store, const char *hold_id, arena *a, hold_record **out,

@@ -13,6 +13,7 @@ static struct {
     int64_t loan_period_ms, max_active_loans, max_holds, max_renewals, borrow_wait_ms, catalog_timeout_ms;
     int64_t fine_per_interval, fine_interval_ms, fine_max_per_loan, fine_block_at;
     int64_t reconcile_interval_ms, reconcile_after_ms, breaker_failures, breaker_open_ms;
+    int64_t retention_ms;
 } settings;
 
 /* Read at start (lending_configure), before anything is opened: a bad file exits 2. */
@@ -46,6 +47,9 @@ static const config_entry lending_config[] = {
      &settings.reconcile_interval_ms, 100, 86400000},
     {"RECONCILE_AFTER", CONFIG_DURATION, "10s", "age at which an unfinished step is redone",
      &settings.reconcile_after_ms, 0, 86400000},
+    {"RETENTION", CONFIG_DURATION, "365d",
+     "how long returned and canceled loans, settled holds and events are kept (0: for good)",
+     &settings.retention_ms, 0, 0},
     {"BREAKER_FAILURES", CONFIG_INT, "5", "catalog failures in a row that open the circuit",
      &settings.breaker_failures, 1, 1000},
     {"BREAKER_OPEN", CONFIG_DURATION, "2s", "how long the open circuit refuses calls",
@@ -70,6 +74,10 @@ static status_code lending_configure(status *st) {
     if (settings.fine_interval_ms % 1000 != 0)
         return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_CONFIG",
                           "FINE_INTERVAL must be whole seconds (got %lld ms)", (long long)settings.fine_interval_ms);
+    if (settings.retention_ms != 0 && settings.retention_ms < 2000)
+        return status_set(st, STATUS_INVALID_ARGUMENT, "BAD_CONFIG",
+                          "RETENTION must be 0 (keep for good) or at least 2s (got %lld ms)",
+                          (long long)settings.retention_ms);
     loan_policy defaults = default_policy();
     return policy_table_load(settings.policy_file, &defaults, &policies, st);
 }
@@ -90,8 +98,11 @@ static status_code lending_start(const service_context *context, void **state, s
     saga_options saga = {.reconcile_interval_ms = settings.reconcile_interval_ms,
                          .reconcile_after_ms = settings.reconcile_after_ms,
                          .ack_wait_ms = context->settings->event_ack_wait_ms,
-                         .event_workers = (int)context->settings->event_workers};
+                         .event_workers = (int)context->settings->event_workers,
+                         .retention_ms = settings.retention_ms};
     status_code code = events_ensure_stream(context->nats, replicas, st);
+    if (code == STATUS_OK)
+        code = events_keep_for(context->nats, settings.retention_ms, st);
     if (code == STATUS_OK)
         code = loan_store_open(context->nats, replicas, &h->store, st);
     if (code == STATUS_OK)

@@ -39,6 +39,7 @@ struct open_loans {
     table loans;
     table users;
     table accounts; /* user keys whose account needs a visit, and from when */
+    int64_t announce_ms; /* an ACTIVE loan unchanged this long is due (0: never) */
 };
 
 static node **table_find(table *t, const char *key, uint64_t hash) {
@@ -206,7 +207,11 @@ size_t open_loans_user_count(const open_loans *index) {
     return index->users.count;
 }
 
-static bool loan_due(const open_loan_facts *facts, int64_t now_ms, int64_t after_ms) {
+void open_loans_announce_every(open_loans *index, int64_t ms) {
+    index->announce_ms = ms;
+}
+
+static bool loan_due(const open_loan_facts *facts, int64_t now_ms, int64_t after_ms, int64_t announce_ms) {
     bool stale = now_ms - facts->update_time_ms >= after_ms;
     switch (facts->state) {
     case LOAN_PENDING:
@@ -214,6 +219,7 @@ static bool loan_due(const open_loan_facts *facts, int64_t now_ms, int64_t after
         return stale;
     case LOAN_ACTIVE:
         return (facts->renewal_unpublished && stale) ||
+               (announce_ms > 0 && now_ms - facts->update_time_ms >= announce_ms) ||
                (!facts->overdue_published && facts->due_seconds != 0 &&
                 lending_is_overdue(LOAN_ACTIVE, facts->due_seconds, now_ms / 1000));
     case LOAN_CANCELED:
@@ -228,7 +234,7 @@ size_t open_loans_due(const open_loans *index, int64_t now_ms, int64_t after_ms,
     const table *t = &index->loans;
     for (size_t i = 0; t->slots && i <= t->mask; i++) {
         for (const node *n = t->slots[i]; n; n = n->next) {
-            if (loan_due(&((const loan_node *)n)->facts, now_ms, after_ms)) {
+            if (loan_due(&((const loan_node *)n)->facts, now_ms, after_ms, index->announce_ms)) {
                 visit(arg, n->key);
                 visited++;
             }

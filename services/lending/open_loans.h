@@ -50,6 +50,10 @@ typedef void (*open_loans_visit)(void *arg, const char *id);
 size_t open_loans_due(const open_loans *index, int64_t now_ms, int64_t after_ms,
                       open_loans_visit visit, void *arg);
 
+/* From now on, an ACTIVE loan unchanged for ms is due too (0, the default: never): the
+ * reconciler announces it again, so the event stream, kept for the retention, holds it. */
+void open_loans_announce_every(open_loans *index, int64_t ms);
+
 /* Visits each user record that lists loans the index has not held as PENDING or ACTIVE
  * (settled, returned, or never stored) at any call for at least after_ms, with those loan
  * ids (at most OPEN_LOANS_USER_MAX per visit), and returns how many records it visited.

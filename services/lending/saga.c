@@ -15,6 +15,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "open_loans.h"
+#include "retention.h"
 #include "text.h"
 #include "user_record.h"
 
@@ -37,6 +38,7 @@ struct lending_saga {
     bool reconciler_running;
     open_loans *open;  /* the reconciler thread's alone */
     open_loans *open_holds; /* holds that may need a step, as "loans" PENDING or RETURNED */
+    retention_queue *settled; /* settled loans and holds, by when they may be forgotten */
     atomic_bool stopping;
 };
 
@@ -106,21 +108,28 @@ status_code saga_publish_returned(nats_connection *connection, const loan_record
     return publish_attempt(connection, record, attempt, &e, st);
 }
 
+/* LoanActivated under subject_id (the loan's id, or an announcement's own). */
+static status_code publish_activated(nats_connection *connection, const loan_record *record,
+                                     const char *subject_id, status *st) {
+    const loan_message *loan = record->loan;
+    Library__Events__V1__LoanActivated body = LIBRARY__EVENTS__V1__LOAN_ACTIVATED__INIT;
+    body.loan_id = loan->loan_id;
+    body.user_id = loan->user_id;
+    body.book_id = loan->book_id;
+    body.book_title = loan->book_title;
+    body.due_time = loan->due_time;
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED;
+    e.loan_activated = &body;
+    return publish_step(connection, record, subject_id, 0, &e, st);
+}
+
 /* LoanActivated or LoanCanceled, as the loan now is; nothing for a loan in another state. */
 static status_code publish_outcome(nats_connection *connection, const loan_record *record, status *st) {
     const loan_message *loan = record->loan;
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
-    if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE) {
-        Library__Events__V1__LoanActivated body = LIBRARY__EVENTS__V1__LOAN_ACTIVATED__INIT;
-        body.loan_id = loan->loan_id;
-        body.user_id = loan->user_id;
-        body.book_id = loan->book_id;
-        body.book_title = loan->book_title;
-        body.due_time = loan->due_time;
-        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED;
-        e.loan_activated = &body;
-        return publish_loan_event(connection, record, &e, st);
-    }
+    if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE)
+        return publish_activated(connection, record, loan->loan_id, st);
     if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED) {
         Library__Events__V1__LoanCanceled body = LIBRARY__EVENTS__V1__LOAN_CANCELED__INIT;
         body.loan_id = loan->loan_id;
@@ -136,7 +145,10 @@ static status_code publish_outcome(nats_connection *connection, const loan_recor
     return STATUS_OK;
 }
 
-static status_code publish_overdue(nats_connection *connection, const loan_record *record, status *st) {
+/* LoanOverdue (under subject_id; NULL: the renewal's step) and LoanRenewed (under
+ * subject_id; NULL: the renewal's step, attempt). */
+static status_code publish_overdue_as(nats_connection *connection, const loan_record *record,
+                                      const char *subject_id, status *st) {
     const loan_message *loan = record->loan;
     Library__Events__V1__LoanOverdue body = LIBRARY__EVENTS__V1__LOAN_OVERDUE__INIT;
     body.loan_id = loan->loan_id;
@@ -146,11 +158,16 @@ static status_code publish_overdue(nats_connection *connection, const loan_recor
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE;
     e.loan_overdue = &body;
-    return publish_renewal_step(connection, record, 0, &e, st);
+    return subject_id ? publish_step(connection, record, subject_id, 0, &e, st)
+                      : publish_renewal_step(connection, record, 0, &e, st);
 }
 
-status_code saga_publish_renewed(nats_connection *connection, const loan_record *record, uint32_t attempt,
-                                 status *st) {
+static status_code publish_overdue(nats_connection *connection, const loan_record *record, status *st) {
+    return publish_overdue_as(connection, record, NULL, st);
+}
+
+static status_code publish_renewed_as(nats_connection *connection, const loan_record *record,
+                                      const char *subject_id, uint32_t attempt, status *st) {
     const loan_message *loan = record->loan;
     Library__Events__V1__LoanRenewed body = LIBRARY__EVENTS__V1__LOAN_RENEWED__INIT;
     body.loan_id = loan->loan_id;
@@ -161,7 +178,34 @@ status_code saga_publish_renewed(nats_connection *connection, const loan_record 
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED;
     e.loan_renewed = &body;
-    return publish_renewal_step(connection, record, attempt, &e, st);
+    return subject_id ? publish_step(connection, record, subject_id, 0, &e, st)
+                      : publish_renewal_step(connection, record, attempt, &e, st);
+}
+
+status_code saga_publish_renewed(nats_connection *connection, const loan_record *record, uint32_t attempt,
+                                 status *st) {
+    return publish_renewed_as(connection, record, NULL, attempt, st);
+}
+
+/* An ACTIVE loan unchanged for half the retention is announced again, as it now is
+ * (LoanActivated, and LoanRenewed and LoanOverdue when they apply), under ids of their own
+ * ("<loan id>-a<ms>"), so the event stream, which keeps RETENTION, always holds what a
+ * rebuilt page needs of every open loan. Nothing else acts on these three events. */
+static status_code announce_again(nats_connection *connection, const loan_record *record, int64_t now_ms,
+                                  status *st) {
+    char subject_id[EVENT_ID_MAX];
+    snprintf(subject_id, sizeof subject_id, "%.64s-a%lld", record->loan->loan_id, (long long)now_ms);
+    status_code code = publish_activated(connection, record, subject_id, st);
+    if (code == STATUS_OK && record->loan->renewal_count > 0) {
+        snprintf(subject_id, sizeof subject_id, "%.64s-n%d-a%lld", record->loan->loan_id,
+                 (int)record->loan->renewal_count, (long long)now_ms);
+        code = publish_renewed_as(connection, record, subject_id, 0, st);
+    }
+    if (code == STATUS_OK && record->overdue_published) {
+        snprintf(subject_id, sizeof subject_id, "%.64s-o-a%lld", record->loan->loan_id, (long long)now_ms);
+        code = publish_overdue_as(connection, record, subject_id, st);
+    }
+    return code;
 }
 
 /* --- metrics -------------------------------------------------------------------------------- */
@@ -172,6 +216,7 @@ enum { OUTCOME_COUNT = sizeof loan_outcomes / sizeof loan_outcomes[0] };
 static metric_series *loans_by_outcome[OUTCOME_COUNT];
 static metric_series *saga_seconds[2]; /* activated, canceled */
 static metric_series *open_loans_gauge;
+static metric_series *forgotten_loans, *forgotten_holds;
 static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
 
 static void metrics_register(void) {
@@ -190,6 +235,11 @@ static void metrics_register(void) {
                       "Loans the reconciler keeps in view: PENDING, ACTIVE, or RETURNED until the copy is back.",
                       (const char *[]){NULL}),
         (const char *[]){NULL});
+    metric_family *forgotten = metrics_counter(
+        "library_lending_forgotten_total", "Settled loans and holds forgotten once their retention was over.",
+        (const char *[]){"kind", NULL});
+    forgotten_loans = metrics_series(forgotten, (const char *[]){"loan", NULL});
+    forgotten_holds = metrics_series(forgotten, (const char *[]){"hold", NULL});
 }
 
 void saga_count_loan(const char *outcome) {
@@ -478,6 +528,17 @@ static status_code mark_overdue(void *arg, arena *a, loan_record *record, bool *
     return STATUS_OK;
 }
 
+/* The loan was announced again at *now_ms: its last change is then. */
+static status_code mark_announced(void *arg, arena *a, loan_record *record, bool *changed, status *st) {
+    (void)a;
+    (void)st;
+    const int64_t *now_ms = arg;
+    *changed = record->update_time_ms < *now_ms;
+    if (*changed)
+        record->update_time_ms = *now_ms;
+    return STATUS_OK;
+}
+
 /* Redoes the unfinished step of one loan, if it has one. */
 static void reconcile_loan(lending_saga *saga, arena *a, const char *loan_id, int64_t now) {
     loan_record *record = NULL;
@@ -511,6 +572,13 @@ static void reconcile_loan(lending_saga *saga, arena *a, const char *loan_id, in
             code = loan_store_update(saga->store, loan_id, a, mark_overdue, &mark, NULL, &st);
         if (code == STATUS_OK && mark.marked)
             saga_count_loan("overdue");
+    }
+    int64_t announce_after = saga->options.retention_ms / 2;
+    if (code == STATUS_OK && announce_after > 0 && loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE &&
+        age >= announce_after) {
+        code = announce_again(saga->connection, record, now, &st);
+        if (code == STATUS_OK)
+            code = loan_store_update(saga->store, loan_id, a, mark_announced, &now, NULL, &st);
     }
     if (code == STATUS_OK && record->renewal_unpublished && stale) {
         LOG_INFO("loan %s was renewed but LoanRenewed may not be out; announcing it again (attempt %u)",
@@ -577,6 +645,10 @@ static void reconcile_user(lending_saga *saga, arena *a, const char *user_id, co
     }
 }
 
+static bool loan_settled(const loan_record *record) {
+    return lending_is_settled((loan_state)record->loan->status, record->release_confirmed);
+}
+
 /* The index of what is open is fed by a watch on the whole bucket: at start it delivers the
  * newest value of every key, then each change. Keys are "loan.<id>" and "user.<key>". False
  * when out of memory: the index missed the change. */
@@ -601,14 +673,19 @@ static bool index_entry(lending_saga *saga, arena *a, const kv_change *change) {
                 .renewal_unpublished = record->renewal_unpublished,
             };
             stored = open_loans_set_loan(saga->open, key + 5, &facts);
+            if (stored && saga->options.retention_ms > 0 && loan_settled(record))
+                stored = retention_queue_push(saga->settled, record->update_time_ms + saga->options.retention_ms,
+                                              RETENTION_LOAN, key + 5);
         }
     } else if (strncmp(key, "hold.", 5) == 0) {
         const hold_record *record = deleted ? NULL
             : (const hold_record *)arena_unpack(a, &library__lending__internal__hold_record__descriptor, data, size);
         open_loan_facts facts = {0};
-        stored = record == NULL || record->hold == NULL || !holds_index_facts(record, &facts)
-                     ? open_loans_set_loan(saga->open_holds, key + 5, NULL)
-                     : open_loans_set_loan(saga->open_holds, key + 5, &facts);
+        bool open = record != NULL && record->hold != NULL && holds_index_facts(record, &facts);
+        stored = open_loans_set_loan(saga->open_holds, key + 5, open ? &facts : NULL);
+        if (stored && !open && record != NULL && record->hold != NULL && saga->options.retention_ms > 0)
+            stored = retention_queue_push(saga->settled, record->update_time_ms + saga->options.retention_ms,
+                                          RETENTION_HOLD, key + 5);
     } else if (strncmp(key, "user.", 5) == 0) {
         const user_record *user = deleted ? NULL
             : (const user_record *)arena_unpack(a, &library__lending__internal__user_record__descriptor, data, size);
@@ -686,6 +763,82 @@ static void visit_account(void *arg, const char *user_key) {
     arena_reset(r->a);
 }
 
+/* --- retention: settled loans and holds forgotten ----------------------------------------- */
+
+/* Records forgotten in one round at most, so a round stays short after a long outage. */
+#define FORGET_PER_ROUND 1000
+
+typedef struct forget_change {
+    const char *id;
+    retention_kind kind;
+    int64_t now_seconds;
+} forget_change;
+
+static status_code forget_from_user(void *arg, arena *a, user_record *record, bool *changed, status *st) {
+    forget_change *forget = arg;
+    (void)a;
+    return forget->kind == RETENTION_LOAN
+               ? user_record_forget_loan(record, forget->id, forget->now_seconds, changed, st)
+               : user_record_forget_hold(record, forget->id, changed, st);
+}
+
+/* The record's retention is over when it is settled and its last change is RETENTION old; then it
+ * leaves its user's history first and the bucket second, so a crash in between leaves a record
+ * the next watch queues again. A loan with a fine still owed stays, and is looked at again
+ * after RECONCILE_AFTER. */
+static void forget_settled(round *r, retention_kind kind, const char *id) {
+    lending_saga *saga = r->saga;
+    status st;
+    status_code code;
+    const char *user_id = NULL;
+    int64_t changed_ms = 0;
+    if (kind == RETENTION_LOAN) {
+        loan_record *record = NULL;
+        code = loan_store_get(saga->store, id, r->a, &record, &st);
+        if (code == STATUS_NOT_FOUND || (code == STATUS_OK && !loan_settled(record)))
+            return; /* gone already, or open again: a later change queues it */
+        if (code == STATUS_OK)
+            user_id = record->loan->user_id, changed_ms = record->update_time_ms;
+    } else {
+        hold_record *record = NULL;
+        code = loan_store_get_hold(saga->store, id, r->a, &record, &st);
+        if (code == STATUS_NOT_FOUND)
+            return;
+        if (code == STATUS_OK) {
+            open_loan_facts facts;
+            if (holds_index_facts(record, &facts))
+                return;
+            user_id = record->hold->user_id, changed_ms = record->update_time_ms;
+        }
+    }
+    int64_t due = changed_ms + saga->options.retention_ms;
+    if (code == STATUS_OK && due > r->now) {
+        retention_queue_push(saga->settled, due, kind, id); /* changed since it was queued */
+        return;
+    }
+    forget_change forget = {.id = id, .kind = kind, .now_seconds = r->now / 1000};
+    if (code == STATUS_OK)
+        code = loan_store_update_user(saga->store, user_id, r->a, forget_from_user, &forget, NULL, &st);
+    if (code == STATUS_OK)
+        code = kind == RETENTION_LOAN ? loan_store_forget_loan(saga->store, id, &st)
+                                      : loan_store_forget_hold(saga->store, id, &st);
+    if (code == STATUS_OK) {
+        metric_add(kind == RETENTION_LOAN ? forgotten_loans : forgotten_holds, 1);
+        return;
+    }
+    if (code != STATUS_FAILED_PRECONDITION)
+        LOG_WARN("forgetting %s %s after its retention: %s", kind == RETENTION_LOAN ? "loan" : "hold", id,
+                 st.message);
+    retention_queue_push(saga->settled, r->now + saga->options.reconcile_after_ms, kind, id);
+}
+
+static void visit_settled(void *arg, retention_kind kind, const char *id) {
+    round *r = arg;
+    if (!atomic_load(&r->saga->stopping))
+        forget_settled(r, kind, id);
+    arena_reset(r->a);
+}
+
 static void reconcile_open(lending_saga *saga, arena *a) {
     round r = {.saga = saga, .a = a, .now = timestamp_now_ms()};
     open_loans_due(saga->open, r.now, saga->options.reconcile_after_ms, visit_loan, &r);
@@ -693,6 +846,7 @@ static void reconcile_open(lending_saga *saga, arena *a) {
     open_loans_users_due(saga->open_holds, r.now, saga->options.reconcile_after_ms, visit_hold_user, &r);
     open_loans_users_due(saga->open, r.now, saga->options.reconcile_after_ms, visit_user, &r);
     open_loans_accounts_due(saga->open, r.now, visit_account, &r);
+    retention_queue_due(saga->settled, r.now, FORGET_PER_ROUND, visit_settled, &r);
     metric_set(open_loans_gauge, (double)open_loans_loan_count(saga->open));
 }
 
@@ -714,6 +868,7 @@ static void *reconciler_main(void *arg) {
         case KV_FOLLOW_RESTART:
             open_loans_clear(saga->open);
             open_loans_clear(saga->open_holds);
+            retention_queue_clear(saga->settled);
             ready = false;
             break;
         case KV_FOLLOW_CAUGHT_UP:
@@ -765,8 +920,11 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
         code = event_consumer_start(connection, &consumer, &saga->consumer, st);
     }
     if (code == STATUS_OK &&
-        ((saga->open = open_loans_create()) == NULL || (saga->open_holds = open_loans_create()) == NULL))
+        ((saga->open = open_loans_create()) == NULL || (saga->open_holds = open_loans_create()) == NULL ||
+         (saga->settled = retention_queue_create()) == NULL))
         code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    if (code == STATUS_OK)
+        open_loans_announce_every(saga->open, options->retention_ms / 2);
     if (code == STATUS_OK) {
         if (pthread_create(&saga->reconciler, NULL, reconciler_main, saga) == 0)
             saga->reconciler_running = true;
@@ -791,6 +949,7 @@ void lending_saga_stop(lending_saga *saga) {
     nats_subscription_close(saga->connection, saga->outcomes);
     open_loans_destroy(saga->open);
     open_loans_destroy(saga->open_holds);
+    retention_queue_destroy(saga->settled);
     pthread_mutex_destroy(&saga->lock);
     pthread_cond_destroy(&saga->changed);
     free(saga);

@@ -21,6 +21,7 @@ typedef struct saga_options {
     int64_t reconcile_after_ms;    /* how old an unfinished step must be before it is redone */
     int64_t ack_wait_ms;           /* redelivery of unacknowledged catalog events */
     int event_workers;             /* catalog events handled at once */
+    int64_t retention_ms;          /* settled loans and holds are forgotten after it; 0: never */
 } saga_options;
 
 status_code lending_saga_start(nats_connection *connection, loan_store *store,

@@ -157,6 +157,38 @@ bool user_record_close_hold(user_record *record, const char *hold_id) {
     return changed;
 }
 
+/* Drops id from list (keeping the order); true when it was there. */
+static bool drop_id(char **list, size_t *count, const char *id) {
+    size_t kept = 0;
+    for (size_t i = 0; i < *count; i++)
+        if (strcmp(list[i], id) != 0)
+            list[kept++] = list[i];
+    bool dropped = kept != *count;
+    *count = kept;
+    return dropped;
+}
+
+status_code user_record_forget_loan(user_record *record, const char *loan_id, int64_t now_seconds, bool *changed,
+                                    status *st) {
+    *changed = false;
+    if (user_record_open_entry(record, loan_id) != NULL)
+        return status_set(st, STATUS_FAILED_PRECONDITION, "STILL_OPEN", "loan %s is still open", loan_id);
+    for (size_t i = 0; i < record->n_fines; i++)
+        if (strcmp(record->fines[i]->loan_id, loan_id) == 0 && fine_owed_at(record->fines[i], now_seconds) > 0)
+            return status_set(st, STATUS_FAILED_PRECONDITION, "FINE_OWED", "loan %s has a fine still owed", loan_id);
+    *changed = drop_id(record->history, &record->n_history, loan_id);
+    return STATUS_OK;
+}
+
+status_code user_record_forget_hold(user_record *record, const char *hold_id, bool *changed, status *st) {
+    *changed = false;
+    for (size_t i = 0; i < record->n_open_holds; i++)
+        if (strcmp(record->open_holds[i]->hold_id, hold_id) == 0)
+            return status_set(st, STATUS_FAILED_PRECONDITION, "STILL_OPEN", "hold %s is still open", hold_id);
+    *changed = drop_id(record->hold_history, &record->n_hold_history, hold_id);
+    return STATUS_OK;
+}
+
 const char *user_record_hold_from_newest(const user_record *record, size_t position) {
     return position < record->n_hold_history ? record->hold_history[record->n_hold_history - 1 - position]
                                              : NULL;

@@ -65,6 +65,16 @@ status_code user_record_add_hold(arena *a, user_record *record, const user_hold 
  * when the record changed. */
 bool user_record_close_hold(user_record *record, const char *hold_id);
 
+/* The loan's retention is over: it leaves the history (ListLoans). FAILED_PRECONDITION
+ * (reason STILL_OPEN or FINE_OWED) while it holds a slot or its fine is not settled at
+ * now_seconds: it stays until then. *changed: the history named it. */
+status_code user_record_forget_loan(user_record *record, const char *loan_id, int64_t now_seconds, bool *changed,
+                                    status *st);
+
+/* The hold's retention is over: it leaves the hold history (ListHolds). FAILED_PRECONDITION
+ * (STILL_OPEN) while it is open. *changed: the history named it. */
+status_code user_record_forget_hold(user_record *record, const char *hold_id, bool *changed, status *st);
+
 /* The hold id `position` places back from the newest in the hold history, or NULL. */
 const char *user_record_hold_from_newest(const user_record *record, size_t position);
 

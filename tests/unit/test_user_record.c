@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "fines.h"
 #include "user_record.h"
 
 static arena *a;
@@ -147,4 +148,55 @@ Test(user_record, the_history_keeps_the_newest_thousand) {
     cr_assert_null(user_record_history_from_newest(record, USER_HISTORY_KEPT));
     cr_assert_eq(add(record, "loan-0000", 5000, 5, &replay, &st), STATUS_OK);
     cr_assert_not(replay, "a loan id that fell off the history is no longer recognised as a replay");
+}
+
+/* --- retention: forgetting a settled loan or hold ------------------------------------------ */
+
+Test(user_record, a_settled_loan_leaves_the_history_and_an_open_one_or_one_owing_a_fine_does_not) {
+    user_record *record = empty_record();
+    bool replay = false, changed = true;
+    status st;
+    for (const char *const *id = (const char *const[]){"loan-a", "loan-b", "loan-c", NULL}; *id; id++)
+        cr_assert_eq(add(record, *id, 5000, 5, &replay, &st), STATUS_OK, "%s", st.message);
+
+    cr_assert_eq(user_record_forget_loan(record, "loan-b", 1000, &changed, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "STILL_OPEN");
+    cr_assert_not(changed);
+    cr_assert_eq(record->n_history, 3, "a refused forget changed the history");
+
+    cr_assert(user_record_follow(record, "loan-b", LOAN_RETURNED));
+    cr_assert(user_record_follow(record, "loan-c", LOAN_RETURNED));
+    fine_entry *fine = (fine_entry *)arena_new_message(a, &library__lending__internal__fine_entry__descriptor);
+    fine->loan_id = "loan-c", fine->amount = 40, fine->paid = 10, fine->fixed = true;
+    record->fines = arena_alloc(a, sizeof *record->fines);
+    record->fines[0] = fine, record->n_fines = 1;
+    cr_assert_eq(user_record_forget_loan(record, "loan-c", 1000, &changed, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "FINE_OWED");
+
+    cr_assert_eq(user_record_forget_loan(record, "loan-b", 1000, &changed, &st), STATUS_OK, "%s", st.message);
+    cr_assert(changed);
+    cr_assert_eq(record->n_history, 2);
+    cr_assert_str_eq(user_record_history_from_newest(record, 0), "loan-c", "the order of the others is kept");
+    cr_assert_str_eq(user_record_history_from_newest(record, 1), "loan-a");
+    cr_assert_eq(user_record_forget_loan(record, "loan-b", 1000, &changed, &st), STATUS_OK, "forgotten twice");
+    cr_assert_not(changed, "a second forget must write nothing");
+
+    fine->paid = 40; /* settled: the loan may go */
+    cr_assert_eq(user_record_forget_loan(record, "loan-c", 1000, &changed, &st), STATUS_OK, "%s", st.message);
+    cr_assert(changed);
+    cr_assert_str_eq(user_record_history_from_newest(record, 0), "loan-a");
+}
+
+Test(user_record, a_closed_hold_leaves_the_hold_history_and_an_open_one_does_not) {
+    user_record *record = empty_record();
+    user_hold hold = {.hold_id = "hold-a", .book_id = "book-1", .now_seconds = 1000, .max_holds = 5};
+    bool replay = false, changed = false;
+    status st;
+    cr_assert_eq(user_record_add_hold(a, record, &hold, &replay, &changed, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(user_record_forget_hold(record, "hold-a", &changed, &st), STATUS_FAILED_PRECONDITION);
+    cr_assert_str_eq(st.reason, "STILL_OPEN");
+    cr_assert(user_record_close_hold(record, "hold-a"));
+    cr_assert_eq(user_record_forget_hold(record, "hold-a", &changed, &st), STATUS_OK, "%s", st.message);
+    cr_assert(changed);
+    cr_assert_null(user_record_hold_from_newest(record, 0));
 }

@@ -1,0 +1,230 @@
+/* test_retention.c - RETENTION in lending, over gRPC against real nats-server, catalog and
+ * lending processes, with a retention of seconds: a returned loan is forgotten (GetLoan
+ * NOT_FOUND, gone from ListLoans) once its retention is over and not before; a loan kept out is
+ * not, and is announced again so that the stream, which keeps events for the retention only,
+ * still holds it while its first events are gone; a canceled hold is forgotten too; a returned loan with a fine still owed stays
+ * until the fine is paid. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "events.h"
+#include "library/lending/v1/lending.pb-c.h"
+#include "stack_fixture.h"
+#include "text.h"
+#include "timestamp.h"
+
+typedef Library__Lending__V1__Loan Loan;
+
+#define LENDING "/library.lending.v1.LendingService/"
+#define ACTIVE LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE
+#define RETENTION_MS 4000
+
+TestSuite(retention, .init = fixture_setup, .fini = fixture_teardown, .timeout = 120);
+
+static status_code call(test_stack *s, const char *method, const ProtobufCMessage *request,
+                        const ProtobufCMessageDescriptor *type, const char *bearer, ProtobufCMessage **out,
+                        status *st) {
+    return harness_call(s->lending_client, arena_sprintf(mem, LENDING "%s", method), request, type, mem, bearer,
+                        out, st);
+}
+
+static Loan *borrow(test_stack *s, const char *bearer, const char *book_id) {
+    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(call(s, "BorrowBook", &request.base, &library__lending__v1__loan__descriptor, bearer, &response, &st),
+                 STATUS_OK, "BorrowBook: %s", st.message);
+    cr_assert_eq(((Loan *)response)->status, ACTIVE, "the borrow did not go through in BORROW_WAIT");
+    return (Loan *)response;
+}
+
+static Loan *give_back(test_stack *s, const char *bearer, const char *loan_id) {
+    Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
+    request.loan_id = (char *)loan_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(call(s, "ReturnBook", &request.base, &library__lending__v1__loan__descriptor, bearer, &response, &st),
+                 STATUS_OK, "ReturnBook: %s", st.message);
+    return (Loan *)response;
+}
+
+static status_code get_loan(test_stack *s, const char *bearer, const char *loan_id, status *st) {
+    Library__Lending__V1__GetLoanRequest request = LIBRARY__LENDING__V1__GET_LOAN_REQUEST__INIT;
+    request.loan_id = (char *)loan_id;
+    ProtobufCMessage *response = NULL;
+    return call(s, "GetLoan", &request.base, &library__lending__v1__loan__descriptor, bearer, &response, st);
+}
+
+typedef Library__Lending__V1__Hold Hold;
+
+static Hold *hold_call(test_stack *s, const char *method, const ProtobufCMessage *request, const char *bearer) {
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(call(s, method, request, &library__lending__v1__hold__descriptor, bearer, &response, &st), STATUS_OK,
+                 "%s: %s", method, st.message);
+    return (Hold *)response;
+}
+
+static status_code get_hold(test_stack *s, const char *bearer, const char *hold_id, status *st) {
+    Library__Lending__V1__GetHoldRequest request = LIBRARY__LENDING__V1__GET_HOLD_REQUEST__INIT;
+    request.hold_id = (char *)hold_id;
+    ProtobufCMessage *response = NULL;
+    return call(s, "GetHold", &request.base, &library__lending__v1__hold__descriptor, bearer, &response, st);
+}
+
+/* Polls GetLoan until NOT_FOUND; the time it first was, or -1 at the deadline. */
+static int64_t forgotten_at(test_stack *s, const char *bearer, const char *loan_id, int64_t deadline_ms) {
+    while (timestamp_now_ms() < deadline_ms) {
+        status st;
+        status_code code = get_loan(s, bearer, loan_id, &st);
+        if (code == STATUS_NOT_FOUND)
+            return timestamp_now_ms();
+        cr_assert_eq(code, STATUS_OK, "GetLoan(%s): %s", loan_id, st.message);
+        harness_sleep_ms(100);
+    }
+    return -1;
+}
+
+static bool lists(test_stack *s, const char *admin, const char *user, const char *loan_id, size_t *count) {
+    Loan **loans = NULL;
+    cr_assert(fixture_list_loans(s->lending_client, mem, admin, user, &loans, count), "ListLoans failed");
+    for (size_t i = 0; i < *count; i++)
+        if (strcmp(loans[i]->loan_id, loan_id) == 0)
+            return true;
+    return false;
+}
+
+/* --- the stream, read back ----------------------------------------------------------------- */
+
+typedef struct seen {
+    const char *loan_id;
+    int events;       /* of the loan */
+    int first_ids;    /* under the loan's own id ("loan-activated-<id>", ...) */
+    int announced;    /* announced again ("...-<id>-a<ms>") */
+} seen;
+
+static status_code see(void *arg, const event *e, uint64_t sequence, status *st) {
+    (void)sequence;
+    (void)st;
+    seen *v = arg;
+    if (e->correlation_id == NULL || strcmp(e->correlation_id, v->loan_id) != 0)
+        return STATUS_OK;
+    v->events++;
+    const char *at = strstr(e->event_id, v->loan_id);
+    if (at != NULL && strncmp(at + strlen(v->loan_id), "-a", 2) == 0)
+        v->announced++;
+    else if (at != NULL && at[strlen(v->loan_id)] == '\0')
+        v->first_ids++;
+    return STATUS_OK;
+}
+
+static seen stream_of(test_stack *s, const char *loan_id) {
+    nats_connection_options options = harness_nats_options(s->nats.url, "retention-test");
+    options.connect_timeout_ms = 5000;
+    nats_connection *connection = NULL;
+    status st;
+    cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
+    seen v = {.loan_id = loan_id};
+    cr_assert_eq(events_replay(connection, EVENTS_LOAN_SUBJECTS, see, &v, NULL, &st), STATUS_OK, "%s", st.message);
+    nats_connection_close(connection);
+    return v;
+}
+
+/* --- the tests ------------------------------------------------------------------------------ */
+
+Test(retention, a_returned_loan_is_forgotten_after_the_retention_and_a_kept_one_is_announced_again) {
+    const char *env[] = {"RETENTION=4s", "RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=1s", NULL};
+    test_stack s;
+    test_stack_start(&s, "retention", env, false, NULL);
+    char id[13];
+    text_random_hex(id, 6);
+    const char *user = arena_sprintf(mem, "reader-%s", id);
+    const char *bearer = harness_bearer(mem, s.dir, user, false);
+    const char *admin = harness_bearer(mem, s.dir, "librarian", true);
+    Loan *kept = borrow(&s, bearer, test_stack_register(&s, "Kept Out", 1)->book_id);
+    Loan *returned = borrow(&s, bearer, test_stack_register(&s, "Given Back", 1)->book_id);
+    Library__Lending__V1__PlaceHoldRequest place = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    place.book_id = (char *)test_stack_register(&s, "Held Then Not", 1)->book_id;
+    Hold *hold = hold_call(&s, "PlaceHold", &place.base, bearer);
+    Library__Lending__V1__CancelHoldRequest cancel = LIBRARY__LENDING__V1__CANCEL_HOLD_REQUEST__INIT;
+    cancel.hold_id = hold->hold_id;
+    hold_call(&s, "CancelHold", &cancel.base, bearer);
+    give_back(&s, bearer, returned->loan_id);
+    int64_t returned_ms = timestamp_now_ms();
+    size_t count = 0;
+    cr_assert(lists(&s, admin, user, returned->loan_id, &count), "ListLoans lost the returned loan at once");
+    cr_assert_eq(count, 2);
+
+    int64_t gone = forgotten_at(&s, bearer, returned->loan_id, returned_ms + RETENTION_MS + 10000);
+    cr_assert_neq(gone, -1, "the returned loan was still there %d ms after its retention", 10000);
+    cr_assert_geq(gone, returned_ms + RETENTION_MS - 100, "forgotten %lld ms after the return, before its retention",
+                  (long long)(gone - returned_ms));
+    cr_assert_not(lists(&s, admin, user, returned->loan_id, &count), "ListLoans still lists the forgotten loan");
+    cr_assert_eq(count, 1, "ListLoans lists %zu loans, the kept one alone expected", count);
+    status st;
+    cr_assert_eq(get_loan(&s, bearer, kept->loan_id, &st), STATUS_OK, "the kept loan went too: %s", st.message);
+    int64_t hold_deadline = timestamp_now_ms() + 5000;
+    status_code hold_code;
+    while ((hold_code = get_hold(&s, bearer, hold->hold_id, &st)) == STATUS_OK && timestamp_now_ms() < hold_deadline)
+        harness_sleep_ms(100);
+    cr_assert_eq(hold_code, STATUS_NOT_FOUND, "the canceled hold outlived its retention: %s %s",
+                 status_code_name(hold_code), st.message);
+
+    /* the stream: the returned loan's events age out; the kept loan's first ones too, but it was
+     * announced again, so a rebuild still finds it */
+    int64_t deadline = timestamp_now_ms() + 10000;
+    seen old = stream_of(&s, returned->loan_id), out = stream_of(&s, kept->loan_id);
+    while ((old.events > 0 || out.first_ids > 0) && timestamp_now_ms() < deadline) {
+        harness_sleep_ms(250);
+        old = stream_of(&s, returned->loan_id);
+        out = stream_of(&s, kept->loan_id);
+    }
+    cr_assert_eq(old.events, 0, "%d events of the forgotten loan are still in the stream", old.events);
+    cr_assert_eq(out.first_ids, 0, "the kept loan's first events outlived the retention");
+    cr_assert_gt(out.announced, 0, "the kept loan was not announced again: a rebuild would lose it");
+    test_stack_stop(&s);
+}
+
+Test(retention, a_loan_with_a_fine_owed_stays_until_the_fine_is_paid) {
+    const char *env[] = {"RETENTION=3s", "RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=1s", "LOAN_PERIOD=2s",
+                         "FINE_INTERVAL=1s", "FINE_PER_INTERVAL=10", "FINE_BLOCK_AT=1000", NULL};
+    test_stack s;
+    test_stack_start(&s, "retention-fine", env, false, NULL);
+    char id[13];
+    text_random_hex(id, 6);
+    const char *user = arena_sprintf(mem, "late-%s", id);
+    const char *bearer = harness_bearer(mem, s.dir, user, false);
+    const char *admin = harness_bearer(mem, s.dir, "librarian", true);
+    Loan *late = borrow(&s, bearer, test_stack_register(&s, "Returned Late", 1)->book_id);
+    while (timestamp_now_ms() < late->due_time->seconds * 1000 + 1500)
+        harness_sleep_ms(100);
+    give_back(&s, bearer, late->loan_id);
+
+    /* past its retention, with the fine owed: still there */
+    harness_sleep_ms(3000 + 2000);
+    status st;
+    cr_assert_eq(get_loan(&s, bearer, late->loan_id, &st), STATUS_OK,
+                 "a loan with a fine owed was forgotten: %s", st.message);
+
+    Library__Lending__V1__GetAccountRequest account_request = LIBRARY__LENDING__V1__GET_ACCOUNT_REQUEST__INIT;
+    account_request.user_id = (char *)user;
+    ProtobufCMessage *account = NULL;
+    cr_assert_eq(call(&s, "GetAccount", &account_request.base, &library__lending__v1__account__descriptor, admin,
+                      &account, &st),
+                 STATUS_OK, "GetAccount: %s", st.message);
+    int64_t owed = ((Library__Lending__V1__Account *)account)->balance;
+    cr_assert_gt(owed, 0, "the late return left no fine");
+    Library__Lending__V1__PayFinesRequest pay = LIBRARY__LENDING__V1__PAY_FINES_REQUEST__INIT;
+    pay.user_id = (char *)user;
+    pay.amount = owed;
+    pay.request_id = "pay-all";
+    cr_assert_eq(call(&s, "PayFines", &pay.base, &library__lending__v1__account__descriptor, admin, &account, &st),
+                 STATUS_OK, "PayFines: %s", st.message);
+
+    /* paid: it goes within RECONCILE_AFTER and a round */
+    cr_assert_neq(forgotten_at(&s, bearer, late->loan_id, timestamp_now_ms() + 10000), -1,
+                  "the loan stayed after its fine was paid");
+    test_stack_stop(&s);
+}
