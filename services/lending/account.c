@@ -100,16 +100,26 @@ status_code account_publish(loan_store *store, nats_connection *connection, aren
     return code;
 }
 
+typedef struct account_visit {
+    int64_t now_ms, retention_ms;
+} account_visit;
+
 static status_code assess_now(void *arg, arena *a, user_record *record, bool *changed, status *st) {
-    const int64_t *now_ms = arg;
-    return account_assess(a, record, *now_ms, changed, st);
+    const account_visit *visit = arg;
+    bool refreshed = false;
+    status_code code = account_assess(a, record, visit->now_ms, changed, st);
+    if (code == STATUS_OK)
+        code = account_refresh(a, record, visit->now_ms, visit->retention_ms, &refreshed, st);
+    *changed = *changed || refreshed;
+    return code;
 }
 
 void account_reconcile(loan_store *store, nats_connection *connection, arena *a, const char *user_id,
-                       int64_t now_ms) {
+                       int64_t now_ms, int64_t retention_ms) {
     user_record *record = NULL;
     status st;
-    status_code code = loan_store_update_user(store, user_id, a, assess_now, &now_ms, &record, &st);
+    account_visit visit = {.now_ms = now_ms, .retention_ms = retention_ms};
+    status_code code = loan_store_update_user(store, user_id, a, assess_now, &visit, &record, &st);
     if (code == STATUS_OK)
         code = account_publish(store, connection, a, user_id, record, &st);
     if (code != STATUS_OK)

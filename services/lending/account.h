@@ -24,9 +24,10 @@ status_code account_waive_fine(void *state, rpc_context *ctx, const ProtobufCMes
 status_code account_publish(loan_store *store, nats_connection *connection, arena *a, const char *user_id,
                             const user_record *record, status *st);
 
-/* The reconciler's visit: the fines brought to now_ms, and every event in the outbox
- * published. Errors are logged; the next round tries again. */
+/* The reconciler's visit: the fines brought to now_ms, the retention's work done
+ * (account_refresh), and every event in the outbox published. Errors are logged; the next
+ * round tries again. */
 void account_reconcile(loan_store *store, nats_connection *connection, arena *a, const char *user_id,
-                       int64_t now_ms);
+                       int64_t now_ms, int64_t retention_ms);
 
 #endif

@@ -433,6 +433,52 @@ int64_t account_next_visit_ms(const user_record *record, int64_t after_ms) {
     return next;
 }
 
+/* A settled fine whose retention is over at now_ms. */
+static bool fine_expired(const user_record *record, const fine_entry *fine, int64_t now_ms, int64_t retention_ms) {
+    return settled(record, fine) && fine->return_time > 0 && fine->return_time <= (now_ms - retention_ms) / 1000;
+}
+
+status_code account_refresh(arena *a, user_record *record, int64_t now_ms, int64_t retention_ms, bool *changed,
+                            status *st) {
+    *changed = false;
+    if (retention_ms <= 0 || record->n_fines == 0)
+        return STATUS_OK;
+    const fine_entry *restated = record->fines[record->n_fines - 1]; /* the newest, or the last to go */
+    size_t kept = 0;
+    for (size_t i = 0; i < record->n_fines; i++)
+        if (!fine_expired(record, record->fines[i], now_ms, retention_ms))
+            record->fines[kept++] = record->fines[i];
+    bool dropped = kept != record->n_fines;
+    record->n_fines = kept;
+    if (kept > 0)
+        restated = record->fines[kept - 1];
+    bool stale = kept > 0 && now_ms - record->account_update_ms >= retention_ms / 2;
+    if (!dropped && !stale)
+        return STATUS_OK;
+    account_event *e = account_changed(a, record, LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED, restated->loan_id,
+                                       restated->amount, now_ms);
+    if (e == NULL)
+        return out_of_memory(st);
+    e->fixed = restated->fixed;
+    *changed = true;
+    return STATUS_OK;
+}
+
+int64_t account_refresh_visit_ms(const user_record *record, int64_t retention_ms) {
+    if (retention_ms <= 0 || record->n_fines == 0)
+        return 0;
+    int64_t next = add_amounts(record->account_update_ms, retention_ms / 2);
+    for (size_t i = 0; i < record->n_fines; i++) {
+        const fine_entry *fine = record->fines[i];
+        if (settled(record, fine) && fine->return_time > 0 && fine->return_time <= INT64_MAX / 1000) {
+            int64_t at = add_amounts(fine->return_time * 1000, retention_ms);
+            if (at < next)
+                next = at;
+        }
+    }
+    return next;
+}
+
 bool account_outbox_done(user_record *record, uint64_t version) {
     size_t kept = 0;
     for (size_t i = 0; i < record->n_account_outbox; i++)

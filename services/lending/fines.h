@@ -89,6 +89,17 @@ account_message *account_view(arena *a, const user_record *record, const char *u
  * to publish (after_ms after it was written). 0: never. */
 int64_t account_next_visit_ms(const user_record *record, int64_t after_ms);
 
+/* Retention (docs/decisions.md, "Retention"; retention_ms 0: nothing happens). A settled
+ * fine whose loan came back retention_ms ago leaves the account, and an account with fines
+ * unchanged for half of retention_ms is announced again, so that the event stream, which
+ * keeps retention_ms, always holds its newest snapshot: either is a new version of the
+ * account with a FineAssessed restating its newest fine in the outbox. *changed when so. */
+status_code account_refresh(arena *a, user_record *record, int64_t now_ms, int64_t retention_ms, bool *changed,
+                            status *st);
+
+/* When account_refresh next has something to do (unix ms), 0: never. */
+int64_t account_refresh_visit_ms(const user_record *record, int64_t retention_ms);
+
 /* Removes the outbox entries up to version (they are published). True when any went. */
 bool account_outbox_done(user_record *record, uint64_t version);
 

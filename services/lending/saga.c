@@ -645,6 +645,11 @@ static void reconcile_user(lending_saga *saga, arena *a, const char *user_id, co
     }
 }
 
+/* The sooner of two times where 0 is never. */
+static int64_t sooner(int64_t x, int64_t y) {
+    return x == 0 ? y : y == 0 ? x : x < y ? x : y;
+}
+
 static bool loan_settled(const loan_record *record) {
     return lending_is_settled((loan_state)record->loan->status, record->release_confirmed);
 }
@@ -703,7 +708,9 @@ static bool index_entry(lending_saga *saga, arena *a, const kv_change *change) {
         for (size_t i = 0; i < holds; i++)
             hold_ids[i] = user->open_holds[i]->hold_id;
         stored = stored && open_loans_set_user(saga->open_holds, key + 5, hold_ids, holds);
-        int64_t account_next = user ? account_next_visit_ms(user, saga->options.reconcile_after_ms) : 0;
+        int64_t account_next = user ? sooner(account_next_visit_ms(user, saga->options.reconcile_after_ms),
+                                             account_refresh_visit_ms(user, saga->options.retention_ms))
+                                    : 0;
         stored = stored && open_loans_set_account(saga->open, key + 5, account_next);
     }
     return stored;
@@ -759,7 +766,7 @@ static void visit_account(void *arg, const char *user_key) {
     round *r = arg;
     char *user_id = round_user(r, user_key);
     if (user_id)
-        account_reconcile(r->saga->store, r->saga->connection, r->a, user_id, r->now);
+        account_reconcile(r->saga->store, r->saga->connection, r->a, user_id, r->now, r->saga->options.retention_ms);
     arena_reset(r->a);
 }
 

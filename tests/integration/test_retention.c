@@ -226,5 +226,17 @@ Test(retention, a_loan_with_a_fine_owed_stays_until_the_fine_is_paid) {
     /* paid: it goes within RECONCILE_AFTER and a round */
     cr_assert_neq(forgotten_at(&s, bearer, late->loan_id, timestamp_now_ms() + 10000), -1,
                   "the loan stayed after its fine was paid");
+    /* and the settled fine leaves the account */
+    int64_t deadline = timestamp_now_ms() + 10000;
+    Library__Lending__V1__Account *now = NULL;
+    do {
+        harness_sleep_ms(200);
+        cr_assert_eq(call(&s, "GetAccount", &account_request.base, &library__lending__v1__account__descriptor, admin,
+                          &account, &st),
+                     STATUS_OK, "GetAccount: %s", st.message);
+        now = (Library__Lending__V1__Account *)account;
+    } while (now->n_fines > 0 && timestamp_now_ms() < deadline);
+    cr_assert_eq(now->n_fines, 0, "the paid fine of a forgotten loan is still in the account");
+    cr_assert_eq(now->balance, 0);
     test_stack_stop(&s);
 }

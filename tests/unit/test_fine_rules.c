@@ -1103,3 +1103,75 @@ Test(fines, the_books_balance_whatever_happens) {
         cr_assert_eq(outbox_balance(record), balance, "round %d: the events tell the balance", round);
     }
 }
+
+/* --- retention: settled fines leave, the account is announced again -------------------------- */
+
+static bool refresh(user_record *record, int64_t now_seconds, int64_t retention_ms) {
+    bool changed = false;
+    status st;
+    cr_assert_eq(account_refresh(a, record, ms(now_seconds), retention_ms, &changed, &st), STATUS_OK, "%s",
+                 st.message);
+    return changed;
+}
+
+Test(fines, a_settled_fine_leaves_after_the_retention_and_an_owed_one_is_restated_at_half_of_it) {
+    const int64_t retention = 10LL * DAY * 1000, back = DUE + 2 * DAY;
+    user_record *record = empty_record();
+    lend(record, "paid", ACTIVE, DUE, daily());
+    lend(record, "owed", ACTIVE, DUE, daily());
+    fix(record, "paid", back, back, true);
+    fix(record, "owed", back, back, true);
+    cr_assert(user_record_follow(record, "paid", LOAN_RETURNED));
+    cr_assert(user_record_follow(record, "owed", LOAN_RETURNED));
+    bool replay = false;
+    status st;
+    cr_assert_eq(pay(record, fine_of(record, "paid")->amount, "all-of-paid", back, &replay, &st), STATUS_OK, "%s",
+                 st.message);
+    account_outbox_done(record, record->account_version);
+    cr_assert_eq(fine_owed_at(fine_of(record, "paid"), back), 0, "the payment went to the older fine first");
+
+    cr_assert_not(refresh(record, back + DAY, 0), "no retention: nothing ever happens");
+    cr_assert_eq(account_refresh_visit_ms(record, 0), 0);
+    cr_assert_not(refresh(record, back + DAY, retention), "a fresh account, nothing settled long ago");
+    cr_assert_eq(account_refresh_visit_ms(record, retention), ms(back) + retention / 2,
+                 "half the retention after the last change comes before the settled fine's end");
+
+    uint64_t version = record->account_version;
+    cr_assert(refresh(record, back + 5 * DAY, retention), "unchanged for half the retention: announced again");
+    cr_assert_eq(record->account_version, version + 1);
+    cr_assert_eq(record->n_account_outbox, 1);
+    cr_assert_eq(record->account_outbox[0]->kind, KIND_ASSESSED);
+    cr_assert_str_eq(record->account_outbox[0]->loan_id, "owed", "the newest fine is restated");
+    cr_assert_eq(record->account_outbox[0]->amount, fine_of(record, "owed")->amount);
+    cr_assert(record->account_outbox[0]->fixed);
+    cr_assert_not_null(fine_of(record, "paid"), "settled 5 days ago: still kept");
+    account_outbox_done(record, record->account_version);
+    cr_assert_not(refresh(record, back + 6 * DAY, retention));
+    cr_assert_eq(account_refresh_visit_ms(record, retention), ms(back) + retention, "the settled fine's end next");
+
+    int64_t balance = account_balance(record, back + 10 * DAY);
+    cr_assert(refresh(record, back + 10 * DAY, retention), "the settled fine's retention is over");
+    cr_assert_null(fine_of(record, "paid"), "the settled fine is still in the account");
+    cr_assert_not_null(fine_of(record, "owed"), "a fine still owed never leaves");
+    cr_assert_eq(account_balance(record, back + 10 * DAY), balance, "forgetting a settled fine moved the balance");
+    cr_assert_eq(record->n_account_outbox, 1, "the change is announced");
+}
+
+Test(fines, the_last_settled_fine_leaving_is_announced_and_then_nothing_more) {
+    const int64_t retention = 10LL * DAY * 1000, back = DUE + DAY;
+    user_record *record = empty_record();
+    lend(record, "a", ACTIVE, DUE, daily());
+    fix(record, "a", back, back, true);
+    cr_assert(user_record_follow(record, "a", LOAN_RETURNED));
+    bool replay = false;
+    status st;
+    cr_assert_eq(pay(record, fine_of(record, "a")->amount, "all", back, &replay, &st), STATUS_OK, "%s", st.message);
+    account_outbox_done(record, record->account_version);
+    cr_assert(refresh(record, back + 10 * DAY, retention));
+    cr_assert_eq(record->n_fines, 0);
+    cr_assert_eq(record->n_account_outbox, 1, "the empty account is announced, so pages drop the fine");
+    cr_assert_str_eq(record->account_outbox[0]->loan_id, "a");
+    account_outbox_done(record, record->account_version);
+    cr_assert_eq(account_refresh_visit_ms(record, retention), 0, "an empty account needs no more visits");
+    cr_assert_not(refresh(record, back + 100 * DAY, retention));
+}
