@@ -629,12 +629,40 @@ void holds_reconcile_user(loan_store *store, nats_connection *connection, arena 
     }
 }
 
+/* The hold was announced again at *now_ms: its last change is then. */
+static status_code mark_announced(void *arg, arena *a, hold_record *record, bool *changed, status *st) {
+    (void)a;
+    (void)st;
+    const int64_t *now_ms = arg;
+    *changed = record->update_time_ms < *now_ms;
+    if (*changed)
+        record->update_time_ms = *now_ms;
+    return STATUS_OK;
+}
+
+/* An open hold's HoldPlaced once more, under an attempt no step ever reaches (the second of
+ * the announcement), so that the catalog answers it anew. */
+static status_code announce_again(loan_store *store, nats_connection *connection, arena *a,
+                                  const hold_record *record, int64_t now_ms, status *st) {
+    status_code code = publish_placed(connection, record, (uint32_t)(now_ms / 1000), st);
+    if (code == STATUS_OK)
+        code = loan_store_update_hold(store, record->hold->hold_id, a, mark_announced, &now_ms, NULL, st);
+    return code;
+}
+
 void holds_reconcile(loan_store *store, nats_connection *connection, arena *a, const char *hold_id,
-                     int64_t now_ms, int64_t after_ms) {
+                     int64_t now_ms, int64_t after_ms, int64_t announce_after_ms) {
     hold_record *record = NULL;
     status st;
-    if (loan_store_get_hold(store, hold_id, a, &record, &st) != STATUS_OK || !needs_step(record))
+    if (loan_store_get_hold(store, hold_id, a, &record, &st) != STATUS_OK)
         return;
+    if (!needs_step(record)) {
+        if (announce_after_ms > 0 && is_open(record->hold->status) &&
+            now_ms - record->update_time_ms >= announce_after_ms &&
+            announce_again(store, connection, a, record, now_ms, &st) != STATUS_OK)
+            LOG_WARN("announcing hold %s again: %s", hold_id, st.message);
+        return;
+    }
     int64_t age = now_ms - record->update_time_ms;
     if (age < after_ms)
         return;

@@ -43,9 +43,11 @@ status_code holds_lost(loan_store *store, arena *a, const char *hold_id, status 
 
 /* The reconciler's step for one hold: a WAITING hold the catalog never answered is announced
  * again (HoldPlaced), a canceled one it never confirmed too (HoldCanceled), with the attempt
- * its age gives. */
+ * its age gives. An open hold unchanged for announce_after_ms (half the retention; 0: never)
+ * is announced again with an attempt of its own, which the catalog answers with the hold's
+ * place in its queue, so the event stream, kept for the retention, always holds it. */
 void holds_reconcile(loan_store *store, nats_connection *connection, arena *a, const char *hold_id,
-                     int64_t now_ms, int64_t after_ms);
+                     int64_t now_ms, int64_t after_ms, int64_t announce_after_ms);
 
 /* The hold in the terms of the reconciler's index of loans (open_loans.h): a WAITING hold the
  * catalog has not answered is PENDING, an open one it has is ACTIVE (no step, but open, so the

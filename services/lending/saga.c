@@ -758,7 +758,8 @@ static void visit_hold_user(void *arg, const char *user_key, const char *const *
 static void visit_hold(void *arg, const char *hold_id) {
     round *r = arg;
     if (!atomic_load(&r->saga->stopping))
-        holds_reconcile(r->saga->store, r->saga->connection, r->a, hold_id, r->now, r->saga->options.reconcile_after_ms);
+        holds_reconcile(r->saga->store, r->saga->connection, r->a, hold_id, r->now, r->saga->options.reconcile_after_ms,
+                        r->saga->options.retention_ms / 2);
     arena_reset(r->a);
 }
 
@@ -930,8 +931,10 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
         ((saga->open = open_loans_create()) == NULL || (saga->open_holds = open_loans_create()) == NULL ||
          (saga->settled = retention_queue_create()) == NULL))
         code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    if (code == STATUS_OK)
+    if (code == STATUS_OK) {
         open_loans_announce_every(saga->open, options->retention_ms / 2);
+        open_loans_announce_every(saga->open_holds, options->retention_ms / 2);
+    }
     if (code == STATUS_OK) {
         if (pthread_create(&saga->reconciler, NULL, reconciler_main, saga) == 0)
             saga->reconciler_running = true;

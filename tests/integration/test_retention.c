@@ -2,10 +2,12 @@
  * lending processes, with a retention of seconds: a returned loan is forgotten (GetLoan
  * NOT_FOUND, gone from ListLoans) once its retention is over and not before; a loan kept out is
  * not, and is announced again so that the stream, which keeps events for the retention only,
- * still holds it while its first events are gone; a canceled hold is forgotten too; a returned loan with a fine still owed stays
+ * still holds it while its first events are gone; a waiting hold likewise, answered by the
+ * catalog each time; a canceled hold is forgotten; a returned loan with a fine still owed stays
  * until the fine is paid. */
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "events.h"
@@ -99,35 +101,36 @@ static bool lists(test_stack *s, const char *admin, const char *user, const char
 /* --- the stream, read back ----------------------------------------------------------------- */
 
 typedef struct seen {
-    const char *loan_id;
-    int events;       /* of the loan */
-    int first_ids;    /* under the loan's own id ("loan-activated-<id>", ...) */
-    int announced;    /* announced again ("...-<id>-a<ms>") */
+    const char *id;   /* of a loan or a hold */
+    int events;       /* whose event id names it */
+    int first_ids;    /* under its own id ("loan-activated-<id>", "hold-placed-<id>", ...) */
+    int announced;    /* announced again ("...-<id>-a<ms>" for a loan, "...-<id>-r<second>" for a hold) */
 } seen;
 
 static status_code see(void *arg, const event *e, uint64_t sequence, status *st) {
     (void)sequence;
     (void)st;
     seen *v = arg;
-    if (e->correlation_id == NULL || strcmp(e->correlation_id, v->loan_id) != 0)
+    const char *at = strstr(e->event_id, v->id);
+    if (at == NULL)
         return STATUS_OK;
+    const char *rest = at + strlen(v->id);
     v->events++;
-    const char *at = strstr(e->event_id, v->loan_id);
-    if (at != NULL && strncmp(at + strlen(v->loan_id), "-a", 2) == 0)
-        v->announced++;
-    else if (at != NULL && at[strlen(v->loan_id)] == '\0')
+    if (*rest == '\0')
         v->first_ids++;
+    else if (strncmp(rest, "-a", 2) == 0 || (strncmp(rest, "-r", 2) == 0 && strtoull(rest + 2, NULL, 10) > 1000000))
+        v->announced++;
     return STATUS_OK;
 }
 
-static seen stream_of(test_stack *s, const char *loan_id) {
+static seen stream_of(test_stack *s, const char *id) {
     nats_connection_options options = harness_nats_options(s->nats.url, "retention-test");
     options.connect_timeout_ms = 5000;
     nats_connection *connection = NULL;
     status st;
     cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
-    seen v = {.loan_id = loan_id};
-    cr_assert_eq(events_replay(connection, EVENTS_LOAN_SUBJECTS, see, &v, NULL, &st), STATUS_OK, "%s", st.message);
+    seen v = {.id = id};
+    cr_assert_eq(events_replay(connection, EVENTS_ALL_SUBJECTS, see, &v, NULL, &st), STATUS_OK, "%s", st.message);
     nats_connection_close(connection);
     return v;
 }
@@ -144,6 +147,12 @@ Test(retention, a_returned_loan_is_forgotten_after_the_retention_and_a_kept_one_
     const char *bearer = harness_bearer(mem, s.dir, user, false);
     const char *admin = harness_bearer(mem, s.dir, "librarian", true);
     Loan *kept = borrow(&s, bearer, test_stack_register(&s, "Kept Out", 1)->book_id);
+    /* a hold that waits: another reader has the only copy */
+    const char *wanted = test_stack_register(&s, "Much Wanted", 1)->book_id;
+    borrow(&s, harness_bearer(mem, s.dir, arena_sprintf(mem, "other-%s", id), false), wanted);
+    Library__Lending__V1__PlaceHoldRequest wait = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    wait.book_id = (char *)wanted;
+    Hold *waiting = hold_call(&s, "PlaceHold", &wait.base, bearer);
     Loan *returned = borrow(&s, bearer, test_stack_register(&s, "Given Back", 1)->book_id);
     Library__Lending__V1__PlaceHoldRequest place = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
     place.book_id = (char *)test_stack_register(&s, "Held Then Not", 1)->book_id;
@@ -175,15 +184,21 @@ Test(retention, a_returned_loan_is_forgotten_after_the_retention_and_a_kept_one_
     /* the stream: the returned loan's events age out; the kept loan's first ones too, but it was
      * announced again, so a rebuild still finds it */
     int64_t deadline = timestamp_now_ms() + 10000;
-    seen old = stream_of(&s, returned->loan_id), out = stream_of(&s, kept->loan_id);
-    while ((old.events > 0 || out.first_ids > 0) && timestamp_now_ms() < deadline) {
+    seen old = stream_of(&s, returned->loan_id), out = stream_of(&s, kept->loan_id),
+         queued = stream_of(&s, waiting->hold_id);
+    while ((old.events > 0 || out.first_ids > 0 || queued.first_ids > 0) && timestamp_now_ms() < deadline) {
         harness_sleep_ms(250);
         old = stream_of(&s, returned->loan_id);
         out = stream_of(&s, kept->loan_id);
+        queued = stream_of(&s, waiting->hold_id);
     }
     cr_assert_eq(old.events, 0, "%d events of the forgotten loan are still in the stream", old.events);
     cr_assert_eq(out.first_ids, 0, "the kept loan's first events outlived the retention");
     cr_assert_gt(out.announced, 0, "the kept loan was not announced again: a rebuild would lose it");
+    cr_assert_eq(queued.first_ids, 0, "the waiting hold's first events outlived the retention");
+    cr_assert_geq(queued.announced, 2, "the waiting hold was not announced again, with the catalog's answer "
+                  "(%d events)", queued.announced);
+    cr_assert_eq(get_hold(&s, bearer, waiting->hold_id, &st), STATUS_OK, "the open hold went: %s", st.message);
     test_stack_stop(&s);
 }
 

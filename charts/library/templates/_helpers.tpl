@@ -177,6 +177,7 @@ FINE_PER_INTERVAL: {{ .Values.config.finePerInterval | toString | quote }}
 FINE_INTERVAL: {{ .Values.config.fineInterval | quote }}
 FINE_MAX_PER_LOAN: {{ .Values.config.fineMaxPerLoan | toString | quote }}
 FINE_BLOCK_AT: {{ .Values.config.fineBlockAt | toString | quote }}
+RETENTION: {{ .Values.config.retention | quote }}
 JWT_ISSUER: {{ .Values.config.jwtIssuer | quote }}
 JWT_AUDIENCE: {{ .Values.config.jwtAudience | quote }}
 NATS_URL: {{ include "library.natsUrl" . | quote }}
@@ -192,7 +193,7 @@ config tables; tools/check-deploy checks them against the sources).
 */}}
 {{- define "library.configKeys" -}}
 {{- $common := list "LOG_LEVEL" "JWT_ISSUER" "JWT_AUDIENCE" "NATS_URL" "NATS_REPLICAS" "DRAIN_GRACE" -}}
-{{- $extra := dict "catalog" (list "HOLD_PICKUP") "lending" (list "LOAN_PERIOD" "MAX_ACTIVE_LOANS" "MAX_RENEWALS" "MAX_HOLDS" "FINE_PER_INTERVAL" "FINE_INTERVAL" "FINE_MAX_PER_LOAN" "FINE_BLOCK_AT" "CATALOG_ADDR") "mypage" (list "REDIS_URL") -}}
+{{- $extra := dict "catalog" (list "HOLD_PICKUP") "lending" (list "LOAN_PERIOD" "MAX_ACTIVE_LOANS" "MAX_RENEWALS" "MAX_HOLDS" "FINE_PER_INTERVAL" "FINE_INTERVAL" "FINE_MAX_PER_LOAN" "FINE_BLOCK_AT" "RETENTION" "CATALOG_ADDR") "mypage" (list "REDIS_URL") -}}
 {{- concat $common (index $extra .) | toJson -}}
 {{- end -}}
 
