@@ -297,6 +297,31 @@ Book *test_stack_register(test_stack *s, const char *title, int copies) {
     return fixture_register_on(s->catalog_client, harness_bearer(mem, s->dir, "admin", true), title, copies);
 }
 
+Library__Lending__V1__Loan *test_stack_borrow_as(test_stack *s, const char *bearer, const char *book_id) {
+    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
+    request.book_id = (char *)book_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(s->lending_client, "/library.lending.v1.LendingService/BorrowBook", &request.base,
+                              &library__lending__v1__loan__descriptor, mem, bearer, &response, &st),
+                 STATUS_OK, "BorrowBook: %s", st.message);
+    Library__Lending__V1__Loan *loan = (Library__Lending__V1__Loan *)response;
+    cr_assert_eq(loan->status, LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE,
+                 "the borrow did not go through in BORROW_WAIT");
+    return loan;
+}
+
+Library__Lending__V1__Loan *test_stack_return_as(test_stack *s, const char *bearer, const char *loan_id) {
+    Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
+    request.loan_id = (char *)loan_id;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(s->lending_client, "/library.lending.v1.LendingService/ReturnBook", &request.base,
+                              &library__lending__v1__loan__descriptor, mem, bearer, &response, &st),
+                 STATUS_OK, "ReturnBook: %s", st.message);
+    return (Library__Lending__V1__Loan *)response;
+}
+
 Library__Lending__V1__Loan *test_stack_borrow_decided(test_stack *s, const char *book_id, const char *user) {
     const char *bearer = harness_bearer(mem, s->dir, user, false);
     Library__Lending__V1__BorrowBookRequest borrow = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;

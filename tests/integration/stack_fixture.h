@@ -86,6 +86,11 @@ Book *test_stack_register(test_stack *s, const char *title, int copies);
 /* BorrowBook of book_id in the stack's lending as user, then GetLoan until the saga has
  * decided (ACTIVE or CANCELED; asserts it does within 10 s). */
 Library__Lending__V1__Loan *test_stack_borrow_decided(test_stack *s, const char *book_id, const char *user);
+/* BorrowBook as bearer on the stack's lending: the loan, asserted ACTIVE (the saga done within
+ * BORROW_WAIT). */
+Library__Lending__V1__Loan *test_stack_borrow_as(test_stack *s, const char *bearer, const char *book_id);
+/* ReturnBook as bearer, asserted OK. */
+Library__Lending__V1__Loan *test_stack_return_as(test_stack *s, const char *bearer, const char *loan_id);
 
 #define SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
 #define NOT_SERVING GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING

@@ -51,32 +51,11 @@ static status_code call(test_stack *s, const char *method, const ProtobufCMessag
                         out, st);
 }
 
-static Loan *borrow(test_stack *s, const char *bearer, const char *book_id) {
-    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
-    request.book_id = (char *)book_id;
-    ProtobufCMessage *response = NULL;
-    status st;
-    cr_assert_eq(call(s, "BorrowBook", &request.base, &library__lending__v1__loan__descriptor, bearer, &response, &st),
-                 STATUS_OK, "BorrowBook: %s", st.message);
-    cr_assert_eq(((Loan *)response)->status, ACTIVE, "the borrow did not go through in BORROW_WAIT");
-    return (Loan *)response;
-}
-
 static status_code try_borrow(test_stack *s, const char *bearer, const char *book_id, status *st) {
     Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
     request.book_id = (char *)book_id;
     ProtobufCMessage *response = NULL;
     return call(s, "BorrowBook", &request.base, &library__lending__v1__loan__descriptor, bearer, &response, st);
-}
-
-static Loan *give_back(test_stack *s, const char *bearer, const char *loan_id) {
-    Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
-    request.loan_id = (char *)loan_id;
-    ProtobufCMessage *response = NULL;
-    status st;
-    cr_assert_eq(call(s, "ReturnBook", &request.base, &library__lending__v1__loan__descriptor, bearer, &response, &st),
-                 STATUS_OK, "ReturnBook: %s", st.message);
-    return (Loan *)response;
 }
 
 static status_code get_account(test_stack *s, const char *bearer, const char *user_id, Account **out, status *st) {
@@ -262,8 +241,8 @@ Test(fines, a_late_loan_accrues_by_started_interval_up_to_the_cap_and_the_return
     test_stack_start(&s, "accrual", env, false, NULL);
     const char *user = unique("late");
     const char *bearer = user_of(&s, user);
-    Loan *first = borrow(&s, bearer, test_stack_register(&s, "Returned Late", 1)->book_id);
-    Loan *second = borrow(&s, bearer, test_stack_register(&s, "Kept Out", 1)->book_id);
+    Loan *first = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Returned Late", 1)->book_id);
+    Loan *second = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Kept Out", 1)->book_id);
     Account *a = NULL;
     status st;
     cr_assert_eq(get_account(&s, bearer, NULL, &a, &st), STATUS_OK, "the reader's own account: %s", st.message);
@@ -287,7 +266,7 @@ Test(fines, a_late_loan_accrues_by_started_interval_up_to_the_cap_and_the_return
     cr_assert_eq(a->balance, f->amount + fine_of(a, second->loan_id)->amount, "the balance is the sum of the fines");
 
     /* the return fixes the first at what it accrued by the return time */
-    Loan *back = give_back(&s, bearer, first->loan_id);
+    Loan *back = test_stack_return_as(&s, bearer, first->loan_id);
     int64_t fixed = accrued(due, back->return_time->seconds, PER, CAP);
     cr_assert_gt(fixed, 0);
     a = account(&s, user);
@@ -306,7 +285,7 @@ Test(fines, a_late_loan_accrues_by_started_interval_up_to_the_cap_and_the_return
     a = account(&s, user);
     cr_assert_eq(fine_of(a, second->loan_id)->amount, CAP, "past the cap");
     cr_assert_eq(fine_of(a, first->loan_id)->amount, fixed, "a fixed fine moved");
-    give_back(&s, bearer, second->loan_id);
+    test_stack_return_as(&s, bearer, second->loan_id);
     a = account(&s, user);
     cr_assert_eq(fine_of(a, second->loan_id)->state, OWED);
     cr_assert_eq(a->balance, fixed + CAP);
@@ -335,8 +314,8 @@ Test(fines, fines_block_borrowing_renewals_and_holds_until_paid_or_waived) {
     const char *user = unique("owes");
     const char *bearer = user_of(&s, user);
     Book *wanted = test_stack_register(&s, "Wanted Next", 3);
-    Loan *first = borrow(&s, bearer, test_stack_register(&s, "Late One", 1)->book_id);
-    Loan *second = borrow(&s, bearer, test_stack_register(&s, "Late Two", 1)->book_id);
+    Loan *first = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Late One", 1)->book_id);
+    Loan *second = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Late Two", 1)->book_id);
     while (timestamp_now_ms() < (second->due_time->seconds + 4) * 1000) /* both at the cap of 30 */
         harness_sleep_ms(100);
     status st;
@@ -346,8 +325,8 @@ Test(fines, fines_block_borrowing_renewals_and_holds_until_paid_or_waived) {
     expect_refused(call(&s, "RenewLoan", &renew.base, &library__lending__v1__loan__descriptor, bearer, &response, &st),
                    &st, STATUS_FAILED_PRECONDITION, "FINES_OWED");
     cr_assert(strstr(st.message, "owe 60") != NULL, "the refusal says what is owed: %s", st.message);
-    give_back(&s, bearer, first->loan_id);
-    give_back(&s, bearer, second->loan_id);
+    test_stack_return_as(&s, bearer, first->loan_id);
+    test_stack_return_as(&s, bearer, second->loan_id);
     cr_assert_eq(account(&s, user)->balance, 60);
     expect_refused(try_borrow(&s, bearer, wanted->book_id, &st), &st, STATUS_FAILED_PRECONDITION, "FINES_OWED");
     Library__Lending__V1__PlaceHoldRequest place = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
@@ -375,7 +354,7 @@ Test(fines, fines_block_borrowing_renewals_and_holds_until_paid_or_waived) {
     cr_assert_eq(a->balance, 45);
     cr_assert_eq(fine_of(a, first->loan_id)->paid, 15);
     cr_assert_eq(fine_of(a, second->loan_id)->paid, 0);
-    Loan *third = borrow(&s, bearer, wanted->book_id);
+    Loan *third = test_stack_borrow_as(&s, bearer, wanted->book_id);
 
     /* the librarian waives the second; a waived fine is not waived again, a loan without a
      * fine has none to waive, an unknown loan is not found */
@@ -390,7 +369,7 @@ Test(fines, fines_block_borrowing_renewals_and_holds_until_paid_or_waived) {
     cr_assert_eq(pay(&s, user, 15, "desk-3", &a, &st), STATUS_OK, "%s", st.message);
     cr_assert_eq(a->balance, 0);
     cr_assert_eq(fine_of(a, first->loan_id)->state, PAID);
-    give_back(&s, bearer, third->loan_id);
+    test_stack_return_as(&s, bearer, third->loan_id);
 
     ledger *l = ledger_at_rest(&s, user, 0);
     cr_assert_eq(ledger_balance(l), 0, "the events add up to %lld", (long long)ledger_balance(l));
@@ -456,7 +435,7 @@ Test(fines, payments_racing_returns_and_accrual_keep_the_balance_equal_to_the_ev
     enum { LOANS = 4, PAYERS = 3 };
     Loan *loans[LOANS];
     for (int i = 0; i < LOANS; i++)
-        loans[i] = borrow(&s, bearer, test_stack_register(&s, arena_sprintf(mem, "Race %d", i), 1)->book_id);
+        loans[i] = test_stack_borrow_as(&s, bearer, test_stack_register(&s, arena_sprintf(mem, "Race %d", i), 1)->book_id);
     harness_sleep_ms(2500); /* every loan late */
 
     atomic_bool stop;
@@ -469,7 +448,7 @@ Test(fines, payments_racing_returns_and_accrual_keep_the_balance_equal_to_the_ev
     }
     for (int i = 0; i < LOANS; i++) { /* returns, while the payers pay and the sweeper assesses */
         harness_sleep_ms(700);
-        give_back(&s, bearer, loans[i]->loan_id);
+        test_stack_return_as(&s, bearer, loans[i]->loan_id);
     }
     harness_sleep_ms(700);
     atomic_store(&stop, true);
@@ -516,7 +495,7 @@ Test(fines, a_kill_9_of_lending_in_the_middle_of_accrual_loses_and_doubles_nothi
     test_stack_start(&s, "restart", env, false, NULL);
     const char *user = unique("restart");
     const char *bearer = user_of(&s, user);
-    Loan *loan = borrow(&s, bearer, test_stack_register(&s, "Accruing Through A Crash", 1)->book_id);
+    Loan *loan = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Accruing Through A Crash", 1)->book_id);
     int64_t due = loan->due_time->seconds;
     while (timestamp_now_ms() < (due + 2) * 1000 + 500) /* two steps assessed */
         harness_sleep_ms(50);
@@ -541,7 +520,7 @@ Test(fines, a_kill_9_of_lending_in_the_middle_of_accrual_loses_and_doubles_nothi
     cr_assert_eq(pay(&s, user, 5, "before-crash", &a, &st), STATUS_OK, "%s", st.message);
     cr_assert_eq(fine_of(a, loan->loan_id)->paid, 5, "a payment retried across the crash was taken twice");
     harness_sleep_ms(1200); /* the restarted sweeper assesses the steps it missed */
-    Loan *back = give_back(&s, bearer, loan->loan_id);
+    Loan *back = test_stack_return_as(&s, bearer, loan->loan_id);
     int64_t fixed = accrued(due, back->return_time->seconds, 10, 1000);
     a = account(&s, user);
     cr_assert_eq(fine_of(a, loan->loan_id)->amount, fixed, "fixed at %lld, expected %lld",
@@ -595,7 +574,7 @@ Test(fines, a_late_return_shows_on_mypage_and_a_payment_is_pushed_to_a_watch) {
     test_stack_start(&s, "mypage", env, true, NULL);
     const char *user = unique("page");
     const char *bearer = user_of(&s, user);
-    Loan *loan = borrow(&s, bearer, test_stack_register(&s, "Shown Late", 1)->book_id);
+    Loan *loan = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Shown Late", 1)->book_id);
     Library__Mypage__V1__WatchMypageRequest request = LIBRARY__MYPAGE__V1__WATCH_MYPAGE_REQUEST__INIT;
     rpc_call_options options = {.timeout_ms = 60000, .authorization = bearer};
     rpc_client_stream *stream = NULL;
@@ -607,7 +586,7 @@ Test(fines, a_late_return_shows_on_mypage_and_a_payment_is_pushed_to_a_watch) {
         harness_sleep_ms(50);
 
     /* the sweeper's assessments reach the page while the loan is out; the return fixes it */
-    Loan *back = give_back(&s, bearer, loan->loan_id);
+    Loan *back = test_stack_return_as(&s, bearer, loan->loan_id);
     int64_t fixed = accrued(loan->due_time->seconds, back->return_time->seconds, 10, 1000);
     Mypage *page = page_with(stream, fixed, OWED, harness_latency_bound_ms(3000));
     cr_assert_eq(page->n_fines, 1);

@@ -31,27 +31,6 @@ static status_code call(test_stack *s, const char *method, const ProtobufCMessag
                         out, st);
 }
 
-static Loan *borrow(test_stack *s, const char *bearer, const char *book_id) {
-    Library__Lending__V1__BorrowBookRequest request = LIBRARY__LENDING__V1__BORROW_BOOK_REQUEST__INIT;
-    request.book_id = (char *)book_id;
-    ProtobufCMessage *response = NULL;
-    status st;
-    cr_assert_eq(call(s, "BorrowBook", &request.base, &library__lending__v1__loan__descriptor, bearer, &response, &st),
-                 STATUS_OK, "BorrowBook: %s", st.message);
-    cr_assert_eq(((Loan *)response)->status, ACTIVE, "the borrow did not go through in BORROW_WAIT");
-    return (Loan *)response;
-}
-
-static Loan *give_back(test_stack *s, const char *bearer, const char *loan_id) {
-    Library__Lending__V1__ReturnBookRequest request = LIBRARY__LENDING__V1__RETURN_BOOK_REQUEST__INIT;
-    request.loan_id = (char *)loan_id;
-    ProtobufCMessage *response = NULL;
-    status st;
-    cr_assert_eq(call(s, "ReturnBook", &request.base, &library__lending__v1__loan__descriptor, bearer, &response, &st),
-                 STATUS_OK, "ReturnBook: %s", st.message);
-    return (Loan *)response;
-}
-
 static status_code get_loan(test_stack *s, const char *bearer, const char *loan_id, status *st) {
     Library__Lending__V1__GetLoanRequest request = LIBRARY__LENDING__V1__GET_LOAN_REQUEST__INIT;
     request.loan_id = (char *)loan_id;
@@ -146,21 +125,21 @@ Test(retention, a_returned_loan_is_forgotten_after_the_retention_and_a_kept_one_
     const char *user = arena_sprintf(mem, "reader-%s", id);
     const char *bearer = harness_bearer(mem, s.dir, user, false);
     const char *admin = harness_bearer(mem, s.dir, "librarian", true);
-    Loan *kept = borrow(&s, bearer, test_stack_register(&s, "Kept Out", 1)->book_id);
+    Loan *kept = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Kept Out", 1)->book_id);
     /* a hold that waits: another reader has the only copy */
     const char *wanted = test_stack_register(&s, "Much Wanted", 1)->book_id;
-    borrow(&s, harness_bearer(mem, s.dir, arena_sprintf(mem, "other-%s", id), false), wanted);
+    test_stack_borrow_as(&s, harness_bearer(mem, s.dir, arena_sprintf(mem, "other-%s", id), false), wanted);
     Library__Lending__V1__PlaceHoldRequest wait = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
     wait.book_id = (char *)wanted;
     Hold *waiting = hold_call(&s, "PlaceHold", &wait.base, bearer);
-    Loan *returned = borrow(&s, bearer, test_stack_register(&s, "Given Back", 1)->book_id);
+    Loan *returned = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Given Back", 1)->book_id);
     Library__Lending__V1__PlaceHoldRequest place = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
     place.book_id = (char *)test_stack_register(&s, "Held Then Not", 1)->book_id;
     Hold *hold = hold_call(&s, "PlaceHold", &place.base, bearer);
     Library__Lending__V1__CancelHoldRequest cancel = LIBRARY__LENDING__V1__CANCEL_HOLD_REQUEST__INIT;
     cancel.hold_id = hold->hold_id;
     hold_call(&s, "CancelHold", &cancel.base, bearer);
-    give_back(&s, bearer, returned->loan_id);
+    test_stack_return_as(&s, bearer, returned->loan_id);
     int64_t returned_ms = timestamp_now_ms();
     size_t count = 0;
     cr_assert(lists(&s, admin, user, returned->loan_id, &count), "ListLoans lost the returned loan at once");
@@ -212,10 +191,10 @@ Test(retention, a_loan_with_a_fine_owed_stays_until_the_fine_is_paid) {
     const char *user = arena_sprintf(mem, "late-%s", id);
     const char *bearer = harness_bearer(mem, s.dir, user, false);
     const char *admin = harness_bearer(mem, s.dir, "librarian", true);
-    Loan *late = borrow(&s, bearer, test_stack_register(&s, "Returned Late", 1)->book_id);
+    Loan *late = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Returned Late", 1)->book_id);
     while (timestamp_now_ms() < late->due_time->seconds * 1000 + 1500)
         harness_sleep_ms(100);
-    give_back(&s, bearer, late->loan_id);
+    test_stack_return_as(&s, bearer, late->loan_id);
 
     /* past its retention, with the fine owed: still there */
     harness_sleep_ms(3000 + 2000);
