@@ -207,7 +207,7 @@ config tables; tools/check-deploy checks them against the sources).
 - name: METRICS_PORT
   value: {{ $values.ports.metrics | toString | quote }}
 - name: JWT_PUBLIC_KEY_FILE
-  value: /etc/library/jwt/{{ $root.Values.jwt.secretKey }}
+  value: {{ if $root.Values.jwt.keySet }}/etc/library/jwt{{ else }}/etc/library/jwt/{{ $root.Values.jwt.secretKey }}{{ end }}
 - name: LOG_LEVEL_FILE
   value: /etc/library/config/LOG_LEVEL
 {{- if eq .component "lending" }}
@@ -233,9 +233,11 @@ config tables; tools/check-deploy checks them against the sources).
 - name: jwt
   secret:
     secretName: {{ include "library.jwtSecretName" . }}
+    {{- if not .Values.jwt.keySet }}
     items:
       - key: {{ .Values.jwt.secretKey }}
         path: {{ .Values.jwt.secretKey }}
+    {{- end }}
 - name: config
   configMap:
     name: {{ include "library.fullname" . }}-config
