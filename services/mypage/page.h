@@ -54,7 +54,7 @@ typedef struct loan_change {
     const char *book_id;
     const char *book_title;
     int64_t event_time_ms;
-    int32_t renewal_count;     /* LoanRenewed: the count, due_seconds the new due time */
+    int32_t renewal_count;     /* LoanRenewed, LoanReturned: the count, due_seconds the due time after it */
     int64_t overdue_for_seconds; /* LoanOverdue: the due time it announces as passed */
 } loan_change;
 
