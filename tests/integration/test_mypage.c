@@ -2311,3 +2311,195 @@ Test(mypage, fines_show_on_the_page_the_newest_snapshot_wins_and_watch_pushes_th
     nats_connection_close(c);
     test_stack_stop(&s);
 }
+
+/* --- retention: settled loans leave the pages ---------------------------------------------------- */
+
+static const char *const retention_env[] = {"EVENT_ACK_WAIT=2s", "RETENTION=3s", NULL};
+
+/* mypage --rebuild with RETENTION as the running service has it. */
+static int rebuild_with_retention(test_stack *s, const char *retention) {
+    char nats_env[160], redis_env[160], retention_setting[64];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s->nats.url);
+    snprintf(redis_env, sizeof redis_env, "REDIS_URL=%s", s->redis.url);
+    snprintf(retention_setting, sizeof retention_setting, "RETENTION=%s", retention);
+    const char *env[] = {nats_env, redis_env, retention_setting, NULL};
+    return harness_service_run("mypage", "--rebuild", s->dir, env, harness_latency_bound_ms(45000));
+}
+
+/* The loan events of one loan in the stream, in stream order (the caller frees them). */
+static collected loan_events_of(nats_connection *connection, const char *loan_id) {
+    collected all = {0}, mine = {0};
+    status st;
+    cr_assert_eq(events_replay(connection, EVENTS_LOAN_SUBJECTS, collect, &all, NULL, &st), STATUS_OK, "%s",
+                 st.message);
+    for (size_t i = 0; i < all.count; i++) {
+        loan_change change;
+        if (page_change_from_event(all.events[i], &change) && strcmp(change.loan_id, loan_id) == 0) {
+            mine.events = realloc(mine.events, (mine.count + 1) * sizeof *mine.events);
+            mine.events[mine.count++] = all.events[i];
+        } else {
+            library__events__v1__event__free_unpacked(all.events[i], NULL);
+        }
+    }
+    free(all.events);
+    return mine;
+}
+
+static void collected_free(collected *c) {
+    for (size_t i = 0; i < c->count; i++)
+        library__events__v1__event__free_unpacked(c->events[i], NULL);
+    free(c->events);
+}
+
+static int count_fields(redisContext *c, const char *pattern_key, const char *prefix) {
+    redisReply *reply = redisCommand(c, "HKEYS %s", pattern_key);
+    cr_assert(reply != NULL && reply->type == REDIS_REPLY_ARRAY, "HKEYS %s failed", pattern_key);
+    int n = 0;
+    for (size_t i = 0; i < reply->elements; i++)
+        n += strncmp(reply->element[i]->str, prefix, strlen(prefix)) == 0;
+    freeReplyObject(reply);
+    return n;
+}
+
+/* RETENTION=3s: of two loans, the returned one leaves the page within the retention and one
+ * sweep (1 s) of its return, with the watcher told; the active one stays. An old event of the
+ * removed loan published again does not bring it back, and a rebuild gives the same page. */
+Test(mypage, a_returned_loan_leaves_the_page_after_the_retention_and_stays_gone) {
+    test_stack s;
+    test_stack_start(&s, "retention", lending_env, true, retention_env);
+    target t = stack_target(&s);
+    const char *user = unique("forgetful");
+    const char **books = make_books(t, 2, 1);
+    Book first = {.book_id = (char *)books[0]}, second = {.book_id = (char *)books[1]};
+    Loan *kept = borrow_ok(t, user, &first), *returned = borrow_ok(t, user, &second);
+    status st;
+    rpc_client_stream *stream = watch(t, harness_bearer(mem, t.dir, user, false), NULL, 30000, &st);
+    cr_assert_eq(return_as(t, mem, user, returned->loan_id, &st), STATUS_OK, "ReturnBook: %s", st.message);
+    int64_t returned_at = harness_now_ms();
+
+    /* the page shows both (the return), then only the active one (the retention) */
+    bool seen_both = false;
+    Mypage *page = NULL;
+    int64_t removed_at = 0;
+    while (removed_at == 0) {
+        cr_assert_eq(next_page(stream, 8000, &page, &st), STATUS_OK, "no page pushed: %s", st.message);
+        cr_assert_not_null(page, "the watch ended");
+        bool has_returned = false;
+        for (size_t i = 0; i < page->n_loans; i++)
+            has_returned |= strcmp(page->loans[i]->loan_id, returned->loan_id) == 0 &&
+                            page->loans[i]->status == RETURNED;
+        if (has_returned && page->n_loans == 2)
+            seen_both = true;
+        else if (seen_both && page->n_loans == 1)
+            removed_at = harness_now_ms();
+    }
+    rpc_client_stream_close(stream);
+    int64_t took_ms = removed_at - returned_at;
+    cr_assert_lt(took_ms, 3000 + 1000 + harness_latency_bound_ms(1500),
+                 "the returned loan left the page %lld ms after its return", (long long)took_ms);
+    cr_assert_geq(took_ms, 2500, "the returned loan left the page %lld ms after its return: before the retention",
+                  (long long)took_ms);
+    cr_assert_str_eq(page->loans[0]->loan_id, kept->loan_id);
+    cr_assert_eq(page->loans[0]->status, ACTIVE);
+    cr_assert_eq(page->borrowed_count, 1);
+    cr_assert_eq(page->overdue_count, 0);
+
+    Mypage *read = page_of(t, user);
+    cr_assert_eq(read->n_loans, 1, "GetMypage lists %zu loans", read->n_loans);
+    cr_assert_str_eq(read->loans[0]->loan_id, kept->loan_id);
+    cr_assert_eq(read->borrowed_count, 1);
+    size_t size = 0;
+    uint8_t *before = arena_pack(mem, &read->base, &size);
+
+    /* the removed loan's events again, as a late redelivery or a republish would bring them */
+    nats_connection *connection = connect_nats(s.nats.url);
+    collected again = loan_events_of(connection, returned->loan_id);
+    cr_assert_geq(again.count, 3, "the stream has %zu events of the returned loan", again.count);
+    for (size_t i = 0; i < again.count; i++) {
+        char *original = again.events[i]->event_id;
+        again.events[i]->event_id = arena_sprintf(mem, "%s-late", original);
+        cr_assert_eq(events_publish(connection, again.events[i], &st), STATUS_OK, "%s", st.message);
+        again.events[i]->event_id = original;
+    }
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000),
+              "mypage's consumer still had events pending after 10 s");
+    harness_sleep_ms(1200); /* and a sweep */
+    size_t size_after = 0;
+    uint8_t *after = arena_pack(mem, &page_of(t, user)->base, &size_after);
+    cr_assert(size_after == size && memcmp(after, before, size) == 0, "an old event brought the loan back");
+
+    /* a rebuild at rest leaves it out too: the same page, byte for byte */
+    cr_assert_eq(rebuild_with_retention(&s, "3s"), 0, "mypage --rebuild failed; log in %s", s.dir);
+    cr_assert_gt(generation_in_use(&s.redis), 0, "the rebuild did not switch generations");
+    after = arena_pack(mem, &page_of(t, user)->base, &size_after);
+    cr_assert(size_after == size && memcmp(after, before, size) == 0, "the rebuild gave another page");
+
+    /* nothing of the loan stays in Redis but its mark, and no fields of other loans went */
+    redisContext *c = harness_redis_connect(s.redis.port);
+    cr_assert(c != NULL && c->err == 0, "cannot reach redis");
+    const char *key = arena_sprintf(mem, "mypage:%llu:%s", (unsigned long long)generation_in_use(&s.redis),
+                                    text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
+    cr_assert_eq(count_fields(c, key, "l:"), 1);
+    cr_assert_eq(count_fields(c, key, "x:"), 1, "the removed loan's mark");
+    redisFree(c);
+    cr_log_info("the returned loan left the page %lld ms after its return (RETENTION=3s)", (long long)took_ms);
+    collected_free(&again);
+    nats_connection_close(connection);
+    test_stack_stop(&s);
+}
+
+/* A loan's LoanReturned alone (all the stream may keep of it) gives the page entry all of its
+ * events give: the same title, due time after its renewals and renewal count. */
+Test(mypage, a_loan_returned_alone_gives_the_page_the_whole_loan_gives) {
+    target t = shared_target();
+    const char *user = unique("whole"), *other = unique("alone");
+    const char **books = make_books(t, 1, 1);
+    Book book = {.book_id = (char *)books[0]};
+    Loan *loan = borrow_ok(t, user, &book);
+    for (int i = 0; i < 2; i++) {
+        Library__Lending__V1__RenewLoanRequest request = LIBRARY__LENDING__V1__RENEW_LOAN_REQUEST__INIT;
+        request.loan_id = loan->loan_id;
+        ProtobufCMessage *response = NULL;
+        status st;
+        status_code code = harness_call(t.lending, LENDING "RenewLoan", &request.base,
+                                        &library__lending__v1__loan__descriptor, mem,
+                                        harness_bearer(mem, t.dir, user, false), &response, &st);
+        cr_assert_eq(code, STATUS_OK, "RenewLoan: %s %s", status_code_name(code), st.message);
+    }
+    status st;
+    cr_assert_eq(return_as(t, mem, user, loan->loan_id, &st), STATUS_OK, "ReturnBook: %s", st.message);
+    nats_connection *connection = connect_nats(fixture_nats_url());
+    cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "mypage", 10000), "mypage's consumer is behind");
+    collected events = loan_events_of(connection, loan->loan_id);
+    event *final = NULL;
+    for (size_t i = 0; i < events.count; i++)
+        if (events.events[i]->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED)
+            final = events.events[i];
+    cr_assert_not_null(final, "no LoanReturned in the stream");
+    /* the same event for another user: their page is built from it alone */
+    char *original_id = final->event_id, *original_user = final->loan_returned->user_id;
+    final->event_id = arena_sprintf(mem, "%s-alone", original_id);
+    final->loan_returned->user_id = (char *)other;
+    cr_assert_eq(events_publish(connection, final, &st), STATUS_OK, "%s", st.message);
+    final->event_id = original_id; /* the event frees its own strings, not the arena's */
+    final->loan_returned->user_id = original_user;
+    cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "mypage", 10000), "mypage's consumer is behind");
+
+    Mypage *whole = page_of(t, user), *alone = page_of(t, other);
+    cr_assert_eq(whole->n_loans, 1);
+    cr_assert_eq(whole->loans[0]->renewal_count, 2);
+    cr_assert_eq(whole->loans[0]->status, RETURNED);
+    alone->user_id = whole->user_id;
+    size_t whole_size = 0, alone_size = 0;
+    uint8_t *x = arena_pack(mem, &whole->base, &whole_size), *y = arena_pack(mem, &alone->base, &alone_size);
+    cr_assert(whole_size == alone_size && memcmp(x, y, whole_size) == 0,
+              "built from the LoanReturned alone: %zu loans, \"%s\", due %lld, %d renewals; from the whole loan: "
+              "\"%s\", due %lld, %d renewals",
+              alone->n_loans, alone->n_loans ? alone->loans[0]->book_title : "",
+              alone->n_loans && alone->loans[0]->due_time ? (long long)alone->loans[0]->due_time->seconds : 0LL,
+              alone->n_loans ? alone->loans[0]->renewal_count : 0, whole->loans[0]->book_title,
+              whole->loans[0]->due_time ? (long long)whole->loans[0]->due_time->seconds : 0LL,
+              whole->loans[0]->renewal_count);
+    collected_free(&events);
+    nats_connection_close(connection);
+}
