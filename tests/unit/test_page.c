@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "page.h"
+#include "retention.h"
 
 #define ACTIVE LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE
 #define PENDING LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING
@@ -609,4 +610,11 @@ Test(page, an_old_final_event_without_the_new_fields_keeps_what_earlier_events_s
     cr_assert_eq(change.status, CANCELED);
     cr_assert_eq(change.due_seconds, 1500, "a canceled loan's due time comes with it");
     cr_assert_str_eq(change.book_title, "Emma");
+}
+
+Test(page, the_sweep_runs_every_tenth_of_the_retention_between_one_second_and_one_minute) {
+    cr_assert_eq(retention_sweep_interval_ms(3000), 1000, "RETENTION=3s: every second");
+    cr_assert_eq(retention_sweep_interval_ms(5 * 60 * 1000), 30000);
+    cr_assert_eq(retention_sweep_interval_ms(365LL * 24 * 60 * 60 * 1000), 60000, "the default: every minute");
+    cr_assert_eq(retention_sweep_interval_ms(1), 1000);
 }
