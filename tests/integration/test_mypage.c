@@ -2511,3 +2511,149 @@ Test(mypage, a_loan_returned_alone_gives_the_page_the_whole_loan_gives) {
     collected_free(&events);
     nats_connection_close(connection);
 }
+
+/* --- retention in the store itself, on a Redis of its own (the sweep would take the shared
+ * pages' settled loans too) --------------------------------------------------------------------- */
+
+typedef struct removal_tally {
+    pthread_t thread;
+    page_store *store;
+    int64_t now_ms;
+    atomic_int *told;
+    int steps;
+    bool failed;
+} removal_tally;
+
+static void count_removed(void *arg, const char *user_id) {
+    (void)user_id;
+    atomic_fetch_add(((removal_tally *)arg)->told, 1);
+}
+
+static void *sweeper_main(void *arg) {
+    removal_tally *tally = arg;
+    bool more = true;
+    while (more && !tally->failed) {
+        status st;
+        tally->failed = page_store_sweep(tally->store, tally->now_ms, 25, &more, count_removed, tally, &st) != STATUS_OK;
+        tally->steps++;
+    }
+    return NULL;
+}
+
+static loan_change loan_event(const char *user, const char *loan_id, int status_value, int rank, int64_t at_ms) {
+    return (loan_change){.user_id = user, .loan_id = loan_id, .status = status_value, .rank = rank,
+                         .due_seconds = at_ms / 1000 + 600, .book_id = "kept-book", .book_title = "Kept",
+                         .event_time_ms = at_ms};
+}
+
+static void apply_loan(page_store *store, loan_change change, uint64_t sequence) {
+    status st;
+    cr_assert_eq(page_store_apply(store, &change, sequence, NULL, &st), STATUS_OK, "%s", st.message);
+}
+
+static Mypage *stored_page(page_store *store, const char *user) {
+    Mypage *page = NULL;
+    status st;
+    cr_assert_eq(page_store_load(store, mem, user, &page, &st), STATUS_OK, "%s", st.message);
+    return page;
+}
+
+/* RETENTION=2s in the store: a final event older than that never shows, nor does its loan's
+ * fine or a later copy of its events; one younger leaves at the sweep 2 s after it, with its
+ * fine, open loans stay; the marks go two retentions after the settle time; and two replicas
+ * sweeping 200 pages at once remove each loan once. */
+Test(mypage, the_store_removes_settled_loans_once_and_keeps_them_removed) {
+    const char *dir = arena_sprintf(mem, "%s/retention-store", fixture_dir());
+    mkdir(dir, 0700);
+    harness_process redis;
+    cr_assert(harness_redis_start(dir, 0, &redis), "redis-server did not start");
+    page_store *store = NULL, *replica = NULL;
+    status st;
+    cr_assert_eq(page_store_open(redis.url, &mypage_login, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(page_store_open(redis.url, &mypage_login, 2000, NULL, &replica, &st), STATUS_OK, "%s", st.message);
+    page_store_set_retention(store, 2000);
+    page_store_set_retention(replica, 2000);
+    int64_t now = timestamp_now_ms();
+
+    /* settled long ago: its final event puts nothing on the page, and nothing brings it back */
+    const char *user = "keeper", *old = new_hold_id(), *recent = new_hold_id(), *open = new_hold_id();
+    apply_loan(store, loan_event(user, old, PENDING, PAGE_RANK_PENDING, now - 9000), 1);
+    apply_loan(store, loan_event(user, old, RETURNED, PAGE_RANK_FINAL, now - 5000), 2);
+    apply_loan(store, loan_event(user, old, ACTIVE, PAGE_RANK_ACTIVE, now - 8000), 3);
+    apply_loan(store, loan_event(user, open, ACTIVE, PAGE_RANK_ACTIVE, now - 100000), 4);
+    apply_loan(store, loan_event(user, recent, RETURNED, PAGE_RANK_FINAL, now - 500), 5);
+    event *fined = account_event(LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED, user, old, 1, 40, 0, FINE_OWED, now);
+    account_change fine;
+    cr_assert(page_account_change_from_event(mem, fined, &fine));
+    cr_assert_eq(page_store_apply_account(store, &fine, NULL, &st), STATUS_OK, "%s", st.message);
+    fined = account_event(LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED, user, recent, 2, 30, 0, FINE_OWED, now);
+    cr_assert(page_account_change_from_event(mem, fined, &fine));
+    cr_assert_eq(page_store_apply_account(store, &fine, NULL, &st), STATUS_OK, "%s", st.message);
+    Mypage *page = stored_page(store, user);
+    cr_assert_eq(page->n_loans, 2, "the page lists %zu loans", page->n_loans);
+    cr_assert_str_eq(page->loans[0]->loan_id, recent);
+    cr_assert_eq(page->loans[0]->fine, 30);
+    cr_assert_str_eq(page->loans[1]->loan_id, open);
+    cr_assert_eq(page->borrowed_count, 1);
+
+    redisContext *c = harness_redis_connect(redis.port);
+    const char *key = arena_sprintf(mem, "mypage:0:%s", text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
+    cr_assert_eq(count_fields(c, key, "x:"), 1, "the loan settled long ago is marked");
+    cr_assert_eq(count_fields(c, key, "f:"), 1, "only the loan on the page has a fine");
+
+    /* a sweep before the retention changes nothing; one after it takes the recent loan, and
+     * the mark of the old one (settled two retentions before) */
+    atomic_int told = 0;
+    removal_tally early = {.store = store, .now_ms = now - 1500, .told = &told};
+    sweeper_main(&early);
+    cr_assert_not(early.failed);
+    cr_assert_eq(atomic_load(&told), 0);
+    cr_assert_eq(count_fields(c, key, "x:"), 1);
+    removal_tally due = {.store = store, .now_ms = now + 1600, .told = &told};
+    sweeper_main(&due);
+    cr_assert_eq(atomic_load(&told), 1, "the user whose page lost a loan is told once");
+    page = stored_page(store, user);
+    cr_assert_eq(page->n_loans, 1);
+    cr_assert_str_eq(page->loans[0]->loan_id, open, "the open loan stays, however old");
+    cr_assert_eq(page->borrowed_count, 1);
+    cr_assert_eq(count_fields(c, key, "f:"), 0, "the fine went with its loan");
+    cr_assert_eq(count_fields(c, key, "x:"), 1, "the old mark went, the recent loan's came");
+    apply_loan(store, loan_event(user, recent, ACTIVE, PAGE_RANK_ACTIVE, now - 1000), 6);
+    cr_assert_eq(page_store_apply_account(store, &fine, NULL, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(stored_page(store, user)->n_loans, 1, "a late copy of an event brought the loan back");
+    cr_assert_eq(count_fields(c, key, "f:"), 0, "a snapshot listing its fine gave it back its fine");
+    /* the recent loan's mark goes two retentions after it settled (now - 500) */
+    removal_tally marks = {.store = store, .now_ms = now + 3400, .told = &told};
+    sweeper_main(&marks);
+    cr_assert_eq(count_fields(c, key, "x:"), 1);
+    marks.now_ms = now + 3600;
+    sweeper_main(&marks);
+    cr_assert_eq(count_fields(c, key, "x:"), 0);
+    cr_assert_eq(atomic_load(&told), 1, "dropping a mark changes no page");
+
+    /* two replicas sweep 200 pages at once, 25 loans a step: each loan leaves once */
+    enum { USERS = 200 };
+    for (int i = 0; i < USERS; i++) {
+        const char *someone = arena_sprintf(mem, "reader-%d", i);
+        apply_loan(store, loan_event(someone, new_hold_id(), RETURNED, PAGE_RANK_FINAL, now), (uint64_t)(10 + i));
+    }
+    atomic_store(&told, 0);
+    removal_tally one = {.store = store, .now_ms = now + 2000, .told = &told};
+    removal_tally two = {.store = replica, .now_ms = now + 2000, .told = &told};
+    pthread_create(&one.thread, NULL, sweeper_main, &one);
+    pthread_create(&two.thread, NULL, sweeper_main, &two);
+    pthread_join(one.thread, NULL);
+    pthread_join(two.thread, NULL);
+    cr_assert(!one.failed && !two.failed);
+    cr_assert_eq(atomic_load(&told), USERS, "%d pages were told of a removal, want %d", atomic_load(&told), USERS);
+    for (int i = 0; i < USERS; i += 37)
+        cr_assert_eq(stored_page(store, arena_sprintf(mem, "reader-%d", i))->n_loans, 0);
+    redisReply *reply = redisCommand(c, "ZCARD mypage:0:retention:settled");
+    cr_assert_eq(reply->integer, 0);
+    freeReplyObject(reply);
+    cr_log_info("two replicas swept %d pages in %d + %d steps", USERS, one.steps, two.steps);
+    redisFree(c);
+    page_store_close(store);
+    page_store_close(replica);
+    harness_process_stop(&redis, SIGTERM, 5000);
+}
