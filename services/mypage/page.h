@@ -24,6 +24,10 @@
  * "f:<loan id>" = "version|amount", replaced the same way, so a loan keeps the fine last
  * assessed for it after its fine has left the newest snapshot's list.
  *
+ * A settled loan leaves the page RETENTION after its final event, with its "r:" and "f:";
+ * "x:<loan id>" = the settle time (ms) marks it as removed for a while, so no later event puts
+ * it back (page_store.h). page_build ignores the marks.
+ *
  * Applying an event is a merge that is idempotent and does not depend on order: a loan only
  * moves forward in rank (PENDING 1 < ACTIVE 2 < CANCELED, RETURNED 3); an event of the
  * loan's current rank only adds its overdue flag; any event fills in fields the page lacks;
