@@ -7,11 +7,12 @@
 
 #include "handlers.h"
 #include "projection.h"
+#include "retention.h"
 #include "service.h"
 
 static struct {
     const char *redis_url, *redis_user, *redis_password, *redis_password_file;
-    int64_t redis_timeout_ms, redis_check_interval_ms, max_watchers, max_watchers_per_user;
+    int64_t redis_timeout_ms, redis_check_interval_ms, max_watchers, max_watchers_per_user, retention_ms;
 } settings;
 
 static const config_entry mypage_config[] = {
@@ -33,6 +34,9 @@ static const config_entry mypage_config[] = {
     {"MAX_WATCHERS_PER_USER", CONFIG_INT, "8",
      "WatchMypage streams on one user's page that one server keeps open (a reader's devices)",
      &settings.max_watchers_per_user, 1, 1000000},
+    {"RETENTION", CONFIG_DURATION, "365d",
+     "how long a returned or canceled loan stays on its page after it settled (\"0\": for ever)",
+     &settings.retention_ms, 0, 36500LL * 24 * 60 * 60 * 1000},
 };
 
 /* The Redis login from the settings; a bad combination is a configuration error. */
@@ -60,6 +64,7 @@ static status_code redis_check_login(page_store *store, status *st) {
 typedef struct mypage_service {
     page_store *store;
     projection *projection;
+    retention_sweeper *sweeper;
     mypage_handlers handlers;
     bool handlers_ready;
     pthread_t checker;
@@ -90,6 +95,7 @@ static void mypage_stop(void *state) {
     atomic_store(&m->stopping, true);
     if (m->checker_running)
         pthread_join(m->checker, NULL);
+    retention_stop(m->sweeper);
     projection_stop(m->projection);
     if (m->handlers_ready)
         mypage_handlers_destroy(&m->handlers);
@@ -123,6 +129,8 @@ static status_code mypage_start(const service_context *context, void **state, st
     if (code == STATUS_OK)
         code = projection_start(context->nats, m->store, context->settings->event_ack_wait_ms,
                                 (int)context->settings->event_workers, &m->projection, st);
+    if (code == STATUS_OK)
+        code = retention_start(context->nats, m->store, settings.retention_ms, &m->sweeper, st);
     if (code == STATUS_OK) {
         if (pthread_create(&m->checker, NULL, redis_checker_main, m) == 0)
             m->checker_running = true;
@@ -147,8 +155,11 @@ static int mypage_rebuild(const service_context *context) {
     status_code code = redis_login_load(&login, &st);
     if (code == STATUS_OK)
         code = page_store_open(settings.redis_url, &login, settings.redis_timeout_ms, NULL, &store, &st);
-    if (code == STATUS_OK)
+    if (code == STATUS_OK) {
+        /* the replay leaves out what the live pages no longer show (page_store.h) */
+        page_store_set_retention(store, settings.retention_ms);
         code = projection_rebuild(context->nats, store, &events, &st);
+    }
     page_store_close(store);
     if (code != STATUS_OK) {
         LOG_ERROR("rebuild failed: %s", st.message);

@@ -54,6 +54,7 @@ bool page_change_from_event(const event *e, loan_change *out) {
         out->rank = PAGE_RANK_FINAL;
         out->book_id = e->loan_canceled->book_id;
         out->book_title = e->loan_canceled->book_title;
+        out->due_seconds = page_seconds(e->loan_canceled->due_time);
         break;
     case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED:
         out->user_id = e->loan_returned->user_id;
@@ -61,6 +62,13 @@ bool page_change_from_event(const event *e, loan_change *out) {
         out->status = LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED;
         out->rank = PAGE_RANK_FINAL;
         out->book_id = e->loan_returned->book_id;
+        /* what the page shows of the loan, so this event alone rebuilds it (the stream keeps
+         * only RETENTION); an older LoanReturned has none of it, and the merge keeps what
+         * earlier events put there (page_store.c) */
+        out->book_title = e->loan_returned->book_title;
+        out->due_seconds = page_seconds(e->loan_returned->due_time);
+        if (e->loan_returned->renewal_count > 0 && out->due_seconds > 0)
+            out->renewal_count = e->loan_returned->renewal_count;
         break;
     case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE:
         out->user_id = e->loan_overdue->user_id;

@@ -24,6 +24,10 @@
  * "f:<loan id>" = "version|amount", replaced the same way, so a loan keeps the fine last
  * assessed for it after its fine has left the newest snapshot's list.
  *
+ * A settled loan leaves the page RETENTION after its final event, with its "r:" and "f:";
+ * "x:<loan id>" = the settle time (ms) marks it as removed for a while, so no later event puts
+ * it back (page_store.h). page_build ignores the marks.
+ *
  * Applying an event is a merge that is idempotent and does not depend on order: a loan only
  * moves forward in rank (PENDING 1 < ACTIVE 2 < CANCELED, RETURNED 3); an event of the
  * loan's current rank only adds its overdue flag; any event fills in fields the page lacks;
@@ -54,7 +58,7 @@ typedef struct loan_change {
     const char *book_id;
     const char *book_title;
     int64_t event_time_ms;
-    int32_t renewal_count;     /* LoanRenewed: the count, due_seconds the new due time */
+    int32_t renewal_count;     /* LoanRenewed, LoanReturned: the count, due_seconds the due time after it */
     int64_t overdue_for_seconds; /* LoanOverdue: the due time it announces as passed */
 } loan_change;
 

@@ -21,15 +21,56 @@ enum { POOL_SIZE = 16, CLEANUP_BATCH = 500, MAX_ARGS = CLEANUP_BATCH + 16, PIPE_
 #define KEY_BUILDING "mypage:building"
 #define KEY_NEXT "mypage:next"
 
+/* The Lua the loan and sweep scripts share. "mypage:<generation>:retention:settled" holds
+ * "<user>|<loan id>" of each settled loan on a page of the generation, scored by its final
+ * event's time (ms); "...:retention:removed" the same for the loans retention removed, whose
+ * page keeps "x:<loan id>" = that time so no later event brings the loan back, until the
+ * sweep drops it another retention later (page_store.h). remove() takes the loan, its
+ * renewals and its fine off the page and answers whether the page had it. */
+#define RETENTION_LUA                                                                           \
+    "local function newer_time(key, time)\n"                                                   \
+    "  if tonumber(time) > tonumber(redis.call('HGET', key, 't') or '0') then\n"               \
+    "    redis.call('HSET', key, 't', time)\n"                                                 \
+    "    return 1\n"                                                                           \
+    "  end\n"                                                                                  \
+    "  return 0\n"                                                                             \
+    "end\n"                                                                                    \
+    "local function remove(generation, user, loan, settled_at)\n"                              \
+    "  local prefix = 'mypage:' .. generation .. ':'\n"                                        \
+    "  local key, member = prefix .. user, user .. '|' .. loan\n"                              \
+    "  local had = redis.call('HDEL', key, 'l:' .. loan, 'r:' .. loan, 'f:' .. loan) > 0\n"    \
+    "  redis.call('HSET', key, 'x:' .. loan, settled_at)\n"                                    \
+    "  redis.call('ZREM', prefix .. 'retention:settled', member)\n"                            \
+    "  redis.call('ZADD', prefix .. 'retention:removed', settled_at, member)\n"                \
+    "  return had\n"                                                                           \
+    "end\n"                                                                                    \
+    "local function settle(generation, user, loan, at, now, retention)\n"                      \
+    "  if at <= 0 then return false end\n"                                                     \
+    "  local settled, member = 'mypage:' .. generation .. ':retention:settled', user .. '|' .. loan\n" \
+    "  local before = tonumber(redis.call('ZSCORE', settled, member) or '0')\n"                \
+    "  if at < before then at = before end\n"                                                  \
+    "  if retention > 0 and at <= now - retention then\n"                                      \
+    "    return remove(generation, user, loan, string.format('%d', at))\n"                     \
+    "  end\n"                                                                                  \
+    "  if at > before then redis.call('ZADD', settled, at, member) end\n"                      \
+    "  return false\n"                                                                         \
+    "end\n"
+
 /* KEYS: generation, building. ARGV: user (base64url), loan id, seq, rank, status, due,
  * overdue, book id, title, event time (ms), generation to write ("" = the one in use and the
- * one being built), renewal count, renewed due, overdue-for due. Returns 1 when the page (in
- * use, or the given generation) changed.
+ * one being built), renewal count, renewed due, overdue-for due, now (ms), retention (ms, 0 =
+ * forever). Returns 1 when the page (in use, or the given generation) changed.
  * The merge is idempotent and order-free (page.h), so the result depends only on the set of
  * events applied: the seq kept is the loan's earliest, which orders the page; "r:" keeps the
- * highest renewal count with its due time, and the latest due time announced overdue. */
+ * highest renewal count with its due time, and the latest due time announced overdue.
+ * Retention (page_store.h): a final event enters the loan in the generation's "settled" set,
+ * scored by the latest final event time seen; one older than the retention removes the loan
+ * at once; and no event brings back a removed loan (its "x:" field). */
 static const char apply_source[] =
-    "local function apply(key)\n"
+    RETENTION_LUA
+    "local function apply(generation)\n"
+    "  local key = 'mypage:' .. generation .. ':' .. ARGV[1]\n"
+    "  if redis.call('HEXISTS', key, 'x:' .. ARGV[2]) == 1 then return newer_time(key, ARGV[10]) end\n"
     "  local field = 'l:' .. ARGV[2]\n"
     "  local seq, rank = ARGV[3], ARGV[4]\n"
     "  local status, due, overdue, book, title = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]\n"
@@ -78,19 +119,18 @@ static const char apply_source[] =
     "      changed = 1\n"
     "    end\n"
     "  end\n"
-    "  local t = tonumber(redis.call('HGET', key, 't') or '0')\n"
-    "  if tonumber(ARGV[10]) > t then\n"
-    "    redis.call('HSET', key, 't', ARGV[10])\n"
+    "  if ARGV[4] == '3' and settle(generation, ARGV[1], ARGV[2], tonumber(ARGV[10]), tonumber(ARGV[15]),\n"
+    "                             tonumber(ARGV[16])) then\n"
     "    changed = 1\n"
     "  end\n"
+    "  if newer_time(key, ARGV[10]) == 1 then changed = 1 end\n"
     "  return changed\n"
     "end\n"
-    "local function page(generation) return 'mypage:' .. generation .. ':' .. ARGV[1] end\n"
-    "if ARGV[11] ~= '' then return apply(page(ARGV[11])) end\n"
+    "if ARGV[11] ~= '' then return apply(ARGV[11]) end\n"
     "local current = redis.call('GET', KEYS[1]) or '0'\n"
-    "local changed = apply(page(current))\n"
+    "local changed = apply(current)\n"
     "local building = redis.call('GET', KEYS[2])\n"
-    "if building and building ~= current then apply(page(building)) end\n"
+    "if building and building ~= current then apply(building) end\n"
     "return changed\n";
 
 /* KEYS: generation, building. ARGV: user (base64url), hold id, seq, rank, status, place,
@@ -182,7 +222,7 @@ static const char apply_hold_source[] =
  * event time (ms), generation to write ("" = in use and being built), "loan id|amount|..."
  * of the loans' fines. Returns 1 when the page (in use, or the given generation) changed.
  * Idempotent and order-free (page.h): "a" and each "f:" keep the highest version seen, at an
- * equal version the greater value. */
+ * equal version the greater value. A loan retention removed gets no "f:" again. */
 static const char apply_account_source[] =
     "local function newer(a, b)\n"
     "  if #a ~= #b then return #a > #b end\n"
@@ -204,7 +244,8 @@ static const char apply_account_source[] =
     "  end\n"
     "  for loan, amount in string.gmatch(ARGV[6], '([^|]+)|(%d+)') do\n"
     "    local field = 'f:' .. loan\n"
-    "    if replaces(version, amount, redis.call('HGET', key, field), '^(%d+)|(%d+)$') then\n"
+    "    if redis.call('HEXISTS', key, 'x:' .. loan) == 0 and\n"
+    "       replaces(version, amount, redis.call('HGET', key, field), '^(%d+)|(%d+)$') then\n"
     "      redis.call('HSET', key, field, version .. '|' .. amount)\n"
     "      changed = 1\n"
     "    end\n"
@@ -222,6 +263,42 @@ static const char apply_account_source[] =
     "local building = redis.call('GET', KEYS[2])\n"
     "if building and building ~= current then apply(building) end\n"
     "return changed\n";
+
+/* KEYS: generation. ARGV: now (ms), retention (ms, > 0), at most how many loans and how many
+ * "x:" marks to remove. Sweeps the generation in use: each loan settled at least a retention
+ * ago leaves its page (remove()), and each mark of a loan removed at least two retentions after
+ * it settled goes too: by then the stream (kept for a retention) holds none of the loan's
+ * events, so nothing is left that could bring it back. A rebuild's generation is not swept:
+ * its replay may still meet an old event of a loan whose mark must stay; after the switch this
+ * sweep takes it over. Several replicas may run it at once: each step is atomic and skips what
+ * another took. Returns {1 when a batch was full (more may be due) else 0, then the users
+ * (base64url) whose page lost a loan}. */
+static const char sweep_source[] =
+    RETENTION_LUA
+    "local generation = redis.call('GET', KEYS[1]) or '0'\n"
+    "local prefix = 'mypage:' .. generation .. ':'\n"
+    "local now, retention, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local reply, users = {0}, {}\n"
+    "local due = redis.call('ZRANGEBYSCORE', prefix .. 'retention:settled', '-inf',\n"
+    "  string.format('%d', now - retention), 'WITHSCORES', 'LIMIT', 0, limit)\n"
+    "for i = 1, #due - 1, 2 do\n"
+    "  local user, loan = string.match(due[i], '^([^|]+)|(.+)$')\n"
+    "  if user and remove(generation, user, loan, due[i + 1]) and not users[user] then\n"
+    "    users[user] = true\n"
+    "    reply[#reply + 1] = user\n"
+    "  elseif not user then\n"
+    "    redis.call('ZREM', prefix .. 'retention:settled', due[i])\n"
+    "  end\n"
+    "end\n"
+    "local gone = redis.call('ZRANGEBYSCORE', prefix .. 'retention:removed', '-inf',\n"
+    "  string.format('%d', now - 2 * retention), 'LIMIT', 0, limit)\n"
+    "for _, member in ipairs(gone) do\n"
+    "  local user, loan = string.match(member, '^([^|]+)|(.+)$')\n"
+    "  if user then redis.call('HDEL', prefix .. user, 'x:' .. loan) end\n"
+    "  redis.call('ZREM', prefix .. 'retention:removed', member)\n"
+    "end\n"
+    "if #due >= 2 * limit or #gone >= limit then reply[1] = 1 end\n"
+    "return reply\n";
 
 /* KEYS: generation. ARGV: user. The page in use, as HGETALL pairs, then a pair
  * "q:<book id>", snapshot for each book a WAITING hold of the page waits for. */
@@ -282,7 +359,8 @@ struct page_store {
     atomic_bool refusal_logged; /* one log line per refusal, not one per retry */
     struct timeval timeout;
     health *health;
-    script apply, apply_hold, apply_account, load, begin, switch_over, abort;
+    script apply, apply_hold, apply_account, load, begin, switch_over, abort, sweep;
+    atomic_llong retention_ms; /* 0: settled loans stay */
     pthread_mutex_t lock;
     pthread_cond_t returned;
     redisContext *idle[POOL_SIZE];
@@ -350,6 +428,8 @@ status_code page_store_open(const char *url, const redis_login *login, int64_t t
     script_init(&store->begin, begin_source);
     script_init(&store->switch_over, switch_source);
     script_init(&store->abort, abort_source);
+    script_init(&store->sweep, sweep_source);
+    atomic_init(&store->retention_ms, 0);
     pthread_mutex_init(&store->lock, NULL);
     pthread_cond_init(&store->returned, NULL);
     *out = store;
@@ -557,6 +637,8 @@ static status_code apply(page_store *store, const char *generation, const loan_c
         arena_sprintf(a, "%d", (int)(change->renewal_count > 0 ? change->renewal_count : 0)),
         arena_sprintf(a, "%lld", (long long)(change->renewal_count > 0 && change->due_seconds > 0 ? change->due_seconds : 0)),
         arena_sprintf(a, "%lld", (long long)(change->overdue_for_seconds > 0 ? change->overdue_for_seconds : 0)),
+        arena_sprintf(a, "%lld", (long long)timestamp_now_ms()),
+        arena_sprintf(a, "%lld", (long long)atomic_load(&store->retention_ms)),
     };
     status_code code = run_change_script(store, &store->apply, sizeof argv / sizeof argv[0], argv, changed, st);
     arena_destroy(a);
@@ -632,6 +714,33 @@ status_code page_store_apply_hold_to(page_store *store, uint64_t generation, con
 status_code page_store_apply(page_store *store, const loan_change *change, uint64_t sequence,
                              bool *changed, status *st) {
     return apply(store, "", change, sequence, changed, st);
+}
+
+void page_store_set_retention(page_store *store, int64_t retention_ms) {
+    atomic_store(&store->retention_ms, retention_ms > 0 ? retention_ms : 0);
+}
+
+status_code page_store_sweep(page_store *store, int64_t now_ms, int limit, bool *more, page_user_moved removed,
+                             void *removed_arg, status *st) {
+    *more = false;
+    int64_t retention_ms = atomic_load(&store->retention_ms);
+    if (retention_ms <= 0)
+        return STATUS_OK;
+    char now[24], retention[24], batch[24];
+    snprintf(now, sizeof now, "%lld", (long long)now_ms);
+    snprintf(retention, sizeof retention, "%lld", (long long)retention_ms);
+    snprintf(batch, sizeof batch, "%d", limit > 0 ? limit : 1);
+    const char *argv[] = {"1", KEY_GENERATION, now, retention, batch};
+    redisReply *reply = NULL;
+    status_code code = run_script(store, &store->sweep, sizeof argv / sizeof argv[0], argv, &reply, st);
+    if (code != STATUS_OK)
+        return code;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 && reply->element[0]->type == REDIS_REPLY_INTEGER) {
+        *more = reply->element[0]->integer == 1;
+        tell_moved(reply, removed, removed_arg);
+    }
+    freeReplyObject(reply);
+    return STATUS_OK;
 }
 
 status_code page_store_apply_to(page_store *store, uint64_t generation, const loan_change *change,

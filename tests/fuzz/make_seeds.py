@@ -114,6 +114,9 @@ def main():
         b"fay\nl:0123456789abcdef0123\n7|3|4|1700100000|0|b-001|Dune\na\n4|" + base64url(account) +
         b"\nf:0123456789abcdef0123\n4|75\nf:aaaaaaaaaaaaaaaaaaaa\n2|25",
         b"gus\na\n1|!!\na\n|\nf:x\n1|-5\nf:y\n18446744073709551616|1",
+        # a loan retention removed leaves a mark "x:" that no page shows
+        b"hal\nl:0123456789abcdef0123\n7|3|3|1702000000|0|b-001|Dune\nr:0123456789abcdef0123\n"
+        b"2|1702000000|0\nx:aaaaaaaaaaaaaaaaaaaa\n1700000000123\nx:\n\nx:bbbbbbbbbbbbbbbbbbbb\nnot a time",
     ])
     loan = [(1, "0123456789abcdef0123"), (2, "ann"), (3, "b-001")]
     envelope = [(1, "loan-requested-0123456789abcdef0123"), (2, timestamp(1700000000, 5)),

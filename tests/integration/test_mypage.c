@@ -929,6 +929,8 @@ static void *reader_main(void *arg) {
     return NULL;
 }
 
+static uint64_t generation_in_use(const harness_process *redis);
+
 Test(mypage, flushall_then_rebuild_gives_the_same_pages_and_reads_never_stop) {
     test_stack s;
     test_stack_start(&s, "rebuild", lending_env, true, mypage_env);
@@ -958,14 +960,20 @@ Test(mypage, flushall_then_rebuild_gives_the_same_pages_and_reads_never_stop) {
     cr_assert_eq(r.wrong, 0, "%d of %d reads saw another page during the rebuild", r.wrong, r.reads);
     cr_assert_gt(r.reads, USERS);
     expect_same_pages(t, users, USERS, before, sizes);
-    /* the old generation's keys are gone: only the pages in use (and the counters) remain; a
-     * reader the random mix never lent anything to has no page at all */
+    /* the old generation's keys are gone: only the pages in use (and the counters, and the
+     * generation's set of settled loans for retention) remain; a reader the random mix never
+     * lent anything to has no page at all */
     long long pages = 0;
     for (int i = 0; i < USERS; i++)
         pages += page_of(t, users[i])->n_loans > 0;
     redisContext *c = harness_redis_connect(s.redis.port);
-    redisReply *reply = redisCommand(c, "DBSIZE");
-    cr_assert_eq(reply->integer, pages + 2, "Redis holds %lld keys for %lld pages", reply->integer, pages);
+    redisReply *reply = redisCommand(c, "EXISTS mypage:%llu:retention:settled",
+                                     (unsigned long long)generation_in_use(&s.redis));
+    long long settled_set = reply->integer;
+    freeReplyObject(reply);
+    reply = redisCommand(c, "DBSIZE");
+    cr_assert_eq(reply->integer, pages + 2 + settled_set, "Redis holds %lld keys for %lld pages", reply->integer,
+                 pages);
     freeReplyObject(reply);
     redisFree(c);
     cr_log_info("rebuild under %d reads: 0 failed, 0 different", r.reads);
@@ -2310,4 +2318,342 @@ Test(mypage, fines_show_on_the_page_the_newest_snapshot_wins_and_watch_pushes_th
     rpc_client_stream_close(stream);
     nats_connection_close(c);
     test_stack_stop(&s);
+}
+
+/* --- retention: settled loans leave the pages ---------------------------------------------------- */
+
+static const char *const retention_env[] = {"EVENT_ACK_WAIT=2s", "RETENTION=3s", NULL};
+
+/* mypage --rebuild with RETENTION as the running service has it. */
+static int rebuild_with_retention(test_stack *s, const char *retention) {
+    char nats_env[160], redis_env[160], retention_setting[64];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s->nats.url);
+    snprintf(redis_env, sizeof redis_env, "REDIS_URL=%s", s->redis.url);
+    snprintf(retention_setting, sizeof retention_setting, "RETENTION=%s", retention);
+    const char *env[] = {nats_env, redis_env, retention_setting, NULL};
+    return harness_service_run("mypage", "--rebuild", s->dir, env, harness_latency_bound_ms(45000));
+}
+
+/* The loan events of one loan in the stream, in stream order (the caller frees them). */
+static collected loan_events_of(nats_connection *connection, const char *loan_id) {
+    collected all = {0}, mine = {0};
+    status st;
+    cr_assert_eq(events_replay(connection, EVENTS_LOAN_SUBJECTS, collect, &all, NULL, &st), STATUS_OK, "%s",
+                 st.message);
+    for (size_t i = 0; i < all.count; i++) {
+        loan_change change;
+        if (page_change_from_event(all.events[i], &change) && strcmp(change.loan_id, loan_id) == 0) {
+            mine.events = realloc(mine.events, (mine.count + 1) * sizeof *mine.events);
+            mine.events[mine.count++] = all.events[i];
+        } else {
+            library__events__v1__event__free_unpacked(all.events[i], NULL);
+        }
+    }
+    free(all.events);
+    return mine;
+}
+
+static void collected_free(collected *c) {
+    for (size_t i = 0; i < c->count; i++)
+        library__events__v1__event__free_unpacked(c->events[i], NULL);
+    free(c->events);
+}
+
+static int count_fields(redisContext *c, const char *pattern_key, const char *prefix) {
+    redisReply *reply = redisCommand(c, "HKEYS %s", pattern_key);
+    cr_assert(reply != NULL && reply->type == REDIS_REPLY_ARRAY, "HKEYS %s failed", pattern_key);
+    int n = 0;
+    for (size_t i = 0; i < reply->elements; i++)
+        n += strncmp(reply->element[i]->str, prefix, strlen(prefix)) == 0;
+    freeReplyObject(reply);
+    return n;
+}
+
+/* RETENTION=3s: of two loans, the returned one leaves the page within the retention and one
+ * sweep (1 s) of its return, with the watcher told; the active one stays. An old event of the
+ * removed loan published again does not bring it back, and a rebuild gives the same page. */
+Test(mypage, a_returned_loan_leaves_the_page_after_the_retention_and_stays_gone) {
+    test_stack s;
+    test_stack_start(&s, "retention", lending_env, true, retention_env);
+    target t = stack_target(&s);
+    const char *user = unique("forgetful");
+    const char **books = make_books(t, 2, 1);
+    Book first = {.book_id = (char *)books[0]}, second = {.book_id = (char *)books[1]};
+    Loan *kept = borrow_ok(t, user, &first), *returned = borrow_ok(t, user, &second);
+    status st;
+    rpc_client_stream *stream = watch(t, harness_bearer(mem, t.dir, user, false), NULL, 30000, &st);
+    cr_assert_eq(return_as(t, mem, user, returned->loan_id, &st), STATUS_OK, "ReturnBook: %s", st.message);
+    int64_t returned_at = harness_now_ms();
+
+    /* the page shows both (the return), then only the active one (the retention) */
+    bool seen_both = false;
+    Mypage *page = NULL;
+    int64_t removed_at = 0;
+    while (removed_at == 0) {
+        cr_assert_eq(next_page(stream, 8000, &page, &st), STATUS_OK, "no page pushed: %s", st.message);
+        cr_assert_not_null(page, "the watch ended");
+        bool has_returned = false;
+        for (size_t i = 0; i < page->n_loans; i++)
+            has_returned |= strcmp(page->loans[i]->loan_id, returned->loan_id) == 0 &&
+                            page->loans[i]->status == RETURNED;
+        if (has_returned && page->n_loans == 2)
+            seen_both = true;
+        else if (seen_both && page->n_loans == 1)
+            removed_at = harness_now_ms();
+    }
+    rpc_client_stream_close(stream);
+    int64_t took_ms = removed_at - returned_at;
+    cr_assert_lt(took_ms, 3000 + 1000 + harness_latency_bound_ms(1500),
+                 "the returned loan left the page %lld ms after its return", (long long)took_ms);
+    cr_assert_geq(took_ms, 2500, "the returned loan left the page %lld ms after its return: before the retention",
+                  (long long)took_ms);
+    cr_assert_str_eq(page->loans[0]->loan_id, kept->loan_id);
+    cr_assert_eq(page->loans[0]->status, ACTIVE);
+    cr_assert_eq(page->borrowed_count, 1);
+    cr_assert_eq(page->overdue_count, 0);
+
+    Mypage *read = page_of(t, user);
+    cr_assert_eq(read->n_loans, 1, "GetMypage lists %zu loans", read->n_loans);
+    cr_assert_str_eq(read->loans[0]->loan_id, kept->loan_id);
+    cr_assert_eq(read->borrowed_count, 1);
+    size_t size = 0;
+    uint8_t *before = arena_pack(mem, &read->base, &size);
+
+    /* the removed loan's events again, as a late redelivery or a republish would bring them */
+    nats_connection *connection = connect_nats(s.nats.url);
+    collected again = loan_events_of(connection, returned->loan_id);
+    cr_assert_geq(again.count, 3, "the stream has %zu events of the returned loan", again.count);
+    for (size_t i = 0; i < again.count; i++) {
+        char *original = again.events[i]->event_id;
+        again.events[i]->event_id = arena_sprintf(mem, "%s-late", original);
+        cr_assert_eq(events_publish(connection, again.events[i], &st), STATUS_OK, "%s", st.message);
+        again.events[i]->event_id = original;
+    }
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000),
+              "mypage's consumer still had events pending after 10 s");
+    harness_sleep_ms(1200); /* and a sweep */
+    size_t size_after = 0;
+    uint8_t *after = arena_pack(mem, &page_of(t, user)->base, &size_after);
+    cr_assert(size_after == size && memcmp(after, before, size) == 0, "an old event brought the loan back");
+
+    /* a rebuild at rest leaves it out too: the same page, byte for byte */
+    cr_assert_eq(rebuild_with_retention(&s, "3s"), 0, "mypage --rebuild failed; log in %s", s.dir);
+    cr_assert_gt(generation_in_use(&s.redis), 0, "the rebuild did not switch generations");
+    after = arena_pack(mem, &page_of(t, user)->base, &size_after);
+    cr_assert(size_after == size && memcmp(after, before, size) == 0, "the rebuild gave another page");
+
+    /* nothing of the loan stays in Redis but its mark, and no fields of other loans went */
+    redisContext *c = harness_redis_connect(s.redis.port);
+    cr_assert(c != NULL && c->err == 0, "cannot reach redis");
+    const char *key = arena_sprintf(mem, "mypage:%llu:%s", (unsigned long long)generation_in_use(&s.redis),
+                                    text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
+    cr_assert_eq(count_fields(c, key, "l:"), 1);
+    cr_assert_eq(count_fields(c, key, "x:"), 1, "the removed loan's mark");
+    redisFree(c);
+    cr_log_info("the returned loan left the page %lld ms after its return (RETENTION=3s)", (long long)took_ms);
+    collected_free(&again);
+    nats_connection_close(connection);
+    test_stack_stop(&s);
+}
+
+/* A loan's LoanReturned alone (all the stream may keep of it) gives the page entry all of its
+ * events give: the same title, due time after its renewals and renewal count. */
+Test(mypage, a_loan_returned_alone_gives_the_page_the_whole_loan_gives) {
+    target t = shared_target();
+    const char *user = unique("whole"), *other = unique("alone");
+    const char **books = make_books(t, 1, 1);
+    Book book = {.book_id = (char *)books[0]};
+    Loan *loan = borrow_ok(t, user, &book);
+    for (int i = 0; i < 2; i++) {
+        Library__Lending__V1__RenewLoanRequest request = LIBRARY__LENDING__V1__RENEW_LOAN_REQUEST__INIT;
+        request.loan_id = loan->loan_id;
+        ProtobufCMessage *response = NULL;
+        status st;
+        status_code code = harness_call(t.lending, LENDING "RenewLoan", &request.base,
+                                        &library__lending__v1__loan__descriptor, mem,
+                                        harness_bearer(mem, t.dir, user, false), &response, &st);
+        cr_assert_eq(code, STATUS_OK, "RenewLoan: %s %s", status_code_name(code), st.message);
+    }
+    status st;
+    cr_assert_eq(return_as(t, mem, user, loan->loan_id, &st), STATUS_OK, "ReturnBook: %s", st.message);
+    nats_connection *connection = connect_nats(fixture_nats_url());
+    cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "mypage", 10000), "mypage's consumer is behind");
+    collected events = loan_events_of(connection, loan->loan_id);
+    event *final = NULL;
+    for (size_t i = 0; i < events.count; i++)
+        if (events.events[i]->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED)
+            final = events.events[i];
+    cr_assert_not_null(final, "no LoanReturned in the stream");
+    /* the same event for another user: their page is built from it alone */
+    char *original_id = final->event_id, *original_user = final->loan_returned->user_id;
+    final->event_id = arena_sprintf(mem, "%s-alone", original_id);
+    final->loan_returned->user_id = (char *)other;
+    cr_assert_eq(events_publish(connection, final, &st), STATUS_OK, "%s", st.message);
+    final->event_id = original_id; /* the event frees its own strings, not the arena's */
+    final->loan_returned->user_id = original_user;
+    cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "mypage", 10000), "mypage's consumer is behind");
+
+    Mypage *whole = page_of(t, user), *alone = page_of(t, other);
+    cr_assert_eq(whole->n_loans, 1);
+    cr_assert_eq(whole->loans[0]->renewal_count, 2);
+    cr_assert_eq(whole->loans[0]->status, RETURNED);
+    alone->user_id = whole->user_id;
+    size_t whole_size = 0, alone_size = 0;
+    uint8_t *x = arena_pack(mem, &whole->base, &whole_size), *y = arena_pack(mem, &alone->base, &alone_size);
+    cr_assert(whole_size == alone_size && memcmp(x, y, whole_size) == 0,
+              "built from the LoanReturned alone: %zu loans, \"%s\", due %lld, %d renewals; from the whole loan: "
+              "\"%s\", due %lld, %d renewals",
+              alone->n_loans, alone->n_loans ? alone->loans[0]->book_title : "",
+              alone->n_loans && alone->loans[0]->due_time ? (long long)alone->loans[0]->due_time->seconds : 0LL,
+              alone->n_loans ? alone->loans[0]->renewal_count : 0, whole->loans[0]->book_title,
+              whole->loans[0]->due_time ? (long long)whole->loans[0]->due_time->seconds : 0LL,
+              whole->loans[0]->renewal_count);
+    collected_free(&events);
+    nats_connection_close(connection);
+}
+
+/* --- retention in the store itself, on a Redis of its own (the sweep would take the shared
+ * pages' settled loans too) --------------------------------------------------------------------- */
+
+typedef struct removal_tally {
+    pthread_t thread;
+    page_store *store;
+    int64_t now_ms;
+    atomic_int *told;
+    int steps;
+    bool failed;
+} removal_tally;
+
+static void count_removed(void *arg, const char *user_id) {
+    (void)user_id;
+    atomic_fetch_add(((removal_tally *)arg)->told, 1);
+}
+
+static void *sweeper_main(void *arg) {
+    removal_tally *tally = arg;
+    bool more = true;
+    while (more && !tally->failed) {
+        status st;
+        tally->failed = page_store_sweep(tally->store, tally->now_ms, 25, &more, count_removed, tally, &st) != STATUS_OK;
+        tally->steps++;
+    }
+    return NULL;
+}
+
+static loan_change loan_event(const char *user, const char *loan_id, int status_value, int rank, int64_t at_ms) {
+    return (loan_change){.user_id = user, .loan_id = loan_id, .status = status_value, .rank = rank,
+                         .due_seconds = at_ms / 1000 + 600, .book_id = "kept-book", .book_title = "Kept",
+                         .event_time_ms = at_ms};
+}
+
+static void apply_loan(page_store *store, loan_change change, uint64_t sequence) {
+    status st;
+    cr_assert_eq(page_store_apply(store, &change, sequence, NULL, &st), STATUS_OK, "%s", st.message);
+}
+
+static Mypage *stored_page(page_store *store, const char *user) {
+    Mypage *page = NULL;
+    status st;
+    cr_assert_eq(page_store_load(store, mem, user, &page, &st), STATUS_OK, "%s", st.message);
+    return page;
+}
+
+/* RETENTION=2s in the store: a final event older than that never shows, nor does its loan's
+ * fine or a later copy of its events; one younger leaves at the sweep 2 s after it, with its
+ * fine, open loans stay; the marks go two retentions after the settle time; and two replicas
+ * sweeping 200 pages at once remove each loan once. */
+Test(mypage, the_store_removes_settled_loans_once_and_keeps_them_removed) {
+    const char *dir = arena_sprintf(mem, "%s/retention-store", fixture_dir());
+    mkdir(dir, 0700);
+    harness_process redis;
+    cr_assert(harness_redis_start(dir, 0, &redis), "redis-server did not start");
+    page_store *store = NULL, *replica = NULL;
+    status st;
+    cr_assert_eq(page_store_open(redis.url, &mypage_login, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(page_store_open(redis.url, &mypage_login, 2000, NULL, &replica, &st), STATUS_OK, "%s", st.message);
+    page_store_set_retention(store, 2000);
+    page_store_set_retention(replica, 2000);
+    int64_t now = timestamp_now_ms();
+
+    /* settled long ago: its final event puts nothing on the page, and nothing brings it back */
+    const char *user = "keeper", *old = new_hold_id(), *recent = new_hold_id(), *open = new_hold_id();
+    apply_loan(store, loan_event(user, old, PENDING, PAGE_RANK_PENDING, now - 9000), 1);
+    apply_loan(store, loan_event(user, old, RETURNED, PAGE_RANK_FINAL, now - 5000), 2);
+    apply_loan(store, loan_event(user, old, ACTIVE, PAGE_RANK_ACTIVE, now - 8000), 3);
+    apply_loan(store, loan_event(user, open, ACTIVE, PAGE_RANK_ACTIVE, now - 100000), 4);
+    apply_loan(store, loan_event(user, recent, RETURNED, PAGE_RANK_FINAL, now - 500), 5);
+    event *fined = account_event(LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED, user, old, 1, 40, 0, FINE_OWED, now);
+    account_change fine;
+    cr_assert(page_account_change_from_event(mem, fined, &fine));
+    cr_assert_eq(page_store_apply_account(store, &fine, NULL, &st), STATUS_OK, "%s", st.message);
+    fined = account_event(LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED, user, recent, 2, 30, 0, FINE_OWED, now);
+    cr_assert(page_account_change_from_event(mem, fined, &fine));
+    cr_assert_eq(page_store_apply_account(store, &fine, NULL, &st), STATUS_OK, "%s", st.message);
+    Mypage *page = stored_page(store, user);
+    cr_assert_eq(page->n_loans, 2, "the page lists %zu loans", page->n_loans);
+    cr_assert_str_eq(page->loans[0]->loan_id, recent);
+    cr_assert_eq(page->loans[0]->fine, 30);
+    cr_assert_str_eq(page->loans[1]->loan_id, open);
+    cr_assert_eq(page->borrowed_count, 1);
+
+    redisContext *c = harness_redis_connect(redis.port);
+    const char *key = arena_sprintf(mem, "mypage:0:%s", text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
+    cr_assert_eq(count_fields(c, key, "x:"), 1, "the loan settled long ago is marked");
+    cr_assert_eq(count_fields(c, key, "f:"), 1, "only the loan on the page has a fine");
+
+    /* a sweep before the retention changes nothing; one after it takes the recent loan, and
+     * the mark of the old one (settled two retentions before) */
+    atomic_int told = 0;
+    removal_tally early = {.store = store, .now_ms = now - 1500, .told = &told};
+    sweeper_main(&early);
+    cr_assert_not(early.failed);
+    cr_assert_eq(atomic_load(&told), 0);
+    cr_assert_eq(count_fields(c, key, "x:"), 1);
+    removal_tally due = {.store = store, .now_ms = now + 1600, .told = &told};
+    sweeper_main(&due);
+    cr_assert_eq(atomic_load(&told), 1, "the user whose page lost a loan is told once");
+    page = stored_page(store, user);
+    cr_assert_eq(page->n_loans, 1);
+    cr_assert_str_eq(page->loans[0]->loan_id, open, "the open loan stays, however old");
+    cr_assert_eq(page->borrowed_count, 1);
+    cr_assert_eq(count_fields(c, key, "f:"), 0, "the fine went with its loan");
+    cr_assert_eq(count_fields(c, key, "x:"), 1, "the old mark went, the recent loan's came");
+    apply_loan(store, loan_event(user, recent, ACTIVE, PAGE_RANK_ACTIVE, now - 1000), 6);
+    cr_assert_eq(page_store_apply_account(store, &fine, NULL, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(stored_page(store, user)->n_loans, 1, "a late copy of an event brought the loan back");
+    cr_assert_eq(count_fields(c, key, "f:"), 0, "a snapshot listing its fine gave it back its fine");
+    /* the recent loan's mark goes two retentions after it settled (now - 500) */
+    removal_tally marks = {.store = store, .now_ms = now + 3400, .told = &told};
+    sweeper_main(&marks);
+    cr_assert_eq(count_fields(c, key, "x:"), 1);
+    marks.now_ms = now + 3600;
+    sweeper_main(&marks);
+    cr_assert_eq(count_fields(c, key, "x:"), 0);
+    cr_assert_eq(atomic_load(&told), 1, "dropping a mark changes no page");
+
+    /* two replicas sweep 200 pages at once, 25 loans a step: each loan leaves once */
+    enum { USERS = 200 };
+    for (int i = 0; i < USERS; i++) {
+        const char *someone = arena_sprintf(mem, "reader-%d", i);
+        apply_loan(store, loan_event(someone, new_hold_id(), RETURNED, PAGE_RANK_FINAL, now), (uint64_t)(10 + i));
+    }
+    atomic_store(&told, 0);
+    removal_tally one = {.store = store, .now_ms = now + 2000, .told = &told};
+    removal_tally two = {.store = replica, .now_ms = now + 2000, .told = &told};
+    pthread_create(&one.thread, NULL, sweeper_main, &one);
+    pthread_create(&two.thread, NULL, sweeper_main, &two);
+    pthread_join(one.thread, NULL);
+    pthread_join(two.thread, NULL);
+    cr_assert(!one.failed && !two.failed);
+    cr_assert_eq(atomic_load(&told), USERS, "%d pages were told of a removal, want %d", atomic_load(&told), USERS);
+    for (int i = 0; i < USERS; i += 37)
+        cr_assert_eq(stored_page(store, arena_sprintf(mem, "reader-%d", i))->n_loans, 0);
+    redisReply *reply = redisCommand(c, "ZCARD mypage:0:retention:settled");
+    cr_assert_eq(reply->integer, 0);
+    freeReplyObject(reply);
+    cr_log_info("two replicas swept %d pages in %d + %d steps", USERS, one.steps, two.steps);
+    redisFree(c);
+    page_store_close(store);
+    page_store_close(replica);
+    harness_process_stop(&redis, SIGTERM, 5000);
 }

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "page.h"
+#include "retention.h"
 
 #define ACTIVE LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE
 #define PENDING LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING
@@ -447,4 +448,173 @@ Test(page, a_page_shows_the_balance_the_fines_and_each_loans_fine) {
     const char *negative_values[] = {account_value(1, negative)};
     cr_assert_eq(page_build(a, "alice", negative_fields, negative_values, 1, 1000)->balance, 0,
                  "a balance is never negative");
+}
+
+/* --- retention: a settled loan's final event alone makes its page entry ---------------------- */
+
+#define CANCELED LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED
+
+static Google__Protobuf__Timestamp *at_seconds(int64_t seconds) {
+    Google__Protobuf__Timestamp *t = arena_alloc(a, sizeof *t);
+    google__protobuf__timestamp__init(t);
+    t->seconds = seconds;
+    return t;
+}
+
+/* A loan borrowed with due time 1000, renewed twice (to 2000, then 3000), then returned. */
+static event story_event(int step, const char *returned_title, Google__Protobuf__Timestamp *returned_due,
+                         int32_t returned_renewals) {
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    e.occur_time = at_seconds(100 + step);
+    if (step == 0) {
+        Library__Events__V1__LoanRequested *b = arena_alloc(a, sizeof *b);
+        library__events__v1__loan_requested__init(b);
+        *b = (Library__Events__V1__LoanRequested){.base = b->base, .loan_id = "L1", .user_id = "alice",
+                                                  .book_id = "B1", .book_title = "Dune", .due_time = at_seconds(1000)};
+        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
+        e.loan_requested = b;
+    } else if (step == 1) {
+        Library__Events__V1__LoanActivated *b = arena_alloc(a, sizeof *b);
+        library__events__v1__loan_activated__init(b);
+        *b = (Library__Events__V1__LoanActivated){.base = b->base, .loan_id = "L1", .user_id = "alice",
+                                                  .book_id = "B1", .book_title = "Dune", .due_time = at_seconds(1000)};
+        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED;
+        e.loan_activated = b;
+    } else if (step == 2 || step == 3) {
+        Library__Events__V1__LoanRenewed *b = arena_alloc(a, sizeof *b);
+        library__events__v1__loan_renewed__init(b);
+        *b = (Library__Events__V1__LoanRenewed){.base = b->base, .loan_id = "L1", .user_id = "alice",
+                                                .book_id = "B1", .due_time = at_seconds(1000 * step),
+                                                .renewal_count = step - 1};
+        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED;
+        e.loan_renewed = b;
+    } else {
+        Library__Events__V1__LoanReturned *b = arena_alloc(a, sizeof *b);
+        library__events__v1__loan_returned__init(b);
+        *b = (Library__Events__V1__LoanReturned){.base = b->base, .loan_id = "L1", .user_id = "alice",
+                                                 .book_id = "B1", .return_time = at_seconds(104),
+                                                 .book_title = (char *)returned_title, .due_time = returned_due,
+                                                 .renewal_count = returned_renewals};
+        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
+        e.loan_returned = b;
+    }
+    return e;
+}
+
+/* What the page shows of a loan after the changes, folded by page.h's rules: the furthest rank's
+ * status, the first title and book id, the due time of the furthest rank that has one, and the
+ * highest renewal count with its due time (the same rules page_store.c's scripts follow). */
+typedef struct shown_loan {
+    int rank, status;
+    const char *book_id, *title;
+    int64_t due, renewed_due;
+    int32_t renewals;
+} shown_loan;
+
+static void fold(shown_loan *shown, const loan_change *c) {
+    if (c->rank > shown->rank) {
+        shown->rank = c->rank;
+        shown->status = c->status;
+        if (c->due_seconds > 0 && c->renewal_count == 0)
+            shown->due = c->due_seconds;
+    }
+    if (shown->due == 0 && c->due_seconds > 0 && c->renewal_count == 0)
+        shown->due = c->due_seconds;
+    if (shown->book_id[0] == '\0')
+        shown->book_id = c->book_id;
+    if (shown->title[0] == '\0')
+        shown->title = c->book_title;
+    if (c->renewal_count > shown->renewals) {
+        shown->renewals = c->renewal_count;
+        shown->renewed_due = c->due_seconds;
+    }
+}
+
+static int64_t shown_due(const shown_loan *shown) {
+    return shown->renewals > 0 ? shown->renewed_due : shown->due;
+}
+
+Test(page, a_loan_returned_alone_shows_what_the_whole_loan_shows) {
+    shown_loan whole = {.book_id = "", .title = ""}, alone = {.book_id = "", .title = ""};
+    loan_change change;
+    for (int step = 0; step <= 4; step++) {
+        event e = story_event(step, "Dune", at_seconds(3000), 2);
+        cr_assert(page_change_from_event(&e, &change), "step %d", step);
+        fold(&whole, &change);
+    }
+    event returned = story_event(4, "Dune", at_seconds(3000), 2);
+    cr_assert(page_change_from_event(&returned, &change));
+    cr_assert_eq(change.status, RETURNED);
+    cr_assert_eq(change.rank, PAGE_RANK_FINAL);
+    cr_assert_str_eq(change.book_title, "Dune");
+    cr_assert_eq(change.due_seconds, 3000, "the due time after the renewals");
+    cr_assert_eq(change.renewal_count, 2);
+    cr_assert_eq(change.event_time_ms, 104000, "the settle time retention counts from");
+    fold(&alone, &change);
+    cr_assert_eq(alone.status, whole.status);
+    cr_assert_str_eq(alone.book_id, whole.book_id);
+    cr_assert_str_eq(alone.title, whole.title);
+    cr_assert_eq(alone.renewals, whole.renewals);
+    cr_assert_eq(shown_due(&alone), shown_due(&whole));
+    cr_assert_eq(shown_due(&whole), 3000);
+
+    /* the page's own fields, as the scripts write them, build the same MypageLoan */
+    const char *whole_fields[] = {"l:L1", "r:L1"}, *whole_values[] = {"7|3|3|3000|0|B1|Dune", "2|3000|0"};
+    const char *alone_fields[] = {"l:L1", "r:L1"}, *alone_values[] = {"11|3|3|3000|0|B1|Dune", "2|3000|0"};
+    Library__Mypage__V1__Mypage *from_whole = page_build(a, "alice", whole_fields, whole_values, 2, 5000);
+    Library__Mypage__V1__Mypage *from_alone = page_build(a, "alice", alone_fields, alone_values, 2, 5000);
+    cr_assert_eq(from_whole->n_loans, 1);
+    cr_assert_eq(from_alone->n_loans, 1);
+    size_t size = library__mypage__v1__mypage__get_packed_size(from_whole);
+    cr_assert_eq(size, library__mypage__v1__mypage__get_packed_size(from_alone));
+    uint8_t *x = arena_alloc(a, size), *y = arena_alloc(a, size);
+    library__mypage__v1__mypage__pack(from_whole, x);
+    library__mypage__v1__mypage__pack(from_alone, y);
+    cr_assert_eq(memcmp(x, y, size), 0, "the same page, byte for byte");
+}
+
+Test(page, an_old_final_event_without_the_new_fields_keeps_what_earlier_events_said) {
+    shown_loan shown = {.book_id = "", .title = ""};
+    loan_change change;
+    for (int step = 0; step <= 3; step++) {
+        event e = story_event(step, "", NULL, 0);
+        cr_assert(page_change_from_event(&e, &change));
+        fold(&shown, &change);
+    }
+    event returned = story_event(4, "", NULL, 0); /* as lending published it before 8846abf */
+    cr_assert(page_change_from_event(&returned, &change));
+    cr_assert_str_eq(change.book_title, "", "nothing to say, so nothing to wipe");
+    cr_assert_eq(change.due_seconds, 0);
+    cr_assert_eq(change.renewal_count, 0);
+    fold(&shown, &change);
+    cr_assert_eq(shown.status, RETURNED);
+    cr_assert_str_eq(shown.title, "Dune");
+    cr_assert_eq(shown_due(&shown), 3000);
+    cr_assert_eq(shown.renewals, 2);
+
+    /* a count without a due time is not a renewal a page could show */
+    event odd = story_event(4, "Dune", NULL, 2);
+    cr_assert(page_change_from_event(&odd, &change));
+    cr_assert_eq(change.renewal_count, 0);
+
+    Library__Events__V1__LoanCanceled canceled = LIBRARY__EVENTS__V1__LOAN_CANCELED__INIT;
+    canceled.loan_id = "L2";
+    canceled.user_id = "alice";
+    canceled.book_id = "B2";
+    canceled.book_title = "Emma";
+    canceled.due_time = at_seconds(1500);
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED;
+    e.loan_canceled = &canceled;
+    cr_assert(page_change_from_event(&e, &change));
+    cr_assert_eq(change.status, CANCELED);
+    cr_assert_eq(change.due_seconds, 1500, "a canceled loan's due time comes with it");
+    cr_assert_str_eq(change.book_title, "Emma");
+}
+
+Test(page, the_sweep_runs_every_tenth_of_the_retention_between_one_second_and_one_minute) {
+    cr_assert_eq(retention_sweep_interval_ms(3000), 1000, "RETENTION=3s: every second");
+    cr_assert_eq(retention_sweep_interval_ms(5 * 60 * 1000), 30000);
+    cr_assert_eq(retention_sweep_interval_ms(365LL * 24 * 60 * 60 * 1000), 60000, "the default: every minute");
+    cr_assert_eq(retention_sweep_interval_ms(1), 1000);
 }
