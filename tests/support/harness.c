@@ -1,4 +1,5 @@
 /* harness.c - processes, ports, keys and tokens for the integration suites. */
+#define _GNU_SOURCE /* execvpe, environ */
 #include "harness.h"
 
 #include <arpa/inet.h>
@@ -246,12 +247,55 @@ bool harness_wait_port(int port, int64_t timeout_ms) {
     return false;
 }
 
+/* Does "KEY=value" set the same KEY as the entry of an environment? */
+static bool same_name(const char *setting, const char *entry) {
+    size_t length = strcspn(setting, "=");
+    return strncmp(setting, entry, length) == 0 && entry[length] == '=';
+}
+
+/* The process's environment with each "KEY=value" of env in place of KEY's own (a later one
+ * of env winning, as putenv one after another would), in one allocation; NULL when out of
+ * memory. Made before fork: the child of a threaded test must not allocate, as another
+ * thread may have held the allocator's lock at the fork (a child once hung in putenv). */
+static char **spawn_environment(const char *const *env) {
+    size_t inherited = 0, given = 0;
+    while (environ[inherited] != NULL)
+        inherited++;
+    while (env != NULL && env[given] != NULL)
+        given++;
+    char **out = malloc((inherited + given + 1) * sizeof *out);
+    if (out == NULL)
+        return NULL;
+    size_t count = 0;
+    for (size_t i = 0; i < inherited; i++) {
+        bool replaced = false;
+        for (size_t j = 0; j < given && !replaced; j++)
+            replaced = same_name(env[j], environ[i]);
+        if (!replaced)
+            out[count++] = environ[i];
+    }
+    for (size_t j = 0; j < given; j++) {
+        bool overridden = false;
+        for (size_t k = j + 1; k < given && !overridden; k++)
+            overridden = same_name(env[k], env[j]);
+        if (!overridden)
+            out[count++] = (char *)env[j];
+    }
+    out[count] = NULL;
+    return out;
+}
+
 /* fork + exec with stdout and stderr appended to log_path, in its own process group so a
  * crashed test never leaves it attached to the terminal. */
 pid_t harness_spawn(char *const argv[], const char *const *env, const char *log_path) {
+    char **environment = spawn_environment(env);
+    if (environment == NULL)
+        return -1;
     pid_t pid = fork();
-    if (pid != 0)
+    if (pid != 0) {
+        free(environment);
         return pid;
+    }
     /* If the test process dies (a failed assertion ends it at once), take the server along. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     setpgid(0, 0);
@@ -261,12 +305,10 @@ pid_t harness_spawn(char *const argv[], const char *const *env, const char *log_
         dup2(fd, 2);
         close(fd);
     }
-    for (const char *const *e = env; e && *e; e++)
-        putenv((char *)*e);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    execvp(argv[0], argv);
+    execvpe(argv[0], argv, environment);
     fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
     _exit(127);
 }

@@ -193,7 +193,7 @@ config tables; tools/check-deploy checks them against the sources).
 */}}
 {{- define "library.configKeys" -}}
 {{- $common := list "LOG_LEVEL" "JWT_ISSUER" "JWT_AUDIENCE" "NATS_URL" "NATS_REPLICAS" "DRAIN_GRACE" -}}
-{{- $extra := dict "catalog" (list "HOLD_PICKUP") "lending" (list "LOAN_PERIOD" "MAX_ACTIVE_LOANS" "MAX_RENEWALS" "MAX_HOLDS" "FINE_PER_INTERVAL" "FINE_INTERVAL" "FINE_MAX_PER_LOAN" "FINE_BLOCK_AT" "RETENTION" "CATALOG_ADDR") "mypage" (list "REDIS_URL") -}}
+{{- $extra := dict "catalog" (list "HOLD_PICKUP") "lending" (list "LOAN_PERIOD" "MAX_ACTIVE_LOANS" "MAX_RENEWALS" "MAX_HOLDS" "FINE_PER_INTERVAL" "FINE_INTERVAL" "FINE_MAX_PER_LOAN" "FINE_BLOCK_AT" "RETENTION" "CATALOG_ADDR") "mypage" (list "REDIS_URL" "RETENTION") -}}
 {{- concat $common (index $extra .) | toJson -}}
 {{- end -}}
 
