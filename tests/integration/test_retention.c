@@ -12,6 +12,7 @@
 
 #include "events.h"
 #include "library/lending/v1/lending.pb-c.h"
+#include "library/mypage/v1/mypage.pb-c.h"
 #include "stack_fixture.h"
 #include "text.h"
 #include "timestamp.h"
@@ -232,5 +233,83 @@ Test(retention, a_loan_with_a_fine_owed_stays_until_the_fine_is_paid) {
     } while (now->n_fines > 0 && timestamp_now_ms() < deadline);
     cr_assert_eq(now->n_fines, 0, "the paid fine of a forgotten loan is still in the account");
     cr_assert_eq(now->balance, 0);
+    test_stack_stop(&s);
+}
+
+/* --- the page, rebuilt from what the stream kept ---------------------------------------------- */
+
+typedef Library__Mypage__V1__Mypage Mypage;
+
+static Mypage *page_of(test_stack *s, const char *admin, const char *user) {
+    Library__Mypage__V1__GetMypageRequest request = LIBRARY__MYPAGE__V1__GET_MYPAGE_REQUEST__INIT;
+    request.user_id = (char *)user;
+    ProtobufCMessage *response = NULL;
+    status st;
+    cr_assert_eq(harness_call(s->mypage_client, "/library.mypage.v1.MypageService/GetMypage", &request.base,
+                              &library__mypage__v1__mypage__descriptor, mem, admin, &response, &st),
+                 STATUS_OK, "GetMypage: %s", st.message);
+    return (Mypage *)response;
+}
+
+/* The page's bytes without last_event_time, which each announcement moves. */
+static uint8_t *page_bytes(Mypage *page, size_t *size) {
+    page->last_event_time = NULL;
+    *size = protobuf_c_message_get_packed_size(&page->base);
+    uint8_t *bytes = arena_alloc(mem, *size + 1);
+    protobuf_c_message_pack(&page->base, bytes);
+    return bytes;
+}
+
+Test(retention, the_page_rebuilt_from_the_trimmed_stream_is_the_live_one) {
+    const char *env[] = {"RETENTION=4s", "RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=1s", NULL};
+    const char *mypage_env[] = {"RETENTION=4s", NULL};
+    test_stack s;
+    test_stack_start(&s, "retention-page", env, true, mypage_env);
+    char id[13];
+    text_random_hex(id, 6);
+    const char *user = arena_sprintf(mem, "paged-%s", id);
+    const char *bearer = harness_bearer(mem, s.dir, user, false);
+    const char *admin = harness_bearer(mem, s.dir, "librarian", true);
+    Loan *kept = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Kept Out", 1)->book_id);
+    Loan *returned = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Given Back", 1)->book_id);
+    const char *wanted = test_stack_register(&s, "Much Wanted", 1)->book_id;
+    test_stack_borrow_as(&s, harness_bearer(mem, s.dir, arena_sprintf(mem, "other-%s", id), false), wanted);
+    Library__Lending__V1__PlaceHoldRequest wait = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    wait.book_id = (char *)wanted;
+    Hold *waiting = hold_call(&s, "PlaceHold", &wait.base, bearer);
+    test_stack_return_as(&s, bearer, returned->loan_id);
+
+    /* the retention passes: the first events of all three are gone from the stream, the
+     * returned loan from the page */
+    int64_t deadline = timestamp_now_ms() + 20000;
+    Mypage *page = page_of(&s, admin, user);
+    while ((page->n_loans != 1 || stream_of(&s, kept->loan_id).first_ids > 0 ||
+            stream_of(&s, waiting->hold_id).first_ids > 0 || stream_of(&s, returned->loan_id).events > 0) &&
+           timestamp_now_ms() < deadline) {
+        harness_sleep_ms(250);
+        page = page_of(&s, admin, user);
+    }
+    cr_assert_eq(page->n_loans, 1, "the page lists %zu loans, the kept one alone expected", page->n_loans);
+    cr_assert_str_eq(page->loans[0]->loan_id, kept->loan_id);
+    cr_assert_str_eq(page->loans[0]->book_title, "Kept Out", "the kept loan lost its title");
+    cr_assert_eq(page->n_holds, 1, "the waiting hold is not on the page");
+    cr_assert_eq(page->holds[0]->position, 1);
+    cr_assert_eq(stream_of(&s, kept->loan_id).first_ids, 0, "the stream was not trimmed to the retention");
+
+    size_t live_size = 0, rebuilt_size = 0;
+    uint8_t *live = page_bytes(page, &live_size);
+    char nats_env[160], redis_env[160];
+    snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s.nats.url);
+    snprintf(redis_env, sizeof redis_env, "REDIS_URL=%s", s.redis.url);
+    const char *rebuild_env[] = {nats_env, redis_env, "RETENTION=4s", NULL};
+    cr_assert_eq(harness_service_run("mypage", "--rebuild", s.dir, rebuild_env, harness_latency_bound_ms(45000)), 0,
+                 "mypage --rebuild failed");
+    Mypage *rebuilt = page_of(&s, admin, user);
+    cr_assert_eq(rebuilt->n_loans, 1, "the rebuilt page lists %zu loans", rebuilt->n_loans);
+    cr_assert_eq(rebuilt->n_holds, 1, "the rebuilt page lists %zu holds", rebuilt->n_holds);
+    uint8_t *again = page_bytes(rebuilt, &rebuilt_size);
+    cr_assert(live_size == rebuilt_size && memcmp(live, again, live_size) == 0,
+              "the page rebuilt from the trimmed stream differs from the live one (%zu and %zu bytes)", live_size,
+              rebuilt_size);
     test_stack_stop(&s);
 }
