@@ -115,25 +115,40 @@ static seen stream_of(test_stack *s, const char *id) {
     return v;
 }
 
+/* A reader with a loan kept out, a hold waiting behind another reader's loan, and a loan
+ * given back, on a stack started with retention settings. */
+typedef struct reader {
+    const char *user, *bearer, *admin;
+    Loan *kept, *returned;
+    Hold *waiting;
+} reader;
+
+static reader reader_with_history(test_stack *s) {
+    char id[13];
+    text_random_hex(id, 6);
+    reader r = {.user = arena_sprintf(mem, "reader-%s", id)};
+    r.bearer = harness_bearer(mem, s->dir, r.user, false);
+    r.admin = harness_bearer(mem, s->dir, "librarian", true);
+    r.kept = test_stack_borrow_as(s, r.bearer, test_stack_register(s, "Kept Out", 1)->book_id);
+    const char *wanted = test_stack_register(s, "Much Wanted", 1)->book_id;
+    test_stack_borrow_as(s, harness_bearer(mem, s->dir, arena_sprintf(mem, "other-%s", id), false), wanted);
+    Library__Lending__V1__PlaceHoldRequest wait = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    wait.book_id = (char *)wanted;
+    r.waiting = hold_call(s, "PlaceHold", &wait.base, r.bearer);
+    r.returned = test_stack_borrow_as(s, r.bearer, test_stack_register(s, "Given Back", 1)->book_id);
+    return r;
+}
+
 /* --- the tests ------------------------------------------------------------------------------ */
 
 Test(retention, a_returned_loan_is_forgotten_after_the_retention_and_a_kept_one_is_announced_again) {
     const char *env[] = {"RETENTION=4s", "RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=1s", NULL};
     test_stack s;
     test_stack_start(&s, "retention", env, false, NULL);
-    char id[13];
-    text_random_hex(id, 6);
-    const char *user = arena_sprintf(mem, "reader-%s", id);
-    const char *bearer = harness_bearer(mem, s.dir, user, false);
-    const char *admin = harness_bearer(mem, s.dir, "librarian", true);
-    Loan *kept = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Kept Out", 1)->book_id);
-    /* a hold that waits: another reader has the only copy */
-    const char *wanted = test_stack_register(&s, "Much Wanted", 1)->book_id;
-    test_stack_borrow_as(&s, harness_bearer(mem, s.dir, arena_sprintf(mem, "other-%s", id), false), wanted);
-    Library__Lending__V1__PlaceHoldRequest wait = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
-    wait.book_id = (char *)wanted;
-    Hold *waiting = hold_call(&s, "PlaceHold", &wait.base, bearer);
-    Loan *returned = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Given Back", 1)->book_id);
+    reader r = reader_with_history(&s);
+    const char *user = r.user, *bearer = r.bearer, *admin = r.admin;
+    Loan *kept = r.kept, *returned = r.returned;
+    Hold *waiting = r.waiting;
     Library__Lending__V1__PlaceHoldRequest place = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
     place.book_id = (char *)test_stack_register(&s, "Held Then Not", 1)->book_id;
     Hold *hold = hold_call(&s, "PlaceHold", &place.base, bearer);
@@ -265,19 +280,11 @@ Test(retention, the_page_rebuilt_from_the_trimmed_stream_is_the_live_one) {
     const char *mypage_env[] = {"RETENTION=4s", NULL};
     test_stack s;
     test_stack_start(&s, "retention-page", env, true, mypage_env);
-    char id[13];
-    text_random_hex(id, 6);
-    const char *user = arena_sprintf(mem, "paged-%s", id);
-    const char *bearer = harness_bearer(mem, s.dir, user, false);
-    const char *admin = harness_bearer(mem, s.dir, "librarian", true);
-    Loan *kept = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Kept Out", 1)->book_id);
-    Loan *returned = test_stack_borrow_as(&s, bearer, test_stack_register(&s, "Given Back", 1)->book_id);
-    const char *wanted = test_stack_register(&s, "Much Wanted", 1)->book_id;
-    test_stack_borrow_as(&s, harness_bearer(mem, s.dir, arena_sprintf(mem, "other-%s", id), false), wanted);
-    Library__Lending__V1__PlaceHoldRequest wait = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
-    wait.book_id = (char *)wanted;
-    Hold *waiting = hold_call(&s, "PlaceHold", &wait.base, bearer);
-    test_stack_return_as(&s, bearer, returned->loan_id);
+    reader r = reader_with_history(&s);
+    const char *user = r.user, *admin = r.admin;
+    Loan *kept = r.kept, *returned = r.returned;
+    Hold *waiting = r.waiting;
+    test_stack_return_as(&s, r.bearer, returned->loan_id);
 
     /* the retention passes: the first events of all three are gone from the stream, the
      * returned loan from the page */
