@@ -43,16 +43,19 @@ lib_redis_users() {
   printf 'user mypage on >%s %s\n' "$(<"$dir/redis-mypage")" "$rules"
 }
 
-# lib_dev_tls <dir>: a dev CA (ca.pem) and a certificate for NATS on loopback (nats.pem,
-# nats.key: 127.0.0.1 and localhost) signed by it, made once; the services trust ca.pem.
+# lib_dev_tls <dir> [host...]: a dev CA (ca.pem) and a certificate for NATS on loopback
+# (nats.pem, nats.key: 127.0.0.1, localhost and each host given) signed by it, made once; the
+# services trust ca.pem.
 lib_dev_tls() {
-  local dir=$1
+  local dir=$1 names=IP:127.0.0.1,DNS:localhost host
+  shift
+  for host in "$@"; do names+=",DNS:$host"; done
   [[ -s $dir/ca.pem && -s $dir/nats.pem && -s $dir/nats.key ]] && return 0
   mkdir -p "$dir" && chmod 700 "$dir" || return 1
   (
     cd "$dir" || exit 1
     umask 077
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >nats.ext
+    printf 'subjectAltName=%s\n' "$names" >nats.ext
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
       -subj /CN=library-dev-ca -keyout ca.key -out ca.pem &&
       openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=nats \

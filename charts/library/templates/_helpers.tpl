@@ -210,6 +210,10 @@ config tables; tools/check-deploy checks them against the sources).
   value: {{ if $root.Values.jwt.keySet }}/etc/library/jwt{{ else }}/etc/library/jwt/{{ $root.Values.jwt.secretKey }}{{ end }}
 - name: LOG_LEVEL_FILE
   value: /etc/library/config/LOG_LEVEL
+{{- if $root.Values.nats.tls.existingSecret }}
+- name: NATS_TLS_CA_FILE
+  value: /etc/library/nats-tls/ca.crt
+{{- end }}
 {{- if eq .component "lending" }}
 - name: POLICY_FILE
   value: /etc/library/policy/policy.json
@@ -247,6 +251,14 @@ config tables; tools/check-deploy checks them against the sources).
 - name: tmp
   emptyDir:
     sizeLimit: 16Mi
+{{- if .Values.nats.tls.existingSecret }}
+- name: nats-tls
+  secret:
+    secretName: {{ .Values.nats.tls.existingSecret }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
 {{- end -}}
 
 {{- define "library.volumeMounts" -}}
@@ -258,6 +270,11 @@ config tables; tools/check-deploy checks them against the sources).
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- if .Values.nats.tls.existingSecret }}
+- name: nats-tls
+  mountPath: /etc/library/nats-tls
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/*
