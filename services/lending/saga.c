@@ -637,6 +637,11 @@ static void reconcile_user(lending_saga *saga, arena *a, const char *user_id, co
         status_code code = loan_store_get(saga->store, loan_ids[i], a, &record, &st);
         if (code == STATUS_NOT_FOUND)
             code = claim_interrupted(saga, a, user_id, loan_ids[i], &record, &st);
+        /* A CANCELED loan is announced again before its slot is freed: a claim whose
+         * LoanCanceled failed to publish has no other chance (mypage would miss the loan). The
+         * id is the first announcement's, so a stored one is not doubled. */
+        if (code == STATUS_OK && record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED)
+            code = publish_outcome(saga->connection, record, &st);
         if (code == STATUS_OK && (record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED ||
                                   record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED))
             code = sync_user(saga, a, record, &st);
