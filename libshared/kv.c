@@ -14,8 +14,11 @@
  * kv_mutate tries its compare-and-set on it first and so skips the read in the common case
  * (one writer per key at a time). It is never trusted for anything but that write: a stale
  * entry fails on the revision, and the loop starts over from a fresh read, as it would have
- * without the cache. Values over CACHE_VALUE_MAX are not kept, so the cache stays small. */
-enum { CACHE_SLOTS = 2048, CACHE_VALUE_MAX = 4096 };
+ * without the cache. The records the saga changes most are the large ones (a user record
+ * keeps 1000 loan ids, ~20 KB; a book record its last 1024 decisions, ~22 KB), so values up
+ * to CACHE_VALUE_MAX are kept, and the bytes held stay under CACHE_BYTES_MAX: a value that
+ * would pass it pushes out the slots after the sweep hand, in turn. */
+enum { CACHE_SLOTS = 2048, CACHE_VALUE_MAX = 64 * 1024, CACHE_BYTES_MAX = 8 * 1024 * 1024 };
 
 typedef struct cache_slot {
     char *key;
@@ -36,16 +39,29 @@ struct kv_bucket {
     char prefix[96];  /* "$KV.<name>." */
     pthread_mutex_t cache_lock;
     cache_slot cache[CACHE_SLOTS];
+    size_t cache_bytes; /* the values the slots hold */
+    size_t cache_hand;  /* the next slot to push out when they hold too much */
 };
 
 static cache_slot *cache_slot_of(kv_bucket *bucket, const char *key) {
     return &bucket->cache[text_hash(key) % CACHE_SLOTS];
 }
 
-static void cache_drop(cache_slot *slot) {
+static void cache_drop(kv_bucket *bucket, cache_slot *slot) {
+    bucket->cache_bytes -= slot->data ? slot->size : 0;
     free(slot->key);
     free(slot->data);
     *slot = (cache_slot){0};
+}
+
+/* Under cache_lock: pushes out other slots until size more bytes fit. */
+static void cache_make_room(kv_bucket *bucket, const cache_slot *keep, size_t size) {
+    for (size_t visited = 0; bucket->cache_bytes + size > CACHE_BYTES_MAX && visited < CACHE_SLOTS; visited++) {
+        cache_slot *slot = &bucket->cache[bucket->cache_hand];
+        bucket->cache_hand = (bucket->cache_hand + 1) % CACHE_SLOTS;
+        if (slot != keep && slot->key != NULL)
+            cache_drop(bucket, slot);
+    }
 }
 
 /* Keeps key = data at revision, unless the slot already holds a later revision of the key. */
@@ -60,7 +76,7 @@ static void cache_remember(kv_bucket *bucket, const char *key, const uint8_t *da
     }
     if (size > CACHE_VALUE_MAX) {
         if (same_key)
-            cache_drop(slot);
+            cache_drop(bucket, slot);
         pthread_mutex_unlock(&bucket->cache_lock);
         return;
     }
@@ -70,15 +86,19 @@ static void cache_remember(kv_bucket *bucket, const char *key, const uint8_t *da
         free(copy);
         if (!same_key)
             free(key_copy);
-        cache_drop(slot);
+        cache_drop(bucket, slot);
         pthread_mutex_unlock(&bucket->cache_lock);
         return;
     }
     if (!same_key)
         free(slot->key);
+    bucket->cache_bytes -= slot->data ? slot->size : 0;
     free(slot->data);
+    *slot = (cache_slot){.key = key_copy};
+    cache_make_room(bucket, slot, size);
     memcpy(copy, data, size);
     *slot = (cache_slot){.key = key_copy, .data = copy, .size = size, .revision = revision};
+    bucket->cache_bytes += size;
     pthread_mutex_unlock(&bucket->cache_lock);
 }
 
@@ -165,7 +185,7 @@ void kv_bucket_close(kv_bucket *bucket) {
         return;
     kvStore_Destroy(bucket->store);
     for (size_t i = 0; i < CACHE_SLOTS; i++)
-        cache_drop(&bucket->cache[i]);
+        cache_drop(bucket, &bucket->cache[i]);
     pthread_mutex_destroy(&bucket->cache_lock);
     pthread_mutex_destroy(&bucket->fence_lock);
     free(bucket);

@@ -87,6 +87,25 @@ static status_code reserve_slot(void *arg, arena *a, user_record *user, bool *ch
     return user_record_add_borrow(a, user, &job->borrow, &job->replay, changed, st);
 }
 
+/* The loan as BorrowBook answers it after the wait. Once the outcome is announced, the
+ * replica's loan index holds it when this replica's consumer decided it (it indexes what it
+ * writes) or its watch has seen the write; a loan the index still shows PENDING is read from
+ * the bucket, as is every loan whose outcome did not come in time. */
+static loan_record *decided_loan(lending_handlers *h, arena *a, const char *loan_id, bool decided,
+                                 loan_record *pending, status *st) {
+    loan_message *loan = NULL;
+    loan_record *latest = NULL;
+    if (decided && loan_store_find_loan(h->store, loan_id, a, &loan) &&
+        loan->status != LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING &&
+        (latest = (void *)arena_new_message(a, &library__lending__internal__loan_record__descriptor)) != NULL) {
+        latest->loan = loan;
+        return latest;
+    }
+    if (loan_store_get(h->store, loan_id, a, &latest, st) == STATUS_OK)
+        return latest;
+    return pending;
+}
+
 static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMessage *request,
                                ProtobufCMessage **response, status *st) {
     lending_handlers *h = state;
@@ -149,6 +168,7 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
 
     if (record->loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_PENDING) {
         saga_waiter *waiter = lending_saga_watch(h->saga, loan_id);
+        bool decided = false;
         code = saga_publish_requested(h->connection, record, 0, st);
         if (code != STATUS_OK) {
             /* Stored but not announced: the reconciler republishes it, so the loan goes on. */
@@ -158,12 +178,10 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
             if (wait > h->borrow_wait_ms)
                 wait = h->borrow_wait_ms;
             if (wait > 0)
-                lending_saga_wait(h->saga, waiter, wait);
+                decided = lending_saga_wait(h->saga, waiter, wait);
         }
         lending_saga_unwatch(h->saga, waiter);
-        loan_record *latest = NULL;
-        if (loan_store_get(h->store, loan_id, a, &latest, st) == STATUS_OK)
-            record = latest;
+        record = decided_loan(h, a, loan_id, decided, record, st);
     }
     present(record->loan);
     *response = &record->loan->base;
