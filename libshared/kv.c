@@ -381,7 +381,7 @@ status_code kv_purge(kv_bucket *bucket, const char *key, status *st) {
     pthread_mutex_lock(&bucket->cache_lock);
     cache_slot *slot = cache_slot_of(bucket, key);
     if (slot->key != NULL && strcmp(slot->key, key) == 0)
-        cache_drop(slot);
+        cache_drop(bucket, slot);
     pthread_mutex_unlock(&bucket->cache_lock);
     natsStatus s = kvStore_Purge(bucket->store, key, NULL);
     return s == NATS_OK ? STATUS_OK : nats_status_to_status(s, "purging a key of the store", st);
