@@ -674,6 +674,19 @@ static void reconcile_user(lending_saga *saga, arena *a, const char *user_id, co
     }
 }
 
+/* The reconciler's watch is renewed this often, and each fresh watch delivers every key again. */
+#define REWATCH_MS (10 * 60 * 1000)
+
+/* Queues a settled record to be forgotten RETENTION after its last change. One due later than
+ * two renewals of the watch from now is left to a later renewal, which delivers it again: the
+ * queue holds what comes due soon, not every settled record of the retention. */
+static bool queue_settled(lending_saga *saga, int64_t changed_ms, retention_kind kind, const char *id) {
+    int64_t due = changed_ms + saga->options.retention_ms;
+    if (due > timestamp_now_ms() + 2 * REWATCH_MS)
+        return true;
+    return retention_queue_push(saga->settled, due, kind, id);
+}
+
 /* The sooner of two times where 0 is never. */
 static int64_t sooner(int64_t x, int64_t y) {
     return x == 0 ? y : y == 0 ? x : x < y ? x : y;
@@ -708,8 +721,7 @@ static bool index_entry(lending_saga *saga, arena *a, const kv_change *change) {
             };
             stored = open_loans_set_loan(saga->open, key + 5, &facts);
             if (stored && saga->options.retention_ms > 0 && loan_settled(record))
-                stored = retention_queue_push(saga->settled, record->update_time_ms + saga->options.retention_ms,
-                                              RETENTION_LOAN, key + 5);
+                stored = queue_settled(saga, record->update_time_ms, RETENTION_LOAN, key + 5);
         }
     } else if (strncmp(key, "hold.", 5) == 0) {
         const hold_record *record = deleted ? NULL
@@ -718,8 +730,7 @@ static bool index_entry(lending_saga *saga, arena *a, const kv_change *change) {
         bool open = record != NULL && record->hold != NULL && holds_index_facts(record, &facts);
         stored = open_loans_set_loan(saga->open_holds, key + 5, open ? &facts : NULL);
         if (stored && !open && record != NULL && record->hold != NULL && saga->options.retention_ms > 0)
-            stored = retention_queue_push(saga->settled, record->update_time_ms + saga->options.retention_ms,
-                                          RETENTION_HOLD, key + 5);
+            stored = queue_settled(saga, record->update_time_ms, RETENTION_HOLD, key + 5);
     } else if (strncmp(key, "user.", 5) == 0) {
         const user_record *user = deleted ? NULL
             : (const user_record *)arena_unpack(a, &library__lending__internal__user_record__descriptor, data, size);
@@ -821,8 +832,10 @@ static status_code forget_from_user(void *arg, arena *a, user_record *record, bo
 
 /* The record's retention is over when it is settled and its last change is RETENTION old; then it
  * leaves its user's history first and the bucket second, so a crash in between leaves a record
- * the next watch queues again. A loan with a fine still owed stays, and is looked at again
- * after RECONCILE_AFTER. */
+ * the next watch queues again. A loan with a fine still owed stays, and is looked at again a
+ * tenth of the retention later (and at each renewal of the watch): a fine may stay unpaid for
+ * months, and is not worth two reads every RECONCILE_AFTER. A failed read or write is tried
+ * again after RECONCILE_AFTER. */
 static void forget_settled(round *r, retention_kind kind, const char *id) {
     lending_saga *saga = r->saga;
     status st;
@@ -863,10 +876,14 @@ static void forget_settled(round *r, retention_kind kind, const char *id) {
         metric_add(kind == RETENTION_LOAN ? forgotten_loans : forgotten_holds, 1);
         return;
     }
-    if (code != STATUS_FAILED_PRECONDITION)
+    int64_t again = saga->options.reconcile_after_ms;
+    if (code == STATUS_FAILED_PRECONDITION && strcmp(st.reason, "FINE_OWED") == 0 &&
+        saga->options.retention_ms / 10 > again)
+        again = saga->options.retention_ms / 10;
+    else if (code != STATUS_FAILED_PRECONDITION)
         LOG_WARN("forgetting %s %s after its retention: %s", kind == RETENTION_LOAN ? "loan" : "hold", id,
                  st.message);
-    retention_queue_push(saga->settled, r->now + saga->options.reconcile_after_ms, kind, id);
+    retention_queue_push(saga->settled, r->now + again, kind, id);
 }
 
 static void visit_settled(void *arg, retention_kind kind, const char *id) {
@@ -891,7 +908,6 @@ static void reconcile_open(lending_saga *saga, arena *a) {
  * index holds every key. kv_follow renews a watch that fails or outlived a NATS reconnect,
  * and this one every REWATCH_MS too, so no missed change is carried for long; each fresh
  * watch starts the index over. */
-#define REWATCH_MS (10 * 60 * 1000)
 
 static void *reconciler_main(void *arg) {
     lending_saga *saga = arg;
