@@ -17,7 +17,7 @@ struct projection {
     metric_series *lag;
 };
 
-static void announce(nats_connection *connection, const char *user_id) {
+void projection_announce(nats_connection *connection, const char *user_id) {
     /* Best effort: a replica that was away from NATS sends its watchers their pages again
      * when it is back (handlers.c), and a lost announcement only delays a WatchMypage update,
      * never the projection itself. */
@@ -29,7 +29,7 @@ static void announce(nats_connection *connection, const char *user_id) {
 /* A hold the event moved in its book's queue belongs to another user: their page changed
  * too (its position), though no event names them. */
 static void announce_moved(void *arg, const char *user_id) {
-    announce(arg, user_id);
+    projection_announce(arg, user_id);
 }
 
 /* Applies e to the pages in use (generation 0) or to a rebuild's generation. *user is the
@@ -77,7 +77,7 @@ static status_code on_event(void *arg, const event *e, uint64_t sequence, status
     if (user == NULL)
         return code; /* not about a user's loan or hold: nothing to project */
     if (code == STATUS_OK && changed)
-        announce(p->connection, user);
+        projection_announce(p->connection, user);
     if (code == STATUS_OK && event_time_ms > 0) {
         int64_t lag_ms = timestamp_now_ms() - event_time_ms;
         metric_observe(p->lag, lag_ms > 0 ? (double)lag_ms / 1000 : 0);
@@ -153,7 +153,7 @@ status_code projection_rebuild(nats_connection *connection, page_store *store, u
         page_store_rebuild_abort(store, r.generation);
         return code;
     }
-    announce(connection, "");
+    projection_announce(connection, "");
     nats_flush(connection, 5000);
     LOG_INFO("mypage rebuilt from %llu events; generation %llu is in use",
              (unsigned long long)count, (unsigned long long)r.generation);

@@ -21,6 +21,10 @@
 
 typedef struct projection projection;
 
+/* Tells every replica's WatchMypage streams that user_id's page changed ("": every page).
+ * Best effort: a lost announcement delays a watcher's update only. */
+void projection_announce(nats_connection *connection, const char *user_id);
+
 status_code projection_start(nats_connection *connection, page_store *store, int64_t ack_wait_ms,
                              int workers,
                              projection **out, status *st);

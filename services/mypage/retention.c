@@ -4,8 +4,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
 #include "log.h"
 #include "projection.h"
@@ -29,12 +27,10 @@ int64_t retention_sweep_interval_ms(int64_t retention_ms) {
     return interval < 1000 ? 1000 : interval;
 }
 
-/* As the projection does after a change: best effort, a lost one delays a watcher only. */
+/* As the projection does after a change. */
 static void announce_removed(void *arg, const char *user_id) {
     retention_sweeper *sweeper = arg;
-    status st;
-    if (nats_publish(sweeper->connection, MYPAGE_CHANGED_SUBJECT, user_id, strlen(user_id), &st) != STATUS_OK)
-        LOG_DEBUG("could not announce a mypage change: %s", st.message);
+    projection_announce(sweeper->connection, user_id);
 }
 
 /* Steps until nothing more is due (or Redis fails: the next sweep tries again). */
@@ -56,10 +52,8 @@ static void *sweeper_main(void *arg) {
     while (!atomic_load(&sweeper->stopping)) {
         sweep(sweeper);
         for (int64_t slept = 0; slept < sweeper->interval_ms && !atomic_load(&sweeper->stopping);
-             slept += PAUSE_MS) {
-            struct timespec pause = {.tv_sec = 0, .tv_nsec = PAUSE_MS * 1000000L};
-            nanosleep(&pause, NULL);
-        }
+             slept += PAUSE_MS)
+            timestamp_sleep_ms(PAUSE_MS);
     }
     return NULL;
 }
