@@ -115,6 +115,8 @@ static natsConnection *connect_as(const char *user, refusal *r) {
     cr_assert_eq(natsOptions_Create(&options), NATS_OK);
     natsOptions_SetURL(options, nats.url);
     natsOptions_SetUserInfo(options, user, harness_password(user));
+    natsOptions_SetSecure(options, true);
+    natsOptions_LoadCATrustedCertificates(options, harness_nats_ca_file());
     natsOptions_SetErrorHandler(options, on_refused, r);
     natsStatus s = natsConnection_Connect(&connection, options);
     natsOptions_Destroy(options);
@@ -276,7 +278,7 @@ Test(credentials, nats_over_tls_with_the_servers_ca_and_refused_without_it) {
 
     const char *untrusted[] = {url, wrong_ca, "NATS_CONNECT_TIMEOUT=60s", NULL};
     expect_refused_start("catalog", untrusted, "TLS with NATS at tls://127.0.0.1");
-    const char *plain[] = {url, "NATS_CONNECT_TIMEOUT=60s", NULL};
+    const char *plain[] = {url, "NATS_TLS_CA_FILE=", "NATS_CONNECT_TIMEOUT=60s", NULL};
     expect_refused_start("catalog", plain, "TLS with NATS at tls://127.0.0.1");
     harness_process_stop(&secure, SIGTERM, 5000);
 }

@@ -436,26 +436,91 @@ bool harness_nats_users_file(const char *dir) {
     return ok;
 }
 
-/* "nats://host:port,..." with admin's credentials in each URL. */
-natsStatus harness_nats_connect(natsConnection **out, const char *urls) {
-    char with_login[1024] = "";
-    size_t used = 0;
-    const char *cursor = urls;
-    while (*cursor != '\0' && used < sizeof with_login) {
-        const char *end = strchr(cursor, ',');
-        size_t length = end ? (size_t)(end - cursor) : strlen(cursor);
-        const char *host = strncmp(cursor, "nats://", 7) == 0 ? cursor + 7 : cursor;
-        used += (size_t)snprintf(with_login + used, sizeof with_login - used, "%snats://admin:%s@%.*s",
-                                 used ? "," : "", harness_password("admin"),
-                                 (int)(length - (size_t)(host - cursor)), host);
-        cursor += length + (end ? 1 : 0);
+const char *harness_tls_dir(void) {
+    static char path[600];
+    if (path[0] != '\0')
+        return path;
+    const char *build = getenv("LIBRARY_BUILD_ROOT");
+    char wanted[sizeof path], key[sizeof path + 16];
+    snprintf(wanted, sizeof wanted, "%s/test-tls", build ? build : "build");
+    snprintf(key, sizeof key, "%s/nats.key", wanted);
+    struct stat made;
+    if (stat(key, &made) != 0 || made.st_size == 0) {
+        /* made aside and renamed into place: two suites starting at once both make one, the
+         * first rename wins and the other's copy goes */
+        char aside[sizeof path + 32], command[2048];
+        snprintf(aside, sizeof aside, "%s.%d", wanted, (int)getpid());
+        const char *root = getenv("LIBRARY_SOURCE_ROOT");
+        snprintf(command, sizeof command,
+                 "bash -c 'LIB_ROOT=\"$1\"; source \"$1/tools/lib/credentials.sh\" && lib_dev_tls \"$2\"' _ '%s' '%s'",
+                 root ? root : ".", aside);
+        if (system(command) != 0) {
+            fprintf(stderr, "harness: no test CA in %s (openssl.log there)\n", aside);
+            return NULL;
+        }
+        if (rename(aside, wanted) != 0) {
+            snprintf(command, sizeof command, "rm -rf '%s'", aside);
+            if (system(command) != 0)
+                fprintf(stderr, "harness: cannot remove %s\n", aside);
+        }
     }
-    return natsConnection_ConnectTo(out, with_login);
+    snprintf(path, sizeof path, "%s", wanted);
+    return path;
+}
+
+const char *harness_nats_ca_file(void) {
+    static char path[700];
+    const char *dir = harness_tls_dir();
+    if (dir == NULL)
+        return NULL;
+    snprintf(path, sizeof path, "%s/ca.pem", dir);
+    return path;
+}
+
+/* nats.conf's tls { } block: the test CA's certificate for 127.0.0.1. "" when there is none
+ * (the server then starts without TLS and every client's handshake fails, saying so). */
+static const char *nats_tls_block(void) {
+    static char block[1600];
+    const char *dir = harness_tls_dir();
+    snprintf(block, sizeof block, "tls { cert_file: \"%s/nats.pem\", key_file: \"%s/nats.key\" }\n",
+             dir ? dir : ".", dir ? dir : ".");
+    return dir ? block : "";
+}
+
+const char *harness_nats_tls_config(void) {
+    return nats_tls_block();
+}
+
+/* "nats://host:port,..." as admin, over TLS with the test CA. */
+natsStatus harness_nats_connect(natsConnection **out, const char *urls) {
+    char list[1024];
+    snprintf(list, sizeof list, "%s", urls);
+    const char *servers[16];
+    int count = 0;
+    for (char *save = NULL, *url = strtok_r(list, ",", &save); url != NULL && count < 16;
+         url = strtok_r(NULL, ",", &save))
+        servers[count++] = url;
+    natsOptions *options = NULL;
+    const char *ca = harness_nats_ca_file();
+    natsStatus s = ca == NULL ? NATS_ERR : natsOptions_Create(&options);
+    if (s == NATS_OK)
+        s = natsOptions_SetServers(options, servers, count);
+    if (s == NATS_OK)
+        s = natsOptions_SetUserInfo(options, "admin", harness_password("admin"));
+    if (s == NATS_OK)
+        s = natsOptions_SetSecure(options, true);
+    if (s == NATS_OK)
+        s = natsOptions_LoadCATrustedCertificates(options, ca);
+    if (s == NATS_OK)
+        s = natsConnection_Connect(out, options);
+    natsOptions_Destroy(options);
+    return s;
 }
 
 nats_connection_options harness_nats_options(const char *url, const char *client_name) {
     return (nats_connection_options){.url = url, .client_name = client_name, .user = "admin",
-                                     .password = harness_password("admin")};
+                                     .password = harness_password("admin"),
+                                     .tls_ca_file = harness_nats_ca_file()};
 }
 
 redisContext *harness_redis_connect(int port) {
@@ -500,13 +565,16 @@ bool harness_nats_start_with(const char *dir, int port_number, const char *extra
                              harness_process *out) {
     memset(out, 0, sizeof *out);
     out->port = port_number > 0 ? port_number : harness_free_port();
-    char config[512], text[2400];
+    char config[512], text[4096];
     snprintf(config, sizeof config, "%s/nats.conf", dir);
     snprintf(text, sizeof text,
              "listen: 127.0.0.1:%d\n"
              "jetstream { store_dir: \"%s/nats\" }\n"
              "include nats-users.conf\n%s\n",
-             out->port, dir, extra_config ? extra_config : "");
+             out->port, dir, extra_config && strstr(extra_config, "tls {") ? extra_config : "");
+    if (extra_config == NULL || strstr(extra_config, "tls {") == NULL) /* the test CA's, unless given */
+        snprintf(text + strlen(text), sizeof text - strlen(text), "%s%s\n", nats_tls_block(),
+                 extra_config ? extra_config : "");
     if (!harness_nats_users_file(dir) || !write_text(config, text))
         return false;
     snprintf(out->log_path, sizeof out->log_path, "%s/nats.log", dir);
@@ -605,7 +673,7 @@ static void service_command(const char *name, const char *dir, int port, int met
                             const char *const *env, char binary[512], const char *all[40]) {
     const char *build = getenv("LIBRARY_BUILD_ROOT");
     snprintf(binary, 512, "%s/services/%s/%s", build ? build : "build", name, name);
-    static char settings[9][600];
+    static char settings[10][600];
     int count = 0;
     snprintf(settings[count++], sizeof settings[0], "JWT_PUBLIC_KEY_FILE=%s/jwt-public.pem", dir);
     snprintf(settings[count++], sizeof settings[0], "LOG_LEVEL=debug");
@@ -614,6 +682,8 @@ static void service_command(const char *name, const char *dir, int port, int met
     snprintf(settings[count++], sizeof settings[0], "WRITE_RATE=0");
     snprintf(settings[count++], sizeof settings[0], "NATS_USER=%s", name);
     snprintf(settings[count++], sizeof settings[0], "NATS_PASSWORD=%s", harness_password(name));
+    snprintf(settings[count++], sizeof settings[0], "NATS_TLS_CA_FILE=%s",
+             harness_nats_ca_file() ? harness_nats_ca_file() : "");
     if (strcmp(name, "mypage") == 0) {
         snprintf(settings[count++], sizeof settings[0], "REDIS_USER=mypage");
         snprintf(settings[count++], sizeof settings[0], "REDIS_PASSWORD=%s", harness_password("mypage"));

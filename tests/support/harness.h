@@ -51,7 +51,15 @@ const char *harness_password(const char *user);
  * and the environment that gives its passwords (NULL-terminated, static). */
 bool harness_nats_users_file(const char *dir);
 const char *const *harness_nats_server_env(void);
-/* A connection as admin to a server or a comma-separated list (a cluster). */
+/* Every nats-server the harness starts speaks TLS only, with a certificate for 127.0.0.1
+ * signed by a test CA (tools/lib/credentials.sh's lib_dev_tls, made once per build dir under
+ * <build>/test-tls), as ./tools/run and the chart do; services get NATS_TLS_CA_FILE and the
+ * tests' own connections trust the same CA. The directory (ca.pem, nats.pem, nats.key), its
+ * ca.pem, and the tls { } block a nats.conf needs for it; NULL when it cannot be made. */
+const char *harness_tls_dir(void);
+const char *harness_nats_ca_file(void);
+const char *harness_nats_tls_config(void);
+/* A connection as admin, over TLS, to a server or a comma-separated list (a cluster). */
 natsStatus harness_nats_connect(natsConnection **out, const char *urls);
 /* nats_connection options for url as admin. */
 nats_connection_options harness_nats_options(const char *url, const char *client_name);
@@ -65,9 +73,10 @@ redisContext *harness_redis_connect(int port);
 int harness_nats_violations(const char *log_path);
 
 /* Starts nats-server with JetStream, its store under dir on port (0: a free one), with
- * credentials; waits until it accepts connections. */
+ * credentials and TLS; waits until it accepts connections. */
 bool harness_nats_start(const char *dir, int port, harness_process *out);
-/* The same with more configuration (e.g. a tls { } block) appended to its nats.conf. */
+/* The same with more configuration appended to its nats.conf; a tls { } block there takes
+ * the place of the test CA's. */
 bool harness_nats_start_with(const char *dir, int port, const char *extra_config, harness_process *out);
 /* Starts redis-server with AOF, its data under dir/redis, on port (0: a free one), with ACL
  * users and protected mode. */

@@ -31,7 +31,7 @@ static bool write_config(const nats_cluster *c, int i, char *path, size_t size) 
             "  routes: [\n",
             i + 1, c->node[i].port, c->monitor_port[i], c->dir, i + 1, c->route_port[i]);
     fprintf(f, "    nats://127.0.0.1:%d\n  ]\n}\n", test_proxy_port(c->link[i]));
-    fprintf(f, "include nats-users.conf\n");
+    fprintf(f, "include nats-users.conf\n%s", harness_nats_tls_config());
     return fclose(f) == 0 && harness_nats_users_file(c->dir);
 }
 
