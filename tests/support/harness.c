@@ -755,7 +755,12 @@ int harness_service_run(const char *name, const char *argument, const char *dir,
     snprintf(process.log_path, sizeof process.log_path, "%s/%s%s.log", dir, name, argument);
     char binary[512];
     const char *all[40];
-    service_command(name, dir, 0, 0, env, binary, all);
+    /* the service itself (a start that must fail) gets free ports, as harness_service_start
+     * gives: its defaults may be taken by whatever else runs here */
+    int ports[2] = {0, 0};
+    if (argument[0] == '\0')
+        harness_free_ports(ports, 2);
+    service_command(name, dir, ports[0], ports[1], env, binary, all);
     char *argv[] = {binary, argument[0] ? (char *)argument : NULL, NULL};
     process.pid = harness_spawn(argv, all, process.log_path);
     if (process.pid <= 0)
