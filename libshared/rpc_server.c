@@ -5,8 +5,8 @@
  * refuses it at once; then either sheds it (over the in-flight limit), answers it at once
  * (unknown method), or queues it for a worker. The worker decodes, runs the handler and
  * starts one batch with the whole reply; the poller frees the call when that batch
- * completes. Server streams keep the call alive with a reference count and send
- * one message at a time from a queue. */
+ * completes. Server streams (rpc_stream.c) keep the call alive with a reference count and
+ * send one message at a time from a queue. */
 #include "rpc_server.h"
 
 #include <grpc/byte_buffer.h>
@@ -28,6 +28,7 @@
 #include "metrics.h"
 #include "rate_limit.h"
 #include "reflection.h"
+#include "rpc_call.h"
 #include "rpc_internal.h"
 #include "status_details.h"
 #include "text.h"
@@ -37,27 +38,8 @@ enum {
     MAX_METHODS = 64,
     MAX_SERVICES = 16,
     REQUESTS_PER_METHOD = 8, /* calls kept requested per method and completion queue */
-    STREAM_QUEUE_LIMIT = 256,
-    STATUS_CODE_COUNT = 17,
     SUMMARY_INTERVAL_MS = 60000, /* how often the access summary is logged at info */
 };
-
-/* The Prometheus series of one method (or of all unknown methods), resolved at registration;
- * a handled series per status code is resolved on its first use. */
-typedef struct method_metrics {
-    const char *type, *service, *method; /* label values */
-    metric_series *started, *seconds, *shed;
-    _Atomic(metric_series *) handled[STATUS_CODE_COUNT];
-} method_metrics;
-
-typedef struct registered_method {
-    rpc_server *server;
-    const rpc_service *service;
-    const rpc_method *method;
-    char *path;
-    void *handle;
-    method_metrics metrics;
-} registered_method;
 
 /* A call requested from the core, waiting for a client. */
 typedef struct call_request {
@@ -71,71 +53,6 @@ typedef struct call_request {
     grpc_byte_buffer *payload;
     grpc_call_details details;
 } call_request;
-
-typedef struct queued_message {
-    struct queued_message *next;
-    grpc_byte_buffer *buffer;
-} queued_message;
-
-struct rpc_stream {
-    pthread_mutex_t lock;
-    queued_message *head, *tail;
-    size_t queued;
-    bool initial_metadata_sent;
-    bool batch_in_flight; /* one send batch at a time */
-    bool finish_requested;
-    bool status_sent;
-    bool closed;          /* the call is over */
-    bool kept;            /* the handler retained the stream */
-    status_code finish_code;
-    status finish_status;
-    void (*on_close)(void *arg);
-    void *on_close_arg;
-    cq_tag write_tag;
-    cq_tag close_tag;
-    cq_tag read_tag;
-    grpc_byte_buffer *write_buffer;
-    grpc_byte_buffer *read_buffer;
-    int client_cancelled;
-    /* Trailing metadata and details kept alive until the status batch completes. */
-    reply_trailers trailers;
-    struct rpc_context *prev_open, *next_open; /* server's list of open streams */
-    int64_t expires_at; /* the caller's token expiry (unix seconds), 0: none; streams_lock */
-};
-
-struct rpc_context {
-    rpc_server *server;
-    registered_method *method;
-    grpc_call *call;
-    grpc_completion_queue *cq;
-    gpr_timespec deadline;
-    grpc_metadata_array metadata;
-    grpc_byte_buffer *payload;
-    arena *arena;
-    atomic_int refs;
-    int64_t started_ns;
-    bool on_poller;                /* a nonblocking handler's first try */
-    const ProtobufCMessage *request; /* decoded, after the checks passed */
-    status_code final_code; /* the status sent; CANCELLED until one is */
-    char final_message[160];
-    auth_identity caller;
-    bool has_caller;
-    const char *authorization;
-    char traceparent[56];
-    char trace_id[33];
-    struct rpc_context *next_job;
-    /* a PUBLIC stream's slot (public_slot_take), held until the call is freed */
-    int retry_pushback_ms; /* sent with an admission's refusal; 0: none */
-    bool holds_public_slot;
-    char *peer;
-    struct rpc_context *prev_public, *next_public;
-    /* unary reply */
-    cq_tag reply_tag;
-    grpc_byte_buffer *reply_buffer;
-    reply_trailers trailers;
-    int cancelled;
-    rpc_stream stream;
-};
 
 typedef struct poller {
     rpc_server *server;
@@ -165,13 +82,7 @@ struct rpc_server {
     atomic_int in_flight;
     atomic_int live_calls; /* calls created and not yet freed: the drain waits for them alone */
 
-    pthread_mutex_t streams_lock;
-    rpc_context *open_streams;
-    /* ends streams whose token expired; with streams_lock */
-    pthread_t expiry_thread;
-    bool expiry_running, expiry_stopping;
-    pthread_cond_t expiry_wake;
-    int64_t expiry_next; /* when the thread wakes next (unix seconds), INT64_MAX: not before told */
+    stream_set streams;
 
     pthread_mutex_t public_lock;
     rpc_context *public_streams; /* the calls holding a public slot */
@@ -183,7 +94,6 @@ struct rpc_server {
     pthread_cond_t shutdown_done_cond;
     bool started, shutting_down, shutdown_done;
     cq_tag shutdown_tag;
-    atomic_bool draining;
     /* Deferred answers come from threads of their own (rpc_context_answer). They start their
      * batch under the read lock; shutdown closes the queues under the write lock, after which
      * an answer is dropped instead of starting a batch on a closed queue (an abort in the
@@ -200,9 +110,6 @@ struct rpc_server {
 };
 
 static void request_post(call_request *request);
-static void call_release(rpc_context *call);
-static void stream_pump_locked(rpc_context *call);
-static status_code call_check_size(rpc_context *call, grpc_byte_buffer *buffer, status *st);
 
 /* --- helpers ---------------------------------------------------------------------- */
 
@@ -212,7 +119,7 @@ static bool slice_equals(grpc_slice slice, const char *text) {
            memcmp(GRPC_SLICE_START_PTR(slice), text, length) == 0;
 }
 
-static grpc_byte_buffer *message_to_buffer(const ProtobufCMessage *message) {
+grpc_byte_buffer *rpc_message_to_buffer(const ProtobufCMessage *message) {
     size_t size = protobuf_c_message_get_packed_size(message);
     grpc_slice slice = grpc_slice_malloc(size);
     protobuf_c_message_pack(message, GRPC_SLICE_START_PTR(slice));
@@ -368,7 +275,7 @@ static void call_record(rpc_context *call) {
     }
 }
 
-static void call_set_final(rpc_context *call, status_code code, const status *st) {
+void rpc_call_set_final(rpc_context *call, status_code code, const status *st) {
     call->final_code = code;
     if (code != STATUS_OK && st != NULL)
         snprintf(call->final_message, sizeof call->final_message, "%.159s", st->message);
@@ -423,7 +330,8 @@ static rpc_context *call_create(call_request *request) {
     metric_add(call_metrics(call)->started, 1);
     atomic_init(&call->refs, 1);
     atomic_fetch_add_explicit(&call->server->live_calls, 1, memory_order_relaxed);
-    pthread_mutex_init(&call->stream.lock, NULL);
+    call->streams = &request->server->streams;
+    stream_init(&call->stream);
     call_init_trace(call);
     return call;
 }
@@ -433,20 +341,8 @@ static void public_slot_release(rpc_context *call);
 static void call_free(rpc_context *call) {
     call_record(call);
     public_slot_release(call);
-    rpc_stream *stream = &call->stream;
-    for (queued_message *m = stream->head; m != NULL;) {
-        queued_message *next = m->next;
-        grpc_byte_buffer_destroy(m->buffer);
-        free(m);
-        m = next;
-    }
-    if (stream->write_buffer)
-        grpc_byte_buffer_destroy(stream->write_buffer);
-    if (stream->read_buffer)
-        grpc_byte_buffer_destroy(stream->read_buffer);
-    reply_trailers_clear(&stream->trailers);
+    stream_clear(&call->stream);
     reply_trailers_clear(&call->trailers);
-    pthread_mutex_destroy(&stream->lock);
     if (call->reply_buffer)
         grpc_byte_buffer_destroy(call->reply_buffer);
     if (call->payload)
@@ -458,18 +354,18 @@ static void call_free(rpc_context *call) {
     free(call);
 }
 
-static void call_retain(rpc_context *call) {
+void rpc_call_retain(rpc_context *call) {
     atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
 }
 
-static void call_release(rpc_context *call) {
+void rpc_call_release(rpc_context *call) {
     if (atomic_fetch_sub_explicit(&call->refs, 1, memory_order_acq_rel) == 1)
         call_free(call);
 }
 
 static void on_reply_sent(void *self, bool ok) {
     (void)ok; /* a failed reply means the client went away; nothing to do but free */
-    call_release(self);
+    rpc_call_release(self);
 }
 
 /* Answers a unary call in one batch: the message and OK, or an error. The core needs the
@@ -477,7 +373,7 @@ static void on_reply_sent(void *self, bool ok) {
  * an error as one Trailers-Only HEADERS frame. */
 static void call_reply(rpc_context *call, status_code code, const status *st,
                        grpc_byte_buffer *message, int pushback_ms) {
-    call_set_final(call, code, st);
+    rpc_call_set_final(call, code, st);
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     size_t n = 0;
@@ -502,7 +398,7 @@ static void call_reply(rpc_context *call, status_code code, const status *st,
     grpc_call_error error = grpc_call_start_batch(call->call, ops, n, &call->reply_tag, NULL);
     if (error != GRPC_CALL_OK) {
         LOG_ERROR("grpc_call_start_batch failed for a reply: %d", (int)error);
-        call_release(call);
+        rpc_call_release(call);
     }
 }
 
@@ -537,7 +433,7 @@ static status_code call_authenticate(rpc_context *call, status *st) {
     return STATUS_OK;
 }
 
-static status_code call_decode(rpc_context *call, grpc_byte_buffer *buffer,
+status_code rpc_call_decode(rpc_context *call, grpc_byte_buffer *buffer,
                                ProtobufCMessage **request, status *st) {
     const ProtobufCMessageDescriptor *type = call->method->method->request_type;
     if (buffer == NULL)
@@ -560,7 +456,7 @@ static void call_answer(rpc_context *call, status_code code, status *st, const P
     if (code == STATUS_OK && response == NULL)
         code = status_set(st, STATUS_INTERNAL, "NO_RESPONSE", "the handler returned no response");
     if (code == STATUS_OK) {
-        call_reply(call, STATUS_OK, NULL, message_to_buffer(response), 0);
+        call_reply(call, STATUS_OK, NULL, rpc_message_to_buffer(response), 0);
     } else {
         if (st->code != code)
             st->code = code;
@@ -594,7 +490,7 @@ void rpc_context_answer(rpc_context *ctx, status_code code, const status *st,
     if (server->queues_closed) {
         /* answered after the drain cancelled the call: nobody is listening any more */
         pthread_rwlock_unlock(&server->queues_lock);
-        call_release(ctx); /* the reference the reply would have dropped */
+        rpc_call_release(ctx); /* the reference the reply would have dropped */
         return;
     }
     status copy;
@@ -607,8 +503,6 @@ void rpc_context_answer(rpc_context *ctx, status_code code, const status *st,
     pthread_rwlock_unlock(&server->queues_lock);
 }
 
-static void stream_begin(rpc_context *call);
-
 static void call_run_server_stream(rpc_context *call, const ProtobufCMessage *request) {
     const registered_method *m = call->method;
     stream_begin(call);
@@ -619,7 +513,7 @@ static void call_run_server_stream(rpc_context *call, const ProtobufCMessage *re
         rpc_stream_finish(&call->stream, code, &st);
     else if (!call->stream.kept)
         rpc_stream_finish(&call->stream, STATUS_OK, NULL);
-    call_release(call); /* the handler's reference */
+    rpc_call_release(call); /* the handler's reference */
 }
 
 /* Checks, decodes and runs the call. false when a nonblocking handler, tried on a poller
@@ -636,7 +530,7 @@ static bool call_process(rpc_context *call) {
             code = status_set(&st, STATUS_DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED",
                               "the deadline passed before the call was handled");
         if (code == STATUS_OK)
-            code = call_decode(call, call->payload, &request, &st);
+            code = rpc_call_decode(call, call->payload, &request, &st);
         if (call->payload != NULL) { /* decoded into the arena: a stream need not keep it */
             grpc_byte_buffer_destroy(call->payload);
             call->payload = NULL;
@@ -689,346 +583,6 @@ static void jobs_push(rpc_server *server, rpc_context *call) {
     pthread_mutex_unlock(&server->jobs_lock);
 }
 
-/* --- server streams --------------------------------------------------------------- */
-
-static void stream_unlink(rpc_context *call) {
-    rpc_server *server = call->server;
-    pthread_mutex_lock(&server->streams_lock);
-    rpc_stream *s = &call->stream;
-    if (s->prev_open)
-        s->prev_open->stream.next_open = s->next_open;
-    else if (server->open_streams == call)
-        server->open_streams = s->next_open;
-    if (s->next_open)
-        s->next_open->stream.prev_open = s->prev_open;
-    s->prev_open = s->next_open = NULL;
-    pthread_mutex_unlock(&server->streams_lock);
-}
-
-static void on_stream_closed(void *self, bool ok) {
-    (void)ok;
-    rpc_context *call = self;
-    rpc_stream *s = &call->stream;
-    pthread_mutex_lock(&s->lock);
-    s->closed = true;
-    void (*callback)(void *) = s->on_close;
-    void *arg = s->on_close_arg;
-    s->on_close = NULL;
-    pthread_mutex_unlock(&s->lock);
-    stream_unlink(call);
-    if (callback)
-        callback(arg);
-    call_release(call);
-}
-
-static void on_stream_written(void *self, bool ok) {
-    rpc_context *call = self;
-    rpc_stream *s = &call->stream;
-    pthread_mutex_lock(&s->lock);
-    s->batch_in_flight = false;
-    if (s->write_buffer) {
-        grpc_byte_buffer_destroy(s->write_buffer);
-        s->write_buffer = NULL;
-    }
-    if (!ok)
-        s->closed = true; /* the client is gone; RECV_CLOSE will report it */
-    stream_pump_locked(call);
-    pthread_mutex_unlock(&s->lock);
-    call_release(call);
-}
-
-static void stream_start_batch(rpc_context *call, grpc_op *ops, size_t n) {
-    rpc_stream *s = &call->stream;
-    s->batch_in_flight = true;
-    call_retain(call);
-    if (grpc_call_start_batch(call->call, ops, n, &s->write_tag, NULL) != GRPC_CALL_OK) {
-        s->batch_in_flight = false;
-        s->closed = true;
-        atomic_fetch_sub(&call->refs, 1); /* cannot reach 0: the caller holds a reference */
-    }
-}
-
-/* Starts the next send batch if none is in flight: a queued message, else the status. */
-static void stream_pump_locked(rpc_context *call) {
-    rpc_stream *s = &call->stream;
-    if (s->batch_in_flight || s->status_sent)
-        return;
-    grpc_op ops[3];
-    memset(ops, 0, sizeof ops);
-    size_t n = 0;
-    if (s->head != NULL && !s->closed) {
-        queued_message *m = s->head;
-        s->head = m->next;
-        if (s->head == NULL)
-            s->tail = NULL;
-        s->queued--;
-        s->write_buffer = m->buffer;
-        free(m);
-        if (!s->initial_metadata_sent) {
-            ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-            s->initial_metadata_sent = true;
-        }
-        ops[n].op = GRPC_OP_SEND_MESSAGE;
-        ops[n++].data.send_message.send_message = s->write_buffer;
-        s->write_tag = (cq_tag){on_stream_written, call};
-        stream_start_batch(call, ops, n);
-    } else if (s->finish_requested && !s->closed) {
-        reply_trailers_set(&s->trailers, &s->finish_status, call->server->options.error_domain, 0);
-        if (!s->initial_metadata_sent) {
-            ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-            s->initial_metadata_sent = true;
-        }
-        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-        ops[n].data.send_status_from_server.status = (grpc_status_code)s->finish_code;
-        ops[n].data.send_status_from_server.status_details = &s->trailers.message;
-        if (s->finish_code != STATUS_OK) {
-            ops[n].data.send_status_from_server.trailing_metadata = s->trailers.items;
-            ops[n].data.send_status_from_server.trailing_metadata_count = s->trailers.count;
-        }
-        n++;
-        s->status_sent = true;
-        call_set_final(call, s->finish_code, &s->finish_status);
-        s->write_tag = (cq_tag){on_stream_written, call};
-        stream_start_batch(call, ops, n);
-    }
-}
-
-/* Registers the stream as open and asks the core to tell us when the call is over. */
-static void stream_begin(rpc_context *call) {
-    rpc_server *server = call->server;
-    rpc_stream *s = &call->stream;
-    pthread_mutex_lock(&server->streams_lock);
-    s->next_open = server->open_streams;
-    if (server->open_streams)
-        server->open_streams->stream.prev_open = call;
-    server->open_streams = call;
-    s->expires_at = call->has_caller ? call->caller.expires_at : 0;
-    if (s->expires_at > 0 && s->expires_at < server->expiry_next)
-        pthread_cond_signal(&server->expiry_wake);
-    pthread_mutex_unlock(&server->streams_lock);
-
-    grpc_op op;
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    op.data.recv_close_on_server.cancelled = &s->client_cancelled;
-    s->close_tag = (cq_tag){on_stream_closed, call};
-    call_retain(call);
-    if (grpc_call_start_batch(call->call, &op, 1, &s->close_tag, NULL) != GRPC_CALL_OK) {
-        s->closed = true;
-        stream_unlink(call);
-        call_release(call);
-    }
-    if (atomic_load(&server->draining)) {
-        status st;
-        status_set(&st, STATUS_UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down");
-        rpc_stream_finish(s, STATUS_UNAVAILABLE, &st);
-    }
-}
-
-static rpc_context *stream_call(rpc_stream *stream) {
-    return (rpc_context *)((char *)stream - offsetof(rpc_context, stream));
-}
-
-status_code rpc_stream_send(rpc_stream *stream, const ProtobufCMessage *message, status *st) {
-    rpc_context *call = stream_call(stream);
-    pthread_mutex_lock(&stream->lock);
-    if (stream->closed || stream->finish_requested) {
-        pthread_mutex_unlock(&stream->lock);
-        return status_set(st, STATUS_CANCELLED, "STREAM_CLOSED", "the stream has ended");
-    }
-    if (stream->queued >= STREAM_QUEUE_LIMIT) {
-        /* The client stopped reading: its flow-control window is full, so the send in flight
-         * never completes, and a status queued behind it (rpc_stream_finish) would never
-         * leave either: the stream, its queue and its handler's resources (a mypage watcher
-         * slot) stayed until the client went away. Cancelling with the status sends it at
-         * once (trailers and RST_STREAM are not flow-controlled), fails the send in flight so
-         * the stream closes, and frees the queue now. Cancellation carries no status
-         * details, only the code and message. */
-        status over;
-        status_set(&over, STATUS_RESOURCE_EXHAUSTED, "CLIENT_TOO_SLOW",
-                   "the client did not read %d queued messages", STREAM_QUEUE_LIMIT);
-        stream->finish_requested = true;
-        stream->status_sent = true;
-        stream->finish_code = STATUS_RESOURCE_EXHAUSTED;
-        stream->finish_status = over;
-        call_set_final(call, STATUS_RESOURCE_EXHAUSTED, &over);
-        queued_message *dropped = stream->head;
-        stream->head = stream->tail = NULL;
-        stream->queued = 0;
-        pthread_mutex_unlock(&stream->lock);
-        while (dropped != NULL) {
-            queued_message *next = dropped->next;
-            grpc_byte_buffer_destroy(dropped->buffer);
-            free(dropped);
-            dropped = next;
-        }
-        grpc_call_cancel_with_status(call->call, GRPC_STATUS_RESOURCE_EXHAUSTED, over.message, NULL);
-        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "CLIENT_TOO_SLOW", "%s", over.message);
-    }
-    queued_message *m = malloc(sizeof *m);
-    if (m == NULL) {
-        pthread_mutex_unlock(&stream->lock);
-        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    }
-    m->buffer = message_to_buffer(message);
-    m->next = NULL;
-    if (stream->tail)
-        stream->tail->next = m;
-    else
-        stream->head = m;
-    stream->tail = m;
-    stream->queued++;
-    stream_pump_locked(call);
-    pthread_mutex_unlock(&stream->lock);
-    return STATUS_OK;
-}
-
-void rpc_stream_finish(rpc_stream *stream, status_code code, const status *st) {
-    rpc_context *call = stream_call(stream);
-    pthread_mutex_lock(&stream->lock);
-    if (!stream->finish_requested) {
-        stream->finish_requested = true;
-        stream->finish_code = code;
-        if (st != NULL && code != STATUS_OK)
-            stream->finish_status = *st;
-        else
-            status_clear(&stream->finish_status);
-        stream->finish_status.code = code;
-        stream_pump_locked(call);
-    }
-    pthread_mutex_unlock(&stream->lock);
-}
-
-bool rpc_stream_is_closed(rpc_stream *stream) {
-    pthread_mutex_lock(&stream->lock);
-    bool closed = stream->closed || stream->finish_requested;
-    pthread_mutex_unlock(&stream->lock);
-    return closed;
-}
-
-void rpc_stream_retain(rpc_stream *stream) {
-    rpc_context *call = stream_call(stream);
-    stream->kept = true;
-    call_retain(call);
-}
-
-void rpc_stream_release(rpc_stream *stream) {
-    call_release(stream_call(stream));
-}
-
-void rpc_stream_on_close(rpc_stream *stream, void (*on_close)(void *arg), void *arg) {
-    pthread_mutex_lock(&stream->lock);
-    bool already_closed = stream->closed;
-    if (!already_closed) {
-        stream->on_close = on_close;
-        stream->on_close_arg = arg;
-    }
-    pthread_mutex_unlock(&stream->lock);
-    if (already_closed)
-        on_close(arg);
-}
-
-/* A token is checked when its call starts; a stream can outlive it. At its exp (+ leeway)
- * the stream ends with UNAUTHENTICATED, and the client opens it again with a fresh token. */
-static int64_t streams_end_expired(rpc_server *server, int64_t now) {
-    status st;
-    status_set(&st, STATUS_UNAUTHENTICATED, "TOKEN_EXPIRED",
-               "the token expired; open the stream again with a fresh token");
-    int64_t next = INT64_MAX;
-    for (rpc_context *call = server->open_streams; call != NULL; call = call->stream.next_open) {
-        rpc_stream *s = &call->stream;
-        if (s->expires_at > 0 && s->expires_at <= now) {
-            s->expires_at = 0;
-            rpc_stream_finish(s, STATUS_UNAUTHENTICATED, &st);
-        } else if (s->expires_at > 0 && s->expires_at < next) {
-            next = s->expires_at;
-        }
-    }
-    return next;
-}
-
-static void *expiry_main(void *arg) {
-    rpc_server *server = arg;
-    pthread_mutex_lock(&server->streams_lock);
-    while (!server->expiry_stopping) {
-        server->expiry_next = streams_end_expired(server, (int64_t)time(NULL));
-        if (server->expiry_next == INT64_MAX) {
-            pthread_cond_wait(&server->expiry_wake, &server->streams_lock);
-        } else {
-            struct timespec until = {.tv_sec = (time_t)server->expiry_next};
-            pthread_cond_timedwait(&server->expiry_wake, &server->streams_lock, &until);
-        }
-    }
-    pthread_mutex_unlock(&server->streams_lock);
-    return NULL;
-}
-
-static void expiry_stop(rpc_server *server) {
-    if (!server->expiry_running)
-        return;
-    pthread_mutex_lock(&server->streams_lock);
-    server->expiry_stopping = true;
-    pthread_cond_signal(&server->expiry_wake);
-    pthread_mutex_unlock(&server->streams_lock);
-    pthread_join(server->expiry_thread, NULL);
-    server->expiry_running = false;
-}
-
-/* --- bidirectional streams (reflection) -------------------------------------------- */
-
-static void bidi_read_next(rpc_context *call);
-
-static void on_bidi_read(void *self, bool ok) {
-    rpc_context *call = self;
-    rpc_stream *s = &call->stream;
-    grpc_byte_buffer *buffer = s->read_buffer;
-    s->read_buffer = NULL;
-    if (!ok) {
-        call_release(call);
-        return;
-    }
-    if (buffer == NULL) { /* the client half-closed: we are done once our messages are sent */
-        rpc_stream_finish(s, STATUS_OK, NULL);
-        call_release(call);
-        return;
-    }
-    status st;
-    status_clear(&st);
-    ProtobufCMessage *request = NULL;
-    arena_reset(call->arena);
-    status_code code = call_check_size(call, buffer, &st);
-    if (code == STATUS_OK)
-        code = call_decode(call, buffer, &request, &st);
-    grpc_byte_buffer_destroy(buffer);
-    const registered_method *m = call->method;
-    if (code == STATUS_OK)
-        code = m->method->stream(m->service->state, call, request, s, &st);
-    if (code != STATUS_OK)
-        rpc_stream_finish(s, code, &st);
-    else
-        bidi_read_next(call);
-    call_release(call);
-}
-
-static void bidi_read_next(rpc_context *call) {
-    rpc_stream *s = &call->stream;
-    grpc_op op;
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &s->read_buffer;
-    s->read_tag = (cq_tag){on_bidi_read, call};
-    call_retain(call);
-    if (grpc_call_start_batch(call->call, &op, 1, &s->read_tag, NULL) != GRPC_CALL_OK)
-        call_release(call);
-}
-
-static void call_start_bidi(rpc_context *call) {
-    stream_begin(call);
-    call->stream.kept = true;
-    bidi_read_next(call);
-    call_release(call); /* the starter's reference; the read and close batches hold theirs */
-}
-
 /* --- admission (poller threads) --------------------------------------------------- */
 
 static size_t method_max_request_bytes(const rpc_context *call) {
@@ -1041,7 +595,7 @@ static size_t method_max_request_bytes(const rpc_context *call) {
 
 /* Refuses a request over its method's limit before it is copied or decoded (the copy and the
  * decoded message would stay in a stream's arena as long as the stream). */
-static status_code call_check_size(rpc_context *call, grpc_byte_buffer *buffer, status *st) {
+status_code rpc_call_check_size(rpc_context *call, grpc_byte_buffer *buffer, status *st) {
     size_t limit = method_max_request_bytes(call);
     size_t size = buffer != NULL ? grpc_byte_buffer_length(buffer) : 0;
     if (size <= limit)
@@ -1124,7 +678,7 @@ static status_code call_rate_check(rpc_context *call, status *st) {
  * of a large message: the request size, the public stream slots and the token. */
 static status_code call_admit(rpc_context *call, status *st) {
     const rpc_method *method = call->method->method;
-    status_code code = call_check_size(call, call->payload, st);
+    status_code code = rpc_call_check_size(call, call->payload, st);
     if (code != STATUS_OK) {
         grpc_byte_buffer_destroy(call->payload); /* let go of it now, not when the reply is sent */
         call->payload = NULL;
@@ -1200,7 +754,7 @@ static void on_call_requested(void *self, bool ok) {
         return;
     }
     if (call->method->method->kind == RPC_KIND_BIDI_STREAMING) {
-        call_start_bidi(call);
+        stream_start_bidi(call);
         return;
     }
     if (call->method->method->nonblocking && call->method->method->kind == RPC_KIND_UNARY) {
@@ -1317,17 +871,14 @@ status_code rpc_server_create(const rpc_server_options *options, rpc_server **ou
         o->error_domain = "library";
     pthread_mutex_init(&server->jobs_lock, NULL);
     pthread_cond_init(&server->jobs_ready, NULL);
-    pthread_mutex_init(&server->streams_lock, NULL);
     pthread_mutex_init(&server->public_lock, NULL);
     pthread_mutex_init(&server->shutdown_lock, NULL);
     pthread_rwlock_init(&server->queues_lock, NULL);
     pthread_cond_init(&server->shutdown_done_cond, NULL);
     pthread_cond_init(&server->summary_wake, NULL);
-    pthread_cond_init(&server->expiry_wake, NULL);
-    server->expiry_next = INT64_MAX;
+    stream_set_init(&server->streams, o->error_domain);
     atomic_init(&server->in_flight, 0);
     atomic_init(&server->live_calls, 0);
-    atomic_init(&server->draining, false);
     atomic_init(&server->calls_total, 0);
     atomic_init(&server->errors_total, 0);
     atomic_init(&server->shed_total, 0);
@@ -1482,8 +1033,7 @@ status_code rpc_server_start(rpc_server *server, status *st) {
             request_new(server, NULL, cq);
     }
     server->summary_running = pthread_create(&server->summary_thread, NULL, summary_main, server) == 0;
-    server->expiry_running = pthread_create(&server->expiry_thread, NULL, expiry_main, server) == 0;
-    if (!server->expiry_running)
+    if (!stream_set_start_expiry(&server->streams))
         LOG_WARN("no thread to end streams whose token expires: they end at their deadline only");
     return STATUS_OK;
 }
@@ -1502,15 +1052,6 @@ size_t rpc_server_services(const rpc_server *server, const rpc_service **out, si
     for (size_t i = 0; i < server->service_count && i < capacity; i++)
         out[i] = server->services[i];
     return server->service_count;
-}
-
-static void finish_open_streams(rpc_server *server) {
-    status st;
-    status_set(&st, STATUS_UNAVAILABLE, "SHUTTING_DOWN", "the server is shutting down");
-    pthread_mutex_lock(&server->streams_lock);
-    for (rpc_context *call = server->open_streams; call != NULL; call = call->stream.next_open)
-        rpc_stream_finish(&call->stream, STATUS_UNAVAILABLE, &st);
-    pthread_mutex_unlock(&server->streams_lock);
 }
 
 static bool wait_shutdown_done(rpc_server *server, int64_t timeout_ms) {
@@ -1539,13 +1080,13 @@ void rpc_server_shutdown(rpc_server *server) {
         pthread_join(server->summary_thread, NULL);
     if (!first || !server->started)
         return;
-    expiry_stop(server); /* the drain ends every stream; none may be ended once queues close */
+    /* the drain ends every stream; none may be ended once queues close */
+    stream_set_stop_expiry(&server->streams);
     int64_t started = timestamp_monotonic_ms();
-    atomic_store(&server->draining, true);
     /* Stop listening first, so nothing new arrives while open streams are ended. */
     server->shutdown_tag = (cq_tag){on_shutdown_done, server};
     grpc_server_shutdown_and_notify(server->core, server->pollers[0].cq, &server->shutdown_tag);
-    finish_open_streams(server);
+    stream_set_drain(&server->streams);
     /* The core's graceful shutdown also waits for every connected client to answer the
      * GOAWAY's ping, and an idle C-core client answers only when its backup poller runs (every
      * 5 s): drains of 4 to 10 s with nothing open were seen. Once every call has been answered
@@ -1583,13 +1124,12 @@ void rpc_server_destroy(rpc_server *server) {
     free(server->workers);
     pthread_mutex_destroy(&server->jobs_lock);
     pthread_cond_destroy(&server->jobs_ready);
-    pthread_mutex_destroy(&server->streams_lock);
+    stream_set_destroy(&server->streams);
     pthread_mutex_destroy(&server->public_lock);
     pthread_mutex_destroy(&server->shutdown_lock);
     pthread_rwlock_destroy(&server->queues_lock);
     pthread_cond_destroy(&server->shutdown_done_cond);
     pthread_cond_destroy(&server->summary_wake);
-    pthread_cond_destroy(&server->expiry_wake);
     free(server);
     grpc_shutdown();
 }
