@@ -163,8 +163,7 @@ bool page_hold_change_from_event(arena *a, const event *e, hold_change *out) {
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED: {
         const Library__Events__V1__HoldPlaced *b = e->hold_placed;
         hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
-                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING,
-                    PAGE_HOLD_RANK_WAITING);
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING, PAGE_HOLD_RANK_WAITING);
         out->book_title = b->book_title;
         out->place_seconds = page_seconds(b->place_time);
         break;
@@ -172,16 +171,14 @@ bool page_hold_change_from_event(arena *a, const event *e, hold_change *out) {
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_QUEUED: {
         const Library__Events__V1__HoldQueued *b = e->hold_queued;
         hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
-                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING,
-                    PAGE_HOLD_RANK_WAITING);
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING, PAGE_HOLD_RANK_WAITING);
         queue = b->queue;
         break;
     }
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_READY: {
         const Library__Events__V1__HoldReady *b = e->hold_ready;
         hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
-                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY,
-                    PAGE_HOLD_RANK_READY);
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY, PAGE_HOLD_RANK_READY);
         out->expire_seconds = page_seconds(b->expire_time);
         queue = b->queue;
         break;
@@ -189,22 +186,19 @@ bool page_hold_change_from_event(arena *a, const event *e, hold_change *out) {
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_FULFILLED: {
         const Library__Events__V1__HoldFulfilled *b = e->hold_fulfilled;
         hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
-                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_FULFILLED,
-                    PAGE_HOLD_RANK_FINAL);
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_FULFILLED, PAGE_HOLD_RANK_FINAL);
         break;
     }
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED: {
         const Library__Events__V1__HoldCanceled *b = e->hold_canceled;
         hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
-                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED,
-                    PAGE_HOLD_RANK_FINAL);
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED, PAGE_HOLD_RANK_FINAL);
         break;
     }
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_EXPIRED: {
         const Library__Events__V1__HoldExpired *b = e->hold_expired;
         hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
-                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_EXPIRED,
-                    PAGE_HOLD_RANK_FINAL);
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_EXPIRED, PAGE_HOLD_RANK_FINAL);
         queue = b->queue;
         break;
     }
@@ -212,8 +206,7 @@ bool page_hold_change_from_event(arena *a, const event *e, hold_change *out) {
         /* the catalog's confirmation of a HoldCanceled */
         const Library__Events__V1__HoldReleased *b = e->hold_released;
         hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
-                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED,
-                    PAGE_HOLD_RANK_FINAL);
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED, PAGE_HOLD_RANK_FINAL);
         queue = b->queue;
         break;
     }

@@ -2699,7 +2699,8 @@ Test(mypage, the_store_orders_by_borrow_and_place_time_not_by_sequence) {
     cr_assert_str_eq(page->holds[0]->hold_id, old_hold, "the hold placed first is not first");
 
     redisContext *c = harness_redis_connect(redis.port);
-    const char *key = arena_sprintf(mem, "mypage:0:%s", text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
+    const char *key =
+        arena_sprintf(mem, "mypage:0:%s", text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
     redisReply *reply = redisCommand(c, "HGET %s b:%s", key, kept);
     cr_assert(reply->type == REDIS_REPLY_STRING && atoll(reply->str) == now - 90000, "b: is not the borrow time");
     freeReplyObject(reply);

@@ -348,7 +348,8 @@ Test(retention, the_page_rebuilt_from_the_trimmed_stream_is_the_live_one) {
     cr_assert_str_eq(page->loans[1]->book_title, "Kept Out", "the kept loan lost its title");
     cr_assert_eq(page->n_holds, 1, "the waiting hold is not on the page");
     cr_assert_eq(page->holds[0]->position, 1);
-    cr_assert_eq(page_of(&s, admin, settled_user)->n_loans, 0, "the returned loan did not leave the settled reader's page");
+    cr_assert_eq(page_of(&s, admin, settled_user)->n_loans, 0,
+                 "the returned loan did not leave the settled reader's page");
 
     /* no announcement from now on; what was on its way is applied */
     cr_assert_eq(harness_process_stop(&s.lending, SIGTERM, 10000), 0, "lending did not stop cleanly");

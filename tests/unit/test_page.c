@@ -622,7 +622,8 @@ Test(page, the_sweep_runs_every_tenth_of_the_retention_between_one_second_and_on
 /* --- the page's own order, and its time -------------------------------------------------------- */
 
 Test(page, every_loan_and_hold_event_carries_the_items_own_order_time) {
-    Google__Protobuf__Timestamp borrowed = GOOGLE__PROTOBUF__TIMESTAMP__INIT, placed = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    Google__Protobuf__Timestamp borrowed = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    Google__Protobuf__Timestamp placed = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
     borrowed.seconds = 1700000000;
     borrowed.nanos = 250000000;
     placed.seconds = 1700000100;
