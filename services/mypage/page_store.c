@@ -39,8 +39,8 @@ enum { POOL_SIZE = 16, CLEANUP_BATCH = 500, MAX_ARGS = CLEANUP_BATCH + 16, PIPE_
     "end\n"                                                                                    \
     "local function earlier(key, field, time)\n"                                               \
     "  if tonumber(time) <= 0 then return false end\n"                                         \
-    "  local current = redis.call('HGET', key, field)\n"                                       \
-    "  if current and tonumber(current) <= tonumber(time) then return false end\n"             \
+    "  local current = tonumber(redis.call('HGET', key, field) or '')\n"                       \
+    "  if current and current <= tonumber(time) then return false end\n"                       \
     "  redis.call('HSET', key, field, time)\n"                                                 \
     "  return true\n"                                                                          \
     "end\n"                                                                                    \
@@ -186,7 +186,8 @@ static const char apply_hold_source[] =
     "    changed = 1\n"
     "  end\n"
     "  local placed = tonumber(ARGV[15])\n"
-    "  if placed > 0 and placed < tonumber(redis.call('HGET', key, 'p:' .. ARGV[2]) or '1e300') then\n"
+    "  local cplaced = tonumber(redis.call('HGET', key, 'p:' .. ARGV[2]) or '')\n"
+    "  if placed > 0 and (not cplaced or placed < cplaced) then\n"
     "    redis.call('HSET', key, 'p:' .. ARGV[2], ARGV[15])\n"
     "    changed = 1\n"
     "  end\n"
