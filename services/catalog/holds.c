@@ -78,6 +78,11 @@ static event *announce(arena *a, book_record *record, event_type type, const cha
 
 #define NEW_BODY(a, name) ((void *)arena_new_message((a), &library__events__v1__##name##__descriptor))
 
+/* The hold's place time for its events (mypage orders holds by it); NULL when unknown. */
+static Google__Protobuf__Timestamp *place_time(arena *a, int64_t place_time_ms) {
+    return place_time_ms > 0 ? timestamp_from_ms(a, place_time_ms) : NULL;
+}
+
 static bool announce_queued(arena *a, book_record *record, const hold_entry *hold, uint32_t attempt,
                             int64_t now_ms) {
     Library__Events__V1__HoldQueued *body = NEW_BODY(a, hold_queued);
@@ -87,6 +92,7 @@ static bool announce_queued(arena *a, book_record *record, const hold_entry *hol
     body->hold_id = hold->hold_id;
     body->user_id = hold->user_id;
     body->book_id = record->book->book_id;
+    body->place_time = place_time(a, hold->place_time_ms);
     e->hold_queued = body;
     return true;
 }
@@ -102,6 +108,7 @@ static bool announce_ready(arena *a, book_record *record, const hold_entry *hold
     body->book_id = record->book->book_id;
     body->ready_time = timestamp_from_ms(a, hold->ready_time_ms);
     body->expire_time = timestamp_from_ms(a, hold->expire_time_ms);
+    body->place_time = place_time(a, hold->place_time_ms);
     e->hold_ready = body;
     return body->ready_time && body->expire_time;
 }
@@ -114,12 +121,13 @@ static bool announce_expired(arena *a, book_record *record, const hold_entry *ho
     body->hold_id = hold->hold_id;
     body->user_id = hold->user_id;
     body->book_id = record->book->book_id;
+    body->place_time = place_time(a, hold->place_time_ms);
     e->hold_expired = body;
     return true;
 }
 
 static bool announce_released(arena *a, book_record *record, const char *hold_id, const char *user_id,
-                              uint32_t attempt, int64_t now_ms) {
+                              Google__Protobuf__Timestamp *placed, uint32_t attempt, int64_t now_ms) {
     Library__Events__V1__HoldReleased *body = NEW_BODY(a, hold_released);
     event *e = announce(a, record, LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_RELEASED, hold_id, attempt, now_ms);
     if (body == NULL || e == NULL)
@@ -127,6 +135,7 @@ static bool announce_released(arena *a, book_record *record, const char *hold_id
     body->hold_id = (char *)hold_id;
     body->user_id = (char *)user_id;
     body->book_id = record->book->book_id;
+    body->place_time = placed;
     e->hold_released = body;
     return true;
 }
@@ -205,12 +214,13 @@ status_code holds_place(arena *a, book_record *record, const Library__Events__V1
 status_code holds_release(arena *a, book_record *record, const Library__Events__V1__HoldCanceled *canceled,
                           uint32_t attempt, const hold_times *times, bool *changed, status *st) {
     *changed = false;
+    Google__Protobuf__Timestamp *placed = canceled->place_time;
     ssize_t at = find_entry(record->hold_queue, record->n_hold_queue, canceled->hold_id);
     if (at >= 0) {
-        remove_entry(record->hold_queue, &record->n_hold_queue, (size_t)at);
+        placed = place_time(a, remove_entry(record->hold_queue, &record->n_hold_queue, (size_t)at)->place_time_ms);
         record->queue_version++;
     } else if ((at = find_entry(record->holds_ready, record->n_holds_ready, canceled->hold_id)) >= 0) {
-        remove_entry(record->holds_ready, &record->n_holds_ready, (size_t)at);
+        placed = place_time(a, remove_entry(record->holds_ready, &record->n_holds_ready, (size_t)at)->place_time_ms);
         record->book->available_copies++; /* the set-aside copy goes on */
     }
     bool known = at >= 0 || is_settled(record, canceled->hold_id);
@@ -218,7 +228,7 @@ status_code holds_release(arena *a, book_record *record, const Library__Events__
         if (!settle(a, record, canceled->hold_id))
             return out_of_memory(st);
     }
-    if (!announce_released(a, record, canceled->hold_id, canceled->user_id, attempt, times->now_ms))
+    if (!announce_released(a, record, canceled->hold_id, canceled->user_id, placed, attempt, times->now_ms))
         return out_of_memory(st);
     *changed = true;
     return holds_serve(a, record, times, NULL, changed, st);

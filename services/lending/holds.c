@@ -88,6 +88,7 @@ static status_code publish_canceled(nats_connection *connection, const hold_reco
     body.hold_id = record->hold->hold_id;
     body.user_id = record->hold->user_id;
     body.book_id = record->hold->book_id;
+    body.place_time = record->hold->place_time;
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED;
     e.hold_canceled = &body;
@@ -101,6 +102,7 @@ static status_code publish_fulfilled(nats_connection *connection, const hold_rec
     body.user_id = record->hold->user_id;
     body.book_id = record->hold->book_id;
     body.loan_id = (char *)loan_id;
+    body.place_time = record->hold->place_time;
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_FULFILLED;
     e.hold_fulfilled = &body;

@@ -102,6 +102,7 @@ status_code saga_publish_returned(nats_connection *connection, const loan_record
     body.book_title = loan->book_title;
     body.due_time = loan->due_time;
     body.renewal_count = loan->renewal_count;
+    body.borrow_time = loan->borrow_time;
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
     e.loan_returned = &body;
@@ -118,6 +119,7 @@ static status_code publish_activated(nats_connection *connection, const loan_rec
     body.book_id = loan->book_id;
     body.book_title = loan->book_title;
     body.due_time = loan->due_time;
+    body.borrow_time = loan->borrow_time;
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED;
     e.loan_activated = &body;
@@ -138,6 +140,7 @@ static status_code publish_outcome(nats_connection *connection, const loan_recor
         body.book_title = loan->book_title;
         body.reason = loan->cancel_reason;
         body.due_time = loan->due_time;
+        body.borrow_time = loan->borrow_time;
         e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED;
         e.loan_canceled = &body;
         return publish_loan_event(connection, record, &e, st);
@@ -155,6 +158,7 @@ static status_code publish_overdue_as(nats_connection *connection, const loan_re
     body.user_id = loan->user_id;
     body.book_id = loan->book_id;
     body.due_time = loan->due_time;
+    body.borrow_time = loan->borrow_time;
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE;
     e.loan_overdue = &body;
@@ -175,6 +179,7 @@ static status_code publish_renewed_as(nats_connection *connection, const loan_re
     body.book_id = loan->book_id;
     body.due_time = loan->due_time;
     body.renewal_count = loan->renewal_count;
+    body.borrow_time = loan->borrow_time;
     event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED;
     e.loan_renewed = &body;

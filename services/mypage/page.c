@@ -37,6 +37,7 @@ bool page_change_from_event(const event *e, loan_change *out) {
         out->due_seconds = seconds(e->loan_requested->due_time);
         out->book_id = e->loan_requested->book_id;
         out->book_title = e->loan_requested->book_title;
+        out->order_ms = time_ms(e->loan_requested->borrow_time);
         break;
     case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED:
         out->user_id = e->loan_activated->user_id;
@@ -46,6 +47,7 @@ bool page_change_from_event(const event *e, loan_change *out) {
         out->due_seconds = seconds(e->loan_activated->due_time);
         out->book_id = e->loan_activated->book_id;
         out->book_title = e->loan_activated->book_title;
+        out->order_ms = time_ms(e->loan_activated->borrow_time);
         break;
     case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED:
         out->user_id = e->loan_canceled->user_id;
@@ -55,6 +57,7 @@ bool page_change_from_event(const event *e, loan_change *out) {
         out->book_id = e->loan_canceled->book_id;
         out->book_title = e->loan_canceled->book_title;
         out->due_seconds = page_seconds(e->loan_canceled->due_time);
+        out->order_ms = time_ms(e->loan_canceled->borrow_time);
         break;
     case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED:
         out->user_id = e->loan_returned->user_id;
@@ -69,6 +72,7 @@ bool page_change_from_event(const event *e, loan_change *out) {
         out->due_seconds = page_seconds(e->loan_returned->due_time);
         if (e->loan_returned->renewal_count > 0 && out->due_seconds > 0)
             out->renewal_count = e->loan_returned->renewal_count;
+        out->order_ms = time_ms(e->loan_returned->borrow_time);
         break;
     case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE:
         out->user_id = e->loan_overdue->user_id;
@@ -79,6 +83,7 @@ bool page_change_from_event(const event *e, loan_change *out) {
         out->due_seconds = seconds(e->loan_overdue->due_time);
         out->overdue_for_seconds = page_seconds(e->loan_overdue->due_time);
         out->book_id = e->loan_overdue->book_id;
+        out->order_ms = time_ms(e->loan_overdue->borrow_time);
         break;
     case LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RENEWED:
         /* a renewal says the loan is ACTIVE; its due time goes to "r:", not to the loan's own
@@ -90,6 +95,7 @@ bool page_change_from_event(const event *e, loan_change *out) {
         out->book_id = e->loan_renewed->book_id;
         out->due_seconds = page_seconds(e->loan_renewed->due_time);
         out->renewal_count = e->loan_renewed->renewal_count > 0 ? e->loan_renewed->renewal_count : 0;
+        out->order_ms = time_ms(e->loan_renewed->borrow_time);
         if (out->renewal_count == 0 || out->due_seconds == 0)
             return false; /* says nothing a page could show */
         break;
@@ -137,10 +143,12 @@ static bool queue_from_event(arena *a, const Library__Events__V1__HoldQueue *que
     return true;
 }
 
-/* The user, hold and book ids every hold event has, and the status its kind means. */
+/* The user, hold and book ids and the place time every hold event has (the place time not in
+ * events from before it was carried), and the status its kind means. */
 static void hold_basics(hold_change *out, const char *user_id, const char *hold_id, const char *book_id,
-                        int hold_status, int rank) {
+                        const Google__Protobuf__Timestamp *place_time, int hold_status, int rank) {
     out->user_id = user_id;
+    out->order_ms = time_ms(place_time);
     out->hold_id = hold_id;
     out->book_id = book_id;
     out->status = hold_status;
@@ -154,51 +162,51 @@ bool page_hold_change_from_event(arena *a, const event *e, hold_change *out) {
     switch (e->body_case) {
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_PLACED: {
         const Library__Events__V1__HoldPlaced *b = e->hold_placed;
-        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING,
-                    PAGE_HOLD_RANK_WAITING);
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING, PAGE_HOLD_RANK_WAITING);
         out->book_title = b->book_title;
         out->place_seconds = page_seconds(b->place_time);
         break;
     }
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_QUEUED: {
         const Library__Events__V1__HoldQueued *b = e->hold_queued;
-        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING,
-                    PAGE_HOLD_RANK_WAITING);
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_WAITING, PAGE_HOLD_RANK_WAITING);
         queue = b->queue;
         break;
     }
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_READY: {
         const Library__Events__V1__HoldReady *b = e->hold_ready;
-        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY,
-                    PAGE_HOLD_RANK_READY);
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY, PAGE_HOLD_RANK_READY);
         out->expire_seconds = page_seconds(b->expire_time);
         queue = b->queue;
         break;
     }
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_FULFILLED: {
         const Library__Events__V1__HoldFulfilled *b = e->hold_fulfilled;
-        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_FULFILLED,
-                    PAGE_HOLD_RANK_FINAL);
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_FULFILLED, PAGE_HOLD_RANK_FINAL);
         break;
     }
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_CANCELED: {
         const Library__Events__V1__HoldCanceled *b = e->hold_canceled;
-        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED,
-                    PAGE_HOLD_RANK_FINAL);
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED, PAGE_HOLD_RANK_FINAL);
         break;
     }
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_EXPIRED: {
         const Library__Events__V1__HoldExpired *b = e->hold_expired;
-        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_EXPIRED,
-                    PAGE_HOLD_RANK_FINAL);
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_EXPIRED, PAGE_HOLD_RANK_FINAL);
         queue = b->queue;
         break;
     }
     case LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_RELEASED: {
         /* the catalog's confirmation of a HoldCanceled */
         const Library__Events__V1__HoldReleased *b = e->hold_released;
-        hold_basics(out, b->user_id, b->hold_id, b->book_id, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED,
-                    PAGE_HOLD_RANK_FINAL);
+        hold_basics(out, b->user_id, b->hold_id, b->book_id, b->place_time,
+                    LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED, PAGE_HOLD_RANK_FINAL);
         queue = b->queue;
         break;
     }
@@ -297,8 +305,49 @@ bool page_account_change_from_event(arena *a, const event *e, account_change *ou
 typedef struct parsed_loan {
     Library__Mypage__V1__MypageLoan *loan;
     unsigned long long seq;
+    int64_t order_ms; /* its "b:", 0 when it has none */
     bool overdue;
 } parsed_loan;
+
+/* A "b:" or "p:" field: the borrow time of a loan, the place time of a hold (ms). */
+typedef struct order_time {
+    const char *id;
+    int64_t ms;
+} order_time;
+
+static bool parse_order_time(const char *id, const char *value, order_time *out) {
+    long long ms = 0;
+    char extra;
+    if (sscanf(value, "%lld%c", &ms, &extra) != 1 || ms <= 0)
+        return false;
+    *out = (order_time){.id = id, .ms = ms};
+    return true;
+}
+
+static int order_time_by_id(const void *a, const void *b) {
+    return strcmp(((const order_time *)a)->id, ((const order_time *)b)->id);
+}
+
+/* The order time of id among times (sorted by id), 0 when it has none. */
+static int64_t order_time_of(const order_time *times, size_t count, const char *id) {
+    order_time key = {.id = id};
+    const order_time *found = count ? bsearch(&key, times, count, sizeof *times, order_time_by_id) : NULL;
+    return found ? found->ms : 0;
+}
+
+/* -1, 0 or 1 as item x (order time, stream sequence, id) goes before or after y, oldest first:
+ * items without an order time are older than all with one, and among themselves go by
+ * sequence; a tie goes by id. A total order, so qsort gives every reader the same list. */
+static int older_first(int64_t x_ms, unsigned long long x_seq, const char *x_id, int64_t y_ms,
+                       unsigned long long y_seq, const char *y_id) {
+    if ((x_ms > 0) != (y_ms > 0))
+        return x_ms > 0 ? 1 : -1;
+    if (x_ms != y_ms)
+        return x_ms < y_ms ? -1 : 1;
+    if (x_ms == 0 && x_seq != y_seq)
+        return x_seq < y_seq ? -1 : 1;
+    return strcmp(x_id, y_id);
+}
 
 static Google__Protobuf__Timestamp *page_time(arena *a, long long seconds) {
     if (seconds <= 0)
@@ -350,6 +399,7 @@ static void apply_renewal(arena *a, parsed_loan *loan, const renewal_facts *fact
 typedef struct parsed_hold {
     Library__Mypage__V1__MypageHold *hold;
     unsigned long long seq;
+    int64_t order_ms; /* its "p:", 0 when it has none */
 } parsed_hold;
 
 /* Parses "seq|rank|status|place|expire|book_id|title" of an open (WAITING or READY) hold. */
@@ -385,7 +435,7 @@ static bool parse_hold(arena *a, const char *hold_id, const char *value, parsed_
 
 static int oldest_first(const void *a, const void *b) {
     const parsed_hold *x = a, *y = b;
-    return x->seq < y->seq ? -1 : x->seq > y->seq ? 1 : 0;
+    return older_first(x->order_ms, x->seq, x->hold->hold_id, y->order_ms, y->seq, y->hold->hold_id);
 }
 
 /* 1 + the index of hold_id in a snapshot "version|id|id|...", or 0 when it is not there. */
@@ -504,7 +554,12 @@ static bool apply_account(arena *a, Library__Mypage__V1__Mypage *page, const cha
 
 static int newest_first(const void *a, const void *b) {
     const parsed_loan *x = a, *y = b;
-    return x->seq < y->seq ? 1 : x->seq > y->seq ? -1 : 0;
+    return older_first(y->order_ms, y->seq, y->loan->loan_id, x->order_ms, x->seq, x->loan->loan_id);
+}
+
+/* Whether the page shows anything at all. */
+static bool shows_something(const Library__Mypage__V1__Mypage *page) {
+    return page->n_loans > 0 || page->n_holds > 0 || page->balance > 0 || page->n_fines > 0;
 }
 
 Library__Mypage__V1__Mypage *page_build(arena *a, const char *user_id, const char *const *fields,
@@ -515,10 +570,13 @@ Library__Mypage__V1__Mypage *page_build(arena *a, const char *user_id, const cha
     parsed_hold *holds = arena_alloc(a, (count + 1) * sizeof *holds);
     renewal_facts *renewals = arena_alloc(a, (count + 1) * sizeof *renewals);
     loan_fine *fines = arena_alloc(a, (count + 1) * sizeof *fines);
-    if (page == NULL || loans == NULL || holds == NULL || renewals == NULL || fines == NULL)
+    order_time *borrowed = arena_alloc(a, (count + 1) * sizeof *borrowed);
+    order_time *placed = arena_alloc(a, (count + 1) * sizeof *placed);
+    if (page == NULL || loans == NULL || holds == NULL || renewals == NULL || fines == NULL || borrowed == NULL ||
+        placed == NULL)
         return NULL;
     page->user_id = arena_strdup(a, user_id);
-    size_t n = 0, n_holds = 0, n_renewals = 0, n_fines = 0;
+    size_t n = 0, n_holds = 0, n_renewals = 0, n_fines = 0, n_borrowed = 0, n_placed = 0;
     for (size_t i = 0; i < count; i++) {
         if (strcmp(fields[i], "t") == 0) {
             long long ms = atoll(values[i]);
@@ -537,10 +595,21 @@ Library__Mypage__V1__Mypage *page_build(arena *a, const char *user_id, const cha
             n_holds++;
         } else if (strncmp(fields[i], "f:", 2) == 0 && parse_fine(fields[i] + 2, values[i], &fines[n_fines])) {
             n_fines++;
+        } else if (strncmp(fields[i], "b:", 2) == 0 &&
+                   parse_order_time(fields[i] + 2, values[i], &borrowed[n_borrowed])) {
+            n_borrowed++;
+        } else if (strncmp(fields[i], "p:", 2) == 0 && parse_order_time(fields[i] + 2, values[i], &placed[n_placed])) {
+            n_placed++;
         } else if (strcmp(fields[i], "a") == 0) {
             apply_account(a, page, values[i]);
         }
     }
+    qsort(borrowed, n_borrowed, sizeof *borrowed, order_time_by_id);
+    for (size_t i = 0; i < n; i++)
+        loans[i].order_ms = order_time_of(borrowed, n_borrowed, loans[i].loan->loan_id);
+    qsort(placed, n_placed, sizeof *placed, order_time_by_id);
+    for (size_t i = 0; i < n_holds; i++)
+        holds[i].order_ms = order_time_of(placed, n_placed, holds[i].hold->hold_id);
     apply_fines(loans, n, fines, n_fines);
     qsort(renewals, n_renewals, sizeof *renewals, by_loan_id);
     for (size_t i = 0; i < n && n_renewals > 0; i++) {
@@ -571,5 +640,7 @@ Library__Mypage__V1__Mypage *page_build(arena *a, const char *user_id, const cha
     for (size_t i = 0; i < n_holds; i++)
         page->holds[i] = holds[i].hold;
     page->n_holds = n_holds;
+    if (!shows_something(page))
+        page->last_event_time = NULL; /* as for a user without a page (page.h) */
     return page;
 }

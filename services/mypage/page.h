@@ -24,14 +24,21 @@
  * "f:<loan id>" = "version|amount", replaced the same way, so a loan keeps the fine last
  * assessed for it after its fine has left the newest snapshot's list.
  *
- * A settled loan leaves the page RETENTION after its final event, with its "r:" and "f:";
+ * Each loan and hold is ordered by a time of its own, which every event of it carries: a loan
+ * by its borrow time, "b:<loan id>" = Unix ms, a hold by its place time, "p:<hold id>" = Unix
+ * ms (the earliest seen, though they are all the same). The stream sequence that starts each
+ * value orders only what has no such field (events from before they carried the time): such
+ * a loan comes after every loan with one, such a hold before every hold with one. A tie goes
+ * by id. So the order does not depend on which of an item's events the stream still keeps.
+ *
+ * A settled loan leaves the page RETENTION after its final event, with its "r:", "f:" and "b:";
  * "x:<loan id>" = the settle time (ms) marks it as removed for a while, so no later event puts
  * it back (page_store.h). page_build ignores the marks.
  *
  * Applying an event is a merge that is idempotent and does not depend on order: a loan only
  * moves forward in rank (PENDING 1 < ACTIVE 2 < CANCELED, RETURNED 3); an event of the
  * loan's current rank only adds its overdue flag; any event fills in fields the page lacks;
- * seq keeps the loan's earliest stream sequence (the order of the page, newest first). So
+ * seq keeps the loan's earliest stream sequence, "b:" its earliest borrow time. So
  * a redelivered event, the same event published again, and events out of order change
  * nothing, and replaying the stream rebuilds exactly the same pages. */
 #ifndef MYPAGE_PAGE_H
@@ -60,6 +67,7 @@ typedef struct loan_change {
     int64_t event_time_ms;
     int32_t renewal_count;     /* LoanRenewed, LoanReturned: the count, due_seconds the due time after it */
     int64_t overdue_for_seconds; /* LoanOverdue: the due time it announces as passed */
+    int64_t order_ms;            /* the loan's borrow time (ms), which orders the page; 0: not carried */
 } loan_change;
 
 /* false for events that do not concern a user's loans (the catalog's, the holds') and for
@@ -80,6 +88,7 @@ typedef struct hold_change {
     int64_t place_seconds;
     int64_t expire_seconds;
     int64_t event_time_ms;
+    int64_t order_ms;          /* the hold's place time (ms), which orders the page; 0: not carried */
     const char *queue_book_id; /* "" when the event has no snapshot */
     uint64_t queue_version;
     char *queue_hold_ids;      /* the ids joined by '|' (from the arena) */
@@ -107,7 +116,10 @@ typedef struct account_change {
 bool page_account_change_from_event(arena *a, const event *e, account_change *out);
 
 /* Builds the Mypage from the hash's field/value pairs (HGETALL order, then "q:<book id>"
- * snapshots), newest loan first, open holds oldest first; a loan's renewal moves its due time
+ * snapshots), newest loan first, open holds oldest first (the order above); last_event_time
+ * is "t", but none when the page shows nothing (no loan, no open hold, no balance, no fine):
+ * a page whose loans all left by retention is the page of a user a rebuild finds no event of,
+ * and shows what no page shows. A loan's renewal moves its due time
  * and clears an overdue flag announced for an earlier one; overdue_count counts ACTIVE loans
  * flagged overdue or past due at now_seconds. A WAITING hold's position is its place in its
  * book's snapshot (0 when the snapshot does not list it yet). balance and fines come from

@@ -26,7 +26,9 @@ enum { POOL_SIZE = 16, CLEANUP_BATCH = 500, MAX_ARGS = CLEANUP_BATCH + 16, PIPE_
  * event's time (ms); "...:retention:removed" the same for the loans retention removed, whose
  * page keeps "x:<loan id>" = that time so no later event brings the loan back, until the
  * sweep drops it another retention later (page_store.h). remove() takes the loan, its
- * renewals and its fine off the page and answers whether the page had it. */
+ * renewals, its fine and its borrow time off the page and answers whether the page had it.
+ * earlier() keeps the earliest order time (a loan's borrow time, a hold's place time) seen in
+ * a field and answers whether the field changed. */
 #define RETENTION_LUA                                                                           \
     "local function newer_time(key, time)\n"                                                   \
     "  if tonumber(time) > tonumber(redis.call('HGET', key, 't') or '0') then\n"               \
@@ -35,10 +37,17 @@ enum { POOL_SIZE = 16, CLEANUP_BATCH = 500, MAX_ARGS = CLEANUP_BATCH + 16, PIPE_
     "  end\n"                                                                                  \
     "  return 0\n"                                                                             \
     "end\n"                                                                                    \
+    "local function earlier(key, field, time)\n"                                               \
+    "  if tonumber(time) <= 0 then return false end\n"                                         \
+    "  local current = tonumber(redis.call('HGET', key, field) or '')\n"                       \
+    "  if current and current <= tonumber(time) then return false end\n"                       \
+    "  redis.call('HSET', key, field, time)\n"                                                 \
+    "  return true\n"                                                                          \
+    "end\n"                                                                                    \
     "local function remove(generation, user, loan, settled_at)\n"                              \
     "  local prefix = 'mypage:' .. generation .. ':'\n"                                        \
     "  local key, member = prefix .. user, user .. '|' .. loan\n"                              \
-    "  local had = redis.call('HDEL', key, 'l:' .. loan, 'r:' .. loan, 'f:' .. loan) > 0\n"    \
+    "  local had = redis.call('HDEL', key, 'l:' .. loan, 'r:' .. loan, 'f:' .. loan, 'b:' .. loan) > 0\n" \
     "  redis.call('HSET', key, 'x:' .. loan, settled_at)\n"                                    \
     "  redis.call('ZREM', prefix .. 'retention:settled', member)\n"                            \
     "  redis.call('ZADD', prefix .. 'retention:removed', settled_at, member)\n"                \
@@ -59,7 +68,8 @@ enum { POOL_SIZE = 16, CLEANUP_BATCH = 500, MAX_ARGS = CLEANUP_BATCH + 16, PIPE_
 /* KEYS: generation, building. ARGV: user (base64url), loan id, seq, rank, status, due,
  * overdue, book id, title, event time (ms), generation to write ("" = the one in use and the
  * one being built), renewal count, renewed due, overdue-for due, now (ms), retention (ms, 0 =
- * forever). Returns 1 when the page (in use, or the given generation) changed.
+ * forever), borrow time (ms, 0 = not carried). Returns 1 when the page (in use, or the given
+ * generation) changed.
  * The merge is idempotent and order-free (page.h), so the result depends only on the set of
  * events applied: the seq kept is the loan's earliest, which orders the page; "r:" keeps the
  * highest renewal count with its due time, and the latest due time announced overdue.
@@ -102,6 +112,7 @@ static const char apply_source[] =
     "    redis.call('HSET', key, field, value)\n"
     "    changed = 1\n"
     "  end\n"
+    "  if earlier(key, 'b:' .. ARGV[2], ARGV[17]) then changed = 1 end\n"
     "  local count, renewed, overdue_for = tonumber(ARGV[12]), ARGV[13], tonumber(ARGV[14])\n"
     "  if count > 0 or overdue_for > 0 then\n"
     "    local rfield = 'r:' .. ARGV[2]\n"
@@ -135,7 +146,8 @@ static const char apply_source[] =
 
 /* KEYS: generation, building. ARGV: user (base64url), hold id, seq, rank, status, place,
  * expire, book id, title, event time (ms), generation to write ("" = in use and being built),
- * queue book id ("" = no snapshot), queue version, queued hold ids joined by '|'. Returns
+ * queue book id ("" = no snapshot), queue version, queued hold ids joined by '|', place time
+ * (ms, 0 = not carried; "p:<hold id>" keeps the earliest). Returns
  * {1 when the page (in use, or the given generation) changed, or the book's snapshot did (the
  * holder's position may have), else 0; then, for the pages in use, the other users (base64url)
  * whose holds the new snapshot moved}. Idempotent and order-free, as the loans' merge: a hold
@@ -171,6 +183,12 @@ static const char apply_hold_source[] =
     "    '|' .. book .. '|' .. title\n"
     "  if value ~= current then\n"
     "    redis.call('HSET', key, field, value)\n"
+    "    changed = 1\n"
+    "  end\n"
+    "  local placed = tonumber(ARGV[15])\n"
+    "  local cplaced = tonumber(redis.call('HGET', key, 'p:' .. ARGV[2]) or '')\n"
+    "  if placed > 0 and (not cplaced or placed < cplaced) then\n"
+    "    redis.call('HSET', key, 'p:' .. ARGV[2], ARGV[15])\n"
     "    changed = 1\n"
     "  end\n"
     "  local t = tonumber(redis.call('HGET', key, 't') or '0')\n"
@@ -639,6 +657,7 @@ static status_code apply(page_store *store, const char *generation, const loan_c
         arena_sprintf(a, "%lld", (long long)(change->overdue_for_seconds > 0 ? change->overdue_for_seconds : 0)),
         arena_sprintf(a, "%lld", (long long)timestamp_now_ms()),
         arena_sprintf(a, "%lld", (long long)atomic_load(&store->retention_ms)),
+        arena_sprintf(a, "%lld", (long long)(change->order_ms > 0 ? change->order_ms : 0)),
     };
     status_code code = run_change_script(store, &store->apply, sizeof argv / sizeof argv[0], argv, changed, st);
     arena_destroy(a);
@@ -683,6 +702,7 @@ static status_code apply_hold(page_store *store, const char *generation, const h
         change->queue_book_id ? change->queue_book_id : "",
         arena_sprintf(a, "%llu", (unsigned long long)change->queue_version),
         change->queue_hold_ids ? change->queue_hold_ids : "",
+        arena_sprintf(a, "%lld", (long long)(change->order_ms > 0 ? change->order_ms : 0)),
     };
     redisReply *reply = NULL;
     status_code code = run_script(store, &store->apply_hold, sizeof argv / sizeof argv[0], argv, &reply, st);

@@ -2657,3 +2657,70 @@ Test(mypage, the_store_removes_settled_loans_once_and_keeps_them_removed) {
     page_store_close(replica);
     harness_process_stop(&redis, SIGTERM, 5000);
 }
+
+/* The store orders a page by each loan's borrow time and each hold's place time ("b:", "p:",
+ * the earliest seen), whatever stream sequences their events had: the sequences here are those
+ * of a rebuild that found the older loan and hold only as announcements made after the newer
+ * ones. An event without the time (from before it was carried) changes nothing; a removal by
+ * retention takes "b:" with its loan; a page left with nothing shows no time. */
+Test(mypage, the_store_orders_by_borrow_and_place_time_not_by_sequence) {
+    const char *dir = arena_sprintf(mem, "%s/order-store", fixture_dir());
+    mkdir(dir, 0700);
+    harness_process redis;
+    cr_assert(harness_redis_start(dir, 0, &redis), "redis-server did not start");
+    page_store *store = NULL;
+    status st;
+    cr_assert_eq(page_store_open(redis.url, &mypage_login, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
+    page_store_set_retention(store, 2000);
+    int64_t now = timestamp_now_ms();
+    const char *user = "orderly", *kept = new_hold_id(), *newer = new_hold_id();
+    loan_change change = loan_event(user, newer, ACTIVE, PAGE_RANK_ACTIVE, now - 1000);
+    change.order_ms = now - 60000;
+    apply_loan(store, change, 10);
+    change = loan_event(user, kept, ACTIVE, PAGE_RANK_ACTIVE, now - 500);
+    change.order_ms = now - 90000;
+    apply_loan(store, change, 20);
+    change.order_ms = 0; /* an older release's event of the same loan */
+    apply_loan(store, change, 5);
+    const char *old_hold = new_hold_id(), *new_hold = new_hold_id();
+    hold_change hold = {.user_id = user, .hold_id = new_hold, .status = WAITING, .rank = PAGE_HOLD_RANK_WAITING,
+                        .book_id = "b1", .book_title = "New", .place_seconds = now / 1000 - 30,
+                        .event_time_ms = now - 400, .order_ms = now - 30000, .queue_book_id = ""};
+    cr_assert_eq(page_store_apply_hold(store, &hold, 11, NULL, NULL, NULL, &st), STATUS_OK, "%s", st.message);
+    hold.hold_id = old_hold;
+    hold.book_title = "Old";
+    hold.order_ms = now - 80000;
+    cr_assert_eq(page_store_apply_hold(store, &hold, 21, NULL, NULL, NULL, &st), STATUS_OK, "%s", st.message);
+    Mypage *page = stored_page(store, user);
+    cr_assert_eq(page->n_loans, 2);
+    cr_assert_str_eq(page->loans[0]->loan_id, newer, "the loan borrowed last is not first");
+    cr_assert_str_eq(page->loans[1]->loan_id, kept);
+    cr_assert_eq(page->n_holds, 2);
+    cr_assert_str_eq(page->holds[0]->hold_id, old_hold, "the hold placed first is not first");
+
+    redisContext *c = harness_redis_connect(redis.port);
+    const char *key =
+        arena_sprintf(mem, "mypage:0:%s", text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
+    redisReply *reply = redisCommand(c, "HGET %s b:%s", key, kept);
+    cr_assert(reply->type == REDIS_REPLY_STRING && atoll(reply->str) == now - 90000, "b: is not the borrow time");
+    freeReplyObject(reply);
+
+    /* both loans end, long ago: removed at once, with their borrow times; the holds end */
+    for (int i = 0; i < 2; i++) {
+        change = loan_event(user, i ? kept : newer, RETURNED, PAGE_RANK_FINAL, now - 5000);
+        change.order_ms = i ? now - 90000 : now - 60000;
+        apply_loan(store, change, (uint64_t)(30 + i));
+        hold.hold_id = i ? old_hold : new_hold;
+        hold.status = LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED;
+        hold.rank = PAGE_HOLD_RANK_FINAL;
+        cr_assert_eq(page_store_apply_hold(store, &hold, (uint64_t)(40 + i), NULL, NULL, NULL, &st), STATUS_OK, "%s",
+                     st.message);
+    }
+    cr_assert_eq(count_fields(c, key, "b:"), 0, "a removed loan left its borrow time");
+    page = stored_page(store, user);
+    cr_assert_eq(page->n_loans + page->n_holds, 0);
+    cr_assert_null(page->last_event_time, "a page that shows nothing tells a time");
+    redisFree(c);
+    page_store_close(store);
+    harness_process_stop(&redis, SIGTERM, 5000);
+}

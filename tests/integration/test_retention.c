@@ -6,6 +6,7 @@
  * catalog each time; a canceled hold is forgotten; a returned loan with a fine still owed stays
  * until the fine is paid. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,17 +86,18 @@ typedef struct seen {
     int events;       /* whose event id names it */
     int first_ids;    /* under its own id ("loan-activated-<id>", "hold-placed-<id>", ...) */
     int announced;    /* announced again ("...-<id>-a<ms>" for a loan, "...-<id>-r<second>" for a hold) */
+    uint64_t first_sequence; /* of the oldest event the stream still has of it; 0: none */
 } seen;
 
 static status_code see(void *arg, const event *e, uint64_t sequence, status *st) {
-    (void)sequence;
     (void)st;
     seen *v = arg;
     const char *at = strstr(e->event_id, v->id);
     if (at == NULL)
         return STATUS_OK;
     const char *rest = at + strlen(v->id);
-    v->events++;
+    if (v->events++ == 0)
+        v->first_sequence = sequence;
     if (*rest == '\0')
         v->first_ids++;
     else if (strncmp(rest, "-a", 2) == 0 || (strncmp(rest, "-r", 2) == 0 && strtoull(rest + 2, NULL, 10) > 1000000))
@@ -266,57 +268,117 @@ static Mypage *page_of(test_stack *s, const char *admin, const char *user) {
     return (Mypage *)response;
 }
 
-/* The page's bytes without last_event_time, which each announcement moves. */
+/* The page's bytes, last_event_time included. */
 static uint8_t *page_bytes(Mypage *page, size_t *size) {
-    page->last_event_time = NULL;
     *size = protobuf_c_message_get_packed_size(&page->base);
     uint8_t *bytes = arena_alloc(mem, *size + 1);
     protobuf_c_message_pack(&page->base, bytes);
     return bytes;
 }
 
+static bool same_page(Mypage *x, Mypage *y) {
+    size_t x_size = 0, y_size = 0;
+    uint8_t *x_bytes = page_bytes(x, &x_size), *y_bytes = page_bytes(y, &y_size);
+    return x_size == y_size && memcmp(x_bytes, y_bytes, x_size) == 0;
+}
+
+static long long page_ms(const Mypage *page) {
+    const Google__Protobuf__Timestamp *t = page->last_event_time;
+    return t ? (long long)t->seconds * 1000 + t->nanos / 1000000 : -1;
+}
+
+#define PAGE_RETENTION_MS 8000
+
+/* The reader keeps one loan out longer than the retention and borrows a newer one half a
+ * retention after the kept one was first announced again; the rebuild runs while the stream
+ * has the newer loan's first events but of the kept loan only announcements made after them,
+ * which, ordered by stream sequence, made the kept loan the newer one. A second reader's only
+ * loan was returned and left the page: nothing shows, and a rebuild finds no event of theirs.
+ * Lending stops before the pages are compared, so no announcement comes in between. */
 Test(retention, the_page_rebuilt_from_the_trimmed_stream_is_the_live_one) {
-    const char *env[] = {"RETENTION=4s", "RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=1s", NULL};
-    const char *mypage_env[] = {"RETENTION=4s", NULL};
+    const char *env[] = {"RETENTION=8s", "RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=1s", NULL};
+    const char *mypage_env[] = {"RETENTION=8s", NULL};
     test_stack s;
     test_stack_start(&s, "retention-page", env, true, mypage_env);
+    char id[13];
+    text_random_hex(id, 6);
+    const char *settled_user = arena_sprintf(mem, "settled-%s", id);
+    const char *settled_bearer = harness_bearer(mem, s.dir, settled_user, false);
+    Loan *settled = test_stack_borrow_as(&s, settled_bearer, test_stack_register(&s, "Read And Done", 1)->book_id);
+    test_stack_return_as(&s, settled_bearer, settled->loan_id);
     reader r = reader_with_history(&s);
     const char *user = r.user, *admin = r.admin;
     Loan *kept = r.kept, *returned = r.returned;
     Hold *waiting = r.waiting;
     test_stack_return_as(&s, r.bearer, returned->loan_id);
+    cr_assert_not_null(page_of(&s, admin, settled_user)->last_event_time, "the settled reader's page has no time");
 
-    /* the retention passes: the first events of all three are gone from the stream, the
+    /* the kept loan's first announcement; the newer loan a little before its second */
+    int64_t deadline = timestamp_now_ms() + PAGE_RETENTION_MS + 5000;
+    while (stream_of(&s, kept->loan_id).announced == 0 && timestamp_now_ms() < deadline)
+        harness_sleep_ms(100);
+    cr_assert_gt(stream_of(&s, kept->loan_id).announced, 0, "the kept loan was not announced again");
+    harness_sleep_ms(PAGE_RETENTION_MS / 2 - 1000);
+    Loan *newer = test_stack_borrow_as(&s, r.bearer, test_stack_register(&s, "Borrowed Later", 1)->book_id);
+    int64_t newer_ms = timestamp_now_ms();
+
+    /* the retention passes: the first events of the kept loan and of the hold are gone, the
+     * kept loan's announcement before the newer loan too, the returned loans' events and the
      * returned loan from the page */
-    int64_t deadline = timestamp_now_ms() + 20000;
+    deadline = timestamp_now_ms() + PAGE_RETENTION_MS + 5000;
     Mypage *page = page_of(&s, admin, user);
-    while ((page->n_loans != 1 || stream_of(&s, kept->loan_id).first_ids > 0 ||
-            stream_of(&s, waiting->hold_id).first_ids > 0 || stream_of(&s, returned->loan_id).events > 0) &&
+    seen out = stream_of(&s, kept->loan_id), later = stream_of(&s, newer->loan_id);
+    while ((page->n_loans != 2 || out.first_ids > 0 || out.first_sequence < later.first_sequence ||
+            stream_of(&s, waiting->hold_id).first_ids > 0 || stream_of(&s, returned->loan_id).events > 0 ||
+            stream_of(&s, settled->loan_id).events > 0 || page_of(&s, admin, settled_user)->n_loans > 0) &&
            timestamp_now_ms() < deadline) {
-        harness_sleep_ms(250);
+        harness_sleep_ms(100);
         page = page_of(&s, admin, user);
+        out = stream_of(&s, kept->loan_id);
+        later = stream_of(&s, newer->loan_id);
     }
-    cr_assert_eq(page->n_loans, 1, "the page lists %zu loans, the kept one alone expected", page->n_loans);
-    cr_assert_str_eq(page->loans[0]->loan_id, kept->loan_id);
-    cr_assert_str_eq(page->loans[0]->book_title, "Kept Out", "the kept loan lost its title");
+    cr_assert_gt(later.events, 0, "the newer loan's events are gone already");
+    cr_assert_gt(out.events, 0, "no event of the kept loan is left in the stream");
+    cr_assert_gt(out.first_sequence, later.first_sequence,
+                 "the stream still holds an event of the kept loan from before the newer loan");
+    cr_assert_eq(out.first_ids, 0, "the stream was not trimmed to the retention");
+    cr_assert_eq(page->n_loans, 2, "the page lists %zu loans, the kept and the newer one expected", page->n_loans);
+    cr_assert_str_eq(page->loans[0]->loan_id, newer->loan_id, "the loan borrowed last is not first");
+    cr_assert_str_eq(page->loans[1]->loan_id, kept->loan_id);
+    cr_assert_str_eq(page->loans[1]->book_title, "Kept Out", "the kept loan lost its title");
     cr_assert_eq(page->n_holds, 1, "the waiting hold is not on the page");
     cr_assert_eq(page->holds[0]->position, 1);
-    cr_assert_eq(stream_of(&s, kept->loan_id).first_ids, 0, "the stream was not trimmed to the retention");
+    cr_assert_eq(page_of(&s, admin, settled_user)->n_loans, 0,
+                 "the returned loan did not leave the settled reader's page");
 
-    size_t live_size = 0, rebuilt_size = 0;
-    uint8_t *live = page_bytes(page, &live_size);
+    /* no announcement from now on; what was on its way is applied */
+    cr_assert_eq(harness_process_stop(&s.lending, SIGTERM, 10000), 0, "lending did not stop cleanly");
+    cr_assert(harness_wait_consumer_idle(s.nats.url, "mypage", 10000), "mypage's consumer did not catch up");
+    page = page_of(&s, admin, user);
+    Mypage *settled_page = page_of(&s, admin, settled_user);
+    cr_assert_not_null(page->last_event_time);
+    int64_t rebuild_ms = timestamp_now_ms();
     char nats_env[160], redis_env[160];
     snprintf(nats_env, sizeof nats_env, "NATS_URL=%s", s.nats.url);
     snprintf(redis_env, sizeof redis_env, "REDIS_URL=%s", s.redis.url);
-    const char *rebuild_env[] = {nats_env, redis_env, "RETENTION=4s", NULL};
+    const char *rebuild_env[] = {nats_env, redis_env, "RETENTION=8s", NULL};
     cr_assert_eq(harness_service_run("mypage", "--rebuild", s.dir, rebuild_env, harness_latency_bound_ms(45000)), 0,
                  "mypage --rebuild failed");
+    cr_log_info("rebuilt %lld ms after the newer loan was borrowed (%d ms before its first events age out), in "
+                "%lld ms", (long long)(rebuild_ms - newer_ms), (int)(newer_ms + PAGE_RETENTION_MS - rebuild_ms),
+                (long long)(timestamp_now_ms() - rebuild_ms));
     Mypage *rebuilt = page_of(&s, admin, user);
-    cr_assert_eq(rebuilt->n_loans, 1, "the rebuilt page lists %zu loans", rebuilt->n_loans);
+    cr_assert_eq(rebuilt->n_loans, 2, "the rebuilt page lists %zu loans", rebuilt->n_loans);
     cr_assert_eq(rebuilt->n_holds, 1, "the rebuilt page lists %zu holds", rebuilt->n_holds);
-    uint8_t *again = page_bytes(rebuilt, &rebuilt_size);
-    cr_assert(live_size == rebuilt_size && memcmp(live, again, live_size) == 0,
-              "the page rebuilt from the trimmed stream differs from the live one (%zu and %zu bytes)", live_size,
-              rebuilt_size);
+    cr_assert_str_eq(rebuilt->loans[0]->loan_id, newer->loan_id, "the rebuilt page put the kept loan first");
+    cr_assert_eq(page_ms(rebuilt), page_ms(page), "last_event_time: rebuilt %lld, live %lld", page_ms(rebuilt),
+                 page_ms(page));
+    cr_assert(same_page(page, rebuilt), "the page rebuilt from the trimmed stream differs from the live one");
+    Mypage *settled_rebuilt = page_of(&s, admin, settled_user);
+    cr_assert_eq(page_ms(settled_rebuilt), page_ms(settled_page),
+                 "the settled reader's last_event_time: rebuilt %lld, live %lld", page_ms(settled_rebuilt),
+                 page_ms(settled_page));
+    cr_assert(same_page(settled_page, settled_rebuilt), "the settled reader's rebuilt page differs from the live one");
+    cr_assert_null(settled_rebuilt->last_event_time, "a page that shows nothing tells a time");
     test_stack_stop(&s);
 }

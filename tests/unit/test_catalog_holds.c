@@ -563,3 +563,34 @@ Test(holds, a_hold_placed_with_an_impossible_pickup_is_refused) {
     cr_assert_eq(catalog_saga_check_event(e, &st), STATUS_INVALID_ARGUMENT);
     arena_destroy(a);
 }
+
+/* Every hold event the catalog makes carries the hold's place time from the HoldPlaced it
+ * answered, so a page can order its holds by it whichever of them the stream still keeps. */
+Test(holds, every_answer_carries_the_place_time) {
+    arena *a = arena_create(0);
+    book_record *record = new_book(a, 1, 1);
+    bool changed = false;
+    status st;
+    place(a, record, "h-1", "alice", 1234, 5000, &changed, &st);
+    cr_assert_eq(last_event(record)->body_case, LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_QUEUED);
+    cr_assert_eq(timestamp_to_ms(last_event(record)->hold_queued->place_time, 0), 1234);
+    place(a, record, "h-1", "alice", 1234, 6000, &changed, &st); /* asked again: answered again */
+    cr_assert_eq(timestamp_to_ms(last_event(record)->hold_queued->place_time, 0), 1234);
+    place(a, record, "h-2", "bob", 2345, 6000, &changed, &st);
+    cr_assert_str_eq(give_back(a, record, "loan-1", 7000), "h-1");
+    cr_assert_eq(last_event(record)->body_case, LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_READY);
+    cr_assert_eq(timestamp_to_ms(last_event(record)->hold_ready->place_time, 0), 1234);
+    hold_times later = {.now_ms = 7000 + PICKUP_MS, .pickup_ms = PICKUP_MS};
+    size_t before = record->n_outbox;
+    cr_assert_eq(holds_expire(a, record, &later, &changed, &st), STATUS_OK);
+    cr_assert_eq(holds_finish(a, record, before, &st), STATUS_OK);
+    cr_assert_eq(record->outbox[before]->body_case, LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_EXPIRED);
+    cr_assert_eq(timestamp_to_ms(record->outbox[before]->hold_expired->place_time, 0), 1234);
+    release(a, record, "h-2", "bob", 12000); /* READY now: released from the set-aside copies */
+    const event *released = record->outbox[record->n_outbox - 1];
+    cr_assert_eq(released->body_case, LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_RELEASED);
+    cr_assert_eq(timestamp_to_ms(released->hold_released->place_time, 0), 2345);
+    release(a, record, "h-9", "carol", 13000); /* never seen, and no time in its cancel */
+    cr_assert_null(record->outbox[record->n_outbox - 1]->hold_released->place_time);
+    arena_destroy(a);
+}

@@ -618,3 +618,119 @@ Test(page, the_sweep_runs_every_tenth_of_the_retention_between_one_second_and_on
     cr_assert_eq(retention_sweep_interval_ms(365LL * 24 * 60 * 60 * 1000), 60000, "the default: every minute");
     cr_assert_eq(retention_sweep_interval_ms(1), 1000);
 }
+
+/* --- the page's own order, and its time -------------------------------------------------------- */
+
+Test(page, every_loan_and_hold_event_carries_the_items_own_order_time) {
+    Google__Protobuf__Timestamp borrowed = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    Google__Protobuf__Timestamp placed = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    borrowed.seconds = 1700000000;
+    borrowed.nanos = 250000000;
+    placed.seconds = 1700000100;
+    placed.nanos = 7000000;
+    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+    loan_change change;
+    Library__Events__V1__LoanActivated activated = LIBRARY__EVENTS__V1__LOAN_ACTIVATED__INIT;
+    activated.loan_id = "L1";
+    activated.user_id = "alice";
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED;
+    e.loan_activated = &activated;
+    cr_assert(page_change_from_event(&e, &change));
+    cr_assert_eq(change.order_ms, 0, "an event from before the borrow time was carried has none");
+    activated.borrow_time = &borrowed;
+    cr_assert(page_change_from_event(&e, &change));
+    cr_assert_eq(change.order_ms, 1700000000250LL);
+    Library__Events__V1__LoanReturned returned = LIBRARY__EVENTS__V1__LOAN_RETURNED__INIT;
+    returned.loan_id = "L1";
+    returned.user_id = "alice";
+    returned.borrow_time = &borrowed;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
+    e.loan_returned = &returned;
+    cr_assert(page_change_from_event(&e, &change));
+    cr_assert_eq(change.order_ms, 1700000000250LL, "the final event carries it too");
+
+    hold_change hold;
+    Library__Events__V1__HoldQueued queued = LIBRARY__EVENTS__V1__HOLD_QUEUED__INIT;
+    queued.hold_id = "h1";
+    queued.user_id = "alice";
+    queued.book_id = "b1";
+    queued.place_time = &placed;
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_QUEUED;
+    e.hold_queued = &queued;
+    cr_assert(page_hold_change_from_event(a, &e, &hold));
+    cr_assert_eq(hold.order_ms, 1700000100007LL, "the catalog's answer carries the place time");
+    Library__Events__V1__HoldReady ready = LIBRARY__EVENTS__V1__HOLD_READY__INIT;
+    ready.hold_id = "h1";
+    ready.user_id = "alice";
+    ready.book_id = "b1";
+    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_HOLD_READY;
+    e.hold_ready = &ready;
+    cr_assert(page_hold_change_from_event(a, &e, &hold));
+    cr_assert_eq(hold.order_ms, 0);
+}
+
+/* What a live page holds, and what a rebuild from a trimmed stream holds for the same loans: the
+ * first stream sequences differ (the rebuild saw the old loan's announcement, after the newer
+ * loan's first event), the borrow times do not. Both give the same list. */
+Test(page, loans_and_holds_go_by_their_own_times_not_the_stream_sequence) {
+    const char *live_fields[] = {"t", "l:kept", "b:kept", "l:newer", "b:newer", "h:h-old", "p:h-old", "h:h-new",
+                                 "p:h-new"};
+    const char *live_values[] = {"1700000009000", "3|2|2|99999999999|0|B1|Kept", "1700000000000",
+                                 "20|2|2|99999999999|0|B2|Newer", "1700000005000", "4|1|1|1700000001|0|B3|Old hold",
+                                 "1700000001000", "21|1|1|1700000006|0|B4|New hold", "1700000006000"};
+    const char *rebuilt_values[] = {"1700000009000", "90|2|2|99999999999|0|B1|Kept", "1700000000000",
+                                    "20|2|2|99999999999|0|B2|Newer", "1700000005000",
+                                    "91|1|1|1700000001|0|B3|Old hold", "1700000001000",
+                                    "21|1|1|1700000006|0|B4|New hold", "1700000006000"};
+    for (int pass = 0; pass < 2; pass++) {
+        Library__Mypage__V1__Mypage *page = page_build(a, "alice", live_fields, pass ? rebuilt_values : live_values,
+                                                       9, 1000);
+        cr_assert_eq(page->n_loans, 2);
+        cr_assert_str_eq(page->loans[0]->loan_id, "newer", "pass %d: the loan borrowed last comes first", pass);
+        cr_assert_str_eq(page->loans[1]->loan_id, "kept");
+        cr_assert_eq(page->n_holds, 2);
+        cr_assert_str_eq(page->holds[0]->hold_id, "h-old", "pass %d: the hold placed first comes first", pass);
+        cr_assert_str_eq(page->holds[1]->hold_id, "h-new");
+    }
+}
+
+Test(page, without_an_order_time_the_old_rule_holds_and_a_tie_goes_by_id) {
+    /* "ancient" and "older" have no borrow time (events from before it was carried): after
+     * every loan with one, by sequence; "a" and "b" were borrowed in the same ms: by id (newest
+     * first is oldest first reversed, ties included) */
+    const char *fields[] = {"l:ancient", "l:older", "l:b", "b:b", "l:a", "b:a", "b:gone", "b:bad", "l:bad"};
+    const char *values[] = {"1|2|2|0|0|B|T", "2|2|2|0|0|B|T", "3|2|2|0|0|B|T", "1700000000000",
+                            "4|2|2|0|0|B|T", "1700000000000", "1600000000000", "not a time", "5|2|2|0|0|B|T"};
+    Library__Mypage__V1__Mypage *page = page_build(a, "alice", fields, values, 9, 1000);
+    cr_assert_eq(page->n_loans, 5);
+    const char *want[] = {"b", "a", "bad", "older", "ancient"};
+    for (size_t i = 0; i < 5; i++)
+        cr_assert_str_eq(page->loans[i]->loan_id, want[i], "loan %zu", i);
+
+    const char *hold_fields[] = {"h:new", "p:new", "h:legacy", "h:z", "p:z", "h:y", "p:y"};
+    const char *hold_values[] = {"1|1|1|0|0|B|T", "1700000002000", "9|1|1|0|0|B|T", "2|1|1|0|0|B|T",
+                                 "1700000001000", "3|1|1|0|0|B|T", "1700000001000"};
+    page = page_build(a, "alice", hold_fields, hold_values, 7, 1000);
+    cr_assert_eq(page->n_holds, 4);
+    const char *holds[] = {"legacy", "y", "z", "new"};
+    for (size_t i = 0; i < 4; i++)
+        cr_assert_str_eq(page->holds[i]->hold_id, holds[i], "hold %zu", i);
+}
+
+Test(page, a_page_that_shows_nothing_has_no_time_as_a_user_without_a_page) {
+    /* every loan left by retention (marks stay), a settled hold, an account with nothing owed */
+    const char *fields[] = {"t", "x:L1", "h:H1", "p:H1"};
+    const char *values[] = {"1700000000123", "1700000000000", "1|3|4|1700000000|0|B|T", "1700000000000"};
+    Library__Mypage__V1__Mypage *page = page_build(a, "alice", fields, values, 4, 1000);
+    cr_assert_eq(page->n_loans, 0);
+    cr_assert_eq(page->n_holds, 0);
+    cr_assert_null(page->last_event_time, "a page that shows nothing told when its user last did something");
+
+    /* an open hold alone is something: the time shows */
+    const char *open_fields[] = {"t", "h:H2"};
+    const char *open_values[] = {"1700000000123", "2|1|1|1700000000|0|B|T"};
+    page = page_build(a, "alice", open_fields, open_values, 2, 1000);
+    cr_assert_eq(page->n_holds, 1);
+    cr_assert_not_null(page->last_event_time);
+    cr_assert_eq(page->last_event_time->seconds, 1700000000);
+}
