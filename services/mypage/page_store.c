@@ -21,14 +21,17 @@ enum { POOL_SIZE = 16, CLEANUP_BATCH = 500, MAX_ARGS = CLEANUP_BATCH + 16, PIPE_
 #define KEY_BUILDING "mypage:building"
 #define KEY_NEXT "mypage:next"
 
-/* The Lua the loan and sweep scripts share. "mypage:<generation>:retention:settled" holds
- * "<user>|<loan id>" of each settled loan on a page of the generation, scored by its final
- * event's time (ms); "...:retention:removed" the same for the loans retention removed, whose
- * page keeps "x:<loan id>" = that time so no later event brings the loan back, until the
- * sweep drops it another retention later (page_store.h). remove() takes the loan, its
- * renewals, its fine and its borrow time off the page and answers whether the page had it.
- * earlier() keeps the earliest order time (a loan's borrow time, a hold's place time) seen in
- * a field and answers whether the field changed. */
+/* The Lua the loan, hold and sweep scripts share. An item is a loan id, or "h:<hold id>" for
+ * a hold (hold ids are a-z, 0-9 and '-', so no loan id made by lending looks like one).
+ * "mypage:<generation>:retention:settled" holds "<user>|<item>" of each settled loan and
+ * closed hold on a page of the generation, scored by its final event's time (ms);
+ * "...:retention:removed" the same for the items retention removed, whose page keeps
+ * "x:<item>" = that time so no later event brings the item back, until the sweep drops it
+ * another retention later (page_store.h). remove() takes a loan, its renewals, its fine and
+ * its borrow time off the page, or a hold and its place time, and answers whether the page
+ * shown changed (it had the loan; a closed hold is not shown). earlier() keeps the earliest
+ * order time (a loan's borrow time, a hold's place time) seen in a field and answers whether
+ * the field changed. */
 #define RETENTION_LUA                                                                           \
     "local function newer_time(key, time)\n"                                                   \
     "  if tonumber(time) > tonumber(redis.call('HGET', key, 't') or '0') then\n"               \
@@ -44,22 +47,27 @@ enum { POOL_SIZE = 16, CLEANUP_BATCH = 500, MAX_ARGS = CLEANUP_BATCH + 16, PIPE_
     "  redis.call('HSET', key, field, time)\n"                                                 \
     "  return true\n"                                                                          \
     "end\n"                                                                                    \
-    "local function remove(generation, user, loan, settled_at)\n"                              \
+    "local function remove(generation, user, item, settled_at)\n"                              \
     "  local prefix = 'mypage:' .. generation .. ':'\n"                                        \
-    "  local key, member = prefix .. user, user .. '|' .. loan\n"                              \
-    "  local had = redis.call('HDEL', key, 'l:' .. loan, 'r:' .. loan, 'f:' .. loan, 'b:' .. loan) > 0\n" \
-    "  redis.call('HSET', key, 'x:' .. loan, settled_at)\n"                                    \
+    "  local key, member = prefix .. user, user .. '|' .. item\n"                              \
+    "  local hold, shown = string.match(item, '^h:(.+)$'), false\n"                            \
+    "  if hold then\n"                                                                         \
+    "    redis.call('HDEL', key, item, 'p:' .. hold)\n"                                        \
+    "  else\n"                                                                                 \
+    "    shown = redis.call('HDEL', key, 'l:' .. item, 'r:' .. item, 'f:' .. item, 'b:' .. item) > 0\n" \
+    "  end\n"                                                                                  \
+    "  redis.call('HSET', key, 'x:' .. item, settled_at)\n"                                    \
     "  redis.call('ZREM', prefix .. 'retention:settled', member)\n"                            \
     "  redis.call('ZADD', prefix .. 'retention:removed', settled_at, member)\n"                \
-    "  return had\n"                                                                           \
+    "  return shown\n"                                                                         \
     "end\n"                                                                                    \
-    "local function settle(generation, user, loan, at, now, retention)\n"                      \
+    "local function settle(generation, user, item, at, now, retention)\n"                      \
     "  if at <= 0 then return false end\n"                                                     \
-    "  local settled, member = 'mypage:' .. generation .. ':retention:settled', user .. '|' .. loan\n" \
+    "  local settled, member = 'mypage:' .. generation .. ':retention:settled', user .. '|' .. item\n" \
     "  local before = tonumber(redis.call('ZSCORE', settled, member) or '0')\n"                \
     "  if at < before then at = before end\n"                                                  \
     "  if retention > 0 and at <= now - retention then\n"                                      \
-    "    return remove(generation, user, loan, string.format('%d', at))\n"                     \
+    "    return remove(generation, user, item, string.format('%d', at))\n"                     \
     "  end\n"                                                                                  \
     "  if at > before then redis.call('ZADD', settled, at, member) end\n"                      \
     "  return false\n"                                                                         \
@@ -147,21 +155,24 @@ static const char apply_source[] =
 /* KEYS: generation, building. ARGV: user (base64url), hold id, seq, rank, status, place,
  * expire, book id, title, event time (ms), generation to write ("" = in use and being built),
  * queue book id ("" = no snapshot), queue version, queued hold ids joined by '|', place time
- * (ms, 0 = not carried; "p:<hold id>" keeps the earliest). Returns
- * {1 when the page (in use, or the given generation) changed, or the book's snapshot did (the
- * holder's position may have), else 0; then, for the pages in use, the other users (base64url)
- * whose holds the new snapshot moved}. Idempotent and order-free, as the loans' merge: a hold
- * only moves forward in rank, fields the page lacks are filled in, the earliest seq is kept;
- * a snapshot replaces only an older version of the book's. "mypage:<generation>:h:users" maps
- * each open hold to its user, so the users a snapshot moves can be told (the event names only
- * its own holder). */
+ * (ms, 0 = not carried; "p:<hold id>" keeps the earliest), now (ms), retention (ms, 0 =
+ * forever). Returns {1 when the page (in use, or the given generation) changed, or the book's
+ * snapshot did (the holder's position may have), else 0; then, for the pages in use, the other
+ * users (base64url) whose holds the new snapshot moved}. Idempotent and order-free, as the
+ * loans' merge: a hold only moves forward in rank, fields the page lacks are filled in, the
+ * earliest seq is kept; a snapshot replaces only an older version of the book's.
+ * "mypage:<generation>:h:users" maps each open hold to its user, so the users a snapshot moves
+ * can be told (the event names only its own holder). Retention, as for loans (RETENTION_LUA):
+ * a closed hold's final event enters "h:<hold id>" in the settled set, one older than the
+ * retention removes the hold at once, and a removed hold's mark "x:h:<hold id>" keeps every
+ * later event of it off the page; the book's snapshot such an event carries still counts. */
 static const char apply_hold_source[] =
+    RETENTION_LUA
     "local function newer(a, b)\n"
     "  if #a ~= #b then return #a > #b end\n"
     "  return a > b\n"
     "end\n"
-    "local function apply(generation)\n"
-    "  local key = 'mypage:' .. generation .. ':' .. ARGV[1]\n"
+    "local function apply_hold(generation, key, holders)\n"
     "  local field = 'h:' .. ARGV[2]\n"
     "  local seq, rank, status = ARGV[3], ARGV[4], ARGV[5]\n"
     "  local place, expire, book, title = ARGV[6], ARGV[7], ARGV[8], ARGV[9]\n"
@@ -185,23 +196,24 @@ static const char apply_hold_source[] =
     "    redis.call('HSET', key, field, value)\n"
     "    changed = 1\n"
     "  end\n"
-    "  local placed = tonumber(ARGV[15])\n"
-    "  local cplaced = tonumber(redis.call('HGET', key, 'p:' .. ARGV[2]) or '')\n"
-    "  if placed > 0 and (not cplaced or placed < cplaced) then\n"
-    "    redis.call('HSET', key, 'p:' .. ARGV[2], ARGV[15])\n"
-    "    changed = 1\n"
-    "  end\n"
-    "  local t = tonumber(redis.call('HGET', key, 't') or '0')\n"
-    "  if tonumber(ARGV[10]) > t then\n"
-    "    redis.call('HSET', key, 't', ARGV[10])\n"
-    "    changed = 1\n"
-    "  end\n"
-    "  local holders = 'mypage:' .. generation .. ':h:users'\n"
+    "  if earlier(key, 'p:' .. ARGV[2], ARGV[15]) then changed = 1 end\n"
     "  if tonumber(rank) < 3 then\n"
     "    redis.call('HSET', holders, ARGV[2], ARGV[1])\n"
     "  else\n"
     "    redis.call('HDEL', holders, ARGV[2])\n"
     "  end\n"
+    "  if ARGV[4] == '3' and settle(generation, ARGV[1], field, tonumber(ARGV[10]), tonumber(ARGV[16]),\n"
+    "                             tonumber(ARGV[17])) then\n"
+    "    changed = 1\n"
+    "  end\n"
+    "  return changed\n"
+    "end\n"
+    "local function apply(generation)\n"
+    "  local key = 'mypage:' .. generation .. ':' .. ARGV[1]\n"
+    "  local holders = 'mypage:' .. generation .. ':h:users'\n"
+    "  local changed = 0\n"
+    "  if redis.call('HEXISTS', key, 'x:h:' .. ARGV[2]) == 0 then changed = apply_hold(generation, key, holders) end\n"
+    "  if newer_time(key, ARGV[10]) == 1 then changed = 1 end\n"
     "  local moved = {}\n"
     "  if ARGV[12] ~= '' then\n"
     "    local qkey = 'mypage:' .. generation .. ':q:' .. ARGV[12]\n"
@@ -282,15 +294,16 @@ static const char apply_account_source[] =
     "if building and building ~= current then apply(building) end\n"
     "return changed\n";
 
-/* KEYS: generation. ARGV: now (ms), retention (ms, > 0), at most how many loans and how many
- * "x:" marks to remove. Sweeps the generation in use: each loan settled at least a retention
- * ago leaves its page (remove()), and each mark of a loan removed at least two retentions after
- * it settled goes too: by then the stream (kept for a retention) holds none of the loan's
- * events, so nothing is left that could bring it back. A rebuild's generation is not swept:
- * its replay may still meet an old event of a loan whose mark must stay; after the switch this
- * sweep takes it over. Several replicas may run it at once: each step is atomic and skips what
- * another took. Returns {1 when a batch was full (more may be due) else 0, then the users
- * (base64url) whose page lost a loan}. */
+/* KEYS: generation. ARGV: now (ms), retention (ms, > 0), at most how many items (loans and
+ * closed holds) and how many "x:" marks to remove. Sweeps the generation in use: each item
+ * settled at least a retention ago leaves its page (remove()), and each mark of an item
+ * removed at least two retentions after it settled goes too: by then the stream (kept for a
+ * retention) holds none of its events, so nothing is left that could bring it back. A
+ * rebuild's generation is not swept: its replay may still meet an old event of an item whose
+ * mark must stay; after the switch this sweep takes it over. Several replicas may run it at
+ * once: each step is atomic and skips what another took. Returns {1 when a batch was full
+ * (more may be due) else 0, then the users (base64url) whose page lost a loan: a closed hold
+ * is not shown, so its removal changes no page anyone sees}. */
 static const char sweep_source[] =
     RETENTION_LUA
     "local generation = redis.call('GET', KEYS[1]) or '0'\n"
@@ -300,8 +313,8 @@ static const char sweep_source[] =
     "local due = redis.call('ZRANGEBYSCORE', prefix .. 'retention:settled', '-inf',\n"
     "  string.format('%d', now - retention), 'WITHSCORES', 'LIMIT', 0, limit)\n"
     "for i = 1, #due - 1, 2 do\n"
-    "  local user, loan = string.match(due[i], '^([^|]+)|(.+)$')\n"
-    "  if user and remove(generation, user, loan, due[i + 1]) and not users[user] then\n"
+    "  local user, item = string.match(due[i], '^([^|]+)|(.+)$')\n"
+    "  if user and remove(generation, user, item, due[i + 1]) and not users[user] then\n"
     "    users[user] = true\n"
     "    reply[#reply + 1] = user\n"
     "  elseif not user then\n"
@@ -311,8 +324,8 @@ static const char sweep_source[] =
     "local gone = redis.call('ZRANGEBYSCORE', prefix .. 'retention:removed', '-inf',\n"
     "  string.format('%d', now - 2 * retention), 'LIMIT', 0, limit)\n"
     "for _, member in ipairs(gone) do\n"
-    "  local user, loan = string.match(member, '^([^|]+)|(.+)$')\n"
-    "  if user then redis.call('HDEL', prefix .. user, 'x:' .. loan) end\n"
+    "  local user, item = string.match(member, '^([^|]+)|(.+)$')\n"
+    "  if user then redis.call('HDEL', prefix .. user, 'x:' .. item) end\n"
     "  redis.call('ZREM', prefix .. 'retention:removed', member)\n"
     "end\n"
     "if #due >= 2 * limit or #gone >= limit then reply[1] = 1 end\n"
@@ -703,6 +716,8 @@ static status_code apply_hold(page_store *store, const char *generation, const h
         arena_sprintf(a, "%llu", (unsigned long long)change->queue_version),
         change->queue_hold_ids ? change->queue_hold_ids : "",
         arena_sprintf(a, "%lld", (long long)(change->order_ms > 0 ? change->order_ms : 0)),
+        arena_sprintf(a, "%lld", (long long)timestamp_now_ms()),
+        arena_sprintf(a, "%lld", (long long)atomic_load(&store->retention_ms)),
     };
     redisReply *reply = NULL;
     status_code code = run_script(store, &store->apply_hold, sizeof argv / sizeof argv[0], argv, &reply, st);

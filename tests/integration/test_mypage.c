@@ -2658,6 +2658,108 @@ Test(mypage, the_store_removes_settled_loans_once_and_keeps_them_removed) {
     harness_process_stop(&redis, SIGTERM, 5000);
 }
 
+static void apply_hold_event(page_store *store, const char *user, const char *hold_id, int status_value, int rank,
+                             int64_t at_ms, uint64_t sequence) {
+    hold_change change = {.user_id = user, .hold_id = hold_id, .status = status_value, .rank = rank,
+                          .book_id = "held-book", .book_title = "Held", .place_seconds = at_ms / 1000,
+                          .event_time_ms = at_ms, .order_ms = at_ms, .queue_book_id = ""};
+    status st;
+    cr_assert_eq(page_store_apply_hold(store, &change, sequence, NULL, NULL, NULL, &st), STATUS_OK, "%s", st.message);
+}
+
+static bool has_field(redisContext *c, const char *key, const char *field) {
+    redisReply *reply = redisCommand(c, "HEXISTS %s %s", key, field);
+    bool exists = reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+    freeReplyObject(reply);
+    return exists;
+}
+
+/* RETENTION=2s in the store, for holds as for loans: a hold closed longer ago than that leaves
+ * nothing in the hash (its "h:" and "p:" go at once) and a late event does not bring it back;
+ * one closed recently stays hidden in the hash until the sweep a retention after its final
+ * event takes its "h:" and "p:", an open hold stays however old, and the marks go two
+ * retentions after the close. A closed hold is not shown, so its removal tells no one; an
+ * event of a removed hold still gives its book's queue snapshot. */
+Test(mypage, the_store_removes_closed_holds_once_and_keeps_them_removed) {
+    const char *dir = arena_sprintf(mem, "%s/retention-holds", fixture_dir());
+    mkdir(dir, 0700);
+    harness_process redis;
+    cr_assert(harness_redis_start(dir, 0, &redis), "redis-server did not start");
+    page_store *store = NULL;
+    status st;
+    cr_assert_eq(page_store_open(redis.url, &mypage_login, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
+    page_store_set_retention(store, 2000);
+    int64_t now = timestamp_now_ms();
+    const char *user = "holder", *old = new_hold_id(), *recent = new_hold_id(), *open = new_hold_id();
+    apply_hold_event(store, user, old, WAITING, PAGE_HOLD_RANK_WAITING, now - 9000, 1);
+    apply_hold_event(store, user, old, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_CANCELED, PAGE_HOLD_RANK_FINAL,
+                     now - 5000, 2);
+    apply_hold_event(store, user, old, WAITING, PAGE_HOLD_RANK_WAITING, now - 8000, 3); /* a late HoldQueued */
+    apply_hold_event(store, user, open, WAITING, PAGE_HOLD_RANK_WAITING, now - 100000, 4);
+    apply_hold_event(store, user, recent, WAITING, PAGE_HOLD_RANK_WAITING, now - 3000, 5);
+    apply_hold_event(store, user, recent, LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_EXPIRED, PAGE_HOLD_RANK_FINAL,
+                     now - 500, 6);
+    Mypage *page = stored_page(store, user);
+    cr_assert_eq(page->n_holds, 1, "the page lists %zu holds", page->n_holds);
+    cr_assert_str_eq(page->holds[0]->hold_id, open);
+
+    redisContext *c = harness_redis_connect(redis.port);
+    const char *encoded = text_base64url_encode(mem, (const uint8_t *)user, strlen(user));
+    const char *key = arena_sprintf(mem, "mypage:0:%s", encoded);
+    cr_assert_not(has_field(c, key, arena_sprintf(mem, "h:%s", old)), "the hold closed long ago is in the hash");
+    cr_assert_not(has_field(c, key, arena_sprintf(mem, "p:%s", old)));
+    cr_assert(has_field(c, key, arena_sprintf(mem, "x:h:%s", old)), "the hold closed long ago is not marked");
+    cr_assert(has_field(c, key, arena_sprintf(mem, "h:%s", recent)), "the hold closed recently left before its time");
+    redisReply *reply = redisCommand(c, "ZSCORE mypage:0:retention:settled %s|h:%s", encoded, recent);
+    cr_assert(reply->type == REDIS_REPLY_STRING && atoll(reply->str) == now - 500,
+              "the closed hold is not in the settled set at its final event's time");
+    freeReplyObject(reply);
+
+    /* a sweep before the retention changes nothing; one after it takes the recent hold */
+    atomic_int told = 0;
+    removal_tally early = {.store = store, .now_ms = now - 1500, .told = &told};
+    sweeper_main(&early);
+    cr_assert_not(early.failed);
+    cr_assert(has_field(c, key, arena_sprintf(mem, "h:%s", recent)));
+    removal_tally due = {.store = store, .now_ms = now + 1600, .told = &told};
+    sweeper_main(&due);
+    cr_assert_not(due.failed);
+    cr_assert_not(has_field(c, key, arena_sprintf(mem, "h:%s", recent)), "the closed hold's h: stayed");
+    cr_assert_not(has_field(c, key, arena_sprintf(mem, "p:%s", recent)), "the closed hold's p: stayed");
+    cr_assert(has_field(c, key, arena_sprintf(mem, "x:h:%s", recent)));
+    cr_assert(has_field(c, key, arena_sprintf(mem, "h:%s", open)), "the open hold left");
+    cr_assert(has_field(c, key, arena_sprintf(mem, "p:%s", open)));
+    cr_assert_eq(count_fields(c, key, "h:"), 1, "only the open hold is left in the hash");
+    cr_assert_eq(atomic_load(&told), 0, "a closed hold's removal changes no page shown");
+
+    /* a late HoldReady of the removed hold, with its book's queue: the hold stays gone, the
+     * queue counts */
+    hold_change late = {.user_id = user, .hold_id = recent, .status = LIBRARY__LENDING__V1__HOLD_STATUS__HOLD_STATUS_READY,
+                        .rank = PAGE_HOLD_RANK_READY, .book_id = "held-book", .book_title = "Held",
+                        .event_time_ms = now - 1000, .order_ms = now - 3000, .queue_book_id = "held-book",
+                        .queue_version = 7, .queue_hold_ids = (char *)open};
+    cr_assert_eq(page_store_apply_hold(store, &late, 7, NULL, NULL, NULL, &st), STATUS_OK, "%s", st.message);
+    cr_assert_not(has_field(c, key, arena_sprintf(mem, "h:%s", recent)), "a late event brought the hold back");
+    cr_assert_not(has_field(c, key, arena_sprintf(mem, "p:%s", recent)));
+    page = stored_page(store, user);
+    cr_assert_eq(page->n_holds, 1);
+    cr_assert_eq(page->holds[0]->position, 1, "the late event's queue snapshot was dropped");
+
+    /* the marks go two retentions after the close (the recent hold's at now + 3500) */
+    removal_tally marks = {.store = store, .now_ms = now + 3400, .told = &told};
+    sweeper_main(&marks);
+    cr_assert_eq(count_fields(c, key, "x:h:"), 1);
+    marks.now_ms = now + 3600;
+    sweeper_main(&marks);
+    cr_assert_eq(count_fields(c, key, "x:"), 0);
+    reply = redisCommand(c, "HKEYS %s", key);
+    cr_log_info("the hash keeps %zu fields after the sweeps", reply->elements);
+    freeReplyObject(reply);
+    redisFree(c);
+    page_store_close(store);
+    harness_process_stop(&redis, SIGTERM, 5000);
+}
+
 /* The store orders a page by each loan's borrow time and each hold's place time ("b:", "p:",
  * the earliest seen), whatever stream sequences their events had: the sequences here are those
  * of a rebuild that found the older loan and hold only as announcements made after the newer
