@@ -6,6 +6,7 @@
  * catalog each time; a canceled hold is forgotten; a returned loan with a fine still owed stays
  * until the fine is paid. */
 #include <criterion/criterion.h>
+#include <hiredis.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -287,6 +288,27 @@ static long long page_ms(const Mypage *page) {
     return t ? (long long)t->seconds * 1000 + t->nanos / 1000000 : -1;
 }
 
+/* How many of a hold's fields ("h:<id>", "p:<id>") the user's hash in the pages in use keeps,
+ * read from Redis itself: a closed hold does not show on the page, so GetMypage cannot tell. */
+static int hold_fields_kept(test_stack *s, const char *user, const char *hold_id) {
+    redisContext *c = harness_redis_connect(s->redis.port);
+    cr_assert_not_null(c, "cannot reach Redis");
+    redisReply *generation = redisCommand(c, "GET mypage:generation");
+    const char *key = arena_sprintf(mem, "mypage:%s:%s", generation->type == REDIS_REPLY_STRING ? generation->str : "0",
+                                    text_base64url_encode(mem, (const uint8_t *)user, strlen(user)));
+    freeReplyObject(generation);
+    redisReply *fields = redisCommand(c, "HKEYS %s", key);
+    cr_assert(fields != NULL && fields->type == REDIS_REPLY_ARRAY, "HKEYS %s failed", key);
+    int kept = 0;
+    for (size_t i = 0; i < fields->elements; i++) {
+        const char *field = fields->element[i]->str;
+        kept += (strncmp(field, "h:", 2) == 0 || strncmp(field, "p:", 2) == 0) && strcmp(field + 2, hold_id) == 0;
+    }
+    freeReplyObject(fields);
+    redisFree(c);
+    return kept;
+}
+
 #define PAGE_RETENTION_MS 8000
 
 /* The reader keeps one loan out longer than the retention and borrows a newer one half a
@@ -312,6 +334,17 @@ Test(retention, the_page_rebuilt_from_the_trimmed_stream_is_the_live_one) {
     Hold *waiting = r.waiting;
     test_stack_return_as(&s, r.bearer, returned->loan_id);
     cr_assert_not_null(page_of(&s, admin, settled_user)->last_event_time, "the settled reader's page has no time");
+    Library__Lending__V1__PlaceHoldRequest place = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    place.book_id = (char *)test_stack_register(&s, "Held Then Not", 1)->book_id;
+    Hold *canceled = hold_call(&s, "PlaceHold", &place.base, r.bearer);
+    Library__Lending__V1__CancelHoldRequest cancel = LIBRARY__LENDING__V1__CANCEL_HOLD_REQUEST__INIT;
+    cancel.hold_id = canceled->hold_id;
+    hold_call(&s, "CancelHold", &cancel.base, r.bearer);
+    int64_t canceled_ms = timestamp_now_ms();
+    int64_t kept_deadline = canceled_ms + 5000, hold_gone_ms = 0;
+    while (hold_fields_kept(&s, user, canceled->hold_id) == 0 && timestamp_now_ms() < kept_deadline)
+        harness_sleep_ms(50);
+    cr_assert_eq(hold_fields_kept(&s, user, canceled->hold_id), 2, "the canceled hold never reached the page's hash");
 
     /* the kept loan's first announcement; the newer loan a little before its second */
     int64_t deadline = timestamp_now_ms() + PAGE_RETENTION_MS + 5000;
@@ -330,9 +363,12 @@ Test(retention, the_page_rebuilt_from_the_trimmed_stream_is_the_live_one) {
     seen out = stream_of(&s, kept->loan_id), later = stream_of(&s, newer->loan_id);
     while ((page->n_loans != 2 || out.first_ids > 0 || out.first_sequence < later.first_sequence ||
             stream_of(&s, waiting->hold_id).first_ids > 0 || stream_of(&s, returned->loan_id).events > 0 ||
-            stream_of(&s, settled->loan_id).events > 0 || page_of(&s, admin, settled_user)->n_loans > 0) &&
+            stream_of(&s, settled->loan_id).events > 0 || page_of(&s, admin, settled_user)->n_loans > 0 ||
+            hold_fields_kept(&s, user, canceled->hold_id) > 0) &&
            timestamp_now_ms() < deadline) {
         harness_sleep_ms(100);
+        if (hold_gone_ms == 0 && hold_fields_kept(&s, user, canceled->hold_id) == 0)
+            hold_gone_ms = timestamp_now_ms();
         page = page_of(&s, admin, user);
         out = stream_of(&s, kept->loan_id);
         later = stream_of(&s, newer->loan_id);
@@ -350,6 +386,11 @@ Test(retention, the_page_rebuilt_from_the_trimmed_stream_is_the_live_one) {
     cr_assert_eq(page->holds[0]->position, 1);
     cr_assert_eq(page_of(&s, admin, settled_user)->n_loans, 0,
                  "the returned loan did not leave the settled reader's page");
+    cr_assert_eq(hold_fields_kept(&s, user, canceled->hold_id), 0,
+                 "the canceled hold's h:/p: fields are still in the page's hash %lld ms after the cancel",
+                 (long long)(timestamp_now_ms() - canceled_ms));
+    cr_log_info("the canceled hold's fields left the hash %lld ms after the cancel",
+                (long long)((hold_gone_ms ? hold_gone_ms : timestamp_now_ms()) - canceled_ms));
 
     /* no announcement from now on; what was on its way is applied */
     cr_assert_eq(harness_process_stop(&s.lending, SIGTERM, 10000), 0, "lending did not stop cleanly");
@@ -374,6 +415,7 @@ Test(retention, the_page_rebuilt_from_the_trimmed_stream_is_the_live_one) {
     cr_assert_eq(page_ms(rebuilt), page_ms(page), "last_event_time: rebuilt %lld, live %lld", page_ms(rebuilt),
                  page_ms(page));
     cr_assert(same_page(page, rebuilt), "the page rebuilt from the trimmed stream differs from the live one");
+    cr_assert_eq(hold_fields_kept(&s, user, canceled->hold_id), 0, "the rebuild put the canceled hold back in the hash");
     Mypage *settled_rebuilt = page_of(&s, admin, settled_user);
     cr_assert_eq(page_ms(settled_rebuilt), page_ms(settled_page),
                  "the settled reader's last_event_time: rebuilt %lld, live %lld", page_ms(settled_rebuilt),
