@@ -301,9 +301,16 @@ static const char apply_account_source[] =
  * retention) holds none of its events, so nothing is left that could bring it back. A
  * rebuild's generation is not swept: its replay may still meet an old event of an item whose
  * mark must stay; after the switch this sweep takes it over. Several replicas may run it at
- * once: each step is atomic and skips what another took. Returns {1 when a batch was full
- * (more may be due) else 0, then the users (base64url) whose page lost a loan: a closed hold
- * is not shown, so its removal changes no page anyone sees}. */
+ * once: each step is atomic and skips what another took. Pages stored by a release that did
+ * not record settled items (closed holds at all, settled loans before retention) hold some
+ * without an entry in the settled set: each step also goes on with one SCAN (COUNT = limit)
+ * over the generation's pages, whose cursor "...:retention:scan" keeps until it says "done",
+ * and enters each settled loan and closed hold it finds without an entry, scored by the page's
+ * "t" (its newest event, so never before the item's own final event). A generation a rebuild
+ * makes is "done" from the start (begin_source): its scripts record everything. Returns {1
+ * when a batch was full or the pass is not over (more may be due) else 0, then the users
+ * (base64url) whose page lost a loan: a closed hold is not shown, so its removal changes no
+ * page anyone sees}. */
 static const char sweep_source[] =
     RETENTION_LUA
     "local generation = redis.call('GET', KEYS[1]) or '0'\n"
@@ -329,6 +336,30 @@ static const char sweep_source[] =
     "  redis.call('ZREM', prefix .. 'retention:removed', member)\n"
     "end\n"
     "if #due >= 2 * limit or #gone >= limit then reply[1] = 1 end\n"
+    "local scan = prefix .. 'retention:scan'\n"
+    "local cursor = redis.call('GET', scan) or '0'\n"
+    "if cursor ~= 'done' then\n"
+    "  local found = redis.call('SCAN', cursor, 'MATCH', prefix .. '*', 'COUNT', limit)\n"
+    "  for _, key in ipairs(found[2]) do\n"
+    "    local user = string.sub(key, #prefix + 1)\n"
+    "    if not string.find(user, ':', 1, true) then\n"
+    "      local page = redis.call('HGETALL', key)\n"
+    "      local t = tonumber(redis.call('HGET', key, 't') or '') or now\n"
+    "      for i = 1, #page - 1, 2 do\n"
+    "        local kind, id = string.match(page[i], '^([lh]):(.+)$')\n"
+    "        local item = kind == 'h' and page[i] or id\n"
+    "        if kind and string.match(page[i + 1], '^%d+|3|') and\n"
+    "           not redis.call('ZSCORE', prefix .. 'retention:settled', user .. '|' .. item) and\n"
+    "           settle(generation, user, item, t, now, retention) and not users[user] then\n"
+    "          users[user] = true\n"
+    "          reply[#reply + 1] = user\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  redis.call('SET', scan, found[1] == '0' and 'done' or found[1])\n"
+    "  if found[1] ~= '0' then reply[1] = 1 end\n"
+    "end\n"
     "return reply\n";
 
 /* KEYS: generation. ARGV: user. The page in use, as HGETALL pairs, then a pair
@@ -352,12 +383,14 @@ static const char load_source[] =
     "end\n"
     "return page\n";
 
-/* KEYS: generation, building, next. A generation newer than any used before. */
+/* KEYS: generation, building, next. A generation newer than any used before; its pages need
+ * no pass of the sweep for items settled before they were recorded (sweep_source). */
 static const char begin_source[] =
     "local current = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
     "local n = redis.call('INCR', KEYS[3])\n"
     "if n <= current then n = current + 1; redis.call('SET', KEYS[3], n) end\n"
     "redis.call('SET', KEYS[2], n)\n"
+    "redis.call('SET', 'mypage:' .. n .. ':retention:scan', 'done')\n"
     "return n\n";
 
 /* KEYS: generation, building. ARGV: the rebuilt generation. Returns the old one. */

@@ -2755,6 +2755,43 @@ Test(mypage, the_store_removes_closed_holds_once_and_keeps_them_removed) {
     reply = redisCommand(c, "HKEYS %s", key);
     cr_log_info("the hash keeps %zu fields after the sweeps", reply->elements);
     freeReplyObject(reply);
+
+    /* pages stored by an older release: a closed hold and a returned loan without an entry in
+     * the settled set. The sweep's pass over the pages enters them as of the page's newest
+     * event, and they leave a retention after it; on a page whose newest event is older than
+     * the retention they leave at once. Open holds stay. */
+    const char *stale = "stale-holder", *lapsed = "lapsed-holder";
+    const char *stale_key = arena_sprintf(mem, "mypage:0:%s", text_base64url_encode(mem, (const uint8_t *)stale, strlen(stale)));
+    const char *lapsed_key =
+        arena_sprintf(mem, "mypage:0:%s", text_base64url_encode(mem, (const uint8_t *)lapsed, strlen(lapsed)));
+    const char *closed = new_hold_id(), *waiting = new_hold_id(), *loan = new_hold_id();
+    freeReplyObject(redisCommand(c, "HSET %s t %lld h:%s 8|3|4|100|0|held-book|Held p:%s 100000 h:%s 9|1|1|100|0|held-book|Held "
+                                    "l:%s 7|3|4|200|0|kept-book|Kept",
+                                 stale_key, (long long)(now - 500), closed, closed, waiting, loan));
+    freeReplyObject(redisCommand(c, "HSET %s t %lld h:%s 8|3|4|100|0|held-book|Held", lapsed_key,
+                                 (long long)(now - 5000), closed));
+    freeReplyObject(redisCommand(c, "DEL mypage:0:retention:scan")); /* what an older release left */
+    atomic_store(&told, 0);
+    removal_tally pass = {.store = store, .now_ms = now, .told = &told};
+    sweeper_main(&pass);
+    cr_assert_not(pass.failed);
+    cr_assert_eq(count_fields(c, lapsed_key, "h:"), 0, "a closed hold of a page idle for a retention stayed");
+    cr_assert_eq(count_fields(c, stale_key, "h:"), 2, "the pass took a hold before its time");
+    cr_assert_eq(count_fields(c, stale_key, "l:"), 1, "the pass took a loan before its time");
+    cr_assert_eq(atomic_load(&told), 0);
+    reply = redisCommand(c, "ZSCORE mypage:0:retention:settled %s|h:%s",
+                         text_base64url_encode(mem, (const uint8_t *)stale, strlen(stale)), closed);
+    cr_assert(reply->type == REDIS_REPLY_STRING && atoll(reply->str) == now - 500,
+              "the old closed hold is not entered at its page's newest event");
+    freeReplyObject(reply);
+    pass.now_ms = now + 1600;
+    sweeper_main(&pass);
+    cr_assert_eq(count_fields(c, stale_key, "h:"), 1, "the old closed hold stayed");
+    cr_assert(has_field(c, stale_key, arena_sprintf(mem, "h:%s", waiting)), "the open hold left");
+    cr_assert_not(has_field(c, stale_key, arena_sprintf(mem, "p:%s", closed)));
+    cr_assert_eq(count_fields(c, stale_key, "l:"), 0, "the old returned loan stayed");
+    cr_assert_eq(atomic_load(&told), 1, "the user whose page lost the loan is told once");
+    cr_log_info("the two sweeps with the pass over the pages took %d steps", pass.steps);
     redisFree(c);
     page_store_close(store);
     harness_process_stop(&redis, SIGTERM, 5000);
