@@ -33,7 +33,8 @@
  *
  * A settled loan leaves the page RETENTION after its final event, with its "r:", "f:" and "b:";
  * "x:<loan id>" = the settle time (ms) marks it as removed for a while, so no later event puts
- * it back (page_store.h). page_build ignores the marks.
+ * it back (page_store.h). A closed hold leaves the same way with its "p:", marked
+ * "x:h:<hold id>". page_build ignores the marks.
  *
  * Applying an event is a merge that is idempotent and does not depend on order: a loan only
  * moves forward in rank (PENDING 1 < ACTIVE 2 < CANCELED, RETURNED 3); an event of the

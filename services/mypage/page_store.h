@@ -59,17 +59,22 @@ bool page_store_load_async(page_store *store, arena *a, const char *user_id, pag
                            void *arg);
 
 /* Retention: a settled loan (RETURNED or CANCELED) leaves its page retention_ms after its final
- * event's occur time, with its renewals and fine; open loans never leave by age. The loan
- * scripts keep each generation's settled loans in a set ordered by that time, remove at once
- * a loan whose final event is already older than the retention (a rebuild's replay, a late
- * delivery), and keep a mark "x:<loan id>" of each removed loan so no later event of it puts
- * it back; page_store_sweep removes what came due since. 0 (the default) keeps every loan;
- * the settled loans are recorded anyway, so a retention set later applies to them. */
+ * event's occur time, with its renewals and fine, and a closed hold (FULFILLED, CANCELED,
+ * EXPIRED) with its place time; open loans and holds never leave by age. The loan and hold
+ * scripts keep each generation's settled items in one set ordered by that time, remove at once
+ * an item whose final event is already older than the retention (a rebuild's replay, a late
+ * delivery), and keep a mark "x:<loan id>" or "x:h:<hold id>" of each removed item so no later
+ * event of it puts it back; page_store_sweep removes what came due since. 0 (the default)
+ * keeps everything; the settled items are recorded anyway, so a retention set later applies
+ * to them. */
 void page_store_set_retention(page_store *store, int64_t retention_ms);
-/* One bounded step of removal in the generation in use: at most limit loans leave, and at most
- * limit marks of loans removed two retentions ago go. *more: a batch was full, call again.
- * removed (may be NULL) is called with each user whose page lost a loan. Safe to run from
- * several replicas at once. A no-op while the retention is 0. */
+/* One bounded step of removal in the generation in use: at most limit loans and closed holds
+ * leave, at most limit marks of items removed two retentions ago go, and a pass over the
+ * pages goes one SCAN step (COUNT limit) further, entering settled items that pages stored by
+ * an older release hold without an entry, as of the page's newest event (once per generation).
+ * *more: a batch was full or the pass is not over, call again. removed (may be NULL) is called
+ * with each user whose page lost a loan (a closed hold is not shown). Safe to run from several
+ * replicas at once. A no-op while the retention is 0. */
 status_code page_store_sweep(page_store *store, int64_t now_ms, int limit, bool *more, page_user_moved removed,
                              void *removed_arg, status *st);
 

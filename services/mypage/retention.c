@@ -1,4 +1,4 @@
-/* retention.c - settled loans leave the pages after RETENTION. */
+/* retention.c - settled loans and closed holds leave the pages after RETENTION. */
 #include "retention.h"
 
 #include <pthread.h>
@@ -9,7 +9,8 @@
 #include "projection.h"
 #include "timestamp.h"
 
-/* Loans (and marks) one sweep step removes: one Lua call stays short for Redis. */
+/* Loans and holds (and marks, and pages looked over) one sweep step takes: one Lua call stays
+ * short for Redis. */
 enum { SWEEP_BATCH = 200, PAUSE_MS = 50 };
 
 struct retention_sweeper {

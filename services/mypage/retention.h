@@ -1,5 +1,6 @@
-/* retention.h - the sweeper that takes settled loans off the pages once RETENTION has passed
- * (page_store_sweep), and tells the watchers of each page that lost one.
+/* retention.h - the sweeper that takes settled loans and closed holds off the pages once
+ * RETENTION has passed (page_store_sweep), and tells the watchers of each page that lost a
+ * loan.
  *
  * One thread per mypage process. It sweeps every min(retention / 10, 1 min), at least every
  * 1 s, in bounded steps until nothing more is due. Replicas may sweep at the same time: the
