@@ -2562,20 +2562,40 @@ static Mypage *stored_page(page_store *store, const char *user) {
     return page;
 }
 
+/* A store with a retention on a Redis of its own, started under the fixture's directory. */
+static page_store *store_of_its_own(const char *name, int64_t retention_ms, harness_process *redis) {
+    const char *dir = arena_sprintf(mem, "%s/%s", fixture_dir(), name);
+    mkdir(dir, 0700);
+    cr_assert(harness_redis_start(dir, 0, redis), "redis-server did not start");
+    page_store *store = NULL;
+    status st;
+    cr_assert_eq(page_store_open(redis->url, &mypage_login, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
+    page_store_set_retention(store, retention_ms);
+    return store;
+}
+
+/* The page's last mark ("x:") stays through a sweep just before due_ms and goes at one just
+ * after. */
+static void expect_last_mark_goes_at(page_store *store, redisContext *c, const char *key, int64_t due_ms,
+                                     atomic_int *told) {
+    removal_tally marks = {.store = store, .now_ms = due_ms - 100, .told = told};
+    sweeper_main(&marks);
+    cr_assert_eq(count_fields(c, key, "x:"), 1, "the mark went before its time");
+    marks.now_ms = due_ms + 100;
+    sweeper_main(&marks);
+    cr_assert_not(marks.failed);
+    cr_assert_eq(count_fields(c, key, "x:"), 0, "the mark outlived two retentions after the settle time");
+}
+
 /* RETENTION=2s in the store: a final event older than that never shows, nor does its loan's
  * fine or a later copy of its events; one younger leaves at the sweep 2 s after it, with its
  * fine, open loans stay; the marks go two retentions after the settle time; and two replicas
  * sweeping 200 pages at once remove each loan once. */
 Test(mypage, the_store_removes_settled_loans_once_and_keeps_them_removed) {
-    const char *dir = arena_sprintf(mem, "%s/retention-store", fixture_dir());
-    mkdir(dir, 0700);
     harness_process redis;
-    cr_assert(harness_redis_start(dir, 0, &redis), "redis-server did not start");
-    page_store *store = NULL, *replica = NULL;
+    page_store *store = store_of_its_own("retention-store", 2000, &redis), *replica = NULL;
     status st;
-    cr_assert_eq(page_store_open(redis.url, &mypage_login, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
     cr_assert_eq(page_store_open(redis.url, &mypage_login, 2000, NULL, &replica, &st), STATUS_OK, "%s", st.message);
-    page_store_set_retention(store, 2000);
     page_store_set_retention(replica, 2000);
     int64_t now = timestamp_now_ms();
 
@@ -2627,12 +2647,7 @@ Test(mypage, the_store_removes_settled_loans_once_and_keeps_them_removed) {
     cr_assert_eq(stored_page(store, user)->n_loans, 1, "a late copy of an event brought the loan back");
     cr_assert_eq(count_fields(c, key, "f:"), 0, "a snapshot listing its fine gave it back its fine");
     /* the recent loan's mark goes two retentions after it settled (now - 500) */
-    removal_tally marks = {.store = store, .now_ms = now + 3400, .told = &told};
-    sweeper_main(&marks);
-    cr_assert_eq(count_fields(c, key, "x:"), 1);
-    marks.now_ms = now + 3600;
-    sweeper_main(&marks);
-    cr_assert_eq(count_fields(c, key, "x:"), 0);
+    expect_last_mark_goes_at(store, c, key, now + 3500, &told);
     cr_assert_eq(atomic_load(&told), 1, "dropping a mark changes no page");
 
     /* two replicas sweep 200 pages at once, 25 loans a step: each loan leaves once */
@@ -2685,14 +2700,9 @@ static bool has_field(redisContext *c, const char *key, const char *field) {
  * retentions after the close. A closed hold is not shown, so its removal tells no one; an
  * event of a removed hold still gives its book's queue snapshot. */
 Test(mypage, the_store_removes_closed_holds_once_and_keeps_them_removed) {
-    const char *dir = arena_sprintf(mem, "%s/retention-holds", fixture_dir());
-    mkdir(dir, 0700);
     harness_process redis;
-    cr_assert(harness_redis_start(dir, 0, &redis), "redis-server did not start");
-    page_store *store = NULL;
+    page_store *store = store_of_its_own("retention-holds", 2000, &redis);
     status st;
-    cr_assert_eq(page_store_open(redis.url, &mypage_login, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
-    page_store_set_retention(store, 2000);
     int64_t now = timestamp_now_ms();
     const char *user = "holder", *old = new_hold_id(), *recent = new_hold_id(), *open = new_hold_id();
     apply_hold_event(store, user, old, WAITING, PAGE_HOLD_RANK_WAITING, now - 9000, 1);
@@ -2750,12 +2760,8 @@ Test(mypage, the_store_removes_closed_holds_once_and_keeps_them_removed) {
     cr_assert_eq(page->holds[0]->position, 1, "the late event's queue snapshot was dropped");
 
     /* the marks go two retentions after the close (the recent hold's at now + 3500) */
-    removal_tally marks = {.store = store, .now_ms = now + 3400, .told = &told};
-    sweeper_main(&marks);
-    cr_assert_eq(count_fields(c, key, "x:h:"), 1);
-    marks.now_ms = now + 3600;
-    sweeper_main(&marks);
-    cr_assert_eq(count_fields(c, key, "x:"), 0);
+    cr_assert_eq(count_fields(c, key, "x:h:"), 1, "the mark of the hold closed long ago outlived two retentions");
+    expect_last_mark_goes_at(store, c, key, now + 3500, &told);
     reply = redisCommand(c, "HKEYS %s", key);
     cr_log_info("the hash keeps %zu fields after the sweeps", reply->elements);
     freeReplyObject(reply);
@@ -2807,14 +2813,9 @@ Test(mypage, the_store_removes_closed_holds_once_and_keeps_them_removed) {
  * ones. An event without the time (from before it was carried) changes nothing; a removal by
  * retention takes "b:" with its loan; a page left with nothing shows no time. */
 Test(mypage, the_store_orders_by_borrow_and_place_time_not_by_sequence) {
-    const char *dir = arena_sprintf(mem, "%s/order-store", fixture_dir());
-    mkdir(dir, 0700);
     harness_process redis;
-    cr_assert(harness_redis_start(dir, 0, &redis), "redis-server did not start");
-    page_store *store = NULL;
+    page_store *store = store_of_its_own("order-store", 2000, &redis);
     status st;
-    cr_assert_eq(page_store_open(redis.url, &mypage_login, 2000, NULL, &store, &st), STATUS_OK, "%s", st.message);
-    page_store_set_retention(store, 2000);
     int64_t now = timestamp_now_ms();
     const char *user = "orderly", *kept = new_hold_id(), *newer = new_hold_id();
     loan_change change = loan_event(user, newer, ACTIVE, PAGE_RANK_ACTIVE, now - 1000);
