@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+#include "id_filter.h"
+
 const loan_decision *decisions_find(loan_decision *const *list, size_t count, const char *loan_id) {
     for (size_t i = count; i-- > 0;)
         if (strcmp(list[i]->loan_id, loan_id) == 0)
@@ -10,51 +12,17 @@ const loan_decision *decisions_find(loan_decision *const *list, size_t count, co
     return NULL;
 }
 
-/* FNV-1a, 64 bits: stored filters depend on it, so it never changes. */
-static uint64_t hash_id(const char *id) {
-    uint64_t h = 14695981039346656037ULL;
-    for (const unsigned char *p = (const unsigned char *)id; *p != '\0'; p++) {
-        h ^= *p;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
-/* The i-th bit of loan_id in a filter of `bits` bits (double hashing). */
-static size_t bit_of(uint64_t h, int i, size_t bits) {
-    uint64_t step = (h >> 32) | 1;
-    return (size_t)((h + (uint64_t)i * step) % bits);
-}
-
 bool decisions_filter_may_hold(ProtobufCBinaryData filter, const char *loan_id) {
-    if (filter.len == 0)
-        return false;
-    uint64_t h = hash_id(loan_id);
-    for (int i = 0; i < DECISIONS_FILTER_HASHES; i++) {
-        size_t bit = bit_of(h, i, filter.len * 8);
-        if (!(filter.data[bit / 8] & (1u << (bit % 8))))
-            return false;
-    }
-    return true;
+    return id_filter_may_hold(filter, loan_id);
 }
 
 bool decisions_filter_build(arena *a, const decision_archive *archive, ProtobufCBinaryData *filter) {
-    *filter = (ProtobufCBinaryData){0};
-    if (archive->n_decisions == 0)
-        return true;
-    uint8_t *bits = arena_alloc(a, DECISIONS_FILTER_BYTES);
-    if (bits == NULL)
+    const char **ids = arena_alloc(a, (archive->n_decisions + 1) * sizeof *ids);
+    if (ids == NULL)
         return false;
-    memset(bits, 0, DECISIONS_FILTER_BYTES);
-    for (size_t d = 0; d < archive->n_decisions; d++) {
-        uint64_t h = hash_id(archive->decisions[d]->loan_id);
-        for (int i = 0; i < DECISIONS_FILTER_HASHES; i++) {
-            size_t bit = bit_of(h, i, DECISIONS_FILTER_BYTES * 8);
-            bits[bit / 8] |= (uint8_t)(1u << (bit % 8));
-        }
-    }
-    *filter = (ProtobufCBinaryData){.len = DECISIONS_FILTER_BYTES, .data = bits};
-    return true;
+    for (size_t i = 0; i < archive->n_decisions; i++)
+        ids[i] = archive->decisions[i]->loan_id;
+    return id_filter_build(a, ids, archive->n_decisions, filter);
 }
 
 bool decisions_window_full(const decisions_book *record) {

@@ -13,14 +13,13 @@
 
 #include "arena.h"
 #include "book_record.pb-c.h"
+#include "id_filter.h"
 
 enum {
     DECISIONS_HOT = 32,           /* a book record keeps at least this many newest decisions */
     DECISIONS_HOT_MAX = 64,       /* past this many, the older ones move to the archive */
     DECISIONS_KEPT = 1024,        /* the archive keeps the newest this many (and so does a window
                                      whose archive cannot be written) */
-    DECISIONS_FILTER_BYTES = 1024, /* 8 bits per archived decision: ~2% false positives when full */
-    DECISIONS_FILTER_HASHES = 5,
 };
 
 typedef Library__Catalog__Internal__LoanDecision loan_decision;

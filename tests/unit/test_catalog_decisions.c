@@ -82,7 +82,7 @@ Test(decisions, a_loan_decided_long_ago_gets_the_same_answer_from_the_archive) {
     }
     cr_assert_geq(record->n_recent_decisions, DECISIONS_HOT);
     cr_assert_eq(archive->n_decisions, DECISIONS_KEPT);
-    cr_assert_eq(record->decided_filter.len, DECISIONS_FILTER_BYTES);
+    cr_assert_eq(record->decided_filter.len, ID_FILTER_BYTES);
     /* Every loan the archive or the window holds is asked again: the same answer, and the
      * copy stays on the shelf. */
     for (int i = 2000 - DECISIONS_KEPT - (int)record->n_recent_decisions + 1; i <= 2000; i++) {
