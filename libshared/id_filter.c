@@ -36,17 +36,20 @@ bool id_filter_build(arena *a, const char *const *ids, size_t count, ProtobufCBi
     *filter = (ProtobufCBinaryData){0};
     if (count == 0)
         return true;
-    uint8_t *bits = arena_alloc(a, ID_FILTER_BYTES);
+    size_t bytes = (count + ID_FILTER_STEP - 1) / ID_FILTER_STEP * ID_FILTER_STEP;
+    if (bytes > ID_FILTER_MAX_BYTES)
+        bytes = ID_FILTER_MAX_BYTES;
+    uint8_t *bits = arena_alloc(a, bytes);
     if (bits == NULL)
         return false;
-    memset(bits, 0, ID_FILTER_BYTES);
+    memset(bits, 0, bytes);
     for (size_t d = 0; d < count; d++) {
         uint64_t h = hash_id(ids[d]);
         for (int i = 0; i < ID_FILTER_HASHES; i++) {
-            size_t bit = bit_of(h, i, ID_FILTER_BYTES * 8);
+            size_t bit = bit_of(h, i, bytes * 8);
             bits[bit / 8] |= (uint8_t)(1u << (bit % 8));
         }
     }
-    *filter = (ProtobufCBinaryData){.len = ID_FILTER_BYTES, .data = bits};
+    *filter = (ProtobufCBinaryData){.len = bytes, .data = bits};
     return true;
 }

@@ -82,7 +82,7 @@ Test(decisions, a_loan_decided_long_ago_gets_the_same_answer_from_the_archive) {
     }
     cr_assert_geq(record->n_recent_decisions, DECISIONS_HOT);
     cr_assert_eq(archive->n_decisions, DECISIONS_KEPT);
-    cr_assert_eq(record->decided_filter.len, ID_FILTER_BYTES);
+    cr_assert_eq(record->decided_filter.len, ID_FILTER_MAX_BYTES);
     /* Every loan the archive or the window holds is asked again: the same answer, and the
      * copy stays on the shelf. */
     for (int i = 2000 - DECISIONS_KEPT - (int)record->n_recent_decisions + 1; i <= 2000; i++) {
@@ -209,8 +209,10 @@ Test(decisions, the_filter_hash_never_changes) {
     for (size_t bit = 0; bit < filter.len * 8; bit++)
         if (filter.data[bit / 8] & (1u << (bit % 8)))
             set[count < 8 ? count++ : 7] = bit;
-    /* h = FNV-1a("a") = 0xaf63dc4c8601ec8c, step = (h >> 32) | 1, bits h + i*step mod 8192 */
-    size_t expected[] = {371, 1318, 2265, 3212, 7616};
+    /* One id: a 64-byte filter. h = FNV-1a("a") = 0xaf63dc4c8601ec8c, step = (h >> 32) | 1,
+     * bits h + i*step mod 512 */
+    cr_assert_eq(filter.len, ID_FILTER_STEP);
+    size_t expected[] = {140, 217, 294, 371, 448};
     cr_assert_eq(count, sizeof expected / sizeof *expected);
     for (size_t i = 0; i < count; i++)
         cr_assert_eq(set[i], expected[i], "bit %zu: %zu, expected %zu", i, set[i], expected[i]);

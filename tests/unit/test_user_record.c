@@ -205,7 +205,7 @@ Test(user_record, the_history_split_in_two_keeps_the_newest_thousand_and_knows_e
         cr_assert_leq(record->n_history, USER_HISTORY_HOT_MAX);
     }
     cr_assert_geq(record->n_history, USER_HISTORY_HOT);
-    cr_assert_eq(record->history_filter.len, ID_FILTER_BYTES);
+    cr_assert_eq(record->history_filter.len, ID_FILTER_MAX_BYTES);
     size_t count = 0;
     char **all = whole_history(record, archive, &count);
     cr_assert_eq(count, USER_HISTORY_KEPT);
