@@ -305,11 +305,13 @@ static status_code drop_archived(void *arg, arena *a, book_record *record, bool 
  * longer for now (remember_decision still bounds it). */
 static void archive_window(catalog_saga *saga, arena *a, const book_record *record) {
     const char *book_id = record->book->book_id;
-    archived done = {0};
+    decision_archive *archive = NULL;
+    uint64_t revision = 0;
     status st;
-    if (book_store_archive(saga->store, book_id, record->recent_decisions, record->n_recent_decisions, a,
-                           (decision_archive **)&done.archive, &done.revision, &st) != STATUS_OK ||
-        book_store_update(saga->store, book_id, a, drop_archived, &done, NULL, &st) != STATUS_OK)
+    if (book_store_archive(saga->store, book_id, record->recent_decisions, record->n_recent_decisions, a, &archive,
+                           &revision, &st) != STATUS_OK ||
+        book_store_update(saga->store, book_id, a, drop_archived, &(archived){archive, revision}, NULL, &st) !=
+            STATUS_OK)
         LOG_WARN("the older loan decisions of book %s stay in its record for now: %s", book_id, st.message);
 }
 

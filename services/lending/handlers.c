@@ -137,11 +137,13 @@ static status_code drop_moved(void *arg, arena *a, user_record *record, bool *ch
  * and the next move settles). A failure only leaves the window longer for now. */
 static void move_history(lending_handlers *h, arena *a, const char *user_id, const user_record *user) {
     moving_ids moving = {user->history, user->n_history};
-    moved_ids moved = {0};
+    user_history *archive = NULL;
+    uint64_t revision = 0;
     status st;
-    if (loan_store_update_history(h->store, user_id, a, merge_history, &moving, (user_history **)&moved.archive,
-                                  &moved.revision, &st) != STATUS_OK ||
-        loan_store_update_user(h->store, user_id, a, drop_moved, &moved, NULL, &st) != STATUS_OK)
+    if (loan_store_update_history(h->store, user_id, a, merge_history, &moving, &archive, &revision, &st) !=
+            STATUS_OK ||
+        loan_store_update_user(h->store, user_id, a, drop_moved, &(moved_ids){archive, revision}, NULL, &st) !=
+            STATUS_OK)
         LOG_WARN("the older loan history of a user stays in the record for now: %s", st.message);
 }
 
