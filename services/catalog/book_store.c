@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decisions.h"
 #include "holds.h"
 #include "kv.h"
 #include "kv_record.h"
@@ -202,5 +203,55 @@ status_code book_store_update(book_store *store, const char *book_id, arena *a, 
         index_record(store, written.bytes, written.size, written.revision);
     if (out)
         *out = (book_record *)written.record;
+    return STATUS_OK;
+}
+
+/* --- the decision archive ("decided.<book_id>", decisions.h) -------------------------------- */
+
+static const kv_record_type archive_type = {
+    .descriptor = &library__catalog__internal__decision_archive__descriptor, .name = "decision archive",
+    .not_found_reason = "ARCHIVE_NOT_FOUND"};
+
+static void archive_key(const char *book_id, char key[KEY_MAX]) {
+    snprintf(key, KEY_MAX, "decided.%s", book_id);
+}
+
+status_code book_store_get_archive(book_store *store, const char *book_id, arena *a, decision_archive **out,
+                                   uint64_t *revision, status *st) {
+    char key[KEY_MAX];
+    archive_key(book_id, key);
+    status_code code =
+        kv_record_get_revision(store->bucket, &archive_type, key, book_id, a, (ProtobufCMessage **)out, revision, st);
+    if (code != STATUS_NOT_FOUND)
+        return code;
+    *revision = 0;
+    *out = (void *)arena_new_message(a, &library__catalog__internal__decision_archive__descriptor);
+    return *out ? STATUS_OK : status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+}
+
+typedef struct window_job {
+    loan_decision *const *window;
+    size_t count;
+} window_job;
+
+static status_code merge_window(void *arg, arena *a, ProtobufCMessage *record, bool *changed, status *st) {
+    window_job *job = arg;
+    if (!decisions_archive_merge(a, (decision_archive *)record, job->window, job->count, changed))
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    return STATUS_OK;
+}
+
+status_code book_store_archive(book_store *store, const char *book_id, loan_decision *const *window, size_t count,
+                               arena *a, decision_archive **out, uint64_t *revision, status *st) {
+    char key[KEY_MAX];
+    archive_key(book_id, key);
+    window_job job = {window, count};
+    kv_record_written written;
+    status_code code = kv_record_update(store->bucket, &archive_type, key, book_id, true, merge_window, &job, a,
+                                        &written, st);
+    if (code != STATUS_OK)
+        return code;
+    *out = (decision_archive *)written.record;
+    *revision = written.revision;
     return STATUS_OK;
 }

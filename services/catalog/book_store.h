@@ -9,6 +9,7 @@
 #include "arena.h"
 #include "book_index.h"
 #include "book_record.pb-c.h"
+#include "decisions.h"
 #include "nats_connection.h"
 #include "status.h"
 
@@ -34,5 +35,14 @@ typedef status_code (*book_change)(void *arg, arena *a, book_record *record, boo
 /* Read-modify-write with compare-and-set. *out is the record as stored afterwards. */
 status_code book_store_update(book_store *store, const char *book_id, arena *a, book_change change,
                               void *arg, book_record **out, status *st);
+
+/* The book's decision archive ("decided.<book_id>") and its revision; an empty one at
+ * revision 0 when it was never written. */
+status_code book_store_get_archive(book_store *store, const char *book_id, arena *a, decision_archive **out,
+                                   uint64_t *revision, status *st);
+/* Adds the window's older decisions to the archive (decisions_archive_merge) by
+ * compare-and-set; *out and *revision: the archive as stored afterwards. */
+status_code book_store_archive(book_store *store, const char *book_id, loan_decision *const *window, size_t count,
+                               arena *a, decision_archive **out, uint64_t *revision, status *st);
 
 #endif

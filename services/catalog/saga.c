@@ -9,13 +9,12 @@
 #include <string.h>
 
 #include "catalog.h"
+#include "decisions.h"
 #include "events.h"
 #include "field.h"
 #include "log.h"
 #include "timestamp.h"
 #include <time.h>
-
-enum { DECISIONS_KEPT = 1024 };
 
 struct catalog_saga {
     nats_connection *connection;
@@ -36,8 +35,7 @@ static ssize_t find_string(char **list, size_t count, const char *value) {
 
 static status_code remember_decision(arena *a, book_record *record, const char *loan_id, bool reserved,
                                      const char *hold_id) {
-    Library__Catalog__Internal__LoanDecision *entry =
-        (void *)arena_new_message(a, &library__catalog__internal__loan_decision__descriptor);
+    loan_decision *entry = (void *)arena_new_message(a, &library__catalog__internal__loan_decision__descriptor);
     if (entry == NULL)
         return STATUS_RESOURCE_EXHAUSTED;
     entry->loan_id = arena_strdup(a, loan_id);
@@ -94,18 +92,28 @@ status_code catalog_saga_decide(void *arg, arena *a, book_record *record, bool *
     job->hold_id = NULL;
     if (!job->reserve)
         return decide_return(job, a, record, changed, st);
-    for (size_t i = record->n_recent_decisions; i-- > 0;) {
-        const Library__Catalog__Internal__LoanDecision *decision = record->recent_decisions[i];
-        if (strcmp(decision->loan_id, job->loan_id) == 0) {
-            job->reserved = decision->reserved; /* asked before: same answer */
-            job->hold_id = decision->hold_id[0] ? decision->hold_id : NULL;
-            job->available = book->available_copies;
+    job->need_archive = false;
+    const loan_decision *known = decisions_find(record->recent_decisions, record->n_recent_decisions, job->loan_id);
+    if (known == NULL && job->archive != NULL) {
+        if (record->archive_revision > job->archive_revision) {
+            job->need_archive = true; /* decisions moved since the archive was read */
             return STATUS_OK;
         }
+        known = decisions_find(job->archive->decisions, job->archive->n_decisions, job->loan_id);
+    }
+    if (known != NULL) {
+        job->reserved = known->reserved; /* asked before: same answer */
+        job->hold_id = known->hold_id[0] ? known->hold_id : NULL;
+        job->available = book->available_copies;
+        return STATUS_OK;
     }
     if (find_string(record->loans_on_hand, record->n_loans_on_hand, job->loan_id) >= 0) {
         job->reserved = true;
         job->available = book->available_copies;
+        return STATUS_OK;
+    }
+    if (job->archive == NULL && decisions_filter_may_hold(record->decided_filter, job->loan_id)) {
+        job->need_archive = true; /* perhaps decided long ago: the archive says */
         return STATUS_OK;
     }
     /* The borrower's own set-aside copy first: nobody else may take it. */
@@ -277,11 +285,61 @@ static status_code on_hold_event(catalog_saga *saga, arena *a, const event *caus
     return catalog_saga_publish_outbox(saga->connection, saga->store, a, record, st);
 }
 
+/* --- the decision archive ------------------------------------------------------------------- */
+
+typedef struct archived {
+    const decision_archive *archive;
+    uint64_t revision;
+} archived;
+
+static status_code drop_archived(void *arg, arena *a, book_record *record, bool *changed, status *st) {
+    archived *done = arg;
+    if (!decisions_drop_archived(a, record, done->archive, done->revision, changed))
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    return STATUS_OK;
+}
+
+/* Moves the older decisions of a full window to the book's archive: the archive first, then
+ * the record drops what the archive holds (a crash in between leaves them in both, which the
+ * next move settles). Decided and answered already, so a failure only leaves the window
+ * longer for now (remember_decision still bounds it). */
+static void archive_window(catalog_saga *saga, arena *a, const book_record *record) {
+    const char *book_id = record->book->book_id;
+    decision_archive *archive = NULL;
+    uint64_t revision = 0;
+    status st;
+    if (book_store_archive(saga->store, book_id, record->recent_decisions, record->n_recent_decisions, a, &archive,
+                           &revision, &st) != STATUS_OK ||
+        book_store_update(saga->store, book_id, a, drop_archived, &(archived){archive, revision}, NULL, &st) !=
+            STATUS_OK)
+        LOG_WARN("the older loan decisions of book %s stay in its record for now: %s", book_id, st.message);
+}
+
+/* Decides (or finds the decision of) a loan, reading the book's archive when the record's
+ * filter names the loan. */
+static status_code decide_loan(catalog_saga *saga, arena *a, const char *book_id, catalog_decision *job,
+                               book_record **record, status *st) {
+    enum { ARCHIVE_READS = 4 };
+    for (int reads = 0;; reads++) {
+        status_code code = book_store_update(saga->store, book_id, a, catalog_saga_decide, job, record, st);
+        if (code != STATUS_OK || !job->need_archive)
+            return code;
+        if (reads == ARCHIVE_READS)
+            return status_set(st, STATUS_UNAVAILABLE, "DECISIONS_MOVING",
+                              "the loan decisions of book %s kept moving while read; later again", book_id);
+        decision_archive *archive = NULL;
+        code = book_store_get_archive(saga->store, book_id, a, &archive, &job->archive_revision, st);
+        if (code != STATUS_OK)
+            return code;
+        job->archive = archive;
+    }
+}
+
 static status_code on_loan_requested(catalog_saga *saga, arena *a, const event *cause, status *st) {
     const Library__Events__V1__LoanRequested *request = cause->loan_requested;
     catalog_decision job = {.loan_id = request->loan_id, .reserve = true, .user_id = request->user_id};
     book_record *record = NULL;
-    status_code code = book_store_update(saga->store, request->book_id, a, catalog_saga_decide, &job, &record, st);
+    status_code code = decide_loan(saga, a, request->book_id, &job, &record, st);
     if (code == STATUS_NOT_FOUND)
         job.reserved = false; /* no such book: nothing to lend */
     else if (code != STATUS_OK)
@@ -301,15 +359,19 @@ static status_code on_loan_requested(catalog_saga *saga, arena *a, const event *
         body->available_copies = job.available;
         body->hold_id = job.hold_id ? (char *)job.hold_id : (char *)"";
         e->copy_reserved = body;
-        return events_publish(saga->connection, e, st);
+    } else {
+        Library__Events__V1__OutOfStock *body =
+            (void *)arena_new_message(a, &library__events__v1__out_of_stock__descriptor);
+        if (body == NULL)
+            return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+        body->loan_id = request->loan_id;
+        body->book_id = request->book_id;
+        e->out_of_stock = body;
     }
-    Library__Events__V1__OutOfStock *body = (void *)arena_new_message(a, &library__events__v1__out_of_stock__descriptor);
-    if (body == NULL)
-        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    body->loan_id = request->loan_id;
-    body->book_id = request->book_id;
-    e->out_of_stock = body;
-    return events_publish(saga->connection, e, st);
+    code = events_publish(saga->connection, e, st);
+    if (code == STATUS_OK && record != NULL && decisions_window_full(record))
+        archive_window(saga, a, record); /* after the answer: off the borrower's wait */
+    return code;
 }
 
 static status_code on_loan_returned(catalog_saga *saga, arena *a, const event *cause, status *st) {

@@ -30,6 +30,12 @@ typedef struct catalog_decision {
     bool reserved;       /* the outcome of a reservation */
     int32_t available;
     const char *hold_id; /* the hold whose copy the loan took, or that the returned copy went to */
+    /* The book's decision archive as read at archive_revision, or NULL when not read. */
+    const decision_archive *archive;
+    uint64_t archive_revision;
+    /* Out: the record's filter names the loan (or the archive read is older than the record's
+     * filter), so nothing was decided: read the archive into `archive` and decide again. */
+    bool need_archive;
 } catalog_decision;
 status_code catalog_saga_decide(void *decision, arena *a, book_record *record, bool *changed,
                                 status *st);

@@ -79,12 +79,72 @@ Library__Lending__Internal__FineTerms *lending_fine_terms(arena *a, const loan_p
 
 typedef struct reserve_job {
     user_borrow borrow;
-    bool replay; /* the user record already holds this loan: a retried request */
+    bool replay;       /* the user record already holds this loan: a retried request */
+    bool need_archive; /* read the user's older history and run again */
 } reserve_job;
 
 static status_code reserve_slot(void *arg, arena *a, user_record *user, bool *changed, status *st) {
     reserve_job *job = arg;
-    return user_record_add_borrow(a, user, &job->borrow, &job->replay, changed, st);
+    return user_record_add_borrow(a, user, &job->borrow, &job->replay, &job->need_archive, changed, st);
+}
+
+/* Takes the borrow's slot, reading the user's older history when the record's filter names
+ * the loan. *user: the record as stored afterwards. */
+static status_code take_slot(lending_handlers *h, arena *a, const char *user_id, reserve_job *job,
+                             user_record **user, status *st) {
+    enum { ARCHIVE_READS = 4 };
+    for (int reads = 0;; reads++) {
+        status_code code = loan_store_update_user(h->store, user_id, a, reserve_slot, job, user, st);
+        if (code != STATUS_OK || !job->need_archive)
+            return code;
+        if (reads == ARCHIVE_READS)
+            return status_set(st, STATUS_UNAVAILABLE, "HISTORY_MOVING",
+                              "your loan history kept moving while read; try again");
+        user_history *archive = NULL;
+        code = loan_store_get_history(h->store, user_id, a, &archive, &job->borrow.archive_revision, st);
+        if (code != STATUS_OK)
+            return code;
+        job->borrow.archive = archive;
+    }
+}
+
+typedef struct moving_ids {
+    char *const *window;
+    size_t count;
+} moving_ids;
+
+static status_code merge_history(void *arg, arena *a, ProtobufCMessage *record, bool *changed, status *st) {
+    moving_ids *moving = arg;
+    if (!user_history_merge(a, (user_history *)record, moving->window, moving->count, changed))
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    return STATUS_OK;
+}
+
+typedef struct moved_ids {
+    const user_history *archive;
+    uint64_t revision;
+} moved_ids;
+
+static status_code drop_moved(void *arg, arena *a, user_record *record, bool *changed, status *st) {
+    moved_ids *moved = arg;
+    if (!user_record_drop_archived(a, record, moved->archive, moved->revision, changed))
+        return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    return STATUS_OK;
+}
+
+/* Moves the older ids of a full window to the user's UserHistory: that first, then the record
+ * drops what it holds (a crash in between leaves them in both, which ListLoans reads once
+ * and the next move settles). A failure only leaves the window longer for now. */
+static void move_history(lending_handlers *h, arena *a, const char *user_id, const user_record *user) {
+    moving_ids moving = {user->history, user->n_history};
+    user_history *archive = NULL;
+    uint64_t revision = 0;
+    status st;
+    if (loan_store_update_history(h->store, user_id, a, merge_history, &moving, &archive, &revision, &st) !=
+            STATUS_OK ||
+        loan_store_update_user(h->store, user_id, a, drop_moved, &(moved_ids){archive, revision}, NULL, &st) !=
+            STATUS_OK)
+        LOG_WARN("the older loan history of a user stays in the record for now: %s", st.message);
 }
 
 /* The loan as BorrowBook answers it after the wait. Once the outcome is announced, the
@@ -137,7 +197,8 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
                                   .due_seconds = (now + policy->loan_period_ms) / 1000,
                                   .now_seconds = now / 1000, .max_active = policy->max_active_loans,
                                   .fine_block_at = policy->fine_block_at}};
-    code = loan_store_update_user(h->store, user, a, reserve_slot, &job, NULL, st);
+    user_record *slots = NULL;
+    code = take_slot(h, a, user, &job, &slots, st);
     if (code != STATUS_OK)
         return code;
 
@@ -170,6 +231,8 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
         saga_waiter *waiter = lending_saga_watch(h->saga, loan_id);
         bool decided = false;
         code = saga_publish_requested(h->connection, record, 0, st);
+        if (user_record_history_full(slots))
+            move_history(h, a, user, slots); /* while the catalog decides */
         if (code != STATUS_OK) {
             /* Stored but not announced: the reconciler republishes it, so the loan goes on. */
             LOG_WARN("LoanRequested for %s not published yet: %s", loan_id, st->message);
@@ -286,6 +349,27 @@ static status_code history_loan(lending_handlers *h, arena *a, const char *loan_
     return code;
 }
 
+/* How far back from the newest loan_id is in the history; count when absent. */
+static size_t history_position(char *const *history, size_t count, const char *loan_id) {
+    size_t position = 0;
+    while (position < count && strcmp(history[count - 1 - position], loan_id) != 0)
+        position++;
+    return position;
+}
+
+/* The whole history: the older part read from the bucket, then the record's window. */
+static status_code older_history(lending_handlers *h, arena *a, const char *user_id, char ***history,
+                                 size_t *count, status *st) {
+    user_history *archive = NULL;
+    uint64_t revision = 0;
+    status_code code = loan_store_get_history(h->store, user_id, a, &archive, &revision, st);
+    if (code != STATUS_OK)
+        return code;
+    if (!user_history_join(a, archive, *history, *count, history, count))
+        return out_of_memory(st);
+    return STATUS_OK;
+}
+
 /* ListLoans pages through the user's history as the index holds it (the bucket's user record
  * when the index has none), newest first, each loan from the index: no read per loan. */
 static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMessage *request,
@@ -315,18 +399,36 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
     loan_message **loans = arena_alloc(a, page_size * sizeof *loans);
     if (out == NULL || loans == NULL)
         return out_of_memory(st);
-    /* position counts back from the newest, as user_record_history_from_newest does */
+    /* position counts back from the newest, as user_record_history_from_newest does. The
+     * record's window is the newest part of the history: the older part is read from the
+     * bucket only when the page reaches past the window (user_record.h), and positions stay
+     * the same in the whole history. */
+    bool whole = false;
     size_t position = 0, count = 0;
     if (query.start_at[0] != '\0') { /* where the previous page stopped, however many came since */
-        while (position < history_count && strcmp(history[history_count - 1 - position], query.start_at) != 0)
-            position++;
+        position = history_position(history, history_count, query.start_at);
+        if (position == history_count) {
+            if (older_history(h, a, query.user_id, &history, &history_count, st) != STATUS_OK)
+                return st->code;
+            whole = true;
+            position = history_position(history, history_count, query.start_at);
+        }
         if (position == history_count)
             return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
                               "page_token points at a loan this user's history no longer holds "
                               "(it keeps the newest %d); list again from the start",
                               USER_HISTORY_KEPT);
     }
-    for (; position < history_count && count < page_size; position++) {
+    for (; count < page_size; position++) {
+        if (position >= history_count) {
+            if (whole)
+                break;
+            if (older_history(h, a, query.user_id, &history, &history_count, st) != STATUS_OK)
+                return st->code;
+            whole = true;
+            if (position >= history_count)
+                break;
+        }
         loan_message *loan = NULL;
         status_code code = history_loan(h, a, history[history_count - 1 - position], &loan, st);
         if (code == STATUS_NOT_FOUND)
@@ -338,6 +440,9 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
         present(loan);
         loans[count++] = loan;
     }
+    if (position == history_count && !whole &&
+        older_history(h, a, query.user_id, &history, &history_count, st) != STATUS_OK)
+        return st->code; /* a next page only if there is more */
     out->loans = loans;
     out->n_loans = count;
     if (position < history_count) {

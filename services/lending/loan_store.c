@@ -138,13 +138,22 @@ kv_bucket *loan_store_bucket(loan_store *store) {
     return store->bucket;
 }
 
-/* User ids are token subjects (any text): base64url keeps them inside the key alphabet. */
-static bool user_key(arena *a, const char *user_id, char key[KEY_MAX]) {
+/* "<prefix><user key>": user ids are token subjects (any text), and base64url keeps them
+ * inside the key alphabet. */
+static bool user_key_with(arena *a, const char *prefix, const char *user_id, char key[KEY_MAX]) {
     char *encoded = text_base64url_encode(a, (const uint8_t *)user_id, strlen(user_id));
-    if (encoded == NULL || strlen(encoded) + 6 >= KEY_MAX)
+    if (encoded == NULL)
         return false;
-    snprintf(key, KEY_MAX, "user.%s", encoded);
+    size_t prefix_length = strlen(prefix), length = strlen(encoded);
+    if (prefix_length + length + 1 >= KEY_MAX)
+        return false;
+    memcpy(key, prefix, prefix_length);
+    memcpy(key + prefix_length, encoded, length + 1);
     return true;
+}
+
+static bool user_key(arena *a, const char *user_id, char key[KEY_MAX]) {
+    return user_key_with(a, "user.", user_id, key);
 }
 
 static void loan_key(const char *loan_id, char key[KEY_MAX]) {
@@ -198,6 +207,43 @@ bool loan_store_find_loan(loan_store *store, const char *loan_id, arena *a, loan
 bool loan_store_find_history(loan_store *store, const char *user_id, arena *a, char ***history, size_t *count) {
     char key[KEY_MAX];
     return user_key(a, user_id, key) && loan_index_get_user(store->index, key + 5, a, history, count);
+}
+
+/* --- the older part of a user's history ("history.<user key>", user_record.h) ------------------- */
+
+static const kv_record_type history_type = {
+    .descriptor = &library__lending__internal__user_history__descriptor, .name = "user history",
+    .not_found_reason = "HISTORY_NOT_FOUND"};
+
+status_code loan_store_get_history(loan_store *store, const char *user_id, arena *a, user_history **out,
+                                   uint64_t *revision, status *st) {
+    char key[KEY_MAX];
+    if (!user_key_with(a, "history.", user_id, key))
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED", "user_id is too long");
+    status_code code =
+        kv_record_get_revision(store->bucket, &history_type, key, user_id, a, (ProtobufCMessage **)out, revision, st);
+    if (code != STATUS_NOT_FOUND)
+        return code;
+    *revision = 0;
+    *out = (void *)arena_new_message(a, history_type.descriptor); /* nothing moved yet */
+    return *out ? STATUS_OK : status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+}
+
+status_code loan_store_update_history(loan_store *store, const char *user_id, arena *a, history_change change,
+                                      void *arg, user_history **out, uint64_t *revision, status *st) {
+    char key[KEY_MAX];
+    if (!user_key_with(a, "history.", user_id, key))
+        return status_set(st, STATUS_INVALID_ARGUMENT, "FIELD_MALFORMED", "user_id is too long");
+    kv_record_written written;
+    status_code code =
+        kv_record_update(store->bucket, &history_type, key, user_id, true, change, arg, a, &written, st);
+    if (code != STATUS_OK)
+        return code;
+    if (out)
+        *out = (user_history *)written.record;
+    if (revision)
+        *revision = written.revision;
+    return STATUS_OK;
 }
 
 /* A store's typed change as kv_record_update calls it: exactly one is set. */

@@ -13,6 +13,7 @@
 
 #include "arena.h"
 #include "kv.h"
+#include "kv_record.h"
 #include "library/events/v1/events.pb-c.h"
 #include "loan_record.pb-c.h"
 #include "status.h"
@@ -58,6 +59,17 @@ typedef status_code (*user_change)(void *arg, arena *a, user_record *record, boo
                                    status *st);
 status_code loan_store_update_user(loan_store *store, const char *user_id, arena *a,
                                    user_change change, void *arg, user_record **out, status *st);
+
+/* The older part of the user's history ("history.<user key>", user_record.h) and its
+ * revision: an empty one at revision 0 when nothing was moved there yet. */
+typedef Library__Lending__Internal__UserHistory user_history;
+status_code loan_store_get_history(loan_store *store, const char *user_id, arena *a, user_history **out,
+                                   uint64_t *revision, status *st);
+/* Changes it by compare-and-set (an empty one when missing); *out and *revision (each may be
+ * NULL): as stored afterwards. The change is a kv_record_change over the UserHistory. */
+typedef kv_record_change history_change;
+status_code loan_store_update_history(loan_store *store, const char *user_id, arena *a, history_change change,
+                                      void *arg, user_history **out, uint64_t *revision, status *st);
 
 /* Removes "loan.<id>" or "hold.<id>" and every revision of it, once its retention is over
  * (retention.h); one not there is removed already. */

@@ -11,6 +11,7 @@
 #include "account.h"
 #include "fines.h"
 #include "holds.h"
+#include "id_filter.h"
 #include "lending.h"
 #include "log.h"
 #include "metrics.h"
@@ -835,6 +836,13 @@ static status_code forget_from_user(void *arg, arena *a, user_record *record, bo
                : user_record_forget_hold(record, forget->id, changed, st);
 }
 
+static status_code forget_from_history(void *arg, arena *a, ProtobufCMessage *record, bool *changed, status *st) {
+    (void)a;
+    (void)st;
+    *changed = user_history_forget((user_history *)record, arg);
+    return STATUS_OK;
+}
+
 /* The record's retention is over when it is settled and its last change is RETENTION old; then it
  * leaves its user's history first and the bucket second, so a crash in between leaves a record
  * the next watch queues again. A loan with a fine still owed stays, and is looked at again a
@@ -872,8 +880,12 @@ static void forget_settled(round *r, retention_kind kind, const char *id) {
         return;
     }
     forget_change forget = {.id = id, .kind = kind, .now_seconds = r->now / 1000};
+    user_record *user = NULL;
     if (code == STATUS_OK)
-        code = loan_store_update_user(saga->store, user_id, r->a, forget_from_user, &forget, NULL, &st);
+        code = loan_store_update_user(saga->store, user_id, r->a, forget_from_user, &forget, &user, &st);
+    if (code == STATUS_OK && kind == RETENTION_LOAN && id_filter_may_hold(user->history_filter, id))
+        code = loan_store_update_history(saga->store, user_id, r->a, forget_from_history, (void *)id, NULL, NULL,
+                                         &st); /* and from the older part of the history */
     if (code == STATUS_OK)
         code = kind == RETENTION_LOAN ? loan_store_forget_loan(saga->store, id, &st)
                                       : loan_store_forget_hold(saga->store, id, &st);

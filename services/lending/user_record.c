@@ -4,12 +4,17 @@
 #include <string.h>
 
 #include "fines.h"
+#include "id_filter.h"
 
-static bool in_history(const user_record *record, const char *loan_id) {
-    for (size_t i = 0; i < record->n_history; i++)
-        if (strcmp(record->history[i], loan_id) == 0)
+static bool in_list(char *const *list, size_t count, const char *id) {
+    for (size_t i = count; i-- > 0;)
+        if (strcmp(list[i], id) == 0)
             return true;
     return false;
+}
+
+static bool in_history(const user_record *record, const char *loan_id) {
+    return in_list(record->history, record->n_history, loan_id);
 }
 
 const user_open_loan *user_record_open_entry(const user_record *record, const char *loan_id) {
@@ -52,11 +57,23 @@ static bool append_open(arena *a, user_record *record, const user_borrow *borrow
 }
 
 status_code user_record_add_borrow(arena *a, user_record *record, const user_borrow *borrow, bool *replay,
-                                   bool *changed, status *st) {
+                                   bool *need_archive, bool *changed, status *st) {
     *changed = false;
+    *need_archive = false;
     *replay = user_record_open_entry(record, borrow->loan_id) != NULL || in_history(record, borrow->loan_id);
+    if (!*replay && borrow->archive != NULL) {
+        if (record->history_revision > borrow->archive_revision) {
+            *need_archive = true; /* ids moved since the archive was read */
+            return STATUS_OK;
+        }
+        *replay = in_list(borrow->archive->loan_ids, borrow->archive->n_loan_ids, borrow->loan_id);
+    }
     if (*replay)
         return STATUS_OK;
+    if (borrow->archive == NULL && id_filter_may_hold(record->history_filter, borrow->loan_id)) {
+        *need_archive = true; /* perhaps borrowed long ago: the archive says */
+        return STATUS_OK;
+    }
     open_loan *open = open_states(a, record);
     if (open == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
@@ -216,4 +233,64 @@ bool user_record_extend_due(user_record *record, const char *loan_id, int64_t du
         return changed;
     }
     return false;
+}
+
+/* --- the older history (UserHistory) ---------------------------------------------------------- */
+
+bool user_record_history_full(const user_record *record) {
+    return record->n_history > USER_HISTORY_HOT_MAX;
+}
+
+bool user_history_merge(arena *a, user_history *archive, char *const *window, size_t count, bool *changed) {
+    *changed = false;
+    size_t moving = count > USER_HISTORY_HOT ? count - USER_HISTORY_HOT : 0;
+    for (size_t i = 0; i < moving; i++) {
+        if (in_list(archive->loan_ids, archive->n_loan_ids, window[i]))
+            continue;
+        if (!append_kept(a, &archive->loan_ids, &archive->n_loan_ids, window[i]))
+            return false;
+        *changed = true;
+    }
+    return true;
+}
+
+bool user_record_drop_archived(arena *a, user_record *record, const user_history *archive, uint64_t revision,
+                               bool *changed) {
+    *changed = false;
+    size_t kept = 0;
+    for (size_t i = 0; i < record->n_history; i++) {
+        if (in_list(archive->loan_ids, archive->n_loan_ids, record->history[i]))
+            *changed = true;
+        else
+            record->history[kept++] = record->history[i];
+    }
+    record->n_history = kept;
+    if (!*changed || record->history_revision >= revision)
+        return true; /* the record's filter covers this archive already, or nothing moved */
+    if (!id_filter_build(a, (const char *const *)archive->loan_ids, archive->n_loan_ids, &record->history_filter))
+        return false;
+    record->history_revision = revision;
+    return true;
+}
+
+bool user_history_forget(user_history *archive, const char *loan_id) {
+    return drop_id(archive->loan_ids, &archive->n_loan_ids, loan_id);
+}
+
+bool user_history_join(arena *a, const user_history *archive, char *const *window, size_t count, char ***out,
+                       size_t *n) {
+    size_t archived = archive ? archive->n_loan_ids : 0;
+    char **all = arena_alloc(a, (archived + count + 1) * sizeof *all);
+    if (all == NULL)
+        return false;
+    size_t total = 0;
+    for (size_t i = 0; i < archived; i++)
+        all[total++] = archive->loan_ids[i];
+    for (size_t i = 0; i < count; i++)
+        if (archived == 0 || !in_list(archive->loan_ids, archived, window[i]))
+            all[total++] = window[i];
+    size_t start = total > USER_HISTORY_KEPT ? total - USER_HISTORY_KEPT : 0;
+    *out = all + start;
+    *n = total - start;
+    return true;
 }

@@ -15,8 +15,13 @@
 #include "loan_store.h"
 #include "status.h"
 
-/* Loan ids a user's history keeps, newest last; older ones fall off. */
-enum { USER_HISTORY_KEPT = 1000 };
+/* Loan ids a user's history keeps, newest last; older ones fall off. The record holds the
+ * newest (the window: USER_HISTORY_HOT to USER_HISTORY_HOT_MAX of them, or up to
+ * USER_HISTORY_KEPT while the older part cannot be written), the user's UserHistory
+ * ("history.<user key>") the older ones, and the record's history_filter says which loans
+ * the UserHistory may hold, so a new borrow does not read it (issue 19 item 6: the record
+ * every step of the saga rewrites stays small). */
+enum { USER_HISTORY_KEPT = 1000, USER_HISTORY_HOT = 32, USER_HISTORY_HOT_MAX = 64 };
 
 typedef Library__Lending__Internal__OpenLoan user_open_loan;
 
@@ -29,14 +34,44 @@ typedef struct user_borrow {
     int64_t now_seconds;
     int max_active;
     int64_t fine_block_at; /* 0: fines never block */
+    /* The user's UserHistory as read at archive_revision, once the record asked for it;
+     * NULL: not read. */
+    const user_history *archive;
+    uint64_t archive_revision;
 } user_borrow;
 
 /* Adds the borrow as a PENDING open loan and to the history, when the user may borrow
  * (lending_may_borrow over every open loan, however high max_active is set, then
- * FINES_OWED: the balance reaches fine_block_at); otherwise st says why. *replay: the record already names the loan in either list (a retried request):
- * nothing is checked or changed. New entries and lists come from a. */
+ * FINES_OWED: the balance reaches fine_block_at); otherwise st says why. *replay: the record
+ * (or the archive) already names the loan in either list (a retried request): nothing is
+ * checked or changed. *need_archive: the record's filter names the loan (or the archive read
+ * is older than the filter), so nothing was checked or changed: read the UserHistory into
+ * borrow->archive and call again. New entries and lists come from a. */
 status_code user_record_add_borrow(arena *a, user_record *record, const user_borrow *borrow, bool *replay,
-                                   bool *changed, status *st);
+                                   bool *need_archive, bool *changed, status *st);
+
+/* True when the window has grown past USER_HISTORY_HOT_MAX: time to move the older ids. */
+bool user_record_history_full(const user_record *record);
+
+/* Adds the window's ids but the newest USER_HISTORY_HOT to the archive, those it does not
+ * hold yet, keeping the newest USER_HISTORY_KEPT. *changed: the archive changed. False when
+ * out of memory. */
+bool user_history_merge(arena *a, user_history *archive, char *const *window, size_t count, bool *changed);
+
+/* The archive at `revision` holds what the window moved: every window id the archive holds
+ * leaves the window, and the filter becomes the archive's unless the record's is from this
+ * revision or a newer one. *changed: the record changed. False when out of memory. */
+bool user_record_drop_archived(arena *a, user_record *record, const user_history *archive, uint64_t revision,
+                               bool *changed);
+
+/* The loan's retention is over: it leaves the archive too. True when the archive named it. */
+bool user_history_forget(user_history *archive, const char *loan_id);
+
+/* The whole history, oldest first, from a: the archive's ids, then the window's that the
+ * archive does not hold (both hold a moved id until the window drops it), the newest
+ * USER_HISTORY_KEPT. archive may be NULL. False when out of memory. */
+bool user_history_join(arena *a, const user_history *archive, char *const *window, size_t count, char ***out,
+                       size_t *n);
 
 /* The loan is now in `state`: its open entry follows an open state and leaves on a settled
  * one (RETURNED, CANCELED). True when the record changed. */
@@ -65,7 +100,8 @@ status_code user_record_add_hold(arena *a, user_record *record, const user_hold 
  * when the record changed. */
 bool user_record_close_hold(user_record *record, const char *hold_id);
 
-/* The loan's retention is over: it leaves the history (ListLoans). FAILED_PRECONDITION
+/* The loan's retention is over: it leaves the record's history (ListLoans; the archive's is
+ * user_history_forget). FAILED_PRECONDITION
  * (reason STILL_OPEN or FINE_OWED) while it holds a slot or its fine is not settled at
  * now_seconds: it stays until then. *changed: the history named it. */
 status_code user_record_forget_loan(user_record *record, const char *loan_id, int64_t now_seconds, bool *changed,

@@ -1605,3 +1605,82 @@ Test(lending, the_reconciler_announces_a_renewal_left_unannounced) {
     kv_bucket_close(loans);
     nats_connection_close(connection);
 }
+
+/* --- the small saga records ------------------------------------------------------------------- */
+
+/* The book and user records keep only their newest 32-64 ids; the older ones move to a record
+ * beside each (docs/decisions.md, "Small records for the saga"). A loan a hundred loans back
+ * is still known everywhere: its LoanRequested, asked again, takes no copy; its BorrowBook,
+ * retried, is answered with it and takes no slot; ListLoans still lists it. */
+Test(lending, a_loan_a_hundred_loans_back_is_still_known_to_the_catalog_and_to_lending) {
+    enum { LATER = 100 };
+    Book *book = register_book("Often lent", "A", "", 1);
+    const char *user = unique("often");
+    const char *bearer = user_bearer(user);
+    Loan *first = NULL;
+    status st;
+    cr_assert_eq(borrow_on(lending, bearer, book->book_id, "the-first", &first, &st), STATUS_OK, "%s", st.message);
+    first = settled(user, first->loan_id);
+    cr_assert_eq(first->status, ACTIVE);
+    cr_assert_eq(return_loan(bearer, first->loan_id, NULL, &st), STATUS_OK, "%s", st.message);
+    expect_available(book->book_id, 1);
+    for (int i = 0; i < LATER; i++) {
+        Loan *loan = settled(user, borrow(user, book->book_id)->loan_id);
+        cr_assert_eq(loan->status, ACTIVE, "loan %d", i);
+        cr_assert_eq(return_loan(bearer, loan->loan_id, NULL, &st), STATUS_OK, "%s", st.message);
+        expect_available(book->book_id, 1);
+    }
+
+    /* Both moves happened: the older ids are in the records beside the hot ones. */
+    nats_connection *nats = NULL;
+    nats_connection_options options = harness_nats_options(fixture_nats_url(), "test");
+    cr_assert_eq(nats_connection_open(&options, &nats, &st), STATUS_OK, "%s", st.message);
+    kv_bucket *books = NULL, *loans = NULL;
+    cr_assert_eq(kv_bucket_open(nats, "books", 1, &books, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(kv_bucket_open(nats, "loans", 1, &loans, &st), STATUS_OK, "%s", st.message);
+    kv_value value;
+    cr_assert_eq(kv_get(books, arena_sprintf(mem, "decided.%s", book->book_id), mem, &value, &st), STATUS_OK,
+                 "the book's older decisions: %s", st.message);
+    cr_assert_eq(kv_get(books, arena_sprintf(mem, "book.%s", book->book_id), mem, &value, &st), STATUS_OK);
+    cr_assert_lt(value.size, 4096, "the book record is %zu bytes", value.size);
+    char *key = text_base64url_encode(mem, (const uint8_t *)user, strlen(user));
+    cr_assert_eq(kv_get(loans, arena_sprintf(mem, "history.%s", key), mem, &value, &st), STATUS_OK,
+                 "the user's older history: %s", st.message);
+    cr_assert_eq(kv_get(loans, arena_sprintf(mem, "user.%s", key), mem, &value, &st), STATUS_OK);
+    cr_assert_lt(value.size, 4096, "the user record is %zu bytes", value.size);
+    kv_bucket_close(books);
+    kv_bucket_close(loans);
+
+    /* LoanRequested of the first loan again, under new ids: the catalog's answer is still
+     * "reserved", and it takes no copy. */
+    for (int i = 0; i < 2; i++) {
+        Library__Events__V1__LoanRequested body = LIBRARY__EVENTS__V1__LOAN_REQUESTED__INIT;
+        body.loan_id = first->loan_id;
+        body.user_id = (char *)user;
+        body.book_id = book->book_id;
+        body.book_title = book->title;
+        Library__Events__V1__Event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+        e.event_id = arena_sprintf(mem, "again-%d-%s", i, first->loan_id);
+        e.correlation_id = first->loan_id;
+        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
+        e.loan_requested = &body;
+        cr_assert_eq(events_publish(nats, &e, &st), STATUS_OK, "%s", st.message);
+    }
+    nats_connection_close(nats);
+    cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "catalog", 10000));
+    cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "lending", 10000));
+    cr_assert_eq(available(book->book_id), 1, "a LoanRequested a hundred loans back took another copy");
+    cr_assert_eq(get_loan(bearer, first->loan_id, STATUS_OK)->status, RETURNED);
+
+    /* BorrowBook of the first request again: the first loan, and no slot taken. */
+    Loan *again = NULL;
+    cr_assert_eq(borrow_on(lending, bearer, book->book_id, "the-first", &again, &st), STATUS_OK, "%s", st.message);
+    cr_assert_str_eq(again->loan_id, first->loan_id);
+    cr_assert_eq(again->status, RETURNED);
+    expect_available(book->book_id, 1);
+
+    size_t count = 0;
+    Loan **all = list_all(lending, bearer, &count);
+    cr_assert_eq(count, LATER + 1, "ListLoans lists %zu loans", count);
+    cr_assert_str_eq(all[count - 1]->loan_id, first->loan_id, "the oldest last");
+}

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "fines.h"
+#include "id_filter.h"
 #include "user_record.h"
 
 static arena *a;
@@ -27,8 +28,9 @@ static status_code add(user_record *record, const char *loan_id, int64_t due, in
                        status *st) {
     user_borrow borrow = {.loan_id = arena_strdup(a, loan_id), .book_id = "book-1", .due_seconds = due,
                           .now_seconds = 1000, .max_active = max_active};
-    bool changed = false;
-    status_code code = user_record_add_borrow(a, record, &borrow, replay, &changed, st);
+    bool changed = false, need_archive = false;
+    status_code code = user_record_add_borrow(a, record, &borrow, replay, &need_archive, &changed, st);
+    cr_assert_not(need_archive, "a record without an older history never asks for it");
     cr_assert_eq(changed, code == STATUS_OK && !*replay, "changed says whether the record must be stored");
     return code;
 }
@@ -54,9 +56,10 @@ Test(user_record, the_open_entry_carries_the_title_and_the_loans_fine_terms) {
     terms.per_interval = 25, terms.interval_seconds = 86400, terms.max_per_loan = 1000;
     user_borrow borrow = {.loan_id = "loan-a", .book_id = "book-1", .book_title = "Dune", .fine_terms = &terms,
                           .due_seconds = 5000, .now_seconds = 1000, .max_active = 5};
-    bool replay = false, changed = false;
+    bool replay = false, changed = false, need_archive = false;
     status st;
-    cr_assert_eq(user_record_add_borrow(a, record, &borrow, &replay, &changed, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(user_record_add_borrow(a, record, &borrow, &replay, &need_archive, &changed, &st), STATUS_OK, "%s",
+                 st.message);
     const user_open_loan *open = user_record_open_entry(record, "loan-a");
     cr_assert_str_eq(open->book_title, "Dune");
     cr_assert_eq(open->fine_terms->per_interval, 25);
@@ -148,6 +151,164 @@ Test(user_record, the_history_keeps_the_newest_thousand) {
     cr_assert_null(user_record_history_from_newest(record, USER_HISTORY_KEPT));
     cr_assert_eq(add(record, "loan-0000", 5000, 5, &replay, &st), STATUS_OK);
     cr_assert_not(replay, "a loan id that fell off the history is no longer recognised as a replay");
+}
+
+/* --- the older history (UserHistory) -------------------------------------------------------- */
+
+/* A borrow as BorrowBook takes it: again with the older history when the record asks. */
+static status_code borrow_with_archive(user_record *record, const user_history *archive, uint64_t revision,
+                                       const char *loan_id, bool *replay, status *st) {
+    user_borrow borrow = {.loan_id = arena_strdup(a, loan_id), .book_id = "book-1", .due_seconds = 5000,
+                          .now_seconds = 1000, .max_active = 5};
+    bool changed = false, need_archive = false;
+    status_code code = user_record_add_borrow(a, record, &borrow, replay, &need_archive, &changed, st);
+    if (code == STATUS_OK && need_archive) {
+        cr_assert_not(changed, "nothing changes before the older history is read");
+        borrow.archive = archive;
+        borrow.archive_revision = revision;
+        code = user_record_add_borrow(a, record, &borrow, replay, &need_archive, &changed, st);
+        cr_assert_not(need_archive);
+    }
+    return code;
+}
+
+/* What BorrowBook does once the window is full: the archive first, then the record drops. */
+static void move_older(user_record *record, user_history *archive, uint64_t *revision) {
+    bool changed = false;
+    cr_assert(user_history_merge(a, archive, record->history, record->n_history, &changed));
+    if (changed)
+        (*revision)++;
+    cr_assert(user_record_drop_archived(a, record, archive, *revision, &changed));
+}
+
+static char **whole_history(const user_record *record, const user_history *archive, size_t *count) {
+    char **all = NULL;
+    cr_assert(user_history_join(a, archive, record->history, record->n_history, &all, count));
+    return all;
+}
+
+Test(user_record, the_history_split_in_two_keeps_the_newest_thousand_and_knows_every_replay) {
+    user_record *record = empty_record();
+    user_history *archive = (void *)arena_new_message(a, &library__lending__internal__user_history__descriptor);
+    uint64_t revision = 0;
+    bool replay;
+    status st;
+    char id[32];
+    enum { BORROWS = USER_HISTORY_KEPT + USER_HISTORY_HOT_MAX + 5 };
+    for (int i = 0; i < BORROWS; i++) {
+        snprintf(id, sizeof id, "loan-%04d", i);
+        cr_assert_eq(borrow_with_archive(record, archive, revision, id, &replay, &st), STATUS_OK, "%s", st.message);
+        cr_assert_not(replay, "borrow %d", i);
+        user_record_follow(record, id, LOAN_RETURNED);
+        if (user_record_history_full(record))
+            move_older(record, archive, &revision);
+        cr_assert_leq(record->n_history, USER_HISTORY_HOT_MAX);
+    }
+    cr_assert_geq(record->n_history, USER_HISTORY_HOT);
+    cr_assert_eq(record->history_filter.len, ID_FILTER_MAX_BYTES);
+    size_t count = 0;
+    char **all = whole_history(record, archive, &count);
+    cr_assert_eq(count, USER_HISTORY_KEPT);
+    for (size_t i = 0; i < count; i++) {
+        snprintf(id, sizeof id, "loan-%04zu", i + BORROWS - USER_HISTORY_KEPT);
+        cr_assert_str_eq(all[i], id, "oldest first, the oldest fell off");
+    }
+    for (size_t i = 0; i < count; i++) {
+        cr_assert_eq(borrow_with_archive(record, archive, revision, all[i], &replay, &st), STATUS_OK);
+        cr_assert(replay, "%s is in the history: a retried request", all[i]);
+    }
+    cr_assert_eq(borrow_with_archive(record, archive, revision, "loan-0000", &replay, &st), STATUS_OK);
+    cr_assert_not(replay, "a loan id that fell off both parts is no longer recognised as a replay");
+}
+
+Test(user_record, a_new_borrow_reads_the_older_history_only_when_the_filter_names_it) {
+    user_record *record = empty_record();
+    user_history *archive = (void *)arena_new_message(a, &library__lending__internal__user_history__descriptor);
+    uint64_t revision = 0;
+    bool replay;
+    status st;
+    char id[32];
+    for (int i = 0; i < USER_HISTORY_KEPT; i++) {
+        snprintf(id, sizeof id, "loan-%04d", i);
+        cr_assert_eq(borrow_with_archive(record, archive, revision, id, &replay, &st), STATUS_OK);
+        user_record_follow(record, id, LOAN_RETURNED);
+        if (user_record_history_full(record))
+            move_older(record, archive, &revision);
+    }
+    int asked = 0;
+    for (int i = 0; i < 10000; i++) {
+        snprintf(id, sizeof id, "new-%d", i);
+        user_record copy = *record; /* only whether it asks matters */
+        user_borrow borrow = {.loan_id = id, .book_id = "book-1", .due_seconds = 5000, .now_seconds = 1000,
+                              .max_active = 5};
+        bool changed = false, need_archive = false;
+        cr_assert_eq(user_record_add_borrow(a, &copy, &borrow, &replay, &need_archive, &changed, &st), STATUS_OK);
+        asked += need_archive;
+    }
+    cr_assert_lt(asked, 500, "the filter named %d of 10000 new loans", asked);
+    /* An archive read older than the filter may lack what moved since: read again. */
+    user_borrow stale = {.loan_id = "loan-0003", .book_id = "book-1", .due_seconds = 5000, .now_seconds = 1000,
+                         .max_active = 5, .archive = archive, .archive_revision = record->history_revision - 1};
+    bool changed = false, need_archive = false;
+    cr_assert_eq(user_record_add_borrow(a, record, &stale, &replay, &need_archive, &changed, &st), STATUS_OK);
+    cr_assert(need_archive);
+    cr_assert_not(changed);
+}
+
+Test(user_record, a_record_of_the_old_layout_keeps_its_history_and_moves_it) {
+    user_record *record = empty_record();
+    bool replay;
+    status st;
+    char id[32];
+    for (int i = 0; i < USER_HISTORY_KEPT; i++) { /* the old layout: every id in the record */
+        snprintf(id, sizeof id, "loan-%04d", i);
+        cr_assert_eq(add(record, id, 5000, 5, &replay, &st), STATUS_OK);
+        user_record_follow(record, id, LOAN_RETURNED);
+    }
+    cr_assert_eq(borrow_with_archive(record, NULL, 0, "loan-0007", &replay, &st), STATUS_OK);
+    cr_assert(replay);
+    user_history *archive = (void *)arena_new_message(a, &library__lending__internal__user_history__descriptor);
+    uint64_t revision = 0;
+    cr_assert(user_record_history_full(record));
+    move_older(record, archive, &revision);
+    cr_assert_eq(record->n_history, USER_HISTORY_HOT);
+    cr_assert_eq(archive->n_loan_ids, USER_HISTORY_KEPT - USER_HISTORY_HOT);
+    size_t count = 0;
+    char **all = whole_history(record, archive, &count);
+    cr_assert_eq(count, USER_HISTORY_KEPT);
+    cr_assert_str_eq(all[0], "loan-0000");
+    cr_assert_str_eq(all[count - 1], "loan-0999");
+    cr_assert_eq(borrow_with_archive(record, archive, revision, "loan-0007", &replay, &st), STATUS_OK);
+    cr_assert(replay, "found in the older history");
+}
+
+Test(user_record, a_moved_id_in_both_parts_is_listed_once_and_a_forgotten_one_not_at_all) {
+    user_record *record = empty_record();
+    user_history *archive = (void *)arena_new_message(a, &library__lending__internal__user_history__descriptor);
+    bool replay, changed = false;
+    status st;
+    char id[32];
+    for (int i = 0; i < USER_HISTORY_HOT_MAX + 1; i++) {
+        snprintf(id, sizeof id, "loan-%04d", i);
+        cr_assert_eq(add(record, id, 5000, 5, &replay, &st), STATUS_OK);
+        user_record_follow(record, id, LOAN_RETURNED);
+    }
+    /* A crash between the two writes: the archive holds the older ids, the record still too. */
+    cr_assert(user_history_merge(a, archive, record->history, record->n_history, &changed));
+    cr_assert(changed);
+    size_t count = 0;
+    char **all = whole_history(record, archive, &count);
+    cr_assert_eq(count, USER_HISTORY_HOT_MAX + 1, "each id once");
+    for (size_t i = 0; i < count; i++) {
+        snprintf(id, sizeof id, "loan-%04zu", i);
+        cr_assert_str_eq(all[i], id);
+    }
+    cr_assert(user_history_forget(archive, "loan-0001"));
+    cr_assert_eq(user_record_forget_loan(record, "loan-0001", 1000, &changed, &st), STATUS_OK);
+    all = whole_history(record, archive, &count);
+    cr_assert_eq(count, USER_HISTORY_HOT_MAX);
+    cr_assert_str_eq(all[1], "loan-0002");
+    cr_assert_not(user_history_forget(archive, "loan-0001"), "forgotten twice");
 }
 
 /* --- retention: forgetting a settled loan or hold ------------------------------------------ */
