@@ -838,6 +838,27 @@ Test(lending, concurrent_returns_never_push_available_above_total) {
     cr_assert_eq(available(book->book_id), 3, "returns gave back more copies than were lent");
 }
 
+/* Publishes the loan's LoanRequested `times` more times, under new message ids
+ * ("<prefix>-<i>-<loan>", so JetStream's dedup cannot drop them): only the consumers' own
+ * idempotency stands between them and a second copy. */
+static void publish_loan_requested_again(nats_connection *nats, const char *loan_id, const char *user,
+                                         const Book *book, const char *prefix, int times) {
+    for (int i = 0; i < times; i++) {
+        Library__Events__V1__LoanRequested body = LIBRARY__EVENTS__V1__LOAN_REQUESTED__INIT;
+        body.loan_id = (char *)loan_id;
+        body.user_id = (char *)user;
+        body.book_id = book->book_id;
+        body.book_title = book->title;
+        Library__Events__V1__Event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+        e.event_id = arena_sprintf(mem, "%s-%d-%s", prefix, i, loan_id);
+        e.correlation_id = (char *)loan_id;
+        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
+        e.loan_requested = &body;
+        status st;
+        cr_assert_eq(events_publish(nats, &e, &st), STATUS_OK, "%s", st.message);
+    }
+}
+
 Test(lending, an_event_delivered_twice_changes_nothing) {
     Book *book = register_book("Twice told", "A", "", 2);
     const char *user = unique("twice");
@@ -851,19 +872,7 @@ Test(lending, an_event_delivered_twice_changes_nothing) {
     nats_connection_options options = harness_nats_options(fixture_nats_url(), "test");
     status st;
     cr_assert_eq(nats_connection_open(&options, &nats, &st), STATUS_OK, "%s", st.message);
-    for (int i = 0; i < 3; i++) {
-        Library__Events__V1__LoanRequested body = LIBRARY__EVENTS__V1__LOAN_REQUESTED__INIT;
-        body.loan_id = loan->loan_id;
-        body.user_id = (char *)user;
-        body.book_id = book->book_id;
-        body.book_title = book->title;
-        Library__Events__V1__Event e = LIBRARY__EVENTS__V1__EVENT__INIT;
-        e.event_id = arena_sprintf(mem, "replay-%d-%s", i, loan->loan_id);
-        e.correlation_id = loan->loan_id;
-        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
-        e.loan_requested = &body;
-        cr_assert_eq(events_publish(nats, &e, &st), STATUS_OK, "%s", st.message);
-    }
+    publish_loan_requested_again(nats, loan->loan_id, user, book, "replay", 3);
     nats_connection_close(nats);
     /* catalog has handled every replay, and lending whatever catalog answered */
     cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "catalog", 10000));
@@ -1653,19 +1662,7 @@ Test(lending, a_loan_a_hundred_loans_back_is_still_known_to_the_catalog_and_to_l
 
     /* LoanRequested of the first loan again, under new ids: the catalog's answer is still
      * "reserved", and it takes no copy. */
-    for (int i = 0; i < 2; i++) {
-        Library__Events__V1__LoanRequested body = LIBRARY__EVENTS__V1__LOAN_REQUESTED__INIT;
-        body.loan_id = first->loan_id;
-        body.user_id = (char *)user;
-        body.book_id = book->book_id;
-        body.book_title = book->title;
-        Library__Events__V1__Event e = LIBRARY__EVENTS__V1__EVENT__INIT;
-        e.event_id = arena_sprintf(mem, "again-%d-%s", i, first->loan_id);
-        e.correlation_id = first->loan_id;
-        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_REQUESTED;
-        e.loan_requested = &body;
-        cr_assert_eq(events_publish(nats, &e, &st), STATUS_OK, "%s", st.message);
-    }
+    publish_loan_requested_again(nats, first->loan_id, user, book, "again", 2);
     nats_connection_close(nats);
     cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "catalog", 10000));
     cr_assert(harness_wait_consumer_idle(fixture_nats_url(), "lending", 10000));
