@@ -76,6 +76,8 @@ struct rpc_stream {
 struct rpc_context {
     rpc_server *server;
     stream_set *streams; /* the server's */
+    void (*on_free)(rpc_context *call); /* the server's, when the last reference goes */
+    size_t max_request_bytes;           /* the method's limit on one request message */
     registered_method *method;
     grpc_call *call;
     grpc_completion_queue *cq;
@@ -121,15 +123,15 @@ struct stream_set {
     int64_t expiry_next; /* when the thread wakes next (unix seconds), INT64_MAX: not before told */
 };
 
-/* rpc_server.c: a call's reference count, its final status (for the metrics and the log),
- * and its request checked and decoded into its arena. */
+/* rpc_call.c: a call's reference count (the last release calls its on_free), its final
+ * status (for the metrics and the log), and a request checked against the method's size
+ * limit and decoded into the call's arena. */
 void rpc_call_retain(rpc_context *call);
 void rpc_call_release(rpc_context *call);
 void rpc_call_set_final(rpc_context *call, status_code code, const status *st);
 status_code rpc_call_check_size(rpc_context *call, grpc_byte_buffer *buffer, status *st);
 status_code rpc_call_decode(rpc_context *call, grpc_byte_buffer *buffer, ProtobufCMessage **request,
                             status *st);
-grpc_byte_buffer *rpc_message_to_buffer(const ProtobufCMessage *message);
 
 /* rpc_stream.c */
 void stream_set_init(stream_set *set, const char *error_domain);

@@ -1,10 +1,13 @@
-/* rpc_internal.h - pieces shared by the server, health and reflection; not for services. */
+/* rpc_internal.h - pieces shared by the server, its streams, health, reflection and the client;
+ * not for services. */
 #ifndef LIBSHARED_RPC_INTERNAL_H
 #define LIBSHARED_RPC_INTERNAL_H
 
 #include <grpc/grpc.h>
 #include <stdbool.h>
 #include <stddef.h>
+
+#include <protobuf-c/protobuf-c.h>
 
 #include "arena.h"
 #include "status.h"
@@ -26,6 +29,9 @@ typedef struct reply_trailers {
 void reply_trailers_set(reply_trailers *trailers, const status *st, const char *domain,
                         int pushback_ms);
 void reply_trailers_clear(reply_trailers *trailers);
+
+/* A message packed into a byte buffer for the core (the caller destroys it). */
+grpc_byte_buffer *rpc_message_to_buffer(const ProtobufCMessage *message);
 
 /* Copies a received message into the arena as one block (the core may hand it over in
  * pieces). NULL when it cannot be read. */

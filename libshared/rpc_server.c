@@ -10,7 +10,6 @@
 #include "rpc_server.h"
 
 #include <grpc/byte_buffer.h>
-#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
@@ -30,7 +29,6 @@
 #include "reflection.h"
 #include "rpc_call.h"
 #include "rpc_internal.h"
-#include "status_details.h"
 #include "text.h"
 #include "timestamp.h"
 
@@ -117,62 +115,6 @@ static bool slice_equals(grpc_slice slice, const char *text) {
     size_t length = strlen(text);
     return GRPC_SLICE_LENGTH(slice) == length &&
            memcmp(GRPC_SLICE_START_PTR(slice), text, length) == 0;
-}
-
-grpc_byte_buffer *rpc_message_to_buffer(const ProtobufCMessage *message) {
-    size_t size = protobuf_c_message_get_packed_size(message);
-    grpc_slice slice = grpc_slice_malloc(size);
-    protobuf_c_message_pack(message, GRPC_SLICE_START_PTR(slice));
-    grpc_byte_buffer *buffer = grpc_raw_byte_buffer_create(&slice, 1);
-    grpc_slice_unref(slice);
-    return buffer;
-}
-
-uint8_t *byte_buffer_copy(arena *a, grpc_byte_buffer *buffer, size_t *size) {
-    grpc_byte_buffer_reader reader;
-    if (!grpc_byte_buffer_reader_init(&reader, buffer))
-        return NULL;
-    grpc_slice all = grpc_byte_buffer_reader_readall(&reader);
-    grpc_byte_buffer_reader_destroy(&reader);
-    *size = GRPC_SLICE_LENGTH(all);
-    uint8_t *bytes = arena_alloc(a, *size ? *size : 1);
-    if (bytes != NULL)
-        memcpy(bytes, GRPC_SLICE_START_PTR(all), *size);
-    grpc_slice_unref(all);
-    return bytes;
-}
-
-void reply_trailers_set(reply_trailers *trailers, const status *st, const char *domain,
-                        int pushback_ms) {
-    memset(trailers, 0, sizeof *trailers);
-    size_t size = 0;
-    uint8_t *details = status_details_encode(st, domain, &size);
-    if (details != NULL) {
-        trailers->items[trailers->count].key =
-            grpc_slice_from_static_string(STATUS_DETAILS_METADATA_KEY);
-        trailers->items[trailers->count].value = grpc_slice_from_copied_buffer((char *)details, size);
-        trailers->count++;
-        free(details);
-    }
-    if (pushback_ms > 0) {
-        char text[24];
-        snprintf(text, sizeof text, "%d", pushback_ms);
-        trailers->items[trailers->count].key = grpc_slice_from_static_string("grpc-retry-pushback-ms");
-        trailers->items[trailers->count].value = grpc_slice_from_copied_string(text);
-        trailers->count++;
-    }
-    trailers->message = grpc_slice_from_copied_string(st->message);
-    trailers->has_message = true;
-}
-
-void reply_trailers_clear(reply_trailers *trailers) {
-    for (size_t i = 0; i < trailers->count; i++) {
-        grpc_slice_unref(trailers->items[i].key);
-        grpc_slice_unref(trailers->items[i].value);
-    }
-    if (trailers->has_message)
-        grpc_slice_unref(trailers->message);
-    memset(trailers, 0, sizeof *trailers);
 }
 
 /* W3C trace context: keep the caller's traceparent when it is well formed, else start one. */
@@ -275,12 +217,6 @@ static void call_record(rpc_context *call) {
     }
 }
 
-void rpc_call_set_final(rpc_context *call, status_code code, const status *st) {
-    call->final_code = code;
-    if (code != STATUS_OK && st != NULL)
-        snprintf(call->final_message, sizeof call->final_message, "%.159s", st->message);
-}
-
 /* Logs at info, once a minute while there is traffic, what the server did: the access
  * summary (each call is logged at debug). */
 static void *summary_main(void *arg) {
@@ -309,6 +245,9 @@ static void *summary_main(void *arg) {
 
 /* --- call lifetime ---------------------------------------------------------------- */
 
+static void call_free(rpc_context *call);
+static size_t method_max_request_bytes(const rpc_context *call);
+
 static rpc_context *call_create(call_request *request) {
     rpc_context *call = calloc(1, sizeof *call);
     if (call == NULL)
@@ -330,6 +269,8 @@ static rpc_context *call_create(call_request *request) {
     metric_add(call_metrics(call)->started, 1);
     atomic_init(&call->refs, 1);
     atomic_fetch_add_explicit(&call->server->live_calls, 1, memory_order_relaxed);
+    call->on_free = call_free;
+    call->max_request_bytes = call->method ? method_max_request_bytes(call) : 0;
     call->streams = &request->server->streams;
     stream_init(&call->stream);
     call_init_trace(call);
@@ -338,6 +279,7 @@ static rpc_context *call_create(call_request *request) {
 
 static void public_slot_release(rpc_context *call);
 
+/* The last reference is gone (rpc_call_release): count the call, and free it. */
 static void call_free(rpc_context *call) {
     call_record(call);
     public_slot_release(call);
@@ -352,15 +294,6 @@ static void call_free(rpc_context *call) {
     atomic_fetch_sub_explicit(&call->server->live_calls, 1, memory_order_release);
     arena_destroy(call->arena);
     free(call);
-}
-
-void rpc_call_retain(rpc_context *call) {
-    atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
-}
-
-void rpc_call_release(rpc_context *call) {
-    if (atomic_fetch_sub_explicit(&call->refs, 1, memory_order_acq_rel) == 1)
-        call_free(call);
 }
 
 static void on_reply_sent(void *self, bool ok) {
@@ -430,24 +363,6 @@ static status_code call_authenticate(rpc_context *call, status *st) {
     if (access == RPC_ACCESS_ADMIN && !call->caller.admin)
         return status_set(st, STATUS_PERMISSION_DENIED, "ADMIN_REQUIRED",
                           "%s is for administrators only", call->method->method->name);
-    return STATUS_OK;
-}
-
-status_code rpc_call_decode(rpc_context *call, grpc_byte_buffer *buffer,
-                               ProtobufCMessage **request, status *st) {
-    const ProtobufCMessageDescriptor *type = call->method->method->request_type;
-    if (buffer == NULL)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "MISSING_REQUEST",
-                          "the call carried no request message");
-    size_t size = 0;
-    uint8_t *bytes = byte_buffer_copy(call->arena, buffer, &size);
-    if (bytes == NULL)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
-                          "the request could not be read (compressed with an unknown algorithm?)");
-    *request = arena_unpack(call->arena, type, bytes, size);
-    if (*request == NULL)
-        return status_set(st, STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
-                          "the request is not a valid %s message", type->name);
     return STATUS_OK;
 }
 
@@ -591,17 +506,6 @@ static size_t method_max_request_bytes(const rpc_context *call) {
         return method->max_request_bytes;
     return method->access == RPC_ACCESS_PUBLIC ? RPC_PUBLIC_MAX_REQUEST_BYTES
                                                : (size_t)call->server->options.max_message_bytes;
-}
-
-/* Refuses a request over its method's limit before it is copied or decoded (the copy and the
- * decoded message would stay in a stream's arena as long as the stream). */
-status_code rpc_call_check_size(rpc_context *call, grpc_byte_buffer *buffer, status *st) {
-    size_t limit = method_max_request_bytes(call);
-    size_t size = buffer != NULL ? grpc_byte_buffer_length(buffer) : 0;
-    if (size <= limit)
-        return STATUS_OK;
-    return status_set(st, STATUS_RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE",
-                      "received message larger than max (%zu vs. %zu)", size, limit);
 }
 
 static int public_streams_from(rpc_server *server, const char *peer) {
