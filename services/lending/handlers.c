@@ -34,36 +34,6 @@ static status_code check_owner(rpc_context *ctx, const loan_message *loan, statu
     return status_set(st, STATUS_NOT_FOUND, "LOAN_NOT_FOUND", "no loan with id %s", loan->loan_id);
 }
 
-/* --- the catalog, behind a circuit breaker ---------------------------------------------- */
-
-status_code lending_fetch_book(lending_handlers *h, rpc_context *ctx, const char *book_id,
-                               Library__Catalog__V1__Book **out, status *st) {
-    if (!circuit_breaker_allow(&h->catalog_breaker, timestamp_now_ms()))
-        return status_set(st, STATUS_UNAVAILABLE, "CATALOG_UNAVAILABLE",
-                          "the catalog is unavailable; try again shortly");
-    Library__Catalog__V1__GetBookRequest request = LIBRARY__CATALOG__V1__GET_BOOK_REQUEST__INIT;
-    request.book_id = (char *)book_id;
-    int64_t timeout = rpc_context_remaining_ms(ctx);
-    if (timeout > h->catalog_timeout_ms)
-        timeout = h->catalog_timeout_ms;
-    rpc_call_options options = {.timeout_ms = timeout > 0 ? timeout : 1,
-                                .authorization = rpc_context_authorization(ctx),
-                                .traceparent = rpc_context_traceparent(ctx),
-                                .extra_metadata = rpc_context_forward_metadata(ctx)};
-    ProtobufCMessage *response = NULL;
-    status_code code = rpc_client_call(h->catalog, "/library.catalog.v1.CatalogService/GetBook",
-                                       &request.base, &library__catalog__v1__book__descriptor,
-                                       rpc_context_arena(ctx), &response, &options, st);
-    circuit_breaker_record(&h->catalog_breaker, code, timestamp_now_ms());
-    if (code == STATUS_UNAVAILABLE || code == STATUS_DEADLINE_EXCEEDED)
-        return status_set(st, STATUS_UNAVAILABLE, "CATALOG_UNAVAILABLE",
-                          "the catalog did not answer; try again shortly");
-    if (code != STATUS_OK)
-        return code; /* NOT_FOUND, INVALID_ARGUMENT... as the catalog said */
-    *out = (Library__Catalog__V1__Book *)response;
-    return STATUS_OK;
-}
-
 /* --- BorrowBook ------------------------------------------------------------------------- */
 
 Library__Lending__Internal__FineTerms *lending_fine_terms(arena *a, const loan_policy *policy) {
@@ -183,7 +153,7 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
     lending_new_loan_id(user, req->request_id, loan_id);
 
     Library__Catalog__V1__Book *book = NULL;
-    status_code code = lending_fetch_book(h, ctx, req->book_id, &book, st);
+    status_code code = catalog_link_get_book(&h->catalog, ctx, req->book_id, &book, st);
     if (code != STATUS_OK)
         return code;
 

@@ -2,11 +2,9 @@
 #ifndef LENDING_HANDLERS_H
 #define LENDING_HANDLERS_H
 
-#include "circuit_breaker.h"
+#include "catalog_link.h"
 #include "lending_service.h"
 #include "loan_store.h"
-#include "rpc_client.h"
-#include "library/catalog/v1/catalog.pb-c.h"
 #include "policy.h"
 #include "rpc_server.h"
 #include "saga.h"
@@ -15,20 +13,13 @@ typedef struct lending_handlers {
     loan_store *store;
     lending_saga *saga;
     nats_connection *connection;
-    rpc_client *catalog;
-    circuit_breaker catalog_breaker;
+    catalog_link catalog;
     /* The loan rules of each patron group (the caller's token's group claim); the env
      * settings for groups the policy file does not name. */
     const policy_table *policies;
     int64_t borrow_wait_ms;
-    int64_t catalog_timeout_ms;
     rpc_service service;
 } lending_handlers;
-
-/* CatalogService.GetBook behind the circuit breaker, with the caller's token and deadline:
- * NOT_FOUND as the catalog says, UNAVAILABLE (CATALOG_UNAVAILABLE) when it does not answer. */
-status_code lending_fetch_book(lending_handlers *h, rpc_context *ctx, const char *book_id,
-                               Library__Catalog__V1__Book **out, status *st);
 
 /* A loan's fine terms under the policy, from a: the interval in whole seconds. NULL when out
  * of memory. */

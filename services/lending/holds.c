@@ -187,7 +187,7 @@ status_code holds_place_hold(void *state, rpc_context *ctx, const ProtobufCMessa
     lending_new_loan_id(user, scoped, hold_id); /* a hold's request id never names a loan */
 
     Library__Catalog__V1__Book *book = NULL;
-    status_code code = lending_fetch_book(h, ctx, req->book_id, &book, st);
+    status_code code = catalog_link_get_book(&h->catalog, ctx, req->book_id, &book, st);
     if (code != STATUS_OK)
         return code;
     int64_t now = timestamp_now_ms();

@@ -93,8 +93,6 @@ static status_code lending_start(const service_context *context, void **state, s
         LOG_INFO("loan policies of %d patron groups from %s; the settings for the others",
                  policy_table_group_count(policies), settings.policy_file);
     h->borrow_wait_ms = settings.borrow_wait_ms;
-    h->catalog_timeout_ms = settings.catalog_timeout_ms;
-    circuit_breaker_init(&h->catalog_breaker, "catalog", (int)settings.breaker_failures, settings.breaker_open_ms);
     saga_options saga = {.reconcile_interval_ms = settings.reconcile_interval_ms,
                          .reconcile_after_ms = settings.reconcile_after_ms,
                          .ack_wait_ms = context->settings->event_ack_wait_ms,
@@ -106,7 +104,8 @@ static status_code lending_start(const service_context *context, void **state, s
     if (code == STATUS_OK)
         code = loan_store_open(context->nats, replicas, &h->store, st);
     if (code == STATUS_OK)
-        code = rpc_client_create(settings.catalog_address, settings.catalog_timeout_ms, &h->catalog, st);
+        code = catalog_link_open(&h->catalog, settings.catalog_address, settings.catalog_timeout_ms,
+                                 (int)settings.breaker_failures, settings.breaker_open_ms, st);
     if (code == STATUS_OK)
         code = lending_saga_start(context->nats, h->store, &saga, &h->saga, st);
     if (code == STATUS_OK) {
@@ -115,9 +114,8 @@ static status_code lending_start(const service_context *context, void **state, s
     }
     if (code != STATUS_OK) {
         lending_saga_stop(h->saga);
-        rpc_client_destroy(h->catalog);
+        catalog_link_close(&h->catalog);
         loan_store_close(h->store);
-        circuit_breaker_destroy(&h->catalog_breaker);
         free(h);
         return code;
     }
@@ -128,9 +126,8 @@ static status_code lending_start(const service_context *context, void **state, s
 static void lending_stop(void *state) {
     lending_handlers *h = state;
     lending_saga_stop(h->saga);
-    rpc_client_destroy(h->catalog);
+    catalog_link_close(&h->catalog);
     loan_store_close(h->store);
-    circuit_breaker_destroy(&h->catalog_breaker);
     free(h);
 }
 

@@ -732,19 +732,48 @@ bool harness_service_start(const char *name, const char *dir, const char *const 
     return harness_replica_start(name, name, dir, env, out);
 }
 
+static long file_size(const char *path) {
+    struct stat info;
+    return stat(path, &info) == 0 ? (long)info.st_size : 0;
+}
+
+/* Did the service, whose log grew from offset, stop because a port it was given was bound by
+ * someone else first? A port is free when harness_free_port looks at it; another test process
+ * (Criterion runs two at once) may bind it before the service does. */
+static bool lost_a_port(const char *log_path, long offset) {
+    FILE *log = fopen(log_path, "r");
+    if (log == NULL)
+        return false;
+    bool lost = false;
+    char line[1024];
+    if (fseek(log, offset, SEEK_SET) == 0)
+        while (!lost && fgets(line, sizeof line, log) != NULL)
+            lost = strstr(line, "(in use?)") != NULL || strstr(line, "cannot listen on") != NULL;
+    fclose(log);
+    return lost;
+}
+
 bool harness_replica_start(const char *name, const char *replica, const char *dir,
                            const char *const *env, harness_process *out) {
-    if (!replica_spawn(name, replica, dir, env, out))
-        return false;
-    int64_t until = harness_now_ms() + 15000;
-    while (harness_now_ms() < until) {
-        if (waitpid(out->pid, NULL, WNOHANG) == out->pid) {
-            out->pid = 0;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        char log_path[sizeof out->log_path];
+        snprintf(log_path, sizeof log_path, "%s/%s.log", dir, replica);
+        long offset = file_size(log_path);
+        if (!replica_spawn(name, replica, dir, env, out))
             return false;
+        int64_t until = harness_now_ms() + 15000;
+        while (harness_now_ms() < until) {
+            if (waitpid(out->pid, NULL, WNOHANG) == out->pid) {
+                out->pid = 0;
+                break;
+            }
+            if (service_serving(out->address))
+                return true;
+            harness_sleep_ms(50);
         }
-        if (service_serving(out->address))
-            return true;
-        harness_sleep_ms(50);
+        if (out->pid != 0 || !lost_a_port(out->log_path, offset))
+            return false; /* too slow, or failed for a reason of its own */
+        fprintf(stderr, "harness: %s lost a port to another process; starting it on others\n", replica);
     }
     return false;
 }
