@@ -391,6 +391,7 @@ typedef struct record_adder {
     kv_bucket *bucket;
     int times;
     int failures;
+    status first_failure;
 } record_adder;
 
 static void *add_copies(void *arg) {
@@ -399,21 +400,25 @@ static void *add_copies(void *arg) {
         arena *a = arena_create(0);
         status st;
         if (kv_record_update(adder->bucket, &book_type, "rec.raced", "raced", true, add_copy, NULL, a, NULL, &st) !=
-            STATUS_OK)
-            adder->failures++;
+                STATUS_OK &&
+            adder->failures++ == 0)
+            adder->first_failure = st;
         arena_destroy(a);
     }
     return NULL;
 }
 
 Test(kv, two_replicas_updating_one_record_lose_no_change) {
-    record_adder adders[2] = {{buckets[0], 100, 0}, {buckets[1], 100, 0}};
+    record_adder adders[2] = {{.bucket = buckets[0], .times = 100}, {.bucket = buckets[1], .times = 100}};
     pthread_t threads[2];
     for (int i = 0; i < 2; i++)
         pthread_create(&threads[i], NULL, add_copies, &adders[i]);
     for (int i = 0; i < 2; i++)
         pthread_join(threads[i], NULL);
-    cr_assert_eq(adders[0].failures + adders[1].failures, 0);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(adders[i].failures, 0, "replica %d: %d of 100 changes failed, the first with %s %s: %s", i,
+                     adders[i].failures, status_code_name(adders[i].first_failure.code),
+                     adders[i].first_failure.reason, adders[i].first_failure.message);
     arena *a = arena_create(0);
     status st;
     ProtobufCMessage *read = NULL;
