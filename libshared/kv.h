@@ -47,8 +47,8 @@ status_code kv_purge(kv_bucket *bucket, const char *key, status *st);
 typedef status_code (*kv_mutation)(void *arg, arena *a, const kv_value *current, uint8_t **next,
                                    size_t *next_size, status *st);
 
-/* Read-modify-write with compare-and-set, retried on conflicts up to max_attempts times
- * (ABORTED after that). The mutation may run several times; it must not have side effects.
+/* Read-modify-write with compare-and-set, retried on conflicts up to max_attempts times, each
+ * after a short random pause (0 to 8 ms, growing with the attempts), ABORTED after that. The mutation may run several times; it must not have side effects.
  * *revision (may be NULL) is the revision written, or the current one when nothing was written. */
 status_code kv_mutate(kv_bucket *bucket, const char *key, arena *a, kv_mutation mutation,
                       void *arg, int max_attempts, uint64_t *revision, status *st);
