@@ -478,11 +478,20 @@ static void kill_stream_leader(cluster_stack *c, load *l) {
     kill_node_and_restart(c, nats_cluster_stream_leader(&c->nats, "LIBRARY"));
 }
 
+/* A node that leads none of the streams the borrow path writes: the event stream and the two
+ * buckets' streams each have a leader of their own, and the loss of a bucket's leader stops
+ * its writes for an election (10 s once with nats-server 2.9.10), which is the leader test's
+ * case, not this one. */
 static void kill_a_follower(cluster_stack *c, load *l) {
     (void)l;
     int leader = nats_cluster_stream_leader(&c->nats, "LIBRARY");
     cr_assert_geq(leader, 0, "the stream has no leader");
-    kill_node_and_restart(c, (leader + 1) % NATS_CLUSTER_NODES);
+    int follower = (leader + 1) % NATS_CLUSTER_NODES;
+    const char *buckets[] = {"KV_books", "KV_loans"};
+    for (size_t i = 0; i < sizeof buckets / sizeof buckets[0]; i++)
+        cr_assert(nats_cluster_move_leader_off(&c->nats, buckets[i], follower, 15000),
+                  "%s is still led by n%d, or by nobody", buckets[i], follower + 1);
+    kill_node_and_restart(c, follower);
 }
 
 static void cut_off_the_leader(cluster_stack *c, load *l) {
@@ -510,7 +519,7 @@ Test(cluster, kill_9_of_the_node_leading_the_stream_loses_nothing) {
 }
 
 Test(cluster, kill_9_of_a_node_not_leading_the_stream_loses_nothing) {
-    under_load("follower-killed", "kill -9 of a node not leading the stream", kill_a_follower, 30);
+    under_load("follower-killed", "kill -9 of a node leading no stream", kill_a_follower, 30);
 }
 
 Test(cluster, the_leader_cut_off_from_the_others_for_5_s_loses_nothing) {

@@ -131,6 +131,26 @@ int nats_cluster_stream_leader(nats_cluster *c, const char *stream) {
     return leader;
 }
 
+bool nats_cluster_move_leader_off(nats_cluster *c, const char *stream, int node, int64_t timeout_ms) {
+    int64_t until = harness_now_ms() + timeout_ms;
+    int leader = nats_cluster_stream_leader(c, stream);
+    while ((leader == node || leader < 0) && harness_now_ms() < until) {
+        if (leader == node) {
+            natsConnection *connection = NULL;
+            natsMsg *reply = NULL;
+            char subject[200];
+            snprintf(subject, sizeof subject, "$JS.API.STREAM.LEADER.STEPDOWN.%s", stream);
+            if (harness_nats_connect(&connection, c->urls) == NATS_OK)
+                natsConnection_RequestString(&reply, connection, subject, "", 2000);
+            natsMsg_Destroy(reply);
+            natsConnection_Destroy(connection);
+        }
+        harness_sleep_ms(300);
+        leader = nats_cluster_stream_leader(c, stream);
+    }
+    return leader >= 0 && leader != node;
+}
+
 bool nats_cluster_wait_stream_healthy(nats_cluster *c, const char *stream, int64_t timeout_ms) {
     int64_t until = harness_now_ms() + timeout_ms;
     while (harness_now_ms() < until) {

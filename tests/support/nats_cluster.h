@@ -32,6 +32,9 @@ bool nats_cluster_node_start(nats_cluster *cluster, int node);
 void nats_cluster_cut(nats_cluster *cluster, int node, bool cut);
 /* The node that leads stream `stream` (0-based), or -1 when none does (or NATS cannot say). */
 int nats_cluster_stream_leader(nats_cluster *cluster, const char *stream);
+/* Asks the leader of stream `stream` to step down while node `node` leads it, until another
+ * node does (at most timeout_ms); false when node still leads it or nobody does. */
+bool nats_cluster_move_leader_off(nats_cluster *cluster, const char *stream, int node, int64_t timeout_ms);
 /* Waits until every node is up and stream `stream` has a leader and all its replicas current,
  * at most timeout_ms. */
 bool nats_cluster_wait_stream_healthy(nats_cluster *cluster, const char *stream, int64_t timeout_ms);
