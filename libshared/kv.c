@@ -287,6 +287,13 @@ static natsStatus read_value(kv_bucket *bucket, const char *key, const void **da
     return s;
 }
 
+/* After a write lost to another writer: a random pause of 0 to attempt ms (at most
+ * FENCE_BACKOFF_MAX_MS), so that the writers that lost a round do not all come back at once. */
+static void pause_after_lost_race(int attempt) {
+    int pause = attempt < FENCE_BACKOFF_MAX_MS ? attempt : FENCE_BACKOFF_MAX_MS;
+    timestamp_sleep_ms(rand() % (pause + 1));
+}
+
 /* One write of key, expected at revision expected (0: it must not exist), fenced on the
  * bucket's last sequence; tried again while only the fence refused it. ABORTED
  * (REVISION_MISMATCH) when the key is not at expected; ALREADY_EXISTS for a create of a live
@@ -335,8 +342,7 @@ static status_code fenced_write_locked(kv_bucket *bucket, const char *key, const
         /* only the fence refused it: another write got in first. Look again after a short
          * random pause, so that the writers that lost this round do not all come back at the
          * same moment. */
-        int pause = attempt < FENCE_BACKOFF_MAX_MS ? attempt : FENCE_BACKOFF_MAX_MS;
-        timestamp_sleep_ms(rand() % (pause + 1));
+        pause_after_lost_race(attempt);
     }
     return status_set(st, STATUS_ABORTED, "CONCURRENT_UPDATE",
                       "writing the store: the bucket kept changing concurrently; try again");
@@ -503,8 +509,7 @@ status_code kv_mutate(kv_bucket *bucket, const char *key, arena *a, kv_mutation 
          * every round to one that keeps writing (1 of 100 changes failed in 7 of 150 runs of
          * kv::two_replicas_updating_one_record_lose_no_change): look again after a short
          * random pause that grows with the attempts. */
-        int pause = attempt < FENCE_BACKOFF_MAX_MS ? attempt : FENCE_BACKOFF_MAX_MS;
-        timestamp_sleep_ms(rand() % (pause + 1));
+        pause_after_lost_race(attempt);
     }
     return status_set(st, STATUS_ABORTED, "CONCURRENT_UPDATE",
                       "%s kept changing concurrently; try again", key);
