@@ -20,10 +20,13 @@
 #include "text.h"
 #include "user_record.h"
 
+/* A handler waiting for one loan's outcome. Each has its own condition, so an outcome wakes
+ * the one handler that waits for it and not every waiting worker. */
 struct saga_waiter {
     struct saga_waiter *next;
     char loan_id[32];
     bool done;
+    pthread_cond_t decided;
 };
 
 struct lending_saga {
@@ -31,9 +34,9 @@ struct lending_saga {
     loan_store *store;
     saga_options options;
     event_consumer *consumer;
-    nats_subscription *outcomes;
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
+    nats_subscription *activated; /* the outcomes a waiting BorrowBook answers with */
+    nats_subscription *canceled;
+    pthread_mutex_t lock; /* guards waiters */
     saga_waiter *waiters;
     pthread_t reconciler;
     bool reconciler_running;
@@ -476,6 +479,8 @@ static status_code on_catalog_event(void *arg, const event *e, uint64_t sequence
 
 /* --- waiting for outcomes ----------------------------------------------------------------- */
 
+/* LoanActivated or LoanCanceled, from whichever replica decided the loan: the handler waiting
+ * for it, if it waits on this replica, answers now. */
 static void on_outcome(void *closure, const uint8_t *data, size_t size) {
     lending_saga *saga = closure;
     event *e = library__events__v1__event__unpack(NULL, size, data);
@@ -484,9 +489,10 @@ static void on_outcome(void *closure, const uint8_t *data, size_t size) {
     if (outcome && e->correlation_id != NULL) {
         pthread_mutex_lock(&saga->lock);
         for (saga_waiter *w = saga->waiters; w != NULL; w = w->next)
-            if (strcmp(w->loan_id, e->correlation_id) == 0)
+            if (strcmp(w->loan_id, e->correlation_id) == 0) {
                 w->done = true;
-        pthread_cond_broadcast(&saga->changed);
+                pthread_cond_signal(&w->decided);
+            }
         pthread_mutex_unlock(&saga->lock);
     }
     if (e != NULL)
@@ -498,6 +504,7 @@ saga_waiter *lending_saga_watch(lending_saga *saga, const char *loan_id) {
     if (w == NULL)
         return NULL;
     snprintf(w->loan_id, sizeof w->loan_id, "%s", loan_id);
+    pthread_cond_init(&w->decided, NULL);
     pthread_mutex_lock(&saga->lock);
     w->next = saga->waiters;
     saga->waiters = w;
@@ -517,7 +524,7 @@ bool lending_saga_wait(lending_saga *saga, saga_waiter *w, int64_t timeout_ms) {
         until.tv_nsec -= 1000000000;
     }
     pthread_mutex_lock(&saga->lock);
-    while (!w->done && pthread_cond_timedwait(&saga->changed, &saga->lock, &until) == 0) {
+    while (!w->done && pthread_cond_timedwait(&w->decided, &saga->lock, &until) == 0) {
     }
     bool done = w->done;
     pthread_mutex_unlock(&saga->lock);
@@ -535,6 +542,7 @@ void lending_saga_unwatch(lending_saga *saga, saga_waiter *w) {
         }
     }
     pthread_mutex_unlock(&saga->lock);
+    pthread_cond_destroy(&w->decided);
     free(w);
 }
 
@@ -979,9 +987,14 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
     pthread_once(&metrics_once, metrics_register); /* the series show from the start */
     holds_metrics_register();
     pthread_mutex_init(&saga->lock, NULL);
-    pthread_cond_init(&saga->changed, NULL);
     atomic_init(&saga->stopping, false);
-    status_code code = nats_subscribe(connection, EVENTS_LOAN_SUBJECTS, on_outcome, saga, &saga->outcomes, st);
+    /* Only the two outcomes: every replica receives each one, so the other loan events (four
+     * in a borrow and return) are not sent to every replica for nothing. */
+    status_code code = nats_subscribe(connection, events_subject(LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_ACTIVATED),
+                                      on_outcome, saga, &saga->activated, st);
+    if (code == STATUS_OK)
+        code = nats_subscribe(connection, events_subject(LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED), on_outcome,
+                              saga, &saga->canceled, st);
     if (code == STATUS_OK) {
         event_consumer_options consumer = {.durable = "lending", .filter_subject = EVENTS_COPY_SUBJECTS,
                                            .handler = on_catalog_event, .arg = saga,
@@ -1018,11 +1031,11 @@ void lending_saga_stop(lending_saga *saga) {
     if (saga->reconciler_running)
         pthread_join(saga->reconciler, NULL);
     event_consumer_stop(saga->consumer);
-    nats_subscription_close(saga->connection, saga->outcomes);
+    nats_subscription_close(saga->connection, saga->activated);
+    nats_subscription_close(saga->connection, saga->canceled);
     open_loans_destroy(saga->open);
     open_loans_destroy(saga->open_holds);
     retention_queue_destroy(saga->settled);
     pthread_mutex_destroy(&saga->lock);
-    pthread_cond_destroy(&saga->changed);
     free(saga);
 }
