@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "text.h"
@@ -519,6 +520,19 @@ status_code kv_mutate(kv_bucket *bucket, const char *key, arena *a, kv_mutation 
 
 enum { FOLLOW_RECONNECT_SETTLE_MS = 3000 };
 
+/* What a branch has been handed and not read yet: one event, with a copy of its change. */
+typedef struct branch_item {
+    struct branch_item *next;
+    kv_follow_event event;
+    kv_change change; /* key and value point into data */
+    size_t bytes;
+    char data[];
+} branch_item;
+
+/* A branch holds at most this much unread (and one event more), so a reader that is busy
+ * elsewhere for a while (a reconcile round) holds the follow back instead of memory growing. */
+enum { BRANCH_MAX_BYTES = 16 << 20 };
+
 struct kv_follow {
     kv_bucket *bucket;
     int64_t renew_ms;
@@ -528,6 +542,15 @@ struct kv_follow {
     uint64_t reconnects; /* the connection's count when the watch started */
     int64_t started_ms;
     kvEntry *current; /* the change the last kv_follow_next handed out */
+    struct kv_follow *branch; /* the one branch of this follow, or NULL */
+    /* A branch's own: the follow it copies, and what it was handed and not read, under lock. */
+    struct kv_follow *trunk;
+    pthread_cond_t ready; /* an item came, or the branch or its trunk stopped */
+    pthread_cond_t room;  /* an item was read */
+    branch_item *head, *tail, *read;
+    size_t queued_bytes;
+    bool synced;        /* the trunk has started a fresh watch since the branch was made */
+    bool trunk_stopped;
 };
 
 kv_follow *kv_follow_start(kv_bucket *bucket, int64_t renew_ms) {
@@ -538,6 +561,141 @@ kv_follow *kv_follow_start(kv_bucket *bucket, int64_t renew_ms) {
     follow->renew_ms = renew_ms;
     pthread_mutex_init(&follow->lock, NULL);
     return follow;
+}
+
+kv_follow *kv_follow_branch(kv_follow *follow) {
+    kv_follow *branch = calloc(1, sizeof *branch);
+    if (branch == NULL)
+        return NULL;
+    branch->bucket = follow->bucket;
+    branch->trunk = follow;
+    pthread_mutex_init(&branch->lock, NULL);
+    pthread_cond_init(&branch->ready, NULL);
+    pthread_cond_init(&branch->room, NULL);
+    pthread_mutex_lock(&follow->lock);
+    bool taken = follow->branch != NULL || follow->trunk != NULL;
+    if (!taken)
+        follow->branch = branch;
+    pthread_mutex_unlock(&follow->lock);
+    if (taken) {
+        pthread_cond_destroy(&branch->ready);
+        pthread_cond_destroy(&branch->room);
+        pthread_mutex_destroy(&branch->lock);
+        free(branch);
+        return NULL;
+    }
+    kv_follow_restart(follow); /* the branch begins with a fresh watch's RESTART */
+    return branch;
+}
+
+/* The trunk's reader hands event (and *change, for an entry) to its branch as well, waiting
+ * while the branch is full. Nothing goes to a branch until the trunk's first RESTART since
+ * the branch was made, so the branch never sees the middle of a watch. False only when out of
+ * memory: the branch then missed the event, and the caller restarts the follow. */
+static bool branch_push(kv_follow *follow, kv_follow_event event, const kv_change *change) {
+    pthread_mutex_lock(&follow->lock);
+    kv_follow *branch = follow->branch;
+    pthread_mutex_unlock(&follow->lock);
+    if (branch == NULL)
+        return true;
+    size_t key_size = event == KV_FOLLOW_ENTRY ? strlen(change->key) + 1 : 0;
+    size_t value_size = event == KV_FOLLOW_ENTRY && change->value ? change->size : 0;
+    branch_item *item = malloc(sizeof *item + key_size + value_size);
+    if (item == NULL)
+        return false;
+    item->next = NULL;
+    item->event = event;
+    item->bytes = sizeof *item + key_size + value_size;
+    item->change = (kv_change){0};
+    if (event == KV_FOLLOW_ENTRY) {
+        memcpy(item->data, change->key, key_size);
+        if (value_size)
+            memcpy(item->data + key_size, change->value, value_size);
+        item->change = (kv_change){.key = item->data,
+                                   .value = change->value ? (const uint8_t *)item->data + key_size : NULL,
+                                   .size = value_size,
+                                   .revision = change->revision,
+                                   .deleted = change->deleted};
+    }
+    pthread_mutex_lock(&branch->lock);
+    if (event == KV_FOLLOW_RESTART)
+        branch->synced = true;
+    while (branch->synced && !branch->stopped && !branch->trunk_stopped && branch->head != NULL &&
+           branch->queued_bytes + item->bytes > BRANCH_MAX_BYTES)
+        pthread_cond_wait(&branch->room, &branch->lock);
+    bool keep = branch->synced && !branch->stopped && !branch->trunk_stopped;
+    if (keep) {
+        if (branch->tail)
+            branch->tail->next = item;
+        else
+            branch->head = item;
+        branch->tail = item;
+        branch->queued_bytes += item->bytes;
+        pthread_cond_signal(&branch->ready);
+    }
+    pthread_mutex_unlock(&branch->lock);
+    if (!keep)
+        free(item);
+    return true;
+}
+
+/* A branch's kv_follow_next: the trunk's events in order, as its reader handed them out. */
+static kv_follow_event branch_next(kv_follow *branch, int64_t timeout_ms, kv_change *change) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (timeout_ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&branch->lock);
+    free(branch->read); /* the change handed out last */
+    branch->read = NULL;
+    while (branch->head == NULL && !branch->stopped && !branch->trunk_stopped &&
+           pthread_cond_timedwait(&branch->ready, &branch->lock, &until) == 0) {
+    }
+    kv_follow_event event = KV_FOLLOW_IDLE;
+    if (branch->stopped || branch->trunk_stopped) {
+        event = KV_FOLLOW_STOPPED;
+    } else if (branch->head != NULL) {
+        branch_item *item = branch->head;
+        branch->head = item->next;
+        if (branch->head == NULL)
+            branch->tail = NULL;
+        branch->queued_bytes -= item->bytes;
+        branch->read = item;
+        event = item->event;
+        *change = item->change;
+        pthread_cond_signal(&branch->room);
+    }
+    pthread_mutex_unlock(&branch->lock);
+    return event;
+}
+
+/* Stops a branch: its reader gets STOPPED, the trunk queues nothing more for it. */
+static void branch_stop(kv_follow *branch, bool trunk) {
+    pthread_mutex_lock(&branch->lock);
+    if (trunk)
+        branch->trunk_stopped = true;
+    else
+        branch->stopped = true;
+    pthread_cond_broadcast(&branch->ready);
+    pthread_cond_broadcast(&branch->room);
+    pthread_mutex_unlock(&branch->lock);
+}
+
+static void branch_free(kv_follow *branch) {
+    while (branch->head != NULL) {
+        branch_item *item = branch->head;
+        branch->head = item->next;
+        free(item);
+    }
+    free(branch->read);
+    pthread_cond_destroy(&branch->ready);
+    pthread_cond_destroy(&branch->room);
+    pthread_mutex_destroy(&branch->lock);
+    free(branch);
 }
 
 /* Under lock: retires the watch if it must be renewed; true when one is left to read. */
@@ -557,7 +715,7 @@ static bool follow_keep(kv_follow *follow) {
     return false;
 }
 
-kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kv_change *change) {
+static kv_follow_event trunk_next(kv_follow *follow, int64_t timeout_ms, kv_change *change) {
     nats_connection *connection = follow->bucket->connection;
     *change = (kv_change){0};
     kvEntry_Destroy(follow->current); /* only this thread reads and sets it */
@@ -620,7 +778,22 @@ kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kv_change 
     return KV_FOLLOW_IDLE;
 }
 
+kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kv_change *change) {
+    *change = (kv_change){0};
+    if (follow->trunk != NULL)
+        return branch_next(follow, timeout_ms, change);
+    kv_follow_event event = trunk_next(follow, timeout_ms, change);
+    if ((event == KV_FOLLOW_RESTART || event == KV_FOLLOW_CAUGHT_UP || event == KV_FOLLOW_ENTRY) &&
+        !branch_push(follow, event, change)) {
+        LOG_WARN("out of memory: a watch's second reader missed a change; watching again");
+        kv_follow_restart(follow);
+    }
+    return event;
+}
+
 void kv_follow_restart(kv_follow *follow) {
+    if (follow->trunk != NULL)
+        follow = follow->trunk; /* the branch sees it as its trunk's RESTART */
     pthread_mutex_lock(&follow->lock);
     kvWatcher *watcher = follow->watcher;
     follow->watcher = NULL;
@@ -629,19 +802,30 @@ void kv_follow_restart(kv_follow *follow) {
 }
 
 void kv_follow_stop(kv_follow *follow) {
+    if (follow->trunk != NULL) {
+        branch_stop(follow, false);
+        return;
+    }
     pthread_mutex_lock(&follow->lock);
     follow->stopped = true;
     kvWatcher *watcher = follow->watcher;
     follow->watcher = NULL;
+    kv_follow *branch = follow->branch;
     pthread_mutex_unlock(&follow->lock);
     nats_connection_retire_watcher(follow->bucket->connection, watcher);
+    if (branch != NULL)
+        branch_stop(branch, true); /* and a reader waiting for room goes on */
 }
 
 void kv_follow_close(kv_follow *follow) {
     if (follow == NULL)
         return;
     kv_follow_stop(follow);
+    if (follow->trunk != NULL)
+        return; /* freed with its trunk */
     kvEntry_Destroy(follow->current);
+    if (follow->branch != NULL)
+        branch_free(follow->branch);
     pthread_mutex_destroy(&follow->lock);
     free(follow);
 }

@@ -81,6 +81,16 @@ typedef struct kv_change {
 } kv_change;
 
 kv_follow_event kv_follow_next(kv_follow *follow, int64_t timeout_ms, kv_change *change);
+/* A second reader of the same watch, so two views of one bucket in a process cost one watch
+ * (and NATS sends each change once): every RESTART, CAUGHT_UP and ENTRY that kv_follow_next
+ * hands out on follow is queued, copied, for the branch's own kv_follow_next on another
+ * thread, from the fresh watch it begins with (making a branch restarts the follow). The
+ * follow's reader waits while the branch holds 16 MiB unread, so the branch misses nothing.
+ * kv_follow_restart on the branch restarts the follow; kv_follow_stop and kv_follow_close on
+ * it stop it (the follow then queues nothing more for it), and it is freed with its follow,
+ * which must outlive the branch's reader. One branch per follow: NULL when it has one, or out
+ * of memory. */
+kv_follow *kv_follow_branch(kv_follow *follow);
 /* Drops the current watch: the next kv_follow_next starts a fresh one (the caller's view
  * missed something, e.g. it ran out of memory). */
 void kv_follow_restart(kv_follow *follow);

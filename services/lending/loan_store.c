@@ -72,8 +72,9 @@ static bool index_change(loan_store *store, arena *a, const kv_change *change) {
 
 /* Follows the bucket for good, from its first key: the index fills in the background while
  * GetLoan and ListLoans read the bucket for what it does not hold yet. A fresh watch (kv_follow
- * renews one that failed or outlived a NATS reconnect) delivers every key again; the index keeps
- * the newest revision of each, so nothing needs dropping. */
+ * renews one that failed, outlived a NATS reconnect or is LOAN_STORE_REWATCH_MS old) delivers
+ * every key again; the index keeps the newest revision of each, so nothing needs dropping.
+ * The reconciler reads the same watch through loan_store_follow. */
 static void *watch_main(void *arg) {
     loan_store *store = arg;
     arena *a = arena_create(0);
@@ -105,7 +106,7 @@ status_code loan_store_open(nats_connection *connection, int replicas, loan_stor
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     }
     status_code code = kv_bucket_open(connection, "loans", replicas, &store->bucket, st);
-    if (code == STATUS_OK && (store->follow = kv_follow_start(store->bucket, 0)) == NULL)
+    if (code == STATUS_OK && (store->follow = kv_follow_start(store->bucket, LOAN_STORE_REWATCH_MS)) == NULL)
         code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     if (code == STATUS_OK) {
         if (pthread_create(&store->watch_thread, NULL, watch_main, store) == 0)
@@ -136,6 +137,10 @@ void loan_store_close(loan_store *store) {
 
 kv_bucket *loan_store_bucket(loan_store *store) {
     return store->bucket;
+}
+
+kv_follow *loan_store_follow(loan_store *store) {
+    return kv_follow_branch(store->follow);
 }
 
 /* "<prefix><user key>": user ids are token subjects (any text), and base64url keeps them

@@ -33,6 +33,14 @@ status_code loan_store_open(nats_connection *connection, int replicas, loan_stor
 void loan_store_close(loan_store *store); /* NULL is a no-op */
 kv_bucket *loan_store_bucket(loan_store *store);
 
+/* The store's one watch on the bucket feeds its read index; it is renewed this often, and a
+ * fresh watch delivers every key again (the reconciler counts on it, see saga.c). */
+#define LOAN_STORE_REWATCH_MS (10 * 60 * 1000)
+/* A second reader of that watch (kv_follow_branch), for the reconciler: the bucket's changes
+ * come from NATS once, not once per view. Once per store; NULL when out of memory or taken.
+ * kv_follow_close it before loan_store_close. */
+kv_follow *loan_store_follow(loan_store *store);
+
 /* From the index, no I/O: the loan (decoded into a), or false when the index does not hold
  * it yet (then loan_store_get). */
 bool loan_store_find_loan(loan_store *store, const char *loan_id, arena *a, loan_message **out);

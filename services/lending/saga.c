@@ -688,8 +688,9 @@ static void reconcile_user(lending_saga *saga, arena *a, const char *user_id, co
     }
 }
 
-/* The reconciler's watch is renewed this often, and each fresh watch delivers every key again. */
-#define REWATCH_MS (10 * 60 * 1000)
+/* The reconciler's watch (the loan store's, read a second time) is renewed this often, and
+ * each fresh watch delivers every key again. */
+#define REWATCH_MS LOAN_STORE_REWATCH_MS
 
 /* Queues a settled record to be forgotten RETENTION after its last change. One due later than
  * two renewals of the watch from now is left to a later renewal, which delivers it again: the
@@ -930,14 +931,15 @@ static void reconcile_open(lending_saga *saga, arena *a) {
 }
 
 /* Follows the bucket into the index and runs a round every RECONCILE_INTERVAL, once the
- * index holds every key. kv_follow renews a watch that fails or outlived a NATS reconnect,
- * and this one every REWATCH_MS too, so no missed change is carried for long; each fresh
- * watch starts the index over. */
+ * index holds every key. It reads the loan store's watch (loan_store_follow), which kv_follow
+ * renews when it fails or outlived a NATS reconnect, and every REWATCH_MS too, so no missed
+ * change is carried for long; each fresh watch starts the index over. While a round runs the
+ * changes wait in the branch (16 MiB of them at most, then the store's index waits too). */
 
 static void *reconciler_main(void *arg) {
     lending_saga *saga = arg;
     arena *a = arena_create(0);
-    kv_follow *follow = kv_follow_start(loan_store_bucket(saga->store), REWATCH_MS);
+    kv_follow *follow = loan_store_follow(saga->store);
     bool ready = false; /* the index holds every key's newest value */
     int64_t next_round = timestamp_monotonic_ms() + saga->options.reconcile_interval_ms;
     while (a && follow && !atomic_load(&saga->stopping)) {

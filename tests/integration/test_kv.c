@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -331,6 +332,138 @@ Test(kv, a_follow_starts_over_after_nats_comes_back) {
     cr_assert_eq(next_event(follow, key, sizeof key), KV_FOLLOW_ENTRY);
     cr_assert_str_eq(key, "f.after");
     kv_follow_close(follow);
+}
+
+/* A follow's own reader on a thread of its own, as the loan store's watch thread is: counts
+ * the entries it was handed, until stopped. */
+typedef struct trunk_reader {
+    kv_follow *follow;
+    atomic_int entries;
+    pthread_t thread;
+} trunk_reader;
+
+static void *read_trunk(void *arg) {
+    trunk_reader *reader = arg;
+    for (;;) {
+        kv_change change;
+        kv_follow_event event = kv_follow_next(reader->follow, 100, &change);
+        if (event == KV_FOLLOW_STOPPED)
+            return NULL;
+        if (event == KV_FOLLOW_ENTRY)
+            atomic_fetch_add(&reader->entries, 1);
+    }
+}
+
+/* The branch's next event other than IDLE (IDLE after 5 s); an entry's key and value (as text)
+ * go to key and value. */
+static kv_follow_event next_change(kv_follow *branch, char *key, char *value, size_t size) {
+    for (int i = 0; i < 50; i++) {
+        kv_change change;
+        kv_follow_event event = kv_follow_next(branch, 100, &change);
+        if (event == KV_FOLLOW_IDLE)
+            continue;
+        if (event == KV_FOLLOW_ENTRY) {
+            snprintf(key, size, "%s", change.key);
+            snprintf(value, size, "%.*s", (int)change.size, change.value ? (const char *)change.value : "");
+        }
+        return event;
+    }
+    return KV_FOLLOW_IDLE;
+}
+
+Test(kv, a_branch_reads_the_follows_watch_in_order_from_a_fresh_start) {
+    put(buckets[0], "g.a", "1");
+    kv_follow *follow = kv_follow_start(buckets[1], 0);
+    trunk_reader reader = {.follow = follow};
+    pthread_create(&reader.thread, NULL, read_trunk, &reader);
+    harness_sleep_ms(300); /* the follow is in the middle of its watch when the branch comes */
+    kv_follow *branch = kv_follow_branch(follow);
+    cr_assert_not_null(branch);
+    cr_assert_null(kv_follow_branch(follow), "a second branch of one follow");
+    cr_assert_null(kv_follow_branch(branch), "a branch of a branch");
+
+    char key[64], value[64];
+    cr_assert_eq(next_change(branch, key, value, sizeof key), KV_FOLLOW_RESTART, "the branch starts with a fresh watch");
+    cr_assert_eq(next_change(branch, key, value, sizeof key), KV_FOLLOW_ENTRY);
+    cr_assert_str_eq(key, "g.a");
+    cr_assert_str_eq(value, "1");
+    cr_assert_eq(next_change(branch, key, value, sizeof key), KV_FOLLOW_CAUGHT_UP);
+
+    put(buckets[0], "g.b", "2");
+    put(buckets[0], "g.a", "3");
+    cr_assert_eq(next_change(branch, key, value, sizeof key), KV_FOLLOW_ENTRY);
+    cr_assert_str_eq(key, "g.b");
+    cr_assert_str_eq(value, "2");
+    cr_assert_eq(next_change(branch, key, value, sizeof key), KV_FOLLOW_ENTRY);
+    cr_assert_str_eq(key, "g.a");
+    cr_assert_str_eq(value, "3", "the change as written, in order");
+
+    int before = atomic_load(&reader.entries);
+    kv_follow_restart(branch); /* the branch's view missed something: both start over */
+    cr_assert_eq(next_change(branch, key, value, sizeof key), KV_FOLLOW_RESTART);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(next_change(branch, key, value, sizeof key), KV_FOLLOW_ENTRY, "every key comes again");
+    cr_assert_eq(next_change(branch, key, value, sizeof key), KV_FOLLOW_CAUGHT_UP);
+    cr_assert_geq(atomic_load(&reader.entries), before + 2, "the follow's own reader got every key again too");
+
+    /* a closed branch holds nothing back: the follow's reader goes on alone */
+    kv_follow_close(branch);
+    before = atomic_load(&reader.entries);
+    put(buckets[0], "g.c", "4");
+    for (int64_t until = harness_now_ms() + 5000; atomic_load(&reader.entries) == before && harness_now_ms() < until;)
+        harness_sleep_ms(10);
+    cr_assert_eq(atomic_load(&reader.entries), before + 1, "the follow's reader missed a change after the branch closed");
+    kv_follow_stop(follow);
+    pthread_join(reader.thread, NULL);
+    kv_follow_close(follow);
+}
+
+/* The branch's reader is busy elsewhere (a reconcile round) while 24 values of 900 KB are
+ * written: the follow's reader stops once the branch holds 16 MiB, and nothing is dropped. */
+Test(kv, a_branch_not_read_holds_its_follow_back_and_misses_nothing) {
+    kv_follow *follow = kv_follow_start(buckets[1], 0);
+    kv_follow *branch = kv_follow_branch(follow);
+    cr_assert_not_null(branch);
+    trunk_reader reader = {.follow = follow};
+    pthread_create(&reader.thread, NULL, read_trunk, &reader);
+    arena *a = arena_create(0);
+    size_t size = 900 * 1024;
+    char *big = arena_alloc(a, size + 1);
+    enum { VALUES = 24 };
+    for (int i = 0; i < VALUES; i++) {
+        memset(big, 'a' + i, size);
+        big[size] = '\0';
+        put(buckets[0], arena_sprintf(a, "h.%02d", i), big);
+    }
+    harness_sleep_ms(1000);
+    int held = atomic_load(&reader.entries);
+    cr_assert_lt(held, VALUES, "the follow's reader ran %d changes ahead of an unread branch", held);
+    cr_assert_geq(held, 16, "the follow's reader was held back before the branch was full (%d)", held);
+
+    kv_change change;
+    kv_follow_event event = KV_FOLLOW_IDLE;
+    for (int64_t until = harness_now_ms() + 5000; event != KV_FOLLOW_RESTART && harness_now_ms() < until;)
+        event = kv_follow_next(branch, 100, &change);
+    cr_assert_eq(event, KV_FOLLOW_RESTART);
+    int entries = 0;
+    for (int64_t until = harness_now_ms() + 10000; entries < VALUES && harness_now_ms() < until;) {
+        event = kv_follow_next(branch, 100, &change);
+        if (event != KV_FOLLOW_ENTRY)
+            continue;
+        cr_assert_eq(change.size, size);
+        cr_assert_eq(((const char *)change.value)[size - 1], 'a' + entries, "value %d came out of order", entries);
+        entries++;
+    }
+    cr_assert_eq(entries, VALUES, "the branch got %d of %d changes", entries, VALUES);
+    for (int64_t until = harness_now_ms() + 5000; atomic_load(&reader.entries) < VALUES && harness_now_ms() < until;)
+        harness_sleep_ms(10);
+    cr_assert_eq(atomic_load(&reader.entries), VALUES, "the follow's reader went on once the branch was read");
+    kv_follow_stop(follow); /* with the branch open: its reader gets STOPPED */
+    cr_assert_eq(kv_follow_next(branch, 100, &change), KV_FOLLOW_STOPPED);
+    pthread_join(reader.thread, NULL);
+    kv_follow_close(branch);
+    kv_follow_close(follow);
+    arena_destroy(a);
 }
 
 /* --- protobuf records (kv_record) ------------------------------------------------------ */
