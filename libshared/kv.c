@@ -641,14 +641,7 @@ static bool branch_push(kv_follow *follow, kv_follow_event event, const kv_chang
 
 /* A branch's kv_follow_next: the trunk's events in order, as its reader handed them out. */
 static kv_follow_event branch_next(kv_follow *branch, int64_t timeout_ms, kv_change *change) {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (timeout_ms % 1000) * 1000000;
-    if (until.tv_nsec >= 1000000000) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000;
-    }
+    struct timespec until = timestamp_deadline(timeout_ms);
     pthread_mutex_lock(&branch->lock);
     free(branch->read); /* the change handed out last */
     branch->read = NULL;

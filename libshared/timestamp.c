@@ -52,3 +52,15 @@ int64_t timestamp_to_ms(const Google__Protobuf__Timestamp *t, int64_t otherwise)
         return otherwise;
     return t->seconds * 1000 + t->nanos / 1000000;
 }
+
+struct timespec timestamp_deadline(int64_t ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    return until;
+}

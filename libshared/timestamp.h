@@ -5,6 +5,7 @@
 #define LIBSHARED_TIMESTAMP_H
 
 #include <stdint.h>
+#include <time.h>
 
 #include "arena.h"
 #include "google/protobuf/timestamp.pb-c.h"
@@ -21,6 +22,8 @@ int64_t timestamp_to_ms(const Google__Protobuf__Timestamp *t, int64_t otherwise)
 /* CLOCK_MONOTONIC in milliseconds and nanoseconds: only differences mean anything. */
 int64_t timestamp_monotonic_ms(void);
 int64_t timestamp_monotonic_ns(void);
+/* The CLOCK_REALTIME time ms milliseconds from now, as pthread_cond_timedwait wants it. */
+struct timespec timestamp_deadline(int64_t ms);
 /* Sleeps ms milliseconds (a signal may end it early). */
 void timestamp_sleep_ms(int64_t ms);
 

@@ -18,6 +18,7 @@
 #include "open_loans.h"
 #include "retention.h"
 #include "text.h"
+#include "timestamp.h"
 #include "user_record.h"
 
 /* A handler waiting for one loan's outcome. Each has its own condition, so an outcome wakes
@@ -515,14 +516,7 @@ saga_waiter *lending_saga_watch(lending_saga *saga, const char *loan_id) {
 bool lending_saga_wait(lending_saga *saga, saga_waiter *w, int64_t timeout_ms) {
     if (w == NULL)
         return false;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (timeout_ms % 1000) * 1000000;
-    if (until.tv_nsec >= 1000000000) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000;
-    }
+    struct timespec until = timestamp_deadline(timeout_ms);
     pthread_mutex_lock(&saga->lock);
     while (!w->done && pthread_cond_timedwait(&w->decided, &saga->lock, &until) == 0) {
     }
