@@ -133,6 +133,7 @@ static const struct {
     {LIBRARY__EVENTS__V1__EVENT__BODY_FINE_ASSESSED, "library.events.loan.fine_assessed", "fine-assessed"},
     {LIBRARY__EVENTS__V1__EVENT__BODY_FINE_PAID, "library.events.loan.fine_paid", "fine-paid"},
     {LIBRARY__EVENTS__V1__EVENT__BODY_FINE_WAIVED, "library.events.loan.fine_waived", "fine-waived"},
+    {LIBRARY__EVENTS__V1__EVENT__BODY_EVENTS_RESTATED, EVENTS_RESTATED_SUBJECT, "events-restated"},
 };
 
 /* The table's row of type, or -1. */

@@ -27,6 +27,9 @@ typedef Library__Events__V1__Event__BodyCase event_type;
 #define EVENTS_LOAN_SUBJECTS "library.events.loan.>"
 #define EVENTS_COPY_SUBJECTS "library.events.copy.>"
 #define EVENTS_ALL_SUBJECTS "library.events.>"
+/* Lending's restatements of final loan events (EventsRestated), under neither filter above:
+ * only mypage, which reads every subject, receives them. */
+#define EVENTS_RESTATED_SUBJECT "library.events.restated"
 
 /* The subject events of this type are published on ("library.events.loan.requested"), and
  * the kind their ids start with ("loan-requested"); NULL for a type the table lacks. */

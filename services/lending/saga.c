@@ -44,6 +44,8 @@ struct lending_saga {
     open_loans *open;  /* the reconciler thread's alone */
     open_loans *open_holds; /* holds that may need a step, as "loans" PENDING or RETURNED */
     retention_queue *settled; /* settled loans and holds, by when they may be forgotten */
+    struct restatement *restate_head, *restate_tail; /* the reconciler thread's alone */
+    size_t restate_count;
     atomic_bool stopping;
 };
 
@@ -96,21 +98,42 @@ status_code saga_publish_requested(nats_connection *connection, const loan_recor
     return publish_attempt(connection, record, attempt, &e, st);
 }
 
+/* LoanReturned of the loan, in e and its body (the caller's). */
+static void returned_event(const loan_message *loan, event *e, Library__Events__V1__LoanReturned *body) {
+    library__events__v1__loan_returned__init(body);
+    body->loan_id = loan->loan_id;
+    body->user_id = loan->user_id;
+    body->book_id = loan->book_id;
+    body->return_time = loan->return_time;
+    body->book_title = loan->book_title;
+    body->due_time = loan->due_time;
+    body->renewal_count = loan->renewal_count;
+    body->borrow_time = loan->borrow_time;
+    library__events__v1__event__init(e);
+    e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
+    e->loan_returned = body;
+}
+
+/* LoanCanceled of the loan, in e and its body (the caller's). */
+static void canceled_event(const loan_message *loan, event *e, Library__Events__V1__LoanCanceled *body) {
+    library__events__v1__loan_canceled__init(body);
+    body->loan_id = loan->loan_id;
+    body->user_id = loan->user_id;
+    body->book_id = loan->book_id;
+    body->book_title = loan->book_title;
+    body->reason = loan->cancel_reason;
+    body->due_time = loan->due_time;
+    body->borrow_time = loan->borrow_time;
+    library__events__v1__event__init(e);
+    e->body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED;
+    e->loan_canceled = body;
+}
+
 status_code saga_publish_returned(nats_connection *connection, const loan_record *record, uint32_t attempt,
                                   status *st) {
-    const loan_message *loan = record->loan;
-    Library__Events__V1__LoanReturned body = LIBRARY__EVENTS__V1__LOAN_RETURNED__INIT;
-    body.loan_id = loan->loan_id;
-    body.user_id = loan->user_id;
-    body.book_id = loan->book_id;
-    body.return_time = loan->return_time;
-    body.book_title = loan->book_title;
-    body.due_time = loan->due_time;
-    body.renewal_count = loan->renewal_count;
-    body.borrow_time = loan->borrow_time;
-    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
-    e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_RETURNED;
-    e.loan_returned = &body;
+    event e;
+    Library__Events__V1__LoanReturned body;
+    returned_event(record->loan, &e, &body);
     return publish_attempt(connection, record, attempt, &e, st);
 }
 
@@ -134,20 +157,12 @@ static status_code publish_activated(nats_connection *connection, const loan_rec
 /* LoanActivated or LoanCanceled, as the loan now is; nothing for a loan in another state. */
 static status_code publish_outcome(nats_connection *connection, const loan_record *record, status *st) {
     const loan_message *loan = record->loan;
-    event e = LIBRARY__EVENTS__V1__EVENT__INIT;
     if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_ACTIVE)
         return publish_activated(connection, record, loan->loan_id, st);
     if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED) {
-        Library__Events__V1__LoanCanceled body = LIBRARY__EVENTS__V1__LOAN_CANCELED__INIT;
-        body.loan_id = loan->loan_id;
-        body.user_id = loan->user_id;
-        body.book_id = loan->book_id;
-        body.book_title = loan->book_title;
-        body.reason = loan->cancel_reason;
-        body.due_time = loan->due_time;
-        body.borrow_time = loan->borrow_time;
-        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_CANCELED;
-        e.loan_canceled = &body;
+        event e;
+        Library__Events__V1__LoanCanceled body;
+        canceled_event(loan, &e, &body);
         return publish_loan_event(connection, record, &e, st);
     }
     return STATUS_OK;
@@ -705,6 +720,126 @@ static bool loan_settled(const loan_record *record) {
     return lending_is_settled((loan_state)record->loan->status, record->release_confirmed);
 }
 
+/* --- final events announced again ----------------------------------------------------------- */
+
+/* A settled loan's final event (LoanReturned or LoanCanceled), announced again once due in an
+ * EventsRestated that only mypage reads: a stream replica set that diverged in a partition
+ * (nats-server 2.9) can lose the first announcement for mypage's consumer while the catalog's
+ * saw it, and nothing else would tell mypage the loan ended (docs/decisions.md, "A final event
+ * mypage missed is announced again"). */
+typedef struct restatement {
+    struct restatement *next;
+    int64_t due_ms;
+    size_t size;
+    uint8_t packed[]; /* the Event */
+} restatement;
+
+/* Events in one EventsRestated (about 250 bytes each), and queued at most: past that (NATS
+ * away for long) a settled loan is not restated. */
+enum { RESTATED_PER_MESSAGE = 256, RESTATED_MAX = 65536 };
+
+static bool has_final_event(const loan_message *loan) {
+    return loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_CANCELED ||
+           (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED && loan->return_time != NULL);
+}
+
+/* The loan's final event (has_final_event) as first announced, its time the loan's own;
+ * packed into a. NULL when out of memory. */
+static uint8_t *final_event(arena *a, const loan_record *record, size_t *size) {
+    const loan_message *loan = record->loan;
+    event e;
+    Library__Events__V1__LoanReturned returned;
+    Library__Events__V1__LoanCanceled canceled;
+    Google__Protobuf__Timestamp *when;
+    if (loan->status == LIBRARY__LENDING__V1__LOAN_STATUS__LOAN_STATUS_RETURNED) {
+        returned_event(loan, &e, &returned);
+        when = loan->return_time;
+    } else {
+        canceled_event(loan, &e, &canceled);
+        when = timestamp_from_ms(a, record->update_time_ms);
+    }
+    e.event_id = arena_sprintf(a, "%s-%s-restated", events_kind(e.body_case), loan->loan_id);
+    e.correlation_id = loan->loan_id;
+    e.traceparent = record->traceparent ? record->traceparent : "";
+    e.occur_time = when;
+    return e.event_id && when ? arena_pack(a, &e.base, size) : NULL;
+}
+
+/* Queues a loan that settled to have its final event announced again RECONCILE_AFTER later.
+ * One that settled long before (a fresh watch delivers every key again) is left alone. False
+ * when out of memory. */
+static bool queue_restatement(lending_saga *saga, arena *a, const loan_record *record) {
+    int64_t due = record->update_time_ms + saga->options.reconcile_after_ms;
+    if (due < timestamp_now_ms() - saga->options.reconcile_after_ms || saga->restate_count >= RESTATED_MAX ||
+        !has_final_event(record->loan))
+        return true;
+    size_t size = 0;
+    uint8_t *packed = final_event(a, record, &size);
+    restatement *r = packed ? malloc(sizeof *r + size) : NULL;
+    if (r == NULL)
+        return false;
+    r->next = NULL;
+    r->due_ms = due;
+    r->size = size;
+    memcpy(r->packed, packed, size);
+    if (saga->restate_tail)
+        saga->restate_tail->next = r;
+    else
+        saga->restate_head = r;
+    saga->restate_tail = r;
+    saga->restate_count++;
+    return true;
+}
+
+/* Frees the queued restatements before until (NULL: all). */
+static void restatements_drop(lending_saga *saga, const restatement *until) {
+    while (saga->restate_head != until) {
+        restatement *r = saga->restate_head;
+        saga->restate_head = r->next;
+        saga->restate_count--;
+        free(r);
+    }
+    if (saga->restate_head == NULL)
+        saga->restate_tail = NULL;
+}
+
+/* Announces the final events that are due, RESTATED_PER_MESSAGE to a message. Every replica
+ * restates what it saw settle: two replicas that gather the same loans send the same event id,
+ * and JetStream keeps one. A message that fails stays queued for the next round. */
+static void restate_due(lending_saga *saga, arena *a, int64_t now) {
+    while (saga->restate_head != NULL && saga->restate_head->due_ms <= now && !atomic_load(&saga->stopping)) {
+        ProtobufCBinaryData *inner = arena_alloc(a, RESTATED_PER_MESSAGE * sizeof *inner);
+        if (inner == NULL)
+            return; /* out of memory: the next round tries again */
+        size_t count = 0;
+        restatement *r = saga->restate_head;
+        for (; r != NULL && r->due_ms <= now && count < RESTATED_PER_MESSAGE; r = r->next)
+            inner[count++] = (ProtobufCBinaryData){.len = r->size, .data = r->packed};
+        Library__Events__V1__EventsRestated body = LIBRARY__EVENTS__V1__EVENTS_RESTATED__INIT;
+        body.events = inner;
+        body.n_events = count;
+        event e = LIBRARY__EVENTS__V1__EVENT__INIT;
+        e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_EVENTS_RESTATED;
+        e.events_restated = &body;
+        /* named by its first and last loan and its size: the same batch from two replicas */
+        event *first = (event *)arena_unpack(a, &library__events__v1__event__descriptor, inner[0].data, inner[0].len);
+        event *last = (event *)arena_unpack(a, &library__events__v1__event__descriptor, inner[count - 1].data,
+                                            inner[count - 1].len);
+        char *subject_id = first && last ? arena_sprintf(a, "%.40s-%.40s-%zu", first->correlation_id,
+                                                         last->correlation_id, count)
+                                         : NULL;
+        status st;
+        status_code code = subject_id ? events_publish_step(saga->connection, &e, subject_id, 0, "", NULL, &st)
+                                      : status_set(&st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+        if (code != STATUS_OK) {
+            LOG_WARN("announcing %zu loans' final events again: %s; trying in the next round", count, st.message);
+            return;
+        }
+        restatements_drop(saga, r); /* sent: every entry up to r */
+        arena_reset(a);
+    }
+}
+
 /* The index of what is open is fed by a watch on the whole bucket: at start it delivers the
  * newest value of every key, then each change. Keys are "loan.<id>" and "user.<key>". False
  * when out of memory: the index missed the change. */
@@ -731,6 +866,8 @@ static bool index_entry(lending_saga *saga, arena *a, const kv_change *change) {
             stored = open_loans_set_loan(saga->open, key + 5, &facts);
             if (stored && saga->options.retention_ms > 0 && loan_settled(record))
                 stored = queue_settled(saga, record->update_time_ms, RETENTION_LOAN, key + 5);
+            if (stored && loan_settled(record))
+                stored = queue_restatement(saga, a, record);
         }
     } else if (strncmp(key, "hold.", 5) == 0) {
         const hold_record *record = deleted ? NULL
@@ -921,6 +1058,7 @@ static void reconcile_open(lending_saga *saga, arena *a) {
     open_loans_users_due(saga->open, r.now, saga->options.reconcile_after_ms, visit_user, &r);
     open_loans_accounts_due(saga->open, r.now, visit_account, &r);
     retention_queue_due(saga->settled, r.now, FORGET_PER_ROUND, visit_settled, &r);
+    restate_due(saga, a, r.now);
     metric_set(open_loans_gauge, (double)open_loans_loan_count(saga->open));
 }
 
@@ -1032,6 +1170,7 @@ void lending_saga_stop(lending_saga *saga) {
     open_loans_destroy(saga->open);
     open_loans_destroy(saga->open_holds);
     retention_queue_destroy(saga->settled);
+    restatements_drop(saga, NULL);
     pthread_mutex_destroy(&saga->lock);
     free(saga);
 }

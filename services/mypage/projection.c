@@ -68,7 +68,31 @@ static status_code apply_event(page_store *store, nats_connection *connection, u
     return code;
 }
 
+/* Lending's EventsRestated: the final events of loans, each applied as it was first
+ * published (a repeat changes no page). One that does not decode is skipped, as a message that
+ * does not decode is; one whose apply fails fails the whole message, which is delivered again. */
+static status_code each_restated(const event *e, uint64_t sequence,
+                                 status_code (*apply)(void *, const event *, uint64_t, status *), void *arg,
+                                 status *st) {
+    const Library__Events__V1__EventsRestated *restated = e->events_restated;
+    status_code code = STATUS_OK;
+    for (size_t i = 0; restated != NULL && i < restated->n_events && code == STATUS_OK; i++) {
+        event *inner = library__events__v1__event__unpack(NULL, restated->events[i].len, restated->events[i].data);
+        if (inner == NULL) {
+            LOG_WARN("a restated event (%zu of %zu in %s) does not decode; skipped", i + 1, restated->n_events,
+                     e->event_id);
+            continue;
+        }
+        if (inner->body_case != LIBRARY__EVENTS__V1__EVENT__BODY_EVENTS_RESTATED) /* never nested */
+            code = apply(arg, inner, sequence, st);
+        library__events__v1__event__free_unpacked(inner, NULL);
+    }
+    return code;
+}
+
 static status_code on_event(void *arg, const event *e, uint64_t sequence, status *st) {
+    if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_EVENTS_RESTATED)
+        return each_restated(e, sequence, on_event, arg, st);
     projection *p = arg;
     bool changed = false;
     const char *user = NULL;
@@ -129,6 +153,8 @@ typedef struct replay {
 } replay;
 
 static status_code on_replayed_event(void *arg, const event *e, uint64_t sequence, status *st) {
+    if (e->body_case == LIBRARY__EVENTS__V1__EVENT__BODY_EVENTS_RESTATED)
+        return each_restated(e, sequence, on_replayed_event, arg, st);
     replay *r = arg;
     const char *user = NULL;
     int64_t event_time_ms = 0;

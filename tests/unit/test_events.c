@@ -36,6 +36,13 @@ Test(events, every_event_type_has_a_subject_under_its_side_and_a_kind) {
         for (int other = type + 1; other <= LIBRARY__EVENTS__V1__EVENT__BODY_LOAN_OVERDUE; other++)
             cr_assert_str_neq(subject, events_subject((event_type)other), "two types share %s", subject);
     }
+    /* lending's restatements: under library.events (mypage reads them) and under neither
+     * consumer filter of the catalog and lending, which have nothing to do with them */
+    const char *restated = events_subject(LIBRARY__EVENTS__V1__EVENT__BODY_EVENTS_RESTATED);
+    cr_assert_not_null(restated);
+    cr_assert_str_eq(restated, EVENTS_RESTATED_SUBJECT);
+    cr_assert(strncmp(restated, "library.events.", 15) == 0);
+    cr_assert(strncmp(restated, "library.events.copy.", 20) != 0 && strncmp(restated, "library.events.loan.", 20) != 0);
     cr_assert_null(events_subject(LIBRARY__EVENTS__V1__EVENT__BODY__NOT_SET));
     char id[EVENT_ID_MAX];
     cr_assert_not(events_format_id(id, sizeof id, LIBRARY__EVENTS__V1__EVENT__BODY__NOT_SET, "x", 0));
