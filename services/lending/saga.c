@@ -16,6 +16,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "open_loans.h"
+#include "restated.h"
 #include "retention.h"
 #include "text.h"
 #include "timestamp.h"
@@ -44,8 +45,7 @@ struct lending_saga {
     open_loans *open;  /* the reconciler thread's alone */
     open_loans *open_holds; /* holds that may need a step, as "loans" PENDING or RETURNED */
     retention_queue *settled; /* settled loans and holds, by when they may be forgotten */
-    struct restatement *restate_head, *restate_tail; /* the reconciler thread's alone */
-    size_t restate_count;
+    restated_queue *restated; /* final events to announce again (the reconciler thread's alone) */
     atomic_bool stopping;
 };
 
@@ -722,17 +722,11 @@ static bool loan_settled(const loan_record *record) {
 
 /* --- final events announced again ----------------------------------------------------------- */
 
-/* A settled loan's final event (LoanReturned or LoanCanceled), announced again once due in an
- * EventsRestated that only mypage reads: a stream replica set that diverged in a partition
+/* A settled loan's final event (LoanReturned or LoanCanceled) is announced again once due, in
+ * an EventsRestated that only mypage reads: a stream replica set that diverged in a partition
  * (nats-server 2.9) can lose the first announcement for mypage's consumer while the catalog's
  * saw it, and nothing else would tell mypage the loan ended (docs/decisions.md, "A final event
  * mypage missed is announced again"). */
-typedef struct restatement {
-    struct restatement *next;
-    int64_t due_ms;
-    size_t size;
-    uint8_t packed[]; /* the Event */
-} restatement;
 
 /* Events in one EventsRestated (about 250 bytes each), and queued at most: past that (NATS
  * away for long) a settled loan is not restated. */
@@ -770,61 +764,31 @@ static uint8_t *final_event(arena *a, const loan_record *record, size_t *size) {
  * when out of memory. */
 static bool queue_restatement(lending_saga *saga, arena *a, const loan_record *record) {
     int64_t due = record->update_time_ms + saga->options.reconcile_after_ms;
-    if (due < timestamp_now_ms() - saga->options.reconcile_after_ms || saga->restate_count >= RESTATED_MAX ||
-        !has_final_event(record->loan))
+    if (due < timestamp_now_ms() - saga->options.reconcile_after_ms || !has_final_event(record->loan))
         return true;
     size_t size = 0;
     uint8_t *packed = final_event(a, record, &size);
-    restatement *r = packed ? malloc(sizeof *r + size) : NULL;
-    if (r == NULL)
-        return false;
-    r->next = NULL;
-    r->due_ms = due;
-    r->size = size;
-    memcpy(r->packed, packed, size);
-    if (saga->restate_tail)
-        saga->restate_tail->next = r;
-    else
-        saga->restate_head = r;
-    saga->restate_tail = r;
-    saga->restate_count++;
-    return true;
-}
-
-/* Frees the queued restatements before until (NULL: all). */
-static void restatements_drop(lending_saga *saga, const restatement *until) {
-    while (saga->restate_head != until) {
-        restatement *r = saga->restate_head;
-        saga->restate_head = r->next;
-        saga->restate_count--;
-        free(r);
-    }
-    if (saga->restate_head == NULL)
-        saga->restate_tail = NULL;
+    return packed != NULL && restated_push(saga->restated, due, packed, size);
 }
 
 /* Announces the final events that are due, RESTATED_PER_MESSAGE to a message. Every replica
  * restates what it saw settle: two replicas that gather the same loans send the same event id,
  * and JetStream keeps one. A message that fails stays queued for the next round. */
 static void restate_due(lending_saga *saga, arena *a, int64_t now) {
-    while (saga->restate_head != NULL && saga->restate_head->due_ms <= now && !atomic_load(&saga->stopping)) {
-        ProtobufCBinaryData *inner = arena_alloc(a, RESTATED_PER_MESSAGE * sizeof *inner);
-        if (inner == NULL)
-            return; /* out of memory: the next round tries again */
-        size_t count = 0;
-        restatement *r = saga->restate_head;
-        for (; r != NULL && r->due_ms <= now && count < RESTATED_PER_MESSAGE; r = r->next)
-            inner[count++] = (ProtobufCBinaryData){.len = r->size, .data = r->packed};
+    ProtobufCBinaryData *batch = arena_alloc(a, RESTATED_PER_MESSAGE * sizeof *batch);
+    size_t count;
+    while (batch != NULL && !atomic_load(&saga->stopping) &&
+           (count = restated_due(saga->restated, now, batch, RESTATED_PER_MESSAGE)) > 0) {
         Library__Events__V1__EventsRestated body = LIBRARY__EVENTS__V1__EVENTS_RESTATED__INIT;
-        body.events = inner;
+        body.events = batch;
         body.n_events = count;
         event e = LIBRARY__EVENTS__V1__EVENT__INIT;
         e.body_case = LIBRARY__EVENTS__V1__EVENT__BODY_EVENTS_RESTATED;
         e.events_restated = &body;
         /* named by its first and last loan and its size: the same batch from two replicas */
-        event *first = (event *)arena_unpack(a, &library__events__v1__event__descriptor, inner[0].data, inner[0].len);
-        event *last = (event *)arena_unpack(a, &library__events__v1__event__descriptor, inner[count - 1].data,
-                                            inner[count - 1].len);
+        event *first = (event *)arena_unpack(a, &library__events__v1__event__descriptor, batch[0].data, batch[0].len);
+        event *last = (event *)arena_unpack(a, &library__events__v1__event__descriptor, batch[count - 1].data,
+                                            batch[count - 1].len);
         char *subject_id = first && last ? arena_sprintf(a, "%.40s-%.40s-%zu", first->correlation_id,
                                                          last->correlation_id, count)
                                          : NULL;
@@ -835,8 +799,7 @@ static void restate_due(lending_saga *saga, arena *a, int64_t now) {
             LOG_WARN("announcing %zu loans' final events again: %s; trying in the next round", count, st.message);
             return;
         }
-        restatements_drop(saga, r); /* sent: every entry up to r */
-        arena_reset(a);
+        restated_drop(saga->restated, count);
     }
 }
 
@@ -1138,7 +1101,8 @@ status_code lending_saga_start(nats_connection *connection, loan_store *store,
     }
     if (code == STATUS_OK &&
         ((saga->open = open_loans_create()) == NULL || (saga->open_holds = open_loans_create()) == NULL ||
-         (saga->settled = retention_queue_create()) == NULL))
+         (saga->settled = retention_queue_create()) == NULL ||
+         (saga->restated = restated_create(RESTATED_MAX)) == NULL))
         code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     if (code == STATUS_OK) {
         open_loans_announce_every(saga->open, options->retention_ms / 2);
@@ -1170,7 +1134,7 @@ void lending_saga_stop(lending_saga *saga) {
     open_loans_destroy(saga->open);
     open_loans_destroy(saga->open_holds);
     retention_queue_destroy(saga->settled);
-    restatements_drop(saga, NULL);
+    restated_destroy(saga->restated);
     pthread_mutex_destroy(&saga->lock);
     free(saga);
 }
