@@ -338,6 +338,19 @@ static bool page_add(loan_store *store, arena *a, hold_page *page, const char *h
     return true;
 }
 
+/* The id `position` places into the listing: ids in order, or newest (last) first. */
+static const char *listed_at(char *const *ids, size_t count, bool newest_first, size_t position) {
+    return ids[newest_first ? count - 1 - position : position];
+}
+
+/* Where id is in the listing; count when absent. */
+static size_t listing_position(char *const *ids, size_t count, bool newest_first, const char *id) {
+    size_t position = 0;
+    while (position < count && strcmp(listed_at(ids, count, newest_first, position), id) != 0)
+        position++;
+    return position;
+}
+
 status_code holds_list_holds(void *state, rpc_context *ctx, const ProtobufCMessage *request,
                              ProtobufCMessage **response, status *st) {
     lending_handlers *h = state;
@@ -387,15 +400,12 @@ status_code holds_list_holds(void *state, rpc_context *ctx, const ProtobufCMessa
     }
     size_t position = 0;
     if (query.start_at[0] != '\0') { /* where the previous page stopped, however many came since */
-        while (position < count && strcmp(ids[newest_first ? count - 1 - position : position], query.start_at) != 0)
-            position++;
+        position = listing_position(ids, count, newest_first, query.start_at);
         if (position == count && !whole) {
             if (lending_whole_history(h, a, query.user_id, USER_HOLDS, &ids, &count, st) != STATUS_OK)
                 return st->code;
             whole = true;
-            position = 0;
-            while (position < count && strcmp(ids[count - 1 - position], query.start_at) != 0)
-                position++;
+            position = listing_position(ids, count, newest_first, query.start_at);
         }
         if (position == count)
             return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
@@ -414,7 +424,7 @@ status_code holds_list_holds(void *state, rpc_context *ctx, const ProtobufCMessa
             if (position >= count)
                 break;
         }
-        if (!page_add(h->store, a, &page, ids[newest_first ? count - 1 - position : position], req, &code, st))
+        if (!page_add(h->store, a, &page, listed_at(ids, count, newest_first, position), req, &code, st))
             break;
     }
     if (code != STATUS_OK)

@@ -1,8 +1,9 @@
 /* user_record.h - the rules of a user's record, one per user in the loans bucket: the open
  * loans (PENDING and ACTIVE) that hold the user's slots, against which the loan limit and the
- * overdue block are checked, and the history of loan ids ListLoans pages through. Pure
- * functions over the decoded record; loan_store keeps it with compare-and-set, so each
- * function runs again on a fresh record when another writer got there first. */
+ * overdue block are checked, and the histories of loan ids and hold ids ListLoans and
+ * ListHolds page through. Pure functions over the decoded record; loan_store keeps it with
+ * compare-and-set, so each function runs again on a fresh record when another writer got
+ * there first. */
 #ifndef LENDING_USER_RECORD_H
 #define LENDING_USER_RECORD_H
 
@@ -15,12 +16,13 @@
 #include "loan_store.h"
 #include "status.h"
 
-/* Loan ids a user's history keeps, newest last; older ones fall off. The record holds the
- * newest (the window: USER_HISTORY_HOT to USER_HISTORY_HOT_MAX of them, or up to
- * USER_HISTORY_KEPT while the older part cannot be written), the user's UserHistory
- * ("history.<user key>") the older ones, and the record's history_filter says which loans
- * the UserHistory may hold, so a new borrow does not read it (issue 19 item 6: the record
- * every step of the saga rewrites stays small). */
+/* Loan ids a user's history keeps, newest last; older ones fall off (hold ids the same way,
+ * in the hold history: user_list below). The record holds the newest (the window:
+ * USER_HISTORY_HOT to USER_HISTORY_HOT_MAX of them, or up to USER_HISTORY_KEPT while the
+ * older part cannot be written), the user's UserHistory ("history.<user key>") the older
+ * ones, and the record's history_filter says which loans the UserHistory may hold, so a new
+ * borrow does not read it (issue 19 item 6: the record every step of the saga rewrites
+ * stays small). */
 enum { USER_HISTORY_KEPT = 1000, USER_HISTORY_HOT = 32, USER_HISTORY_HOT_MAX = 64 };
 
 /* The two lists kept that way, each with its own window, filter and revision in the record
