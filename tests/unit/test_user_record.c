@@ -547,7 +547,8 @@ Test(user_record, a_closed_hold_leaves_the_hold_history_and_an_open_one_does_not
     user_hold hold = {.hold_id = "hold-a", .book_id = "book-1", .now_seconds = 1000, .max_holds = 5};
     bool replay = false, changed = false, need_archive = false;
     status st;
-    cr_assert_eq(user_record_add_hold(a, record, &hold, &replay, &need_archive, &changed, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(user_record_add_hold(a, record, &hold, &replay, &need_archive, &changed, &st), STATUS_OK, "%s",
+                 st.message);
     cr_assert_eq(user_record_forget_hold(record, "hold-a", &changed, &st), STATUS_FAILED_PRECONDITION);
     cr_assert_str_eq(st.reason, "STILL_OPEN");
     cr_assert(user_record_close_hold(record, "hold-a"));
