@@ -58,63 +58,72 @@ static status_code reserve_slot(void *arg, arena *a, user_record *user, bool *ch
     return user_record_add_borrow(a, user, &job->borrow, &job->replay, &job->need_archive, changed, st);
 }
 
+status_code lending_update_user_reading(lending_handlers *h, arena *a, const char *user_id, user_change change,
+                                        void *job, const bool *need_archive, const user_history **archive,
+                                        uint64_t *archive_revision, user_record **user, status *st) {
+    enum { ARCHIVE_READS = 4 };
+    for (int reads = 0;; reads++) {
+        status_code code = loan_store_update_user(h->store, user_id, a, change, job, user, st);
+        if (code != STATUS_OK || !*need_archive)
+            return code;
+        if (reads == ARCHIVE_READS)
+            return status_set(st, STATUS_UNAVAILABLE, "HISTORY_MOVING",
+                              "your history kept moving while read; try again");
+        user_history *read = NULL;
+        code = loan_store_get_history(h->store, user_id, a, &read, archive_revision, st);
+        if (code != STATUS_OK)
+            return code;
+        *archive = read;
+    }
+}
+
 /* Takes the borrow's slot, reading the user's older history when the record's filter names
  * the loan. *user: the record as stored afterwards. */
 static status_code take_slot(lending_handlers *h, arena *a, const char *user_id, reserve_job *job,
                              user_record **user, status *st) {
-    enum { ARCHIVE_READS = 4 };
-    for (int reads = 0;; reads++) {
-        status_code code = loan_store_update_user(h->store, user_id, a, reserve_slot, job, user, st);
-        if (code != STATUS_OK || !job->need_archive)
-            return code;
-        if (reads == ARCHIVE_READS)
-            return status_set(st, STATUS_UNAVAILABLE, "HISTORY_MOVING",
-                              "your loan history kept moving while read; try again");
-        user_history *archive = NULL;
-        code = loan_store_get_history(h->store, user_id, a, &archive, &job->borrow.archive_revision, st);
-        if (code != STATUS_OK)
-            return code;
-        job->borrow.archive = archive;
-    }
+    return lending_update_user_reading(h, a, user_id, reserve_slot, job, &job->need_archive, &job->borrow.archive,
+                                       &job->borrow.archive_revision, user, st);
 }
 
 typedef struct moving_ids {
+    user_list list;
     char *const *window;
     size_t count;
 } moving_ids;
 
 static status_code merge_history(void *arg, arena *a, ProtobufCMessage *record, bool *changed, status *st) {
     moving_ids *moving = arg;
-    if (!user_history_merge(a, (user_history *)record, moving->window, moving->count, changed))
+    if (!user_history_merge(a, (user_history *)record, moving->list, moving->window, moving->count, changed))
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     return STATUS_OK;
 }
 
 typedef struct moved_ids {
+    user_list list;
     const user_history *archive;
     uint64_t revision;
 } moved_ids;
 
 static status_code drop_moved(void *arg, arena *a, user_record *record, bool *changed, status *st) {
     moved_ids *moved = arg;
-    if (!user_record_drop_archived(a, record, moved->archive, moved->revision, changed))
+    if (!user_record_drop_archived(a, record, moved->list, moved->archive, moved->revision, changed))
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     return STATUS_OK;
 }
 
-/* Moves the older ids of a full window to the user's UserHistory: that first, then the record
- * drops what it holds (a crash in between leaves them in both, which ListLoans reads once
- * and the next move settles). A failure only leaves the window longer for now. */
-static void move_history(lending_handlers *h, arena *a, const char *user_id, const user_record *user) {
-    moving_ids moving = {user->history, user->n_history};
+void lending_move_history(lending_handlers *h, arena *a, const char *user_id, const user_record *user,
+                          user_list list) {
+    moving_ids moving = {list, list == USER_HOLDS ? user->hold_history : user->history,
+                         list == USER_HOLDS ? user->n_hold_history : user->n_history};
     user_history *archive = NULL;
     uint64_t revision = 0;
     status st;
     if (loan_store_update_history(h->store, user_id, a, merge_history, &moving, &archive, &revision, &st) !=
             STATUS_OK ||
-        loan_store_update_user(h->store, user_id, a, drop_moved, &(moved_ids){archive, revision}, NULL, &st) !=
-            STATUS_OK)
-        LOG_WARN("the older loan history of a user stays in the record for now: %s", st.message);
+        loan_store_update_user(h->store, user_id, a, drop_moved, &(moved_ids){list, archive, revision}, NULL,
+                               &st) != STATUS_OK)
+        LOG_WARN("the older %s history of a user stays in the record for now: %s",
+                 list == USER_HOLDS ? "hold" : "loan", st.message);
 }
 
 /* The loan as BorrowBook answers it after the wait. Once the outcome is announced, the
@@ -201,8 +210,8 @@ static status_code borrow_book(void *state, rpc_context *ctx, const ProtobufCMes
         saga_waiter *waiter = lending_saga_watch(h->saga, loan_id);
         bool decided = false;
         code = saga_publish_requested(h->connection, record, 0, st);
-        if (user_record_history_full(slots))
-            move_history(h, a, user, slots); /* while the catalog decides */
+        if (user_record_history_full(slots, USER_LOANS))
+            lending_move_history(h, a, user, slots, USER_LOANS); /* while the catalog decides */
         if (code != STATUS_OK) {
             /* Stored but not announced: the reconciler republishes it, so the loan goes on. */
             LOG_WARN("LoanRequested for %s not published yet: %s", loan_id, st->message);
@@ -327,15 +336,14 @@ static size_t history_position(char *const *history, size_t count, const char *l
     return position;
 }
 
-/* The whole history: the older part read from the bucket, then the record's window. */
-static status_code older_history(lending_handlers *h, arena *a, const char *user_id, char ***history,
-                                 size_t *count, status *st) {
+status_code lending_whole_history(lending_handlers *h, arena *a, const char *user_id, user_list list,
+                                  char ***history, size_t *count, status *st) {
     user_history *archive = NULL;
     uint64_t revision = 0;
     status_code code = loan_store_get_history(h->store, user_id, a, &archive, &revision, st);
     if (code != STATUS_OK)
         return code;
-    if (!user_history_join(a, archive, *history, *count, history, count))
+    if (!user_history_join(a, archive, list, *history, *count, history, count))
         return out_of_memory(st);
     return STATUS_OK;
 }
@@ -378,7 +386,7 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
     if (query.start_at[0] != '\0') { /* where the previous page stopped, however many came since */
         position = history_position(history, history_count, query.start_at);
         if (position == history_count) {
-            if (older_history(h, a, query.user_id, &history, &history_count, st) != STATUS_OK)
+            if (lending_whole_history(h, a, query.user_id, USER_LOANS, &history, &history_count, st) != STATUS_OK)
                 return st->code;
             whole = true;
             position = history_position(history, history_count, query.start_at);
@@ -393,7 +401,7 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
         if (position >= history_count) {
             if (whole)
                 break;
-            if (older_history(h, a, query.user_id, &history, &history_count, st) != STATUS_OK)
+            if (lending_whole_history(h, a, query.user_id, USER_LOANS, &history, &history_count, st) != STATUS_OK)
                 return st->code;
             whole = true;
             if (position >= history_count)
@@ -411,7 +419,7 @@ static status_code list_loans(void *state, rpc_context *ctx, const ProtobufCMess
         loans[count++] = loan;
     }
     if (position == history_count && !whole &&
-        older_history(h, a, query.user_id, &history, &history_count, st) != STATUS_OK)
+        lending_whole_history(h, a, query.user_id, USER_LOANS, &history, &history_count, st) != STATUS_OK)
         return st->code; /* a next page only if there is more */
     out->loans = loans;
     out->n_loans = count;

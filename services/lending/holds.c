@@ -139,11 +139,12 @@ static status_code check_owner(rpc_context *ctx, const hold_message *hold, statu
 typedef struct place_job {
     user_hold hold;
     bool replay;
+    bool need_archive; /* read the user's older hold history and run again */
 } place_job;
 
 static status_code reserve_hold_slot(void *arg, arena *a, user_record *user, bool *changed, status *st) {
     place_job *job = arg;
-    return user_record_add_hold(a, user, &job->hold, &job->replay, changed, st);
+    return user_record_add_hold(a, user, &job->hold, &job->replay, &job->need_archive, changed, st);
 }
 
 /* The catalog answers a HoldPlaced in milliseconds and lending's consumer records the answer:
@@ -193,9 +194,13 @@ status_code holds_place_hold(void *state, rpc_context *ctx, const ProtobufCMessa
     int64_t now = timestamp_now_ms();
     place_job job = {.hold = {.hold_id = hold_id, .book_id = req->book_id, .now_seconds = now / 1000,
                               .max_holds = policy->max_holds, .fine_block_at = policy->fine_block_at}};
-    code = loan_store_update_user(h->store, user, a, reserve_hold_slot, &job, NULL, st);
+    user_record *slots = NULL;
+    code = lending_update_user_reading(h, a, user, reserve_hold_slot, &job, &job.need_archive, &job.hold.archive,
+                                       &job.hold.archive_revision, &slots, st);
     if (code != STATUS_OK)
         return code;
+    if (user_record_history_full(slots, USER_HOLDS))
+        lending_move_history(h, a, user, slots, USER_HOLDS);
 
     hold_record *record = (void *)arena_new_message(a, &library__lending__internal__hold_record__descriptor);
     hold_message *hold = (void *)arena_new_message(a, &library__lending__v1__hold__descriptor);
@@ -333,6 +338,19 @@ static bool page_add(loan_store *store, arena *a, hold_page *page, const char *h
     return true;
 }
 
+/* The id `position` places into the listing: ids in order, or newest (last) first. */
+static const char *listed_at(char *const *ids, size_t count, bool newest_first, size_t position) {
+    return ids[newest_first ? count - 1 - position : position];
+}
+
+/* Where id is in the listing; count when absent. */
+static size_t listing_position(char *const *ids, size_t count, bool newest_first, const char *id) {
+    size_t position = 0;
+    while (position < count && strcmp(listed_at(ids, count, newest_first, position), id) != 0)
+        position++;
+    return position;
+}
+
 status_code holds_list_holds(void *state, rpc_context *ctx, const ProtobufCMessage *request,
                              ProtobufCMessage **response, status *st) {
     lending_handlers *h = state;
@@ -358,10 +376,14 @@ status_code holds_list_holds(void *state, rpc_context *ctx, const ProtobufCMessa
     if (out == NULL || page.holds == NULL)
         return out_of_memory(st);
 
-    /* The ids to go through, in listing order: the book's queue, or the user's holds newest
-     * first. */
+    /* The ids to go through: the book's queue in its order, or the user's holds newest first.
+     * The record's window is the newest part of the user's holds; the older part is read
+     * from the bucket only when the page reaches past the window (user_record.h), and
+     * positions stay the same in the whole history, as in ListLoans. */
     char **ids = NULL;
     size_t count = 0;
+    bool newest_first = !book_queue_listing;
+    bool whole = true; /* the list holds every id to go through */
     if (book_queue_listing) {
         book_queue *queue = NULL;
         if (loan_store_get_queue(h->store, req->book_id, a, &queue, st) != STATUS_OK)
@@ -372,25 +394,39 @@ status_code holds_list_holds(void *state, rpc_context *ctx, const ProtobufCMessa
         user_record *user = NULL;
         if (loan_store_get_user(h->store, query.user_id, a, &user, st) != STATUS_OK)
             return st->code;
+        ids = user->hold_history;
         count = user->n_hold_history;
-        ids = arena_alloc(a, (count + 1) * sizeof *ids);
-        if (ids == NULL)
-            return out_of_memory(st);
-        for (size_t i = 0; i < count; i++)
-            ids[i] = (char *)user_record_hold_from_newest(user, i);
+        whole = user->hold_revision == 0; /* nothing ever moved to the UserHistory */
     }
     size_t position = 0;
-    if (query.start_at[0] != '\0') {
-        while (position < count && strcmp(ids[position], query.start_at) != 0)
-            position++;
+    if (query.start_at[0] != '\0') { /* where the previous page stopped, however many came since */
+        position = listing_position(ids, count, newest_first, query.start_at);
+        if (position == count && !whole) {
+            if (lending_whole_history(h, a, query.user_id, USER_HOLDS, &ids, &count, st) != STATUS_OK)
+                return st->code;
+            whole = true;
+            position = listing_position(ids, count, newest_first, query.start_at);
+        }
         if (position == count)
             return status_set(st, STATUS_INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
                               "page_token points at a hold this list no longer holds; list again from the start");
     }
     status_code code = STATUS_OK;
-    for (; position < count; position++)
-        if (!page_add(h->store, a, &page, ids[position], req, &code, st))
+    for (;; position++) {
+        if (position >= count) {
+            if (whole)
+                break;
+            /* past the window: the older holds follow (and, for a full page, say whether
+             * there is a next one) */
+            if (lending_whole_history(h, a, query.user_id, USER_HOLDS, &ids, &count, st) != STATUS_OK)
+                return st->code;
+            whole = true;
+            if (position >= count)
+                break;
+        }
+        if (!page_add(h->store, a, &page, listed_at(ids, count, newest_first, position), req, &code, st))
             break;
+    }
     if (code != STATUS_OK)
         return code;
     out->holds = page.holds;

@@ -11,7 +11,6 @@
 #include "account.h"
 #include "fines.h"
 #include "holds.h"
-#include "id_filter.h"
 #include "lending.h"
 #include "log.h"
 #include "metrics.h"
@@ -939,10 +938,15 @@ static status_code forget_from_user(void *arg, arena *a, user_record *record, bo
                : user_record_forget_hold(record, forget->id, changed, st);
 }
 
+static user_list list_of(retention_kind kind) {
+    return kind == RETENTION_LOAN ? USER_LOANS : USER_HOLDS;
+}
+
 static status_code forget_from_history(void *arg, arena *a, ProtobufCMessage *record, bool *changed, status *st) {
+    forget_change *forget = arg;
     (void)a;
     (void)st;
-    *changed = user_history_forget((user_history *)record, arg);
+    *changed = user_history_forget((user_history *)record, list_of(forget->kind), forget->id);
     return STATUS_OK;
 }
 
@@ -986,8 +990,8 @@ static void forget_settled(round *r, retention_kind kind, const char *id) {
     user_record *user = NULL;
     if (code == STATUS_OK)
         code = loan_store_update_user(saga->store, user_id, r->a, forget_from_user, &forget, &user, &st);
-    if (code == STATUS_OK && kind == RETENTION_LOAN && id_filter_may_hold(user->history_filter, id))
-        code = loan_store_update_history(saga->store, user_id, r->a, forget_from_history, (void *)id, NULL, NULL,
+    if (code == STATUS_OK && user_record_archive_may_hold(user, list_of(kind), id))
+        code = loan_store_update_history(saga->store, user_id, r->a, forget_from_history, &forget, NULL, NULL,
                                          &st); /* and from the older part of the history */
     if (code == STATUS_OK)
         code = kind == RETENTION_LOAN ? loan_store_forget_loan(saga->store, id, &st)

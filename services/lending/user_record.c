@@ -17,6 +17,51 @@ static bool in_history(const user_record *record, const char *loan_id) {
     return in_list(record->history, record->n_history, loan_id);
 }
 
+/* A list's fields in the record (user_list, user_record.h). */
+typedef struct window_fields {
+    char ***ids;
+    size_t *count;
+    ProtobufCBinaryData *filter;
+    uint64_t *revision;
+} window_fields;
+
+static window_fields window_of(user_record *record, user_list list) {
+    if (list == USER_HOLDS)
+        return (window_fields){&record->hold_history, &record->n_hold_history, &record->hold_filter,
+                               &record->hold_revision};
+    return (window_fields){&record->history, &record->n_history, &record->history_filter, &record->history_revision};
+}
+
+/* The same list's ids in the archive. */
+typedef struct archive_fields {
+    char ***ids;
+    size_t *count;
+} archive_fields;
+
+static archive_fields archive_of(user_history *archive, user_list list) {
+    if (list == USER_HOLDS)
+        return (archive_fields){&archive->hold_ids, &archive->n_hold_ids};
+    return (archive_fields){&archive->loan_ids, &archive->n_loan_ids};
+}
+
+/* Whether an id the record's window does not name is in the list's older part: *replay when
+ * the archive read (archive, at archive_revision; NULL: not read) names it, *need_archive
+ * when that read is needed first (the filter says "maybe") or is older than the filter. */
+static void known_before(user_record *record, user_list list, const char *id, const user_history *archive,
+                         uint64_t archive_revision, bool *replay, bool *need_archive) {
+    window_fields window = window_of(record, list);
+    if (archive == NULL) {
+        *need_archive = id_filter_may_hold(*window.filter, id); /* perhaps placed long ago: the archive says */
+        return;
+    }
+    if (*window.revision > archive_revision) {
+        *need_archive = true; /* ids moved since the archive was read */
+        return;
+    }
+    archive_fields older = archive_of((user_history *)archive, list);
+    *replay = in_list(*older.ids, *older.count, id);
+}
+
 const user_open_loan *user_record_open_entry(const user_record *record, const char *loan_id) {
     for (size_t i = 0; i < record->n_open_loans; i++)
         if (strcmp(record->open_loans[i]->loan_id, loan_id) == 0)
@@ -61,19 +106,11 @@ status_code user_record_add_borrow(arena *a, user_record *record, const user_bor
     *changed = false;
     *need_archive = false;
     *replay = user_record_open_entry(record, borrow->loan_id) != NULL || in_history(record, borrow->loan_id);
-    if (!*replay && borrow->archive != NULL) {
-        if (record->history_revision > borrow->archive_revision) {
-            *need_archive = true; /* ids moved since the archive was read */
-            return STATUS_OK;
-        }
-        *replay = in_list(borrow->archive->loan_ids, borrow->archive->n_loan_ids, borrow->loan_id);
-    }
-    if (*replay)
+    if (!*replay)
+        known_before(record, USER_LOANS, borrow->loan_id, borrow->archive, borrow->archive_revision, replay,
+                     need_archive);
+    if (*replay || *need_archive)
         return STATUS_OK;
-    if (borrow->archive == NULL && id_filter_may_hold(record->history_filter, borrow->loan_id)) {
-        *need_archive = true; /* perhaps borrowed long ago: the archive says */
-        return STATUS_OK;
-    }
     open_loan *open = open_states(a, record);
     if (open == NULL)
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
@@ -114,18 +151,15 @@ const char *user_record_history_from_newest(const user_record *record, size_t po
 
 /* --- holds --------------------------------------------------------------------------------- */
 
-static bool holds_in_history(const user_record *record, const char *hold_id) {
-    for (size_t i = 0; i < record->n_hold_history; i++)
-        if (strcmp(record->hold_history[i], hold_id) == 0)
-            return true;
-    return false;
-}
-
 status_code user_record_add_hold(arena *a, user_record *record, const user_hold *hold, bool *replay,
-                                 bool *changed, status *st) {
+                                 bool *need_archive, bool *changed, status *st) {
     *changed = false;
-    *replay = holds_in_history(record, hold->hold_id);
-    if (*replay)
+    *need_archive = false;
+    *replay = in_list(record->hold_history, record->n_hold_history, hold->hold_id);
+    if (!*replay)
+        known_before(record, USER_HOLDS, hold->hold_id, hold->archive, hold->archive_revision, replay,
+                     need_archive);
+    if (*replay || *need_archive)
         return STATUS_OK;
     for (size_t i = 0; i < record->n_open_holds; i++)
         if (strcmp(record->open_holds[i]->book_id, hold->book_id) == 0)
@@ -237,57 +271,72 @@ bool user_record_extend_due(user_record *record, const char *loan_id, int64_t du
 
 /* --- the older history (UserHistory) ---------------------------------------------------------- */
 
-bool user_record_history_full(const user_record *record) {
-    return record->n_history > USER_HISTORY_HOT_MAX;
+bool user_record_history_full(const user_record *record, user_list list) {
+    return *window_of((user_record *)record, list).count > USER_HISTORY_HOT_MAX;
 }
 
-bool user_history_merge(arena *a, user_history *archive, char *const *window, size_t count, bool *changed) {
+bool user_history_merge(arena *a, user_history *archive, user_list list, char *const *window, size_t count,
+                        bool *changed) {
     *changed = false;
+    archive_fields older = archive_of(archive, list);
     size_t moving = count > USER_HISTORY_HOT ? count - USER_HISTORY_HOT : 0;
     for (size_t i = 0; i < moving; i++) {
-        if (in_list(archive->loan_ids, archive->n_loan_ids, window[i]))
+        if (in_list(*older.ids, *older.count, window[i]))
             continue;
-        if (!append_kept(a, &archive->loan_ids, &archive->n_loan_ids, window[i]))
+        if (!append_kept(a, older.ids, older.count, window[i]))
             return false;
         *changed = true;
     }
     return true;
 }
 
-bool user_record_drop_archived(arena *a, user_record *record, const user_history *archive, uint64_t revision,
-                               bool *changed) {
+bool user_record_drop_archived(arena *a, user_record *record, user_list list, const user_history *archive,
+                               uint64_t revision, bool *changed) {
     *changed = false;
+    window_fields window = window_of(record, list);
+    archive_fields older = archive_of((user_history *)archive, list);
     size_t kept = 0;
-    for (size_t i = 0; i < record->n_history; i++) {
-        if (in_list(archive->loan_ids, archive->n_loan_ids, record->history[i]))
+    for (size_t i = 0; i < *window.count; i++) {
+        if (in_list(*older.ids, *older.count, (*window.ids)[i]))
             *changed = true;
         else
-            record->history[kept++] = record->history[i];
+            (*window.ids)[kept++] = (*window.ids)[i];
     }
-    record->n_history = kept;
-    if (!*changed || record->history_revision >= revision)
+    *window.count = kept;
+    if (!*changed || *window.revision >= revision)
         return true; /* the record's filter covers this archive already, or nothing moved */
-    if (!id_filter_build(a, (const char *const *)archive->loan_ids, archive->n_loan_ids, &record->history_filter))
+    if (!id_filter_build(a, (const char *const *)*older.ids, *older.count, window.filter))
         return false;
-    record->history_revision = revision;
+    *window.revision = revision;
     return true;
 }
 
-bool user_history_forget(user_history *archive, const char *loan_id) {
-    return drop_id(archive->loan_ids, &archive->n_loan_ids, loan_id);
+bool user_record_archive_may_hold(const user_record *record, user_list list, const char *id) {
+    return id_filter_may_hold(*window_of((user_record *)record, list).filter, id);
 }
 
-bool user_history_join(arena *a, const user_history *archive, char *const *window, size_t count, char ***out,
-                       size_t *n) {
-    size_t archived = archive ? archive->n_loan_ids : 0;
+bool user_history_forget(user_history *archive, user_list list, const char *id) {
+    archive_fields older = archive_of(archive, list);
+    return drop_id(*older.ids, older.count, id);
+}
+
+bool user_history_join(arena *a, const user_history *archive, user_list list, char *const *window, size_t count,
+                       char ***out, size_t *n) {
+    char **archived_ids = NULL;
+    size_t archived = 0;
+    if (archive != NULL) {
+        archive_fields older = archive_of((user_history *)archive, list);
+        archived_ids = *older.ids;
+        archived = *older.count;
+    }
     char **all = arena_alloc(a, (archived + count + 1) * sizeof *all);
     if (all == NULL)
         return false;
     size_t total = 0;
     for (size_t i = 0; i < archived; i++)
-        all[total++] = archive->loan_ids[i];
+        all[total++] = archived_ids[i];
     for (size_t i = 0; i < count; i++)
-        if (archived == 0 || !in_list(archive->loan_ids, archived, window[i]))
+        if (archived == 0 || !in_list(archived_ids, archived, window[i]))
             all[total++] = window[i];
     size_t start = total > USER_HISTORY_KEPT ? total - USER_HISTORY_KEPT : 0;
     *out = all + start;

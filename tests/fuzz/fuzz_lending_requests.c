@@ -217,7 +217,8 @@ static void place_hold(arena *a, const Library__Lending__V1__PlaceHoldRequest *r
                       .max_holds = 1 + seed % 5};
     size_t open_before = user.n_open_holds, history_before = user.n_hold_history;
     bool replay = false, changed = false;
-    code = user_record_add_hold(a, &user, &hold, &replay, &changed, &st);
+    bool need_archive = false;
+    code = user_record_add_hold(a, &user, &hold, &replay, &need_archive, &changed, &st);
     if (code != STATUS_OK) {
         FUZZ_CHECK(code == STATUS_FAILED_PRECONDITION && st.reason[0] != '\0' && st.message[0] != '\0');
         FUZZ_CHECK(!changed && user.n_open_holds == open_before && user.n_hold_history == history_before);
@@ -228,7 +229,7 @@ static void place_hold(arena *a, const Library__Lending__V1__PlaceHoldRequest *r
     FUZZ_CHECK(strcmp(user_record_hold_from_newest(&user, 0), hold_id) == 0);
     for (size_t i = 0; i + 1 < user.n_open_holds; i++) /* one open hold per book */
         FUZZ_CHECK(strcmp(user.open_holds[i]->book_id, req->book_id) != 0);
-    FUZZ_CHECK(user_record_add_hold(a, &user, &hold, &replay, &changed, &st) == STATUS_OK);
+    FUZZ_CHECK(user_record_add_hold(a, &user, &hold, &replay, &need_archive, &changed, &st) == STATUS_OK);
     FUZZ_CHECK(replay && !changed && user.n_open_holds == open_before + 1);
     FUZZ_CHECK(user_record_close_hold(&user, hold_id) && user.n_open_holds == open_before);
     FUZZ_CHECK(!user_record_close_hold(&user, hold_id));

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "timestamp.h"
+#include "kv.h"
 #include "lending.h"
 #include "library/lending/v1/lending.pb-c.h"
 #include "loan_record.pb-c.h"
@@ -630,4 +631,90 @@ Test(holds, a_reader_with_an_overdue_loan_may_place_no_hold) {
                  STATUS_FAILED_PRECONDITION);
     cr_assert_str_eq(st.reason, "OVERDUE_LOANS", "reason %s: %s", st.reason, st.message);
     test_stack_stop(&s);
+}
+
+/* The hold history is kept as the loan history is (user_record.h): the newest ids in the user
+ * record, older ones in history.<user key>. A PlaceHold retried a hundred holds later is still
+ * the same hold, and ListHolds pages through every hold across both parts. */
+Test(holds, a_hold_a_hundred_holds_back_is_still_known_and_listed) {
+    enum { LATER = 100, PAGE = 7 };
+    Book *book = register_book("Often held", "A", "", 0);
+    const char *user = unique("often-holds");
+    const char *bearer = user_bearer(user);
+    const char *ids[LATER + 1];
+    status st;
+    Hold *h = NULL, *canceled = NULL;
+    for (int i = 0; i <= LATER; i++) {
+        cr_assert_eq(place_hold(bearer, book->book_id, i == 0 ? "the-first" : NULL, &h, &st), STATUS_OK,
+                     "hold %d: %s", i, st.message);
+        ids[i] = h->hold_id;
+        cr_assert_eq(hold_call("CancelHold", bearer, h->hold_id, &canceled, &st), STATUS_OK, "cancel %d: %s", i,
+                     st.message);
+    }
+
+    /* The older ids moved: the user's history key holds them and the user record stays small. */
+    nats_connection *nats = NULL;
+    nats_connection_options options = harness_nats_options(fixture_nats_url(), "test");
+    cr_assert_eq(nats_connection_open(&options, &nats, &st), STATUS_OK, "%s", st.message);
+    kv_bucket *loans = NULL;
+    cr_assert_eq(kv_bucket_open(nats, "loans", 1, &loans, &st), STATUS_OK, "%s", st.message);
+    char *key = text_base64url_encode(mem, (const uint8_t *)user, strlen(user));
+    kv_value value;
+    cr_assert_eq(kv_get(loans, arena_sprintf(mem, "history.%s", key), mem, &value, &st), STATUS_OK,
+                 "the user's older holds: %s", st.message);
+    Library__Lending__Internal__UserHistory *older = library__lending__internal__user_history__unpack(
+        NULL, value.size, (const uint8_t *)value.data);
+    cr_assert_not_null(older);
+    cr_assert_gt(older->n_hold_ids, 0);
+    cr_assert_str_eq(older->hold_ids[0], ids[0], "the oldest hold moved first");
+    cr_assert_eq(older->n_loan_ids, 0);
+    library__lending__internal__user_history__free_unpacked(older, NULL);
+    cr_assert_eq(kv_get(loans, arena_sprintf(mem, "user.%s", key), mem, &value, &st), STATUS_OK);
+    cr_assert_lt(value.size, 4096, "the user record is %zu bytes", value.size);
+    Library__Lending__Internal__UserRecord *record =
+        library__lending__internal__user_record__unpack(NULL, value.size, (const uint8_t *)value.data);
+    cr_assert_not_null(record);
+    cr_assert_leq(record->n_hold_history, 64, "the window");
+    cr_assert_gt(record->hold_filter.len, 0);
+    cr_log_info("the user record with %d holds is %zu bytes, %zu hold ids in it", LATER + 1, value.size,
+                record->n_hold_history);
+    library__lending__internal__user_record__free_unpacked(record, NULL);
+
+    /* PlaceHold of the first request again: the first hold, and no second one. */
+    Hold *again = NULL;
+    cr_assert_eq(place_hold(bearer, book->book_id, "the-first", &again, &st), STATUS_OK, "%s", st.message);
+    cr_assert_str_eq(again->hold_id, ids[0]);
+    cr_assert_eq(again->status, HOLD_CANCELED);
+    cr_assert_eq(kv_get(loans, arena_sprintf(mem, "user.%s", key), mem, &value, &st), STATUS_OK);
+    record = library__lending__internal__user_record__unpack(NULL, value.size, (const uint8_t *)value.data);
+    cr_assert_not_null(record);
+    size_t open = record->n_open_holds;
+    library__lending__internal__user_record__free_unpacked(record, NULL);
+    cr_assert_eq(open, 0, "the retried request took a hold slot again");
+    kv_bucket_close(loans);
+    nats_connection_close(nats);
+
+    /* ListHolds, a few at a time: every hold, newest first, across the record and the archive. */
+    Library__Lending__V1__ListHoldsRequest list = LIBRARY__LENDING__V1__LIST_HOLDS_REQUEST__INIT;
+    list.user_id = (char *)user;
+    list.page_size = PAGE;
+    size_t count = 0;
+    for (int page = 0; page < 2 * LATER / PAGE; page++) {
+        ProtobufCMessage *response = NULL;
+        cr_assert_eq(harness_call(lending, LENDING "ListHolds", &list.base,
+                                  &library__lending__v1__list_holds_response__descriptor, mem, bearer, &response, &st),
+                     STATUS_OK, "ListHolds: %s", st.message);
+        Library__Lending__V1__ListHoldsResponse *r = (void *)response;
+        for (size_t i = 0; i < r->n_holds; i++, count++) {
+            cr_assert_lt(count, LATER + 1, "more holds listed than placed");
+            cr_assert_str_eq(r->holds[i]->hold_id, ids[LATER - count], "hold %zu from the newest", count);
+        }
+        if (r->next_page_token == NULL || r->next_page_token[0] == '\0')
+            break;
+        list.page_token = r->next_page_token;
+    }
+    cr_assert_eq(count, LATER + 1, "ListHolds lists %zu holds", count);
+
+    /* and a new hold on the book goes through: no open hold of it was left behind */
+    cr_assert_eq(place_hold(bearer, book->book_id, NULL, &h, &st), STATUS_OK, "%s %s", st.reason, st.message);
 }

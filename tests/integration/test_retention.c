@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include "events.h"
+#include "kv.h"
+#include "loan_record.pb-c.h"
 #include "library/lending/v1/lending.pb-c.h"
 #include "library/mypage/v1/mypage.pb-c.h"
 #include "stack_fixture.h"
@@ -422,5 +424,70 @@ Test(retention, the_page_rebuilt_from_the_trimmed_stream_is_the_live_one) {
                  page_ms(settled_page));
     cr_assert(same_page(settled_page, settled_rebuilt), "the settled reader's rebuilt page differs from the live one");
     cr_assert_null(settled_rebuilt->last_event_time, "a page that shows nothing tells a time");
+    test_stack_stop(&s);
+}
+
+/* The hold ids of the user's older history (history.<user key>), from mem; NULL when none. */
+static Library__Lending__Internal__UserHistory *older_holds(test_stack *s, const char *user) {
+    nats_connection_options options = harness_nats_options(s->nats.url, "retention-test");
+    nats_connection *connection = NULL;
+    status st;
+    cr_assert_eq(nats_connection_open(&options, &connection, &st), STATUS_OK, "%s", st.message);
+    kv_bucket *loans = NULL;
+    cr_assert_eq(kv_bucket_open(connection, "loans", 1, &loans, &st), STATUS_OK, "%s", st.message);
+    char *key = text_base64url_encode(mem, (const uint8_t *)user, strlen(user));
+    kv_value value;
+    status_code code = kv_get(loans, arena_sprintf(mem, "history.%s", key), mem, &value, &st);
+    kv_bucket_close(loans);
+    nats_connection_close(connection);
+    if (code == STATUS_NOT_FOUND)
+        return NULL;
+    cr_assert_eq(code, STATUS_OK, "%s", st.message);
+    ProtobufCAllocator allocator = arena_protobuf_allocator(mem);
+    return library__lending__internal__user_history__unpack(&allocator, value.size, (const uint8_t *)value.data);
+}
+
+static bool names(char **ids, size_t count, const char *id) {
+    for (size_t i = 0; i < count; i++)
+        if (strcmp(ids[i], id) == 0)
+            return true;
+    return false;
+}
+
+/* A hold whose id moved to the user's older history leaves that too when it is forgotten. */
+Test(retention, a_forgotten_hold_leaves_the_older_hold_history_too) {
+    enum { HOLDS = 70 }; /* past the record's window of 64: the oldest move */
+    const char *env[] = {"RETENTION=10s", "RECONCILE_INTERVAL=200ms", "RECONCILE_AFTER=1s", NULL};
+    test_stack s;
+    test_stack_start(&s, "retention-holds", env, false, NULL);
+    char suffix[13];
+    text_random_hex(suffix, 6);
+    const char *user = arena_sprintf(mem, "holder-%s", suffix);
+    const char *bearer = harness_bearer(mem, s.dir, user, false);
+    Library__Lending__V1__PlaceHoldRequest place = LIBRARY__LENDING__V1__PLACE_HOLD_REQUEST__INIT;
+    place.book_id = (char *)test_stack_register(&s, "Held and Let Go", 0)->book_id;
+    Library__Lending__V1__CancelHoldRequest cancel = LIBRARY__LENDING__V1__CANCEL_HOLD_REQUEST__INIT;
+    const char *first = NULL;
+    for (int i = 0; i < HOLDS; i++) {
+        Hold *hold = hold_call(&s, "PlaceHold", &place.base, bearer);
+        if (i == 0)
+            first = hold->hold_id;
+        cancel.hold_id = hold->hold_id;
+        hold_call(&s, "CancelHold", &cancel.base, bearer);
+    }
+    status st;
+    cr_assert_eq(get_hold(&s, bearer, first, &st), STATUS_OK, "forgotten before it could be looked at: %s",
+                 st.message);
+    Library__Lending__Internal__UserHistory *older = older_holds(&s, user);
+    cr_assert(older != NULL && names(older->hold_ids, older->n_hold_ids, first), "the first hold did not move");
+
+    int64_t deadline = timestamp_now_ms() + 10000 + 15000;
+    status_code code;
+    while ((code = get_hold(&s, bearer, first, &st)) == STATUS_OK && timestamp_now_ms() < deadline)
+        harness_sleep_ms(200);
+    cr_assert_eq(code, STATUS_NOT_FOUND, "the first hold outlived its retention: %s", st.message);
+    older = older_holds(&s, user);
+    cr_assert(older != NULL);
+    cr_assert_not(names(older->hold_ids, older->n_hold_ids, first), "the older hold history still names it");
     test_stack_stop(&s);
 }

@@ -175,15 +175,15 @@ static status_code borrow_with_archive(user_record *record, const user_history *
 /* What BorrowBook does once the window is full: the archive first, then the record drops. */
 static void move_older(user_record *record, user_history *archive, uint64_t *revision) {
     bool changed = false;
-    cr_assert(user_history_merge(a, archive, record->history, record->n_history, &changed));
+    cr_assert(user_history_merge(a, archive, USER_LOANS, record->history, record->n_history, &changed));
     if (changed)
         (*revision)++;
-    cr_assert(user_record_drop_archived(a, record, archive, *revision, &changed));
+    cr_assert(user_record_drop_archived(a, record, USER_LOANS, archive, *revision, &changed));
 }
 
 static char **whole_history(const user_record *record, const user_history *archive, size_t *count) {
     char **all = NULL;
-    cr_assert(user_history_join(a, archive, record->history, record->n_history, &all, count));
+    cr_assert(user_history_join(a, archive, USER_LOANS, record->history, record->n_history, &all, count));
     return all;
 }
 
@@ -200,7 +200,7 @@ Test(user_record, the_history_split_in_two_keeps_the_newest_thousand_and_knows_e
         cr_assert_eq(borrow_with_archive(record, archive, revision, id, &replay, &st), STATUS_OK, "%s", st.message);
         cr_assert_not(replay, "borrow %d", i);
         user_record_follow(record, id, LOAN_RETURNED);
-        if (user_record_history_full(record))
+        if (user_record_history_full(record, USER_LOANS))
             move_older(record, archive, &revision);
         cr_assert_leq(record->n_history, USER_HISTORY_HOT_MAX);
     }
@@ -232,7 +232,7 @@ Test(user_record, a_new_borrow_reads_the_older_history_only_when_the_filter_name
         snprintf(id, sizeof id, "loan-%04d", i);
         cr_assert_eq(borrow_with_archive(record, archive, revision, id, &replay, &st), STATUS_OK);
         user_record_follow(record, id, LOAN_RETURNED);
-        if (user_record_history_full(record))
+        if (user_record_history_full(record, USER_LOANS))
             move_older(record, archive, &revision);
     }
     int asked = 0;
@@ -269,7 +269,7 @@ Test(user_record, a_record_of_the_old_layout_keeps_its_history_and_moves_it) {
     cr_assert(replay);
     user_history *archive = (void *)arena_new_message(a, &library__lending__internal__user_history__descriptor);
     uint64_t revision = 0;
-    cr_assert(user_record_history_full(record));
+    cr_assert(user_record_history_full(record, USER_LOANS));
     move_older(record, archive, &revision);
     cr_assert_eq(record->n_history, USER_HISTORY_HOT);
     cr_assert_eq(archive->n_loan_ids, USER_HISTORY_KEPT - USER_HISTORY_HOT);
@@ -294,7 +294,7 @@ Test(user_record, a_moved_id_in_both_parts_is_listed_once_and_a_forgotten_one_no
         user_record_follow(record, id, LOAN_RETURNED);
     }
     /* A crash between the two writes: the archive holds the older ids, the record still too. */
-    cr_assert(user_history_merge(a, archive, record->history, record->n_history, &changed));
+    cr_assert(user_history_merge(a, archive, USER_LOANS, record->history, record->n_history, &changed));
     cr_assert(changed);
     size_t count = 0;
     char **all = whole_history(record, archive, &count);
@@ -303,12 +303,206 @@ Test(user_record, a_moved_id_in_both_parts_is_listed_once_and_a_forgotten_one_no
         snprintf(id, sizeof id, "loan-%04zu", i);
         cr_assert_str_eq(all[i], id);
     }
-    cr_assert(user_history_forget(archive, "loan-0001"));
+    cr_assert(user_history_forget(archive, USER_LOANS, "loan-0001"));
     cr_assert_eq(user_record_forget_loan(record, "loan-0001", 1000, &changed, &st), STATUS_OK);
     all = whole_history(record, archive, &count);
     cr_assert_eq(count, USER_HISTORY_HOT_MAX);
     cr_assert_str_eq(all[1], "loan-0002");
-    cr_assert_not(user_history_forget(archive, "loan-0001"), "forgotten twice");
+    cr_assert_not(user_history_forget(archive, USER_LOANS, "loan-0001"), "forgotten twice");
+}
+
+/* --- the older hold history (the same UserHistory) ------------------------------------------ */
+
+/* A hold as PlaceHold places it (and closes it, so the next one on the book may come): again
+ * with the older history when the record asks. */
+static status_code hold_with_archive(user_record *record, const user_history *archive, uint64_t revision,
+                                     const char *hold_id, bool *replay, status *st) {
+    user_hold hold = {.hold_id = arena_strdup(a, hold_id), .book_id = "book-1", .now_seconds = 1000,
+                      .max_holds = 5};
+    bool changed = false, need_archive = false;
+    status_code code = user_record_add_hold(a, record, &hold, replay, &need_archive, &changed, st);
+    if (code == STATUS_OK && need_archive) {
+        cr_assert_not(changed, "nothing changes before the older history is read");
+        hold.archive = archive;
+        hold.archive_revision = revision;
+        code = user_record_add_hold(a, record, &hold, replay, &need_archive, &changed, st);
+        cr_assert_not(need_archive);
+    }
+    if (code == STATUS_OK)
+        user_record_close_hold(record, hold_id);
+    return code;
+}
+
+/* What PlaceHold does once the hold window is full. */
+static void move_older_holds(user_record *record, user_history *archive, uint64_t *revision) {
+    bool changed = false;
+    cr_assert(user_history_merge(a, archive, USER_HOLDS, record->hold_history, record->n_hold_history, &changed));
+    if (changed)
+        (*revision)++;
+    cr_assert(user_record_drop_archived(a, record, USER_HOLDS, archive, *revision, &changed));
+}
+
+static char **whole_holds(const user_record *record, const user_history *archive, size_t *count) {
+    char **all = NULL;
+    cr_assert(user_history_join(a, archive, USER_HOLDS, record->hold_history, record->n_hold_history, &all, count));
+    return all;
+}
+
+Test(user_record, the_hold_history_split_in_two_keeps_the_newest_thousand_and_knows_every_replay) {
+    user_record *record = empty_record();
+    user_history *archive = (void *)arena_new_message(a, &library__lending__internal__user_history__descriptor);
+    uint64_t revision = 0;
+    bool replay;
+    status st;
+    char id[32];
+    enum { HOLDS = USER_HISTORY_KEPT + USER_HISTORY_HOT_MAX + 5 };
+    for (int i = 0; i < HOLDS; i++) {
+        snprintf(id, sizeof id, "hold-%04d", i);
+        cr_assert_eq(hold_with_archive(record, archive, revision, id, &replay, &st), STATUS_OK, "%s", st.message);
+        cr_assert_not(replay, "hold %d", i);
+        if (user_record_history_full(record, USER_HOLDS))
+            move_older_holds(record, archive, &revision);
+        cr_assert_leq(record->n_hold_history, USER_HISTORY_HOT_MAX);
+    }
+    cr_assert_geq(record->n_hold_history, USER_HISTORY_HOT);
+    cr_assert_eq(record->hold_filter.len, ID_FILTER_MAX_BYTES);
+    cr_assert_eq(record->history_filter.len, 0, "the loan filter is the loans' alone");
+    cr_assert_eq(record->history_revision, 0);
+    cr_assert_eq(archive->n_loan_ids, 0, "holds move to hold_ids only");
+    size_t count = 0;
+    char **all = whole_holds(record, archive, &count);
+    cr_assert_eq(count, USER_HISTORY_KEPT);
+    for (size_t i = 0; i < count; i++) {
+        snprintf(id, sizeof id, "hold-%04zu", i + HOLDS - USER_HISTORY_KEPT);
+        cr_assert_str_eq(all[i], id, "oldest first, the oldest fell off");
+    }
+    for (size_t i = 0; i < count; i++) {
+        cr_assert_eq(hold_with_archive(record, archive, revision, all[i], &replay, &st), STATUS_OK);
+        cr_assert(replay, "%s is in the hold history: a retried request", all[i]);
+    }
+    cr_assert_eq(hold_with_archive(record, archive, revision, "hold-0000", &replay, &st), STATUS_OK);
+    cr_assert_not(replay, "a hold id that fell off both parts is no longer recognised as a replay");
+}
+
+Test(user_record, a_hold_the_filter_does_not_name_is_new_without_reading_the_archive) {
+    user_record *record = empty_record();
+    user_history *archive = (void *)arena_new_message(a, &library__lending__internal__user_history__descriptor);
+    uint64_t revision = 0;
+    bool replay;
+    status st;
+    char id[32];
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof id, "hold-%04d", i);
+        cr_assert_eq(hold_with_archive(record, archive, revision, id, &replay, &st), STATUS_OK);
+        if (user_record_history_full(record, USER_HOLDS))
+            move_older_holds(record, archive, &revision);
+    }
+    int asked = 0;
+    for (int i = 0; i < 10000; i++) {
+        snprintf(id, sizeof id, "new-%d", i);
+        user_record copy = *record; /* only whether it asks matters */
+        user_hold hold = {.hold_id = id, .book_id = "book-2", .now_seconds = 1000, .max_holds = 5};
+        bool changed = false, need_archive = false;
+        cr_assert_eq(user_record_add_hold(a, &copy, &hold, &replay, &need_archive, &changed, &st), STATUS_OK);
+        asked += need_archive;
+    }
+    cr_assert_lt(asked, 500, "the hold filter named %d of 10000 new holds", asked);
+    /* the oldest hold is only in the archive: the filter names it, the archive says replay */
+    user_hold first = {.hold_id = "hold-0000", .book_id = "book-1", .now_seconds = 1000, .max_holds = 5};
+    bool changed = false, need_archive = false;
+    cr_assert_eq(user_record_add_hold(a, record, &first, &replay, &need_archive, &changed, &st), STATUS_OK);
+    cr_assert(need_archive, "the filter names a hold of the archive");
+    cr_assert_not(changed);
+    first.archive = archive;
+    first.archive_revision = revision - 1; /* older than the filter: read again */
+    cr_assert_eq(user_record_add_hold(a, record, &first, &replay, &need_archive, &changed, &st), STATUS_OK);
+    cr_assert(need_archive);
+    first.archive_revision = revision;
+    cr_assert_eq(user_record_add_hold(a, record, &first, &replay, &need_archive, &changed, &st), STATUS_OK);
+    cr_assert(replay);
+    cr_assert_not(need_archive);
+    cr_assert_not(changed);
+}
+
+Test(user_record, loans_and_holds_share_one_archive_and_keep_their_own_filters) {
+    user_record *record = empty_record();
+    user_history *archive = (void *)arena_new_message(a, &library__lending__internal__user_history__descriptor);
+    uint64_t revision = 0;
+    bool replay, changed = false;
+    status st;
+    char id[32];
+    for (int i = 0; i < USER_HISTORY_HOT_MAX + 1; i++) {
+        snprintf(id, sizeof id, "loan-%04d", i);
+        cr_assert_eq(borrow_with_archive(record, archive, revision, id, &replay, &st), STATUS_OK);
+        user_record_follow(record, id, LOAN_RETURNED);
+        snprintf(id, sizeof id, "hold-%04d", i);
+        cr_assert_eq(hold_with_archive(record, archive, revision, id, &replay, &st), STATUS_OK);
+    }
+    move_older(record, archive, &revision);
+    uint64_t loans_moved = revision;
+    move_older_holds(record, archive, &revision);
+    cr_assert_eq(record->history_revision, loans_moved, "the hold move leaves the loan filter as it was");
+    cr_assert_eq(record->hold_revision, revision);
+    cr_assert_eq(archive->n_loan_ids, USER_HISTORY_HOT_MAX + 1 - USER_HISTORY_HOT);
+    cr_assert_eq(archive->n_hold_ids, USER_HISTORY_HOT_MAX + 1 - USER_HISTORY_HOT);
+    cr_assert_str_eq(archive->loan_ids[0], "loan-0000");
+    cr_assert_str_eq(archive->hold_ids[0], "hold-0000");
+    cr_assert(user_record_archive_may_hold(record, USER_HOLDS, "hold-0000"));
+    cr_assert(user_record_archive_may_hold(record, USER_LOANS, "loan-0000"));
+    /* a retried borrow of an archived loan and a retried hold of an archived hold */
+    cr_assert_eq(borrow_with_archive(record, archive, revision, "loan-0001", &replay, &st), STATUS_OK);
+    cr_assert(replay);
+    cr_assert_eq(hold_with_archive(record, archive, revision, "hold-0001", &replay, &st), STATUS_OK);
+    cr_assert(replay);
+    /* retention forgets a hold from the hold list only */
+    cr_assert_not(user_history_forget(archive, USER_LOANS, "hold-0001"));
+    cr_assert(user_history_forget(archive, USER_HOLDS, "hold-0001"));
+    cr_assert_eq(user_record_forget_hold(record, "hold-0001", &changed, &st), STATUS_OK);
+    size_t count = 0;
+    char **all = whole_holds(record, archive, &count);
+    cr_assert_eq(count, USER_HISTORY_HOT_MAX);
+    cr_assert_str_eq(all[0], "hold-0000");
+    cr_assert_str_eq(all[1], "hold-0002");
+}
+
+Test(user_record, a_record_of_the_old_layout_keeps_its_holds_and_moves_them_and_shrinks) {
+    user_record *record = empty_record();
+    bool replay;
+    status st;
+    char id[40];
+    for (int i = 0; i < USER_HISTORY_KEPT; i++) { /* the old layout: every hold id in the record */
+        snprintf(id, sizeof id, "%020d", i); /* as long as a real hold id (LENDING_LOAN_ID_LENGTH) */
+        cr_assert_eq(hold_with_archive(record, NULL, 0, id, &replay, &st), STATUS_OK);
+    }
+    size_t before = protobuf_c_message_get_packed_size(&record->base);
+    snprintf(id, sizeof id, "%020d", 7);
+    cr_assert_eq(hold_with_archive(record, NULL, 0, id, &replay, &st), STATUS_OK);
+    cr_assert(replay, "the old layout's record still knows its holds");
+    user_history *archive = (void *)arena_new_message(a, &library__lending__internal__user_history__descriptor);
+    uint64_t revision = 0;
+    cr_assert(user_record_history_full(record, USER_HOLDS));
+    move_older_holds(record, archive, &revision);
+    cr_assert_eq(record->n_hold_history, USER_HISTORY_HOT);
+    cr_assert_eq(archive->n_hold_ids, USER_HISTORY_KEPT - USER_HISTORY_HOT);
+    size_t after = protobuf_c_message_get_packed_size(&record->base);
+    /* the most the record holds: a full window of 64 */
+    for (int i = USER_HISTORY_KEPT; record->n_hold_history < USER_HISTORY_HOT_MAX; i++) {
+        snprintf(id, sizeof id, "%020d", i);
+        cr_assert_eq(hold_with_archive(record, archive, revision, id, &replay, &st), STATUS_OK);
+    }
+    size_t most = protobuf_c_message_get_packed_size(&record->base);
+    fprintf(stderr, "user record with a full hold history: %zu bytes in the old layout, %zu after the move, "
+                    "%zu with a full window\n", before, after, most);
+    cr_assert_gt(before, 20000);
+    cr_assert_lt(most, 4096, "the record holds the window and a filter: %zu bytes", most);
+    size_t count = 0;
+    char **all = whole_holds(record, archive, &count);
+    cr_assert_eq(count, USER_HISTORY_KEPT);
+    snprintf(id, sizeof id, "%020d", USER_HISTORY_KEPT + USER_HISTORY_HOT_MAX - USER_HISTORY_HOT - 1);
+    cr_assert_str_eq(all[count - 1], id, "the newest last");
+    snprintf(id, sizeof id, "%020d", 100);
+    cr_assert_eq(hold_with_archive(record, archive, revision, id, &replay, &st), STATUS_OK);
+    cr_assert(replay, "found in the older hold history");
 }
 
 /* --- retention: forgetting a settled loan or hold ------------------------------------------ */
@@ -351,9 +545,10 @@ Test(user_record, a_settled_loan_leaves_the_history_and_an_open_one_or_one_owing
 Test(user_record, a_closed_hold_leaves_the_hold_history_and_an_open_one_does_not) {
     user_record *record = empty_record();
     user_hold hold = {.hold_id = "hold-a", .book_id = "book-1", .now_seconds = 1000, .max_holds = 5};
-    bool replay = false, changed = false;
+    bool replay = false, changed = false, need_archive = false;
     status st;
-    cr_assert_eq(user_record_add_hold(a, record, &hold, &replay, &changed, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(user_record_add_hold(a, record, &hold, &replay, &need_archive, &changed, &st), STATUS_OK, "%s",
+                 st.message);
     cr_assert_eq(user_record_forget_hold(record, "hold-a", &changed, &st), STATUS_FAILED_PRECONDITION);
     cr_assert_str_eq(st.reason, "STILL_OPEN");
     cr_assert(user_record_close_hold(record, "hold-a"));
