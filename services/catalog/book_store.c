@@ -1,7 +1,6 @@
-/* book_store.c - the books bucket and its watcher. */
+/* book_store.c - the books bucket, and the index that a view of it (kv_view) keeps. */
 #include "book_store.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,17 +9,16 @@
 #include "holds.h"
 #include "kv.h"
 #include "kv_record.h"
+#include "kv_view.h"
 #include "log.h"
 #include "timestamp.h"
 
 enum { KEY_MAX = 80 };
 
 struct book_store {
-    kv_bucket *bucket;
+    kv_view *view;     /* the bucket, followed into the index */
+    kv_bucket *bucket; /* the view's */
     book_index *index;
-    kv_follow *follow;
-    pthread_t watch_thread;
-    bool watching;
 };
 
 static void book_key(const char *book_id, char key[KEY_MAX]) {
@@ -61,55 +59,22 @@ static void index_record(book_store *store, const uint8_t *data, size_t size, ui
         library__catalog__internal__book_record__free_unpacked(record, NULL);
 }
 
-static void apply_watch_entry(book_store *store, const kv_change *change) {
+/* One change of the bucket into the index (a failure to index one book is logged). */
+static bool apply_watch_entry(void *arg, arena *a, const kv_change *change) {
+    book_store *store = arg;
+    (void)a;
     if (strncmp(change->key, "book.", 5) != 0)
-        return;
+        return true;
     if (!change->deleted)
         index_record(store, change->value, change->size, change->revision);
     else
         book_index_remove(store->index, change->key + 5, change->revision);
+    return true;
 }
 
-/* Loads the current books: the watch delivers every one, then says it caught up. */
-static status_code load_initial(book_store *store, status *st) {
-    enum { LOAD_TIMEOUT_MS = 10000 };
-    for (int64_t waited_ms = 0;;) {
-        kv_change change;
-        int64_t before = timestamp_monotonic_ms();
-        switch (kv_follow_next(store->follow, LOAD_TIMEOUT_MS - waited_ms, &change)) {
-        case KV_FOLLOW_ENTRY:
-            apply_watch_entry(store, &change);
-            break;
-        case KV_FOLLOW_CAUGHT_UP:
-            return STATUS_OK;
-        case KV_FOLLOW_RESTART: /* the index keeps the newest revision: nothing to drop */
-        case KV_FOLLOW_IDLE:
-            break;
-        case KV_FOLLOW_STOPPED:
-            return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE", "loading the books was stopped");
-        }
-        waited_ms += timestamp_monotonic_ms() - before;
-        if (waited_ms >= LOAD_TIMEOUT_MS)
-            return status_set(st, STATUS_UNAVAILABLE, "NATS_UNAVAILABLE",
-                              "loading the books: NATS did not deliver them in %d s", LOAD_TIMEOUT_MS / 1000);
-    }
-}
-
-/* Follows the bucket for good (kv_follow renews a watch that fails or outlived a NATS
- * reconnect). A new watch delivers every book again; the index keeps the newest revision of
- * each, and books are never deleted, so nothing is lost in between. */
-static void *watch_main(void *arg) {
-    book_store *store = arg;
-    for (;;) {
-        kv_change change;
-        kv_follow_event what = kv_follow_next(store->follow, 500, &change);
-        if (what == KV_FOLLOW_STOPPED)
-            return NULL;
-        if (what == KV_FOLLOW_ENTRY)
-            apply_watch_entry(store, &change);
-    }
-}
-
+/* The index holds every book before the catalog serves (open waits up to 10 s for them), and
+ * follows the bucket after: a new watch delivers every book again; the index keeps the newest
+ * revision of each, and books are never deleted, so nothing is lost in between. */
 status_code book_store_open(nats_connection *connection, int replicas, book_store **out,
                             status *st) {
     book_store *store = calloc(1, sizeof *store);
@@ -117,21 +82,14 @@ status_code book_store_open(nats_connection *connection, int replicas, book_stor
         free(store);
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     }
-    status_code code = kv_bucket_open(connection, "books", replicas, &store->bucket, st);
-    if (code == STATUS_OK && (store->follow = kv_follow_start(store->bucket, 0)) == NULL)
-        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    if (code == STATUS_OK)
-        code = load_initial(store, st);
-    if (code == STATUS_OK) {
-        if (pthread_create(&store->watch_thread, NULL, watch_main, store) == 0)
-            store->watching = true;
-        else
-            code = status_set(st, STATUS_INTERNAL, "THREAD", "cannot start the book watcher");
-    }
+    kv_view_options options = {.bucket = "books", .replicas = replicas, .load_timeout_ms = 10000};
+    kv_view_handlers handlers = {.on_change = apply_watch_entry, .arg = store};
+    status_code code = kv_view_open(connection, &options, &handlers, &store->view, st);
     if (code != STATUS_OK) {
         book_store_close(store);
         return code;
     }
+    store->bucket = kv_view_bucket(store->view);
     LOG_INFO("loaded %zu books", book_index_count(store->index));
     *out = store;
     return STATUS_OK;
@@ -140,12 +98,7 @@ status_code book_store_open(nats_connection *connection, int replicas, book_stor
 void book_store_close(book_store *store) {
     if (store == NULL)
         return;
-    if (store->follow)
-        kv_follow_stop(store->follow); /* ends the watch thread's wait */
-    if (store->watching)
-        pthread_join(store->watch_thread, NULL);
-    kv_follow_close(store->follow);
-    kv_bucket_close(store->bucket);
+    kv_view_close(store->view);
     book_index_destroy(store->index);
     free(store);
 }

@@ -1,12 +1,12 @@
-/* loan_store.c - the loans bucket, and the read index beside it with its watcher. */
+/* loan_store.c - the loans bucket, and the read index that a view of it (kv_view) keeps. */
 #include "loan_store.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kv_record.h"
+#include "kv_view.h"
 #include "loan_index.h"
 #include "log.h"
 #include "text.h"
@@ -14,11 +14,9 @@
 enum { KEY_MAX = 256 };
 
 struct loan_store {
-    kv_bucket *bucket;
+    kv_view *view;     /* the bucket, followed into the index */
+    kv_bucket *bucket; /* the view's */
     loan_index *index;
-    kv_follow *follow;
-    pthread_t watch_thread;
-    bool watching;
 };
 
 /* --- the read index --------------------------------------------------------------------------- */
@@ -45,7 +43,8 @@ static bool index_user(loan_store *store, const char *key, const user_record *us
 
 /* One change of the bucket: loans and user records are indexed, holds and queues are not.
  * False when the index missed it. */
-static bool index_change(loan_store *store, arena *a, const kv_change *change) {
+static bool index_change(void *arg, arena *a, const kv_change *change) {
+    loan_store *store = arg;
     bool loan = strncmp(change->key, "loan.", 5) == 0, user = strncmp(change->key, "user.", 5) == 0;
     const char *id = change->key + 5;
     if (!loan && !user)
@@ -70,34 +69,17 @@ static bool index_change(loan_store *store, arena *a, const kv_change *change) {
     return index_user(store, id, (user_record *)record, change->revision);
 }
 
-/* Follows the bucket for good, from its first key: the index fills in the background while
- * GetLoan and ListLoans read the bucket for what it does not hold yet. A fresh watch (kv_follow
- * renews one that failed, outlived a NATS reconnect or is LOAN_STORE_REWATCH_MS old) delivers
- * every key again; the index keeps the newest revision of each, so nothing needs dropping.
- * The reconciler reads the same watch through loan_store_follow. */
-static void *watch_main(void *arg) {
+/* The index holds every key's newest revision, so a fresh watch (kv_follow renews one that
+ * failed, outlived a NATS reconnect or is LOAN_STORE_REWATCH_MS old) that delivers every key
+ * again needs nothing dropped. */
+static void index_caught_up(void *arg) {
     loan_store *store = arg;
-    arena *a = arena_create(0);
-    if (a == NULL) {
-        LOG_ERROR("out of memory: the loan index follows only this replica's own reads and writes");
-        return NULL;
-    }
-    for (;;) {
-        kv_change change;
-        kv_follow_event what = kv_follow_next(store->follow, 500, &change);
-        if (what == KV_FOLLOW_STOPPED)
-            break;
-        if (what == KV_FOLLOW_CAUGHT_UP)
-            LOG_INFO("loan index: %zu loans, %zu users, %zu bytes", loan_index_loan_count(store->index),
-                     loan_index_user_count(store->index), loan_index_bytes(store->index));
-        if (what == KV_FOLLOW_ENTRY && !index_change(store, a, &change))
-            kv_follow_restart(store->follow); /* the index missed a change: have it again */
-        arena_reset(a);
-    }
-    arena_destroy(a);
-    return NULL;
+    LOG_INFO("loan index: %zu loans, %zu users, %zu bytes", loan_index_loan_count(store->index),
+             loan_index_user_count(store->index), loan_index_bytes(store->index));
 }
 
+/* The index fills in the background while GetLoan and ListLoans read the bucket for what it
+ * does not hold yet. The reconciler reads the same watch through loan_store_follow. */
 status_code loan_store_open(nats_connection *connection, int replicas, loan_store **out,
                             status *st) {
     loan_store *store = calloc(1, sizeof *store);
@@ -105,19 +87,14 @@ status_code loan_store_open(nats_connection *connection, int replicas, loan_stor
         free(store);
         return status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
     }
-    status_code code = kv_bucket_open(connection, "loans", replicas, &store->bucket, st);
-    if (code == STATUS_OK && (store->follow = kv_follow_start(store->bucket, LOAN_STORE_REWATCH_MS)) == NULL)
-        code = status_set(st, STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
-    if (code == STATUS_OK) {
-        if (pthread_create(&store->watch_thread, NULL, watch_main, store) == 0)
-            store->watching = true;
-        else
-            code = status_set(st, STATUS_INTERNAL, "THREAD", "cannot start the loan watcher");
-    }
+    kv_view_options options = {.bucket = "loans", .replicas = replicas, .renew_ms = LOAN_STORE_REWATCH_MS};
+    kv_view_handlers handlers = {.on_change = index_change, .on_caught_up = index_caught_up, .arg = store};
+    status_code code = kv_view_open(connection, &options, &handlers, &store->view, st);
     if (code != STATUS_OK) {
         loan_store_close(store);
         return code;
     }
+    store->bucket = kv_view_bucket(store->view);
     *out = store;
     return STATUS_OK;
 }
@@ -125,22 +102,13 @@ status_code loan_store_open(nats_connection *connection, int replicas, loan_stor
 void loan_store_close(loan_store *store) {
     if (store == NULL)
         return;
-    if (store->follow)
-        kv_follow_stop(store->follow); /* ends the watch thread's wait */
-    if (store->watching)
-        pthread_join(store->watch_thread, NULL);
-    kv_follow_close(store->follow);
-    kv_bucket_close(store->bucket);
+    kv_view_close(store->view);
     loan_index_destroy(store->index);
     free(store);
 }
 
-kv_bucket *loan_store_bucket(loan_store *store) {
-    return store->bucket;
-}
-
 kv_follow *loan_store_follow(loan_store *store) {
-    return kv_follow_branch(store->follow);
+    return kv_view_branch(store->view);
 }
 
 /* "<prefix><user key>": user ids are token subjects (any text), and base64url keeps them

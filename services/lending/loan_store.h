@@ -31,7 +31,6 @@ typedef struct loan_store loan_store;
 status_code loan_store_open(nats_connection *connection, int replicas, loan_store **out,
                             status *st);
 void loan_store_close(loan_store *store); /* NULL is a no-op */
-kv_bucket *loan_store_bucket(loan_store *store);
 
 /* The store's one watch on the bucket feeds its read index; it is renewed this often, and a
  * fresh watch delivers every key again (the reconciler counts on it, see saga.c). */

@@ -12,6 +12,7 @@
 #include "harness.h"
 #include "kv.h"
 #include "kv_record.h"
+#include "kv_view.h"
 #include "library/catalog/v1/catalog.pb-c.h"
 
 static char dir[512];
@@ -464,6 +465,60 @@ Test(kv, a_branch_not_read_holds_its_follow_back_and_misses_nothing) {
     kv_follow_close(branch);
     kv_follow_close(follow);
     arena_destroy(a);
+}
+
+/* A view's code: counts the changes it was handed; refuses one change once when told to (as
+ * an index out of memory would). */
+typedef struct counting_view {
+    atomic_int changes, caught_up, refuse;
+} counting_view;
+
+static bool count_change(void *arg, arena *a, const kv_change *change) {
+    counting_view *v = arg;
+    (void)a;
+    (void)change;
+    if (atomic_exchange(&v->refuse, 0))
+        return false;
+    atomic_fetch_add(&v->changes, 1);
+    return true;
+}
+
+static void count_caught_up(void *arg) {
+    atomic_fetch_add(&((counting_view *)arg)->caught_up, 1);
+}
+
+static bool wait_count(atomic_int *counter, int want, int64_t ms) {
+    for (int64_t until = harness_now_ms() + ms; atomic_load(counter) < want && harness_now_ms() < until;)
+        harness_sleep_ms(10);
+    return atomic_load(counter) >= want;
+}
+
+Test(kv, a_view_holds_every_key_when_open_returns_then_follows_and_starts_over_on_a_miss) {
+    for (int i = 0; i < 3; i++) {
+        char key[8];
+        snprintf(key, sizeof key, "v.%d", i);
+        put(buckets[0], key, "x");
+    }
+    counting_view v = {0};
+    kv_view_options options = {.bucket = "kv_test", .replicas = 1, .load_timeout_ms = 5000};
+    kv_view_handlers handlers = {.on_change = count_change, .on_caught_up = count_caught_up, .arg = &v};
+    kv_view *view = NULL;
+    status st;
+    cr_assert_eq(kv_view_open(connections[1], &options, &handlers, &view, &st), STATUS_OK, "%s", st.message);
+    cr_assert_eq(atomic_load(&v.changes), 3, "open returned before the view held every key");
+    cr_assert_eq(atomic_load(&v.caught_up), 1);
+    cr_assert_not_null(kv_view_bucket(view));
+
+    put(buckets[0], "v.3", "x"); /* another replica's write */
+    cr_assert(wait_count(&v.changes, 4, 5000), "the view did not follow a change");
+
+    atomic_store(&v.refuse, 1); /* the next change is missed: every key comes again */
+    put(buckets[0], "v.4", "x");
+    cr_assert(wait_count(&v.caught_up, 2, 5000), "no fresh watch after a missed change");
+    cr_assert(wait_count(&v.changes, 4 + 5, 5000), "the fresh watch delivered %d of 5 keys",
+              atomic_load(&v.changes) - 4);
+    kv_view_close(view);
+    kv_view_close(NULL);
 }
 
 /* --- protobuf records (kv_record) ------------------------------------------------------ */
