@@ -172,19 +172,38 @@ static status_code borrow_with_archive(user_record *record, const user_history *
     return code;
 }
 
-/* What BorrowBook does once the window is full: the archive first, then the record drops. */
-static void move_older(user_record *record, user_history *archive, uint64_t *revision) {
+/* The record's window of the list: its loan history or its hold history. */
+static char *const *window_of(const user_record *record, user_list list, size_t *count) {
+    *count = list == USER_LOANS ? record->n_history : record->n_hold_history;
+    return list == USER_LOANS ? record->history : record->hold_history;
+}
+
+/* What BorrowBook (USER_LOANS) or PlaceHold (USER_HOLDS) does once the window is full: the
+ * archive first, then the record drops. */
+static void move_older_of(user_record *record, user_list list, user_history *archive, uint64_t *revision) {
     bool changed = false;
-    cr_assert(user_history_merge(a, archive, USER_LOANS, record->history, record->n_history, &changed));
+    size_t count = 0;
+    char *const *window = window_of(record, list, &count);
+    cr_assert(user_history_merge(a, archive, list, window, count, &changed));
     if (changed)
         (*revision)++;
-    cr_assert(user_record_drop_archived(a, record, USER_LOANS, archive, *revision, &changed));
+    cr_assert(user_record_drop_archived(a, record, list, archive, *revision, &changed));
+}
+
+static char **whole_list(const user_record *record, user_list list, const user_history *archive, size_t *count) {
+    size_t window_count = 0;
+    char *const *window = window_of(record, list, &window_count);
+    char **all = NULL;
+    cr_assert(user_history_join(a, archive, list, window, window_count, &all, count));
+    return all;
+}
+
+static void move_older(user_record *record, user_history *archive, uint64_t *revision) {
+    move_older_of(record, USER_LOANS, archive, revision);
 }
 
 static char **whole_history(const user_record *record, const user_history *archive, size_t *count) {
-    char **all = NULL;
-    cr_assert(user_history_join(a, archive, USER_LOANS, record->history, record->n_history, &all, count));
-    return all;
+    return whole_list(record, USER_LOANS, archive, count);
 }
 
 Test(user_record, the_history_split_in_two_keeps_the_newest_thousand_and_knows_every_replay) {
@@ -333,19 +352,12 @@ static status_code hold_with_archive(user_record *record, const user_history *ar
     return code;
 }
 
-/* What PlaceHold does once the hold window is full. */
 static void move_older_holds(user_record *record, user_history *archive, uint64_t *revision) {
-    bool changed = false;
-    cr_assert(user_history_merge(a, archive, USER_HOLDS, record->hold_history, record->n_hold_history, &changed));
-    if (changed)
-        (*revision)++;
-    cr_assert(user_record_drop_archived(a, record, USER_HOLDS, archive, *revision, &changed));
+    move_older_of(record, USER_HOLDS, archive, revision);
 }
 
 static char **whole_holds(const user_record *record, const user_history *archive, size_t *count) {
-    char **all = NULL;
-    cr_assert(user_history_join(a, archive, USER_HOLDS, record->hold_history, record->n_hold_history, &all, count));
-    return all;
+    return whole_list(record, USER_HOLDS, archive, count);
 }
 
 Test(user_record, the_hold_history_split_in_two_keeps_the_newest_thousand_and_knows_every_replay) {
