@@ -372,9 +372,7 @@ void nats_connection_close(nats_connection *c) {
         return;
     jsCtx_Destroy(c->jetstream);
     natsConnection_Close(c->core);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 5;
+    struct timespec until = timestamp_deadline(5000);
     pthread_mutex_lock(&c->lock);
     while (!c->closed && pthread_cond_timedwait(&c->closed_cond, &c->lock, &until) == 0) {
     }
@@ -492,9 +490,7 @@ static bool close_core(nats_connection *connection, natsSubscription *subscripti
      * refuses to set one on a subscription that is already closed, and then none can run. */
     if (natsSubscription_SetOnCompleteCB(subscription, on_subscription_complete, d) == NATS_OK &&
         natsSubscription_Unsubscribe(subscription) == NATS_OK) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 5;
+        struct timespec until = timestamp_deadline(5000);
         pthread_mutex_lock(&d->lock);
         while (!d->done && pthread_cond_timedwait(&d->cond, &d->lock, &until) == 0) {
         }

@@ -224,9 +224,7 @@ static void *summary_main(void *arg) {
     long long calls = 0, errors = 0, shed_calls = 0;
     pthread_mutex_lock(&server->shutdown_lock);
     while (!server->shutting_down) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += SUMMARY_INTERVAL_MS / 1000;
+        struct timespec until = timestamp_deadline(SUMMARY_INTERVAL_MS);
         pthread_cond_timedwait(&server->summary_wake, &server->shutdown_lock, &until);
         long long now_calls = atomic_load(&server->calls_total);
         long long now_errors = atomic_load(&server->errors_total);

@@ -14,6 +14,7 @@
 #include "auth.h"
 #include "builtins.h"
 #include "metrics.h"
+#include "timestamp.h"
 
 static service_settings settings;
 /* NATS_PASSWORD, or the content of NATS_PASSWORD_FILE */
@@ -210,9 +211,7 @@ static void *log_level_watch_main(void *arg) {
     (void)arg;
     pthread_mutex_lock(&level_watch.lock);
     while (!level_watch.stopping) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 2;
+        struct timespec until = timestamp_deadline(2000);
         pthread_cond_timedwait(&level_watch.wake, &level_watch.lock, &until);
         if (!level_watch.stopping)
             log_level_file_apply();
